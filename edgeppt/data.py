@@ -1,0 +1,265 @@
+"""Image datasets: class folders, .npz files and the built-in sets, held in memory as tensors.
+
+Every loader returns an `ImageSet` of float images in [0, 1], shape (N, C, H, W).
+Few-shot target sets are small, so keeping them in memory makes batching a cheap index.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import EdgepptError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+BUILTIN = {"animals": ANIMAL_CLASSES, "digits": [str(i) for i in range(10)]}
+EXAMPLE_SOURCE = "animals:bear,bird,cat,cow,dog"
+EXAMPLE_TARGET = "animals:elephant,giraffe,horse,sheep,zebra"
+
+
+@dataclass
+class ImageSet:
+    x: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
+    y: torch.Tensor  # int64 (N,)
+    classes: list[str]
+    skipped: list[str] = field(default_factory=list)  # unreadable files, reported to the user
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, idx: torch.Tensor | np.ndarray) -> "ImageSet":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return ImageSet(self.x[idx], self.y[idx], list(self.classes), list(self.skipped))
+
+    def counts(self) -> list[int]:
+        return torch.bincount(self.y, minlength=len(self.classes)).tolist()
+
+
+# ---------------------------------------------------------------- built-in sets
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The animal-mnist files are numpy pickles; refuse any global but the three that rebuild an array."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        if name == "_reconstruct":
+            from numpy._core.multiarray import _reconstruct
+            return _reconstruct
+        return getattr(np, name)
+
+
+def _animal_mnist_dir() -> Path:
+    spec = find_spec("animal_mnist")  # locate without importing: its __init__ wants TensorFlow
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgepptError("the built-in 'animals' set needs the animal-mnist package: "
+                           "pip install --no-deps animal-mnist")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
+
+
+def _load_animals() -> tuple[np.ndarray, np.ndarray]:
+    d = _animal_mnist_dir()
+    with gzip.open(d / "animal_data_version_3.gz", "rb") as f:
+        x = _NumpyOnlyUnpickler(f).load()
+    with gzip.open(d / "animal_label_version_3.gz", "rb") as f:
+        y = _NumpyOnlyUnpickler(f).load()
+    return np.asarray(x, np.uint8)[:, None], np.asarray(y, np.int64)
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.images / 16.0 * 255).round().astype(np.uint8)[:, None]
+    return x, d.target.astype(np.int64)
+
+
+def load_builtin(name: str) -> ImageSet:
+    loaders = {"animals": _load_animals, "digits": _load_digits}
+    if name not in loaders:
+        raise EdgepptError(f"unknown built-in dataset {name!r}; choose one of {sorted(loaders)}")
+    x, y = loaders[name]()
+    return ImageSet(torch.from_numpy(x).float() / 255.0, torch.from_numpy(y), list(BUILTIN[name]))
+
+
+# ---------------------------------------------------------------- files
+def _read_image(path: Path, channels: int | None) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        if channels is None:
+            channels = 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
+        im = im.convert("L" if channels == 1 else "RGB")
+        a = np.asarray(im, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _resize(a: np.ndarray, size: int) -> np.ndarray:
+    if a.shape[1:] == (size, size):
+        return a
+    mode = "L" if a.shape[0] == 1 else "RGB"
+    im = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0), mode)
+    im = im.resize((size, size), Image.BILINEAR)
+    b = np.asarray(im, dtype=np.uint8)
+    return b[None] if b.ndim == 2 else b.transpose(2, 0, 1)
+
+
+def load_folder(root: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:
+    """A folder of class sub-folders. Unreadable files are skipped and listed in `skipped`."""
+    root = Path(root)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise EdgepptError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>.png)")
+    images, labels, skipped, sizes = [], [], [], {}
+    for ci, d in enumerate(class_dirs):
+        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise EdgepptError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for p in files:
+            try:
+                a = _read_image(p, channels)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                skipped.append(f"{p}: {type(e).__name__}: {e}")
+                continue
+            channels = a.shape[0]  # the first readable image fixes the channel count
+            sizes.setdefault(a.shape[1:], p)
+            images.append(a)
+            labels.append(ci)
+    if image_size is None:
+        if len(sizes) > 1:
+            listed = "; ".join(f"{h}x{w} (e.g. {p})" for (h, w), p in list(sizes.items())[:3])
+            raise EdgepptError(f"{root}: images have mixed sizes: {listed}. Pass an image size to resize them all.")
+        (h, w), = sizes.keys() if sizes else [(0, 0)]
+        if h != w:
+            raise EdgepptError(f"{root}: images are {h}x{w}, not square. Pass an image size to resize them.")
+        image_size = h
+    images = [_resize(a, image_size) for a in images]
+    y = np.asarray(labels, np.int64)
+    classes = [d.name for d in class_dirs]
+    for ci, name in enumerate(classes):
+        if not (y == ci).any():
+            raise EdgepptError(f"class {name!r} in {root} has no readable image (see the skipped files: "
+                               f"{'; '.join(skipped[:3])})")
+    x = torch.from_numpy(np.stack(images)).float() / 255.0
+    return ImageSet(x, torch.from_numpy(y), classes, skipped)
+
+
+def load_npz(path: str | Path) -> ImageSet:
+    """A .npz with `x` (N,H,W) or (N,C,H,W) or (N,H,W,C) and integer `y`; optional `classes`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z or "y" not in z:
+                raise EdgepptError(f"{path}: a .npz dataset needs arrays 'x' and 'y', found {sorted(z.files)}")
+            x, y = z["x"], z["y"]
+            classes = [str(c) for c in z["classes"]] if "classes" in z else None
+    except (OSError, ValueError) as e:
+        raise EdgepptError(f"{path}: not a readable .npz file ({e})") from e
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise EdgepptError(f"{path}: x has shape {x.shape}; expected (N,H,W), (N,C,H,W) or (N,H,W,C) with C in 1 or 3")
+    if len(x) != len(y):
+        raise EdgepptError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
+    xt = torch.from_numpy(np.ascontiguousarray(x)).float()
+    if x.dtype == np.uint8 or xt.max() > 1.0:
+        xt = xt / 255.0
+    y = np.asarray(y).astype(np.int64)
+    if classes is None:
+        classes = [str(c) for c in range(int(y.max()) + 1)] if len(y) else []
+    return ImageSet(xt, torch.from_numpy(y), classes)
+
+
+# ---------------------------------------------------------------- specs and splits
+def select_classes(ds: ImageSet, names: list[str]) -> ImageSet:
+    """Keep the named classes, relabelled 0..k-1 in the order given."""
+    unknown = [n for n in names if n not in ds.classes]
+    if unknown:
+        raise EdgepptError(f"unknown classes {unknown}; this dataset has {ds.classes}")
+    old = torch.tensor([ds.classes.index(n) for n in names])
+    keep = torch.isin(ds.y, old)
+    remap = torch.full((len(ds.classes),), -1, dtype=torch.long)
+    remap[old] = torch.arange(len(names))
+    return ImageSet(ds.x[keep], remap[ds.y[keep]], list(names), list(ds.skipped))
+
+
+def load_dataset(spec: str, image_size: int | None = None, channels: int | None = None) -> ImageSet:
+    """`animals`, `animals:cat,dog`, `digits`, a folder of class folders, or a .npz file."""
+    name, _, cls = spec.partition(":")
+    if name in BUILTIN and not Path(spec).exists():
+        ds = load_builtin(name)
+    else:
+        p = Path(name if cls else spec)
+        if not p.exists():
+            raise EdgepptError(f"dataset {spec!r} not found: give a built-in name {sorted(BUILTIN)}, "
+                               "a folder of class folders or a .npz file")
+        ds = load_npz(p) if p.suffix == ".npz" else load_folder(p, image_size, channels)
+    if cls:
+        ds = select_classes(ds, [c.strip() for c in cls.split(",") if c.strip()])
+    return conform(ds, image_size, channels, spec)
+
+
+def conform(ds: ImageSet, image_size: int | None, channels: int | None, what: str = "dataset") -> ImageSet:
+    """Resize/convert channels so a set matches the shape a model or bundle expects."""
+    validate(ds, what)
+    x = ds.x
+    if channels is not None and x.shape[1] != channels:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
+    if image_size is not None and x.shape[-1] != image_size:
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                            align_corners=False, antialias=True).clamp(0, 1)
+    return ImageSet(x, ds.y, ds.classes, ds.skipped)
+
+
+def validate(ds: ImageSet, what: str = "dataset") -> None:
+    if len(ds) == 0:
+        raise EdgepptError(f"{what}: no images")
+    counts = ds.counts()
+    if len(ds.classes) < 2 or sum(c > 0 for c in counts) < 2:
+        raise EdgepptError(f"{what}: a classifier needs at least two classes with images; found {ds.classes}")
+    empty = [n for n, c in zip(ds.classes, counts) if c == 0]
+    if empty:
+        raise EdgepptError(f"{what}: classes with no images: {empty}")
+    if not torch.isfinite(ds.x).all():
+        raise EdgepptError(f"{what}: images contain NaN or infinite values")
+
+
+def train_test_split(ds: ImageSet, test_fraction: float = 0.2, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """A fixed, stratified held-out split: the same seed always gives the same test set."""
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in range(len(ds.classes)):
+        idx = (ds.y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = max(1, int(round(len(idx) * test_fraction)))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    return ds.subset(torch.cat(train_idx)), ds.subset(torch.cat(test_idx))
+
+
+def few_shot(ds: ImageSet, labels_per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """k labelled images per class (seeded); the rest is returned as the unlabelled remainder."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    chosen, rest = [], []
+    for c, name in enumerate(ds.classes):
+        idx = (ds.y == c).nonzero().flatten()
+        if len(idx) < labels_per_class:
+            raise EdgepptError(f"class {name!r} has {len(idx)} training images, fewer than "
+                               f"labels-per-class={labels_per_class}")
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        chosen.append(idx[:labels_per_class])
+        rest.append(idx[labels_per_class:])
+    return ds.subset(torch.cat(chosen)), ds.subset(torch.cat(rest))

@@ -1,0 +1,2 @@
+class EdgepptError(Exception):
+    """A problem with the user's input or environment, reported without a traceback."""
