@@ -215,13 +215,17 @@ def load_dataset(spec: str, image_size: int | None = None, channels: int | None 
 def conform(ds: ImageSet, image_size: int | None, channels: int | None, what: str = "dataset") -> ImageSet:
     """Resize/convert channels so a set matches the shape a model or bundle expects."""
     validate(ds, what)
-    x = ds.x
+    return ImageSet(reshape_images(ds.x, image_size, channels), ds.y, ds.classes, ds.skipped)
+
+
+def reshape_images(x: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
+    """Convert a (N, C, H, W) batch to the given channel count (gray <-> RGB) and square size."""
     if channels is not None and x.shape[1] != channels:
         x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
-    if image_size is not None and x.shape[-1] != image_size:
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                             align_corners=False, antialias=True).clamp(0, 1)
-    return ImageSet(x, ds.y, ds.classes, ds.skipped)
+    return x
 
 
 def validate(ds: ImageSet, what: str = "dataset") -> None:

@@ -1,0 +1,43 @@
+"""Batched image augmentation on tensors, driven by an explicit generator so every step is reproducible."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _affine(x: torch.Tensor, g: torch.Generator, max_shift: float, max_rot: float, scale: tuple[float, float],
+            flip: bool) -> torch.Tensor:
+    n = len(x)
+    u = lambda: torch.rand(n, generator=g)  # noqa: E731
+    angle = (u() * 2 - 1) * math.radians(max_rot)
+    s = scale[0] + u() * (scale[1] - scale[0])
+    sign = torch.where(u() < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    tx, ty = (u() * 2 - 1) * max_shift, (u() * 2 - 1) * max_shift
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([torch.stack([cos * sign, -sin, tx], 1), torch.stack([sin * sign, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+
+
+def weak(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Flip and shift by up to 1/8 of the image."""
+    return _affine(x, g, max_shift=0.25, max_rot=0.0, scale=(1.0, 1.0), flip=True)
+
+
+def strong(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Weak plus rotation, scaling, contrast change and a cut-out square (RandAugment-like for silhouettes)."""
+    n = len(x)
+    x = _affine(x, g, max_shift=0.25, max_rot=20.0, scale=(0.8, 1.15), flip=True)
+    contrast = (0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)).to(x)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean).clamp(0, 1)
+    h, w = x.shape[-2:]
+    size = max(1, h // 3)
+    cy = torch.randint(0, h, (n,), generator=g)
+    cx = torch.randint(0, w, (n,), generator=g)
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    box = ((ys - cy.view(n, 1, 1)).abs() <= size // 2) & ((xs - cx.view(n, 1, 1)).abs() <= size // 2)
+    return x * (~box).unsqueeze(1).to(x)

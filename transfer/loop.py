@@ -1,0 +1,202 @@
+"""The one training loop: phases of (objective, steps), checkpoints, resume, metrics, torchrun.
+
+Every step draws its randomness from a generator seeded by (seed, phase, step), so a resumed run
+repeats exactly what an uninterrupted run would have done. Under torchrun each process takes its
+slice of every batch and DistributedDataParallel averages the gradients (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import MetricsLog, atomic_torch_save, load_checkpoint
+
+from .objectives import Objective
+
+
+@dataclass
+class Phase:
+    name: str
+    steps: int
+    objective: Objective
+    lr: float
+    weight_decay: float = 5e-4
+    evaluate: bool = True  # evaluate on the target test split (False while the head is over source classes)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Plain process, or one torchrun worker: join the group and pick this worker's device."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgepptError("--device cuda was asked for, but no CUDA GPU is visible to PyTorch")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return Dist(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if use_cuda else "cpu"))
+
+
+def step_seed(seed: int, phase: str, step: int) -> int:
+    """Keyed by the phase's name, not its position, so a run that reuses cached PP weights draws the same."""
+    return (seed * 1_000_003 + zlib.crc32(phase.encode()) * 100_003 + step) % (2**62)
+
+
+def lr_at(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warm-up, then cosine decay to 5% of the base rate: a pure function of the step (resumable)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    phases: list[Phase]
+    out: Path
+    seed: int
+    dist: Dist
+    evaluate: Callable[[nn.Module], dict] | None = None
+    checkpoint_every: int = 100
+    eval_every: int = 100
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+    images_seen: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _global_step(self, phase: int, step: int) -> int:
+        return sum(p.steps for p in self.phases[:phase]) + step
+
+    def _save(self, phase: int, step: int, opt: torch.optim.Optimizer) -> None:
+        if self.dist.main:
+            atomic_torch_save(self.ckpt_path, {
+                "phase": phase, "step": step, "model": self.model.state_dict(),
+                "objective": self.phases[phase].objective.state_dict(), "optimizer": opt.state_dict(),
+                "timings": self.timings, "images_seen": self.images_seen,
+            })
+        self.dist.barrier()
+
+    def run(self, resume: bool = False) -> None:
+        start_phase, start_step, state = 0, 0, None
+        if resume and self.ckpt_path.exists():
+            state = load_checkpoint(self.ckpt_path)
+            start_phase, start_step = int(state["phase"]), int(state["step"])
+            self.timings.update(state.get("timings", {}))
+            self.images_seen.update(state.get("images_seen", {}))
+        log = MetricsLog(self.out / "metrics.jsonl",
+                         truncate_after_step=self._global_step(start_phase, start_step) if state else -1) \
+            if self.dist.main else None
+        # Ctrl-C / SIGTERM: finish the current step, checkpoint, then stop.
+        stop = {"flag": False}
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, lambda *_: stop.update(flag=True))
+        try:
+            for pi in range(start_phase, len(self.phases)):
+                ph_state = state if (state and pi == start_phase) else None
+                self._run_phase(pi, start_step if ph_state else 0, ph_state, log, stop)
+        except _Interrupted:
+            raise KeyboardInterrupt from None
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _run_phase(self, pi: int, start: int, state: dict | None, log: MetricsLog | None, stop: dict) -> None:
+        ph = self.phases[pi]
+        torch.manual_seed(step_seed(self.seed, ph.name, -1))  # seeded head init etc. in setup
+        ph.objective.setup(self.model)
+        self.model.to(self.dist.device)
+        ph.objective.to(self.dist.device)
+        net = ph.objective.trainable(self.model)
+        if self.dist.world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=ph.lr, momentum=0.9, nesterov=True, weight_decay=ph.weight_decay)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            ph.objective.load_state_dict(state["objective"])
+            opt.load_state_dict(state["optimizer"])
+        if start >= ph.steps:
+            return
+        t_phase = time.perf_counter() - self.timings.get(ph.name, 0.0)
+        bar = Progress(TextColumn(f"[bold]{ph.name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                       disable=not (self.progress and self.dist.main), transient=False)
+        last_good = start
+        with bar:
+            task = bar.add_task(ph.name, total=ph.steps, completed=start, info="")
+            for step in range(start, ph.steps):
+                seed = step_seed(self.seed, ph.name, step)
+                torch.manual_seed(seed)
+                g = torch.Generator().manual_seed(seed)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(ph.lr, step, ph.steps, warmup=min(50, ph.steps // 10))
+                net.train()
+                loss, stats = ph.objective.loss(net, g, step, ph.steps, self.dist)
+                if not torch.isfinite(loss):
+                    raise EdgepptError(
+                        f"loss became {loss.item()} in phase {ph.name!r} at step {step}; stopped. The last good "
+                        f"checkpoint (step {last_good}) is kept in {self.ckpt_path}. Try a lower learning rate.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                ph.objective.after_step(self.model)
+                self.images_seen[ph.name] = self.images_seen.get(ph.name, 0) + int(stats.pop("images", 0)) * self.dist.world
+                done = step + 1
+                self.timings[ph.name] = time.perf_counter() - t_phase
+                record = {"phase": ph.name, "step": done, "global_step": self._global_step(pi, done),
+                          "lr": opt.param_groups[0]["lr"], "loss": loss.item(), **stats}
+                if ph.evaluate and self.evaluate and (done % self.eval_every == 0 or done == ph.steps):
+                    if self.dist.main:
+                        record.update({f"test_{k}": v for k, v in self.evaluate(self.model).items()
+                                       if isinstance(v, float)})
+                        self.model.train()
+                if log:
+                    log.write(record)
+                bar.update(task, completed=done, info=f"loss {loss.item():.3f}" +
+                           (f" acc {record['test_accuracy']:.3f}" if "test_accuracy" in record else ""))
+                if done % self.checkpoint_every == 0 or done == ph.steps or stop["flag"]:
+                    self._save(pi, done, opt)
+                    last_good = done
+                if stop["flag"]:
+                    raise _Interrupted

@@ -1,0 +1,140 @@
+"""Training signals for the loop. Each objective makes its own batch from the step's generator and
+returns (loss, stats) from ONE forward pass of the trained module (what DistributedDataParallel needs)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeppt.bundle import SourceBundle
+from edgeppt.data import ImageSet
+from edgeppt.models import ClassifierNet
+
+from . import augment
+
+
+def sample_batch(ds: ImageSet, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(0, len(ds), (n,), generator=g)
+    return ds.x[idx], ds.y[idx]
+
+
+def shard(t: torch.Tensor, dist) -> torch.Tensor:
+    """This worker's slice of a batch that every worker drew identically."""
+    return t[dist.rank::dist.world] if dist.world > 1 else t
+
+
+class Objective(nn.Module):
+    """A phase's loss. Subclasses hold any extra trainable state (heads, teachers) as submodules."""
+
+    def setup(self, model: ClassifierNet) -> None:
+        """Called at the start (and on resume) of the phase, under a seeded RNG."""
+
+    def trainable(self, model: ClassifierNet) -> nn.Module:
+        return model
+
+    def loss(self, net: nn.Module, g: torch.Generator, step: int, total: int, dist) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def after_step(self, model: ClassifierNet) -> None:
+        """Hook after each optimizer step (e.g. an EMA teacher)."""
+
+
+class Supervised(Objective):
+    """Cross-entropy on labelled target images (scratch, and the fine-tune after PP)."""
+
+    def __init__(self, labelled: ImageSet, batch_size: int, new_head: bool = False):
+        super().__init__()
+        self.data, self.batch_size, self.new_head = labelled, batch_size, new_head
+
+    def setup(self, model: ClassifierNet) -> None:
+        if self.new_head or model.head.out_features != len(self.data.classes):
+            model.reset_head(len(self.data.classes))
+
+    def loss(self, net, g, step, total, dist):
+        x, y = sample_batch(self.data, self.batch_size, g)
+        x = augment.weak(x, g)
+        dev = next(net.parameters()).device
+        x, y = shard(x, dist).to(dev), shard(y, dist).to(dev)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+class _WithAux(nn.Module):
+    def __init__(self, model: ClassifierNet, aux: nn.Linear):
+        super().__init__()
+        self.model, self.aux = model, aux
+
+    def forward(self, x):
+        f = self.model.forward_features(x)
+        return self.model.head(f), self.aux(f)
+
+
+class Distill(Supervised):
+    """KD baseline: target cross-entropy plus an auxiliary head that matches C's soft outputs on the same
+    (augmented) target images. Labels differ between source and target, hence the separate head."""
+
+    def __init__(self, labelled: ImageSet, batch_size: int, bundle: SourceBundle, weight: float, temperature: float):
+        super().__init__(labelled, batch_size, new_head=True)
+        self.bundle, self.weight, self.t = bundle, weight, temperature
+        self.aux: nn.Linear | None = None
+
+    def setup(self, model):
+        super().setup(model)
+        self.aux = nn.Linear(model.num_features, self.bundle.num_classes)
+
+    def trainable(self, model):
+        return _WithAux(model, self.aux)
+
+    def loss(self, net, g, step, total, dist):
+        x, y = sample_batch(self.data, self.batch_size, g)
+        x = augment.weak(x, g)
+        x, y = shard(x, dist), shard(y, dist)
+        with torch.no_grad():
+            teacher = F.softmax(self.bundle.classify(x)[0] / self.t, 1)
+        dev = next(net.parameters()).device
+        logits, aux = net(x.to(dev))
+        y = y.to(dev)
+        ce = F.cross_entropy(logits, y)
+        kd = F.kl_div(F.log_softmax(aux / self.t, 1), teacher.to(dev), reduction="batchmean") * self.t**2
+        return ce + self.weight * kd, {"images": len(x), "ce": ce.item(), "kd": kd.item()}
+
+
+class PseudoPretrain(Objective):
+    """PP: classify G's samples of the source classes (drawn fresh each step, or from a cached pool)."""
+
+    def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0):
+        super().__init__()
+        self.bundle, self.batch_size = bundle, batch_size
+        self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
+        if pool:
+            g = torch.Generator().manual_seed(seed)
+            y = torch.arange(pool) % bundle.num_classes
+            with torch.no_grad():
+                xs = [bundle.sample_classes(y[i:i + 512], g) for i in range(0, pool, 512)]
+            self.pool = (torch.cat(xs), y)
+
+    def setup(self, model):
+        if model.head.out_features != self.bundle.num_classes:
+            model.reset_head(self.bundle.num_classes)
+
+    def loss(self, net, g, step, total, dist):
+        if self.pool is not None:
+            idx = torch.randint(0, len(self.pool[1]), (self.batch_size,), generator=g)
+            x, y = self.pool[0][idx], self.pool[1][idx]
+        else:
+            # Draw the whole batch's labels and latents, then generate only this worker's slice.
+            y = torch.randint(0, self.bundle.num_classes, (self.batch_size,), generator=g)
+            z = torch.randn(self.batch_size, self.bundle.latent_dim, generator=g)
+            y, z = shard(y, dist), shard(z, dist)
+            with torch.no_grad():
+                x = self.bundle.generate(F.one_hot(y, self.bundle.num_classes).float(), z)
+        x = augment.weak(x, g)
+        if self.pool is not None:
+            x, y = shard(x, dist), shard(y, dist)
+        dev = next(net.parameters()).device
+        x, y = x.to(dev), y.to(dev)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}

@@ -1,0 +1,84 @@
+"""Pseudo conditional sampling (P-SSL): target images condition the source generator.
+
+For a target image x_t, p = softmax(C(x_t) / T) says which source classes it resembles; G(z, p) then draws
+target-related images. Optionally z is chosen, by gradient steps, so that G(z, p) lies near x_t in C's
+feature space, and each sample gets a relevance score: the cosine similarity of its features to x_t's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from edgeppt.bundle import SourceBundle
+from edgeppt.config import PSSLConfig
+
+
+@dataclass
+class PseudoPool:
+    x: torch.Tensor          # (M, C, H, W) pseudo samples
+    p: torch.Tensor          # (M, K) conditioning probabilities
+    anchor: torch.Tensor     # (M,) index of the target image that conditioned each sample
+    relevance: torch.Tensor  # (M,) cosine similarity to the anchor in C's feature space
+    weight: torch.Tensor     # (M,) per-sample weight in the unlabelled loss
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in ("x", "p", "anchor", "relevance", "weight")}
+
+
+def condition_probs(bundle: SourceBundle, x_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    with torch.no_grad():
+        return F.softmax(bundle.classify(x_t)[0] / temperature, dim=1)
+
+
+def _features(bundle: SourceBundle, x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(bundle.classify(x)[1].flatten(1), dim=1)
+
+
+def search_latents(bundle: SourceBundle, p: torch.Tensor, target_feats: torch.Tensor, z: torch.Tensor,
+                   steps: int, lr: float) -> torch.Tensor:
+    """Move z so that C's features of G(z, p) approach the anchor's; a prior term keeps z plausible."""
+    z = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        f = _features(bundle, bundle.generate(p, z))
+        loss = (1 - (f * target_feats).sum(1)).mean() + 1e-3 * z.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return z.detach()
+
+
+def make_pool(bundle: SourceBundle, x_t: torch.Tensor, cfg: PSSLConfig, seed: int, chunk: int = 512) -> PseudoPool:
+    """Draw cfg.pool_size pseudo samples, spread evenly over the target images x_t."""
+    g = torch.Generator().manual_seed(seed)
+    n = cfg.pool_size
+    anchor = torch.arange(n) % len(x_t)
+    probs = condition_probs(bundle, x_t, cfg.temperature)
+    with torch.no_grad():
+        anchor_feats = _features(bundle, x_t)
+    xs, rel = [], []
+    z_all = torch.randn(n, bundle.latent_dim, generator=g)
+    for i in range(0, n, chunk):
+        a, z = anchor[i:i + chunk], z_all[i:i + chunk]
+        p = probs[a]
+        if cfg.z_search_steps:
+            z = search_latents(bundle, p, anchor_feats[a], z, cfg.z_search_steps, cfg.z_search_lr)
+        with torch.no_grad():
+            x = bundle.generate(p, z)
+            rel.append((_features(bundle, x) * anchor_feats[a]).sum(1))
+        xs.append(x)
+    x, relevance = torch.cat(xs), torch.cat(rel)
+    weight = torch.ones(n)
+    keep = torch.ones(n, dtype=torch.bool)
+    if cfg.relevance == "weight":
+        # Rescale similarities to [0, 1] within the pool: the least relevant sample counts for nothing.
+        weight = (relevance - relevance.min()) / (relevance.max() - relevance.min()).clamp_min(1e-8)
+    elif cfg.relevance == "filter":
+        keep = relevance >= relevance.quantile(1 - cfg.relevance_keep)
+    return PseudoPool(x[keep], probs[anchor][keep], anchor[keep], relevance[keep], weight[keep])
