@@ -72,10 +72,18 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.export.E
     return torch.export.export(module.eval(), args, dynamic_shapes=tuple({0: batch} for _ in args))
 
 
+def check_replaceable(path: str | Path) -> None:
+    """save_bundle replaces the whole folder: refuse anything but an earlier bundle or an empty folder."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "manifest.json").is_file())):
+        raise EdgepptError(f"{path} exists and is not a source bundle; refusing to replace it (choose another output path)")
+
+
 def save_bundle(path: str | Path, generator: nn.Module, classifier: nn.Module, classes: list[str],
                 latent_dim: int, image_shape: tuple[int, int, int], info: dict[str, Any] | None = None) -> Path:
     """Compile G and C with torch.export and write the bundle atomically (a temp dir renamed into place)."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     k = len(classes)
     z = torch.randn(2, latent_dim)

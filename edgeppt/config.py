@@ -42,7 +42,6 @@ class SourceTrainConfig(Strict):
     test_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share of the data for the classifier accuracy")
     hflip: bool = Field(True, description="mirror augmentation; turn off where left/right matters (digits, text)")
     checkpoint_every: int = Field(250, ge=1)
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 
 class PSSLConfig(Strict):

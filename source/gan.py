@@ -71,7 +71,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         e = torch.cat([z, self.embed(p)], 1)  # BigGAN-style: z and class modulate every stage
-        h = self.fc(e).view(len(z), -1, self.s0, self.s0)
+        h = self.fc(e).unflatten(1, (-1, self.s0, self.s0))  # no len(z): keeps the batch dynamic for torch.export
         for norm, conv in zip(self.norms, self.convs):
             h = conv(F.interpolate(F.relu(norm(h, e)), scale_factor=2.0, mode="nearest"))
         return torch.sigmoid(self.out(F.relu(self.out_norm(h, e))))

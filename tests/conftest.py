@@ -9,6 +9,9 @@ from torch import nn
 from edgeppt.bundle import save_bundle
 from edgeppt.models import create_model
 
+# Tiny test models gain nothing from threads, and threads thrash when the machine is busy.
+torch.set_num_threads(1)
+
 
 class TinyGenerator(nn.Module):
     """G(z, p): the class enters through a linear embedding of p, as in the real bundles."""

@@ -115,6 +115,10 @@ class Trainer:
             })
         self.dist.barrier()
 
+    def _diverged(self, phase: str, step: int, what: str, last_good: int) -> None:
+        raise EdgepptError(f"{what} in phase {phase!r} at step {step}; stopped. The last good checkpoint "
+                           f"(step {last_good}) is kept in {self.ckpt_path}. Try a lower learning rate.")
+
     def run(self, resume: bool = False) -> None:
         start_phase, start_step, state = 0, 0, None
         if resume and self.ckpt_path.exists():
@@ -174,9 +178,7 @@ class Trainer:
                 net.train()
                 loss, stats = ph.objective.loss(net, g, step, ph.steps, self.dist)
                 if not torch.isfinite(loss):
-                    raise EdgepptError(
-                        f"loss became {loss.item()} in phase {ph.name!r} at step {step}; stopped. The last good "
-                        f"checkpoint (step {last_good}) is kept in {self.ckpt_path}. Try a lower learning rate.")
+                    self._diverged(ph.name, step, f"loss became {loss.item()}", last_good)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -196,6 +198,9 @@ class Trainer:
                 bar.update(task, completed=done, info=f"loss {loss.item():.3f}" +
                            (f" acc {record['test_accuracy']:.3f}" if "test_accuracy" in record else ""))
                 if done % self.checkpoint_every == 0 or done == ph.steps or stop["flag"]:
+                    if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()
+                               if t.is_floating_point()):
+                        self._diverged(ph.name, done, "weights became NaN/inf", last_good)
                     self._save(pi, done, opt)
                     last_good = done
                 if stop["flag"]:

@@ -1,0 +1,5 @@
+"""`python -m edgeppt ...` (and `torchrun -m edgeppt transfer ...`)."""
+
+from .cli import app
+
+app()

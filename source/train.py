@@ -1,0 +1,345 @@
+"""`edgeppt source train`: the stage the owner of the source data runs once.
+
+Trains a source classifier C and a class-conditional GAN G on labelled source images, then writes a
+source bundle (edgeppt.bundle). Progress is checkpointed into a work dir next to the output
+(`<out parent>/.<out name>-work`), so a killed run resumes where it stopped; the work dir is removed
+once the bundle is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeppt.bundle import check_replaceable, save_bundle
+from edgeppt.config import SourceTrainConfig
+from edgeppt.data import ImageSet, load_dataset, train_test_split
+from edgeppt.errors import EdgepptError
+from edgeppt.models import create_model
+from edgeppt.runs import MetricsLog, atomic_torch_save, atomic_write_text, load_checkpoint
+
+from .gan import Discriminator, Generator, d_hinge_loss, ema_update, g_hinge_loss
+
+CHECKPOINT = "checkpoint.pt"
+ADAM_BETAS = (0.5, 0.999)  # DCGAN/SNGAN setting for one D step per G step
+# Fields that may change between an interrupted run and its resume: more GAN steps simply continue,
+# and `out` may differ when the output and its work dir were moved together.
+RESUMABLE_CHANGES = {"gan_steps", "checkpoint_every", "out"}
+
+
+class SourceClassifier(nn.Module):
+    """The bundle's C: forward(x) -> (logits, features), as the bundle contract requires."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.net.forward_features(x)
+        return self.net.head(f), f
+
+
+def work_dir(out: Path) -> Path:
+    return Path(out).parent / f".{Path(out).name}-work"
+
+
+def cli_command(cfg: SourceTrainConfig) -> str:
+    """The `edgeppt source train` command equivalent to cfg: data, out, then the non-default options."""
+    parts = ["edgeppt source train", f"--data {cfg.data}", f"--out {cfg.out}"]
+    for name, field in SourceTrainConfig.model_fields.items():
+        value = getattr(cfg, name)
+        if name in ("data", "out") or value == field.default:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        parts.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- batches and augmentation
+def _augment(x: torch.Tensor, rng: torch.Generator, hflip: bool, shift: float = 2.0) -> torch.Tensor:
+    """Random translation by up to `shift` pixels (and mirroring): light, label-preserving."""
+    n, size = len(x), x.shape[-1]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    if hflip:
+        theta[:, 0, 0] = torch.where(torch.rand(n, generator=rng) < 0.5, -1.0, 1.0)
+    theta[:, :, 2] = (torch.rand(n, 2, generator=rng) * 2 - 1) * (2 * shift / size)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+
+
+def _flip(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    mask = torch.rand(len(x), generator=rng) < 0.5
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def _batch(ds: ImageSet, n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(len(ds), (n,), generator=rng)
+    return ds.x[idx], ds.y[idx]
+
+
+def _check_finite(loss: torch.Tensor, what: str, step: int, work: Path, last_good: int | None) -> None:
+    if not torch.isfinite(loss):
+        kept = f"the last good checkpoint (step {last_good}) is kept in {work}" if last_good is not None \
+            else "no checkpoint had been written yet"
+        raise EdgepptError(f"{what} loss became {loss.item()} at step {step}; {kept}. "
+                           "Lower the learning rate (or delete the work dir to start over).")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
+    model.eval()
+    correct = sum((model(x[i:i + batch])[0].argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
+    return correct / max(1, len(x))
+
+
+@torch.no_grad()
+def generated_accuracy(g: nn.Module, c: nn.Module, k: int, latent_dim: int, per_class: int = 100, seed: int = 0) -> float:
+    """How often C recognises G's one-hot samples as the class asked for: a cheap check of class fidelity."""
+    rng = torch.Generator().manual_seed(seed)
+    y = torch.arange(k).repeat_interleave(per_class)
+    x = g.eval()(torch.randn(len(y), latent_dim, generator=rng), F.one_hot(y, k).float())
+    return accuracy(c, x, y)
+
+
+# ---------------------------------------------------------------- state and checkpoints
+class State:
+    """Everything a resume needs: models, optimisers, step counters, the batch/noise RNG and the log."""
+
+    def __init__(self, cfg: SourceTrainConfig, k: int, shape: tuple[int, int, int]):
+        torch.manual_seed(cfg.seed)  # model initialisation (incl. spectral-norm vectors) is seeded
+        self.cfg = cfg
+        self.classifier = SourceClassifier(create_model(cfg.classifier_arch, k, shape[0]))
+        self.c_opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.classifier_lr, momentum=0.9,
+                                     nesterov=True, weight_decay=5e-4)
+        self.g = Generator(cfg.latent_dim, k, cfg.gen_channels, shape)
+        self.d = Discriminator(k, cfg.disc_channels, shape)
+        self.g_ema = copy.deepcopy(self.g).eval()
+        self.g_opt = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=ADAM_BETAS)
+        self.d_opt = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=ADAM_BETAS)
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.c_step = self.g_step = 0
+        self.c_acc: float | None = None
+        self.elapsed = 0.0  # training seconds summed over every session of this run
+        self.resumed_from: int | None = None
+
+    @property
+    def global_step(self) -> int:
+        return self.c_step + self.g_step
+
+    def save(self, path: Path) -> None:
+        atomic_torch_save(path, {
+            "config": self.cfg.model_dump(mode="json"), "c_step": self.c_step, "g_step": self.g_step,
+            "c_acc": self.c_acc, "elapsed": self.elapsed, "rng": self.rng.get_state(),
+            "classifier": self.classifier.state_dict(), "c_opt": self.c_opt.state_dict(),
+            "g": self.g.state_dict(), "d": self.d.state_dict(), "g_ema": self.g_ema.state_dict(),
+            "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
+        })
+
+    def load(self, path: Path) -> None:
+        try:
+            ck = load_checkpoint(path)
+        except Exception as e:
+            raise EdgepptError(f"cannot read checkpoint {path} ({e}); delete {path.parent} to start over") from e
+        old, new = ck["config"], self.cfg.model_dump(mode="json")
+        changed = sorted(f for f in new if f not in RESUMABLE_CHANGES and old.get(f) != new[f])
+        if changed:
+            diffs = ", ".join(f"{f}: {old.get(f)!r} -> {new[f]!r}" for f in changed)
+            raise EdgepptError(f"{path.parent} holds an unfinished run with a different config ({diffs}); "
+                               f"rerun with its settings to resume, or delete {path.parent} to start over")
+        for name in ("classifier", "c_opt", "g", "d", "g_ema", "g_opt", "d_opt"):
+            getattr(self, name).load_state_dict(ck[name])
+        self.rng.set_state(ck["rng"])
+        self.c_step, self.g_step, self.c_acc, self.elapsed = ck["c_step"], ck["g_step"], ck["c_acc"], ck["elapsed"]
+        self.resumed_from = self.global_step
+
+
+def save_checkpoint(state: State, path: Path) -> None:
+    """A module-level hook (tests interrupt a run here)."""
+    state.save(path)
+
+
+# ---------------------------------------------------------------- the two phases
+def _train_classifier(st: State, train: ImageSet, test: ImageSet, work: Path, log: MetricsLog, bar) -> None:
+    cfg, model = st.cfg, st.classifier
+    model.train()
+    last_good = st.global_step if st.resumed_from is not None else None
+    while st.c_step < cfg.classifier_steps:
+        lr = 0.5 * cfg.classifier_lr * (1 + math.cos(math.pi * st.c_step / cfg.classifier_steps))
+        for grp in st.c_opt.param_groups:  # cosine schedule from the step count: nothing extra to checkpoint
+            grp["lr"] = lr
+        x, y = _batch(train, cfg.batch_size, st.rng)
+        loss = F.cross_entropy(model(_augment(x, st.rng, cfg.hflip))[0], y)
+        _check_finite(loss, "classifier", st.c_step, work, last_good)
+        st.c_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        st.c_opt.step()
+        st.c_step += 1
+        bar.advance(loss=loss.item())
+        if st.c_step % 50 == 0:
+            log.write({"global_step": st.global_step, "phase": "classifier", "loss": loss.item(), "lr": lr})
+        if st.c_step == cfg.classifier_steps:
+            st.c_acc = accuracy(model, test.x, test.y)
+            log.write({"global_step": st.global_step, "phase": "classifier", "test_accuracy": st.c_acc})
+        if st.c_step % cfg.checkpoint_every == 0 or st.c_step == cfg.classifier_steps:
+            st.elapsed += bar.lap()
+            save_checkpoint(st, work / CHECKPOINT)
+            last_good = st.global_step
+            model.train()
+
+
+def _train_gan(st: State, data: ImageSet, k: int, work: Path, log: MetricsLog, bar) -> None:
+    cfg, g, d = st.cfg, st.g, st.d
+    g.train()
+    d.train()
+    last_good = st.global_step
+    n = cfg.batch_size
+
+    def fake_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        p = F.one_hot(torch.randint(k, (n,), generator=st.rng), k).float()  # classes drawn uniformly
+        return g(torch.randn(n, cfg.latent_dim, generator=st.rng), p), p
+
+    while st.g_step < cfg.gan_steps:
+        for _ in range(cfg.d_steps):
+            x, y = _batch(data, n, st.rng)
+            if cfg.hflip:
+                x = _flip(x, st.rng)
+            with torch.no_grad():
+                xf, pf = fake_batch()
+            d_loss = d_hinge_loss(d(x, F.one_hot(y, k).float()), d(xf, pf))
+            _check_finite(d_loss, "discriminator", st.global_step, work, last_good)
+            st.d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            st.d_opt.step()
+        xf, pf = fake_batch()
+        g_loss = g_hinge_loss(d(xf, pf))
+        _check_finite(g_loss, "generator", st.global_step, work, last_good)
+        st.g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        st.g_opt.step()
+        st.g_step += 1
+        # Short warm-up of the EMA horizon so early checkpoints are not dominated by the random init.
+        ema_update(st.g_ema, g, min(cfg.ema_decay, (1 + st.g_step) / (10 + st.g_step)))
+        bar.advance(d=d_loss.item(), g=g_loss.item())
+        if st.g_step % 50 == 0:
+            log.write({"global_step": st.global_step, "phase": "gan", "d_loss": d_loss.item(), "g_loss": g_loss.item()})
+        if st.g_step % cfg.checkpoint_every == 0 or st.g_step == cfg.gan_steps:
+            st.elapsed += bar.lap()
+            save_checkpoint(st, work / CHECKPOINT)
+            last_good = st.global_step
+
+
+# ---------------------------------------------------------------- progress
+class _Bar:
+    """A rich progress bar over both phases (or nothing), plus a lap timer for the wall-time total."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self._t = time.perf_counter()
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.task = self.progress.add_task("source", total=total, completed=done, info="")
+
+    def __enter__(self) -> "_Bar":
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def phase(self, name: str) -> None:
+        if self.progress:
+            self.progress.update(self.task, description=name)
+
+    def advance(self, **losses: float) -> None:
+        if self.progress:
+            self.progress.update(self.task, advance=1, info=" ".join(f"{k}={v:.3f}" for k, v in losses.items()))
+
+    def lap(self) -> float:
+        """Seconds since the last lap: summed into the run's wall time at each checkpoint."""
+        now = time.perf_counter()
+        dt, self._t = now - self._t, now
+        return dt
+
+
+# ---------------------------------------------------------------- entry point
+def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | None = None) -> Path:
+    """Train C and the GAN (resuming from the work dir if it holds a checkpoint) and write the bundle to cfg.out."""
+    check_replaceable(cfg.out)  # fail now, not after training, if out is a folder we must not replace
+    data = load_dataset(cfg.data, cfg.image_size)
+    shape, k, classes = data.shape, len(data.classes), list(data.classes)
+    if shape[1] != shape[2] or shape[1] % 4:
+        raise EdgepptError(f"the generator needs square images whose side is a multiple of 4; {cfg.data} has "
+                           f"{shape[1]}x{shape[2]}: pass an image size such as {max(8, shape[1] // 4 * 4)}")
+    train, test = train_test_split(data, cfg.test_fraction, cfg.seed)
+    work = work_dir(cfg.out)
+    work.mkdir(parents=True, exist_ok=True)
+    st = State(cfg, k, shape)
+    if (work / CHECKPOINT).exists():
+        st.load(work / CHECKPOINT)
+    log = MetricsLog(work / "metrics.jsonl", truncate_after_step=st.global_step)
+    total = cfg.classifier_steps + cfg.gan_steps
+    with _Bar(progress, total, min(st.global_step, total)) as bar:
+        bar.phase("classifier")
+        _train_classifier(st, train, test, work, log, bar)
+        bar.phase("GAN")
+        _train_gan(st, data, k, work, log, bar)
+    g, c = st.g_ema.eval(), st.classifier.eval()
+    gen_acc = generated_accuracy(g, c, k, cfg.latent_dim, seed=cfg.seed)
+    info = {
+        "command": command or cli_command(cfg),
+        "config": cfg.model_dump(mode="json"),
+        "classifier_arch": cfg.classifier_arch,
+        "classifier_test_accuracy": round(st.c_acc or 0.0, 4),
+        "classifier_test_size": len(test),
+        "generated_accuracy": round(gen_acc, 4),  # C's accuracy on one-hot G samples
+        "train_images": len(data),
+        "image_shape": list(shape),
+        "wall_time_s": round(st.elapsed, 1),
+        "resumed_from_step": st.resumed_from,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),  # the caller's choice; the CPU thread count only changes float rounding
+    }
+    out = save_bundle(cfg.out, g, c, classes, cfg.latent_dim, shape, info=info)
+    from .inspect import sample_grid  # after save: the preview is drawn from the compiled bundle
+    sample_grid(out, out / "samples.png", seed=cfg.seed)
+    write_readme(out, info, classes)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def write_readme(out: Path, info: dict[str, Any], classes: list[str]) -> None:
+    cfg = info["config"]
+    text = f"""# Source bundle: {', '.join(classes)}
+
+A class-conditional generator G(z, p) and a source classifier C(x), compiled with `torch.export`
+(see `manifest.json`; the generator and classifier files are checked against their sha256 on load).
+
+Reproduce with:
+
+```
+{info['command']}
+```
+
+- data: `{cfg['data']}` ({info['train_images']} images of shape {info['image_shape']})
+- classifier `{info['classifier_arch']}`: held-out accuracy **{info['classifier_test_accuracy']:.1%}** on {info['classifier_test_size']} images
+- generator: C recognises {info['generated_accuracy']:.1%} of one-hot samples as the class asked for
+- GAN steps: {cfg['gan_steps']}, classifier steps: {cfg['classifier_steps']}, seed {cfg['seed']}
+- training wall time: {info['wall_time_s'] / 60:.1f} min with {info['threads']} CPU thread(s) (torch {info['torch']})
+
+`samples.png`: one row per class (one-hot p), the last row interpolates p between two classes.
+"""
+    atomic_write_text(out / "README.md", text)

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgeppt.data import (ANIMAL_CLASSES, few_shot, load_dataset, load_folder, load_npz, train_test_split)
+from edgeppt.errors import EdgepptError
+
+
+def _write(path, size=(10, 10), value=128, mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, 0, 0)).save(path)
+
+
+def test_builtin_animals_loads_without_tensorflow_and_selects_classes():
+    ds = load_dataset("animals:elephant,giraffe")
+    assert ds.classes == ["elephant", "giraffe"] and ds.shape == (1, 28, 28)
+    assert ds.counts() == [1000, 1000]
+    assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0
+    assert len(load_dataset("animals").classes) == len(ANIMAL_CLASSES) == 10
+
+
+def test_digits_and_resize():
+    ds = load_dataset("digits:0,1,2", image_size=16)
+    assert ds.shape == (1, 16, 16) and ds.classes == ["0", "1", "2"]
+
+
+def test_folder_rgb_gray_and_resize(tmp_path):
+    for c in ("cat", "dog"):
+        for i in range(3):
+            _write(tmp_path / c / f"{i}.png", mode="RGB" if i else "L")
+    ds = load_folder(tmp_path, image_size=8)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6 and ds.shape[1:] == (8, 8)
+
+
+def test_corrupt_image_is_skipped_and_reported(tmp_path):
+    for c in ("a", "b"):
+        for i in range(2):
+            _write(tmp_path / c / f"{i}.png")
+    bad = tmp_path / "a" / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    ds = load_folder(tmp_path)
+    assert len(ds) == 4 and len(ds.skipped) == 1 and str(bad) in ds.skipped[0]
+
+
+def test_empty_class_folder_is_refused(tmp_path):
+    _write(tmp_path / "a" / "0.png")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(EdgepptError, match="class folder .*b holds no images"):
+        load_folder(tmp_path)
+
+
+def test_class_with_only_unreadable_images_is_refused(tmp_path):
+    _write(tmp_path / "a" / "0.png")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(EdgepptError, match="no readable image"):
+        load_folder(tmp_path)
+
+
+def test_one_class_is_refused(tmp_path):
+    _write(tmp_path / "only" / "0.png")
+    with pytest.raises(EdgepptError, match="at least two classes"):
+        load_dataset(str(tmp_path))
+
+
+def test_mixed_sizes_are_refused_unless_a_size_is_given(tmp_path):
+    _write(tmp_path / "a" / "0.png", size=(10, 10))
+    _write(tmp_path / "b" / "0.png", size=(12, 12))
+    with pytest.raises(EdgepptError, match="mixed sizes"):
+        load_folder(tmp_path)
+    assert load_folder(tmp_path, image_size=10).shape == (1, 10, 10)
+
+
+def test_npz_layouts_and_errors(tmp_path):
+    x = np.random.randint(0, 255, (6, 9, 9, 3), np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 0, 1, 0, 1]))
+    ds = load_npz(tmp_path / "d.npz")
+    assert ds.shape == (3, 9, 9) and ds.classes == ["0", "1"]
+    np.savez(tmp_path / "bad.npz", images=x)
+    with pytest.raises(EdgepptError, match="needs arrays 'x' and 'y'"):
+        load_npz(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(EdgepptError, match="not a readable .npz"):
+        load_npz(tmp_path / "junk.npz")
+
+
+def test_unknown_dataset_and_class():
+    with pytest.raises(EdgepptError, match="not found"):
+        load_dataset("no/such/folder")
+    with pytest.raises(EdgepptError, match="unknown classes"):
+        load_dataset("animals:unicorn,cat")
+
+
+def test_splits_are_fixed_stratified_and_seeded():
+    ds = load_dataset("digits:0,1,2")
+    tr1, te1 = train_test_split(ds, 0.2, seed=0)
+    tr2, te2 = train_test_split(ds, 0.2, seed=0)
+    assert torch.equal(te1.x, te2.x) and len(tr1) + len(te1) == len(ds)
+    a, _ = few_shot(tr1, 4, seed=1)
+    b, _ = few_shot(tr1, 4, seed=1)
+    c, _ = few_shot(tr1, 4, seed=2)
+    assert a.counts() == [4, 4, 4] and torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    with pytest.raises(EdgepptError, match="fewer than labels-per-class"):
+        few_shot(tr1, 10_000, seed=0)

@@ -1,0 +1,188 @@
+"""The source stage: GAN shapes, bundle round trip and refusals, the preview grid, checkpoint resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import source.train as st
+from edgeppt.bundle import GENERATOR_FILE, load_bundle, save_bundle
+from edgeppt.config import SourceTrainConfig
+from edgeppt.errors import EdgepptError
+from edgeppt.models import create_model
+from edgeppt.runs import sha256_file
+from source import Discriminator, Generator, SourceClassifier, sample_grid, train_source
+
+TINY = dict(data="digits", latent_dim=8, gen_channels=8, disc_channels=8, batch_size=16, classifier_arch="resnet_xs",
+            classifier_steps=4, gan_steps=6, checkpoint_every=2, hflip=False)
+
+
+def tiny_cfg(out: Path, **kw) -> SourceTrainConfig:
+    return SourceTrainConfig(out=out, **{**TINY, **kw})
+
+
+def tiny_bundle(path: Path, latent: int = 8, k: int = 3, shape: tuple[int, int, int] = (1, 8, 8)) -> Path:
+    torch.manual_seed(0)
+    g = Generator(latent, k, 8, shape)
+    c = SourceClassifier(create_model("resnet_xs", k, shape[0]))
+    return save_bundle(path, g, c, [f"c{i}" for i in range(k)], latent, shape)
+
+
+def rehash(path: Path) -> None:
+    m = json.loads((path / "manifest.json").read_text())
+    m["files"] = {f: sha256_file(path / f) for f in m["files"]}
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return train_source(tiny_cfg(tmp_path_factory.mktemp("src") / "bundle"), progress=False)
+
+
+def test_gan_shapes_and_range():
+    for shape in [(1, 28, 28), (3, 32, 32), (1, 8, 8)]:
+        g, d = Generator(16, 4, 8, shape), Discriminator(4, 8, shape)
+        x = g(torch.randn(5, 16), torch.softmax(torch.randn(5, 4), 1))
+        assert x.shape == (5, *shape) and 0 <= x.min() and x.max() <= 1
+        assert d(x, torch.eye(4)[torch.arange(5) % 4]).shape == (5,)
+    with pytest.raises(ValueError):
+        Generator(16, 4, 8, (1, 30, 30))
+
+
+def test_train_writes_bundle(trained: Path):
+    b = load_bundle(trained)
+    assert b.classes == [str(i) for i in range(10)] and b.image_shape == (1, 8, 8) and b.latent_dim == 8
+    info = b.manifest["info"]
+    assert 0 <= info["classifier_test_accuracy"] <= 1 and info["command"].startswith("edgeppt source train --data digits")
+    assert set(b.manifest["files"]) == {"generator.pt2", "classifier.pt2"}
+    assert (trained / "samples.png").is_file() and (trained / "README.md").is_file()
+    assert not st.work_dir(trained).exists()  # the work dir goes once the bundle is written
+    logits, feats = b.classify(b.sample_classes(torch.arange(10)))
+    assert logits.shape == (10, 10) and feats.ndim == 2
+
+
+def test_out_that_is_not_a_bundle_refused(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(EdgepptError, match="not a source bundle"):
+        train_source(tiny_cfg(tmp_path), progress=False)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_save_load_identical(tmp_path: Path):
+    torch.manual_seed(0)
+    g = Generator(8, 3, 8, (1, 8, 8)).eval()
+    c = SourceClassifier(create_model("resnet_xs", 3, 1)).eval()
+    b = load_bundle(save_bundle(tmp_path / "b", g, c, ["a", "b", "c"], 8, (1, 8, 8)))
+    z, p = torch.randn(7, 8), torch.softmax(torch.randn(7, 3), 1)
+    x = torch.rand(7, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(b.generate(p, z), g(z, p), atol=1e-6)
+        assert torch.allclose(b.classify(x)[0], c(x)[0], atol=1e-5)
+
+
+def test_tampered_generator_refused(tmp_path: Path):
+    path = tiny_bundle(tmp_path / "b")
+    with open(path / GENERATOR_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EdgepptError, match="sha256"):
+        load_bundle(path)
+
+
+def test_wrong_generator_signature_refused(tmp_path: Path):
+    a, b = tiny_bundle(tmp_path / "a", latent=8), tiny_bundle(tmp_path / "b", latent=12)
+    shutil.copy(b / GENERATOR_FILE, a / GENERATOR_FILE)  # a generator for z of size 12 in a bundle that says 8
+    rehash(a)
+    with pytest.raises(EdgepptError, match=r"generator does not accept G\(z: \(N, 8\)"):
+        load_bundle(a)
+
+
+def test_manifest_class_count_mismatch_refused(tmp_path: Path):
+    path = tiny_bundle(tmp_path / "b", k=3)
+    m = json.loads((path / "manifest.json").read_text())
+    m["classes"] = ["x", "y", "z", "w"]
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgepptError, match=r"p: \(N, 4\)"):
+        load_bundle(path)
+
+
+def test_conditioning_and_soft_labels(trained: Path):
+    b = load_bundle(trained)
+    z = torch.randn(4, b.latent_dim, generator=torch.Generator().manual_seed(1))
+    eye = torch.eye(b.num_classes)
+    xa, xb = b.generate(eye[0].expand(4, -1), z), b.generate(eye[1].expand(4, -1), z)
+    assert not torch.allclose(xa, xb)  # the class changes the image
+    mix = b.generate((0.5 * eye[0] + 0.5 * eye[1]).expand(4, -1), z)
+    assert mix.shape == xa.shape and torch.isfinite(mix).all() and 0 <= mix.min() and mix.max() <= 1
+    assert not torch.allclose(mix, xa) and not torch.allclose(mix, xb)
+
+
+def test_sample_grid(trained: Path, tmp_path: Path):
+    png = sample_grid(trained, tmp_path / "grid.png", per_class=4, interpolate=("3", "8"))
+    with Image.open(png) as im:
+        assert im.height == 11 * (8 * 8 + 2)  # 10 class rows + the interpolation row, 64 px tiles
+    with pytest.raises(EdgepptError, match="not in this bundle"):
+        sample_grid(trained, tmp_path / "bad.png", interpolate=("3", "cat"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Kill the run right after the checkpoint of global step `step` is written."""
+    real = st.save_checkpoint
+
+    def save(state, path):
+        real(state, path)
+        if state.global_step == step:
+            raise Interrupt
+
+    monkeypatch.setattr(st, "save_checkpoint", save)
+
+
+def test_resume_after_interruption(tmp_path: Path, monkeypatch):
+    def run(out: Path, stop: int, **kw) -> dict:
+        interrupt_at(monkeypatch, stop)
+        with pytest.raises(Interrupt):
+            train_source(tiny_cfg(out, **kw), progress=False)
+        return torch.load(st.work_dir(out) / st.CHECKPOINT, weights_only=True)
+
+    ref = run(tmp_path / "ref", 10)  # the whole run uninterrupted, stopped before export
+    ck = run(tmp_path / "b", 6)  # classifier (4 steps) done, 2 GAN steps done
+    assert (ck["c_step"], ck["g_step"]) == (4, 2)
+    with pytest.raises(EdgepptError, match="different config"):
+        train_source(tiny_cfg(tmp_path / "b", latent_dim=9), progress=False)
+    ck = run(tmp_path / "b", 10)  # resumed from step 6
+    assert (ck["c_step"], ck["g_step"]) == (4, 6)
+    for part in ("g_ema", "d", "classifier"):  # resuming changes nothing: same RNG, optimiser and EMA state
+        assert all(torch.equal(ck[part][n], ref[part][n]) for n in ref[part]), part
+
+
+def test_more_gan_steps_continue(tmp_path: Path, monkeypatch):
+    out = tmp_path / "b"
+    interrupt_at(monkeypatch, 6)
+    with pytest.raises(Interrupt):
+        train_source(tiny_cfg(out), progress=False)
+    monkeypatch.undo()
+    b = load_bundle(train_source(tiny_cfg(out, gan_steps=10), progress=False))  # asking for more steps resumes too
+    assert b.manifest["info"]["resumed_from_step"] == 6 and b.manifest["info"]["config"]["gan_steps"] == 10
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path, monkeypatch):
+    out = tmp_path / "b"
+    calls = {"n": 0}
+
+    def bad_loss(fake):
+        calls["n"] += 1
+        return fake.mean() * (float("nan") if calls["n"] > 3 else -1.0)
+
+    monkeypatch.setattr(st, "g_hinge_loss", bad_loss)
+    with pytest.raises(EdgepptError, match="last good checkpoint"):
+        train_source(tiny_cfg(out), progress=False)
+    ck = torch.load(st.work_dir(out) / st.CHECKPOINT, weights_only=True)
+    assert ck["g_step"] == 2 and not out.exists()

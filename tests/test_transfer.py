@@ -1,0 +1,144 @@
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgeppt.bundle import load_bundle
+from edgeppt.config import TransferConfig
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import load_checkpoint, read_jsonl
+from transfer import loop, run_transfer
+from transfer.pseudo import condition_probs, make_pool
+
+TARGET = "digits:0,1,2,3,4"
+
+
+def cfg(bundle, **kw):
+    base = dict(source=bundle, target=TARGET, arch="resnet_xs", labels_per_class=4, pretrain_steps=20,
+                pretrain_batch=32, finetune_steps=40, batch_size=20, eval_every=20, checkpoint_every=10,
+                lr=0.05, pssl={"pool_size": 128, "unlabeled_ratio": 1})
+    base.update(kw)
+    return TransferConfig(**base)
+
+
+def _first_last(values, n=8):
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
+@pytest.mark.parametrize("method,ssl", [("scratch", None), ("kd", None), ("pp", None), ("pssl", "fixmatch"),
+                                        ("pp+pssl", "uda"), ("pp+pssl", "pseudolabel"), ("pp+pssl", "meanteacher")])
+def test_each_method_runs_and_its_loss_falls(tiny_bundle, tmp_path, method, ssl):
+    c = cfg(tiny_bundle, method=method)
+    if ssl:
+        c.pssl.algorithm = ssl
+    report = run_transfer(c, tmp_path / "run", progress=False)
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    # SSL losses add a ramped unlabelled term, so judge them by their supervised part.
+    key = "sup" if "pssl" in method else "loss"
+    first, last = _first_last([r[key] for r in rows])
+    assert last < first, (method, first, last)
+    assert report["test_accuracy"] > 1 / 5 + 0.1  # clearly better than chance on 5 classes
+    assert set(report) >= {"per_class_accuracy", "confusion_matrix", "settings", "timings_s", "images_per_s"}
+    assert sum(map(sum, report["confusion_matrix"])) == report["data"]["test"]
+    assert (tmp_path / "run" / "model.pt").exists()
+    if method.startswith("pp"):
+        assert (tmp_path / "run" / "pretrain" / "metrics.jsonl").exists()
+
+
+def test_pseudo_conditional_sampling(tiny_bundle):
+    b = load_bundle(tiny_bundle)
+    x_t = torch.rand(6, *b.image_shape)
+    p = condition_probs(b, x_t, temperature=1.0)
+    assert p.shape == (6, b.num_classes) and torch.allclose(p.sum(1), torch.ones(6))
+    z = torch.randn(2, b.latent_dim)
+    one, other = torch.eye(b.num_classes)[[0, 0]], torch.eye(b.num_classes)[[1, 1]]
+    assert not torch.allclose(b.generate(one, z), b.generate(other, z))
+    assert torch.allclose(b.generate(one, z), b.generate(one, z))
+    # Choosing z by gradient steps brings samples nearer their anchors in C's feature space.
+    base = TransferConfig(target=TARGET).pssl
+    rand = make_pool(b, x_t, base.model_copy(update={"pool_size": 48}), seed=0)
+    searched = make_pool(b, x_t, base.model_copy(update={"pool_size": 48, "z_search_steps": 15}), seed=0)
+    assert searched.relevance.mean() > rand.relevance.mean()
+    kept = make_pool(b, x_t, base.model_copy(update={"pool_size": 48, "relevance": "filter", "relevance_keep": 0.5}), 0)
+    assert len(kept) == 24 and kept.relevance.min() >= rand.relevance.median() - 1e-6
+    w = make_pool(b, x_t, base.model_copy(update={"pool_size": 48, "relevance": "weight"}), seed=0).weight
+    assert w.min() == 0 and w.max() == 1
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch):
+    c = cfg(tiny_bundle, method="pp+pssl")
+    whole = run_transfer(c, tmp_path / "whole", progress=False)
+
+    original = loop.Trainer._save
+    fired = {}
+
+    def save_then_ctrl_c(self, phase, step, opt):
+        original(self, phase, step, opt)
+        if self.phases[phase].name == "pp_pssl" and step == 10 and not fired:
+            fired["at"] = step
+            os.kill(os.getpid(), signal.SIGINT)  # the real Ctrl-C path: finish the step, checkpoint, stop
+
+    monkeypatch.setattr(loop.Trainer, "_save", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 10
+    monkeypatch.setattr(loop.Trainer, "_save", original)
+    resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
+
+    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl") if r["phase"] == "pp_pssl"]
+    assert steps == list(range(1, 41))  # no step logged twice, none missing
+
+
+def test_resume_with_other_settings_or_into_a_used_dir_is_refused(tiny_bundle, tmp_path):
+    c = cfg(tiny_bundle, method="scratch", finetune_steps=5)
+    run_transfer(c, tmp_path / "r", progress=False)
+    with pytest.raises(EdgepptError, match="already holds a run"):
+        run_transfer(c, tmp_path / "r", progress=False)
+    with pytest.raises(EdgepptError, match="labels_per_class"):
+        run_transfer(cfg(tiny_bundle, method="scratch", finetune_steps=5, labels_per_class=2), tmp_path / "r",
+                     resume=True, progress=False)
+    with pytest.raises(EdgepptError, match="nothing to resume"):
+        run_transfer(c, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bundle, tmp_path):
+    c = cfg(tiny_bundle, method="scratch", lr=1e12, checkpoint_every=1, finetune_steps=200)
+    with pytest.raises(EdgepptError, match="(loss became nan|weights became NaN).*last good checkpoint"):
+        run_transfer(c, tmp_path / "nan", progress=False)
+    ck = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
+    assert ck["step"] < 200
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_method_without_bundle_and_bad_bundle_are_explained(tiny_bundle, tmp_path):
+    with pytest.raises(EdgepptError, match="needs a source bundle"):
+        run_transfer(TransferConfig(target=TARGET, method="pp"), tmp_path / "a", progress=False)
+    with pytest.raises(EdgepptError, match="not a source bundle"):
+        run_transfer(cfg(tmp_path, method="pp"), tmp_path / "b", progress=False)
+
+
+def test_pp_weights_are_cached_across_runs(tiny_bundle, tmp_path):
+    first = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "a", progress=False, pp_cache=tmp_path / "cache")
+    second = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "b", progress=False, pp_cache=tmp_path / "cache")
+    assert "cached" not in first["pretrain"] and "cached" in second["pretrain"]
+    assert first["test_accuracy"] == second["test_accuracy"]
+
+
+def test_torchrun_two_cpu_processes(tiny_bundle, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "edgeppt", "transfer", "--source", str(tiny_bundle), "--target", TARGET, "--arch", "resnet_xs",
+           "--method", "pp+pssl", "--out", str(tmp_path / "ddp"), "--quiet",
+           "--set", "pretrain_steps=10", "--set", "finetune_steps=20", "--set", "pssl.pool_size=64",
+           "--set", "pretrain_batch=32", "--set", "threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    report = json.loads((tmp_path / "ddp" / "report.json").read_text())
+    assert report["world_size"] == 2 and report["test_accuracy"] > 0.3
