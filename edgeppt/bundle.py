@@ -108,6 +108,9 @@ def save_bundle(path: str | Path, generator: nn.Module, classifier: nn.Module, c
             "files": {f: sha256_file(tmp / f) for f in (GENERATOR_FILE, CLASSIFIER_FILE)},
         }
         atomic_write_json(tmp / "manifest.json", manifest)
+        tmp.chmod(0o755)  # mkdtemp/mkstemp create owner-only (0700/0600) entries; a bundle is meant to be shared
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

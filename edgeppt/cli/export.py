@@ -1,0 +1,104 @@
+"""`edgeppt export | bench | deploy`: artifacts, a bundle, numbers from the device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import app, console, guarded
+
+
+def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
+    table = Table(title=title)
+    for col in ("format", "provider", "batch-1 median ms", "batch-1 p90 ms", "img/s (largest batch)", "accuracy"):
+        table.add_column(col, justify="left" if col in ("format", "provider") else "right")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["format"], "-", "-", "-", "-", f"[yellow]{r['error'][:60]}[/]")
+            continue
+        big = next((v for k, v in r.items() if k.startswith("batch") and k != "batch1" and isinstance(v, dict)), r["batch1"])
+        acc = r.get(accuracy_key, r.get("sample_accuracy"))
+        table.add_row(r["format"], r.get("provider", "-"), f"{r['batch1']['median_ms']:.3f}", f"{r['batch1']['p90_ms']:.3f}",
+                      f"{big['throughput_ips']:.0f} (b{big['batch']})", "-" if acc is None else f"{100 * acc:.2f}%")
+    return table
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="Run directory with model.pt and report.json."),
+    out: Optional[Path] = typer.Option(None, help="Bundle directory to write (default dist/<run name>)."),
+    device: str = typer.Option("x86-cpu", help="Target: x86-cpu, arm-cpu or jetson (picks default formats and threads)."),
+    formats: Optional[str] = typer.Option(None, help="Comma-separated: onnx,int8,fp16,tensorrt (default: the device's)."),
+    int8_calibration: str = typer.Option("target", help="target: target images; pseudo: source-generator samples."),
+    source: Optional[Path] = typer.Option(None, help="Source bundle for --int8-calibration pseudo (default: the run's)."),
+    calibration_data: Optional[str] = typer.Option(None, help="Images to calibrate with (default: the run's target images minus the test split)."),
+    calibration_size: int = typer.Option(256, min=1, help="Calibration images."),
+    max_int8_drop: float = typer.Option(1.0, help="Accuracy points INT8 may lose before remedies are tried."),
+    dynamic_batch: bool = typer.Option(False, help="Dynamic batch dimension (default: static batch 1)."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the device's)."),
+    bench_runs: int = typer.Option(50, min=0, help="Timed runs per artifact for the manifest's latency table (0: none)."),
+) -> None:
+    """Export a trained run to ONNX / INT8 / FP16 / TensorRT and write a verified, deployable bundle."""
+    from export import export_run
+
+    m = guarded(export_run, run, out, device=device, formats=formats, int8_calibration=int8_calibration, source=source,
+             calibration_data=calibration_data, calibration_size=calibration_size, max_int8_drop=max_int8_drop,
+             dynamic_batch=dynamic_batch, threads=threads, bench_runs=bench_runs,
+             log=lambda s: console.print(f"[cyan]export[/] {s}"))
+    rows = [{**r, "provider": "CPU (export host)"} for r in m["results"] if "batch1" in r]
+    Console().print(_bench_table(f"bundle {out or 'dist/' + run.resolve().name} (test split: {m['test_images']} images)",
+                                 rows, "accuracy"))
+    int8 = m["artifacts"].get("int8", {})
+    guard = int8.get("accuracy_guard")
+    if guard and not guard["met"]:
+        console.print(f"[yellow]warning:[/] INT8 {guard['note']}")
+    if int8.get("evaluator") == "reference" and abs(int8["host_accuracy"] - int8["accuracy"]) > 0.01:
+        console.print(f"[yellow]note:[/] INT8 accuracy {100 * int8['accuracy']:.2f}% is the exact Q/DQ result (what "
+                      f"{device}'s int8 engine computes); onnxruntime's int8 kernels on this host score "
+                      f"{100 * int8['host_accuracy']:.2f}%")
+
+
+@app.command("bench")
+def bench_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by edgeppt export."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the bundle's device setting)."),
+    runs: int = typer.Option(50, min=1),
+    batch: int = typer.Option(32, min=1, help="Throughput batch (dynamic-batch models only)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Latency and accuracy of every artifact of a bundle on this machine."""
+    from export import bench_bundle
+
+    report = guarded(bench_bundle, bundle, threads=threads, runs=runs, batch=batch)
+    if json_out:
+        print(json.dumps(report, indent=2))
+        return
+    Console().print(_bench_table(f"{bundle} on {report['host']} ({report['threads'] or 'default'} threads)",
+                                 report["results"], "test_accuracy"))
+
+
+@app.command("deploy")
+def deploy_cmd(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by edgeppt export."),
+    host: str = typer.Option(..., help="user@device (anything ssh accepts)."),
+    port: Optional[int] = typer.Option(None, help="SSH port."),
+    identity: Optional[Path] = typer.Option(None, help="SSH private key."),
+    ssh_option: list[str] = typer.Option([], "--ssh-option", "-o", help="Extra ssh -o option, e.g. -o StrictHostKeyChecking=accept-new."),
+    remote_dir: Optional[str] = typer.Option(None, help="Folder on the device (default ~/edgeppt-bundles/<bundle name>)."),
+    python: str = typer.Option("python3", help="Python on the device (needs numpy, onnxruntime, pillow)."),
+    threads: Optional[int] = typer.Option(None),
+    runs: int = typer.Option(30, min=1),
+) -> None:
+    """Copy a bundle over SSH, verify its hashes on the device, run its benchmark there and print the numbers."""
+    from export import deploy_bundle
+
+    report = guarded(deploy_bundle, bundle, host, remote_dir=remote_dir, port=port, identity=identity,
+                  ssh_options=ssh_option, python=python, threads=threads, runs=runs)
+    console.print(f"[green]deployed:[/] {report['remote']} ({report['verified_files']} files verified on the device)")
+    Console().print(_bench_table(f"on {report['host']} ({report['machine']}, onnxruntime {report['onnxruntime']})",
+                                 report["results"], "test_accuracy"))

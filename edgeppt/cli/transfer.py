@@ -1,0 +1,82 @@
+"""`edgeppt transfer` and `edgeppt models`: train a target architecture from a source bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeppt.config import METHODS, TransferConfig
+
+from .common import app, console, fail, guarded, merged
+
+
+@app.command()
+def transfer(
+    source: Optional[Path] = typer.Option(None, help="Source bundle directory."),
+    target: Optional[str] = typer.Option(None, help="Target images: built-in name[:classes], class folders or .npz."),
+    test: Optional[str] = typer.Option(None, help="Test images (default: a fixed 20% split of --target)."),
+    labels_per_class: Optional[int] = typer.Option(None, help="Labelled target images per class."),
+    arch: Optional[str] = typer.Option(None, help="Registered architecture name or frozen-architecture JSON."),
+    method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)}."),
+    ssl: Optional[str] = typer.Option(None, help="P-SSL algorithm: fixmatch, uda, pseudolabel, meanteacher."),
+    seed: Optional[int] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, help="Run directory."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its saved settings are used)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with TransferConfig fields."),
+    pp_cache: Optional[Path] = typer.Option(None, help="Folder to reuse pseudo pre-training weights across runs."),
+    set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set pssl.z_search_steps=10."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Train a target architecture with PP and/or P-SSL; writes model.pt, metrics.jsonl and report.json."""
+    from transfer.run import load_run_config, run_transfer
+
+    overrides = {"source": source, "target": target, "test": test, "labels_per_class": labels_per_class,
+                 "arch": arch, "method": method, "seed": seed}
+    if ssl:
+        set_ = [f"pssl.algorithm={ssl}", *set_]
+    if resume:
+        out = resume
+        base = guarded(load_run_config, resume).model_dump(mode="json", exclude_unset=True)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = base
+    if out is None:
+        fail("give --out (a new run directory) or --resume (an existing one)")
+    if not resume and target is None and config is None:
+        fail("give --target (the labelled target images)")
+    cfg = guarded(merged, TransferConfig, config, overrides, set_)
+    report = guarded(run_transfer, cfg, out, resume=resume is not None, progress=not quiet, pp_cache=pp_cache)
+    if report:
+        _print_report(report, out)
+
+
+def _print_report(report: dict, out: Path) -> None:
+    table = Table(title=f"{report['settings']['method']} on {report['settings']['target']} "
+                        f"({report['settings']['labels_per_class']} labels/class)")
+    table.add_column("class")
+    table.add_column("test accuracy", justify="right")
+    for name, acc in report["per_class_accuracy"].items():
+        table.add_row(name, f"{100 * acc:.1f}%")
+    table.add_row("[bold]all[/]", f"[bold]{100 * report['test_accuracy']:.2f}%[/]")
+    Console().print(table)
+    console.print(f"time {report['timings_s']['total']:.1f}s; report: {out / 'report.json'}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered target architectures."""
+    import torch
+
+    from edgeppt.models import arch_spec, create_model, list_models
+
+    table = Table(title="architectures (--arch NAME, or a frozen-architecture JSON)")
+    for col in ("name", "family", "parameters (10 classes, 1 channel)"):
+        table.add_column(col)
+    for name in list_models():
+        m = create_model(name, 10, 1)
+        table.add_row(name, arch_spec(name)["family"], f"{sum(p.numel() for p in m.parameters()):,}")
+    del torch
+    Console().print(table)

@@ -1,0 +1,141 @@
+"""The deployable bundle: a folder with the model files, labels, preprocessing spec, runner, TensorRT build
+script, a few sample images and manifest.json (sha256 of every file, the accuracy/latency table).
+
+Written into a temporary folder beside the target and renamed into place, so a failed export never leaves a
+half-written bundle, and a bundle is never mixed with an earlier one's files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+
+from . import runner, tensorrt
+
+FORMAT, VERSION = "edgeppt-export-bundle", 1
+MANIFEST = runner.MANIFEST
+RUNNER_FILE, BUILD_SCRIPT, BUILD_SHELL = "runner.py", "build_engine.py", "build_engine.sh"
+
+
+def check_replaceable(path: Path) -> None:
+    """An export replaces the whole folder: refuse anything but an earlier export bundle or an empty folder."""
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not _is_bundle(path))):
+        raise EdgepptError(f"{path} exists and is not an export bundle; refusing to replace it (choose another --out)")
+
+
+def _is_bundle(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A temporary folder that becomes `out` when the block finishes without an error."""
+    out = Path(out)
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def preprocess_spec(channels: int, image_size: int) -> dict[str, Any]:
+    """How an image file becomes the model input; the runner implements exactly this."""
+    return {"image_size": image_size, "channels": channels, "color": "L" if channels == 1 else "RGB",
+            "resize": "bilinear", "layout": "NCHW", "dtype": "float32", "scale": 1 / 255,
+            "mean": [0.0] * channels, "std": [1.0] * channels,
+            "note": "x = (pixel * scale - mean) / std: pixels in [0, 1], no further normalisation"}
+
+
+def write_support_files(root: Path, classes: list[str], spec: dict[str, Any]) -> None:
+    """labels, preprocessing spec and the standalone runner and TensorRT build script."""
+    atomic_write_text(root / "labels.txt", "".join(c + "\n" for c in classes))
+    atomic_write_json(root / "preprocess.json", spec)
+    here = Path(__file__).parent
+    atomic_write_bytes(root / RUNNER_FILE, (here / "runner.py").read_bytes())
+    atomic_write_bytes(root / BUILD_SCRIPT, (here / "tensorrt.py").read_bytes())
+
+
+def write_build_shell(root: Path, commands: list[str]) -> None:
+    body = ("#!/usr/bin/env sh\n# Build TensorRT engines on the device (engines are tied to its GPU and TensorRT version).\n"
+            "# Either the trtexec commands below, or: python3 build_engine.py <model.onnx> <model.engine>\n"
+            "set -e\ncd \"$(dirname \"$0\")\"\n" + "".join(c + "\n" for c in commands))
+    path = atomic_write_text(root / BUILD_SHELL, body)
+    path.chmod(0o755)
+
+
+def write_samples(root: Path, x: np.ndarray, y: np.ndarray, classes: list[str], per_class: int = 4) -> int:
+    """A few labelled test images as PNG (samples/<class>/), for a smoke check of accuracy on the device."""
+    n = 0
+    for k, c in enumerate(classes):
+        for i, idx in enumerate(np.flatnonzero(y == k)[:per_class]):
+            a = np.clip(np.rint(x[idx] * 255), 0, 255).astype(np.uint8)
+            img = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+            (root / "samples" / c).mkdir(parents=True, exist_ok=True)
+            tmp = root / "samples" / c / f".{i}.png.tmp"
+            img.save(tmp, format="PNG")
+            tmp.rename(root / "samples" / c / f"{i}.png")
+            n += 1
+    return n
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the sha256 of every file in the bundle (but the manifest itself) and write manifest.json."""
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": FORMAT, "version": VERSION, **manifest, "files": files}
+    atomic_write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise EdgepptError(f"{path}: not an export bundle (no {MANIFEST})")
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except json.JSONDecodeError as e:
+        raise EdgepptError(f"{path / MANIFEST}: not valid JSON ({e})") from e
+    if m.get("format") != FORMAT:
+        raise EdgepptError(f"{path / MANIFEST}: format is {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("version") != VERSION:
+        raise EdgepptError(f"{path / MANIFEST}: bundle version {m.get('version')} is not supported (this edgeppt reads {VERSION})")
+    return m
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """The manifest, after checking every listed file against its sha256 (the runner's check, shared)."""
+    m = read_manifest(path)
+    problems = runner.verify(Path(path))
+    if problems:
+        raise EdgepptError(f"{path}: bundle verification failed: " + "; ".join(problems))
+    return m
+
+
+def trtexec_commands(artifacts: dict[str, dict[str, Any]], input_name: str, shape: list[int], dynamic: bool) -> list[str]:
+    """One trtexec line per GPU-ready ONNX model (QDQ INT8 with symmetric activations, FP16)."""
+    cmds = []
+    for fmt in ("int8", "fp16"):
+        a = artifacts.get(fmt)
+        if a and a.get("tensorrt_ready", fmt == "fp16"):
+            engine = a["file"].replace(".onnx", ".engine")
+            cmds.append(tensorrt.trtexec_command(a["file"], engine, input_name, shape, dynamic))
+    return cmds

@@ -1,0 +1,78 @@
+"""`edgeppt deploy`: copy a bundle to a device over SSH, verify its hashes there, run the runner's benchmark there
+and bring the numbers back. Plain OpenSSH (ssh + tar), so the device needs nothing but sshd, tar and Python."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from edgeppt.errors import EdgepptError
+
+from .bundle import RUNNER_FILE, verify_bundle
+
+
+def ssh_base(host: str, port: int | None = None, identity: str | Path | None = None,
+             options: list[str] | None = None) -> list[str]:
+    # BatchMode: never stop at a password prompt; a deploy must fail fast and say why.
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+    if port:
+        cmd += ["-p", str(port)]
+    if identity:
+        cmd += ["-i", str(identity)]
+    for o in options or []:
+        cmd += ["-o", o]
+    return cmd + [host]
+
+
+def _remote(base: list[str], script: str, stdin: bytes | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(base + [script], input=stdin, capture_output=True, timeout=timeout)
+    except FileNotFoundError as e:
+        raise EdgepptError("ssh is not installed on this machine (apt-get install openssh-client)") from e
+    except subprocess.TimeoutExpired as e:
+        raise EdgepptError(f"the device did not answer within {timeout:.0f}s") from e
+
+
+def _tar(path: Path) -> bytes:
+    try:
+        return subprocess.run(["tar", "-C", str(path), "-cf", "-", "."], capture_output=True, check=True).stdout
+    except subprocess.CalledProcessError as e:
+        raise EdgepptError(f"cannot pack {path}: {e.stderr.decode(errors='replace')}") from e
+
+
+def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, port: int | None = None,
+                  identity: str | Path | None = None, ssh_options: list[str] | None = None, python: str = "python3",
+                  threads: int | None = None, runs: int = 30, max_seconds: float = 10.0) -> dict[str, Any]:
+    """Returns the benchmark report produced on the device (with the remote path and host)."""
+    path = Path(path)
+    manifest = verify_bundle(path)  # never ship a bundle that is already wrong
+    remote_dir = remote_dir or f"edgeppt-bundles/{path.resolve().name}"  # relative: under the login's home
+    base = ssh_base(host, port, identity, ssh_options)
+    d = shlex.quote(remote_dir)
+    # Replace the remote folder wholesale so no stale file of an earlier bundle survives.
+    r = _remote(base, f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf -", stdin=_tar(path))
+    if r.returncode != 0:
+        raise EdgepptError(f"copying to {host}:{remote_dir} failed (exit {r.returncode}): {_err(r)}")
+    py = shlex.quote(python)
+    r = _remote(base, f"cd {d} && {py} {RUNNER_FILE} verify")
+    if r.returncode != 0:
+        raise EdgepptError(f"hash verification on {host} failed: {_err(r)}")
+    bench = f"cd {d} && {py} {RUNNER_FILE} bench --json --runs {int(runs)} --max-seconds {float(max_seconds)}"
+    if threads is not None:
+        bench += f" --threads {int(threads)}"
+    r = _remote(base, bench)
+    if r.returncode != 0:
+        raise EdgepptError(f"the benchmark on {host} failed (exit {r.returncode}): {_err(r)}")
+    try:
+        report = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError) as e:
+        raise EdgepptError(f"the device's benchmark printed no JSON report: {r.stdout[-500:]!r}") from e
+    report.update(remote=f"{host}:{remote_dir}", verified_files=len(manifest["files"]))
+    return report
+
+
+def _err(r: subprocess.CompletedProcess) -> str:
+    return (r.stderr or r.stdout).decode(errors="replace").strip()[-1000:] or "no output"

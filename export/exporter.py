@@ -1,0 +1,247 @@
+"""`export_run`: a trained run directory -> a verified, deployable bundle.
+
+One table of formats (each with one function) and one small table of device profiles. Every artifact is
+checked against the PyTorch model on the run's test split before it is written into the manifest.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_bytes
+
+from . import bundle as B
+from . import quantize as Q
+from . import runner, tensorrt
+from .onnx_export import (INPUT_NAME, LoadedRun, check_parity, convert_fp16, export_onnx, load_run, parity, run_data,
+                          torch_logits)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A deployment target by simple name (issue "search" will replace this with YAML device profiles)."""
+    formats: tuple[str, ...]
+    threads: int                   # onnxruntime intra-op threads on the device (0: one per core)
+    symmetric_activations: bool    # int8 activations with zero point 0 (TensorRT, ARM) or uint8 (x86 onnxruntime)
+    evaluator: str                 # how INT8 accuracy is judged: this host's kernels, or exact Q/DQ reference
+    default_format: str            # what the runner classifies with
+
+
+DEVICES: dict[str, Device] = {
+    "x86-cpu": Device(("onnx", "int8"), 0, False, "host", "int8"),
+    "arm-cpu": Device(("onnx", "int8"), 4, True, "reference", "int8"),
+    "jetson": Device(("onnx", "int8", "fp16", "tensorrt"), 4, True, "reference", "fp16"),
+}
+
+
+@dataclass
+class Context:
+    run: LoadedRun
+    root: Path                       # the staging folder of the bundle
+    device: Device
+    test_x: np.ndarray
+    test_y: np.ndarray
+    labelled_x: torch.Tensor
+    reference: np.ndarray            # PyTorch logits on the test split
+    options: dict[str, Any]
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+
+def _onnx(ctx: Context) -> dict[str, Any]:
+    path = export_onnx(ctx.run.model, ctx.root / "model.onnx", ctx.run.input_shape, ctx.options["dynamic_batch"])
+    par = parity(ctx.reference, path, ctx.test_x)
+    check_parity(par, "the ONNX model")
+    acc = Q.accuracy(path, ctx.test_x, ctx.test_y)
+    ctx.log(f"onnx: top-1 agreement {100 * par['top1_agreement']:.2f}%, max |diff| {par['max_abs_diff']:.2e}")
+    return {"file": path.name, "precision": "fp32", "accuracy": acc, "parity": par}
+
+
+def _int8(ctx: Context) -> dict[str, Any]:
+    calib, calib_info = calibration_set(ctx)
+    symmetric = ctx.device.symmetric_activations or "tensorrt" in ctx.options["formats"]
+    guard = Q.quantize_guarded(ctx.root / "model.onnx", ctx.root / "model.int8.onnx", calib, ctx.test_x, ctx.test_y,
+                               Q.QuantConfig(symmetric_activations=symmetric), ctx.options["max_int8_drop"],
+                               ctx.device.evaluator)
+    path = ctx.root / "model.int8.onnx"
+    par = parity(ctx.reference, path, ctx.test_x)
+    ctx.log(f"int8: {guard.note}; accuracy {100 * guard.fp32_accuracy:.2f}% -> {100 * guard.int8_accuracy:.2f}%")
+    props = Q.qdq_properties(path)
+    # accuracy: as the device computes it (the evaluator); host_accuracy: onnxruntime's kernels on this machine.
+    return {"file": path.name, "precision": "int8", "accuracy": guard.int8_accuracy, "evaluator": guard.evaluator,
+            "host_accuracy": Q.accuracy(path, ctx.test_x, ctx.test_y, "host"), "parity": par, "calibration": calib_info,
+            "recipe": guard.chosen["config"], "qdq": props, "tensorrt_ready": props["max_abs_zero_point"] == 0,
+            "accuracy_guard": {"fp32_accuracy": guard.fp32_accuracy, "int8_accuracy": guard.int8_accuracy,
+                               "evaluator": guard.evaluator, "max_drop_points": guard.max_drop_points,
+                               "met": guard.met, "note": guard.note, "attempts": guard.attempts}}
+
+
+def _fp16(ctx: Context) -> dict[str, Any]:
+    path = convert_fp16(ctx.root / "model.onnx", ctx.root / "model.fp16.onnx")
+    out: dict[str, Any] = {"file": path.name, "precision": "fp16"}
+    try:  # onnxruntime's CPU provider lacks float16 kernels for some ops; then only the GPU can check it
+        out["parity"] = parity(ctx.reference, path, ctx.test_x)
+        out["accuracy"] = Q.accuracy(path, ctx.test_x, ctx.test_y)
+    except Exception as e:
+        out["unchecked"] = f"cannot run on this host's CPU provider: {e}".splitlines()[0][:300]
+    return out
+
+
+def _tensorrt(ctx: Context) -> dict[str, Any]:
+    """Always: the trtexec command and build script for the device. Where TensorRT and a GPU are here: the engine."""
+    dynamic = ctx.options["dynamic_batch"]
+    shape = [1, *ctx.run.input_shape]
+    sources = [f for f in ("int8", "fp16") if f in ctx.artifacts and ctx.artifacts[f].get("tensorrt_ready", f == "fp16")]
+    if not sources:
+        raise EdgepptError("tensorrt needs an int8 (QDQ, symmetric) or fp16 ONNX model: add int8 or fp16 to --formats")
+    commands = B.trtexec_commands(ctx.artifacts, INPUT_NAME, shape, dynamic)
+    B.write_build_shell(ctx.root, commands)
+    out: dict[str, Any] = {"sources": [ctx.artifacts[f]["file"] for f in sources], "trtexec": commands,
+                           "build_script": f"python3 {B.BUILD_SCRIPT} <model.onnx> <model.engine> --timing-cache timing.cache",
+                           "files": [B.BUILD_SCRIPT, B.BUILD_SHELL], "built": False}
+    ok, why = tensorrt.trt_available()
+    if not ok:
+        out["reason"] = why
+        ctx.log(f"tensorrt: engine not built here ({why}); wrote {B.BUILD_SHELL} and {B.BUILD_SCRIPT} for the device")
+        return out
+    onnx_file = ctx.artifacts[sources[0]]["file"]
+    engine, cache = tensorrt.build_engine(ctx.root / onnx_file)
+    engine_file = onnx_file.replace(".onnx", ".engine")
+    atomic_write_bytes(ctx.root / engine_file, engine)
+    atomic_write_bytes(ctx.root / "timing.cache", cache)
+    out.update(built=True, engine=engine_file, timing_cache="timing.cache", tensorrt_version=why,
+               note="this engine runs only on the GPU model and TensorRT version that built it")
+    return out
+
+
+FORMATS: dict[str, tuple[str | None, Callable[[Context], dict[str, Any]]]] = {
+    "onnx": ("model.onnx", _onnx),
+    "int8": ("model.int8.onnx", _int8),
+    "fp16": ("model.fp16.onnx", _fp16),
+    "tensorrt": (None, _tensorrt),  # build command/script always; an engine where TensorRT and a GPU are present
+}
+
+
+def calibration_set(ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
+    """Images for INT8 calibration, never from the test split."""
+    mode, n, shape = ctx.options["int8_calibration"], ctx.options["calibration_size"], ctx.run.input_shape
+    given = ctx.options.get("calibration_images")
+    if given is not None:
+        return Q.check_calibration(given, shape), {"mode": "given", "images": len(given)}
+    if mode == "target":
+        spec = ctx.options.get("calibration_data")
+        x = target_images(ctx.run, spec)
+        x = Q.subsample(x, n, seed=0)
+        return Q.check_calibration(x, shape), {"mode": "target", "images": len(x),
+                                              "from": spec or "the run's target images outside the test split"}
+    if mode == "pseudo":
+        from edgeppt.bundle import load_bundle
+
+        src = ctx.options.get("source") or ctx.run.settings.get("source")
+        if not src:
+            raise EdgepptError("--int8-calibration pseudo draws calibration images from the source bundle: "
+                               "pass --source (the run has none)")
+        x, info = Q.pseudo_calibration(load_bundle(src), ctx.labelled_x, n, shape)
+        return x, {"mode": "pseudo", "images": len(x), "source": str(src), **info}
+    raise EdgepptError(f"unknown --int8-calibration {mode!r}; choose one of {list(Q.CALIBRATIONS)}")
+
+
+def target_images(run: LoadedRun, spec: str | None) -> torch.Tensor:
+    """Unlabelled target images for calibration: a given dataset, or the run's target set minus its test split."""
+    from edgeppt.config import TransferConfig
+    from edgeppt.data import load_dataset, reshape_images, train_test_split
+
+    if spec:
+        ds = load_dataset(spec)
+    else:
+        cfg = TransferConfig(**run.settings)
+        ds = load_dataset(cfg.target)
+        if not cfg.test:  # the same fixed split transfer.run.prepare_data holds out (seed 0)
+            ds, _ = train_test_split(ds, cfg.test_fraction, seed=0)
+    return reshape_images(ds.x, run.image_size, run.in_chans)
+
+
+def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: Device) -> list[str]:
+    if formats is None:
+        wanted = list(device.formats)
+    else:
+        wanted = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown:
+        raise EdgepptError(f"unknown format(s) {unknown}; choose from {list(FORMATS)}")
+    if "tensorrt" in wanted and not {"int8", "fp16"} & set(wanted):
+        wanted.append("int8")  # an engine is built from the QDQ model
+    return [f for f in FORMATS if f in wanted or f == "onnx"]  # table order; fp32 ONNX is the base of the others
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, device: str = "x86-cpu",
+               formats: str | list[str] | None = None, int8_calibration: str = "target", source: str | Path | None = None,
+               calibration_data: str | None = None, calibration_images: Any = None, calibration_size: int = 256,
+               max_int8_drop: float = 1.0, dynamic_batch: bool = False, threads: int | None = None,
+               bench_runs: int = 50, samples_per_class: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export a run to `out` (default dist/<run name>) and return the bundle's manifest."""
+    if device not in DEVICES:
+        raise EdgepptError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
+    dev = DEVICES[device]
+    fmts = parse_formats(formats, dev)
+    if int8_calibration not in Q.CALIBRATIONS:
+        raise EdgepptError(f"unknown --int8-calibration {int8_calibration!r}; choose one of {list(Q.CALIBRATIONS)}")
+    run = load_run(run_dir)
+    out = Path(out) if out else Path("dist") / run.path.resolve().name
+    if calibration_images is not None:
+        Q.check_calibration(calibration_images, run.input_shape)  # fail before minutes of work
+    labelled, test = run_data(run)
+    reference = torch_logits(run.model, test.x)
+    threads = dev.threads if threads is None else threads
+    options = {"formats": fmts, "dynamic_batch": dynamic_batch, "int8_calibration": int8_calibration,
+               "calibration_data": calibration_data, "calibration_images": calibration_images,
+               "calibration_size": calibration_size, "max_int8_drop": max_int8_drop,
+               "source": str(source) if source else None}
+    torch_acc = float((reference.argmax(1) == test.y.numpy()).mean())
+    with B.staging(out) as root:
+        ctx = Context(run, root, dev, test.x.numpy(), test.y.numpy(), labelled.x, reference, options, log=log)
+        for fmt in fmts:
+            ctx.artifacts[fmt] = FORMATS[fmt][1](ctx)
+        spec = B.preprocess_spec(run.in_chans, run.image_size)
+        B.write_support_files(root, run.classes, spec)
+        n_samples = B.write_samples(root, ctx.test_x, ctx.test_y, run.classes, samples_per_class)
+        table = results_table(ctx, torch_acc, threads, bench_runs)
+        default = dev.default_format if dev.default_format in ctx.artifacts else "onnx"
+        manifest = B.write_manifest(root, {
+            "created_by": "edgeppt export", "run": str(run.path), "device": device, "threads": threads,
+            "default_format": default, "classes": run.classes, "preprocess": spec,
+            "input": {"name": INPUT_NAME, "shape": [1 if not dynamic_batch else "batch", *run.input_shape],
+                      "dynamic_batch": dynamic_batch},
+            "model": {"arch": run.checkpoint["arch"], "params": run.checkpoint.get("params")},
+            "settings": run.settings, "test_images": len(test), "samples": n_samples,
+            "artifacts": ctx.artifacts, "results": table,
+            "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads}})
+    log(f"bundle written: {out}")
+    return manifest
+
+
+def results_table(ctx: Context, torch_acc: float, threads: int, runs: int) -> list[dict[str, Any]]:
+    """The accuracy/latency table: PyTorch and every ONNX artifact on this host (latency) and the test split."""
+    rows = [{"format": "pytorch", "precision": "fp32", "accuracy": torch_acc}]
+    shape = list(ctx.run.input_shape)
+    for fmt, art in ctx.artifacts.items():
+        if not str(art.get("file", "")).endswith(".onnx"):
+            continue
+        row = {"format": fmt, "file": art["file"], "precision": art["precision"], "accuracy": art.get("accuracy")}
+        if "parity" in art:
+            row["top1_agreement"] = art["parity"]["top1_agreement"]
+            row["max_abs_diff"] = art["parity"]["max_abs_diff"]
+        if runs > 0 and "unchecked" not in art:
+            s = runner.make_session(ctx.root / art["file"], threads, "cpu")
+            row["batch1"] = runner.benchmark(s, shape, 1, runs)
+            if runner.static_batch(s) is None:
+                row["batch32"] = runner.benchmark(s, shape, 32, max(5, runs // 4))
+        rows.append(row)
+    return rows

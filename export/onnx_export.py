@@ -1,0 +1,179 @@
+"""A trained run -> its PyTorch model and test split -> a checked ONNX graph with measured parity."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from edgeppt.data import ImageSet, reshape_images
+from edgeppt.errors import EdgepptError
+from edgeppt.models import create_model
+from edgeppt.models.base import ClassifierNet
+from edgeppt.runs import atomic_write_bytes, load_checkpoint
+
+from . import runner
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OPSET = 20  # TensorRT 10 and onnxruntime >= 1.17 parse it; int8/fp16 conversions keep it
+# Parity tolerances: float32 ONNX Runtime vs eager PyTorch differ by kernel rounding only.
+MAX_ABS_DIFF, MIN_AGREEMENT = 1e-3, 0.995
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    model: ClassifierNet
+    classes: list[str]
+    in_chans: int
+    image_size: int
+    checkpoint: dict[str, Any]
+    report: dict[str, Any]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.report.get("settings", {}))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_chans, self.image_size, self.image_size)
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild the trained model from model.pt; report.json (settings, accuracy) when the run wrote one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EdgepptError(f"{run_dir}: no such run directory")
+    ckpt_path = run_dir / "model.pt"
+    if not ckpt_path.is_file():
+        hint = " (the run has a checkpoint but has not finished: resume it first)" if (run_dir / "checkpoint.pt").exists() else ""
+        raise EdgepptError(f"{run_dir}: no model.pt, so nothing to export{hint}")
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except Exception as e:  # torch raises assorted types for a truncated or foreign file
+        raise EdgepptError(f"{ckpt_path}: cannot load the model checkpoint: {e}") from e
+    missing = [k for k in ("arch", "classes", "in_chans", "image_size", "state_dict") if k not in ckpt]
+    if missing:
+        raise EdgepptError(f"{ckpt_path}: not an edgeppt model (lacks {missing})")
+    model = create_model(ckpt["arch"], len(ckpt["classes"]), int(ckpt["in_chans"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise EdgepptError(f"{ckpt_path}: weights do not fit the saved architecture: {e}") from e
+    report: dict[str, Any] = {}
+    if (run_dir / "report.json").is_file():
+        report = json.loads((run_dir / "report.json").read_text())
+    return LoadedRun(run_dir, model.eval(), list(ckpt["classes"]), int(ckpt["in_chans"]), int(ckpt["image_size"]),
+                     ckpt, report)
+
+
+def run_data(run: LoadedRun, source_bundle=None) -> tuple[ImageSet, ImageSet]:
+    """The run's labelled images and its fixed test split, rebuilt from its saved settings at the model's input shape."""
+    from edgeppt.config import TransferConfig, validate
+    from transfer.run import prepare_data
+
+    if not run.settings:
+        raise EdgepptError(f"{run.path}: no report.json with the run's settings, so its test split cannot be rebuilt")
+    cfg = validate(TransferConfig, run.settings, f"{run.path}/report.json settings")
+    labelled, test = prepare_data(cfg, source_bundle)
+    if test.classes != run.classes:
+        raise EdgepptError(f"{run.path}: test classes {test.classes} differ from the model's {run.classes}")
+    fit = lambda s: ImageSet(reshape_images(s.x, run.image_size, run.in_chans), s.y, s.classes)  # noqa: E731
+    return fit(labelled), fit(test)
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int, int, int],
+                dynamic_batch: bool = False) -> Path:
+    """torch.onnx's dynamo exporter (the current one), then onnx.checker's full check; written atomically.
+
+    Batch 1 static by default: edge runtimes (TensorRT, NPUs) plan memory for fixed shapes."""
+    model = model.eval()
+    example = (torch.rand(1, *input_shape),)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns about absent torchvision ops, irrelevant here
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False)
+    except Exception as e:
+        raise EdgepptError(f"ONNX export failed: {type(e).__name__}: {e}") from e
+    finally:
+        quiet.setLevel(level)
+    proto = program.model_proto
+    proto.producer_name = "edgeppt"
+    path = atomic_write_bytes(path, proto.SerializeToString())
+    check_onnx(path)
+    return path
+
+
+def check_onnx(path: str | Path) -> None:
+    """onnx.checker with full_check (also runs strict shape inference)."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise EdgepptError(f"{path}: the ONNX graph is invalid: {e}") from e
+
+
+@torch.no_grad()
+def torch_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
+    return torch.cat([model.eval()(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+
+
+def parity(reference: np.ndarray, onnx_path: str | Path, x: np.ndarray, threads: int = 1) -> dict[str, float]:
+    """ONNX Runtime vs the reference logits on the same images: worst absolute difference and top-1 agreement."""
+    got = runner.predict_logits(runner.make_session(onnx_path, threads, "cpu"), x)
+    return {"max_abs_diff": float(np.abs(got - reference).max()),
+            "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean()),
+            "max_abs_logit": float(np.abs(reference).max())}
+
+
+def check_parity(result: dict[str, float], what: str) -> None:
+    """Raise when float32 ONNX is not the PyTorch model (tolerance relative to the logits' scale)."""
+    tol = MAX_ABS_DIFF * max(1.0, result["max_abs_logit"])
+    if result["max_abs_diff"] > tol or result["top1_agreement"] < MIN_AGREEMENT:
+        raise EdgepptError(f"{what} disagrees with the PyTorch model (max |diff| {result['max_abs_diff']:.2e}, "
+                           f"top-1 agreement {100 * result['top1_agreement']:.2f}%): the export is wrong")
+
+
+def convert_fp16(fp32: str | Path, out: str | Path) -> Path:
+    """FP16 ONNX for GPU targets (TensorRT, CUDA): float16 weights and compute, float32 input and output kept,
+    so the runner and its preprocessing are the same for every format."""
+    # onnxruntime ships the converter (onnxruntime.transformers.float16): no extra dependency.
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    try:
+        model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    except Exception as e:  # the converter raises assorted types on graphs it cannot handle
+        raise EdgepptError(f"FP16 conversion of {fp32} failed: {e}") from e
+    toposort(model.graph)  # the converter appends its input Casts at the end; the checker wants them first
+    path = atomic_write_bytes(out, model.SerializeToString())
+    check_onnx(path)
+    return path
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (graphs without subgraphs)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise EdgepptError(f"graph {graph.name!r} has a cycle or an undefined input")
+        for n in ready:
+            known.update(n.output)
+        ordered += ready
+        taken = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in taken]
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)

@@ -1,0 +1,254 @@
+"""INT8 post-training quantization with onnxruntime.quantization, calibrated from target images or, data-free,
+from pseudo samples of the source generator, guarded by the accuracy drop on the test split.
+
+The graph is QDQ with per-channel symmetric int8 weights and, for TensorRT, symmetric int8 activations: every zero
+point is 0, which TensorRT's explicit quantization requires. onnxruntime's x86 CPU kernels only fuse such graphs
+partly (Conv -> Relu -> Q keeps convolutions in float), so an x86-only bundle uses asymmetric uint8 activations,
+onnxruntime's fast path there; docs/export.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+
+from edgeppt.bundle import SourceBundle
+from edgeppt.data import reshape_images
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_bytes
+
+from . import runner
+from .onnx_export import INPUT_NAME
+
+CALIBRATIONS = ("target", "pseudo")
+PERCENTILE = 99.999
+PSEUDO_TEMPERATURE = 2.0  # softer than P-SSL's T=1: a wider spread of source modes per anchor, wider activation range
+PSEUDO_ANCHOR_SHARE = 0.75  # the rest: random mixes of source classes, in case the anchors cover too little
+
+
+# ---------------------------------------------------------------- calibration data
+def check_calibration(x: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """A calibration set must be float images (N, C, H, W) at the model's input shape with values in [0, 1]."""
+    a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim != 4 or tuple(a.shape[1:]) != tuple(shape):
+        raise EdgepptError(f"calibration images have shape {tuple(a.shape)}, expected (N, {', '.join(map(str, shape))}) "
+                           "to match the model input")
+    if len(a) == 0:
+        raise EdgepptError("the calibration set is empty")
+    if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise EdgepptError("calibration images must be finite floats in [0, 1] (the model's input range)")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def subsample(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if len(x) <= n:
+        return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+@torch.no_grad()
+def pseudo_calibration(bundle: SourceBundle, anchors: torch.Tensor | None, n: int,
+                       shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Data-free calibration: images G draws for the target task, never a real image.
+
+    Most samples are conditioned on p = softmax(C(x)/T) of the few target images there are (the run's labelled
+    set), so they land where the target images sit in the source model's view; the rest on Dirichlet mixes of
+    source classes, so activations outside the anchors' modes are covered too (and anchors are optional)."""
+    g = torch.Generator().manual_seed(seed)
+    n_anchor = int(round(n * PSEUDO_ANCHOR_SHARE)) if anchors is not None and len(anchors) else 0
+    ps = []
+    if n_anchor:
+        src = reshape_images(anchors, bundle.image_shape[1], bundle.image_shape[0])
+        p = torch.softmax(bundle.classify(src)[0] / PSEUDO_TEMPERATURE, 1)
+        ps.append(p[torch.arange(n_anchor) % len(p)])
+    if n - n_anchor:
+        alpha = torch.full((bundle.num_classes,), 0.5)
+        ps.append(_dirichlet(alpha, n - n_anchor, g))
+    p = torch.cat(ps)
+    x = torch.cat([bundle.generate(p[i:i + 256], generator=g) for i in range(0, n, 256)])
+    x = reshape_images(x.float().clamp(0, 1), shape[1], shape[0])
+    return check_calibration(x, shape), {"anchors": int(len(anchors)) if n_anchor else 0, "anchored_samples": n_anchor,
+                                         "mixed_samples": n - n_anchor, "temperature": PSEUDO_TEMPERATURE}
+
+
+def _dirichlet(alpha: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """Dirichlet(alpha) draws via normalised Gamma(alpha, 1) samples, reproducible with a torch.Generator."""
+    gam = torch._standard_gamma(alpha.expand(n, -1).contiguous(), generator=g)
+    return gam / gam.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+# ---------------------------------------------------------------- quantization
+@dataclass(frozen=True)
+class QuantConfig:
+    """One PTQ recipe. Symmetric activations (zero point 0) are what TensorRT accepts; onnxruntime's x86 kernels
+    are fastest with asymmetric uint8 activations (see docs/export.md), so CPU-only targets may choose those."""
+    method: str = "minmax"
+    symmetric_activations: bool = True
+    reduce_range: bool = False  # 7-bit weights: avoids int16 saturation in x86 AVX2 int8 kernels (VPMADDUBSW)
+    float_nodes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [self.method, "symmetric s8 activations" if self.symmetric_activations else "asymmetric u8 activations"]
+        if self.reduce_range:
+            parts.append("7-bit weights")
+        if self.float_nodes:
+            parts.append(f"float: {', '.join(self.float_nodes)}")
+        return ", ".join(parts)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol: dicts of input arrays, then None."""
+
+    def __init__(self, x: np.ndarray, batch: int):
+        self.batches = iter([x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)] or [x[:batch]])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        b = next(self.batches, None)
+        return None if b is None else {INPUT_NAME: b}
+
+
+def preprocess(fp32: str | Path, out: str | Path) -> Path:
+    """onnxruntime's recommended pre-processing: symbolic shape inference and graph optimisation (BN folding)."""
+    from onnxruntime.quantization import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out))
+    return Path(out)
+
+
+def sensitive_nodes(model_path: str | Path) -> tuple[str, ...]:
+    """The first convolution (it sees raw pixels) and the classifier head (its error goes straight to the logits):
+    the layers kept in float when full INT8 loses too much accuracy."""
+    nodes = [n for n in onnx.load(str(model_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return tuple(dict.fromkeys(n.name for n in (nodes[:1] + nodes[-1:])))
+
+
+def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: QuantConfig = QuantConfig()) -> Path:
+    """Static PTQ to QDQ with per-channel symmetric int8 weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if cfg.method not in methods:
+        raise EdgepptError(f"unknown calibration method {cfg.method!r}; choose one of {list(methods)}")
+    batch = runner.static_batch(runner.make_session(pre, 1, "cpu")) or 16
+    with tempfile.TemporaryDirectory(prefix=".edgeppt-quant-") as tmp:
+        q = Path(tmp) / "q.onnx"
+        quantize_static(str(pre), str(q), _Reader(calib, batch), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=cfg.reduce_range,
+                        activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[cfg.method],
+                        nodes_to_exclude=list(cfg.float_nodes),
+                        extra_options={"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": True,
+                                       "CalibPercentile": PERCENTILE})
+        return atomic_write_bytes(out, q.read_bytes())
+
+
+EVALUATORS = ("host", "reference")
+
+
+def accuracy(model_path: str | Path, x: np.ndarray, y: np.ndarray, evaluator: str = "host", threads: int = 1) -> float:
+    """Test accuracy of an ONNX model. 'host': onnxruntime's optimised kernels on this machine (what a CPU target
+    runs). 'reference': graph optimisations off, so Q/DQ run as exact float arithmetic: the result of a
+    saturation-free int8 engine such as TensorRT, independent of this host's instruction set."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    if evaluator == "reference":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    return float((runner.predict_logits(session, x).argmax(1) == y).mean())
+
+
+@dataclass
+class GuardResult:
+    fp32_accuracy: float
+    int8_accuracy: float
+    max_drop_points: float
+    met: bool
+    evaluator: str
+    chosen: dict[str, Any]
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+
+def _remedies(pre: Path) -> list[tuple[str, Callable[[QuantConfig], QuantConfig]]]:
+    """The documented remedies, in order, each applied to the best recipe so far."""
+    return [("7-bit weights (x86 int8 kernel saturation)", lambda c: replace(c, reduce_range=True)),
+            ("percentile calibration (clips outlier activations)", lambda c: replace(c, method="percentile")),
+            ("entropy calibration (KL-optimal ranges)", lambda c: replace(c, method="entropy")),
+            ("sensitive layers kept in float", lambda c: replace(c, float_nodes=sensitive_nodes(pre)))]
+
+
+def quantize_guarded(fp32: str | Path, out: str | Path, calib: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                     base: QuantConfig = QuantConfig(), max_drop_points: float = 1.0, evaluator: str = "host",
+                     threads: int = 1) -> GuardResult:
+    """Quantize with `base`; while INT8 loses more than max_drop_points of test accuracy against FP32, apply the
+    remedies in order. The first recipe within the threshold wins; when none is, the most accurate is kept and
+    the result says so. Every attempt is recorded."""
+    fp32_acc = accuracy(fp32, test_x, test_y, "host", threads)
+    attempts: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix=".edgeppt-int8-") as tmp:
+        pre = preprocess(fp32, Path(tmp) / "pre.onnx")
+        steps = [("base recipe", lambda c: c)] + _remedies(pre)
+        best: dict[str, Any] | None = None
+        tried: set[QuantConfig] = set()
+        for why, step in steps:
+            cfg = step(best["config"] if best else base)
+            if cfg in tried:
+                continue
+            tried.add(cfg)
+            cand = Path(tmp) / f"attempt{len(attempts)}.onnx"
+            quantize_int8(pre, cand, calib, cfg)
+            acc = accuracy(cand, test_x, test_y, evaluator, threads)
+            att = {"step": why, "recipe": cfg.describe(), "config": cfg, "file": cand, "accuracy": acc,
+                   "drop_points": 100 * (fp32_acc - acc)}
+            if evaluator != "host":
+                att["host_accuracy"] = accuracy(cand, test_x, test_y, "host", threads)
+            attempts.append(att)
+            if best is None or acc > best["accuracy"]:
+                best = att
+            if att["drop_points"] <= max_drop_points:
+                best = att
+                break
+        atomic_write_bytes(out, best["file"].read_bytes())
+    cfg = best["config"]
+    for a in attempts:
+        a.pop("file")
+        a["config"] = asdict(a["config"])
+    chosen = dict(best)
+    met = chosen["drop_points"] <= max_drop_points
+    if len(attempts) == 1 and met:
+        note = f"{cfg.describe()}: within {max_drop_points} points"
+    else:
+        note = (f"{len(attempts)} recipes tried; kept {cfg.describe()}" +
+                ("" if met else f"; still {chosen['drop_points']:.2f} points below FP32 (threshold {max_drop_points})"))
+    return GuardResult(fp32_acc, chosen["accuracy"], max_drop_points, met, evaluator, chosen, attempts, note)
+
+
+def qdq_properties(path: str | Path) -> dict[str, Any]:
+    """What TensorRT needs of a QDQ graph: zero points all 0, int8 types, per-channel weight scales."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    zps, per_channel_weights, int8 = [], 0, True
+    for n in m.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(n.input) > 2 and n.input[2] in inits:
+            zp = inits[n.input[2]]
+            zps.append(int(np.abs(zp.astype(np.int64)).max()))
+            int8 &= zp.dtype == np.int8
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[1]].size > 1:
+            per_channel_weights += 1
+    return {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node),
+            "max_abs_zero_point": max(zps, default=0), "int8_zero_points": bool(int8 and zps),
+            "per_channel_weights": per_channel_weights}

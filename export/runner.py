@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Runner of an edgeppt deployment bundle: classify image files, benchmark the bundle's models, verify its files.
+
+This file is copied verbatim into every bundle as runner.py and runs on the device, so it needs only the
+standard library, numpy and onnxruntime (pillow to read image files). Where onnxruntime has the TensorRT or
+CUDA execution provider (onnxruntime-gpu on a Jetson), `--provider auto` uses it.
+
+    python3 runner.py verify                      # sha256 of every file against manifest.json
+    python3 runner.py classify a.png b.jpg        # one JSON line per image: top classes and probabilities
+    python3 runner.py bench [--json]              # latency / throughput of every ONNX model, accuracy on samples/
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------- bundle files
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(root: Path = HERE) -> dict[str, Any]:
+    return json.loads((Path(root) / MANIFEST).read_text())
+
+
+def verify(root: Path = HERE) -> list[str]:
+    """Problems found (empty when every listed file is present with its recorded sha256)."""
+    root = Path(root)
+    try:
+        manifest = load_manifest(root)
+    except (OSError, json.JSONDecodeError) as e:
+        return [f"cannot read {MANIFEST}: {e}"]
+    problems = []
+    for name, digest in manifest.get("files", {}).items():
+        f = root / name
+        if not f.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(f) != digest:
+            problems.append(f"{name}: sha256 differs from the manifest (modified or corrupt)")
+    return problems
+
+
+# ---------------------------------------------------------------- preprocessing
+def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
+    """An image file -> float32 (C, H, W) exactly as training saw it: gray/RGB, bilinear resize, scale to [0, 1]."""
+    from PIL import Image
+
+    size, channels = int(spec["image_size"]), int(spec["channels"])
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float32)
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    mean = np.asarray(spec.get("mean", [0.0] * channels), np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.get("std", [1.0] * channels), np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray(((a * float(spec.get("scale", 1 / 255))) - mean) / std, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- sessions
+def providers(kind: str = "auto") -> list:
+    """Execution providers in order of preference; 'cpu' pins the CPU provider (reproducible numbers)."""
+    import onnxruntime as ort
+
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    chosen: list = []
+    if "TensorrtExecutionProvider" in available:
+        # The engine is built on first use and cached beside the bundle: it belongs to this GPU and TensorRT.
+        cache = str(HERE / "trt_cache")
+        chosen.append(("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                                                     "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}))
+    if "CUDAExecutionProvider" in available:
+        chosen.append("CUDAExecutionProvider")
+    return chosen + ["CPUExecutionProvider"]
+
+
+def make_session(model: str | Path, threads: int = 0, provider: str = "auto"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)  # 0: onnxruntime's default (one per physical core)
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(model), so, providers=providers(provider))
+
+
+def input_info(session) -> tuple[str, list, np.dtype]:
+    i = session.get_inputs()[0]
+    dtype = np.float16 if i.type == "tensor(float16)" else np.float32
+    return i.name, list(i.shape), dtype
+
+
+def static_batch(session) -> int | None:
+    """The fixed batch size of the model's input, or None when the batch dimension is dynamic."""
+    b = input_info(session)[1][0]
+    return b if isinstance(b, int) and b > 0 else None
+
+
+def predict_logits(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits for (N, C, H, W) images, in chunks the model accepts (one image at a time for a static batch-1 model)."""
+    name, _, dtype = input_info(session)
+    step = static_batch(session) or batch
+    out = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step].astype(dtype)
+        if len(chunk) < step and static_batch(session):  # pad the last chunk to the fixed batch
+            chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), dtype)])
+        out.append(session.run(None, {name: chunk})[0][:len(x[i:i + step])].astype(np.float32))
+    return np.concatenate(out)
+
+
+def benchmark(session, shape: list[int], batch: int, runs: int = 50, warmup: int = 5,
+              max_seconds: float = 10.0, seed: int = 0) -> dict[str, float]:
+    """Median and p90 latency of one call at `batch`, and images/s; stops early after max_seconds."""
+    name, _, dtype = input_info(session)
+    x = np.random.default_rng(seed).random((batch, *shape), dtype=np.float32).astype(dtype)
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and (time.perf_counter() - start < max_seconds or len(times) < 3):
+        t = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t)
+    ms = np.asarray(times) * 1000
+    return {"batch": batch, "runs": len(times), "median_ms": float(np.median(ms)),
+            "p90_ms": float(np.percentile(ms, 90)), "throughput_ips": float(batch * 1000 / np.median(ms))}
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+# ---------------------------------------------------------------- commands
+def default_model(manifest: dict[str, Any]) -> str:
+    arts = manifest["artifacts"]
+    return arts.get(manifest.get("default_format", "onnx"), arts["onnx"])["file"]
+
+
+def onnx_models(manifest: dict[str, Any]) -> dict[str, str]:
+    return {fmt: a["file"] for fmt, a in manifest["artifacts"].items() if str(a.get("file", "")).endswith(".onnx")}
+
+
+def sample_images(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """samples/<class>/<file>: a few labelled test images shipped for a smoke check of accuracy on the device."""
+    files, labels = [], []
+    for k, c in enumerate(classes):
+        for f in sorted((root / "samples" / c).glob("*.png")) if (root / "samples" / c).is_dir() else []:
+            files.append(f)
+            labels.append(k)
+    return files, labels
+
+
+def cmd_classify(args, manifest: dict[str, Any]) -> int:
+    session = make_session(HERE / (args.model or default_model(manifest)), args.threads, args.provider)
+    classes, spec = manifest["classes"], manifest["preprocess"]
+    bad = 0
+    for path in args.images:
+        try:
+            x = preprocess(path, spec)[None]
+        except Exception as e:  # unreadable image: report it and go on with the others
+            print(json.dumps({"file": str(path), "error": str(e)}))
+            bad += 1
+            continue
+        p = softmax(predict_logits(session, x)[0])
+        top = np.argsort(-p)[:args.top]
+        print(json.dumps({"file": str(path), "class": classes[top[0]],
+                          "top": [{"class": classes[i], "p": round(float(p[i]), 4)} for i in top]}))
+    return 1 if bad else 0
+
+
+def run_bench(root: Path, manifest: dict[str, Any], formats: list[str] | None = None, threads: int = 0,
+              provider: str = "auto", batch: int = 32, runs: int = 50, max_seconds: float = 10.0) -> dict[str, Any]:
+    """Benchmark every ONNX model of the bundle on this machine; accuracy on samples/ where shipped."""
+    import onnxruntime as ort
+
+    spec = manifest["preprocess"]
+    shape = [int(spec["channels"]), int(spec["image_size"]), int(spec["image_size"])]
+    files, labels = sample_images(root, manifest["classes"])
+    xs = np.stack([preprocess(f, spec) for f in files]) if files else None
+    results = []
+    for fmt, file in onnx_models(manifest).items():
+        if formats and fmt not in formats:
+            continue
+        row: dict[str, Any] = {"format": fmt, "file": file}
+        try:
+            s = make_session(root / file, threads, provider)
+            row["provider"] = s.get_providers()[0]
+            row["batch1"] = benchmark(s, shape, 1, runs, max_seconds=max_seconds)
+            if static_batch(s) is None and batch > 1:
+                row[f"batch{batch}"] = benchmark(s, shape, batch, max(5, runs // 4), max_seconds=max_seconds)
+            if xs is not None:
+                row["sample_accuracy"] = float((predict_logits(s, xs).argmax(1) == np.asarray(labels)).mean())
+                row["samples"] = len(files)
+        except Exception as e:  # e.g. no float16 kernels on this CPU: say so, keep benchmarking the others
+            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        results.append(row)
+    return {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "threads": threads, "cpu_count": os.cpu_count(), "results": results}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"{'format':8} {'provider':26} {'b1 median ms':>12} {'b1 p90 ms':>10} {'img/s':>10} {'samples acc':>11}"]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"{r['format']:8} error: {r['error']}")
+            continue
+        big = next((v for k, v in r.items() if k.startswith("batch") and k != "batch1"), r["batch1"])
+        acc = f"{100 * r['sample_accuracy']:.1f}%" if "sample_accuracy" in r else "-"
+        lines.append(f"{r['format']:8} {r['provider']:26} {r['batch1']['median_ms']:12.3f} {r['batch1']['p90_ms']:10.3f} "
+                     f"{big['throughput_ips']:10.0f} {acc:>11}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="edgeppt bundle runner")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("verify", help="check every file against the manifest's sha256")
+    c = sub.add_parser("classify", help="classify image files")
+    c.add_argument("images", nargs="+")
+    c.add_argument("--top", type=int, default=3)
+    b = sub.add_parser("bench", help="benchmark the bundle's models on this machine")
+    b.add_argument("--formats", default="", help="comma-separated subset, e.g. onnx,int8")
+    b.add_argument("--batch", type=int, default=32, help="throughput batch (dynamic-batch models only)")
+    b.add_argument("--runs", type=int, default=50)
+    b.add_argument("--max-seconds", type=float, default=10.0)
+    b.add_argument("--json", action="store_true")
+    c.add_argument("--model", default=None, help="model file inside the bundle (default: the device's format)")
+    for p in (c, b):
+        p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the bundle's device setting)")
+        p.add_argument("--provider", choices=["auto", "cpu"], default="auto")
+    args = ap.parse_args(argv)
+
+    problems = verify(HERE)
+    if problems:  # never run a model whose bytes are not the ones exported
+        print("bundle verification failed:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 3
+    if args.cmd == "verify":
+        print("ok: every file matches its sha256")
+        return 0
+    manifest = load_manifest(HERE)
+    if args.threads is None:
+        args.threads = int(manifest.get("threads", 0))
+    if args.cmd == "classify":
+        return cmd_classify(args, manifest)
+    formats = [f for f in args.formats.split(",") if f] or None
+    report = run_bench(HERE, manifest, formats, args.threads, args.provider, args.batch, args.runs, args.max_seconds)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""export/: ONNX parity, the QDQ graph, the INT8 accuracy guard, bundle hashes, the runner on real image files,
+deploy over a real local OpenSSH server, and bad input. One small digits run is trained and exported once."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from edgeppt.cli import app
+from edgeppt.config import TransferConfig
+from edgeppt.errors import EdgepptError
+from export import bench_bundle, deploy_bundle, export_run, verify_bundle
+from export import quantize as Q
+from export import runner, tensorrt
+from export.onnx_export import export_onnx, load_run, run_data, torch_logits
+from transfer import run_transfer
+
+FORMATS = "onnx,int8,fp16,tensorrt"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    cfg = TransferConfig(target="digits:0,1,2,3,4", method="scratch", arch="resnet_xs", labels_per_class=20,
+                         finetune_steps=80, eval_every=1000, checkpoint_every=1000, threads=1)
+    out = tmp_path_factory.mktemp("run") / "r"
+    report = run_transfer(cfg, out, progress=False)
+    assert report["test_accuracy"] > 0.6  # a model that has learned something, so accuracy drops are visible
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "digits"
+    manifest = export_run(trained_run, out, device="x86-cpu", formats=FORMATS, calibration_size=64,
+                          bench_runs=5, samples_per_class=3, log=lambda s: None)
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def test_split(trained_run):
+    _, test = run_data(load_run(trained_run))
+    return test.x.numpy(), test.y.numpy()
+
+
+# ---------------------------------------------------------------- ONNX
+def test_onnx_matches_pytorch_on_the_test_split(trained_run, bundle, test_split):
+    path, manifest = bundle
+    run = load_run(trained_run)
+    x, y = test_split
+    ref = torch_logits(run.model, torch.from_numpy(x))
+    got = runner.predict_logits(runner.make_session(path / "model.onnx", 1, "cpu"), x)
+    assert np.abs(got - ref).max() < 1e-3
+    assert (got.argmax(1) == ref.argmax(1)).mean() == 1.0
+    art = manifest["artifacts"]["onnx"]
+    assert art["parity"]["top1_agreement"] == 1.0 and art["parity"]["max_abs_diff"] < 1e-3
+    assert art["accuracy"] == pytest.approx(float((ref.argmax(1) == y).mean()))
+    onnx.checker.check_model(str(path / "model.onnx"), full_check=True)
+    dims = [d.dim_value for d in onnx.load(str(path / "model.onnx")).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, 8, 8]  # batch-1 static by default
+
+
+def test_dynamic_batch_export(trained_run, tmp_path):
+    run = load_run(trained_run)
+    p = export_onnx(run.model, tmp_path / "dyn.onnx", run.input_shape, dynamic_batch=True)
+    s = runner.make_session(p, 1, "cpu")
+    assert runner.static_batch(s) is None
+    x = np.random.default_rng(0).random((7, *run.input_shape), dtype=np.float32)
+    out = s.run(None, {"input": x})[0]
+    assert out.shape == (7, 5)
+    np.testing.assert_allclose(out, torch_logits(run.model, torch.from_numpy(x)), atol=1e-4)
+
+
+def test_fp16_model_is_float16_and_close(bundle):
+    path, manifest = bundle
+    m = onnx.load(str(path / "model.fp16.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    art = manifest["artifacts"]["fp16"]
+    if "unchecked" not in art:
+        assert art["parity"]["top1_agreement"] > 0.98
+
+
+# ---------------------------------------------------------------- INT8
+def test_qdq_graph_is_tensorrt_ready(bundle):
+    """Symmetric int8 activations and weights (every zero point 0, type int8), per-channel weight scales."""
+    path, manifest = bundle
+    m = onnx.load(str(path / "model.int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for n in qdq:
+        zp = inits[n.input[2]]
+        assert not zp.any(), f"{n.name}: zero point {zp}"
+        assert zp.dtype in (np.int8, np.int32), n.name  # int32 only for biases
+    weight_dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:
+        dq = weight_dq[conv.input[1]]
+        w, scale = inits[dq.input[0]], inits[dq.input[1]]
+        assert w.dtype == np.int8 and scale.shape == (w.shape[0],), conv.name  # one scale per output channel
+    props = manifest["artifacts"]["int8"]["qdq"]
+    assert props["max_abs_zero_point"] == 0 and props["per_channel_weights"] >= len(convs)
+    assert manifest["artifacts"]["int8"]["tensorrt_ready"]
+
+
+def test_int8_accuracy_is_reported_and_within_the_threshold(bundle, test_split):
+    path, manifest = bundle
+    x, y = test_split
+    guard = manifest["artifacts"]["int8"]["accuracy_guard"]
+    measured = Q.accuracy(path / "model.int8.onnx", x, y, "host")
+    assert measured == pytest.approx(guard["int8_accuracy"])
+    assert guard["met"] and 100 * (guard["fp32_accuracy"] - measured) <= 1.0
+    assert manifest["artifacts"]["int8"]["calibration"]["mode"] == "target"
+
+
+def test_accuracy_guard_tries_every_remedy_and_keeps_the_best(bundle, test_split, tmp_path):
+    path, _ = bundle
+    x, y = test_split
+    calib = x[:32]
+    out = tmp_path / "q.onnx"
+    # An impossible threshold: every remedy must be tried, recorded, and the most accurate kept.
+    g = Q.quantize_guarded(path / "model.onnx", out, calib, x, y, Q.QuantConfig(), max_drop_points=-100)
+    steps = [a["step"] for a in g.attempts]
+    assert steps[0] == "base recipe" and len(steps) == 5
+    assert any("float" in s for s in steps) and any("percentile" in s for s in steps)
+    assert not g.met and "still" in g.note
+    assert g.int8_accuracy == max(a["accuracy"] for a in g.attempts)
+    assert Q.accuracy(out, x, y, "host") == pytest.approx(g.int8_accuracy)  # the kept file is the chosen one
+    kept_float = g.attempts[-1]["config"]["float_nodes"]
+    assert kept_float and len(kept_float) == 2
+    # A lenient threshold: the first recipe is kept.
+    g = Q.quantize_guarded(path / "model.onnx", out, calib, x, y, Q.QuantConfig(), max_drop_points=100)
+    assert len(g.attempts) == 1 and g.met
+
+
+def test_pseudo_sample_calibration(bundle, trained_run, tiny_bundle, test_split, tmp_path):
+    from edgeppt.bundle import load_bundle
+
+    path, _ = bundle
+    x, y = test_split
+    labelled, _ = run_data(load_run(trained_run))
+    src = load_bundle(tiny_bundle)
+    calib, info = Q.pseudo_calibration(src, labelled.x, 64, (1, 8, 8), seed=0)
+    assert calib.shape == (64, 1, 8, 8) and calib.dtype == np.float32 and 0 <= calib.min() and calib.max() <= 1
+    assert info["anchored_samples"] == 48 and info["mixed_samples"] == 16 and info["anchors"] == len(labelled)
+    assert not any((calib[:, None] == labelled.x.numpy()[None]).all((2, 3, 4)).any(1))  # generated, never a real image
+    again, _ = Q.pseudo_calibration(src, labelled.x, 64, (1, 8, 8), seed=0)
+    np.testing.assert_array_equal(calib, again)  # reproducible
+    data_free, info = Q.pseudo_calibration(src, None, 16, (1, 8, 8))
+    assert info["anchored_samples"] == 0 and data_free.shape == (16, 1, 8, 8)
+    g = Q.quantize_guarded(path / "model.onnx", tmp_path / "p.onnx", calib, x, y, Q.QuantConfig(), max_drop_points=5)
+    assert Q.qdq_properties(tmp_path / "p.onnx")["max_abs_zero_point"] == 0
+    assert g.int8_accuracy > 0.5
+
+
+# ---------------------------------------------------------------- bundle
+def test_manifest_hashes_every_file_and_a_tampered_file_is_refused(bundle, tmp_path):
+    path, manifest = bundle
+    files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == files
+    assert {"model.onnx", "model.int8.onnx", "model.fp16.onnx", "labels.txt", "preprocess.json", "runner.py",
+            "build_engine.py", "build_engine.sh"} <= files
+    assert manifest["preprocess"]["image_size"] == 8 and manifest["preprocess"]["channels"] == 1
+    assert (path / "labels.txt").read_text().split() == ["0", "1", "2", "3", "4"]
+    verify_bundle(path)
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    with open(bad / "model.int8.onnx", "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(b"\x00" * 8)
+    with pytest.raises(EdgepptError, match="model.int8.onnx.*sha256"):
+        verify_bundle(bad)
+    r = subprocess.run([sys.executable, "runner.py", "bench"], cwd=bad, capture_output=True, text=True)
+    assert r.returncode == 3 and "model.int8.onnx" in r.stderr  # the runner refuses to run it too
+    (bad / "labels.txt").unlink()
+    with pytest.raises(EdgepptError, match="labels.txt: missing"):
+        verify_bundle(bad)
+
+
+def test_runner_classifies_image_files(bundle, tmp_path):
+    path, manifest = bundle
+    images = sorted(path.glob("samples/*/*.png"))
+    assert len(images) == 15
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    r = subprocess.run([sys.executable, "runner.py", "classify", *map(str, images), str(tmp_path / "broken.png")],
+                       cwd=path, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr  # one unreadable file: reported, the others still classified
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert "error" in lines[-1]
+    preds = [ln["class"] for ln in lines[:-1]]
+    truth = [p.parent.name for p in images]
+    # The same images through the Python API (PIL -> preprocess -> INT8 ONNX) give the same answers.
+    s = runner.make_session(path / "model.int8.onnx", 1, "cpu")
+    x = np.stack([runner.preprocess(p, manifest["preprocess"]) for p in images])
+    assert preds == [manifest["classes"][i] for i in runner.predict_logits(s, x).argmax(1)]
+    assert np.mean([p == t for p, t in zip(preds, truth)]) >= 0.6
+    assert all(abs(sum(t["p"] for t in ln["top"]) - 1) < 0.5 for ln in lines[:-1])
+
+
+def test_runner_and_bench_measure_every_onnx_model(bundle):
+    path, manifest = bundle
+    r = subprocess.run([sys.executable, "runner.py", "bench", "--json", "--runs", "3"], cwd=path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = {row["format"]: row for row in json.loads(r.stdout)["results"]}
+    assert set(rows) == {"onnx", "int8", "fp16"}
+    for row in rows.values():
+        if "error" not in row:
+            assert row["batch1"]["median_ms"] > 0 and row["samples"] == 15
+    report = bench_bundle(path, runs=3)
+    by = {row["format"]: row for row in report["results"]}
+    assert by["onnx"]["test_accuracy"] == pytest.approx(manifest["artifacts"]["onnx"]["accuracy"])
+    assert by["int8"]["test_accuracy"] == pytest.approx(manifest["artifacts"]["int8"]["accuracy"])
+    r = CliRunner().invoke(app, ["bench", str(path), "--runs", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert {row["format"] for row in json.loads(r.stdout)["results"]} == {"onnx", "int8", "fp16"}
+
+
+# ---------------------------------------------------------------- TensorRT
+def test_tensorrt_build_files_are_written(bundle, tmp_path):
+    path, manifest = bundle
+    trt = manifest["artifacts"]["tensorrt"]
+    sh = (path / "build_engine.sh").read_text()
+    assert "trtexec --onnx=model.int8.onnx --saveEngine=model.int8.engine --stronglyTyped" in sh
+    assert "--timingCacheFile=timing.cache" in sh and os.access(path / "build_engine.sh", os.X_OK)
+    assert trt["trtexec"][0] in sh
+    dyn = tensorrt.trtexec_command("m.onnx", "m.engine", "input", [1, 1, 8, 8], dynamic=True)
+    assert "--minShapes=input:1x1x8x8" in dyn and "--maxShapes=input:32x1x8x8" in dyn
+    # The build script is standalone: it runs with the standard library alone (-I: no edgeppt on the path).
+    r = subprocess.run([sys.executable, "-I", str(path / "build_engine.py"), "model.int8.onnx", str(tmp_path / "e")],
+                       cwd=path, capture_output=True, text=True)
+    ok, why = tensorrt.trt_available()
+    if not ok:
+        assert r.returncode == 2 and "cannot build" in r.stderr
+        assert trt["built"] is False and trt["reason"] == why
+
+
+def test_tensorrt_engine_build(bundle, tmp_path):
+    ok, why = tensorrt.trt_available()
+    if not ok:
+        pytest.skip(f"TensorRT engine build skipped: {why}")
+    path, _ = bundle
+    engine, cache = tensorrt.build_engine(path / "model.int8.onnx")
+    assert len(engine) > 1000 and len(cache) > 0
+    engine2, _ = tensorrt.build_engine(path / "model.fp16.onnx", cache)
+    assert len(engine2) > 1000
+
+
+# ---------------------------------------------------------------- deploy over SSH
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on localhost for the current user, key authentication only."""
+    exe = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None)
+    if exe is None or shutil.which("ssh") is None:
+        pytest.skip("OpenSSH server/client not installed (apt-get install -y openssh-server openssh-client)")
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    (d / "authorized_keys").chmod(0o600)
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        f"PidFile {d / 'sshd.pid'}\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # the privilege-separation folder sshd requires as root
+    proc = subprocess.Popen([exe, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited: {proc.stderr.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("sshd did not start listening")
+    yield {"host": f"{getpass.getuser()}@127.0.0.1", "port": port, "identity": d / "client_key",
+           "ssh_options": [f"UserKnownHostsFile={d / 'known_hosts'}", "StrictHostKeyChecking=no", "LogLevel=ERROR"]}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_deploy_over_ssh(bundle, sshd, tmp_path):
+    path, manifest = bundle
+    remote = tmp_path / "device" / "digits"
+    report = deploy_bundle(path, sshd["host"], remote_dir=str(remote), port=sshd["port"], identity=sshd["identity"],
+                           ssh_options=sshd["ssh_options"], python=sys.executable, runs=3, max_seconds=2)
+    assert report["verified_files"] == len(manifest["files"])
+    rows = {r["format"]: r for r in report["results"]}
+    assert {"onnx", "int8"} <= set(rows)
+    assert rows["int8"]["batch1"]["median_ms"] > 0 and rows["int8"]["samples"] == 15
+    assert (remote / "runner.py").read_bytes() == (path / "runner.py").read_bytes()  # copied byte for byte
+    assert not runner.verify(remote)
+
+
+def test_deploy_refuses_a_tampered_bundle_and_a_bad_host(bundle, sshd, tmp_path):
+    path, _ = bundle
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    (bad / "labels.txt").write_text("x\n")
+    with pytest.raises(EdgepptError, match="labels.txt"):
+        deploy_bundle(bad, sshd["host"], port=sshd["port"], identity=sshd["identity"], ssh_options=sshd["ssh_options"])
+    with pytest.raises(EdgepptError, match="copying to"):  # the wrong key: refused by the server, reported
+        deploy_bundle(path, sshd["host"], remote_dir=str(tmp_path / "x"), port=sshd["port"],
+                      identity=sshd["identity"].with_name("host_key"), ssh_options=sshd["ssh_options"])
+
+
+# ---------------------------------------------------------------- bad input
+def test_run_directory_without_a_model(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(EdgepptError, match="no model.pt"):
+        export_run(tmp_path, tmp_path / "out", log=lambda s: None)
+    r = CliRunner().invoke(app, ["export", str(tmp_path)])
+    assert r.exit_code == 2 and "no model.pt" in " ".join(r.output.split())
+
+
+def test_unknown_format_and_device(trained_run, tmp_path):
+    with pytest.raises(EdgepptError, match=r"unknown format\(s\) \['tflite'\]"):
+        export_run(trained_run, tmp_path / "o", formats="onnx,tflite", log=lambda s: None)
+    with pytest.raises(EdgepptError, match="unknown device"):
+        export_run(trained_run, tmp_path / "o", device="tpu", log=lambda s: None)
+    with pytest.raises(EdgepptError, match="int8-calibration"):
+        export_run(trained_run, tmp_path / "o", int8_calibration="magic", log=lambda s: None)
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibration_set_of_the_wrong_shape(trained_run, tmp_path):
+    with pytest.raises(EdgepptError, match=r"shape \(4, 3, 8, 8\).*\(N, 1, 8, 8\)"):
+        export_run(trained_run, tmp_path / "o", formats="onnx,int8", calibration_images=np.zeros((4, 3, 8, 8), np.float32),
+                   log=lambda s: None)
+    with pytest.raises(EdgepptError, match=r"\[0, 1\]"):
+        Q.check_calibration(np.full((2, 1, 8, 8), 255.0, np.float32), (1, 8, 8))
+    with pytest.raises(EdgepptError, match="shape"):
+        Q.check_calibration(np.zeros((8, 8), np.float32), (1, 8, 8))
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_to_replace_a_foreign_folder(trained_run, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "precious.txt").write_text("keep")
+    with pytest.raises(EdgepptError, match="not an export bundle"):
+        export_run(trained_run, tmp_path / "o", log=lambda s: None)
+    assert (tmp_path / "o" / "precious.txt").read_text() == "keep"
