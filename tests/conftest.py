@@ -1,6 +1,16 @@
-"""Shared fixtures: a tiny source bundle over 8x8 digits, built in seconds, so tests need no trained GAN."""
+"""Shared fixtures: a tiny source bundle over 8x8 digits, built in seconds, so tests need no trained GAN; and a real
+OpenSSH server on localhost (deploy, device latency over SSH)."""
 
 from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +56,69 @@ def make_tiny_bundle(path, k: int = 5, latent: int = 8, seed: int = 0, shape=(1,
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@dataclass(frozen=True)
+class SSHServer:
+    """How to reach the test sshd: `host` (user@127.0.0.1), `port`, the client key, and `-o` options that keep the
+    user's own ssh config and known_hosts out of it. `command(...)` is a ready ssh argv."""
+    host: str
+    port: int
+    identity: Path
+    ssh_options: list[str] = field(default_factory=list)
+    log: Path | None = None
+
+    def command(self, *remote: str) -> list[str]:
+        opts = [a for o in self.ssh_options for a in ("-o", o)]
+        return ["ssh", "-F", "/dev/null", "-p", str(self.port), "-i", str(self.identity), *opts, self.host, *remote]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> SSHServer:
+    """A real OpenSSH server on 127.0.0.1 for the current user: key authentication only, its own host key, config and
+    log in a temporary folder. One server for the whole test session; skipped only where OpenSSH is not installed."""
+    exe = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None)
+    if exe is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH server/client not installed (apt-get install -y openssh-server openssh-client)")
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    (d / "authorized_keys").chmod(0o600)
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        f"PidFile {d / 'sshd.pid'}\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+        "MaxStartups 50\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # the privilege-separation folder sshd requires as root
+    log = d / "sshd.log"
+    with open(log, "w") as err:  # a file, not a pipe: a full pipe would block sshd once it has logged enough
+        proc = subprocess.Popen([exe, "-D", "-e", "-f", str(d / "sshd_config")], stdout=err, stderr=err)
+    deadline = time.time() + 15
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"sshd did not start listening on port {port}: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+    yield SSHServer(host=f"{getpass.getuser()}@127.0.0.1", port=port, identity=d / "client_key", log=log,
+                    ssh_options=[f"UserKnownHostsFile={d / 'known_hosts'}", "StrictHostKeyChecking=no",
+                                 "IdentitiesOnly=yes", "LogLevel=ERROR"])
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -3,15 +3,11 @@ deploy over a real local OpenSSH server, and bad input. One small digits run is 
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -260,55 +256,14 @@ def test_tensorrt_engine_build(bundle, tmp_path):
     assert len(engine2) > 1000
 
 
-# ---------------------------------------------------------------- deploy over SSH
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """A real OpenSSH server on localhost for the current user, key authentication only."""
-    exe = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None)
-    if exe is None or shutil.which("ssh") is None:
-        pytest.skip("OpenSSH server/client not installed (apt-get install -y openssh-server openssh-client)")
-    d = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    (d / "authorized_keys").chmod(0o600)
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        f"PidFile {d / 'sshd.pid'}\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # the privilege-separation folder sshd requires as root
-    proc = subprocess.Popen([exe, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sshd exited: {proc.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("sshd did not start listening")
-    yield {"host": f"{getpass.getuser()}@127.0.0.1", "port": port, "identity": d / "client_key",
-           "ssh_options": [f"UserKnownHostsFile={d / 'known_hosts'}", "StrictHostKeyChecking=no", "LogLevel=ERROR"]}
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
+# ---------------------------------------------------------------- deploy over SSH (the `sshd` fixture: conftest.py)
 def test_deploy_over_ssh(bundle, sshd, tmp_path):
     path, manifest = bundle
+    r = subprocess.run(sshd.command("echo", "$HOME"), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr  # a real login shell on the server
     remote = tmp_path / "device" / "digits"
-    report = deploy_bundle(path, sshd["host"], remote_dir=str(remote), port=sshd["port"], identity=sshd["identity"],
-                           ssh_options=sshd["ssh_options"], python=sys.executable, runs=3, max_seconds=2)
+    report = deploy_bundle(path, sshd.host, remote_dir=str(remote), port=sshd.port, identity=sshd.identity,
+                           ssh_options=sshd.ssh_options, python=sys.executable, runs=3, max_seconds=2)
     assert report["verified_files"] == len(manifest["files"])
     rows = {r["format"]: r for r in report["results"]}
     assert {"onnx", "int8"} <= set(rows)
@@ -323,10 +278,10 @@ def test_deploy_refuses_a_tampered_bundle_and_a_bad_host(bundle, sshd, tmp_path)
     shutil.copytree(path, bad)
     (bad / "labels.txt").write_text("x\n")
     with pytest.raises(EdgepptError, match="labels.txt"):
-        deploy_bundle(bad, sshd["host"], port=sshd["port"], identity=sshd["identity"], ssh_options=sshd["ssh_options"])
+        deploy_bundle(bad, sshd.host, port=sshd.port, identity=sshd.identity, ssh_options=sshd.ssh_options)
     with pytest.raises(EdgepptError, match="copying to"):  # the wrong key: refused by the server, reported
-        deploy_bundle(path, sshd["host"], remote_dir=str(tmp_path / "x"), port=sshd["port"],
-                      identity=sshd["identity"].with_name("host_key"), ssh_options=sshd["ssh_options"])
+        deploy_bundle(path, sshd.host, remote_dir=str(tmp_path / "x"), port=sshd.port,
+                      identity=sshd.identity.with_name("host_key"), ssh_options=sshd.ssh_options)
 
 
 # ---------------------------------------------------------------- bad input
