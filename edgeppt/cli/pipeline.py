@@ -1,5 +1,88 @@
-"""`edgeppt run | demo | app`: the whole pipeline from a config, and the wizard."""
+"""`edgeppt run | demo | app`: the whole pipeline from a config, the built-in example, and the wizard."""
 
 from __future__ import annotations
 
-from .common import app  # noqa: F401
+import signal
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import app, console, guarded
+
+
+def _sigterm_as_interrupt() -> None:
+    """A cancelled background job gets SIGTERM: stop like Ctrl-C (stages checkpoint, state says cancelled)."""
+    def handler(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) -> None:
+    from pipeline.runner import run_pipeline
+
+    _sigterm_as_interrupt()
+    state = guarded(run_pipeline, cfg, out, until=until, force=tuple(force), progress=not quiet,
+                    log=lambda s: console.print(f"[cyan]pipeline[/] {s}"))
+    table = Table(title=f"run {out}")
+    for col in ("stage", "status", "seconds", "result"):
+        table.add_column(col)
+    for name, s in state["stages"].items():
+        summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in (s.get("summary") or {}).items() if not isinstance(v, (dict, list)))
+        table.add_row(name, s["status"], f"{s.get('seconds', 0):.1f}", summary[:80])
+    Console().print(table)
+    console.print(f"report: {out / 'report' / 'index.md'}")
+
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="pipeline.yaml: source, target, device and each stage's budget."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<config name>)."),
+    until: Optional[str] = typer.Option(None, help="Stop after this stage: search, transfer or export."),
+    force: list[str] = typer.Option([], help="Re-run this stage even if its inputs did not change (repeatable)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Run search -> transfer -> export into one directory; unchanged stages are skipped, interrupted ones resume."""
+    from pipeline.config import load_config
+
+    cfg = guarded(load_config, config)
+    _run(cfg, out or Path("runs") / config.stem, until, force, quiet)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), help="Run directory."),
+    budget: str = typer.Option("demo", help="demo (<= 15 min on 2 CPU cores) or tiny (a one-minute smoke test)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """The built-in example end to end: animals bundle -> elephant, giraffe, horse, sheep, zebra on an x86 CPU."""
+    from pipeline.example import example_config
+    from pipeline.jobs import write_config
+
+    cfg = guarded(example_config, budget)
+    console.print(f"config: {write_config(out, cfg)}")
+    _run(cfg, out, None, [], quiet)
+
+
+@app.command("app")
+def app_cmd(
+    port: int = typer.Option(8501, help="Port on localhost."),
+    runs: Path = typer.Option(Path("runs"), help="Folder of run directories the wizard lists and writes."),
+    address: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default; 0.0.0.0 in a container)."),
+) -> None:
+    """Launch the Streamlit wizard in the browser."""
+    spec = find_spec("app.wizard")
+    if spec is None or spec.origin is None:
+        console.print("[bold red]error:[/] the wizard (app/wizard.py) is not installed")
+        raise typer.Exit(2)
+    cmd = [sys.executable, "-m", "streamlit", "run", spec.origin, "--server.address", address,
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--runs", str(runs.resolve())]
+    console.print(f"wizard on http://{address}:{port} (runs in {runs})")
+    raise typer.Exit(subprocess.call(cmd))

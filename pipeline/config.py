@@ -1,0 +1,90 @@
+"""`pipeline.yaml`: the data, the device and every stage's budget in one validated file.
+
+Stage sections are derived from the stages' own configs (same fields, defaults and limits), minus the fields the
+pipeline fills in itself (data, device, output folder), so each fact lives in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, create_model, field_validator
+
+from edgeppt.config import Strict, TransferConfig, load_yaml, validate
+from edgeppt.errors import EdgepptError
+
+STAGE_NAMES = ("search", "transfer", "export")
+EXPORT_FORMATS = ("onnx", "int8", "fp16", "tensorrt")
+# Filled in by the pipeline from the top-level fields or an earlier stage, so not settable per stage.
+_SHARED = {"source", "target", "test", "labels_per_class", "seed", "device", "out", "data", "threads"}
+
+
+def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | None = None) -> type[Strict]:
+    fields: dict[str, Any] = {k: (f.annotation, f) for k, f in model.model_fields.items() if k not in _SHARED}
+    fields.update(extra or {})
+    return create_model(name, __base__=Strict, __doc__=doc, **fields)
+
+
+try:  # TODO(search): drop once SearchConfig is in the core
+    from edgeppt.config import SearchConfig
+except ImportError:
+    class SearchConfig(Strict):  # type: ignore[no-redef]
+        pass
+SearchSection = _section(SearchConfig, "SearchSection", "Architecture search budget; `enabled: false` skips search "
+                         "and trains `transfer.arch`.", {"enabled": (bool, True)})
+TransferSection = _section(TransferConfig, "TransferSection", "Transfer method and budget (TransferConfig fields). "
+                           "`arch` is used only when search is off.")
+
+
+class ExportSection(Strict):
+    """What `export.export_run` writes and measures."""
+    formats: list[Literal["onnx", "int8", "fp16", "tensorrt"]] | None = Field(
+        None, description="artifacts to write (default: the device's)")
+    int8_calibration: Literal["target", "pseudo"] = "target"
+    calibration_size: int = Field(256, ge=1)
+    max_int8_drop: float = Field(1.0, ge=0, description="accuracy points INT8 may lose before remedies are tried")
+    dynamic_batch: bool = False
+    bench_runs: int = Field(50, ge=0, description="timed runs per artifact for the latency table")
+
+
+class PipelineConfig(Strict):
+    """One run: source bundle + target images + device -> search -> transfer -> export -> report."""
+    source: Path = Field(description="source bundle directory (generator + classifier)")
+    target: str = Field(description="labelled target images: built-in name[:classes], class-folder path or .npz")
+    test: str | None = Field(None, description="test images (default: a fixed 20% split of target)")
+    labels_per_class: int = Field(4, ge=1)
+    device: str = Field("x86-cpu", description="device profile name or .yaml")
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="CPU threads for training (default: torch's)")
+    search: SearchSection = SearchSection()  # type: ignore[valid-type]
+    transfer: TransferSection = TransferSection()  # type: ignore[valid-type]
+    export: ExportSection = ExportSection()
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        from edgeppt.devices import load_profile
+
+        try:
+            load_profile(v)
+        except EdgepptError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    def stages(self) -> list[str]:
+        return [s for s in STAGE_NAMES if s != "search" or self.search.enabled]
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    return load_yaml(path, PipelineConfig)  # type: ignore[return-value]
+
+
+def parse_config(raw: dict, where: str = "pipeline config") -> PipelineConfig:
+    return validate(PipelineConfig, raw, where)  # type: ignore[return-value]
+
+
+def dump_yaml(cfg: PipelineConfig) -> str:
+    """The config as YAML with only what differs from the defaults (short, and readable in a report)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False)

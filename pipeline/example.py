@@ -1,0 +1,48 @@
+"""The built-in example: the shipped animals source bundle (bear, bird, cat, cow, dog) transferred to
+elephant, giraffe, horse, sheep and zebra on an x86 CPU, with budgets named by how long they take."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.errors import EdgepptError
+
+from .config import PipelineConfig, parse_config
+
+# Stage budgets. "demo": the whole pipeline in <= 15 minutes on 2 CPU cores (measured by benchmarks/demo.py);
+# "tiny": a smoke test of every stage in about a minute (tests, the wizard's end-to-end test).
+BUDGETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "search": {"enabled": False},
+        "transfer": {"arch": "resnet_xs", "pretrain_steps": 20, "finetune_steps": 20, "pretrain_batch": 32,
+                     "batch_size": 16, "eval_every": 10, "checkpoint_every": 10, "pssl": {"pool_size": 64}},
+        "export": {"bench_runs": 5, "calibration_size": 32},
+    },
+    "demo": {
+        "search": {"enabled": False},
+        "transfer": {"pretrain_steps": 600, "finetune_steps": 300, "eval_every": 50, "checkpoint_every": 50},
+        "export": {"bench_runs": 50},
+    },
+}
+
+
+def example_bundle() -> Path:
+    """bundles/animals-src of the source tree, or $EDGEPPT_EXAMPLE_BUNDLE (an installed image sets it)."""
+    candidates = [os.environ.get("EDGEPPT_EXAMPLE_BUNDLE"), Path(__file__).resolve().parents[1] / "bundles" / "animals-src"]
+    for c in candidates:
+        if c and (Path(c) / "manifest.json").is_file():
+            return Path(c)
+    raise EdgepptError("the example source bundle is missing (bundles/animals-src); set EDGEPPT_EXAMPLE_BUNDLE "
+                       "or build it with `edgeppt source train --data animals:bear,bird,cat,cow,dog --out bundles/animals-src`")
+
+
+def example_config(budget: str = "demo", **overrides: Any) -> PipelineConfig:
+    if budget not in BUDGETS:
+        raise EdgepptError(f"unknown budget {budget!r}; choose one of {list(BUDGETS)}")
+    raw = {"source": str(example_bundle()), "target": EXAMPLE_TARGET, "labels_per_class": 4, "device": "x86-cpu",
+           **{k: dict(v) for k, v in BUDGETS[budget].items()}}
+    raw.update(overrides)
+    return parse_config(raw, f"example ({budget})")

@@ -1,0 +1,214 @@
+"""The run's report: report/index.md with pictures (samples, Pareto front, curves, confusion matrix, export table).
+
+The figure functions are shared with the wizard, so the browser and the report show the same pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeppt.runs import atomic_write_text, read_jsonl
+
+from .config import PipelineConfig, dump_yaml
+
+REPORT_DIR = "report"
+
+
+# ---------------------------------------------------------------- pictures
+def class_grid(x, y, classes: list[str], out_png: str | Path, per_class: int = 8, scale: int | None = None) -> Path:
+    """A labelled grid of images, one row per class: a preview of a dataset."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y)
+    side = x.shape[-1]
+    scale = scale or max(1, 48 // side)
+    tile, pad = side * scale, 2
+    font = ImageFont.load_default(size=12)
+    label_w = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(c, font=font)) for c in classes) + 8
+    canvas = Image.new("RGB", (label_w + per_class * (tile + pad), len(classes) * (tile + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, name in enumerate(classes):
+        top = r * (tile + pad)
+        draw.text((4, top + tile // 2), name, fill="black", font=font, anchor="lm")
+        for c, i in enumerate(np.flatnonzero(y == r)[:per_class]):
+            a = (np.clip(x[i], 0, 1) * 255).round().astype(np.uint8)
+            a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a
+            im = Image.fromarray(a.transpose(1, 2, 0), "RGB").resize((tile, tile), Image.NEAREST)
+            canvas.paste(im, (label_w + c * (tile + pad), top))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    canvas.save(tmp)
+    tmp.replace(out_png)
+    return out_png
+
+
+def training_curves(run: str | Path):
+    """Loss per step of each phase (pseudo pre-training, then the target phase) and test accuracy; None before any."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    transfer = Path(run) / "transfer"
+    records = read_jsonl(transfer / "pretrain" / "metrics.jsonl") + read_jsonl(transfer / "metrics.jsonl")
+    if not records:
+        return None
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2))
+    offset = 0
+    for phase in dict.fromkeys(r["phase"] for r in records):
+        rs = [r for r in records if r["phase"] == phase]
+        steps = [offset + r["step"] for r in rs]
+        ax_loss.plot(steps, _smooth([r["loss"] for r in rs]), label=phase)
+        acc = [(offset + r["step"], r["test_accuracy"]) for r in rs if "test_accuracy" in r]
+        if acc:
+            ax_acc.plot(*zip(*acc), marker="o", label=phase)
+        offset = steps[-1]
+    ax_loss.set(xlabel="step", ylabel="loss (smoothed)", title="training loss")
+    ax_acc.set(xlabel="step", ylabel="test accuracy", title="target test accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _smooth(v: list[float], k: int = 10) -> np.ndarray:
+    a = np.asarray(v, dtype=float)
+    if len(a) < 2 * k:
+        return a
+    return np.convolve(np.pad(a, (k - 1, 0), mode="edge"), np.ones(k) / k, mode="valid")
+
+
+def confusion_figure(report: dict[str, Any]):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(report["confusion_matrix"])
+    classes = report["classes"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.55 * len(classes)))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"test accuracy {100 * report['test_accuracy']:.1f}%")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- tables
+def export_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per artifact: format, precision, accuracy on the test split, batch-1 latency on this host."""
+    rows = []
+    for r in manifest.get("results", []):
+        b1 = r.get("batch1") or {}
+        rows.append({"format": r["format"], "precision": r.get("precision", ""),
+                     "accuracy %": None if r.get("accuracy") is None else round(100 * r["accuracy"], 2),
+                     "batch-1 median ms": round(b1["median_ms"], 3) if b1 else None,
+                     "batch-1 p90 ms": round(b1["p90_ms"], 3) if b1 else None,
+                     "file": r.get("file", "")})
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+                      *("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows)]) + "\n"
+
+
+def stage_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"stage": name, "status": s.get("status"), "seconds": round(s.get("seconds", 0.0), 1),
+             "resumed": s.get("resumed", False)} for name, s in state.get("stages", {}).items()]
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+# ---------------------------------------------------------------- the report
+def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
+    """Write report/index.md from whatever the stages have produced so far."""
+    from edgeppt.data import load_dataset
+    from source.inspect import sample_grid
+
+    from .runner import read_state
+
+    run = Path(run)
+    rep = run / REPORT_DIR
+    rep.mkdir(parents=True, exist_ok=True)
+    state = read_state(run)
+    md = [f"# edgeppt run `{run.name}`\n", f"Status: **{state.get('status', '?')}**"
+          + (f" — {state['error']}" if state.get("error") else "")
+          + f" (written {time.strftime('%Y-%m-%d %H:%M:%S')})\n",
+          "## Stages\n", markdown_table(stage_rows(state)),
+          "## Config\n", "```yaml\n" + dump_yaml(cfg) + "```\n"]
+
+    md.append("## Data\n")
+    if not (rep / "source_samples.png").exists():
+        sample_grid(cfg.source, rep / "source_samples.png", per_class=8)
+    md.append("Source generator samples (one row per source class, last row an interpolation):\n\n"
+              "![source samples](source_samples.png)\n")
+    if not (rep / "target_samples.png").exists():
+        ds = load_dataset(cfg.target)
+        class_grid(ds.x.numpy(), ds.y.numpy(), ds.classes, rep / "target_samples.png")
+    md.append("Target images:\n\n![target samples](target_samples.png)\n")
+
+    search = run / "search"
+    if cfg.search.enabled:
+        md.append("## Search\n")
+        if (search / "pareto.png").exists():
+            shutil.copyfile(search / "pareto.png", rep / "pareto.png")
+            md.append("![Pareto front](pareto.png)\n")
+        best = read_json(search / "best.json")
+        if best:
+            md.append("Chosen architecture (`search/best.json`):\n\n```json\n" + json.dumps(best, indent=2) + "\n```\n")
+
+    report = read_json(run / "transfer" / "report.json")
+    fig = training_curves(run)
+    if fig is not None or report:
+        md.append("## Transfer\n")
+    if fig is not None:
+        save_figure(fig, rep / "curves.png")
+        md.append("![training curves](curves.png)\n")
+    if report:
+        save_figure(confusion_figure(report), rep / "confusion.png")
+        md.append(f"Test accuracy **{100 * report['test_accuracy']:.2f}%** "
+                  f"({report['data']['labelled']} labelled images, {report['data']['test']} test images).\n")
+        md.append(markdown_table([{"class": c, "accuracy %": round(100 * a, 1)}
+                                  for c, a in report["per_class_accuracy"].items()]))
+        md.append("\n![confusion matrix](confusion.png)\n")
+
+    manifest = read_json(run / "export" / "bundle" / "manifest.json")
+    if manifest:
+        md.append("## Export\n")
+        md.append(f"Bundle `export/bundle` (download: `export/bundle.zip`), device `{manifest.get('device')}`, "
+                  f"default format `{manifest.get('default_format')}`; latency measured on this host with "
+                  f"{manifest.get('threads') or 'default'} threads.\n\n")
+        md.append(markdown_table(export_rows(manifest)))
+    return atomic_write_text(rep / "index.md", "\n".join(md))

@@ -1,0 +1,142 @@
+"""`run_pipeline`: the stages in order into one run directory, each cached by a hash of its inputs.
+
+The run directory:
+    pipeline.yaml     the config as given          state.json   per stage: input key, status, seconds, summary
+    search/ transfer/ export/   one folder each    cache/       pseudo pre-training weights, reused across reruns
+    report/           index.md with pictures       job.json     the background process, when started by pipeline.jobs
+A stage whose key and status are unchanged is skipped; one interrupted with the same key resumes; one whose inputs
+changed starts afresh (its old folder is removed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_json, atomic_write_text
+
+from .config import STAGE_NAMES, PipelineConfig, dump_yaml
+from .stages import STAGE_BY_NAME, input_key
+
+STATE_FILE, CONFIG_FILE, LOCK_FILE = "state.json", "pipeline.yaml", ".lock"
+
+
+def read_state(run: str | Path) -> dict[str, Any]:
+    p = Path(run) / STATE_FILE
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {"stages": {}}
+    except json.JSONDecodeError:  # never half-written (atomic), but a hand edit could break it
+        return {"stages": {}}
+
+
+@contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """One process per run directory: a second `edgeppt run` on it (a second browser tab) is refused."""
+    run.mkdir(parents=True, exist_ok=True)
+    f = open(run / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise EdgepptError(f"{run} is being run by another process; wait for it or cancel it") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def is_locked(run: Path) -> bool:
+    if not (run / LOCK_FILE).exists():
+        return False
+    with open(run / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None, force: tuple[str, ...] = (),
+                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or skip, or resume) each stage up to `until`; returns the state. `force` re-runs the named stages."""
+    run = Path(run)
+    for name in (*force, *([until] if until else [])):
+        if name not in STAGE_NAMES:
+            raise EdgepptError(f"unknown stage {name!r}; choose one of {list(STAGE_NAMES)}")
+    with run_lock(run):
+        atomic_write_text(run / CONFIG_FILE, dump_yaml(cfg))
+        state = read_state(run)
+        state.update(pid=os.getpid(), status="running", started=time.time(), stage_order=cfg.stages())
+        state.pop("error", None)
+        atomic_write_json(run / STATE_FILE, state)
+        try:
+            for name in cfg.stages():
+                _run_stage(cfg, run, name, state, name in force, progress, log)
+                if name == until:
+                    break
+            state["status"] = "done"
+        except KeyboardInterrupt:
+            state["status"] = "cancelled"
+            raise
+        except BaseException as e:
+            state["status"], state["error"] = "failed", str(e) or type(e).__name__
+            raise
+        finally:
+            state["finished"] = time.time()
+            atomic_write_json(run / STATE_FILE, state)
+            _write_report(cfg, run, log)
+    return state
+
+
+def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bool, progress: bool,
+               log: Callable[[str], None]) -> None:
+    stage = STAGE_BY_NAME[name]
+    folder = run / name
+    key = input_key(stage.inputs(cfg, run))
+    prev = state["stages"].get(name, {})
+    same = prev.get("key") == key and not force
+    if same and prev.get("status") == "done" and (folder / stage.output).exists():
+        log(f"{name}: unchanged inputs, skipped (cached result from {time.ctime(prev.get('finished', 0))})")
+        return
+    resume = same and prev.get("status") in ("running", "failed", "cancelled") and folder.exists()
+    if not resume and folder.exists():
+        shutil.rmtree(folder)  # outputs of other inputs: stale
+    log(f"{name}: {'resuming' if resume else 'running'}")
+    entry = {"key": key, "status": "running", "started": time.time(), "resumed": resume,
+             "seconds_before": prev.get("seconds", 0.0) if resume else 0.0}
+    state["stages"][name] = entry
+    atomic_write_json(run / STATE_FILE, state)
+    t0 = time.perf_counter()
+    try:
+        entry["summary"] = stage.run(cfg, run, resume, progress, log)
+        entry["status"] = "done"
+    except KeyboardInterrupt:
+        entry["status"] = "cancelled"
+        raise
+    except BaseException as e:
+        entry["status"], entry["error"] = "failed", str(e) or type(e).__name__
+        raise
+    finally:
+        entry["finished"] = time.time()
+        entry["seconds"] = entry.pop("seconds_before") + time.perf_counter() - t0
+        atomic_write_json(run / STATE_FILE, state)
+    log(f"{name}: done in {entry['seconds']:.1f}s")
+
+
+def _write_report(cfg: PipelineConfig, run: Path, log: Callable[[str], None]) -> None:
+    from .report import write_report
+
+    try:
+        path = write_report(cfg, run)
+        log(f"report: {path}")
+    except Exception as e:  # a report problem must not hide the stage's own result or error
+        log(f"report not written: {type(e).__name__}: {e}")

@@ -1,0 +1,160 @@
+"""The table of stages: what each one reads (hashed for the cache) and how it runs into its folder of the run.
+
+A stage is one row; adding a stage is adding a row. Each stage writes only into `<run>/<name>/`, reads earlier
+stages' folders, and receives `resume=True` when it was interrupted with the same inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeppt.data import BUILTIN
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_bytes, sha256_file
+
+from .config import PipelineConfig
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: Callable[[PipelineConfig, Path], dict[str, Any]]   # everything the result depends on
+    run: Callable[[PipelineConfig, Path, bool, bool, Log], dict[str, Any]]  # (cfg, run dir, resume, progress, log)
+    output: str                                                # the file that says the stage finished
+
+
+# ---------------------------------------------------------------- fingerprints
+def data_fingerprint(spec: str | None) -> Any:
+    """A built-in spec stands for itself; a folder or file is hashed, so editing the images re-runs the stages."""
+    if spec is None:
+        return None
+    name = spec.partition(":")[0]
+    path = Path(name)
+    if name in BUILTIN and not path.exists():
+        return spec
+    if not path.exists():
+        raise EdgepptError(f"dataset {spec!r} not found")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        h.update(sha256_file(f).encode())
+    return {"spec": spec, "sha256": h.hexdigest()}
+
+
+def bundle_fingerprint(path: Path) -> dict[str, str]:
+    from edgeppt.bundle import read_manifest
+
+    return read_manifest(path)["files"]  # sha256 of each file, verified when the bundle is loaded
+
+
+def file_hash(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test),
+            "labels_per_class": cfg.labels_per_class, "seed": cfg.seed}
+
+
+def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    from edgeppt.devices import load_profile
+
+    return load_profile(cfg.device).model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- search
+def search_config(cfg: PipelineConfig, out: Path):
+    from edgeppt.config import SearchConfig
+
+    settings = cfg.search.model_dump(exclude={"enabled"})
+    shared = {"source": cfg.source, "target": cfg.target, "test": cfg.test, "labels_per_class": cfg.labels_per_class,
+              "seed": cfg.seed, "device": cfg.device, "data": cfg.target, "threads": cfg.threads, "out": out}
+    settings.update({k: v for k, v in shared.items() if k in SearchConfig.model_fields})
+    return SearchConfig(**settings)
+
+
+def _search_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
+    return {"search": cfg.search.model_dump(mode="json"), "device": _device_inputs(cfg), **_data_inputs(cfg)}
+
+
+def _search_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
+    from search import run_search
+
+    out = run / "search"
+    summary = run_search(search_config(cfg, out), out, resume=resume and out.exists(), progress=progress)
+    return summary if isinstance(summary, dict) else {}
+
+
+# ---------------------------------------------------------------- transfer
+def transfer_config(cfg: PipelineConfig, run: Path):
+    from edgeppt.config import TransferConfig
+
+    settings = cfg.transfer.model_dump()
+    if cfg.search.enabled:
+        settings["arch"] = str(run / "search" / "best.json")
+    settings.update(source=cfg.source, target=cfg.target, test=cfg.test, labels_per_class=cfg.labels_per_class,
+                    seed=cfg.seed, threads=cfg.threads)
+    return TransferConfig(**settings)
+
+
+def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
+    arch = file_hash(run / "search" / "best.json") if cfg.search.enabled else cfg.transfer.arch
+    return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch"}), "arch": arch,
+            "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg)}
+
+
+def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
+    from transfer import run_transfer
+
+    out = run / "transfer"
+    # PP weights depend on the bundle and architecture only: kept beside the stages, reused when only fine-tuning changes
+    report = run_transfer(transfer_config(cfg, run), out, resume=resume and (out / "config.json").exists(),
+                          progress=progress, pp_cache=run / "cache")
+    return {"test_accuracy": report.get("test_accuracy"), "params": report.get("model", {}).get("params")}
+
+
+# ---------------------------------------------------------------- export
+def _export_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
+    return {"export": cfg.export.model_dump(mode="json"), "device": _device_inputs(cfg),
+            "model": file_hash(run / "transfer" / "model.pt"), "report": file_hash(run / "transfer" / "report.json")}
+
+
+def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
+    from export import export_run
+
+    out = run / "export"
+    e = cfg.export
+    manifest = export_run(run / "transfer", out / "bundle", device=cfg.device, formats=e.formats,
+                          int8_calibration=e.int8_calibration, source=cfg.source, calibration_size=e.calibration_size,
+                          max_int8_drop=e.max_int8_drop, dynamic_batch=e.dynamic_batch, bench_runs=e.bench_runs,
+                          log=lambda s: log(f"export: {s}"))
+    zip_bundle(out / "bundle", out / "bundle.zip")
+    return {"formats": list(manifest["artifacts"]), "default_format": manifest.get("default_format")}
+
+
+def zip_bundle(folder: Path, dest: Path) -> Path:
+    """The bundle as one download (written atomically, like every artifact)."""
+    tmp = Path(shutil.make_archive(str(dest.with_suffix("")) + ".partial", "zip", folder.parent, folder.name))
+    atomic_write_bytes(dest, tmp.read_bytes())
+    tmp.unlink()
+    return dest
+
+
+STAGES: list[Stage] = [
+    Stage("search", _search_inputs, _search_run, "best.json"),
+    Stage("transfer", _transfer_inputs, _transfer_run, "report.json"),
+    Stage("export", _export_inputs, _export_run, "bundle.zip"),
+]
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+
+
+def input_key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
