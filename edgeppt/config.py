@@ -59,6 +59,9 @@ class PSSLConfig(Strict):
     sharpen: float = Field(0.4, gt=0, description="UDA target sharpening temperature")
     unlabeled_ratio: int = Field(2, ge=1, description="unlabelled batch = ratio x labelled batch")
     ema: float = Field(0.99, ge=0, lt=1, description="MeanTeacher teacher decay")
+    anchor_weight: float = Field(0.0, ge=0, description="weight of a cross-entropy pulling each pseudo sample toward the label of the target image that conditioned it")
+    mix: float = Field(0.0, ge=0, le=1, description="blend each pseudo sample toward its target image by a share drawn from [0, mix]")
+    align: bool = Field(False, description="distribution alignment: rescale the unlabelled guesses so classes are used equally on average")
 
 
 class TransferConfig(Strict):
@@ -120,3 +123,69 @@ def explain(e: ValidationError, model: type[BaseModel]) -> str:
         else:
             lines.append(f"{loc}: {err['msg']}")
     return "; ".join(lines)
+
+
+class StageSpace(Strict):
+    """The choices of one stage of the searched MobileNetV2/V3-like network; its first block strides."""
+    stride: Literal[1, 2] = 1
+    widths: list[int] = Field(min_length=1)
+    depths: list[int] = Field([1, 2], min_length=1)
+    kernels: list[Literal[3, 5, 7]] = [3, 5, 7]
+    expands: list[float] = Field([3, 6], min_length=1)
+    se: list[bool] = [False, True]
+
+
+class SpaceConfig(Strict):
+    """The search space (defaults suit 28x28 inputs: two downsamplings)."""
+    stems: list[int] = Field([8, 16, 24], min_length=1)
+    acts: list[Literal["relu", "relu6", "hswish", "silu"]] = ["relu", "hswish"]
+    head_widths: list[int] = Field([0, 128], min_length=1, description="1x1 conv before pooling (0: none)")
+    stages: list[StageSpace] = Field(default_factory=lambda: [
+        StageSpace(stride=1, widths=[8, 16, 24], depths=[1], expands=[1, 3]),
+        StageSpace(stride=2, widths=[16, 24, 32], depths=[1, 2, 3]),
+        StageSpace(stride=2, widths=[24, 32, 48, 64], depths=[1, 2, 3]),
+        StageSpace(stride=1, widths=[48, 64, 96], depths=[1, 2, 3]),
+    ], min_length=1)
+
+
+class ProxyConfig(Strict):
+    """The low-fidelity evaluator: short PP on generated source samples, short fine-tune on the few labels."""
+    pretrain_steps: int = Field(150, ge=0)
+    pretrain_batch: int = Field(64, ge=2)
+    pretrain_pool: int = Field(2048, ge=16, description="generated source samples drawn once and shared by all trials")
+    finetune_steps: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class SearchConfig(Strict):
+    """`edgeppt search`: find the most accurate architecture of the space within a device's budgets."""
+    source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
+    target: str
+    test: str | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="held out exactly as transfer does; search never sees it")
+    labels_per_class: int = Field(4, ge=1)
+    val_per_class: int = Field(20, ge=1, description="labelled images per class that rank candidates, disjoint "
+                                                     "from the few training labels and from the test split")
+    image_size: int | None = Field(None, ge=8, le=512)
+    device: str = Field("x86-cpu", description="device profile name or .yaml")
+    latency_ms: float | None = Field(None, gt=0, description="override the profile's latency budget")
+    params: int | None = Field(None, gt=0)
+    macs: int | None = Field(None, gt=0)
+    peak_activation_kib: float | None = Field(None, gt=0)
+    strategy: Literal["evolution", "random", "tpe"] = "evolution"
+    trials: int = Field(20, ge=1, description="candidates trained (over-budget ones are rejected before training)")
+    population: int = Field(8, ge=2, description="regularised evolution: population size")
+    tournament: int = Field(3, ge=1, description="regularised evolution: tournament size")
+    mutation_prob: float = Field(0.3, gt=0, le=1)
+    engine: Literal["sequential", "local"] = Field("sequential", description="NNI execution: in this process, or "
+                                                   "NNI's training service (local; remote/kubernetes in NNI's config)")
+    concurrency: int = Field(1, ge=1, description="trials at once (training-service engine only)")
+    latency_warmup: int = Field(10, ge=0)
+    latency_repeats: int = Field(50, ge=3)
+    max_rejections: int = Field(2000, ge=1, description="stop after this many over-budget samples in a row")
+    space: SpaceConfig = SpaceConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch threads for the proxy training")

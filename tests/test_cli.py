@@ -44,3 +44,25 @@ def test_yaml_config_with_a_typo_names_the_field(tmp_path):
 def test_models_lists_the_registry():
     res = runner.invoke(app, ["models"])
     assert res.exit_code == 0 and "resnet_s" in res.output and "mobilenet_s" in res.output
+
+
+def test_corrupt_target_image_is_counted_and_named(tmp_path):
+    """A folder target with one unreadable file: the run goes on, and the file is named in the output and report."""
+    from PIL import Image
+
+    from edgeppt.data import load_dataset
+    ds = load_dataset("digits:0,1,2")
+    for c in range(3):
+        (tmp_path / "d" / str(c)).mkdir(parents=True)
+        for i, x in enumerate(ds.x[ds.y == c][:15]):
+            Image.fromarray((x[0].numpy() * 255).astype("uint8"), "L").save(tmp_path / "d" / str(c) / f"{i}.png")
+    bad = tmp_path / "d" / "1" / "broken.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["transfer", "--target", str(tmp_path / "d"), "--method", "scratch", "--arch",
+                              "resnet_xs", "--labels-per-class", "3", "--out", str(out), "--quiet",
+                              "--set", "finetune_steps=5"])
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 unreadable image" in res.output and "broken.png" in res.output
+    skipped = json.loads((out / "report.json").read_text())["data"]["skipped_files"]
+    assert len(skipped) == 1 and skipped[0].startswith(str(bad))

@@ -186,3 +186,12 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path, monkeypatch):
         train_source(tiny_cfg(out), progress=False)
     ck = torch.load(st.work_dir(out) / st.CHECKPOINT, weights_only=True)
     assert ck["g_step"] == 2 and not out.exists()
+
+
+def test_manifest_image_shape_mismatch_refused(tmp_path: Path):
+    path = tiny_bundle(tmp_path / "b", shape=(1, 8, 8))
+    m = json.loads((path / "manifest.json").read_text())
+    m["image_shape"] = [3, 16, 16]
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgepptError, match=r"generator returned \(3, 1, 8, 8\), expected images of shape \(N, 3, 16, 16\)"):
+        load_bundle(path)

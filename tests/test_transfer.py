@@ -28,14 +28,23 @@ def _first_last(values, n=8):
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
+# The last case turns on every P-SSL option the defaults may leave off (anchor labels, mixing, alignment).
+ALL_OPTIONS = {"anchor_weight": 0.5, "mix": 0.5, "align": True, "relevance": "weight", "z_search_steps": 2}
+
+
 @pytest.mark.parametrize("method,ssl", [("scratch", None), ("kd", None), ("pp", None), ("pssl", "fixmatch"),
-                                        ("pp+pssl", "uda"), ("pp+pssl", "pseudolabel"), ("pp+pssl", "meanteacher")])
+                                        ("pp+pssl", "uda"), ("pp+pssl", "pseudolabel"), ("pp+pssl", "meanteacher"),
+                                        ("pp+pssl", {"algorithm": "fixmatch", **ALL_OPTIONS})])
 def test_each_method_runs_and_its_loss_falls(tiny_bundle, tmp_path, method, ssl):
     c = cfg(tiny_bundle, method=method)
     if ssl:
-        c.pssl.algorithm = ssl
+        c.pssl = c.pssl.model_copy(update={"algorithm": ssl} if isinstance(ssl, str) else ssl)
     report = run_transfer(c, tmp_path / "run", progress=False)
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    if isinstance(ssl, dict):  # the anchor term is logged, and the alignment state is checkpointed
+        assert all("anchor_ce" in r for r in rows)
+        p_mean = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["objective"]["p_mean"]
+        assert torch.isclose(p_mean.sum(), torch.tensor(1.0)) and not torch.allclose(p_mean, torch.full_like(p_mean, 0.2))
     # SSL losses add a ramped unlabelled term, so judge them by their supervised part.
     key = "sup" if "pssl" in method else "loss"
     first, last = _first_last([r[key] for r in rows])
@@ -117,6 +126,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bundle, tmp_path
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+def test_target_images_are_conformed_to_the_bundle(tiny_bundle, tmp_path):
+    """RGB 12x12 target images meet a grayscale 8x8 bundle: converted and resized, one shape throughout."""
+    from PIL import Image
+
+    from transfer.run import prepare_data
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (12, 12), (40 * i, 200 if c == "a" else 0, 0)).save(tmp_path / "d" / c / f"{i}.png")
+    labelled, test = prepare_data(cfg(tiny_bundle, target=str(tmp_path / "d"), labels_per_class=2),
+                                  load_bundle(tiny_bundle))
+    assert labelled.shape == test.shape == (1, 8, 8) and labelled.counts() == [2, 2]
+
+
 def test_method_without_bundle_and_bad_bundle_are_explained(tiny_bundle, tmp_path):
     with pytest.raises(EdgepptError, match="needs a source bundle"):
         run_transfer(TransferConfig(target=TARGET, method="pp"), tmp_path / "a", progress=False)
@@ -124,11 +147,18 @@ def test_method_without_bundle_and_bad_bundle_are_explained(tiny_bundle, tmp_pat
         run_transfer(cfg(tmp_path, method="pp"), tmp_path / "b", progress=False)
 
 
-def test_pp_weights_are_cached_across_runs(tiny_bundle, tmp_path):
-    first = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "a", progress=False, pp_cache=tmp_path / "cache")
-    second = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "b", progress=False, pp_cache=tmp_path / "cache")
+def test_pp_weights_and_pseudo_pools_are_cached_across_runs(tiny_bundle, tmp_path):
+    c = cfg(tiny_bundle, method="pp+pssl")
+    first = run_transfer(c, tmp_path / "a", progress=False, pp_cache=tmp_path / "cache")
+    second = run_transfer(c, tmp_path / "b", progress=False, pp_cache=tmp_path / "cache")
     assert "cached" not in first["pretrain"] and "cached" in second["pretrain"]
+    assert not first["pseudo_samples"]["cached"] and second["pseudo_samples"]["cached"]
     assert first["test_accuracy"] == second["test_accuracy"]
+    # Another labelled set (seed) conditions another pool.
+    third = run_transfer(cfg(tiny_bundle, method="pp+pssl", seed=1), tmp_path / "c", progress=False,
+                         pp_cache=tmp_path / "cache")
+    assert not third["pseudo_samples"]["cached"]
+    assert len(list((tmp_path / "cache").glob("pool-*.pt"))) == 2
 
 
 def test_torchrun_two_cpu_processes(tiny_bundle, tmp_path):

@@ -87,18 +87,36 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
     return {"seconds": trainer.timings.get("pretrain", 0.0), "images": trainer.images_seen.get("pretrain", 0)}
 
 
-def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet, out: Path, dist: Dist) -> PseudoPool:
-    """Draw the pool once (rank 0), cache it in the run directory, and share it with every worker."""
-    path = out / "pseudo_pool.pt"
+def _pool_key(cfg: TransferConfig, bundle: SourceBundle, x_t: torch.Tensor) -> str:
+    """A pool depends on the bundle, the conditioning target images, the seed and the sampling settings."""
+    p = cfg.pssl
+    key = {"bundle": bundle.manifest["files"], "x": hashlib.sha256(x_t.numpy().tobytes()).hexdigest(),
+           "seed": cfg.seed, "sampling": [p.temperature, p.z_search_steps, p.z_search_lr, p.relevance,
+                                          p.relevance_keep, p.pool_size]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet, out: Path, dist: Dist,
+                   cache_dir: Path | None = None) -> tuple[PseudoPool, bool]:
+    """Draw the pool once (rank 0), keep it in the run directory (and the cache), share it with every worker."""
+    path, from_cache = out / "pseudo_pool.pt", False
     if dist.main and not path.exists():
-        pool = make_pool(bundle, reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0]), cfg.pssl, seed=cfg.seed)
-        atomic_torch_save(path, pool.state())
+        x_t = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
+        cached = cache_dir / f"pool-{_pool_key(cfg, bundle, x_t)}.pt" if cache_dir else None
+        from_cache = bool(cached and cached.exists())
+        if from_cache:
+            state = load_checkpoint(cached)
+        else:
+            state = make_pool(bundle, x_t, cfg.pssl, seed=cfg.seed).state()
+            if cached:
+                atomic_torch_save(cached, state)
+        atomic_torch_save(path, state)
     dist.barrier()
     pool = PseudoPool(**load_checkpoint(path))
     pool.x = reshape_images(pool.x, labelled.shape[1], labelled.shape[0])
     if len(pool) == 0:
         raise EdgepptError("no pseudo sample survived relevance filtering; raise pssl.relevance_keep")
-    return pool
+    return pool, from_cache
 
 
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -133,9 +151,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     pool = None
     if method.needs_pool:
         t = time.perf_counter()
-        pool = pseudo_samples(cfg, bundle, labelled, out, dist)
+        pool, from_cache = pseudo_samples(cfg, bundle, labelled, out, dist, Path(pp_cache) if pp_cache else None)
         timings["pseudo_samples"] = time.perf_counter() - t
-        info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item()}
+        info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
+                                  "cached": from_cache}
 
     phase = Phase(cfg.method.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool),
                   cfg.lr, cfg.weight_decay)
@@ -153,7 +172,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     report = {
         "test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
         "confusion_matrix": result["confusion_matrix"], "classes": labelled.classes,
-        "data": {"labelled": len(labelled), "test": len(test), "skipped_files": labelled.skipped},
+        "data": {"labelled": len(labelled), "test": len(test), "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
         "model": model_info, "settings": cfg.model_dump(mode="json"), "timings_s": timings,
         "images_per_s": {k: v / max(trainer.timings.get(k, 1e-9), 1e-9) for k, v in trainer.images_seen.items()},
         "world_size": dist.world, "device": str(dist.device), **info,

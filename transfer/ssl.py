@@ -27,28 +27,50 @@ class SSL(Supervised):
     def __init__(self, labelled: ImageSet, pool: PseudoPool, batch_size: int, cfg: PSSLConfig):
         super().__init__(labelled, batch_size, new_head=True)
         self.pool, self.cfg = pool, cfg
+        k = len(labelled.classes)
+        self.register_buffer("p_mean", torch.full((k,), 1.0 / k))  # running mean of guesses (alignment)
 
     def unlabeled_weight(self, step: int, total: int) -> float:
         ramp = max(1.0, self.cfg.ramp_fraction * total)
         return self.cfg.unlabeled_weight * min(1.0, step / ramp)
 
+    def guess(self, weak_logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for the weak view; with alignment, divided by their running mean so a few
+        target classes cannot absorb all the (off-target) pseudo samples."""
+        probs = F.softmax(weak_logits.detach(), 1)
+        if self.cfg.align:
+            self.p_mean.mul_(0.99).add_(probs.mean(0), alpha=0.01)
+            probs = probs / self.p_mean.clamp_min(1e-6)
+            probs = probs / probs.sum(1, keepdim=True)
+        return probs
+
     def loss(self, net, g, step, total, dist):
         xl, yl = sample_batch(self.data, self.batch_size, g)
         idx = torch.randint(0, len(self.pool), (self.batch_size * self.cfg.unlabeled_ratio,), generator=g)
-        xu, wu = self.pool.x[idx], self.pool.weight[idx]
+        xu, wu, anchor = self.pool.x[idx], self.pool.weight[idx], self.pool.anchor[idx]
+        ya = self.data.y[anchor]  # the label of the target image that conditioned each sample
+        if self.cfg.mix:
+            lam = self.cfg.mix * torch.rand(len(idx), 1, 1, 1, generator=g)
+            xu = (1 - lam) * xu + lam * self.data.x[anchor]
         parts = [augment.weak(xl, g), augment.weak(xu, g)] + ([augment.strong(xu, g)] if self.uses_strong else [])
         parts = [shard(t, dist) for t in parts]
-        yl, wu = shard(yl, dist), shard(wu, dist)
+        yl, wu, ya = shard(yl, dist), shard(wu, dist), shard(ya, dist)
         dev = next(net.parameters()).device
         logits = net(torch.cat(parts).to(dev))  # one forward: labelled, weak and strong views together
         n_l, n_u = len(parts[0]), len(parts[1])
         lx, lw = logits[:n_l], logits[n_l:n_l + n_u]
         ls = logits[n_l + n_u:] if self.uses_strong else lw
+        wu = wu.to(dev)
         sup = F.cross_entropy(lx, yl.to(dev))
-        unsup, mask = self.unlabeled_loss(lw, ls, wu.to(dev), parts[1].to(dev))
+        unsup, mask = self.unlabeled_loss(lw, ls, wu, parts[1].to(dev))
+        stats = {}
+        if self.cfg.anchor_weight:
+            anchor_ce = (F.cross_entropy(ls, ya.to(dev), reduction="none") * wu).mean()
+            unsup = unsup + self.cfg.anchor_weight * anchor_ce
+            stats["anchor_ce"] = anchor_ce.item()
         w = self.unlabeled_weight(step, total)
         return sup + w * unsup, {"images": sum(len(p) for p in parts), "sup": sup.item(), "unsup": unsup.item(),
-                                 "u_weight": w, "mask": mask}
+                                 "u_weight": w, "mask": mask, **stats}
 
     def unlabeled_loss(self, weak_logits, strong_logits, weights, weak_x) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
@@ -62,8 +84,7 @@ class FixMatch(SSL):
     """Hard pseudo-labels from the weak view, above a confidence threshold, taught on the strong view."""
 
     def unlabeled_loss(self, lw, ls, wu, _):
-        probs = F.softmax(lw.detach(), 1)
-        conf, target = probs.max(1)
+        conf, target = self.guess(lw).max(1)
         mask = (conf >= self.cfg.threshold).float()
         return _masked_mean(F.cross_entropy(ls, target, reduction="none"), mask, wu), mask.mean().item()
 
@@ -72,8 +93,10 @@ class UDA(SSL):
     """Soft, sharpened targets from the weak view with a confidence mask: tolerant of off-target samples."""
 
     def unlabeled_loss(self, lw, ls, wu, _):
-        probs = F.softmax(lw.detach() / self.cfg.sharpen, 1)
-        mask = (F.softmax(lw.detach(), 1).max(1).values >= self.cfg.threshold).float()
+        guess = self.guess(lw)
+        mask = (guess.max(1).values >= self.cfg.threshold).float()
+        probs = guess.pow(1 / self.cfg.sharpen)
+        probs = probs / probs.sum(1, keepdim=True)
         ce = -(probs * F.log_softmax(ls, 1)).sum(1)
         return _masked_mean(ce, mask, wu), mask.mean().item()
 
@@ -84,7 +107,7 @@ class PseudoLabel(SSL):
     uses_strong = False
 
     def unlabeled_loss(self, lw, ls, wu, _):
-        conf, target = F.softmax(lw.detach(), 1).max(1)
+        conf, target = self.guess(lw).max(1)
         mask = (conf >= self.cfg.threshold).float()
         return _masked_mean(F.cross_entropy(lw, target, reduction="none"), mask, wu), mask.mean().item()
 

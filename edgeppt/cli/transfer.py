@@ -62,6 +62,10 @@ def _print_report(report: dict, out: Path) -> None:
         table.add_row(name, f"{100 * acc:.1f}%")
     table.add_row("[bold]all[/]", f"[bold]{100 * report['test_accuracy']:.2f}%[/]")
     Console().print(table)
+    skipped = report["data"]["skipped_files"]
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/] (listed in report.json): "
+                      + "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     console.print(f"time {report['timings_s']['total']:.1f}s; report: {out / 'report.json'}")
 
 
