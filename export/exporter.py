@@ -1,7 +1,9 @@
 """`export_run`: a trained run directory -> a verified, deployable bundle.
 
-One table of formats (each with one function) and one small table of device profiles. Every artifact is
-checked against the PyTorch model on the run's test split before it is written into the manifest.
+One table of formats, each with one function. What a target device runs (default formats, int8 activation
+type, how INT8 accuracy is judged, runner default, threads) comes from its profile in the core
+(`edgeppt.devices`: a built-in name or a user YAML). Every artifact is checked against the PyTorch model on the
+run's test split before it is written into the manifest.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from edgeppt.devices import DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes
 
@@ -24,28 +27,11 @@ from .onnx_export import (INPUT_NAME, LoadedRun, check_parity, convert_fp16, exp
                           torch_logits)
 
 
-@dataclass(frozen=True)
-class Device:
-    """A deployment target by simple name (issue "search" will replace this with YAML device profiles)."""
-    formats: tuple[str, ...]
-    threads: int                   # onnxruntime intra-op threads on the device (0: one per core)
-    symmetric_activations: bool    # int8 activations with zero point 0 (TensorRT, ARM) or uint8 (x86 onnxruntime)
-    evaluator: str                 # how INT8 accuracy is judged: this host's kernels, or exact Q/DQ reference
-    default_format: str            # what the runner classifies with
-
-
-DEVICES: dict[str, Device] = {
-    "x86-cpu": Device(("onnx", "int8"), 0, False, "host", "int8"),
-    "arm-cpu": Device(("onnx", "int8"), 4, True, "reference", "int8"),
-    "jetson": Device(("onnx", "int8", "fp16", "tensorrt"), 4, True, "reference", "fp16"),
-}
-
-
 @dataclass
 class Context:
     run: LoadedRun
     root: Path                       # the staging folder of the bundle
-    device: Device
+    device: DeviceProfile
     test_x: np.ndarray
     test_y: np.ndarray
     labelled_x: torch.Tensor
@@ -66,10 +52,10 @@ def _onnx(ctx: Context) -> dict[str, Any]:
 
 def _int8(ctx: Context) -> dict[str, Any]:
     calib, calib_info = calibration_set(ctx)
-    symmetric = ctx.device.symmetric_activations or "tensorrt" in ctx.options["formats"]
+    symmetric = ctx.device.export.symmetric_activations or "tensorrt" in ctx.options["formats"]
     guard = Q.quantize_guarded(ctx.root / "model.onnx", ctx.root / "model.int8.onnx", calib, ctx.test_x, ctx.test_y,
                                Q.QuantConfig(symmetric_activations=symmetric), ctx.options["max_int8_drop"],
-                               ctx.device.evaluator)
+                               ctx.device.export.evaluator)
     path = ctx.root / "model.int8.onnx"
     par = parity(ctx.reference, path, ctx.test_x)
     ctx.log(f"int8: {guard.note}; accuracy {100 * guard.fp32_accuracy:.2f}% -> {100 * guard.int8_accuracy:.2f}%")
@@ -77,7 +63,7 @@ def _int8(ctx: Context) -> dict[str, Any]:
     # accuracy: as the device computes it (the evaluator); host_accuracy: onnxruntime's kernels on this machine.
     return {"file": path.name, "precision": "int8", "accuracy": guard.int8_accuracy, "evaluator": guard.evaluator,
             "host_accuracy": Q.accuracy(path, ctx.test_x, ctx.test_y, "host"), "parity": par, "calibration": calib_info,
-            "recipe": guard.chosen["config"], "qdq": props, "tensorrt_ready": props["max_abs_zero_point"] == 0,
+            "recipe": guard.chosen["config"], "qdq": props, "tensorrt_ready": props["tensorrt_ready"],
             "accuracy_guard": {"fp32_accuracy": guard.fp32_accuracy, "int8_accuracy": guard.int8_accuracy,
                                "evaluator": guard.evaluator, "max_drop_points": guard.max_drop_points,
                                "met": guard.met, "note": guard.note, "attempts": guard.attempts}}
@@ -168,9 +154,9 @@ def target_images(run: LoadedRun, spec: str | None) -> torch.Tensor:
     return reshape_images(ds.x, run.image_size, run.in_chans)
 
 
-def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: Device) -> list[str]:
+def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: DeviceProfile) -> list[str]:
     if formats is None:
-        wanted = list(device.formats)
+        wanted = list(device.export.formats)
     else:
         wanted = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = [f for f in wanted if f not in FORMATS]
@@ -181,15 +167,14 @@ def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: Dev
     return [f for f in FORMATS if f in wanted or f == "onnx"]  # table order; fp32 ONNX is the base of the others
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, device: str = "x86-cpu",
+def export_run(run_dir: str | Path, out: str | Path | None = None, device: str | Path | DeviceProfile = "x86-cpu",
                formats: str | list[str] | None = None, int8_calibration: str = "target", source: str | Path | None = None,
                calibration_data: str | None = None, calibration_images: Any = None, calibration_size: int = 256,
                max_int8_drop: float = 1.0, dynamic_batch: bool = False, threads: int | None = None,
                bench_runs: int = 50, samples_per_class: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export a run to `out` (default dist/<run name>) and return the bundle's manifest."""
-    if device not in DEVICES:
-        raise EdgepptError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
-    dev = DEVICES[device]
+    """Export a run to `out` (default dist/<run name>) and return the bundle's manifest. `device`: a built-in
+    profile name (x86-cpu, arm-cpu, jetson), a user profile .yaml, or a loaded DeviceProfile."""
+    dev = device if isinstance(device, DeviceProfile) else load_profile(device)
     fmts = parse_formats(formats, dev)
     if int8_calibration not in Q.CALIBRATIONS:
         raise EdgepptError(f"unknown --int8-calibration {int8_calibration!r}; choose one of {list(Q.CALIBRATIONS)}")
@@ -213,9 +198,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, device: str =
         B.write_support_files(root, run.classes, spec)
         n_samples = B.write_samples(root, ctx.test_x, ctx.test_y, run.classes, samples_per_class)
         table = results_table(ctx, torch_acc, threads, bench_runs)
-        default = dev.default_format if dev.default_format in ctx.artifacts else "onnx"
+        default = dev.export.default_format if dev.export.default_format in ctx.artifacts else "onnx"
         manifest = B.write_manifest(root, {
-            "created_by": "edgeppt export", "run": str(run.path), "device": device, "threads": threads,
+            "created_by": "edgeppt export", "run": str(run.path), "device": dev.name,
+            "device_profile": dev.model_dump(mode="json"), "threads": threads,
             "default_format": default, "classes": run.classes, "preprocess": spec,
             "input": {"name": INPUT_NAME, "shape": [1 if not dynamic_batch else "batch", *run.input_shape],
                       "dynamic_batch": dynamic_batch},

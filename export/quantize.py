@@ -92,9 +92,18 @@ class QuantConfig:
     symmetric_activations: bool = True
     reduce_range: bool = False  # 7-bit weights: avoids int16 saturation in x86 AVX2 int8 kernels (VPMADDUBSW)
     float_nodes: tuple[str, ...] = ()
+    # int32 bias Q/DQ: onnxruntime's QLinearConv fusion uses it; TensorRT's DequantizeLinear takes only int8/fp8
+    # inputs and quantizes biases itself, so the TensorRT recipe (symmetric activations) keeps biases float.
+    quantize_bias: bool | None = None  # None: not for symmetric (TensorRT) recipes, yes otherwise
+
+    @property
+    def bias_quantized(self) -> bool:
+        return (not self.symmetric_activations) if self.quantize_bias is None else self.quantize_bias
 
     def describe(self) -> str:
         parts = [self.method, "symmetric s8 activations" if self.symmetric_activations else "asymmetric u8 activations"]
+        if not self.bias_quantized:
+            parts.append("float biases")
         if self.reduce_range:
             parts.append("7-bit weights")
         if self.float_nodes:
@@ -145,7 +154,7 @@ def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: Quan
                         weight_type=QuantType.QInt8, calibrate_method=methods[cfg.method],
                         nodes_to_exclude=list(cfg.float_nodes),
                         extra_options={"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": True,
-                                       "CalibPercentile": PERCENTILE})
+                                       "QuantizeBias": cfg.bias_quantized, "CalibPercentile": PERCENTILE})
         return atomic_write_bytes(out, q.read_bytes())
 
 
@@ -234,21 +243,24 @@ def quantize_guarded(fp32: str | Path, out: str | Path, calib: np.ndarray, test_
 
 
 def qdq_properties(path: str | Path) -> dict[str, Any]:
-    """What TensorRT needs of a QDQ graph: zero points all 0, int8 types, per-channel weight scales."""
+    """What TensorRT needs of a QDQ graph: every zero point 0, every quantized tensor int8 (its DequantizeLinear
+    takes INT8/FP8 only, so no int32 bias DQ), per-channel weight scales."""
     from onnx import numpy_helper
 
     m = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    zps, per_channel_weights, int8 = [], 0, True
+    zps, per_channel_weights, types = [], 0, set()
     for n in m.graph.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
         if len(n.input) > 2 and n.input[2] in inits:
             zp = inits[n.input[2]]
             zps.append(int(np.abs(zp.astype(np.int64)).max()))
-            int8 &= zp.dtype == np.int8
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[1]].size > 1:
-            per_channel_weights += 1
+            types.add(zp.dtype.name)  # the quantized type of this Q/DQ pair
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            types.add(inits[n.input[0]].dtype.name)
+            per_channel_weights += inits[n.input[1]].size > 1
+    max_zp = max(zps, default=0)
     return {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node),
-            "max_abs_zero_point": max(zps, default=0), "int8_zero_points": bool(int8 and zps),
-            "per_channel_weights": per_channel_weights}
+            "max_abs_zero_point": max_zp, "quantized_types": sorted(types), "per_channel_weights": per_channel_weights,
+            "tensorrt_ready": bool(zps) and max_zp == 0 and types == {"int8"}}

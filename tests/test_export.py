@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -91,7 +93,8 @@ def test_fp16_model_is_float16_and_close(bundle):
 
 # ---------------------------------------------------------------- INT8
 def test_qdq_graph_is_tensorrt_ready(bundle):
-    """Symmetric int8 activations and weights (every zero point 0, type int8), per-channel weight scales."""
+    """Symmetric int8 activations and weights (every zero point 0, type int8), per-channel weight scales, and no
+    int32 bias DequantizeLinear (TensorRT's DequantizeLinear takes int8/fp8 inputs only)."""
     path, manifest = bundle
     m = onnx.load(str(path / "model.int8.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
@@ -100,7 +103,9 @@ def test_qdq_graph_is_tensorrt_ready(bundle):
     for n in qdq:
         zp = inits[n.input[2]]
         assert not zp.any(), f"{n.name}: zero point {zp}"
-        assert zp.dtype in (np.int8, np.int32), n.name  # int32 only for biases
+        assert zp.dtype == np.int8, n.name
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            assert inits[n.input[0]].dtype == np.int8, n.name
     weight_dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     assert convs
@@ -108,9 +113,23 @@ def test_qdq_graph_is_tensorrt_ready(bundle):
         dq = weight_dq[conv.input[1]]
         w, scale = inits[dq.input[0]], inits[dq.input[1]]
         assert w.dtype == np.int8 and scale.shape == (w.shape[0],), conv.name  # one scale per output channel
+    convs_with_bias = [c for c in convs if len(c.input) > 2 and c.input[2]]
+    assert convs_with_bias and all(c.input[2] in inits and inits[c.input[2]].dtype == np.float32 for c in convs_with_bias)
     props = manifest["artifacts"]["int8"]["qdq"]
     assert props["max_abs_zero_point"] == 0 and props["per_channel_weights"] >= len(convs)
+    assert props["quantized_types"] == ["int8"] and props["tensorrt_ready"]
     assert manifest["artifacts"]["int8"]["tensorrt_ready"]
+
+
+def test_x86_recipe_uses_uint8_activations_and_is_not_tensorrt_ready(bundle, test_split, tmp_path):
+    """The onnxruntime-x86 recipe (asymmetric uint8 activations, int32 biases) must not be handed to TensorRT."""
+    path, _ = bundle
+    x, _ = test_split
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Q.preprocess(path / "model.onnx", Path(tmp) / "pre.onnx")
+        Q.quantize_int8(pre, tmp_path / "u8.onnx", x[:32], Q.QuantConfig(symmetric_activations=False))
+    props = Q.qdq_properties(tmp_path / "u8.onnx")
+    assert {"uint8", "int8", "int32"} <= set(props["quantized_types"]) and not props["tensorrt_ready"]
 
 
 def test_int8_accuracy_is_reported_and_within_the_threshold(bundle, test_split):
@@ -301,6 +320,32 @@ def test_unknown_format_and_device(trained_run, tmp_path):
     with pytest.raises(EdgepptError, match="int8-calibration"):
         export_run(trained_run, tmp_path / "o", int8_calibration="magic", log=lambda s: None)
     assert not (tmp_path / "o").exists()
+
+
+def test_device_profile_drives_the_export(bundle, trained_run, tmp_path):
+    """--device takes the core's profiles: a built-in name or a user YAML; its export section decides the formats,
+    the int8 activation type, the INT8 evaluator, the runner default and the threads."""
+    from edgeppt.devices import load_profile
+
+    _, manifest = bundle
+    x86 = load_profile("x86-cpu")
+    assert manifest["device"] == "x86-cpu" and manifest["threads"] == x86.threads
+    assert manifest["default_format"] == x86.export.default_format
+    assert manifest["device_profile"]["export"] == x86.export.model_dump(mode="json")
+    board = tmp_path / "board.yaml"
+    board.write_text("name: my-board\nthreads: 1\nexport:\n  formats: [onnx, int8]\n  symmetric_activations: true\n"
+                     "  evaluator: reference\n  default_format: onnx\n")
+    m = export_run(trained_run, tmp_path / "o", device=board, calibration_size=32, max_int8_drop=100, bench_runs=0,
+                   samples_per_class=1, log=lambda s: None)
+    assert m["device"] == "my-board" and m["threads"] == 1 and m["default_format"] == "onnx"
+    assert set(m["artifacts"]) == {"onnx", "int8"}  # the profile's formats when --formats is not given
+    int8 = m["artifacts"]["int8"]
+    assert int8["evaluator"] == "reference" and int8["qdq"]["tensorrt_ready"]  # symmetric: from the profile
+    (tmp_path / "typo.yaml").write_text("name: typo\nexport:\n  formts: [onnx]\n")
+    r = CliRunner().invoke(app, ["export", str(trained_run), "--device", str(tmp_path / "typo.yaml"),
+                                 "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "formts" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o2").exists()
 
 
 def test_calibration_set_of_the_wrong_shape(trained_run, tmp_path):

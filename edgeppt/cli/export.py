@@ -32,7 +32,8 @@ def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
 def export_cmd(
     run: Path = typer.Argument(..., help="Run directory with model.pt and report.json."),
     out: Optional[Path] = typer.Option(None, help="Bundle directory to write (default dist/<run name>)."),
-    device: str = typer.Option("x86-cpu", help="Target: x86-cpu, arm-cpu or jetson (picks default formats and threads)."),
+    device: str = typer.Option("x86-cpu", help="Device profile: a built-in name (x86-cpu, arm-cpu, jetson) or a profile "
+                               ".yaml; its export section picks default formats, int8 activations and threads."),
     formats: Optional[str] = typer.Option(None, help="Comma-separated: onnx,int8,fp16,tensorrt (default: the device's)."),
     int8_calibration: str = typer.Option("target", help="target: target images; pseudo: source-generator samples."),
     source: Optional[Path] = typer.Option(None, help="Source bundle for --int8-calibration pseudo (default: the run's)."),
@@ -59,7 +60,7 @@ def export_cmd(
         console.print(f"[yellow]warning:[/] INT8 {guard['note']}")
     if int8.get("evaluator") == "reference" and abs(int8["host_accuracy"] - int8["accuracy"]) > 0.01:
         console.print(f"[yellow]note:[/] INT8 accuracy {100 * int8['accuracy']:.2f}% is the exact Q/DQ result (what "
-                      f"{device}'s int8 engine computes); onnxruntime's int8 kernels on this host score "
+                      f"{m['device']}'s int8 engine computes); onnxruntime's int8 kernels on this host score "
                       f"{100 * int8['host_accuracy']:.2f}%")
 
 
