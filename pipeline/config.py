@@ -18,7 +18,7 @@ from edgeppt.errors import EdgepptError
 STAGE_NAMES = ("search", "transfer", "export")
 EXPORT_FORMATS = ("onnx", "int8", "fp16", "tensorrt")
 # Filled in by the pipeline from the top-level fields or an earlier stage, so not settable per stage.
-_SHARED = {"source", "target", "test", "labels_per_class", "seed", "device", "out", "data", "threads"}
+_SHARED = {"source", "target", "test", "test_fraction", "labels_per_class", "seed", "device", "out", "data", "threads"}
 
 
 def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | None = None) -> type[Strict]:
@@ -53,7 +53,8 @@ class PipelineConfig(Strict):
     """One run: source bundle + target images + device -> search -> transfer -> export -> report."""
     source: Path = Field(description="source bundle directory (generator + classifier)")
     target: str = Field(description="labelled target images: built-in name[:classes], class-folder path or .npz")
-    test: str | None = Field(None, description="test images (default: a fixed 20% split of target)")
+    test: str | None = Field(None, description="test images (default: a fixed split of target)")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of target held out as the test split")
     labels_per_class: int = Field(4, ge=1)
     device: str = Field("x86-cpu", description="device profile name or .yaml")
     seed: int = 0

@@ -17,8 +17,8 @@ from .config import PipelineConfig, parse_config
 BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "search": {"enabled": False},
-        "transfer": {"arch": "resnet_xs", "pretrain_steps": 20, "finetune_steps": 20, "pretrain_batch": 32,
-                     "batch_size": 16, "eval_every": 10, "checkpoint_every": 10, "pssl": {"pool_size": 64}},
+        "transfer": {"arch": "resnet_xs", "pretrain_steps": 10, "finetune_steps": 10, "pretrain_batch": 16,
+                     "batch_size": 8, "eval_every": 10, "checkpoint_every": 5, "pssl": {"pool_size": 32}},
         "export": {"bench_runs": 5, "calibration_size": 32},
     },
     "demo": {

@@ -60,7 +60,7 @@ def file_hash(path: Path) -> str | None:
 
 
 def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test),
+    return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test), "test_fraction": cfg.test_fraction,
             "labels_per_class": cfg.labels_per_class, "seed": cfg.seed}
 
 
@@ -75,7 +75,8 @@ def search_config(cfg: PipelineConfig, out: Path):
     from edgeppt.config import SearchConfig
 
     settings = cfg.search.model_dump(exclude={"enabled"})
-    shared = {"source": cfg.source, "target": cfg.target, "test": cfg.test, "labels_per_class": cfg.labels_per_class,
+    shared = {"source": cfg.source, "target": cfg.target, "test": cfg.test, "test_fraction": cfg.test_fraction,
+              "labels_per_class": cfg.labels_per_class,
               "seed": cfg.seed, "device": cfg.device, "data": cfg.target, "threads": cfg.threads, "out": out}
     settings.update({k: v for k, v in shared.items() if k in SearchConfig.model_fields})
     return SearchConfig(**settings)
@@ -100,7 +101,8 @@ def transfer_config(cfg: PipelineConfig, run: Path):
     settings = cfg.transfer.model_dump()
     if cfg.search.enabled:
         settings["arch"] = str(run / "search" / "best.json")
-    settings.update(source=cfg.source, target=cfg.target, test=cfg.test, labels_per_class=cfg.labels_per_class,
+    settings.update(source=cfg.source, target=cfg.target, test=cfg.test, test_fraction=cfg.test_fraction,
+                    labels_per_class=cfg.labels_per_class,
                     seed=cfg.seed, threads=cfg.threads)
     return TransferConfig(**settings)
 

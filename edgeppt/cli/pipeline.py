@@ -83,6 +83,7 @@ def app_cmd(
         raise typer.Exit(2)
     cmd = [sys.executable, "-m", "streamlit", "run", spec.origin, "--server.address", address,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal",
            "--", "--runs", str(runs.resolve())]
     console.print(f"wizard on http://{address}:{port} (runs in {runs})")
     raise typer.Exit(subprocess.call(cmd))

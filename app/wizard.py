@@ -1,0 +1,435 @@
+"""The edgeppt wizard: target data -> source bundle -> device and budget -> search -> transfer -> export.
+
+A front end over pipeline/: each step edits one run directory's config, and the stages run as a background
+`edgeppt run` process writing into that directory. The page only reads the directory, so a reload or a second
+tab (the run's name is in the URL) shows the same job, which keeps running when the page is closed.
+
+    edgeppt app                     # or: streamlit run app/wizard.py -- --runs runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from app.uploads import UploadError, extract_bundle, extract_image_folders
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_json, read_jsonl
+from pipeline import jobs
+from pipeline.config import STAGE_NAMES, PipelineConfig, dump_yaml, parse_config
+from pipeline.example import BUDGETS, example_bundle
+from pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
+from pipeline.runner import CONFIG_FILE
+
+STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
+EXAMPLE_TARGET_LABEL = "Built-in example: animals (elephant, giraffe, horse, sheep, zebra)"
+EXAMPLE_SOURCE_LABEL = "Built-in example bundle: animals-src (bear, bird, cat, cow, dog)"
+UPLOAD_TARGET_LABEL = "Upload a zip of class folders (<class>/<image>.png)"
+UPLOAD_SOURCE_LABEL = "Upload a zip of a source bundle folder"
+DRAFT_FILE, WIZARD_DIR = "draft.json", "wizard"
+REFRESH_S = 2.0
+
+
+# ---------------------------------------------------------------- run directory and draft
+def runs_root() -> Path:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", default=os.environ.get("EDGEPPT_RUNS", "runs"))
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    root = Path(args.runs).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def current_run() -> Path:
+    """The run named in the URL (?run=...), so a reload or a second tab opens the same one."""
+    name = st.query_params.get("run")
+    if not name or "/" in name or name.startswith("."):
+        name = time.strftime("run-%Y%m%d-%H%M%S")
+        st.query_params["run"] = name
+    run = runs_root() / name
+    (run / WIZARD_DIR).mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def default_draft() -> dict[str, Any]:
+    return {"target_kind": "example", "target": "animals:elephant,giraffe,horse,sheep,zebra", "labels_per_class": 4,
+            "source_kind": "example", "source": None, "device": "x86-cpu", "budget": "demo",
+            "search": {}, "transfer": {}, "export": {}}
+
+
+def load_draft(run: Path) -> dict[str, Any]:
+    draft = default_draft()
+    saved = read_json(run / WIZARD_DIR / DRAFT_FILE)
+    if saved:
+        draft.update(saved)
+    return draft
+
+
+def save_draft(run: Path, draft: dict[str, Any]) -> None:
+    atomic_write_json(run / WIZARD_DIR / DRAFT_FILE, draft)
+
+
+def build_config(draft: dict[str, Any]) -> PipelineConfig:
+    """Budget preset, then the wizard's choices on top; validated like a pipeline.yaml."""
+    raw: dict[str, Any] = copy.deepcopy(BUDGETS[draft["budget"]])
+    for section in ("search", "transfer", "export"):
+        raw.setdefault(section, {}).update(draft.get(section) or {})
+    raw.update(source=draft["source"] or str(example_bundle()), target=draft["target"],
+               labels_per_class=draft["labels_per_class"], device=draft["device"])
+    return parse_config(raw, "wizard settings")
+
+
+# ---------------------------------------------------------------- cached pictures
+@st.cache_data(show_spinner="Loading the target images…", max_entries=8)
+def target_preview(spec: str, out_png: str) -> dict[str, Any]:
+    from edgeppt.data import load_dataset
+
+    ds = load_dataset(spec)
+    class_grid(ds.x.numpy(), ds.y.numpy(), ds.classes, out_png)
+    return {"classes": ds.classes, "counts": ds.counts(), "shape": list(ds.shape), "skipped": ds.skipped[:10]}
+
+
+@st.cache_data(show_spinner="Verifying the bundle and drawing samples…", max_entries=8)
+def bundle_preview(path: str, out_png: str) -> dict[str, Any]:
+    from edgeppt.bundle import load_bundle
+    from source.inspect import sample_grid
+
+    b = load_bundle(path)  # checks every file's sha256 and the generator/classifier signatures
+    sample_grid(path, out_png, per_class=8)
+    return {"classes": b.classes, "latent_dim": b.latent_dim, "image_shape": list(b.image_shape),
+            "files": {f: h[:16] for f, h in b.manifest["files"].items()}}
+
+
+# ---------------------------------------------------------------- steps
+def step_target(run: Path, draft: dict[str, Any]) -> None:
+    st.header("Target data")
+    st.write("The few labelled images of your task. Their classes need not share anything with the source classes.")
+    kind = st.radio("Target images", [EXAMPLE_TARGET_LABEL, UPLOAD_TARGET_LABEL],
+                    index=0 if draft["target_kind"] == "example" else 1)
+    if kind == EXAMPLE_TARGET_LABEL:
+        draft.update(target_kind="example", target=default_draft()["target"])
+    else:
+        draft["target_kind"] = "upload"
+        up = st.file_uploader("Zip of class folders", type=["zip"], key="target_zip")
+        if up is not None and st.session_state.get("target_zip_done") != (up.name, up.size):
+            try:
+                root = extract_image_folders(up.getvalue(), run / "data" / "target")
+                draft["target"] = str(root)
+                st.session_state["target_zip_done"] = (up.name, up.size)
+                st.success(f"unpacked {up.name}")
+            except UploadError as e:
+                st.error(str(e))
+                draft["target"] = None
+        if draft["target_kind"] == "upload" and not (draft.get("target") and Path(draft["target"]).is_dir()):
+            draft["target"] = None
+            st.info("Upload a zip whose top level holds one folder per class.")
+    draft["labels_per_class"] = int(st.number_input("Labelled images per class used for training", 1, 1000,
+                                                    int(draft["labels_per_class"])))
+    save_draft(run, draft)
+    if draft.get("target"):
+        try:
+            info = target_preview(draft["target"], str(run / WIZARD_DIR / "target_preview.png"))
+        except EdgepptError as e:
+            st.error(str(e))
+            return
+        st.subheader("Preview per class")
+        st.image(str(run / WIZARD_DIR / "target_preview.png"))
+        st.table([{"class": c, "images": n} for c, n in zip(info["classes"], info["counts"])])
+        if info["skipped"]:
+            st.warning("Unreadable files skipped: " + "; ".join(info["skipped"]))
+
+
+def step_source(run: Path, draft: dict[str, Any]) -> None:
+    st.header("Source bundle")
+    st.write("A compiled class-conditional generator G(z, y) and a source classifier C(x), written by "
+             "`edgeppt source train`.")
+    kind = st.radio("Source bundle", [EXAMPLE_SOURCE_LABEL, UPLOAD_SOURCE_LABEL],
+                    index=0 if draft["source_kind"] == "example" else 1)
+    if kind == EXAMPLE_SOURCE_LABEL:
+        draft.update(source_kind="example", source=None)
+    else:
+        draft["source_kind"] = "upload"
+        up = st.file_uploader("Zip of the bundle folder", type=["zip"], key="source_zip")
+        if up is not None and st.session_state.get("source_zip_done") != (up.name, up.size):
+            try:
+                draft["source"] = str(extract_bundle(up.getvalue(), run / "data" / "source"))
+                st.session_state["source_zip_done"] = (up.name, up.size)
+            except UploadError as e:
+                st.error(str(e))
+                draft["source"] = None
+        if not draft.get("source"):
+            st.info("Upload the bundle folder as a zip (manifest.json, generator.pt2, classifier.pt2).")
+    save_draft(run, draft)
+    path = draft["source"] or str(example_bundle())
+    if draft["source_kind"] == "upload" and not draft["source"]:
+        return
+    try:
+        info = bundle_preview(path, str(run / WIZARD_DIR / "source_samples.png"))
+    except EdgepptError as e:
+        st.error(f"bundle refused: {e}")
+        draft["source"] = None
+        save_draft(run, draft)
+        return
+    st.success(f"verified: {len(info['files'])} files match their sha256; generator and classifier signatures ok")
+    st.write(f"Source classes: {', '.join(info['classes'])} · images {info['image_shape']} · latent {info['latent_dim']}")
+    st.subheader("Generator samples (one row per source class; the last row interpolates)")
+    st.image(str(run / WIZARD_DIR / "source_samples.png"))
+
+
+def step_budget(run: Path, draft: dict[str, Any]) -> None:
+    from edgeppt.devices import list_profiles
+
+    st.header("Device and budget")
+    profiles = {p.name: p for p in list_profiles()}
+    names = list(profiles)
+    draft["device"] = st.selectbox("Device", names, index=names.index(draft["device"]) if draft["device"] in names else 0,
+                                   format_func=lambda n: f"{n} — {profiles[n].description}")
+    b = profiles[draft["device"]].budgets
+    st.caption(f"Budgets: latency {b.latency_ms} ms, params {b.params}, MACs {b.macs}; "
+               f"export formats {profiles[draft['device']].export.formats}")
+    budgets = list(BUDGETS)
+    draft["budget"] = st.radio("Budget", budgets, index=budgets.index(draft["budget"]), horizontal=True,
+                               help="tiny: a one-minute smoke test; demo: the whole example in <= 15 min on 2 CPU cores")
+    # Only choices that differ from the budget's preset are kept, so switching budgets moves every other value.
+    base = build_config({**draft, "search": {}, "transfer": {}, "export": {}}) if draft.get("target") else None
+    if base is None:
+        st.warning("Choose the target images first (step 1).")
+        return
+
+    def choose(section: str, key: str, value: Any, preset: Any) -> None:
+        if value == preset:
+            draft[section].pop(key, None)
+        else:
+            draft[section][key] = value
+
+    with st.expander("Adjust the stages", expanded=False):
+        s = {**base.search.model_dump(), **draft["search"]}
+        choose("search", "enabled", st.checkbox("Search an architecture for the device", value=s["enabled"]),
+               base.search.enabled)
+        if s.get("enabled") and "trials" in s:
+            choose("search", "trials", int(st.number_input("Search trials", 1, 500, int(s["trials"]))),
+                   base.search.trials)
+        from edgeppt.config import METHODS
+        t = {**base.transfer.model_dump(), **draft["transfer"]}
+        choose("transfer", "method", st.selectbox("Transfer method", list(METHODS), index=list(METHODS).index(t["method"])),
+               base.transfer.method)
+        for key, label in (("pretrain_steps", "Pseudo pre-training steps"), ("finetune_steps", "Target training steps")):
+            choose("transfer", key, int(st.number_input(label, 0 if key == "pretrain_steps" else 1, 100_000, int(t[key]))),
+                   getattr(base.transfer, key))
+        device_formats = list(profiles[draft["device"]].export.formats)
+        fmts = draft["export"].get("formats") or base.export.formats or device_formats
+        choose("export", "formats", st.multiselect("Export formats", ["onnx", "int8", "fp16", "tensorrt"], fmts),
+               base.export.formats or device_formats)
+    if st.button("Reset to the budget's defaults"):
+        draft.update(search={}, transfer={}, export={})
+        save_draft(run, draft)
+        st.rerun()
+    save_draft(run, draft)
+    cfg = config_or_error(draft)
+    if cfg is None:
+        return
+    st.subheader("pipeline.yaml")
+    st.code(dump_yaml(cfg), language="yaml")
+    st.caption(f"The same run from a terminal: `edgeppt run {run / CONFIG_FILE} --out {run}`")
+    start_button(run, cfg, None, "Run all stages")
+
+
+def config_or_error(draft: dict[str, Any]) -> PipelineConfig | None:
+    if not draft.get("target"):
+        st.warning("Choose the target images first (step 1).")
+        return None
+    try:
+        return build_config(draft)
+    except EdgepptError as e:
+        st.error(str(e))
+        return None
+
+
+def start_button(run: Path, cfg: PipelineConfig, until: str | None, label: str) -> None:
+    running = jobs.is_running(run)
+    if st.button(label, type="primary", disabled=running, key=f"start-{until}"):
+        try:
+            jobs.start_job(run, cfg, until=until)
+            st.toast(f"started: {label}")
+            time.sleep(0.5)
+            st.rerun()
+        except EdgepptError as e:
+            st.error(str(e))
+
+
+def stage_step(run: Path, draft: dict[str, Any], stage: str) -> None:
+    st.header({"search": "Architecture search", "transfer": "Transfer", "export": "Export"}[stage])
+    cfg = config_or_error(draft)
+    if cfg is None:
+        return
+    if stage == "search" and not cfg.search.enabled:
+        st.info(f"Search is off for this budget: transfer trains `{cfg.transfer.arch}`. Turn it on in step 3.")
+    else:
+        before = [s for s in cfg.stages() if STAGE_NAMES.index(s) < STAGE_NAMES.index(stage)]
+        start_button(run, cfg, stage, f"Start {stage}" + (f" (after {', '.join(before)}, cached when done)" if before else ""))
+    live = jobs.is_running(run)
+    show = {"search": show_search, "transfer": show_transfer, "export": show_export}[stage]
+    # While a job runs the panel refreshes itself; when it ends, the whole page is redrawn once.
+    st.fragment(run_every=REFRESH_S if live else None)(_panel)(run, show, live)
+
+
+def _panel(run: Path, show, was_live: bool) -> None:
+    status = jobs.job_status(run)
+    if was_live and not status["running"]:
+        st.rerun(scope="app")
+    job_box(run, status)
+    show(run, status)
+
+
+def job_box(run: Path, status: dict[str, Any]) -> None:
+    cols = st.columns([3, 1])
+    stages = " · ".join(f"{k}: {v.get('status')} ({v.get('seconds', 0):.0f}s)" if v.get("seconds") else f"{k}: {v.get('status')}"
+                        for k, v in status["stages"].items())
+    cols[0].markdown(f"**Job: {status['status']}**" + (f" — {stages}" if stages else ""))
+    if status["running"] and cols[1].button("Cancel job", key="cancel"):
+        jobs.cancel_job(run)
+        st.rerun(scope="app")
+    if status["status"] in ("failed", "interrupted", "cancelled"):
+        st.error(f"The job {status['status']}" + (f": {status['error']}" if status.get("error") else "") +
+                 ". Start it again to resume from the last checkpoint.")
+    if status["log"]:
+        with st.expander("Job log"):
+            st.code("\n".join(status["log"][-20:]))
+
+
+def show_search(run: Path, status: dict[str, Any]) -> None:
+    folder = run / "search"
+    trials = read_json(folder / "trials.json")
+    rows = trials if isinstance(trials, list) else (trials or {}).get("trials", [])
+    if rows:
+        st.write(f"{len(rows)} trials")
+        pareto_plot(rows)
+        st.dataframe(rows, use_container_width=True)
+    if (folder / "pareto.png").exists() and not rows:
+        st.image(str(folder / "pareto.png"))
+    best = read_json(folder / "best.json")
+    if best:
+        st.subheader("Chosen architecture")
+        st.json(best)
+
+
+def pareto_plot(rows: list[dict[str, Any]]) -> None:
+    """Accuracy against latency of every trial; the Pareto front (nothing both faster and more accurate) joined."""
+    import plotly.graph_objects as go
+
+    acc_key = next((k for k in ("accuracy", "val_accuracy", "score") if k in rows[0]), None)
+    lat_key = next((k for k in ("latency_ms", "latency") if k in rows[0]), None)
+    if not acc_key or not lat_key:
+        return
+    pts = sorted((r[lat_key], r[acc_key]) for r in rows if r.get(lat_key) is not None and r.get(acc_key) is not None)
+    front, best = [], -1.0
+    for lat, acc in pts:
+        if acc > best:
+            front.append((lat, acc))
+            best = acc
+    fig = go.Figure([go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="trials"),
+                     go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", name="Pareto front")])
+    fig.update_layout(xaxis_title="latency (ms)", yaxis_title=acc_key, height=360, margin=dict(t=20, b=10))
+    st.plotly_chart(fig, use_container_width=True)
+
+
+def show_transfer(run: Path, status: dict[str, Any]) -> None:
+    folder = run / "transfer"
+    cfg = read_json(folder / "config.json")
+    if cfg:
+        done = len(read_jsonl(folder / "pretrain" / "metrics.jsonl")) + len(read_jsonl(folder / "metrics.jsonl"))
+        total = cfg.get("pretrain_steps", 0) * ("pp" in cfg.get("method", "")) + cfg.get("finetune_steps", 0)
+        st.progress(min(done / max(total, 1), 1.0), text=f"training step {done} / {total}")
+    fig = training_curves(run)
+    if fig is not None:
+        st.pyplot(fig)
+    report = read_json(folder / "report.json")
+    if report:
+        st.metric("Test accuracy", f"{100 * report['test_accuracy']:.2f}%")
+        cols = st.columns(2)
+        cols[0].table([{"class": c, "accuracy %": round(100 * a, 1)} for c, a in report["per_class_accuracy"].items()])
+        cols[1].pyplot(confusion_figure(report))
+
+
+def show_export(run: Path, status: dict[str, Any]) -> None:
+    manifest = read_json(run / "export" / "bundle" / "manifest.json")
+    if not manifest or status["stages"].get("export", {}).get("status") != "done":
+        return
+    st.subheader("Latency and accuracy")
+    st.caption(f"device {manifest.get('device')} · latency measured on this host, "
+               f"{manifest.get('threads') or 'default'} threads · test split of {manifest.get('test_images')} images")
+    st.dataframe(export_rows(manifest), use_container_width=True)
+    zip_path = run / "export" / "bundle.zip"
+    if zip_path.exists():
+        st.download_button("Download the bundle (zip)", zip_path.read_bytes(), file_name=f"{run.name}-bundle.zip",
+                           mime="application/zip", type="primary")
+    report = run / "report" / "index.md"
+    if report.exists():
+        st.download_button("Download the report (Markdown)", report.read_bytes(), file_name=f"{run.name}-report.md")
+
+
+# ---------------------------------------------------------------- sidebar: runs
+def sidebar(run: Path) -> str:
+    with st.sidebar:
+        st.title("edgeppt")
+        st.caption(f"run `{run.name}` in {run.parent}")
+        step = st.radio("Step", STEPS, key="step")
+        st.divider()
+        if st.button("New run"):
+            st.query_params["run"] = time.strftime("run-%Y%m%d-%H%M%S")
+            st.session_state.pop("step", None)
+            st.rerun()
+        past = [r for r in jobs.list_runs(run.parent) if r["name"] != run.name]
+        if past:
+            st.subheader("Past runs")
+            choice = st.selectbox("Open a run", [r["name"] for r in past],
+                                  format_func=lambda n: f"{n} ({next(r['status'] for r in past if r['name'] == n)})")
+            if st.button("Open"):
+                st.query_params["run"] = choice
+                st.rerun()
+    return step
+
+
+def main() -> None:
+    st.set_page_config(page_title="edgeppt wizard", layout="wide")
+    run = current_run()
+    draft = load_draft(run)
+    if (run / CONFIG_FILE).exists() and not (run / WIZARD_DIR / DRAFT_FILE).exists():
+        draft.update(draft_from_config(run))  # a run started from the command line, opened here
+    step = sidebar(run)
+    i = STEPS.index(step)
+    if i == 0:
+        step_target(run, draft)
+    elif i == 1:
+        step_source(run, draft)
+    elif i == 2:
+        step_budget(run, draft)
+    else:
+        stage_step(run, draft, STAGE_NAMES[i - 3])
+
+
+def draft_from_config(run: Path) -> dict[str, Any]:
+    from pipeline.config import load_config
+
+    try:
+        cfg = load_config(run / CONFIG_FILE)
+    except EdgepptError:
+        return {}
+    raw = json.loads(cfg.model_dump_json(exclude_defaults=True))
+    return {"target_kind": "example" if cfg.target == default_draft()["target"] else "upload", "target": cfg.target,
+            "labels_per_class": cfg.labels_per_class,
+            "source_kind": "example" if Path(cfg.source).resolve() == example_bundle().resolve() else "upload",
+            "source": str(cfg.source),
+            "device": cfg.device, "budget": "demo", "search": raw.get("search", {}),
+            "transfer": raw.get("transfer", {}), "export": raw.get("export", {})}
+
+
+main()
