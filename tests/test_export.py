@@ -264,15 +264,26 @@ def test_tensorrt_build_files_are_written(bundle, tmp_path):
         assert trt["built"] is False and trt["reason"] == why
 
 
-def test_tensorrt_engine_build(bundle, tmp_path):
+def test_tensorrt_engine_build(bundle, trained_run, tmp_path):
+    """Where TensorRT and a GPU are present: engines from the QDQ INT8 and the FP16 model (strongly typed), a dynamic
+    batch through an optimization profile, and the timing cache carried from one build to the next."""
     ok, why = tensorrt.trt_available()
     if not ok:
         pytest.skip(f"TensorRT engine build skipped: {why}")
+    import tensorrt as trt
+
     path, _ = bundle
+    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     engine, cache = tensorrt.build_engine(path / "model.int8.onnx")
     assert len(engine) > 1000 and len(cache) > 0
-    engine2, _ = tensorrt.build_engine(path / "model.fp16.onnx", cache)
-    assert len(engine2) > 1000
+    e = runtime.deserialize_cuda_engine(engine)
+    assert e is not None and e.num_io_tensors == 2 and e.get_tensor_name(0) == "input"
+    engine2, cache2 = tensorrt.build_engine(path / "model.fp16.onnx", cache)
+    assert runtime.deserialize_cuda_engine(engine2) is not None and len(cache2) >= len(cache)
+    run = load_run(trained_run)
+    dyn = export_onnx(run.model, tmp_path / "dyn.onnx", run.input_shape, dynamic_batch=True)
+    e = runtime.deserialize_cuda_engine(tensorrt.build_engine(dyn, cache2, max_batch=8)[0])
+    assert [tuple(s) for s in e.get_tensor_profile_shape("input", 0)] == [(1, 1, 8, 8), (1, 1, 8, 8), (8, 1, 8, 8)]
 
 
 # ---------------------------------------------------------------- deploy over SSH (the `sshd` fixture: conftest.py)
@@ -319,6 +330,8 @@ def test_unknown_format_and_device(trained_run, tmp_path):
         export_run(trained_run, tmp_path / "o", device="tpu", log=lambda s: None)
     with pytest.raises(EdgepptError, match="int8-calibration"):
         export_run(trained_run, tmp_path / "o", int8_calibration="magic", log=lambda s: None)
+    r = CliRunner().invoke(app, ["export", str(trained_run), "--formats", "onnx,tflite", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "tflite" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
 
 
