@@ -1,0 +1,199 @@
+"""pipeline/: config errors, per-stage caching by inputs, resume after a crash, background jobs, the report, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edgeppt.cli import app
+from edgeppt.errors import EdgepptError
+from pipeline import jobs
+from pipeline.config import load_config, parse_config
+from pipeline.runner import read_state, run_pipeline
+
+TARGET = "digits:0,1,2,3,4"
+
+
+def raw_config(bundle, **sections) -> dict:
+    raw = {"source": str(bundle), "target": TARGET, "labels_per_class": 4, "device": "x86-cpu", "threads": 1,
+           "search": {"enabled": False},
+           "transfer": {"arch": "resnet_xs", "method": "pp+pssl", "pretrain_steps": 10, "finetune_steps": 12,
+                        "pretrain_batch": 16, "batch_size": 8, "eval_every": 6, "checkpoint_every": 3,
+                        "pssl": {"pool_size": 32}},
+           "export": {"formats": ["onnx", "int8"], "bench_runs": 3, "calibration_size": 16}}
+    for name, values in sections.items():
+        raw[name] = {**raw[name], **values} if isinstance(values, dict) else values
+    return raw
+
+
+def quiet(*_):
+    pass
+
+
+# ---------------------------------------------------------------- config
+def test_a_typo_or_wrong_type_names_the_field_and_the_allowed_values(tiny_bundle, tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw_config(tiny_bundle, transfer={"finetune_step": 5})))
+    with pytest.raises(EdgepptError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "unknown field 'transfer.finetune_step'" in msg and "'finetune_steps'" in msg and str(path) in msg
+
+    with pytest.raises(EdgepptError, match=r"transfer\.method: Input should be 'scratch', 'kd', 'pp', 'pssl' or 'pp\+pssl'"):
+        parse_config(raw_config(tiny_bundle, transfer={"method": "ppssl"}))
+    with pytest.raises(EdgepptError, match=r"unknown field 'exprt'; allowed: \[.*'export'.*\]"):
+        parse_config({**raw_config(tiny_bundle), "exprt": {}})
+    with pytest.raises(EdgepptError, match=r"export\.formats\.0: Input should be 'onnx', 'int8', 'fp16' or 'tensorrt'"):
+        parse_config(raw_config(tiny_bundle, export={"formats": ["onxx"]}))
+    with pytest.raises(EdgepptError, match=r"unknown device 'jetsn'; choose one of \[.*'jetson'.*\]"):
+        parse_config({**raw_config(tiny_bundle), "device": "jetsn"})
+    with pytest.raises(EdgepptError, match=r"labels_per_class: Input should be greater than or equal to 1"):
+        parse_config({**raw_config(tiny_bundle), "labels_per_class": 0})
+
+
+def test_cli_reports_a_config_error_in_one_line(tiny_bundle, tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw_config(tiny_bundle, export={"bench_run": 1})))
+    res = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2
+    assert "unknown field 'export.bench_run'" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+# ---------------------------------------------------------------- caching
+@pytest.fixture
+def calls(monkeypatch):
+    """Count how often each stage really runs (the stages themselves run unchanged)."""
+    from pipeline import stages
+
+    counts: dict[str, int] = {}
+    for i, s in enumerate(stages.STAGES):
+        def counted(*a, _run=s.run, _name=s.name, **k):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _run(*a, **k)
+        monkeypatch.setitem(stages.STAGE_BY_NAME, s.name, stages.Stage(s.name, s.inputs, counted, s.output))
+    return counts
+
+
+def test_rerun_skips_unchanged_stages_and_reruns_what_changed(tiny_bundle, tmp_path, calls):
+    run = tmp_path / "run"
+    cfg = parse_config(raw_config(tiny_bundle))
+    state = run_pipeline(cfg, run, progress=False, log=quiet)
+    assert calls == {"transfer": 1, "export": 1}
+    assert [state["stages"][s]["status"] for s in ("transfer", "export")] == ["done", "done"]
+    model_mtime = (run / "transfer" / "model.pt").stat().st_mtime_ns
+
+    run_pipeline(cfg, run, progress=False, log=quiet)  # nothing changed: nothing runs
+    assert calls == {"transfer": 1, "export": 1}
+    assert (run / "transfer" / "model.pt").stat().st_mtime_ns == model_mtime
+
+    run_pipeline(parse_config(raw_config(tiny_bundle, export={"bench_runs": 4})), run, progress=False, log=quiet)
+    assert calls == {"transfer": 1, "export": 2}  # only export's inputs changed
+
+    run_pipeline(parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 9})), run, progress=False, log=quiet)
+    assert calls == {"transfer": 2, "export": 3}  # a new model: export runs again on it
+    assert json.loads((run / "transfer" / "config.json").read_text())["finetune_steps"] == 9
+    assert read_state(run)["stages"]["transfer"]["resumed"] is False
+
+    run_pipeline(parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 9})), run, force=("export",),
+                 progress=False, log=quiet)
+    assert calls == {"transfer": 2, "export": 4}
+
+    # The report has every picture and table the stages produced.
+    md = (run / "report" / "index.md").read_text()
+    for picture in ("source_samples.png", "target_samples.png", "curves.png", "confusion.png"):
+        assert f"]({picture})" in md and (run / "report" / picture).stat().st_size > 1000
+    assert "| int8 | int8 |" in md and "Test accuracy" in md
+    assert (run / "export" / "bundle.zip").stat().st_size > 1000
+
+
+def test_until_stops_after_a_stage_and_a_later_run_continues(tiny_bundle, tmp_path, calls):
+    run = tmp_path / "run"
+    cfg = parse_config(raw_config(tiny_bundle))
+    run_pipeline(cfg, run, until="transfer", progress=False, log=quiet)
+    assert calls == {"transfer": 1} and not (run / "export").exists()
+    run_pipeline(cfg, run, progress=False, log=quiet)
+    assert calls == {"transfer": 1, "export": 1}
+    with pytest.raises(EdgepptError, match="unknown stage 'trasnfer'"):
+        run_pipeline(cfg, run, until="trasnfer", log=quiet)
+
+
+# ---------------------------------------------------------------- resume
+def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_bundle, tmp_path, monkeypatch):
+    from transfer.loop import Trainer
+
+    run = tmp_path / "run"
+    cfg = parse_config(raw_config(tiny_bundle))
+    save = Trainer._save
+
+    def save_then_interrupt(self, phase, step, opt):  # Ctrl-C right after the target phase's step-6 checkpoint
+        save(self, phase, step, opt)
+        if self.phases[phase].name != "pretrain" and step == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, run, progress=False, log=quiet)
+    state = read_state(run)
+    assert state["status"] == "cancelled" and state["stages"]["transfer"]["status"] == "cancelled"
+    monkeypatch.setattr(Trainer, "_save", save)
+
+    state = run_pipeline(cfg, run, progress=False, log=quiet)
+    assert state["stages"]["transfer"]["resumed"] is True and state["status"] == "done"
+    steps = [r["step"] for r in map(json.loads, (run / "transfer" / "metrics.jsonl").read_text().splitlines())]
+    assert steps == list(range(1, 13))  # steps 1-6 kept, 7-12 run once: not started over
+
+    fresh = run_pipeline(cfg, tmp_path / "fresh", progress=False, log=quiet)
+    assert fresh["stages"]["transfer"]["summary"]["test_accuracy"] == state["stages"]["transfer"]["summary"]["test_accuracy"]
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_background_job_killed_mid_stage_resumes_and_can_be_cancelled(tiny_bundle, tmp_path):
+    run = tmp_path / "run"
+    cfg = parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 400, "checkpoint_every": 2}))
+    job = jobs.start_job(run, cfg)
+    assert jobs.is_running(run)
+    with pytest.raises(EdgepptError, match="already running"):
+        jobs.start_job(run, cfg)  # a second tab cannot start a second job on the same run
+    wait(lambda: (run / "transfer" / "checkpoint.pt").exists(), 120, "a transfer checkpoint")
+    os.killpg(job["pid"], signal.SIGKILL)  # a crash: no chance to record anything
+    wait(lambda: not jobs.is_running(run), 20, "the job to die")
+    status = jobs.job_status(run)
+    assert status["status"] == "interrupted" and status["stages"]["transfer"]["status"] == "running"
+
+    jobs.start_job(run)  # the same config: transfer resumes
+    wait(lambda: read_state(run)["stages"]["transfer"].get("resumed") and
+         len((run / "transfer" / "metrics.jsonl").read_text().splitlines()) > 0, 120, "the resumed transfer")
+    assert jobs.cancel_job(run)
+    status = jobs.job_status(run)
+    assert status["status"] == "cancelled" and not status["running"]
+    assert status["stages"]["transfer"]["status"] == "cancelled"
+    assert any("checkpoint" in line for line in status["log"])  # the CLI said how to continue
+    assert [r["name"] for r in jobs.list_runs(tmp_path)] == ["run"]
+
+
+def test_demo_writes_the_example_config(tmp_path, monkeypatch):
+    """`edgeppt demo` runs the built-in example; here only through `--until`-free tiny budget's config writing."""
+    from pipeline.example import example_config
+
+    cfg = example_config("tiny")
+    assert cfg.target == "animals:elephant,giraffe,horse,sheep,zebra" and cfg.device == "x86-cpu"
+    assert (cfg.source / "manifest.json").is_file()
+    with pytest.raises(EdgepptError, match="unknown budget 'huge'"):
+        example_config("huge")
+    path = jobs.write_config(tmp_path / "demo", example_config("demo"))
+    assert load_config(path) == example_config("demo")  # the written YAML reads back to the same config
