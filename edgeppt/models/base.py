@@ -27,8 +27,16 @@ def act_layer(name: str) -> nn.Module:
     return acts[name](inplace=True)
 
 
+class ConvBN(nn.Sequential):
+    """Conv2d (no bias) + BatchNorm + optional activation; a class so the search space can parametrize it."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: str | None = "relu"):
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                                   nn.BatchNorm2d(cout)]
+        if act:
+            layers.append(act_layer(act))
+        super().__init__(*layers)
+
+
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: str | None = "relu") -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    if act:
-        layers.append(act_layer(act))
-    return nn.Sequential(*layers)
+    return ConvBN(cin, cout, k, stride, groups, act)

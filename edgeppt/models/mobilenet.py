@@ -69,7 +69,8 @@ class MobileNet(ClassifierNet):
         return self.pool(self.last(self.blocks(self.stem(x))))
 
 
-def _mbv2(width_mult: float, se: bool, act: str) -> dict:
+def mbv2_config(width_mult: float, se: bool = False, act: str = "relu") -> dict:
+    """The hand-designed MobileNetV2-like layout at a width multiplier (the named sizes and search baselines)."""
     w = lambda c: max(8, int(round(c * width_mult / 8)) * 8)  # noqa: E731  (channels in multiples of 8)
     stages = [dict(width=w(16), depth=1, kernel=3, expand=1, se=False, stride=1),
               dict(width=w(24), depth=2, kernel=3, expand=4, se=False, stride=2),
@@ -78,7 +79,7 @@ def _mbv2(width_mult: float, se: bool, act: str) -> dict:
     return dict(stem=w(16), stages=stages, head_width=w(128), act=act)
 
 
-register_model("mobilenet_xs", "mobilenet", **_mbv2(0.5, False, "relu"))
-register_model("mobilenet_s", "mobilenet", **_mbv2(1.0, False, "relu"))
-register_model("mobilenet_m", "mobilenet", **_mbv2(1.5, True, "hswish"))
-register_model("mobilenet_l", "mobilenet", **_mbv2(2.0, True, "hswish"))
+register_model("mobilenet_xs", "mobilenet", **mbv2_config(0.5, False, "relu"))
+register_model("mobilenet_s", "mobilenet", **mbv2_config(1.0, False, "relu"))
+register_model("mobilenet_m", "mobilenet", **mbv2_config(1.5, True, "hswish"))
+register_model("mobilenet_l", "mobilenet", **mbv2_config(2.0, True, "hswish"))

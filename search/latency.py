@@ -1,0 +1,64 @@
+"""Host latency: export the candidate to ONNX and time ONNX Runtime at batch 1 (warm-up, then the median).
+
+This stage exports with torch.onnx's TorchScript-based exporter: it takes well under a second for a small
+CNN, where the dynamo exporter (used by the export stage for deployment) takes several. Both give the same
+operator graph for these networks, which is all a timing needs.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+def to_onnx(model: nn.Module, in_shape: tuple[int, int, int]) -> bytes:
+    """The model (eval mode, batch 1) as ONNX bytes."""
+    buf = io.BytesIO()
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(1, *in_shape),), buf, dynamo=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["logits"])
+    finally:
+        model.train(was_training)
+    return buf.getvalue()
+
+
+def ort_session(onnx_bytes: bytes, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def time_session(session, in_shape: tuple[int, int, int], warmup: int = 10, repeats: int = 50) -> float:
+    """Median wall time of one batch-1 inference, in milliseconds."""
+    x = np.random.default_rng(0).random((1, *in_shape), dtype=np.float32)
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def measure_latency(model: nn.Module, in_shape: tuple[int, int, int], threads: int = 0, warmup: int = 10,
+                    repeats: int = 50) -> float:
+    """Batch-1 latency of `model` under ONNX Runtime's CPU provider on this host, in milliseconds."""
+    return time_session(ort_session(to_onnx(model, in_shape), threads), in_shape, warmup, repeats)

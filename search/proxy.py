@@ -1,0 +1,110 @@
+"""The low-fidelity evaluator: a candidate's accuracy after a short, fixed training budget.
+
+Short pseudo pre-training (PP) on generated source-class samples, then a short fine-tune on the few target
+labels, then accuracy on a labelled validation split. The transfer stage trains the winner properly; this
+stage only ranks candidates, so it keeps its own small loop over the core (search runs before transfer and
+does not import it). The generated pool is drawn once per search and shared by every trial: every candidate
+sees the same images, and no trial pays for the generator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from edgeppt.bundle import SourceBundle, load_bundle
+from edgeppt.config import ProxyConfig, SearchConfig
+from edgeppt.data import ImageSet, few_shot, load_dataset, train_test_split
+from edgeppt.errors import EdgepptError
+from edgeppt.models import create_model
+
+
+@dataclass
+class ProxyData:
+    labelled: ImageSet  # the few training labels (the same ones transfer uses for this seed)
+    val: ImageSet  # ranks candidates; disjoint from `labelled` and from the test split
+    pool: tuple[torch.Tensor, torch.Tensor] | None  # generated source-class images and labels
+    in_shape: tuple[int, int, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labelled.classes)
+
+
+def prepare(cfg: SearchConfig) -> ProxyData:
+    """Split the target exactly as transfer does (test split fixed by seed 0), then hold out a validation set."""
+    bundle: SourceBundle | None = load_bundle(cfg.source) if cfg.source else None
+    channels = bundle.image_shape[0] if bundle else None
+    size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
+    target = load_dataset(cfg.target, size, channels)
+    if cfg.test:
+        train = target
+    else:
+        train, _test = train_test_split(target, cfg.test_fraction, seed=0)
+    labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
+    try:
+        val, _ = few_shot(rest, cfg.val_per_class, cfg.seed + 1)
+    except EdgepptError as e:
+        raise EdgepptError(f"validation split: {e}; lower val_per_class") from e
+    pool = None
+    if bundle is not None and cfg.proxy.pretrain_steps > 0:
+        g = torch.Generator().manual_seed(cfg.seed)
+        y = torch.arange(cfg.proxy.pretrain_pool) % bundle.num_classes
+        with torch.no_grad():
+            x = torch.cat([bundle.sample_classes(y[i:i + 512], g) for i in range(0, len(y), 512)])
+        if x.shape[1:] != labelled.x.shape[1:]:
+            x = F.interpolate(x, size=labelled.x.shape[2:], mode="bilinear", align_corners=False)
+        pool = (x.clamp(0, 1), y)
+    return ProxyData(labelled, val, pool, tuple(labelled.x.shape[1:]))
+
+
+def _shift_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Cheap augmentation: random flip and a shift of up to 1/8 of the side (zero padded)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    p = max(1, h // 8)
+    padded = F.pad(x, (p, p, p, p))
+    dx, dy = torch.randint(0, 2 * p + 1, (2,), generator=g).tolist()
+    return padded[:, :, dy:dy + h, dx:dx + w]
+
+
+def _train(model, x_all, y_all, steps: int, batch: int, cfg: ProxyConfig, g: torch.Generator) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(0, len(y_all), (batch,), generator=g)
+        loss = F.cross_entropy(model(_shift_flip(x_all[idx], g)), y_all[idx])
+        if not torch.isfinite(loss):
+            raise EdgepptError(f"proxy training diverged (loss {loss.item()}); lower proxy.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@torch.no_grad()
+def accuracy(model, ds: ImageSet) -> float:
+    model.eval()
+    pred = torch.cat([model(ds.x[i:i + 512]).argmax(1) for i in range(0, len(ds), 512)])
+    return (pred == ds.y).float().mean().item()
+
+
+def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0) -> dict:
+    """Train `arch` under the proxy budget; its validation accuracy and the seconds it took."""
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    if data.pool is not None:
+        model = create_model(arch, int(data.pool[1].max()) + 1, data.in_shape[0])
+        _train(model, *data.pool, cfg.pretrain_steps, cfg.pretrain_batch, cfg, g)
+        model.reset_head(data.num_classes)
+    else:
+        model = create_model(arch, data.num_classes, data.in_shape[0])
+    _train(model, data.labelled.x, data.labelled.y, cfg.finetune_steps, cfg.batch_size, cfg, g)
+    return {"accuracy": accuracy(model, data.val), "train_s": time.perf_counter() - t}

@@ -1,0 +1,92 @@
+"""The search's artifacts: trials.json / trials.csv, pareto.png, best.json and summary.json (all atomic)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+console = Console(stderr=True)
+
+COLUMNS = ["order", "trial", "status", "accuracy", "latency_ms", "latency_kind", "macs", "params",
+           "peak_activation_kib", "train_s", "violations", "arch"]
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Trained candidates that no other is both faster and at least as accurate as (sorted by latency)."""
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (r["latency_ms"], -r["accuracy"])):
+        if r["accuracy"] > best:
+            front.append(r)
+            best = r["accuracy"]
+    return front
+
+
+def plot(rows: list[dict], rejected: list[dict], budget_ms: float | None, best: dict | None, path: Path,
+         title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    if rejected:
+        ax.scatter([r["latency_ms"] for r in rejected], [0.0] * len(rejected), marker="x", c="0.6", s=14,
+                   label=f"rejected before training ({len(rejected)})")
+    ax.scatter([r["latency_ms"] for r in rows], [r["accuracy"] for r in rows], c="tab:blue", s=18,
+               label=f"trained ({len(rows)})")
+    front = pareto_front(rows)
+    ax.step([r["latency_ms"] for r in front], [r["accuracy"] for r in front], where="post", c="tab:orange",
+            label="Pareto front")
+    if best:
+        ax.scatter([best["latency_ms"]], [best["accuracy"]], marker="*", s=160, c="tab:red", label="best", zorder=3)
+    if budget_ms:
+        ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"latency budget {budget_ms:g} ms")
+    ax.set_xlabel("latency (ms, batch 1)")
+    ax.set_ylabel("proxy validation accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_outputs(ctx, out: Path, smallest: dict, wall_s: float) -> dict:
+    records = sorted(ctx.ledger.records.values(), key=lambda r: r["order"])
+    trained = [r for r in records if r.get("status") == "trained"]
+    rejected = [r for r in records if r.get("status") == "rejected"]
+    if not trained:
+        raise EdgepptError(f"the search trained no candidate ({len(rejected)} rejected as over budget); "
+                           "raise the budget or --trials")
+    best = max(trained, key=lambda r: (r["accuracy"], -r["latency_ms"]))
+    rows = [{k: r.get(k) for k in COLUMNS} for r in records]
+    atomic_write_json(out / "trials.json", rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "arch": json.dumps(r["arch"]), "violations": "; ".join(r.get("violations") or [])})
+    atomic_write_text(out / "trials.csv", buf.getvalue())
+    budgets = ctx.cost.budgets.model_dump(exclude_none=True)
+    costs = {k: best[k] for k in ("latency_ms", "latency_kind", "macs", "params", "peak_activation_kib")}
+    atomic_write_json(out / "best.json", {**best["arch"], "search": {
+        "device": ctx.profile.name, "budgets": budgets, "proxy_accuracy": best["accuracy"], "costs": costs,
+        "trial": best["trial"]}})
+    plot(trained, rejected, budgets.get("latency_ms"), best, out / "pareto.png",
+         f"{ctx.profile.name}: {ctx.cfg.strategy} search, {len(trained)} trials")
+    summary = {"device": ctx.profile.name, "strategy": ctx.cfg.strategy, "budgets": budgets,
+               "trained": len(trained), "rejected": len(rejected), "best": {"arch": best["arch"],
+               "proxy_accuracy": best["accuracy"], **costs}, "smallest_in_space": smallest,
+               "train_s_total": sum(r.get("train_s", 0.0) for r in trained), "wall_s": wall_s,
+               "files": {k: str(out / k) for k in ("best.json", "trials.csv", "trials.json", "pareto.png")}}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,223 @@
+"""`run_search`: device budgets -> NNI multi-trial search (filter, proxy evaluator) -> trials, Pareto plot, best.json.
+
+NNI drives the exploration: its strategy proposes samples of the ModelSpace, a Filter middleware rejects every
+over-budget sample before any training, and the evaluator trains the survivors under the proxy budget. The
+sequential engine runs trials in this process (no web server); the training-service engine ("local") runs them
+as NNI trial processes. NNI's working directory is `<run>/nni`. Our own ledger (`<run>/trials.jsonl`) makes an
+interrupted search resumable: the strategy replays from its seed and finished candidates are answered from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgeppt.config import SearchConfig, validate
+from edgeppt.devices import Budgets, DeviceProfile, load_profile
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_json
+
+from . import report
+from .costmodel import CostModel
+from .ledger import Ledger
+from .proxy import ProxyData, evaluate_arch, prepare
+from .space import extreme_sample, sample_key, to_arch
+
+CONFIG_FILE = "search_config.json"
+
+
+def budgets_of(cfg: SearchConfig, profile: DeviceProfile) -> Budgets:
+    """The profile's budgets, each overridden by the search settings where given."""
+    over = {k: getattr(cfg, k) for k in Budgets.model_fields if getattr(cfg, k) is not None}
+    return Budgets(**{**profile.budgets.model_dump(), **over})
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs, built once per process from the run directory."""
+    cfg: SearchConfig
+    out: Path
+    profile: DeviceProfile
+    data: ProxyData
+    cost: CostModel
+    ledger: Ledger
+    progress: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def check(self, sample: dict) -> bool:
+        """The Filter's test: costs of the candidate (measured once, then from the ledger) within budget?"""
+        key = sample_key(sample)
+        rec = self.ledger.get(key)
+        if rec is None:
+            arch = to_arch(sample, self.cfg.space)
+            costs = self.cost.costs(arch)
+            bad = self.cost.violations(costs)
+            rec = self.ledger.add({"key": key, "order": len(self.ledger.records), "sample": sample, "arch": arch,
+                                   **costs, "status": "rejected" if bad else "admitted", "violations": bad})
+            if bad and self.progress:
+                report.console.print(f"[dim]rejected before training: {', '.join(bad)}[/]")
+        return rec["status"] != "rejected"
+
+    def trial(self, sample: dict) -> float:
+        """Train the candidate under the proxy budget (or recall its result) and return its accuracy."""
+        key = sample_key(sample)
+        self.ledger.reload()  # trial processes of the training-service engine share the file
+        rec = self.ledger.get(key)
+        if rec is not None and rec.get("status") == "trained":
+            return rec["accuracy"]
+        if rec is None:  # a trial process started without the filter's record (training-service engine)
+            self.check(sample)
+            rec = self.ledger.get(key)
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed)
+        n = len(self.ledger.trained()) + 1
+        rec = self.ledger.add({"key": key, "status": "trained", "trial": n, **result})
+        if self.progress:
+            best = max(r["accuracy"] for r in self.ledger.trained())
+            report.console.print(f"trial {n}/{self.cfg.trials}: accuracy {rec['accuracy']:.3f}, "
+                                 f"latency {rec['latency_ms']:.3f} ms ({rec['latency_kind']}), "
+                                 f"{rec['macs'] / 1e6:.2f} M MACs, {rec['params']:,} params, "
+                                 f"train {rec['train_s']:.0f}s; best {best:.3f}")
+        return rec["accuracy"]
+
+
+_CONTEXTS: dict[str, SearchContext] = {}
+
+
+def load_run_config(out: str | Path) -> SearchConfig:
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise EdgepptError(f"{out}: nothing to resume (no {CONFIG_FILE}); start the search without --resume")
+    return validate(SearchConfig, json.loads(path.read_text()), str(path))
+
+
+def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool = False) -> SearchContext:
+    key = str(Path(out).resolve())
+    if key not in _CONTEXTS:
+        cfg = cfg or load_run_config(out)
+        profile = load_profile(cfg.device)
+        if cfg.image_size is None and profile.input_size:
+            cfg = cfg.model_copy(update={"image_size": profile.input_size})
+        data = prepare(cfg)
+        if profile.input_channels and profile.input_channels != data.in_shape[0]:
+            raise EdgepptError(f"device {profile.name!r} takes {profile.input_channels}-channel input, but the "
+                               f"images have {data.in_shape[0]} channels")
+        cost = CostModel(profile, budgets_of(cfg, profile), data.in_shape, data.num_classes,
+                         cfg.latency_warmup, cfg.latency_repeats)
+        _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, Ledger(out))
+    _CONTEXTS[key].progress = progress
+    return _CONTEXTS[key]
+
+
+def nni_trial(model, run_dir: str) -> None:
+    """NNI's evaluator function (importable by name, so training-service trial processes can run it too)."""
+    import nni
+
+    sample = nni.get_current_parameter().sample
+    nni.report_final_result(context(run_dir).trial(sample))
+
+
+def check_feasible(ctx: SearchContext) -> dict:
+    """Refuse a budget no candidate can meet, naming what the smallest architecture of the space costs."""
+    arch = to_arch(extreme_sample(ctx.cfg.space, smallest=True), ctx.cfg.space)
+    costs = ctx.cost.costs(arch)
+    bad = ctx.cost.violations(costs)
+    if bad:
+        raise EdgepptError(
+            f"no architecture in the search space fits the budget on {ctx.profile.name}: even the smallest one "
+            f"breaks it ({'; '.join(bad)}). Smallest achievable: latency {costs['latency_ms']:.3g} ms "
+            f"({costs['latency_kind']}), {costs['params']:,} params, {costs['macs']:,} MACs, peak activation "
+            f"{costs['peak_activation_kib']:.1f} KiB. Raise the budget or shrink the space (space.stems, "
+            f"space.stages[*].widths).")
+    return costs
+
+
+def _strategy(cfg: SearchConfig, ctx: SearchContext):
+    from nni.nas import strategy
+
+    if cfg.strategy == "evolution":
+        base = strategy.RegularizedEvolution(population_size=cfg.population, sample_size=min(cfg.tournament, cfg.population),
+                                             mutation_prob=cfg.mutation_prob, seed=cfg.seed)
+    elif cfg.strategy == "random":
+        base = strategy.Random(seed=cfg.seed)
+    else:
+        base = strategy.TPE(optimize_mode="maximize", seed=cfg.seed)
+    # Rejected candidates score 0 for the strategy (so evolution and TPE learn to avoid them) and never train.
+    from nni.nas.strategy.middleware import Chain, Filter
+
+    return Chain(base, Filter(lambda m: ctx.check(m.sample), metric_for_invalid=0.0,
+                                                           patience=cfg.max_rejections))
+
+
+def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment, NasExperimentConfig
+
+    from .space import EdgeCNNSpace
+
+    space = EdgeCNNSpace(cfg.space, ctx.data.num_classes, ctx.data.in_shape[0])
+    evaluator = FunctionalEvaluator(nni_trial, run_dir=str(out.resolve()))
+    if cfg.engine == "sequential":
+        from nni.nas.experiment.config import SequentialEngineConfig
+        engine = SequentialEngineConfig(max_model_count=cfg.trials)
+        conf = NasExperimentConfig(engine, "raw", "local")
+    else:
+        conf = NasExperimentConfig("ts", "simplified", "local", trial_concurrency=cfg.concurrency,
+                                   max_trial_number=cfg.trials)
+    conf.experiment_working_directory = str((out / "nni").resolve())
+    conf.experiment_name = out.name
+    return NasExperiment(space, evaluator, _strategy(cfg, ctx), conf)
+
+
+def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Search `cfg.space` for `cfg.device`; write trials.jsonl/.csv/.json, pareto.png, best.json, summary.json."""
+    out = Path(out)
+    if resume:
+        saved = load_run_config(out).model_dump(mode="json")
+        now = cfg.model_dump(mode="json")
+        diff = [k for k in now if saved.get(k) != now[k] and k not in ("threads", "trials", "engine", "concurrency")]
+        if diff:
+            raise EdgepptError(f"{out} was started with other settings ({', '.join(diff)} differ); resume with the "
+                               "same settings or use a new --out")
+    elif (out / CONFIG_FILE).exists():
+        raise EdgepptError(f"{out} already holds a search; pass --resume {out} to continue it, or choose another --out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    ctx = context(out, cfg, progress)
+    smallest = check_feasible(ctx)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
+    done = len(ctx.ledger.trained())
+    if progress:
+        report.console.print(f"search on {ctx.profile.name} ({ctx.profile.latency} latency), budgets "
+                             f"{ctx.cost.budgets.model_dump(exclude_none=True)}; strategy {cfg.strategy}, "
+                             f"{cfg.trials} trials" + (f"; {done} already done" if done else ""))
+    logging.getLogger("nni").setLevel(logging.WARNING)
+    if done < cfg.trials:
+        exp = _experiment(cfg, ctx, out)
+        try:
+            exp.run(port=_free_port()) if cfg.engine != "sequential" else exp.run()
+        finally:
+            try:
+                exp.stop()
+            except Exception:  # noqa: BLE001  (already stopped; NNI logs the rest)
+                pass
+    ctx.ledger.reload()
+    summary = report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
+    _CONTEXTS.pop(str(out.resolve()), None)
+    return summary
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
