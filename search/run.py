@@ -166,7 +166,7 @@ def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
     if cfg.engine == "sequential":
         from nni.nas.experiment.config import SequentialEngineConfig
         engine = SequentialEngineConfig(max_model_count=cfg.trials)
-        conf = NasExperimentConfig(engine, "raw", "local")
+        conf = NasExperimentConfig(engine, "raw")
     else:
         conf = NasExperimentConfig("ts", "simplified", "local", trial_concurrency=cfg.concurrency,
                                    max_trial_number=cfg.trials)

@@ -8,12 +8,18 @@ parametrized modules), so NNI's frozen model and the rebuilt one are the same ne
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
-import nni
-from nni.nas.nn.pytorch import ModelSpace, ParametrizedModule, Repeat
+import warnings
+
 from torch import nn
+
+with warnings.catch_warnings():  # NNI 3.0 warns about torch classes it predates; harmless
+    warnings.simplefilter("ignore", RuntimeWarning)
+    import nni
+    from nni.nas.nn.pytorch import ModelSpace, ParametrizedModule, Repeat
 
 from edgeppt.config import SpaceConfig
 from edgeppt.models.base import ConvBN
@@ -51,7 +57,9 @@ class EdgeCNNSpace(ModelSpace):
 
             def block(j: int, cin=cin, w=w, k=k, e=e, se=se, stride=st.stride) -> nn.Module:
                 return _Block(cin if j == 0 else w, w, k, stride if j == 0 else 1, e, se, act)
-            stages.append(Repeat(block, _choice(f"s{i}_depth", st.depths), label=f"s{i}_depth"))
+            depth = _choice(f"s{i}_depth", st.depths)
+            stages.append(Repeat(block, depth) if isinstance(depth, nni.mutable.Mutable) else
+                          nn.Sequential(*(block(j) for j in range(depth))))
             cin = w
         self.blocks = nn.Sequential(*stages)
         head = _choice("head", space.head_widths)
@@ -135,5 +143,4 @@ def extreme_sample(space: SpaceConfig, smallest: bool = True) -> dict[str, Any]:
 
 def sample_key(sample: dict[str, Any]) -> str:
     """Canonical text of a sample: the trial ledger's key."""
-    import json
     return json.dumps({k: sample[k] for k in sorted(sample)}, sort_keys=True)

@@ -2,4 +2,104 @@
 
 from __future__ import annotations
 
-from .common import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeppt.config import SearchConfig
+
+from .common import app, console, fail, guarded, merged
+
+devices_app = typer.Typer(help="Device profiles: budgets, runtimes, latency predictors.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.command("list")
+def devices_list() -> None:
+    """The built-in and user device profiles ($EDGEPPT_DEVICES) with their budgets."""
+    from edgeppt.devices import list_profiles
+
+    table = Table(title="device profiles (--device NAME, or a profile .yaml)")
+    for col in ("name", "runtime", "latency", "threads", "latency budget", "params", "MACs", "peak activation"):
+        table.add_column(col)
+    b = lambda v, unit="": "-" if v is None else f"{v:,}{unit}"  # noqa: E731
+    for p in guarded(list_profiles):
+        lat = p.latency + (f" ({p.predictor})" if p.latency == "predicted" and p.predictor else "")
+        table.add_row(p.name, p.runtime, lat, str(p.threads or "all"), b(p.budgets.latency_ms, " ms"),
+                      b(p.budgets.params), b(p.budgets.macs), b(p.budgets.peak_activation_kib, " KiB"))
+    Console().print(table)
+
+
+@devices_app.command("calibrate")
+def devices_calibrate(
+    device: str = typer.Argument(..., help="Profile to calibrate (name or .yaml): its runtime, threads, input size."),
+    host: str = typer.Option(..., help="user@host of the device, reachable with `ssh` (keys, no password prompt)."),
+    out: Path = typer.Option(..., help="Writes OUT.yaml (a profile that predicts latency) and OUT.predictor.json."),
+    port: Optional[int] = typer.Option(None, help="SSH port."),
+    identity: Optional[Path] = typer.Option(None, help="SSH private key."),
+    ssh_option: list[str] = typer.Option([], help="Extra `ssh -o` options, e.g. StrictHostKeyChecking=accept-new."),
+    python: str = typer.Option("python3", help="Python on the device (with numpy and onnxruntime)."),
+    probes: int = typer.Option(24, help="Probe models to time (a quarter is held out to report the error)."),
+    repeats: int = typer.Option(30, help="Timed runs per probe (the median counts)."),
+) -> None:
+    """Time probe models on the real device over SSH and fit its latency predictor."""
+    from search.calibrate import calibrate
+
+    rep = guarded(calibrate, device, host, out, port=port, identity=identity, ssh_options=ssh_option, python=python,
+                  probes=probes, repeats=repeats)
+    h = rep["heldout"]
+    console.print(f"held-out error on {h['probes']} probes: mean {h['mape_pct']:.1f}%, worst {h['max_ape_pct']:.1f}%")
+    console.print(f"profile: {rep['profile']}  predictor: {rep['predictor']}  (use --device {rep['profile']})")
+
+
+@app.command()
+def search(
+    device: Optional[str] = typer.Option(None, help="Device profile name or .yaml (default x86-cpu)."),
+    latency_ms: Optional[float] = typer.Option(None, help="Latency budget (ms, batch 1); default: the profile's."),
+    params: Optional[int] = typer.Option(None, help="Parameter budget."),
+    macs: Optional[int] = typer.Option(None, help="MAC budget."),
+    peak_kib: Optional[float] = typer.Option(None, help="Peak activation memory budget (KiB)."),
+    source: Optional[Path] = typer.Option(None, help="Source bundle (its samples pre-train each candidate briefly)."),
+    target: Optional[str] = typer.Option(None, help="Target images: built-in name[:classes], class folders or .npz."),
+    labels_per_class: Optional[int] = typer.Option(None, help="Labelled target images per class for training."),
+    val_per_class: Optional[int] = typer.Option(None, help="Labelled images per class that rank candidates."),
+    trials: Optional[int] = typer.Option(None, help="Candidates to train (over-budget ones are rejected first)."),
+    strategy: Optional[str] = typer.Option(None, help="evolution (default), random or tpe."),
+    engine: Optional[str] = typer.Option(None, help="sequential (default, in this process) or local (NNI's "
+                                          "training service: trial processes, --set concurrency=N)."),
+    seed: Optional[int] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, help="Run directory."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the search in this directory (finished trials are kept)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with SearchConfig fields."),
+    set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set proxy.finetune_steps=50."),
+    quiet: bool = typer.Option(False, help="No per-trial lines."),
+) -> None:
+    """Search the architecture for a device's budgets; writes best.json, trials.csv/json and pareto.png."""
+    from search.run import load_run_config, run_search
+
+    overrides = {"device": device, "latency_ms": latency_ms, "params": params, "macs": macs,
+                 "peak_activation_kib": peak_kib, "source": source, "target": target,
+                 "labels_per_class": labels_per_class, "val_per_class": val_per_class, "trials": trials,
+                 "strategy": strategy, "engine": engine, "seed": seed}
+    if resume:
+        out = resume
+        base = guarded(load_run_config, resume).model_dump(mode="json", exclude_unset=True)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = base
+    if out is None:
+        fail("give --out (a new run directory) or --resume (an existing one)")
+    if not resume and target is None and config is None:
+        fail("give --target (the labelled target images)")
+    cfg = guarded(merged, SearchConfig, config, overrides, set_)
+    s = guarded(run_search, cfg, out, resume=resume is not None, progress=not quiet)
+    b = s["best"]
+    table = Table(title=f"best of {s['trained']} trials on {s['device']} ({s['rejected']} rejected over budget)")
+    for col in ("proxy accuracy", "latency ms", "MACs", "params", "peak activation KiB"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{100 * b['proxy_accuracy']:.1f}%", f"{b['latency_ms']:.3f} ({b['latency_kind']})", f"{b['macs']:,}",
+                  f"{b['params']:,}", f"{b['peak_activation_kib']:.1f}")
+    Console().print(table)
+    console.print(f"best architecture: {out / 'best.json'}  (edgeppt transfer --arch {out / 'best.json'} ...)")

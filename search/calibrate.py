@@ -1,0 +1,145 @@
+"""`edgeppt devices calibrate`: time probe models on the real device over SSH and fit its latency predictor.
+
+The probes (the space's smallest and largest corners, the registered MobileNet sizes and seeded random
+samples) are exported to ONNX here. One small Python program, with the models embedded, goes to the device
+over a plain `ssh` on stdin; it times each model with ONNX Runtime (warm-up, median of repeats, batch 1, the
+profile's threads and runtime) and prints JSON. A quarter of the probes is held out to report the predictor's
+error; the predictor written is then fitted on all probes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import shlex
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from edgeppt.config import SpaceConfig
+from edgeppt.devices import DeviceProfile, load_profile
+from edgeppt.errors import EdgepptError
+from edgeppt.models import arch_spec, create_model, list_models
+from edgeppt.runs import atomic_write_text
+
+from .latency import to_onnx
+from .predictor import errors, fit, layer_features
+from .space import extreme_sample, random_sample, to_arch
+
+# Runs on the device: only the standard library, numpy and onnxruntime.
+REMOTE = r'''
+import base64, json, platform, statistics, sys, time
+import numpy as np, onnxruntime as ort
+cfg = json.loads(base64.b64decode(CFG))
+so = ort.SessionOptions(); so.intra_op_num_threads = cfg["threads"]; so.inter_op_num_threads = 1
+so.log_severity_level = 3
+want = cfg["providers"]; have = ort.get_available_providers()
+providers = [p for p in want if p in have] or ["CPUExecutionProvider"]
+x = np.random.default_rng(0).random([1] + cfg["shape"], dtype=np.float32)
+out = []
+for m in cfg["models"]:
+    s = ort.InferenceSession(base64.b64decode(m), so, providers=providers)
+    feed = {s.get_inputs()[0].name: x}
+    for _ in range(cfg["warmup"]): s.run(None, feed)
+    t = []
+    for _ in range(cfg["repeats"]):
+        t0 = time.perf_counter(); s.run(None, feed); t.append(time.perf_counter() - t0)
+    out.append(1000 * statistics.median(t))
+print(json.dumps({"latency_ms": out, "onnxruntime": ort.__version__, "providers": s.get_providers(),
+                  "machine": platform.machine(), "node": platform.node()}))
+'''
+
+PROVIDERS = {"onnxruntime-cpu": ["CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def probe_archs(space: SpaceConfig, n: int, seed: int = 0) -> list[dict]:
+    """n distinct architectures spanning the space: both corners, the named MobileNets, then random samples."""
+    archs = [to_arch(extreme_sample(space, True), space), to_arch(extreme_sample(space, False), space)]
+    archs += [arch_spec(m) for m in list_models() if m.startswith("mobilenet")]
+    rng = random.Random(seed)
+    seen = {json.dumps(a, sort_keys=True) for a in archs}
+    while len(archs) < n:
+        a = to_arch(random_sample(space, rng), space)
+        if json.dumps(a, sort_keys=True) not in seen:
+            seen.add(json.dumps(a, sort_keys=True))
+            archs.append(a)
+    return archs[:n]
+
+
+def ssh_command(host: str, port: int | None = None, identity: Path | None = None,
+                options: list[str] | None = None, python: str = "python3") -> list[str]:
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+    if port:
+        cmd += ["-p", str(port)]
+    if identity:
+        cmd += ["-i", str(identity)]
+    for o in options or []:
+        cmd += ["-o", o]
+    return [*cmd, host, f"{python} -"]
+
+
+def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], threads: int, runtime: str,
+                warmup: int, repeats: int, timeout: float = 1800) -> dict:
+    cfg = {"models": [base64.b64encode(m).decode() for m in onnx_models], "shape": shape, "threads": threads,
+           "providers": PROVIDERS[runtime], "warmup": warmup, "repeats": repeats}
+    program = f"CFG = {base64.b64encode(json.dumps(cfg).encode()).decode()!r}\n{REMOTE}"
+    try:
+        res = subprocess.run(ssh, input=program.encode(), capture_output=True, timeout=timeout)
+    except FileNotFoundError as e:
+        raise EdgepptError("calibrate needs the `ssh` client (OpenSSH) on this machine") from e
+    except subprocess.TimeoutExpired as e:
+        raise EdgepptError(f"timing on the device took longer than {timeout:.0f}s: {shlex.join(ssh)}") from e
+    err = res.stderr.decode(errors="replace").strip()
+    if res.returncode != 0:
+        hint = " (the device needs python3 with numpy and onnxruntime)" if "ModuleNotFoundError" in err else ""
+        raise EdgepptError(f"timing over ssh failed (exit {res.returncode}){hint}: {err.splitlines()[-1] if err else ''}")
+    try:
+        return json.loads(res.stdout.decode().strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError) as e:
+        raise EdgepptError(f"the device answered something other than timings: {res.stdout[:200]!r}") from e
+
+
+def calibrate(device: str | Path, host: str, out: str | Path, port: int | None = None, identity: Path | None = None,
+              ssh_options: list[str] | None = None, python: str = "python3", probes: int = 24, holdout: float = 0.25,
+              warmup: int = 10, repeats: int = 30, space: SpaceConfig | None = None, seed: int = 0,
+              progress: bool = True) -> dict:
+    """Measure probes on `host`, fit the predictor, write `<out>.yaml` (a profile that predicts from it) and
+    `<out>.predictor.json`; return the report (held-out error, timings)."""
+    profile: DeviceProfile = load_profile(device)
+    space = space or SpaceConfig()
+    shape = [profile.input_channels or 1, profile.input_size or 28, profile.input_size or 28]
+    if probes < 6:
+        raise EdgepptError(f"calibrate needs at least 6 probes (some are held out), got {probes}")
+    archs = probe_archs(space, probes, seed)
+    models = [create_model(a, 10, shape[0]) for a in archs]
+    feats = [layer_features(m, tuple(shape)) for m in models]
+    if progress:
+        from .report import console
+        console.print(f"timing {len(models)} probe models on {host} ({profile.runtime}, {profile.threads or 'all'} threads)")
+    answer = time_remote(ssh_command(host, port, identity, ssh_options, python), [to_onnx(m, tuple(shape)) for m in models],
+                         shape, profile.threads, profile.runtime, warmup, repeats)
+    lat = answer["latency_ms"]
+    order = list(range(len(archs)))
+    random.Random(seed).shuffle(order)
+    n_test = max(2, int(round(len(order) * holdout)))
+    test, train = order[:n_test], order[n_test:]
+    trial = fit([feats[i] for i in train], [lat[i] for i in train])
+    held = errors(trial, [feats[i] for i in test], [lat[i] for i in test])
+    origin = (f"calibrated on {host} ({answer.get('machine')}, onnxruntime {answer.get('onnxruntime')}, "
+              f"{answer.get('providers', ['?'])[0]}) with {len(archs)} probes")
+    final = fit(feats, lat, origin)
+    final.heldout = held
+    out = Path(out)
+    out = out.with_suffix("") if out.suffix in (".yaml", ".yml") else out
+    pred_path = final.save(out.parent / f"{out.name}.predictor.json")
+    raw = profile.model_dump(mode="json", exclude={"path"})
+    raw.update(name=out.name, latency="predicted", predictor=pred_path.name,
+               description=f"{profile.description} (latency predicted; {origin})".strip())
+    prof_path = atomic_write_text(out.parent / f"{out.name}.yaml", yaml.safe_dump(raw, sort_keys=False))
+    return {"profile": str(prof_path), "predictor": str(pred_path), "heldout": held,
+            "fit_on_all": errors(final, feats, lat), "device": answer,
+            "probes": [{"arch": a, "measured_ms": y, "predicted_ms": final.predict(f)}
+                       for a, y, f in zip(archs, lat, feats)]}
