@@ -87,6 +87,35 @@ def build_config(draft: dict[str, Any]) -> PipelineConfig:
     return parse_config(raw, "wizard settings")
 
 
+def bound(widget, label: str, run: Path, draft: dict[str, Any], name: str, current: Any, *args: Any,
+          section: str | None = None, preset: Any = None, tag: str = "", **kw: Any) -> Any:
+    """A widget that shows the draft's value; only the user's change (its callback) writes the draft.
+
+    The page never feeds a widget's return value back into the draft, so a redraw that Streamlit interrupts and
+    restarts (a fast second click) cannot reset a choice to the widget's default. In a stage section a value equal
+    to the budget's `preset` is dropped, so switching budgets moves every value the user did not set.
+    """
+    key = f"{run.name}:{section or ''}:{name}:{tag}"
+
+    def changed() -> None:
+        value = st.session_state[key]
+        fresh = load_draft(run)
+        target = fresh.setdefault(section, {}) if section else fresh
+        if section and value == preset:
+            target.pop(name, None)
+        else:
+            target[name] = value
+        save_draft(run, fresh)
+
+    if widget in (st.radio, st.selectbox):
+        kw["index"] = list(args[0]).index(current)
+    elif widget is st.multiselect:
+        kw["default"] = current
+    else:
+        kw["value"] = current
+    return widget(label, *args, key=key, on_change=changed, **kw)
+
+
 # ---------------------------------------------------------------- cached pictures
 @st.cache_data(show_spinner="Loading the target images…", max_entries=8)
 def target_preview(spec: str, out_png: str) -> dict[str, Any]:
@@ -112,12 +141,11 @@ def bundle_preview(path: str, out_png: str) -> dict[str, Any]:
 def step_target(run: Path, draft: dict[str, Any]) -> None:
     st.header("Target data")
     st.write("The few labelled images of your task. Their classes need not share anything with the source classes.")
-    kind = st.radio("Target images", [EXAMPLE_TARGET_LABEL, UPLOAD_TARGET_LABEL],
-                    index=0 if draft["target_kind"] == "example" else 1)
-    if kind == EXAMPLE_TARGET_LABEL:
-        draft.update(target_kind="example", target=default_draft()["target"])
+    bound(st.radio, "Target images", run, draft, "target_kind", draft["target_kind"], ["example", "upload"],
+          format_func={"example": EXAMPLE_TARGET_LABEL, "upload": UPLOAD_TARGET_LABEL}.get)
+    if draft["target_kind"] == "example":
+        draft["target"] = default_draft()["target"]
     else:
-        draft["target_kind"] = "upload"
         up = st.file_uploader("Zip of class folders", type=["zip"], key="target_zip")
         if up is not None and st.session_state.get("target_zip_done") != (up.name, up.size):
             try:
@@ -131,8 +159,8 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
         if draft["target_kind"] == "upload" and not (draft.get("target") and Path(draft["target"]).is_dir()):
             draft["target"] = None
             st.info("Upload a zip whose top level holds one folder per class.")
-    draft["labels_per_class"] = int(st.number_input("Labelled images per class used for training", 1, 1000,
-                                                    int(draft["labels_per_class"])))
+    bound(st.number_input, "Labelled images per class used for training", run, draft, "labels_per_class",
+          int(draft["labels_per_class"]), 1, 1000)
     save_draft(run, draft)
     if draft.get("target"):
         try:
@@ -151,12 +179,11 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
     st.header("Source bundle")
     st.write("A compiled class-conditional generator G(z, y) and a source classifier C(x), written by "
              "`edgeppt source train`.")
-    kind = st.radio("Source bundle", [EXAMPLE_SOURCE_LABEL, UPLOAD_SOURCE_LABEL],
-                    index=0 if draft["source_kind"] == "example" else 1)
-    if kind == EXAMPLE_SOURCE_LABEL:
-        draft.update(source_kind="example", source=None)
+    bound(st.radio, "Source bundle", run, draft, "source_kind", draft["source_kind"], ["example", "upload"],
+          format_func={"example": EXAMPLE_SOURCE_LABEL, "upload": UPLOAD_SOURCE_LABEL}.get)
+    if draft["source_kind"] == "example":
+        draft["source"] = None
     else:
-        draft["source_kind"] = "upload"
         up = st.file_uploader("Zip of the bundle folder", type=["zip"], key="source_zip")
         if up is not None and st.session_state.get("source_zip_done") != (up.name, up.size):
             try:
@@ -190,13 +217,15 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
     st.header("Device and budget")
     profiles = {p.name: p for p in list_profiles()}
     names = list(profiles)
-    draft["device"] = st.selectbox("Device", names, index=names.index(draft["device"]) if draft["device"] in names else 0,
-                                   format_func=lambda n: f"{n} — {profiles[n].description}")
+    if draft["device"] not in names:
+        draft["device"] = "x86-cpu"
+    bound(st.selectbox, "Device", run, draft, "device", draft["device"], names,
+          format_func=lambda n: f"{n} — {profiles[n].description}")
     b = profiles[draft["device"]].budgets
     st.caption(f"Budgets: latency {b.latency_ms} ms, params {b.params}, MACs {b.macs}; "
                f"export formats {profiles[draft['device']].export.formats}")
     budgets = list(BUDGETS)
-    draft["budget"] = st.radio("Budget", budgets, index=budgets.index(draft["budget"]), horizontal=True,
+    bound(st.radio, "Budget", run, draft, "budget", draft["budget"], budgets, horizontal=True,
                                help="tiny: a one-minute smoke test; demo: the whole example in <= 15 min on 2 CPU cores")
     # Only choices that differ from the budget's preset are kept, so switching budgets moves every other value.
     base = build_config({**draft, "search": {}, "transfer": {}, "export": {}}) if draft.get("target") else None
@@ -204,35 +233,31 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
         st.warning("Choose the target images first (step 1).")
         return
 
-    def choose(section: str, key: str, value: Any, preset: Any) -> None:
-        if value == preset:
-            draft[section].pop(key, None)
-        else:
-            draft[section][key] = value
-
+    tag = f"{draft['budget']}:{draft['device']}"  # the budget's or device's defaults apply when either changes
     with st.expander("Adjust the stages", expanded=False):
-        s = {**base.search.model_dump(), **draft["search"]}
-        choose("search", "enabled", st.checkbox("Search an architecture for the device", value=s["enabled"]),
-               base.search.enabled)
-        if s.get("enabled") and "trials" in s:
-            choose("search", "trials", int(st.number_input("Search trials", 1, 500, int(s["trials"]))),
-                   base.search.trials)
+        sv = {**base.search.model_dump(), **draft["search"]}
+        bound(st.checkbox, "Search an architecture for the device", run, draft, "enabled", sv["enabled"],
+              section="search", preset=base.search.enabled, tag=tag)
+        if sv["enabled"] and "trials" in sv:
+            bound(st.number_input, "Search trials", run, draft, "trials", int(sv["trials"]), 1, 500,
+                  section="search", preset=base.search.trials, tag=tag)
         from edgeppt.config import METHODS
-        t = {**base.transfer.model_dump(), **draft["transfer"]}
-        choose("transfer", "method", st.selectbox("Transfer method", list(METHODS), index=list(METHODS).index(t["method"])),
-               base.transfer.method)
+        tv = {**base.transfer.model_dump(), **draft["transfer"]}
+        bound(st.selectbox, "Transfer method", run, draft, "method", tv["method"], list(METHODS),
+              section="transfer", preset=base.transfer.method, tag=tag)
         for key, label in (("pretrain_steps", "Pseudo pre-training steps"), ("finetune_steps", "Target training steps")):
-            choose("transfer", key, int(st.number_input(label, 0 if key == "pretrain_steps" else 1, 100_000, int(t[key]))),
-                   getattr(base.transfer, key))
+            bound(st.number_input, label, run, draft, key, int(tv[key]), 0 if key == "pretrain_steps" else 1, 100_000,
+                  section="transfer", preset=getattr(base.transfer, key), tag=tag)
         device_formats = list(profiles[draft["device"]].export.formats)
-        fmts = draft["export"].get("formats") or base.export.formats or device_formats
-        choose("export", "formats", st.multiselect("Export formats", ["onnx", "int8", "fp16", "tensorrt"], fmts),
-               base.export.formats or device_formats)
+        preset_formats = base.export.formats or device_formats
+        bound(st.multiselect, "Export formats", run, draft, "formats", draft["export"].get("formats") or preset_formats,
+              ["onnx", "int8", "fp16", "tensorrt"], section="export", preset=preset_formats, tag=tag)
     if st.button("Reset to the budget's defaults"):
         draft.update(search={}, transfer={}, export={})
         save_draft(run, draft)
+        for k in [k for k in st.session_state if str(k).startswith(f"{run.name}:") and str(k).endswith(tag)]:
+            del st.session_state[k]
         st.rerun()
-    save_draft(run, draft)
     cfg = config_or_error(draft)
     if cfg is None:
         return
@@ -240,6 +265,8 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
     st.code(dump_yaml(cfg), language="yaml")
     st.caption(f"The same run from a terminal: `edgeppt run {run / CONFIG_FILE} --out {run}`")
     start_button(run, cfg, None, "Run all stages")
+    live = jobs.is_running(run)
+    st.fragment(run_every=REFRESH_S if live else None)(_panel)(run, lambda *_: None, live)
 
 
 def config_or_error(draft: dict[str, Any]) -> PipelineConfig | None:
@@ -381,7 +408,11 @@ def sidebar(run: Path) -> str:
     with st.sidebar:
         st.title("edgeppt")
         st.caption(f"run `{run.name}` in {run.parent}")
+        if "step" not in st.session_state:  # a reload keeps its place: the step is in the URL too
+            n = st.query_params.get("step", "1")
+            st.session_state["step"] = STEPS[int(n) - 1] if n.isdigit() and 1 <= int(n) <= len(STEPS) else STEPS[0]
         step = st.radio("Step", STEPS, key="step")
+        st.query_params["step"] = str(STEPS.index(step) + 1)
         st.divider()
         if st.button("New run"):
             st.query_params["run"] = time.strftime("run-%Y%m%d-%H%M%S")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import socket
 import stat
@@ -171,6 +172,12 @@ def test_stage_steps_run_a_background_job_and_show_its_results(wizard):
 
 
 # ---------------------------------------------------------------- the browser
+def settle(page) -> None:
+    """Wait until the script run triggered by the last click has finished (no stale duplicates on the page)."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden", timeout=60_000)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -204,27 +211,36 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
             expect(page.locator("img").first).to_be_visible()
 
             # A bad upload is refused with the reason.
+            settle(page)
             page.get_by_text("Upload a zip of class folders").click()
+            settle(page)
             bad = tmp_path / "bad.zip"
             bad.write_bytes(make_zip({"../up/0.png": png_bytes()}))
             page.locator("input[type=file]").set_input_files(str(bad))
             expect(page.get_by_text("path traversal")).to_be_visible(timeout=30_000)
+            settle(page)
             page.get_by_text("Built-in example: animals").click()
+            settle(page)
             expect(page.get_by_text("Preview per class")).to_be_visible(timeout=30_000)
 
             page.get_by_text("2 · Source bundle").click()
+            settle(page)
             expect(page.get_by_text("verified:")).to_be_visible(timeout=60_000)
 
             page.get_by_text("3 · Device & budget").click()
+            settle(page)
             page.get_by_text("tiny", exact=True).click()
+            settle(page)
             expect(page.get_by_text("finetune_steps: 10")).to_be_visible(timeout=30_000)
             page.get_by_role("button", name="Run all stages").click()
             expect(page.get_by_text("Job: running")).to_be_visible(timeout=30_000)
 
             page.get_by_text("5 · Transfer").click()
-            expect(page.get_by_text("training step")).to_be_visible(timeout=120_000)  # live progress
+            settle(page)
+            expect(page.get_by_text(re.compile(r"training step \d+ / 20"))).to_be_visible(timeout=120_000)  # live
 
             page.get_by_text("6 · Export").click()
+            settle(page)
             expect(page.get_by_role("button", name="Download the bundle (zip)")).to_be_visible(timeout=300_000)
             page.reload()  # the job lives in the run directory, not in the page
             expect(page.get_by_text("Job: done")).to_be_visible(timeout=60_000)
@@ -235,12 +251,14 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
             assert "bundle/manifest.json" in names and "bundle/model.int8.onnx" in names
 
             page.get_by_text("5 · Transfer").click()
+            settle(page)
             expect(page.get_by_text("Test accuracy")).to_be_visible(timeout=60_000)
             page.wait_for_timeout(1500)  # let the figures finish drawing before the picture
             shots = Path(os.environ.get("EDGEPPT_SCREENSHOTS", tmp_path))  # where to keep the pictures
             shots.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shots / "wizard-transfer.png"), full_page=True)
             page.get_by_text("6 · Export").click()
+            settle(page)
             expect(page.get_by_role("button", name="Download the bundle (zip)")).to_be_visible(timeout=60_000)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(shots / "wizard-export.png"), full_page=True)
