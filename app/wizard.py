@@ -332,40 +332,70 @@ def job_box(run: Path, status: dict[str, Any]) -> None:
             st.code("\n".join(status["log"][-20:]))
 
 
+def search_trials(folder: Path) -> list[dict[str, Any]]:
+    """Every candidate so far: the final trials.json, or while the search runs its ledger (one line per event)."""
+    final = read_json(folder / "trials.json")
+    if isinstance(final, list):
+        return final
+    merged: dict[str, dict[str, Any]] = {}
+    for rec in read_jsonl_tolerant(folder / "trials.jsonl"):
+        merged[rec.get("key", str(len(merged)))] = {**merged.get(rec.get("key"), {}), **rec}
+    cols = ("order", "trial", "status", "accuracy", "latency_ms", "params", "macs", "train_s")
+    return [{k: r.get(k) for k in cols} for r in sorted(merged.values(), key=lambda r: r.get("order", 0))]
+
+
+def read_jsonl_tolerant(path: Path) -> list[dict[str, Any]]:
+    """A live JSONL file may end in a line being written: skip what does not parse."""
+    out = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
 def show_search(run: Path, status: dict[str, Any]) -> None:
     folder = run / "search"
-    trials = read_json(folder / "trials.json")
-    rows = trials if isinstance(trials, list) else (trials or {}).get("trials", [])
+    rows = search_trials(folder)
+    cfg = read_json(folder / "search_config.json") or {}
+    trained = [r for r in rows if r.get("status") == "trained"]
+    if cfg:
+        st.progress(min(len(trained) / max(cfg.get("trials", 1), 1), 1.0),
+                    text=f"trained {len(trained)} / {cfg.get('trials')} candidates; "
+                         f"{sum(r.get('status') == 'rejected' for r in rows)} rejected as over budget")
+    if trained:
+        from edgeppt.devices import load_profile
+
+        budget = cfg.get("latency_ms") or load_profile(cfg.get("device", "x86-cpu")).budgets.latency_ms
+        pareto_plot(trained, budget)
     if rows:
-        st.write(f"{len(rows)} trials")
-        pareto_plot(rows)
-        st.dataframe(rows, use_container_width=True)
-    if (folder / "pareto.png").exists() and not rows:
-        st.image(str(folder / "pareto.png"))
+        st.dataframe(rows, width="stretch")
     best = read_json(folder / "best.json")
     if best:
         st.subheader("Chosen architecture")
-        st.json(best)
+        st.json(best, expanded=False)
 
 
-def pareto_plot(rows: list[dict[str, Any]]) -> None:
-    """Accuracy against latency of every trial; the Pareto front (nothing both faster and more accurate) joined."""
+def pareto_plot(rows: list[dict[str, Any]], budget_ms: float | None = None) -> None:
+    """Accuracy against latency of the trained candidates; the Pareto front (nothing faster is as accurate) joined."""
     import plotly.graph_objects as go
 
-    acc_key = next((k for k in ("accuracy", "val_accuracy", "score") if k in rows[0]), None)
-    lat_key = next((k for k in ("latency_ms", "latency") if k in rows[0]), None)
-    if not acc_key or not lat_key:
-        return
-    pts = sorted((r[lat_key], r[acc_key]) for r in rows if r.get(lat_key) is not None and r.get(acc_key) is not None)
+    pts = sorted((r["latency_ms"], r["accuracy"]) for r in rows
+                 if r.get("latency_ms") is not None and r.get("accuracy") is not None)
     front, best = [], -1.0
     for lat, acc in pts:
         if acc > best:
             front.append((lat, acc))
             best = acc
-    fig = go.Figure([go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="trials"),
-                     go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", name="Pareto front")])
-    fig.update_layout(xaxis_title="latency (ms)", yaxis_title=acc_key, height=360, margin=dict(t=20, b=10))
-    st.plotly_chart(fig, use_container_width=True)
+    fig = go.Figure([go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="trained"),
+                     go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers",
+                                line_shape="hv", name="Pareto front")])
+    if budget_ms:
+        fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {budget_ms:g} ms")
+    fig.update_layout(xaxis_title="latency (ms, batch 1)", yaxis_title="proxy validation accuracy", height=360,
+                      margin=dict(t=20, b=10))
+    st.plotly_chart(fig, width="stretch")
 
 
 def show_transfer(run: Path, status: dict[str, Any]) -> None:
@@ -393,7 +423,7 @@ def show_export(run: Path, status: dict[str, Any]) -> None:
     st.subheader("Latency and accuracy")
     st.caption(f"device {manifest.get('device')} · latency measured on this host, "
                f"{manifest.get('threads') or 'default'} threads · test split of {manifest.get('test_images')} images")
-    st.dataframe(export_rows(manifest), use_container_width=True)
+    st.dataframe(export_rows(manifest), width="stretch")
     zip_path = run / "export" / "bundle.zip"
     if zip_path.exists():
         st.download_button("Download the bundle (zip)", zip_path.read_bytes(), file_name=f"{run.name}-bundle.zip",
@@ -454,7 +484,7 @@ def draft_from_config(run: Path) -> dict[str, Any]:
         cfg = load_config(run / CONFIG_FILE)
     except EdgepptError:
         return {}
-    raw = json.loads(cfg.model_dump_json(exclude_defaults=True))
+    raw = cfg.model_dump(mode="json")  # every field: the run's own settings, whatever the budget presets say
     return {"target_kind": "example" if cfg.target == default_draft()["target"] else "upload", "target": cfg.target,
             "labels_per_class": cfg.labels_per_class,
             "source_kind": "example" if Path(cfg.source).resolve() == example_bundle().resolve() else "upload",

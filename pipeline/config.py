@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, create_model, field_validator
 
-from edgeppt.config import Strict, TransferConfig, load_yaml, validate
+from edgeppt.config import SearchConfig, Strict, TransferConfig, load_yaml, validate
 from edgeppt.errors import EdgepptError
 
 STAGE_NAMES = ("search", "transfer", "export")
@@ -27,11 +27,6 @@ def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | N
     return create_model(name, __base__=Strict, __doc__=doc, **fields)
 
 
-try:  # TODO(search): drop once SearchConfig is in the core
-    from edgeppt.config import SearchConfig
-except ImportError:
-    class SearchConfig(Strict):  # type: ignore[no-redef]
-        pass
 SearchSection = _section(SearchConfig, "SearchSection", "Architecture search budget; `enabled: false` skips search "
                          "and trains `transfer.arch`.", {"enabled": (bool, True)})
 TransferSection = _section(TransferConfig, "TransferSection", "Transfer method and budget (TransferConfig fields). "

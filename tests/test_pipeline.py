@@ -197,3 +197,22 @@ def test_demo_writes_the_example_config(tmp_path, monkeypatch):
         example_config("huge")
     path = jobs.write_config(tmp_path / "demo", example_config("demo"))
     assert load_config(path) == example_config("demo")  # the written YAML reads back to the same config
+
+
+def test_search_feeds_its_architecture_to_transfer(tiny_bundle, tmp_path, calls):
+    """The search stage plugs in as one row of the table: transfer trains its best.json and is cached by its hash."""
+    run = tmp_path / "run"
+    search = {"enabled": True, "trials": 1, "val_per_class": 5, "latency_warmup": 1, "latency_repeats": 3,
+              "proxy": {"pretrain_steps": 2, "finetune_steps": 2, "pretrain_pool": 16, "pretrain_batch": 8, "batch_size": 8},
+              "space": {"stems": [8], "head_widths": [0], "stages": [{"stride": 1, "widths": [8], "depths": [1]},
+                                                                    {"stride": 2, "widths": [16], "depths": [1]}]}}
+    cfg = parse_config(raw_config(tiny_bundle, search=search))
+    state = run_pipeline(cfg, run, until="transfer", progress=False, log=quiet)
+    assert calls == {"search": 1, "transfer": 1}
+    best = json.loads((run / "search" / "best.json").read_text())
+    trained = json.loads((run / "transfer" / "report.json").read_text())["model"]["arch"]
+    assert trained == {"family": best["family"], "config": best["config"]}
+    assert state["stages"]["search"]["summary"]["trained"] == 1
+    run_pipeline(cfg, run, until="transfer", progress=False, log=quiet)
+    assert calls == {"search": 1, "transfer": 1}
+    assert "![Pareto front](pareto.png)" in (run / "report" / "index.md").read_text()
