@@ -224,6 +224,18 @@ def test_runner_classifies_image_files(bundle, tmp_path):
     assert preds == [manifest["classes"][i] for i in runner.predict_logits(s, x).argmax(1)]
     assert np.mean([p == t for p, t in zip(preds, truth)]) >= 0.6
     assert all(abs(sum(t["p"] for t in ln["top"]) - 1) < 0.5 for ln in lines[:-1])
+    # A camera-like file: RGB JPEG at 8x the model's size -> gray, bilinear resize, [0, 1], as the spec says.
+    from PIL import Image
+
+    big = tmp_path / "big.jpg"
+    Image.open(images[0]).convert("RGB").resize((64, 64), Image.NEAREST).save(big, quality=95)
+    x_big = runner.preprocess(big, manifest["preprocess"])
+    assert x_big.shape == (1, 8, 8) and x_big.dtype == np.float32
+    x_png = runner.preprocess(images[0], manifest["preprocess"])
+    assert 0 <= x_big.min() and x_big.max() <= 1 and np.corrcoef(x_big.ravel(), x_png.ravel())[0, 1] > 0.9
+    r = subprocess.run([sys.executable, "runner.py", "classify", str(big), "--top", "2"], cwd=path, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["top"]) == 2
 
 
 def test_runner_and_bench_measure_every_onnx_model(bundle):
