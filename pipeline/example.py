@@ -22,7 +22,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "export": {"bench_runs": 5, "calibration_size": 32},
     },
     "demo": {
-        "search": {"enabled": False},
+        "search": {"trials": 8, "latency_repeats": 20,
+                   "proxy": {"pretrain_steps": 100, "finetune_steps": 60, "pretrain_pool": 1024}},
         "transfer": {"pretrain_steps": 600, "finetune_steps": 300, "eval_every": 50, "checkpoint_every": 50},
         "export": {"bench_runs": 50},
     },

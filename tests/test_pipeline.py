@@ -216,3 +216,43 @@ def test_search_feeds_its_architecture_to_transfer(tiny_bundle, tmp_path, calls)
     run_pipeline(cfg, run, until="transfer", progress=False, log=quiet)
     assert calls == {"search": 1, "transfer": 1}
     assert "![Pareto front](pareto.png)" in (run / "report" / "index.md").read_text()
+
+
+# ---------------------------------------------------------------- Docker images (no Docker engine here: lint + checks)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfiles_pass_hadolint_and_match_the_project(dockerfile):
+    import re
+    import shutil
+    import subprocess
+    import tomllib
+
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: it comes with the test extra (pip install -e '.[test]')"
+    res = subprocess.run([hadolint, "--no-color", str(ROOT / dockerfile)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    text = (ROOT / dockerfile).read_text()
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_pin = next(d for d in deps if d.startswith("torch=="))
+    assert f" {torch_pin}" in text  # the image installs the very torch the project pins
+    for src in re.findall(r"^COPY (\S+) ", text, re.M):
+        if src not in ("pyproject.toml",):
+            assert (ROOT / src).exists(), f"{dockerfile} copies {src}, which is not in the repository"
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for pkg in (p.rstrip("*") for p in packages):
+        assert f"COPY {pkg} " in text, f"{dockerfile} misses the {pkg} package"
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+    assert re.search(r'^CMD \["edgeppt", "app"', text, re.M)  # the wizard by default
+    assert "animal-mnist" in text and "--no-deps" in text
+
+
+def test_dockerignore_keeps_runs_and_vcs_out_of_the_build_context():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", "runs", "dist", "**/__pycache__"):
+        assert entry in ignored
+    for needed in ("edgeppt", "pipeline", "app", "bundles"):
+        assert needed not in ignored
