@@ -141,10 +141,15 @@ def bundle_preview(path: str, out_png: str) -> dict[str, Any]:
 def step_target(run: Path, draft: dict[str, Any]) -> None:
     st.header("Target data")
     st.write("The few labelled images of your task. Their classes need not share anything with the source classes.")
-    bound(st.radio, "Target images", run, draft, "target_kind", draft["target_kind"], ["example", "upload"],
-          format_func={"example": EXAMPLE_TARGET_LABEL, "upload": UPLOAD_TARGET_LABEL}.get)
+    labels = {"example": EXAMPLE_TARGET_LABEL, "upload": UPLOAD_TARGET_LABEL}
+    if draft.get("config_target"):  # a run made from a pipeline.yaml: its own target spec
+        labels["config"] = f"As in the run's config: {draft['config_target']}"
+    bound(st.radio, "Target images", run, draft, "target_kind", draft["target_kind"], list(labels),
+          format_func=labels.get)
     if draft["target_kind"] == "example":
         draft["target"] = default_draft()["target"]
+    elif draft["target_kind"] == "config":
+        draft["target"] = draft["config_target"]
     else:
         up = st.file_uploader("Zip of class folders", type=["zip"], key="target_zip")
         if up is not None and st.session_state.get("target_zip_done") != (up.name, up.size):
@@ -485,7 +490,8 @@ def draft_from_config(run: Path) -> dict[str, Any]:
     except EdgepptError:
         return {}
     raw = cfg.model_dump(mode="json")  # every field: the run's own settings, whatever the budget presets say
-    return {"target_kind": "example" if cfg.target == default_draft()["target"] else "upload", "target": cfg.target,
+    return {"target_kind": "example" if cfg.target == default_draft()["target"] else "config", "target": cfg.target,
+            "config_target": cfg.target,
             "labels_per_class": cfg.labels_per_class,
             "source_kind": "example" if Path(cfg.source).resolve() == example_bundle().resolve() else "upload",
             "source": str(cfg.source),

@@ -145,30 +145,42 @@ def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
     assert any("transfer.method" in e.value for e in at.error), [e.value for e in at.error]
 
 
-def test_stage_steps_run_a_background_job_and_show_its_results(wizard):
-    """Steps 3-6 under AppTest: start the tiny pipeline from step 3, watch steps 5 and 6 show the results."""
+def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundle):
+    """A past run (made by `edgeppt run`, digits) reopened: steps 4-6 show its results; starting it again from step 3
+    runs a background job in which every stage is found cached."""
     from pipeline import jobs
+    from pipeline.config import parse_config
+    from pipeline.runner import read_state, run_pipeline
 
-    at = goto(wizard.run(), 2)
-    next(r for r in at.radio if r.label == "Budget").set_value("tiny").run()
-    at.button(key="start-None").click().run()
-    assert not at.exception
     run = Path(os.environ["EDGEPPT_RUNS"]) / "apptest"
-    assert (run / "job.json").exists()
-    deadline = time.time() + 240
-    while jobs.is_running(run) and time.time() < deadline:
-        time.sleep(1)
-    status = jobs.job_status(run)
-    assert status["status"] == "done", status["log"]
-    at = goto(at, 3)
+    cfg = parse_config({"source": str(tiny_bundle), "target": "digits:0,1,2", "threads": 1, "search": {"enabled": False},
+                        "transfer": {"arch": "resnet_xs", "pretrain_steps": 5, "finetune_steps": 6, "eval_every": 3,
+                                     "batch_size": 8, "pretrain_batch": 8, "pssl": {"pool_size": 16}},
+                        "export": {"bench_runs": 3, "calibration_size": 16}})
+    before = run_pipeline(cfg, run, progress=False, log=lambda s: None)
+    at = goto(wizard.run(), 3)
     assert any("Search is off" in i.value for i in at.info)
+    assert any("Job: done" in m.value for m in at.markdown)
     at = goto(at, 4)
     assert any(m.label == "Test accuracy" for m in at.metric)
-    assert [r["class"] for r in at.table[0].value.to_dict("records")][:2] == ["elephant", "giraffe"]
+    assert [r["class"] for r in at.table[0].value.to_dict("records")] == ["0", "1", "2"]
     at = goto(at, 5)
     rows = at.dataframe[0].value.to_dict("records")
     assert [r["format"] for r in rows] == ["pytorch", "onnx", "int8"]
     assert all(r["batch-1 median ms"] > 0 for r in rows[1:])
+    assert any(b.label == "Download the bundle (zip)" for b in at.get("download_button"))
+
+    at = goto(at, 2)
+    at.button(key="start-None").click().run()
+    assert not at.exception and (run / "job.json").exists()
+    deadline = time.time() + 120
+    while jobs.is_running(run) and time.time() < deadline:
+        time.sleep(0.5)
+    status = jobs.job_status(run)
+    assert status["status"] == "done", status["log"]
+    assert any("unchanged inputs, skipped" in line for line in status["log"])
+    after = read_state(run)["stages"]
+    assert {k: v["finished"] for k, v in after.items()} == {k: v["finished"] for k, v in before["stages"].items()}
 
 
 # ---------------------------------------------------------------- the browser
