@@ -5,7 +5,8 @@ target images and, data-free, from source-generator samples (needs the source bu
 symmetric INT8 recipe run by onnxruntime on this CPU. Everything is measured in one process, one after the other,
 so the ratios compare like with like on a shared machine.
 
-    python benchmarks/export.py runs/t1 runs/t1-large --source bundles/animals-src --threads 1
+    flock /tmp/edgeppt-heavy.lock python benchmarks/export.py runs/export-small runs/export-large \
+        --source bundles/animals-src --threads 1
 """
 
 from __future__ import annotations
@@ -16,38 +17,60 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgeppt.devices import load_profile  # noqa: E402
 from export import quantize as Q  # noqa: E402
 from export import runner  # noqa: E402
 from export.exporter import target_images  # noqa: E402
 from export.onnx_export import export_onnx, load_run, run_data, torch_logits  # noqa: E402
 
 
-def torch_latency(model: torch.nn.Module, shape: tuple[int, ...], batch: int, runs: int) -> dict[str, float]:
-    x = torch.rand(batch, *shape)
-    times = []
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        for _ in range(runs):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    ms = np.asarray(times) * 1000
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-            "throughput_ips": float(batch * 1000 / np.median(ms))}
+def _times_ms(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
 
 
-def ort_row(path: Path, shape: tuple[int, ...], threads: int, runs: int) -> dict[str, float]:
+def measure(calls: dict[str, tuple[Callable[[], object], Callable[[], object]]], runs: int,
+            rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Batch-1 latency and batch-32 throughput of every variant, interleaved in `rounds` passes so that load
+    from other processes on a shared machine falls on all variants alike (ratios stay honest)."""
+    b1: dict[str, list[float]] = {k: [] for k in calls}
+    b32: dict[str, list[float]] = {k: [] for k in calls}
+    for one, batch in calls.values():  # warm-up
+        _times_ms(one, 5)
+        _times_ms(batch, 2)
+    for _ in range(rounds):
+        for k, (one, batch) in calls.items():
+            b1[k] += _times_ms(one, max(1, runs // rounds))
+            b32[k] += _times_ms(batch, max(2, runs // (4 * rounds)))
+    return {k: {"median_ms": float(np.median(b1[k])), "p90_ms": float(np.percentile(b1[k], 90)),
+                "throughput_ips": float(32 * 1000 / np.median(b32[k]))} for k in calls}
+
+
+def torch_calls(model: torch.nn.Module, shape: tuple[int, ...]):
+    x1, x32 = torch.rand(1, *shape), torch.rand(32, *shape)
+
+    def run(x):
+        with torch.inference_mode():
+            return model(x)
+    return (lambda: run(x1)), (lambda: run(x32))
+
+
+def ort_calls(path: Path, shape: tuple[int, ...], threads: int):
     s = runner.make_session(path, threads, "cpu")
-    b1 = runner.benchmark(s, list(shape), 1, runs, max_seconds=30)
-    b32 = runner.benchmark(s, list(shape), 32, max(10, runs // 4), max_seconds=30)
-    return {"median_ms": b1["median_ms"], "p90_ms": b1["p90_ms"], "throughput_ips": b32["throughput_ips"]}
+    rng = np.random.default_rng(0)
+    x1, x32 = rng.random((1, *shape), dtype=np.float32), rng.random((32, *shape), dtype=np.float32)
+    return (lambda: s.run(None, {"input": x1})), (lambda: s.run(None, {"input": x32}))
 
 
 def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n: int) -> list[dict]:
@@ -58,18 +81,18 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
     name = f"{Path(run_dir).name} ({run.checkpoint['arch']['family']} {run.checkpoint.get('params', 0):,} params)"
     rows = []
     torch.set_num_threads(threads)
-    acc = float((torch_logits(run.model, test.x).argmax(1) == y).mean())
-    t = torch_latency(run.model.eval(), shape, 1, runs)
-    t32 = torch_latency(run.model.eval(), shape, 32, max(10, runs // 4))
-    rows.append({"model": name, "variant": "PyTorch eager fp32", "accuracy": acc, "median_ms": t["median_ms"],
-                 "p90_ms": t["p90_ms"], "throughput_ips": t32["throughput_ips"]})
+    model = run.model.eval()
+    calls = {"PyTorch eager fp32": torch_calls(model, shape)}
+    rows.append({"model": name, "variant": "PyTorch eager fp32", "accuracy": float((torch_logits(model, test.x).argmax(1) == y).mean())})
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(run.model, Path(tmp) / "m.onnx", shape, dynamic_batch=True)
+        fp32 = export_onnx(model, Path(tmp) / "m.onnx", shape, dynamic_batch=True)
         fp32_acc = Q.accuracy(fp32, x, y)
-        rows.append({"model": name, "variant": "ONNX Runtime fp32", "accuracy": fp32_acc, **ort_row(fp32, shape, threads, runs)})
-        variants = [("ONNX Runtime int8, target calibration (x86 recipe: u8 activations)", "target", False)]
+        calls["ONNX Runtime fp32"] = ort_calls(fp32, shape, threads)
+        rows.append({"model": name, "variant": "ONNX Runtime fp32", "accuracy": fp32_acc})
+        x86 = load_profile("x86-cpu").export.symmetric_activations  # what `edgeppt export --device x86-cpu` does
+        variants = [("ONNX Runtime int8, target calibration (x86-cpu recipe)", "target", x86)]
         if source:
-            variants.append(("ONNX Runtime int8, pseudo-sample calibration (x86 recipe)", "pseudo", False))
+            variants.append(("ONNX Runtime int8, pseudo-sample calibration (x86-cpu recipe)", "pseudo", x86))
         variants.append(("ONNX Runtime int8, target calibration (TensorRT recipe: symmetric s8)", "target", True))
         for label, mode, symmetric in variants:
             if mode == "target":
@@ -79,20 +102,26 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
                 calib, _ = Q.pseudo_calibration(load_bundle(source), labelled.x, calib_n, shape)
             out = Path(tmp) / f"q{len(rows)}.onnx"
             g = Q.quantize_guarded(fp32, out, calib, x, y, Q.QuantConfig(symmetric_activations=symmetric), 1.0, "host")
+            calls[label] = ort_calls(out, shape, threads)
             rows.append({"model": name, "variant": label, "accuracy": g.int8_accuracy, "recipe": g.chosen["recipe"],
-                         "attempts": len(g.attempts), **ort_row(out, shape, threads, runs)})
+                         "attempts": len(g.attempts)})
+        timings = measure(calls, runs)
+    for r in rows:
+        r.update(timings[r["variant"]])
     for r in rows:
         r["drop_points"] = 100 * (fp32_acc - r["accuracy"])
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| model | variant | b1 median ms | b1 p90 ms | b32 img/s | b32 vs ORT fp32 | test acc | drop vs fp32 (pts) |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| model | variant | b1 median ms | b1 p90 ms | b32 img/s | b32 vs ORT fp32 | test acc | drop vs fp32 (pts) "
+           "| INT8 recipe kept |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["variant"] == "ONNX Runtime fp32")
         out.append(f"| {r['model']} | {r['variant']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['throughput_ips']:.0f} "
-                   f"| {r['throughput_ips'] / base['throughput_ips']:.2f}x | {100 * r['accuracy']:.2f}% | {r['drop_points']:+.2f} |")
+                   f"| {r['throughput_ips'] / base['throughput_ips']:.2f}x | {100 * r['accuracy']:.2f}% | {r['drop_points']:+.2f} "
+                   f"| {r.get('recipe', '-')} |")
     return "\n".join(out)
 
 
@@ -101,7 +130,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="trained run directories (the example model, a larger one)")
     ap.add_argument("--source", default=None, help="source bundle for pseudo-sample calibration")
     ap.add_argument("--threads", type=int, default=1, help="threads for PyTorch and onnxruntime alike")
-    ap.add_argument("--iters", type=int, default=100, help="timed batch-1 runs (batch 32: a quarter)")
+    ap.add_argument("--iters", type=int, default=200, help="timed batch-1 runs per variant (batch 32: a quarter), "
+                    "interleaved over 5 rounds")
     ap.add_argument("--calibration-size", type=int, default=256)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
