@@ -87,8 +87,8 @@ def test_fp16_model_is_float16_and_close(bundle):
     m = onnx.load(str(path / "model.fp16.onnx"))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
     art = manifest["artifacts"]["fp16"]
-    if "unchecked" not in art:
-        assert art["parity"]["top1_agreement"] > 0.98
+    assert "unchecked" not in art  # onnxruntime's CPU provider runs this float16 graph, so it is checked here
+    assert art["parity"]["top1_agreement"] > 0.98 and art["parity"]["max_abs_diff"] < 0.05 * art["parity"]["max_abs_logit"]
 
 
 # ---------------------------------------------------------------- INT8
