@@ -312,6 +312,12 @@ def test_deploy_over_ssh(bundle, sshd, tmp_path):
     assert rows["int8"]["batch1"]["median_ms"] > 0 and rows["int8"]["samples"] == 15
     assert (remote / "runner.py").read_bytes() == (path / "runner.py").read_bytes()  # copied byte for byte
     assert not runner.verify(remote)
+    opts = [a for o in sshd.ssh_options for a in ("-o", o)]
+    r = CliRunner().invoke(app, ["deploy", str(path), "--host", sshd.host, "--port", str(sshd.port), "--identity",
+                                 str(sshd.identity), *opts, "--remote-dir", str(tmp_path / "cli"), "--python",
+                                 sys.executable, "--runs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "files verified on the device" in " ".join(r.output.split()) and (tmp_path / "cli" / "manifest.json").is_file()
 
 
 def test_deploy_refuses_a_tampered_bundle_and_a_bad_host(bundle, sshd, tmp_path):
