@@ -150,11 +150,11 @@ class SpaceConfig(Strict):
 
 class ProxyConfig(Strict):
     """The low-fidelity evaluator: short PP on generated source samples, short fine-tune on the few labels."""
-    pretrain_steps: int = Field(150, ge=0)
-    pretrain_batch: int = Field(64, ge=2)
+    pretrain_steps: int = Field(100, ge=0)
+    pretrain_batch: int = Field(32, ge=2)
     pretrain_pool: int = Field(2048, ge=16, description="generated source samples drawn once and shared by all trials")
-    finetune_steps: int = Field(100, ge=1)
-    batch_size: int = Field(32, ge=1)
+    finetune_steps: int = Field(60, ge=1)
+    batch_size: int = Field(20, ge=1)
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
 

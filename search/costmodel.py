@@ -10,7 +10,10 @@ from edgeppt.models import create_model
 
 from .costs import count_costs
 from .latency import measure_latency
-from .predictor import LatencyPredictor
+from .predictor import LatencyPredictor, fit, layer_features
+
+SCREEN_AFTER = 8  # measured candidates before the screening predictor is trusted
+SCREEN_MARGIN = 1.5  # reject unmeasured only when predicted this far over the latency budget
 
 # budget field -> the cost it limits, with its unit for messages
 LIMITS = {"latency_ms": ("latency_ms", "ms"), "params": ("params", ""), "macs": ("macs", ""),
@@ -31,23 +34,41 @@ class CostModel:
         self.profile, self.budgets, self.in_shape, self.num_classes = profile, budgets, in_shape, num_classes
         self.warmup, self.repeats = warmup, repeats
         self.predictor = LatencyPredictor.load(predictor_path(profile)) if profile.latency == "predicted" else None
+        self._seen: list[tuple[dict, float]] = []  # (layer features, measured ms) of this search's candidates
 
-    def costs(self, arch: dict) -> dict:
+    def costs(self, arch: dict, screen: bool = False) -> dict:
+        """MACs, params, peak activation and latency (`latency_kind` says how it was obtained).
+
+        With `screen`, measuring is skipped where it cannot change the verdict: a candidate over a static budget,
+        or one whose latency a predictor fitted on this search's own measurements puts above SCREEN_MARGIN x the
+        budget. Such candidates are rejected on that evidence; a candidate is never admitted without a measurement.
+        """
         model = create_model(arch, self.num_classes, self.in_shape[0])
         c = count_costs(model, self.in_shape).dict()
         if self.predictor is not None:
-            c["latency_ms"] = self.predictor.predict_model(model, self.in_shape)
-        else:
-            c["latency_ms"] = measure_latency(model, self.in_shape, self.profile.threads, self.warmup, self.repeats)
-        c["latency_kind"] = self.profile.latency
+            c.update(latency_ms=self.predictor.predict_model(model, self.in_shape), latency_kind="predicted")
+            return c
+        limit = self.budgets.latency_ms
+        if screen and limit is not None:
+            if self.violations({**c, "latency_ms": 0.0}):
+                return {**c, "latency_ms": None, "latency_kind": "not measured"}
+            feats = layer_features(model, self.in_shape)
+            if len(self._seen) >= SCREEN_AFTER:
+                guess = fit([f for f, _ in self._seen], [y for _, y in self._seen]).predict(feats)
+                if guess > SCREEN_MARGIN * limit:
+                    return {**c, "latency_ms": guess, "latency_kind": "screened"}
+        c.update(latency_ms=measure_latency(model, self.in_shape, self.profile.threads, self.warmup, self.repeats),
+                 latency_kind="measured")
+        if screen and limit is not None:
+            self._seen.append((feats, c["latency_ms"]))
         return c
 
     def violations(self, c: dict) -> list[str]:
-        """Each broken budget as text, e.g. 'latency 2.31 ms > 2 ms'."""
+        """Each broken budget as text, e.g. 'latency_ms 2.31 ms > 2 ms'."""
         out = []
         for field, (cost, unit) in LIMITS.items():
             limit = getattr(self.budgets, field)
-            if limit is not None and c[cost] > limit:
+            if limit is not None and c[cost] is not None and c[cost] > limit:
                 out.append(f"{field} {_fmt(c[cost])}{unit and ' ' + unit} > {_fmt(limit)}{unit and ' ' + unit}")
         return out
 

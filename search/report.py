@@ -36,6 +36,7 @@ def plot(rows: list[dict], rejected: list[dict], budget_ms: float | None, best: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    rejected = [r for r in rejected if r["latency_ms"] is not None]
     if rejected:
         ax.scatter([r["latency_ms"] for r in rejected], [0.0] * len(rejected), marker="x", c="0.6", s=14,
                    label=f"rejected before training ({len(rejected)})")

@@ -55,8 +55,11 @@ class SearchContext:
         rec = self.ledger.get(key)
         if rec is None:
             arch = to_arch(sample, self.cfg.space)
-            costs = self.cost.costs(arch)
+            costs = self.cost.costs(arch, screen=True)
             bad = self.cost.violations(costs)
+            if costs["latency_kind"] == "screened":
+                bad = [f"latency_ms about {costs['latency_ms']:.3g} ms (screened, not measured) > "
+                       f"{self.cost.budgets.latency_ms:g} ms"]
             rec = self.ledger.add({"key": key, "order": len(self.ledger.records), "sample": sample, "arch": arch,
                                    **costs, "status": "rejected" if bad else "admitted", "violations": bad})
             if bad and self.progress:
@@ -97,7 +100,7 @@ def load_run_config(out: str | Path) -> SearchConfig:
     return validate(SearchConfig, json.loads(path.read_text()), str(path))
 
 
-def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool = False) -> SearchContext:
+def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool | None = None) -> SearchContext:
     key = str(Path(out).resolve())
     if key not in _CONTEXTS:
         cfg = cfg or load_run_config(out)
@@ -111,7 +114,8 @@ def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool = F
         cost = CostModel(profile, budgets_of(cfg, profile), data.in_shape, data.num_classes,
                          cfg.latency_warmup, cfg.latency_repeats)
         _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, Ledger(out))
-    _CONTEXTS[key].progress = progress
+    if progress is not None:
+        _CONTEXTS[key].progress = progress
     return _CONTEXTS[key]
 
 
@@ -190,29 +194,32 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    ctx = context(out, cfg, progress)
-    smallest = check_feasible(ctx)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
-    done = len(ctx.ledger.trained())
-    if progress:
-        report.console.print(f"search on {ctx.profile.name} ({ctx.profile.latency} latency), budgets "
-                             f"{ctx.cost.budgets.model_dump(exclude_none=True)}; strategy {cfg.strategy}, "
-                             f"{cfg.trials} trials" + (f"; {done} already done" if done else ""))
-    logging.getLogger("nni").setLevel(logging.WARNING)
-    if done < cfg.trials:
-        exp = _experiment(cfg, ctx, out)
-        try:
-            exp.run(port=_free_port()) if cfg.engine != "sequential" else exp.run()
-        finally:
+    key = str(out.resolve())
+    _CONTEXTS.pop(key, None)  # this run's settings, never a context cached by an earlier call
+    try:
+        ctx = context(out, cfg, progress)
+        smallest = check_feasible(ctx)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
+        done = len(ctx.ledger.trained())
+        if progress:
+            report.console.print(f"search on {ctx.profile.name} ({ctx.profile.latency} latency), budgets "
+                                 f"{ctx.cost.budgets.model_dump(exclude_none=True)}; strategy {cfg.strategy}, "
+                                 f"{cfg.trials} trials" + (f"; {done} already done" if done else ""))
+        logging.getLogger("nni").setLevel(logging.WARNING)
+        if done < cfg.trials:
+            exp = _experiment(cfg, ctx, out)
             try:
-                exp.stop()
-            except Exception:  # noqa: BLE001  (already stopped; NNI logs the rest)
-                pass
-    ctx.ledger.reload()
-    summary = report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
-    _CONTEXTS.pop(str(out.resolve()), None)
-    return summary
+                exp.run(port=_free_port()) if cfg.engine != "sequential" else exp.run()
+            finally:
+                try:
+                    exp.stop()
+                except Exception:  # noqa: BLE001  (already stopped; NNI logs the rest)
+                    pass
+        ctx.ledger.reload()
+        return report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
+    finally:
+        _CONTEXTS.pop(key, None)
 
 
 def _free_port() -> int:

@@ -1,0 +1,122 @@
+"""Search benchmark: at one latency budget on x86-cpu, the searched architecture vs random search with the same
+trial count vs the hand-designed MobileNet-like baseline at the widest width that fits the budget.
+
+    flock /tmp/edgeppt-heavy.lock python benchmarks/search.py            # default (about 35 minutes on 2 cores)
+    python benchmarks/search.py --quick                                  # smoke run, a few minutes
+
+Each architecture is then trained with pp+pssl (transfer.run_transfer) on the built-in example and tested on the
+held-out test split. Latencies of the three finalists are re-measured together at the end (interleaved rounds,
+median), so they compare within one run on a shared, noisy machine. Prints a Markdown table and writes the raw
+results next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgeppt.config import SearchConfig, TransferConfig  # noqa: E402
+from edgeppt.data import EXAMPLE_TARGET  # noqa: E402
+from edgeppt.devices import load_profile  # noqa: E402
+from edgeppt.models import create_model  # noqa: E402
+from edgeppt.models.mobilenet import mbv2_config  # noqa: E402
+from search import run_search  # noqa: E402
+from search.costs import count_costs  # noqa: E402
+from search.latency import measure_latency  # noqa: E402
+from transfer import run_transfer  # noqa: E402
+
+BUNDLE = ROOT / "bundles" / "animals-src"
+WIDTHS = [2.0, 1.75, 1.5, 1.25, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25]
+
+
+def baseline(budget_ms: float, in_shape, threads: int, classes: int) -> tuple[dict, float, float]:
+    """The widest MobileNet-like baseline whose measured latency fits (the hand-designed choice)."""
+    t = time.perf_counter()
+    for w in WIDTHS:
+        arch = {"family": "mobilenet", "config": mbv2_config(w)}
+        lat = measure_latency(create_model(arch, classes, in_shape[0]), in_shape, threads)
+        if lat <= budget_ms:
+            return {**arch, "width_mult": w}, lat, time.perf_counter() - t
+    raise SystemExit(f"no baseline width fits {budget_ms} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--latency-ms", type=float, default=0.3)
+    ap.add_argument("--trials", type=int, default=None)
+    ap.add_argument("--seeds", type=int, default=None, help="transfer seeds per architecture")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
+    args = ap.parse_args()
+    trials = args.trials or (3 if args.quick else 20)
+    seeds = args.seeds or 1
+    proxy = dict(pretrain_steps=20, finetune_steps=20) if args.quick else {}
+    train = dict(pretrain_steps=60, finetune_steps=40, pretrain_pool=512) if args.quick else \
+        dict(pretrain_steps=300, pretrain_batch=64, pretrain_pool=2048, finetune_steps=150)
+    profile = load_profile("x86-cpu")
+    t_all = time.perf_counter()
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for label, strategy in (("searched (regularised evolution)", "evolution"), ("random sampling", "random")):
+            cfg = SearchConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, device="x86-cpu",
+                               latency_ms=args.latency_ms, strategy=strategy, trials=trials, proxy=proxy)
+            t = time.perf_counter()
+            s = run_search(cfg, tmp / strategy, progress=True)
+            rows[label] = {"arch": s["best"]["arch"], "search_s": time.perf_counter() - t,
+                           "proxy_accuracy": s["best"]["proxy_accuracy"], "rejected": s["rejected"]}
+            print(f"{label}: search {rows[label]['search_s']:.0f}s, proxy acc {s['best']['proxy_accuracy']:.3f}, "
+                  f"latency {s['best']['latency_ms']:.3f} ms, {s['rejected']} rejected", flush=True)
+        in_shape, classes = (1, 28, 28), 5
+        arch, lat, t_base = baseline(args.latency_ms, in_shape, profile.threads, classes)
+        width = arch.pop("width_mult")
+        rows[f"hand-designed MobileNet-like (width x{width})"] = {"arch": arch, "search_s": t_base,
+                                                                 "proxy_accuracy": None, "rejected": 0}
+        for label, r in rows.items():
+            accs = []
+            for seed in range(seeds):
+                tc = TransferConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, arch=r["arch"],
+                                    method="pp+pssl", seed=seed, **train)
+                rep = run_transfer(tc, tmp / f"t-{len(accs)}-{abs(hash(label))}", progress=False)
+                accs.append(100 * rep["test_accuracy"])
+            r["test_accs"] = accs
+            r.update(count_costs(create_model(r["arch"], classes, 1), in_shape).dict())
+            print(f"{label}: test accuracy {statistics.mean(accs):.2f} ({accs})", flush=True)
+        # Final latencies, measured together: interleaved rounds, median per architecture.
+        models = {k: create_model(r["arch"], classes, 1) for k, r in rows.items()}
+        lats: dict[str, list[float]] = {k: [] for k in rows}
+        for _ in range(5):
+            for k, m in models.items():
+                lats[k].append(measure_latency(m, in_shape, profile.threads, warmup=20, repeats=100))
+        for k in rows:
+            rows[k]["latency_ms"] = statistics.median(lats[k])
+    total = time.perf_counter() - t_all
+    table = [f"| architecture | test accuracy % (pp+pssl, {seeds} seed{'s' * (seeds > 1)}) | measured latency ms "
+             f"(budget {args.latency_ms:g}) | MACs | params | peak activation KiB | search wall time s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, r in rows.items():
+        acc = statistics.mean(r["test_accs"])
+        sd = statistics.pstdev(r["test_accs"])
+        table.append(f"| {k} | {acc:.2f} ± {sd:.2f} | {r['latency_ms']:.3f} | {r['macs']:,} | {r['params']:,} | "
+                     f"{r['peak_activation_kib']:.1f} | {r['search_s']:.0f} |")
+    print()
+    print(f"x86-cpu ({profile.threads} threads), budget {args.latency_ms} ms, {trials} trials per search, "
+          f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min")
+    print("\n".join(table))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"budget_ms": args.latency_ms, "trials": trials, "seeds": seeds,
+                                    "total_s": total, "rows": rows, "table": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

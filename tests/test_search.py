@@ -1,0 +1,200 @@
+"""Search stage: space round trip, exact costs, latency, the budget filter, resume, CLI, calibrate over SSH."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from edgeppt.cli import app
+from edgeppt.config import SearchConfig, SpaceConfig
+from edgeppt.devices import load_profile
+from edgeppt.errors import EdgepptError
+from edgeppt.models import create_model
+from search import run_search
+from search.costmodel import CostModel
+from search.costs import count_costs
+from search.latency import measure_latency
+from search.predictor import FEATURES, LatencyPredictor
+from search.run import budgets_of
+from search.space import EdgeCNNSpace, choices, random_sample, to_arch
+
+TINY = {"family": "mobilenet", "config": {"stem": 8, "head_width": 0, "act": "relu", "stages": [
+    {"width": 8, "depth": 1, "kernel": 3, "expand": 1, "se": False, "stride": 1}]}}
+# Fast settings: 8x8 digits, a few proxy steps, few latency repeats.
+FAST = dict(target="digits", test_fraction=0.3, labels_per_class=3, val_per_class=5, latency_warmup=1,
+            latency_repeats=5, proxy=dict(pretrain_steps=0, finetune_steps=4, batch_size=8))
+
+
+def predicted_profile(tmp_path: Path, **budgets) -> Path:
+    """A user profile whose latency comes from a predictor file (no timing: fast and deterministic)."""
+    pred = LatencyPredictor(0.01, {"dense_mmacs": 0.5, "pointwise_mmacs": 0.5, "depthwise_mmacs": 2.0,
+                                   "linear_mmacs": 1.0, "activation_melems": 1.0, "layers": 0.002}, "test")
+    pred.save(tmp_path / "board.predictor.json")
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump({"name": "board", "latency": "predicted",
+                                                         "predictor": "board.predictor.json", "budgets": budgets}))
+    return tmp_path / "board.yaml"
+
+
+def test_nni_samples_freeze_to_json_that_rebuilds_the_same_network(tmp_path):
+    space = SpaceConfig()
+    nas = EdgeCNNSpace(space, num_classes=5, in_chans=1)
+    assert sorted(nas.simplify()) == sorted(choices(space))
+    for seed in range(3):
+        sample: dict = {}
+        nas.random(memo=sample, random_state=np.random.RandomState(seed))
+        frozen = nas.freeze(sample)  # NNI's own frozen model
+        path = tmp_path / f"arch{seed}.json"
+        path.write_text(json.dumps(to_arch(sample, space)))
+        rebuilt = create_model(str(path), 5, 1)
+        a, b = list(frozen.state_dict().values()), list(rebuilt.state_dict().values())
+        assert [t.shape for t in a] == [t.shape for t in b]
+        rebuilt.load_state_dict(dict(zip(rebuilt.state_dict(), a)))
+        x = torch.rand(2, 1, 28, 28)
+        torch.testing.assert_close(frozen.eval()(x), rebuilt.eval()(x))
+    # The frozen JSON builds in a process that never imports NNI.
+    code = (f"import sys, json; from edgeppt.models import create_model; m = create_model({str(path)!r}, 5, 1); "
+            "assert not any(k == 'nni' or k.startswith('nni.') for k in sys.modules), 'nni imported'; print('ok')")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+def test_costs_match_hand_computed_values():
+    # stem 3x3 conv 1->8 on 8x8: 8*8*8 outputs x 9 = 4608 MACs; depthwise 3x3 on 8 channels: 512 x 9 = 4608;
+    # pointwise 8->8: 512 x 8 = 4096; linear 8->3: 24.  Params: convs 72+72+64, BN 3x16, linear 24+3.
+    c = count_costs(create_model(TINY, 3, 1), (1, 8, 8))
+    assert c.macs == 4608 + 4608 + 4096 + 24
+    assert c.params == 72 + 72 + 64 + 3 * 16 + 27
+    # Peak: inside the residual block, a layer's input (512) + output (512) + the held block input (512) floats.
+    assert c.peak_activation_kib == 3 * 512 * 4 / 1024
+    # Expansion 2 with SE, stride 2: expand 1x1 8->16 (1024 outputs x 8), depthwise stride 2 (256 x 9),
+    # SE 16->8->16 on the pooled vector (128 + 128 MACs, 8 + 16 biases), project 16->8 (128 x 16); no residual.
+    cfg = json.loads(json.dumps(TINY))
+    cfg["config"]["stages"][0].update(expand=2, se=True, stride=2)
+    c2 = count_costs(create_model(cfg, 3, 1), (1, 8, 8))
+    assert c2.macs == 4608 + 1024 * 8 + 256 * 9 + 128 + 128 + 128 * 16 + 24
+    assert c2.params == 72 + 128 + 144 + (128 + 8 + 128 + 16) + 128 + (16 + 32 + 32 + 16) + 27  # BN: 2 per channel
+    # Largest: expand conv's input 512 + output 1024 floats (nothing held, stride 2 has no residual).
+    assert c2.peak_activation_kib == (512 + 1024) * 4 / 1024
+
+
+def test_measured_latency_grows_with_the_network():
+    small = measure_latency(create_model(TINY, 5, 1), (1, 28, 28), threads=1, warmup=3, repeats=15)
+    big = measure_latency(create_model("mobilenet_m", 5, 1), (1, 28, 28), threads=1, warmup=3, repeats=15)
+    assert 0 < small < big / 2
+
+
+def test_filter_never_admits_an_over_budget_candidate(tmp_path):
+    budgets = dict(latency_ms=0.8, params=150_000, peak_activation_kib=30.0)
+    prof = predicted_profile(tmp_path, **budgets)
+    profile = load_profile(prof)
+    cost = CostModel(profile, budgets_of(SearchConfig(target="x", device=str(prof)), profile), (1, 8, 8), 10)
+    import random
+    rng = random.Random(0)
+    verdicts = []
+    for _ in range(150):
+        c = cost.costs(to_arch(random_sample(SpaceConfig(), rng), SpaceConfig()))
+        over = c["latency_ms"] > 0.8 or c["params"] > 150_000 or c["peak_activation_kib"] > 30.0
+        assert bool(cost.violations(c)) == over
+        verdicts.append(over)
+    assert any(verdicts) and not all(verdicts)  # the budget really splits the space
+    # Through NNI: every trained candidate is within budget, every rejected one was never trained.
+    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=3, **FAST), tmp_path / "run",
+                   progress=False)
+    rows = json.loads((tmp_path / "run" / "trials.json").read_text())
+    trained = [r for r in rows if r["status"] == "trained"]
+    assert len(trained) == 3 and s["rejected"] == len([r for r in rows if r["status"] == "rejected"]) > 0
+    for r in trained:
+        assert r["latency_ms"] <= 0.8 and r["params"] <= 150_000 and r["peak_activation_kib"] <= 30.0
+    for r in rows:
+        if r["status"] == "rejected":
+            assert r["accuracy"] is None and r["violations"]
+
+
+def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    cfg = SearchConfig(device=str(prof), strategy="evolution", population=2, tournament=2, trials=3, **FAST)
+    out = tmp_path / "run"
+    run_search(cfg, out, progress=False)
+    lines = (out / "trials.jsonl").read_text().splitlines()
+    first = [json.loads(ln) for ln in lines if '"trained"' in ln]
+    assert [r["trial"] for r in first] == [1, 2, 3]
+    # Simulate a kill during trial 3: keep the ledger up to trial 2 plus half a line.
+    cut = lines.index(next(ln for ln in lines if '"trial": 3' in ln))
+    (out / "trials.jsonl").write_text("\n".join(lines[:cut]) + "\n" + lines[cut][:25])
+    with pytest.raises(EdgepptError, match="already holds a search"):
+        run_search(cfg, out, progress=False)
+    s = run_search(cfg.model_copy(update={"trials": 4}), out, resume=True, progress=False)
+    recs = [json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines()]
+    trained = [r for r in recs if r.get("status") == "trained"]
+    assert [r["trial"] for r in trained] == [1, 2, 3, 4]  # 1 and 2 kept (not re-run), 3 redone, 4 new
+    assert trained[:2] == first[:2] and len({r["key"] for r in trained}) == 4
+    assert s["trained"] == 4
+    with pytest.raises(EdgepptError, match="other settings"):
+        run_search(cfg.model_copy(update={"seed": 5}), out, resume=True, progress=False)
+
+
+def test_cli_devices_search_and_resume(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["devices", "list"])
+    assert r.exit_code == 0 and "x86-cpu" in r.output and "jetson" in r.output and "arm-cpu" in r.output
+    out = tmp_path / "s1"
+    sets = ["--set", "test_fraction=0.3", "--set", "val_per_class=5", "--set", "latency_repeats=5",
+            "--set", "proxy.pretrain_steps=0", "--set", "proxy.finetune_steps=4"]
+    r = runner.invoke(app, ["search", "--device", "x86-cpu", "--latency-ms", "5", "--target", "digits",
+                            "--labels-per-class", "3", "--trials", "2", "--strategy", "tpe", "--out", str(out),
+                            "--quiet", *sets])
+    assert r.exit_code == 0, r.output
+    for f in ("best.json", "trials.csv", "trials.json", "pareto.png", "summary.json"):
+        assert (out / f).stat().st_size > 0
+    best = json.loads((out / "best.json").read_text())
+    assert create_model(str(out / "best.json"), 10, 1)(torch.rand(1, 1, 8, 8)).shape == (1, 10)
+    assert best["search"]["costs"]["latency_ms"] <= 5
+    header = (out / "trials.csv").read_text().splitlines()[0]
+    for col in ("accuracy", "latency_ms", "macs", "params", "peak_activation_kib"):
+        assert col in header
+    before = (out / "trials.jsonl").read_text()
+    r = runner.invoke(app, ["search", "--resume", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (out / "trials.jsonl").read_text() == before  # nothing re-run
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    runner = CliRunner()
+    base = ["search", "--target", "digits", "--out", str(tmp_path / "x"), "--quiet"]
+    r = runner.invoke(app, [*base, "--device", "raspberry-pi-9"])
+    assert r.exit_code == 2 and "unknown device 'raspberry-pi-9'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, [*base, "--device", "x86-cpu", "--params", "100", "--set", "latency_repeats=5"])
+    assert r.exit_code == 2 and "Smallest achievable" in r.output and "params" in r.output
+    assert not (tmp_path / "x" / "trials.jsonl").exists()
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("name: typo\nbudgets:\n  latency_msec: 2\n")
+    r = runner.invoke(app, [*base, "--device", str(bad)])
+    assert r.exit_code == 2 and "latency_msec" in r.output and "latency_ms" in r.output
+    with pytest.raises(EdgepptError, match="predictor"):
+        (tmp_path / "nopred.yaml").write_text("name: nopred\nlatency: predicted\n")
+        run_search(SearchConfig(device=str(tmp_path / "nopred.yaml"), **FAST), tmp_path / "y", progress=False)
+
+
+def test_calibrate_over_ssh_fits_a_predictor_with_held_out_error(sshd, tmp_path):
+    from search.calibrate import calibrate
+
+    rep = calibrate("x86-cpu", sshd.host, tmp_path / "myhost", port=sshd.port, identity=sshd.identity,
+                    ssh_options=sshd.ssh_options, python=sys.executable, probes=8, warmup=2, repeats=5,
+                    progress=False)
+    assert rep["heldout"]["probes"] == 2 and rep["heldout"]["mape_pct"] >= 0
+    assert all(p["measured_ms"] > 0 for p in rep["probes"])
+    prof = load_profile(tmp_path / "myhost.yaml")
+    assert prof.latency == "predicted" and prof.threads == load_profile("x86-cpu").threads
+    pred = LatencyPredictor.load(tmp_path / prof.predictor)
+    assert set(pred.coef_ms) == set(FEATURES) and pred.heldout == rep["heldout"]
+    assert pred.predict_model(create_model("mobilenet_s", 10, 1), (1, 28, 28)) > 0
+    with pytest.raises(EdgepptError, match="onnxruntime|exit"):
+        calibrate("x86-cpu", sshd.host, tmp_path / "bad", port=sshd.port, identity=sshd.identity,
+                  ssh_options=sshd.ssh_options, python="/bin/false", probes=6, progress=False)
