@@ -97,13 +97,18 @@ def _tensorrt(ctx: Context) -> dict[str, Any]:
         out["reason"] = why
         ctx.log(f"tensorrt: engine not built here ({why}); wrote {B.BUILD_SHELL} and {B.BUILD_SCRIPT} for the device")
         return out
-    onnx_file = ctx.artifacts[sources[0]]["file"]
-    engine, cache = tensorrt.build_engine(ctx.root / onnx_file)
-    engine_file = onnx_file.replace(".onnx", ".engine")
-    atomic_write_bytes(ctx.root / engine_file, engine)
+    engines, cache = {}, b""
+    for fmt in sources:  # one engine per GPU-ready model; the timing cache carries over from build to build
+        onnx_file = ctx.artifacts[fmt]["file"]
+        try:
+            engine, cache = tensorrt.build_engine(ctx.root / onnx_file, cache)
+        except RuntimeError as e:
+            raise EdgepptError(f"tensorrt: {e}") from e
+        engines[fmt] = onnx_file.replace(".onnx", ".engine")
+        atomic_write_bytes(ctx.root / engines[fmt], engine)
     atomic_write_bytes(ctx.root / "timing.cache", cache)
-    out.update(built=True, engine=engine_file, timing_cache="timing.cache", tensorrt_version=why,
-               note="this engine runs only on the GPU model and TensorRT version that built it")
+    out.update(built=True, engines=engines, timing_cache="timing.cache", tensorrt_version=why,
+               note="these engines run only on the GPU model and TensorRT version that built them")
     return out
 
 

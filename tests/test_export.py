@@ -274,6 +274,10 @@ def test_tensorrt_build_files_are_written(bundle, tmp_path):
     if not ok:
         assert r.returncode == 2 and "cannot build" in r.stderr
         assert trt["built"] is False and trt["reason"] == why
+    else:  # built at export time too, one engine per GPU-ready model, with the timing cache beside them
+        assert r.returncode == 0, r.stderr
+        assert trt["built"] and set(trt["engines"]) == {"int8", "fp16"} and (path / "timing.cache").is_file()
+        assert all((path / f).is_file() for f in trt["engines"].values())
 
 
 def test_tensorrt_engine_build(bundle, trained_run, tmp_path):
