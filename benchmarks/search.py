@@ -56,13 +56,16 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=0.3)
     ap.add_argument("--trials", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=None, help="transfer seeds per architecture")
+    ap.add_argument("--pretrain-steps", type=int, default=300, help="transfer: PP steps")
+    ap.add_argument("--finetune-steps", type=int, default=150, help="transfer: P-SSL steps")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
     args = ap.parse_args()
     trials = args.trials or (3 if args.quick else 20)
     seeds = args.seeds or 1
     proxy = dict(pretrain_steps=20, finetune_steps=20) if args.quick else {}
     train = dict(pretrain_steps=60, finetune_steps=40, pretrain_pool=512) if args.quick else \
-        dict(pretrain_steps=300, pretrain_batch=64, pretrain_pool=2048, finetune_steps=150)
+        dict(pretrain_steps=args.pretrain_steps, pretrain_batch=64, pretrain_pool=2048,
+             finetune_steps=args.finetune_steps)
     profile = load_profile("x86-cpu")
     t_all = time.perf_counter()
     rows: dict[str, dict] = {}
@@ -111,6 +114,7 @@ def main() -> None:
                      f"{r['peak_activation_kib']:.1f} | {r['search_s']:.0f} |")
     print()
     print(f"x86-cpu ({profile.threads} threads), budget {args.latency_ms} ms, {trials} trials per search, "
+          f"transfer {train}, "
           f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min")
     print("\n".join(table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
