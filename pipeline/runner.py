@@ -72,6 +72,7 @@ def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None,
     for name in (*force, *([until] if until else [])):
         if name not in STAGE_NAMES:
             raise EdgepptError(f"unknown stage {name!r}; choose one of {list(STAGE_NAMES)}")
+    preflight(cfg)
     with run_lock(run):
         atomic_write_text(run / CONFIG_FILE, dump_yaml(cfg))
         state = read_state(run)
@@ -95,6 +96,15 @@ def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None,
             atomic_write_json(run / STATE_FILE, state)
             _write_report(cfg, run, log)
     return state
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Fail in a second, before any run directory is made, on inputs that cannot be read."""
+    from .stages import bundle_fingerprint, data_fingerprint
+
+    bundle_fingerprint(cfg.source)
+    data_fingerprint(cfg.target)
+    data_fingerprint(cfg.test)
 
 
 def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bool, progress: bool,

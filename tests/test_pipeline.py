@@ -66,6 +66,11 @@ def test_cli_reports_a_config_error_in_one_line(tiny_bundle, tmp_path):
     assert "unknown field 'export.bench_run'" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "run" / "state.json").exists()
 
+    path.write_text(yaml.safe_dump({**raw_config(tiny_bundle), "source": str(tmp_path / "missing")}))
+    res = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "not a source bundle" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
 
 # ---------------------------------------------------------------- caching
 @pytest.fixture
