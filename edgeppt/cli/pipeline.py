@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import app, console, guarded
+from edgeppt.errors import EdgepptError
+
+from .common import app, console, fail, guarded
 
 
 def _sigterm_as_interrupt() -> None:
@@ -27,8 +29,15 @@ def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) ->
     from pipeline.runner import run_pipeline
 
     _sigterm_as_interrupt()
-    state = guarded(run_pipeline, cfg, out, until=until, force=tuple(force), progress=not quiet,
-                    log=lambda s: console.print(f"[cyan]pipeline[/] {s}"))
+    try:
+        state = run_pipeline(cfg, out, until=until, force=tuple(force), progress=not quiet,
+                             log=lambda s: console.print(f"[cyan]pipeline[/] {s}"))
+    except EdgepptError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] the stage's last checkpoint is saved; run the same command again to "
+                      "resume (finished stages are skipped)")
+        raise typer.Exit(130)
     table = Table(title=f"run {out}")
     for col in ("stage", "status", "seconds", "result"):
         table.add_column(col)
