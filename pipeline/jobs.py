@@ -94,12 +94,23 @@ def cancel_job(run: str | Path, grace_s: float = 20.0) -> bool:
         time.sleep(0.2)
     if _alive(job["pid"]):
         os.killpg(job["pid"], signal.SIGKILL)
-        state = read_state(run)
+        wait_gone(job["pid"])
+    state = read_state(run)
+    if state.get("status") == "running":  # it died before it could record the stop (SIGKILL, or during start-up)
         state["status"] = "cancelled"
+        for entry in state.get("stages", {}).values():
+            if entry.get("status") == "running":
+                entry["status"] = "cancelled"
         atomic_write_json(run / STATE_FILE, state)
     job["status"] = "cancelled"
     atomic_write_json(run / JOB_FILE, job)
     return True
+
+
+def wait_gone(pid: int, timeout_s: float = 10.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.1)
 
 
 def job_status(run: str | Path) -> dict[str, Any]:
