@@ -47,6 +47,7 @@ class SearchContext:
     cost: CostModel
     ledger: Ledger
     progress: bool = False
+    interrupted: bool = False  # NNI swallows Ctrl-C; remember it so run_search can report it
     started: float = field(default_factory=time.perf_counter)
 
     def check(self, sample: dict) -> bool:
@@ -55,7 +56,11 @@ class SearchContext:
         rec = self.ledger.get(key)
         if rec is None:
             arch = to_arch(sample, self.cfg.space)
-            costs = self.cost.costs(arch, screen=True)
+            try:
+                costs = self.cost.costs(arch, screen=True)
+            except KeyboardInterrupt:
+                self.interrupted = True
+                raise
             bad = self.cost.violations(costs)
             if costs["latency_kind"] == "screened":
                 bad = [f"latency_ms about {costs['latency_ms']:.3g} ms (screened, not measured) > "
@@ -78,7 +83,11 @@ class SearchContext:
             rec = self.ledger.get(key)
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed)
+        try:
+            result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
         n = len(self.ledger.trained()) + 1
         rec = self.ledger.add({"key": key, "status": "trained", "trial": n, **result})
         if self.progress:
@@ -217,6 +226,10 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
                 except Exception:  # noqa: BLE001  (already stopped; NNI logs the rest)
                     pass
         ctx.ledger.reload()
+        if ctx.interrupted:
+            if ctx.ledger.trained():  # what is done so far, then the usual "resume" message
+                report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
+            raise KeyboardInterrupt
         return report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
     finally:
         _CONTEXTS.pop(key, None)

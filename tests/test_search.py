@@ -198,3 +198,25 @@ def test_calibrate_over_ssh_fits_a_predictor_with_held_out_error(sshd, tmp_path)
     with pytest.raises(EdgepptError, match="onnxruntime|exit"):
         calibrate("x86-cpu", sshd.host, tmp_path / "bad", port=sshd.port, identity=sshd.identity,
                   ssh_options=sshd.ssh_options, python="/bin/false", probes=6, progress=False)
+
+
+def test_ctrl_c_during_a_trial_keeps_finished_trials_and_says_so(tmp_path, monkeypatch):
+    import search.run as run_mod
+
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    cfg = SearchConfig(device=str(prof), strategy="random", trials=3, **FAST)
+    real, calls = run_mod.evaluate_arch, []
+
+    def interrupted_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # NNI's engine swallows it; run_search must not report a finished search
+        return real(*a, **k)
+
+    monkeypatch.setattr(run_mod, "evaluate_arch", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["trained"] == 1  # partial outputs written
+    monkeypatch.setattr(run_mod, "evaluate_arch", real)
+    s = run_search(cfg, tmp_path / "run", resume=True, progress=False)
+    assert s["trained"] == 3 and len(calls) == 2
