@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=0.3)
     ap.add_argument("--trials", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=None, help="transfer seeds per architecture")
+    ap.add_argument("--population", type=int, default=8, help="evolution population (the search default)")
+    ap.add_argument("--proxy-steps", type=int, nargs=2, default=None, metavar=("PP", "FT"),
+                    help="proxy pre-training and fine-tuning steps (default: the search defaults)")
     ap.add_argument("--pretrain-steps", type=int, default=300, help="transfer: PP steps")
     ap.add_argument("--finetune-steps", type=int, default=150, help="transfer: P-SSL steps")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
@@ -63,6 +66,8 @@ def main() -> None:
     trials = args.trials or (3 if args.quick else 20)
     seeds = args.seeds or 1
     proxy = dict(pretrain_steps=20, finetune_steps=20) if args.quick else {}
+    if args.proxy_steps:
+        proxy = dict(pretrain_steps=args.proxy_steps[0], finetune_steps=args.proxy_steps[1])
     train = dict(pretrain_steps=60, finetune_steps=40, pretrain_pool=512) if args.quick else \
         dict(pretrain_steps=args.pretrain_steps, pretrain_batch=64, pretrain_pool=2048,
              finetune_steps=args.finetune_steps)
@@ -73,7 +78,8 @@ def main() -> None:
         tmp = Path(tmp)
         for label, strategy in (("searched (regularised evolution)", "evolution"), ("random sampling", "random")):
             cfg = SearchConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, device="x86-cpu",
-                               latency_ms=args.latency_ms, strategy=strategy, trials=trials, proxy=proxy)
+                               latency_ms=args.latency_ms, strategy=strategy, trials=trials, proxy=proxy,
+                               population=args.population, tournament=min(3, args.population))
             t = time.perf_counter()
             s = run_search(cfg, tmp / strategy, progress=True)
             rows[label] = {"arch": s["best"]["arch"], "search_s": time.perf_counter() - t,
@@ -113,7 +119,8 @@ def main() -> None:
         table.append(f"| {k} | {acc:.2f} ± {sd:.2f} | {r['latency_ms']:.3f} | {r['macs']:,} | {r['params']:,} | "
                      f"{r['peak_activation_kib']:.1f} | {r['search_s']:.0f} |")
     print()
-    print(f"x86-cpu ({profile.threads} threads), budget {args.latency_ms} ms, {trials} trials per search, "
+    print(f"x86-cpu ({profile.threads} threads), budget {args.latency_ms} ms, {trials} trials per search "
+          f"(evolution population {args.population}), proxy {proxy or 'default'}, "
           f"transfer {train}, "
           f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min")
     print("\n".join(table))
