@@ -185,7 +185,18 @@ def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
                                    max_trial_number=cfg.trials)
     conf.experiment_working_directory = str((out / "nni").resolve())
     conf.experiment_name = out.name
-    return NasExperiment(space, evaluator, _strategy(cfg, ctx), conf)
+
+    class RunDirExperiment(NasExperiment):
+        """Without NNI's manager, NNI would still list the experiment in ~/nni-experiments/.experiment (for its
+        web UI). Keep everything in the run directory instead."""
+
+        def _start_without_nni_manager(self):
+            pass
+
+        def _stop_without_nni_manager(self):
+            pass
+
+    return RunDirExperiment(space, evaluator, _strategy(cfg, ctx), conf)
 
 
 def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
