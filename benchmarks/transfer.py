@@ -35,17 +35,17 @@ from transfer import run_transfer  # noqa: E402
 BUNDLE = ROOT / "bundles" / "animals-src"
 METHOD_ROWS = ["scratch", "kd", "pp", "pssl", "pp+pssl"]
 
-# Each P-SSL design choice, shown by switching it off in the full method (pp+pssl with the PSSLConfig defaults).
-# "pssl" (the same stage without starting from the PP weights) is among the method rows.
+# Each P-SSL design choice, shown by switching it in the full method (pp+pssl with the PSSLConfig defaults:
+# warm start, anchor labels, ramped and capped weight, no consistency term, random z, no relevance weights).
+# "pssl" (the same stage without the PP weights) is among the method rows.
 DESIGN_ROWS: list[tuple[str, dict]] = [
-    ("pp + plain FixMatch (hard targets, random z, weight 1 from step 0, no anchor labels)",
-     {"algorithm": "fixmatch", "anchor_weight": 0.0, "z_search_steps": 0, "relevance": "none", "mix": 0.0,
-      "unlabeled_weight": 1.0, "ramp_fraction": 0.0}),
-    ("pp+pssl without anchor labels", {"anchor_weight": 0.0}),
-    ("pp+pssl with hard targets (FixMatch)", {"algorithm": "fixmatch"}),
+    ("pp+pssl without the warm start (SSL from step 0, own targets)", {"warm_start": False}),
+    ("pp+pssl, consistency only (FixMatch), no anchor labels", {"anchor_weight": 0.0, "consistency": 1.0}),
+    ("pp+pssl + FixMatch consistency (hard targets)", {"consistency": 1.0, "algorithm": "fixmatch"}),
+    ("pp+pssl + UDA consistency (soft targets)", {"consistency": 1.0, "algorithm": "uda"}),
     ("pp+pssl without the ramp and cap (weight 1 from step 0)", {"unlabeled_weight": 1.0, "ramp_fraction": 0.0}),
-    ("pp+pssl without relevance weighting", {"relevance": "none"}),
-    ("pp+pssl with random z (no search near x_t)", {"z_search_steps": 0}),
+    ("pp+pssl + relevance weighting", {"relevance": "weight"}),
+    ("pp+pssl + z chosen near x_t (10 search steps)", {"z_search_steps": 10}),
 ]
 
 BUDGETS = {
@@ -108,9 +108,11 @@ def main() -> None:
         work.mkdir()
         tasks = {(i, s): (meth, ov, k, s, budget, work, cache) for i, (_, meth, ov, k) in enumerate(rows) for s in seeds}
         # Waves, so that what the cache shares is made once: PP weights per seed (the pp rows at the first
-        # label count), then the default pseudo-sample pools (pp+pssl rows), then everything else.
+        # label count, alongside the rows that need neither PP nor pools), then the default pseudo-sample pools
+        # (pp+pssl rows), then everything else.
         first = [key for key in tasks if rows[key[0]][1] == "pp" and rows[key[0]][3] == args.labels[0]]
-        second = [key for key in tasks if key not in first and rows[key[0]][1] == "pp+pssl" and not rows[key[0]][2]]
+        first += [key for key in tasks if rows[key[0]][1] in ("scratch", "kd")]
+        second = [key for key in tasks if rows[key[0]][1] == "pp+pssl" and not rows[key[0]][2]]
         waves = [first, second, [key for key in tasks if key not in first and key not in second]]
         done: dict = {}
         for wave in waves:

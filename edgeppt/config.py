@@ -45,21 +45,30 @@ class SourceTrainConfig(Strict):
 
 
 class PSSLConfig(Strict):
-    """Pseudo semi-supervised learning: how pseudo samples are made and how much they count."""
-    algorithm: Literal["fixmatch", "uda", "pseudolabel", "meanteacher"] = "uda"
+    """Pseudo semi-supervised learning: how pseudo samples are made and how much they count.
+
+    The defaults are what measured best on the built-in example (docs/transfer.md): warm start from the
+    labels-only model, each pseudo sample pulled toward the label of the target image that conditioned it,
+    a ramped and capped weight, and no consistency term (on these out-of-distribution samples it cost accuracy).
+    """
+    algorithm: Literal["fixmatch", "uda", "pseudolabel", "meanteacher"] = "fixmatch"
+    consistency: float = Field(0.0, ge=0, description="weight of the SSL algorithm's consistency term on the pseudo samples (0 = off)")
+    anchor_weight: float = Field(1.0, ge=0, description="weight of a cross-entropy pulling each pseudo sample toward the label of the target image that conditioned it")
+    warm_start: bool = Field(True, description="first fine-tune on the labels alone (what scratch/pp do), then run the SSL phase from there, its consistency targets coming from a frozen copy of that model")
+    steps: int = Field(100, ge=1, description="SSL steps after the warm start (without a warm start, finetune_steps)")
+    lr_scale: float = Field(0.2, gt=0, description="SSL learning rate after the warm start, as a fraction of lr")
+    unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped pseudo-sample loss weight")
+    ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weight ramps up")
     temperature: float = Field(1.0, gt=0, description="T in p = softmax(C(x_t)/T)")
     z_search_steps: int = Field(0, ge=0, description="gradient steps choosing z so G(z,p) lies near x_t in C's feature space; 0 = random z")
     z_search_lr: float = Field(0.1, gt=0)
-    relevance: Literal["none", "weight", "filter"] = "none"
+    relevance: Literal["none", "weight", "filter"] = Field("none", description="per-sample weights (or a filter) from the cosine similarity to the anchor in C's feature space")
     relevance_keep: float = Field(0.5, gt=0, le=1, description="fraction of pseudo samples kept by 'filter'")
-    pool_size: int = Field(2048, ge=16, description="pseudo samples drawn before training (refreshed never; cached)")
-    unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped unlabelled loss weight")
-    ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weight ramps up")
+    pool_size: int = Field(1024, ge=16, description="pseudo samples drawn before training (cached)")
+    unlabeled_ratio: int = Field(1, ge=1, description="pseudo-sample batch = ratio x labelled batch")
     threshold: float = Field(0.8, ge=0, le=1, description="confidence mask for fixmatch/uda/pseudolabel")
     sharpen: float = Field(0.4, gt=0, description="UDA target sharpening temperature")
-    unlabeled_ratio: int = Field(2, ge=1, description="unlabelled batch = ratio x labelled batch")
     ema: float = Field(0.99, ge=0, lt=1, description="MeanTeacher teacher decay")
-    anchor_weight: float = Field(0.0, ge=0, description="weight of a cross-entropy pulling each pseudo sample toward the label of the target image that conditioned it")
     mix: float = Field(0.0, ge=0, le=1, description="blend each pseudo sample toward its target image by a share drawn from [0, mix]")
     align: bool = Field(False, description="distribution alignment: rescale the unlabelled guesses so classes are used equally on average")
 

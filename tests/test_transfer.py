@@ -19,7 +19,7 @@ TARGET = "digits:0,1,2,3,4"
 def cfg(bundle, **kw):
     base = dict(source=bundle, target=TARGET, arch="resnet_xs", labels_per_class=4, pretrain_steps=20,
                 pretrain_batch=32, finetune_steps=40, batch_size=20, eval_every=20, checkpoint_every=10,
-                lr=0.05, pssl={"pool_size": 128, "unlabeled_ratio": 1})
+                lr=0.05, pssl={"pool_size": 128, "unlabeled_ratio": 1, "steps": 20})
     base.update(kw)
     return TransferConfig(**base)
 
@@ -29,25 +29,27 @@ def _first_last(values, n=8):
 
 
 # The last case turns on every P-SSL option the defaults may leave off (anchor labels, mixing, alignment).
-ALL_OPTIONS = {"anchor_weight": 0.5, "mix": 0.5, "align": True, "relevance": "weight", "z_search_steps": 2}
+ALL_OPTIONS = {"consistency": 1.0, "anchor_weight": 0.5, "mix": 0.5, "align": True, "relevance": "weight",
+               "z_search_steps": 2, "warm_start": True}
 
 
 @pytest.mark.parametrize("method,ssl", [("scratch", None), ("kd", None), ("pp", None), ("pssl", "fixmatch"),
                                         ("pp+pssl", "uda"), ("pp+pssl", "pseudolabel"), ("pp+pssl", "meanteacher"),
-                                        ("pp+pssl", {"algorithm": "fixmatch", **ALL_OPTIONS})])
+                                        ("pp+pssl", {}),  # the defaults: warm start, anchor labels only
+                                        ("pp+pssl", {"algorithm": "fixmatch", **ALL_OPTIONS}),
+                                        ("pp+pssl", {"algorithm": "uda", "consistency": 1.0, "warm_start": False})])
 def test_each_method_runs_and_its_loss_falls(tiny_bundle, tmp_path, method, ssl):
     c = cfg(tiny_bundle, method=method)
-    if ssl:
-        c.pssl = c.pssl.model_copy(update={"algorithm": ssl} if isinstance(ssl, str) else ssl)
+    if ssl is not None:  # an algorithm by name runs its consistency term
+        c.pssl = c.pssl.model_copy(update={"algorithm": ssl, "consistency": 1.0} if isinstance(ssl, str) else ssl)
     report = run_transfer(c, tmp_path / "run", progress=False)
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
-    if isinstance(ssl, dict):  # the anchor term is logged, and the alignment state is checkpointed
-        assert all("anchor_ce" in r for r in rows)
+    if isinstance(ssl, dict) and ssl.get("align"):  # the anchor term is logged, the alignment state checkpointed
+        assert all("anchor_ce" in r for r in rows if r["phase"] == "pp_pssl")
         p_mean = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["objective"]["p_mean"]
         assert torch.isclose(p_mean.sum(), torch.tensor(1.0)) and not torch.allclose(p_mean, torch.full_like(p_mean, 0.2))
     # SSL losses add a ramped unlabelled term, so judge them by their supervised part.
-    key = "sup" if "pssl" in method else "loss"
-    first, last = _first_last([r[key] for r in rows])
+    first, last = _first_last([r.get("sup", r["loss"]) for r in rows])
     assert last < first, (method, first, last)
     assert report["test_accuracy"] > 1 / 5 + 0.1  # clearly better than chance on 5 classes
     assert set(report) >= {"per_class_accuracy", "confusion_matrix", "settings", "timings_s", "images_per_s"}
@@ -78,7 +80,8 @@ def test_pseudo_conditional_sampling(tiny_bundle):
 
 
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch):
-    c = cfg(tiny_bundle, method="pp+pssl")
+    c = cfg(tiny_bundle, method="pp+pssl")  # three phases: PP, the warm start, P-SSL (cut in the last)
+    c.pssl = c.pssl.model_copy(update={"warm_start": True})
     whole = run_transfer(c, tmp_path / "whole", progress=False)
 
     original = loop.Trainer._save
@@ -101,8 +104,9 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny_bundle, tmp_path, 
     b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
-    steps = [r["step"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl") if r["phase"] == "pp_pssl"]
-    assert steps == list(range(1, 41))  # no step logged twice, none missing
+    rows = read_jsonl(tmp_path / "cut" / "metrics.jsonl")  # no step logged twice, none missing
+    assert [r["step"] for r in rows if r["phase"] == "pp"] == list(range(1, 41))
+    assert [r["step"] for r in rows if r["phase"] == "pp_pssl"] == list(range(1, 21))
 
 
 def test_resume_with_other_settings_or_into_a_used_dir_is_refused(tiny_bundle, tmp_path):

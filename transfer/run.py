@@ -19,7 +19,7 @@ from edgeppt.runs import atomic_torch_save, atomic_write_json, load_checkpoint
 from .evaluate import evaluate
 from .loop import Dist, Phase, Trainer, setup_distributed
 from .methods import METHODS
-from .objectives import PseudoPretrain
+from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
 
 CONFIG_FILE, REPORT_FILE, MODEL_FILE = "config.json", "report.json", "model.pt"
@@ -156,12 +156,19 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
                                   "cached": from_cache}
 
-    phase = Phase(cfg.method.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool),
-                  cfg.lr, cfg.weight_decay)
-    trainer = Trainer(model, [phase], out, cfg.seed, dist, evaluate=lambda m: evaluate(m, test),
+    phases = [Phase(cfg.method.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool),
+                    cfg.lr, cfg.weight_decay)]
+    if method.needs_pool and cfg.pssl.warm_start:
+        # Warm start: the labels-only phase is named after the method it reproduces (scratch, or pp after PP),
+        # so its steps draw exactly what that method draws; the SSL phase then refines it at a lower rate.
+        phases = [Phase("pp" if method.pretrain else "scratch", cfg.finetune_steps,
+                        Supervised(labelled, cfg.batch_size, new_head=True), cfg.lr, cfg.weight_decay),
+                  Phase(phases[0].name, cfg.pssl.steps, phases[0].objective, cfg.lr * cfg.pssl.lr_scale,
+                        cfg.weight_decay)]
+    trainer = Trainer(model, phases, out, cfg.seed, dist, evaluate=lambda m: evaluate(m, test),
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, progress=progress)
     trainer.run(resume=resume)
-    timings["target"] = trainer.timings.get(phase.name, 0.0)
+    timings["target"] = sum(trainer.timings.get(ph.name, 0.0) for ph in phases)
     timings["total"] = time.perf_counter() - t0
     if not dist.main:
         return {}

@@ -25,10 +25,16 @@ class SSL(Supervised):
     uses_strong = True
 
     def __init__(self, labelled: ImageSet, pool: PseudoPool, batch_size: int, cfg: PSSLConfig):
-        super().__init__(labelled, batch_size, new_head=True)
+        super().__init__(labelled, batch_size, new_head=not cfg.warm_start)
         self.pool, self.cfg = pool, cfg
+        self.frozen: torch.nn.Module | None = None
         k = len(labelled.classes)
         self.register_buffer("p_mean", torch.full((k,), 1.0 / k))  # running mean of guesses (alignment)
+
+    def setup(self, model):
+        super().setup(model)
+        if self.cfg.warm_start:  # the warm-started model, frozen, makes the unlabelled targets
+            self.frozen = copy.deepcopy(model).requires_grad_(False)
 
     def unlabeled_weight(self, step: int, total: int) -> float:
         ramp = max(1.0, self.cfg.ramp_fraction * total)
@@ -52,18 +58,28 @@ class SSL(Supervised):
         if self.cfg.mix:
             lam = self.cfg.mix * torch.rand(len(idx), 1, 1, 1, generator=g)
             xu = (1 - lam) * xu + lam * self.data.x[anchor]
-        parts = [augment.weak(xl, g), augment.weak(xu, g)] + ([augment.strong(xu, g)] if self.uses_strong else [])
+        # Views: labelled (weak), unlabelled weak (targets; the student view too without a strong one), strong.
+        consistent = self.cfg.consistency > 0
+        parts = [augment.weak(xl, g)] + ([augment.weak(xu, g)] if consistent or not self.uses_strong else []) + \
+            ([augment.strong(xu, g)] if self.uses_strong else [])
         parts = [shard(t, dist) for t in parts]
         yl, wu, ya = shard(yl, dist), shard(wu, dist), shard(ya, dist)
         dev = next(net.parameters()).device
-        logits = net(torch.cat(parts).to(dev))  # one forward: labelled, weak and strong views together
-        n_l, n_u = len(parts[0]), len(parts[1])
-        lx, lw = logits[:n_l], logits[n_l:n_l + n_u]
-        ls = logits[n_l + n_u:] if self.uses_strong else lw
+        logits = net(torch.cat(parts).to(dev))  # one forward over every view (what DDP needs)
+        n_l, n_u = len(parts[0]), len(parts[-1])
+        lx, ls = logits[:n_l], logits[-n_u:]  # the student's unlabelled logits: the last view
         wu = wu.to(dev)
         sup = F.cross_entropy(lx, yl.to(dev))
-        unsup, mask = self.unlabeled_loss(lw, ls, wu, parts[1].to(dev))
-        stats = {}
+        unsup, mask, stats = torch.zeros((), device=dev), 0.0, {}
+        if consistent:
+            weak_x = parts[1].to(dev)
+            lw = logits[n_l:n_l + n_u]
+            if self.frozen is not None:
+                self.frozen.eval()
+                with torch.no_grad():
+                    lw = self.frozen(weak_x)
+            unsup, mask = self.unlabeled_loss(lw, ls, wu, weak_x)
+            unsup = self.cfg.consistency * unsup
         if self.cfg.anchor_weight:
             anchor_ce = (F.cross_entropy(ls, ya.to(dev), reduction="none") * wu).mean()
             unsup = unsup + self.cfg.anchor_weight * anchor_ce
@@ -109,7 +125,7 @@ class PseudoLabel(SSL):
     def unlabeled_loss(self, lw, ls, wu, _):
         conf, target = self.guess(lw).max(1)
         mask = (conf >= self.cfg.threshold).float()
-        return _masked_mean(F.cross_entropy(lw, target, reduction="none"), mask, wu), mask.mean().item()
+        return _masked_mean(F.cross_entropy(ls, target, reduction="none"), mask, wu), mask.mean().item()
 
 
 class MeanTeacher(SSL):
