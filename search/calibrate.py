@@ -95,7 +95,8 @@ def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], thre
     err = res.stderr.decode(errors="replace").strip()
     if res.returncode != 0:
         hint = " (the device needs python3 with numpy and onnxruntime)" if "ModuleNotFoundError" in err else ""
-        raise EdgepptError(f"timing over ssh failed (exit {res.returncode}){hint}: {err.splitlines()[-1] if err else ''}")
+        last = err.splitlines()[-1] if err else ""
+        raise EdgepptError(f"timing over ssh failed (exit {res.returncode}){hint}: {last}")
     try:
         return json.loads(res.stdout.decode().strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError) as e:
@@ -118,8 +119,10 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
     feats = [layer_features(m, tuple(shape)) for m in models]
     if progress:
         from .report import console
-        console.print(f"timing {len(models)} probe models on {host} ({profile.runtime}, {profile.threads or 'all'} threads)")
-    answer = time_remote(ssh_command(host, port, identity, ssh_options, python), [to_onnx(m, tuple(shape)) for m in models],
+        console.print(f"timing {len(models)} probe models on {host} "
+                      f"({profile.runtime}, {profile.threads or 'all'} threads)")
+    onnx_models = [to_onnx(m, tuple(shape)) for m in models]
+    answer = time_remote(ssh_command(host, port, identity, ssh_options, python), onnx_models,
                          shape, profile.threads, profile.runtime, warmup, repeats)
     lat = answer["latency_ms"]
     order = list(range(len(archs)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,6 @@ class SearchContext:
     ledger: Ledger
     progress: bool = False
     interrupted: bool = False  # NNI swallows Ctrl-C; remember it so run_search can report it
-    started: float = field(default_factory=time.perf_counter)
 
     def check(self, sample: dict) -> bool:
         """The Filter's test: costs of the candidate (measured once, then from the ledger) within budget?"""
@@ -155,7 +154,8 @@ def _strategy(cfg: SearchConfig, ctx: SearchContext):
     from nni.nas import strategy
 
     if cfg.strategy == "evolution":
-        base = strategy.RegularizedEvolution(population_size=cfg.population, sample_size=min(cfg.tournament, cfg.population),
+        base = strategy.RegularizedEvolution(population_size=cfg.population,
+                                             sample_size=min(cfg.tournament, cfg.population),
                                              mutation_prob=cfg.mutation_prob, seed=cfg.seed)
     elif cfg.strategy == "random":
         base = strategy.Random(seed=cfg.seed)

@@ -72,7 +72,8 @@ def search(
                                           "training service: trial processes, --set concurrency=N)."),
     seed: Optional[int] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, help="Run directory."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the search in this directory (finished trials are kept)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the search in this directory "
+                                          "(finished trials are kept)."),
     config: Optional[Path] = typer.Option(None, help="YAML with SearchConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set proxy.finetune_steps=50."),
     quiet: bool = typer.Option(False, help="No per-trial lines."),
