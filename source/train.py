@@ -342,4 +342,4 @@ Reproduce with:
 
 `samples.png`: one row per class (one-hot p), the last row interpolates p between two classes.
 """
-    atomic_write_text(out / "README.md", text).chmod(0o644)  # atomic writes are owner-only; a bundle is shared
+    atomic_write_text(out / "README.md", text)
