@@ -50,7 +50,19 @@ def main() -> None:
 
     cfg = example_config(args.budget)
     run = args.out or Path(tempfile.mkdtemp(prefix="edgeppt-demo-"))
-    log = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
+    cpu: dict[str, float] = {}  # CPU seconds (user + system, this process and its children) per stage
+
+    def log(s: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)
+        name, _, what = s.partition(": ")
+        t = os.times()
+        used = t.user + t.system + t.children_user + t.children_system
+        if what.startswith(("running", "resuming")):
+            cpu[name] = -used
+        elif what.startswith("done") and name in cpu:
+            cpu[name] += used
+
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     state = json.loads(json.dumps(run_pipeline(cfg, run, progress=False, log=log)))  # a copy: the re-run updates it
     total = time.perf_counter() - t0
@@ -62,20 +74,26 @@ def main() -> None:
 
     rows = []
     for name, s in state["stages"].items():
-        rows.append({"stage": name, "seconds": s["seconds"], "what": describe(name, s.get("summary") or {}, cfg)})
+        rows.append({"stage": name, "seconds": s["seconds"], "cpu_s": cpu.get(name),
+                     "what": describe(name, s.get("summary") or {}, cfg)})
     stages_s = sum(r["seconds"] for r in rows)
-    print(f"\n`edgeppt demo` (budget {args.budget}) on {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}\n")
-    print("| stage | wall time | share | what it did |")
-    print("|---|---:|---:|---|")
+    load = (load_before + os.getloadavg()[0]) / 2
+    print(f"\n`edgeppt demo` (budget {args.budget}) on {os.cpu_count()} CPU cores "
+          f"({platform.machine()}); 1-minute load average about {load:.1f} (start/end mean)\n")
+    print("| stage | wall time | CPU time | share of wall | what it did |")
+    print("|---|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['stage']} | {r['seconds'] / 60:.1f} min ({r['seconds']:.0f} s) | {100 * r['seconds'] / total:.0f}% | {r['what']} |")
+        c = f"{r['cpu_s']:.0f} s" if r["cpu_s"] is not None else "-"
+        print(f"| {r['stage']} | {r['seconds'] / 60:.1f} min ({r['seconds']:.0f} s) | {c} | "
+              f"{100 * r['seconds'] / total:.0f}% | {r['what']} |")
     other = total - stages_s
-    print(f"| report and bookkeeping | {other:.0f} s | {100 * other / total:.0f}% | sample grids, curves, confusion matrix |")
-    print(f"| **end to end** | **{total / 60:.1f} min ({total:.0f} s)** | 100% | target <= {TARGET_S // 60} min: "
+    print(f"| report and bookkeeping | {other:.0f} s | | {100 * other / total:.0f}% | sample grids, curves, confusion matrix |")
+    print(f"| **end to end** | **{total / 60:.1f} min ({total:.0f} s)** | | 100% | target <= {TARGET_S // 60} min: "
           f"**{'met' if total <= TARGET_S else 'NOT met'}** |")
-    print(f"| re-run, nothing changed | {cached:.1f} s | | every stage skipped by its input hash |")
+    print(f"| re-run, nothing changed | {cached:.1f} s | | | every stage skipped by its input hash |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"budget": args.budget, "total_s": total, "cached_rerun_s": cached, "stages": rows,
+                                     "load_average": load,
                                      "cpu_count": os.cpu_count(), "run": str(run)}, indent=2) + "\n")
 
 

@@ -12,8 +12,10 @@ from edgeppt.errors import EdgepptError
 
 from .config import PipelineConfig, parse_config
 
-# Stage budgets. "demo": the whole pipeline in <= 15 minutes on 2 CPU cores (measured by benchmarks/demo.py);
-# "tiny": a smoke test of every stage in about a minute (tests, the wizard's end-to-end test).
+# Stage budgets, by how long they take on 2 CPU cores (benchmarks/demo.py measures them; docs/pipeline.md):
+# "tiny": every stage in about a minute, search off (tests, the wizard's end-to-end test);
+# "demo": the whole pipeline within 15 minutes (what `edgeppt demo` runs);
+# "standard": twice the search trials and three times the training of "demo": better models, about 40-60 minutes.
 BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "search": {"enabled": False},
@@ -22,6 +24,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "export": {"bench_runs": 5, "calibration_size": 32},
     },
     "demo": {
+        "search": {"trials": 4, "latency_repeats": 20,
+                   "proxy": {"pretrain_steps": 60, "finetune_steps": 40, "pretrain_batch": 64, "pretrain_pool": 512}},
+        "transfer": {"pretrain_steps": 200, "pretrain_batch": 64, "finetune_steps": 150, "eval_every": 50,
+                     "checkpoint_every": 50, "pssl": {"pool_size": 1024}},
+        "export": {"bench_runs": 50},
+    },
+    "standard": {
         "search": {"trials": 8, "latency_repeats": 20,
                    "proxy": {"pretrain_steps": 100, "finetune_steps": 60, "pretrain_pool": 1024}},
         "transfer": {"pretrain_steps": 600, "finetune_steps": 300, "eval_every": 50, "checkpoint_every": 50},
