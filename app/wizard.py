@@ -231,8 +231,8 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
                f"export formats {profiles[draft['device']].export.formats}")
     budgets = list(BUDGETS)
     bound(st.radio, "Budget", run, draft, "budget", draft["budget"], budgets, horizontal=True,
-                               help="tiny: a one-minute smoke test; demo: the whole example in <= 15 min on 2 CPU cores; "
-                                    "standard: more search trials and training (better models, about an hour)")
+          help="tiny: a one-minute smoke test; demo: the whole example in <= 15 min on 2 CPU cores; "
+               "standard: more search trials and training (better models, about an hour)")
     # Only choices that differ from the budget's preset are kept, so switching budgets moves every other value.
     base = build_config({**draft, "search": {}, "transfer": {}, "export": {}}) if draft.get("target") else None
     if base is None:
