@@ -409,7 +409,9 @@ def show_transfer(run: Path, status: dict[str, Any]) -> None:
     cfg = read_json(folder / "config.json")
     if cfg:
         done = len(read_jsonl(folder / "pretrain" / "metrics.jsonl")) + len(read_jsonl(folder / "metrics.jsonl"))
-        total = cfg.get("pretrain_steps", 0) * ("pp" in cfg.get("method", "")) + cfg.get("finetune_steps", 0)
+        method, pssl = cfg.get("method", ""), cfg.get("pssl", {})
+        total = (cfg.get("pretrain_steps", 0) * ("pp" in method) + cfg.get("finetune_steps", 0)
+                 + pssl.get("steps", 0) * ("pssl" in method and pssl.get("warm_start", False)))
         st.progress(min(done / max(total, 1), 1.0), text=f"training step {done} / {total}")
     fig = training_curves(run)
     if fig is not None:

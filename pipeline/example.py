@@ -20,7 +20,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "search": {"enabled": False},
         "transfer": {"arch": "resnet_xs", "pretrain_steps": 10, "finetune_steps": 10, "pretrain_batch": 16,
-                     "batch_size": 8, "eval_every": 10, "checkpoint_every": 5, "pssl": {"pool_size": 32}},
+                     "batch_size": 8, "eval_every": 10, "checkpoint_every": 5, "pssl": {"pool_size": 32, "steps": 10}},
         "export": {"bench_runs": 5, "calibration_size": 32},
     },
     "demo": {

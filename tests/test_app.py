@@ -155,7 +155,7 @@ def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundl
     run = Path(os.environ["EDGEPPT_RUNS"]) / "apptest"
     cfg = parse_config({"source": str(tiny_bundle), "target": "digits:0,1,2", "threads": 1, "search": {"enabled": False},
                         "transfer": {"arch": "resnet_xs", "pretrain_steps": 5, "finetune_steps": 6, "eval_every": 3,
-                                     "batch_size": 8, "pretrain_batch": 8, "pssl": {"pool_size": 16}},
+                                     "batch_size": 8, "pretrain_batch": 8, "pssl": {"pool_size": 16, "steps": 3}},
                         "export": {"bench_runs": 3, "calibration_size": 16}})
     before = run_pipeline(cfg, run, progress=False, log=lambda s: None)
     at = goto(wizard.run(), 3)
@@ -249,7 +249,7 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
 
             page.get_by_text("5 · Transfer").click()
             settle(page)
-            expect(page.get_by_text(re.compile(r"training step \d+ / 20"))).to_be_visible(timeout=120_000)  # live
+            expect(page.get_by_text(re.compile(r"training step \d+ / 30"))).to_be_visible(timeout=120_000)  # live
 
             page.get_by_text("6 · Export").click()
             settle(page)

@@ -26,7 +26,7 @@ def raw_config(bundle, **sections) -> dict:
            "search": {"enabled": False},
            "transfer": {"arch": "resnet_xs", "method": "pp+pssl", "pretrain_steps": 10, "finetune_steps": 12,
                         "pretrain_batch": 16, "batch_size": 8, "eval_every": 6, "checkpoint_every": 3,
-                        "pssl": {"pool_size": 32}},
+                        "pssl": {"pool_size": 32, "steps": 6}},
            "export": {"formats": ["onnx", "int8"], "bench_runs": 3, "calibration_size": 16}}
     for name, values in sections.items():
         raw[name] = {**raw[name], **values} if isinstance(values, dict) else values
@@ -152,8 +152,8 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_bundle, tmp_path,
 
     state = run_pipeline(cfg, run, progress=False, log=quiet)
     assert state["stages"]["transfer"]["resumed"] is True and state["status"] == "done"
-    steps = [r["step"] for r in map(json.loads, (run / "transfer" / "metrics.jsonl").read_text().splitlines())]
-    assert steps == list(range(1, 13))  # steps 1-6 kept, 7-12 run once: not started over
+    steps = [r["global_step"] for r in map(json.loads, (run / "transfer" / "metrics.jsonl").read_text().splitlines())]
+    assert steps == list(range(1, 12 + 6 + 1))  # steps 1-6 kept, the rest run once: not started over
 
     fresh = run_pipeline(cfg, tmp_path / "fresh", progress=False, log=quiet)
     assert fresh["stages"]["transfer"]["summary"]["test_accuracy"] == state["stages"]["transfer"]["summary"]["test_accuracy"]
