@@ -51,7 +51,8 @@ def safe_extract(data: bytes, dest: str | Path, allowed: set[str], what: str,
     replace `dest` and returns the folder that matters inside it; its place under `dest` is returned.
     Raises UploadError, leaving `dest` untouched."""
     if len(data) > max_archive:
-        raise UploadError(f"refused: the archive is {len(data) / 2**20:.1f} MiB; the limit is {max_archive / 2**20:.0f} MiB")
+        raise UploadError(f"refused: the archive is {len(data) / 2**20:.1f} MiB; "
+                          f"the limit is {max_archive / 2**20:.0f} MiB")
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -79,7 +80,8 @@ def safe_extract(data: bytes, dest: str | Path, allowed: set[str], what: str,
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
                         if written > max_content:
-                            raise UploadError(f"refused: the archive unpacks to more than {max_content / 2**20:.0f} MiB")
+                            raise UploadError("refused: the archive unpacks to more than "
+                                              f"{max_content / 2**20:.0f} MiB")
                         out.write(chunk)
         inner = check(tmp).relative_to(tmp) if check else Path()
         if dest.exists():
@@ -116,7 +118,8 @@ def _check_class_folders(dest: Path) -> Path:
         raise UploadError(f"refused: files {loose[:3]} lie outside a class folder; put each image in <class>/<image>")
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
-        raise UploadError(f"refused: found {len(classes)} class folder(s); a classifier needs at least 2 (<class>/<image>)")
+        raise UploadError(f"refused: found {len(classes)} class folder(s); "
+                          "a classifier needs at least 2 (<class>/<image>)")
     for d in classes:
         files = [p for p in d.rglob("*") if p.is_file()]
         if not files:
@@ -126,7 +129,8 @@ def _check_class_folders(dest: Path) -> Path:
                 with Image.open(f) as im:
                     im.verify()
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                raise UploadError(f"refused: {f.relative_to(dest)} is not a readable image ({type(e).__name__})") from None
+                raise UploadError(f"refused: {f.relative_to(dest)} is not a readable image "
+                                  f"({type(e).__name__})") from None
     return root
 
 

@@ -211,7 +211,8 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
         save_draft(run, draft)
         return
     st.success(f"verified: {len(info['files'])} files match their sha256; generator and classifier signatures ok")
-    st.write(f"Source classes: {', '.join(info['classes'])} · images {info['image_shape']} · latent {info['latent_dim']}")
+    st.write(f"Source classes: {', '.join(info['classes'])} · images {info['image_shape']} · "
+             f"latent {info['latent_dim']}")
     st.subheader("Generator samples (one row per source class; the last row interpolates)")
     st.image(str(run / WIZARD_DIR / "source_samples.png"))
 
@@ -251,7 +252,8 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
         tv = {**base.transfer.model_dump(), **draft["transfer"]}
         bound(st.selectbox, "Transfer method", run, draft, "method", tv["method"], list(METHODS),
               section="transfer", preset=base.transfer.method, tag=tag)
-        for key, label in (("pretrain_steps", "Pseudo pre-training steps"), ("finetune_steps", "Target training steps")):
+        for key, label in (("pretrain_steps", "Pseudo pre-training steps"),
+                           ("finetune_steps", "Target training steps")):
             bound(st.number_input, label, run, draft, key, int(tv[key]), 0 if key == "pretrain_steps" else 1, 100_000,
                   section="transfer", preset=getattr(base.transfer, key), tag=tag)
         device_formats = list(profiles[draft["device"]].export.formats)
@@ -307,7 +309,8 @@ def stage_step(run: Path, draft: dict[str, Any], stage: str) -> None:
         st.info(f"Search is off for this budget: transfer trains `{cfg.transfer.arch}`. Turn it on in step 3.")
     else:
         before = [s for s in cfg.stages() if STAGE_NAMES.index(s) < STAGE_NAMES.index(stage)]
-        start_button(run, cfg, stage, f"Start {stage}" + (f" (after {', '.join(before)}, cached when done)" if before else ""))
+        after = f" (after {', '.join(before)}, cached when done)" if before else ""
+        start_button(run, cfg, stage, f"Start {stage}{after}")
     live = jobs.is_running(run)
     show = {"search": show_search, "transfer": show_transfer, "export": show_export}[stage]
     # While a job runs the panel refreshes itself; when it ends, the whole page is redrawn once.
@@ -324,7 +327,7 @@ def _panel(run: Path, show, was_live: bool) -> None:
 
 def job_box(run: Path, status: dict[str, Any]) -> None:
     cols = st.columns([3, 1])
-    stages = " · ".join(f"{k}: {v.get('status')} ({v.get('seconds', 0):.0f}s)" if v.get("seconds") else f"{k}: {v.get('status')}"
+    stages = " · ".join(f"{k}: {v.get('status')}" + (f" ({v['seconds']:.0f}s)" if v.get("seconds") else "")
                         for k, v in status["stages"].items())
     cols[0].markdown(f"**Job: {status['status']}**" + (f" — {stages}" if stages else ""))
     if status["running"] and cols[1].button("Cancel job", key="cancel"):

@@ -87,7 +87,8 @@ def main() -> None:
         print(f"| {r['stage']} | {r['seconds'] / 60:.1f} min ({r['seconds']:.0f} s) | {c} | "
               f"{100 * r['seconds'] / total:.0f}% | {r['what']} |")
     other = total - stages_s
-    print(f"| report and bookkeeping | {other:.0f} s | | {100 * other / total:.0f}% | sample grids, curves, confusion matrix |")
+    print(f"| report and bookkeeping | {other:.0f} s | | {100 * other / total:.0f}% | "
+          "sample grids, curves, confusion matrix |")
     print(f"| **end to end** | **{total / 60:.1f} min ({total:.0f} s)** | | 100% | target <= {TARGET_S // 60} min: "
           f"**{'met' if total <= TARGET_S else 'NOT met'}** |")
     print(f"| re-run, nothing changed | {cached:.1f} s | | | every stage skipped by its input hash |")

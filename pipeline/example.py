@@ -41,12 +41,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 def example_bundle() -> Path:
     """bundles/animals-src of the source tree, or $EDGEPPT_EXAMPLE_BUNDLE (an installed image sets it)."""
-    candidates = [os.environ.get("EDGEPPT_EXAMPLE_BUNDLE"), Path(__file__).resolve().parents[1] / "bundles" / "animals-src"]
+    candidates = [os.environ.get("EDGEPPT_EXAMPLE_BUNDLE"),
+                  Path(__file__).resolve().parents[1] / "bundles" / "animals-src"]
     for c in candidates:
         if c and (Path(c) / "manifest.json").is_file():
             return Path(c)
-    raise EdgepptError("the example source bundle is missing (bundles/animals-src); set EDGEPPT_EXAMPLE_BUNDLE "
-                       "or build it with `edgeppt source train --data animals:bear,bird,cat,cow,dog --out bundles/animals-src`")
+    raise EdgepptError("the example source bundle is missing (bundles/animals-src); set EDGEPPT_EXAMPLE_BUNDLE or "
+                       "build it: edgeppt source train --data animals:bear,bird,cat,cow,dog --out bundles/animals-src")
 
 
 def example_config(budget: str = "demo", **overrides: Any) -> PipelineConfig:

@@ -60,8 +60,8 @@ def file_hash(path: Path) -> str | None:
 
 
 def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test), "test_fraction": cfg.test_fraction,
-            "labels_per_class": cfg.labels_per_class, "seed": cfg.seed}
+    return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test),
+            "test_fraction": cfg.test_fraction, "labels_per_class": cfg.labels_per_class, "seed": cfg.seed}
 
 
 def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
@@ -117,7 +117,8 @@ def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, 
     from transfer import run_transfer
 
     out = run / "transfer"
-    # PP weights depend on the bundle and architecture only: kept beside the stages, reused when only fine-tuning changes
+    # PP weights depend on the bundle and architecture only: kept beside the stages, reused when only the
+    # fine-tuning changes
     report = run_transfer(transfer_config(cfg, run), out, resume=resume and (out / "config.json").exists(),
                           progress=progress, pp_cache=run / "cache")
     return {"test_accuracy": report.get("test_accuracy"), "params": report.get("model", {}).get("params")}

@@ -45,7 +45,8 @@ def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) 
 
 
 def class_zip(prefix: str = "") -> bytes:
-    return make_zip({f"{prefix}{c}/{i}.png": png_bytes(40 * k + i) for k, c in enumerate(["cat", "dog"]) for i in range(3)})
+    return make_zip({f"{prefix}{c}/{i}.png": png_bytes(40 * k + i)
+                     for k, c in enumerate(["cat", "dog"]) for i in range(3)})
 
 
 def test_a_zip_of_class_folders_unpacks_and_loads(tmp_path):
@@ -153,7 +154,8 @@ def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundl
     from pipeline.runner import read_state, run_pipeline
 
     run = Path(os.environ["EDGEPPT_RUNS"]) / "apptest"
-    cfg = parse_config({"source": str(tiny_bundle), "target": "digits:0,1,2", "threads": 1, "search": {"enabled": False},
+    cfg = parse_config({"source": str(tiny_bundle), "target": "digits:0,1,2", "threads": 1,
+                        "search": {"enabled": False},
                         "transfer": {"arch": "resnet_xs", "pretrain_steps": 5, "finetune_steps": 6, "eval_every": 3,
                                      "batch_size": 8, "pretrain_batch": 8, "pssl": {"pool_size": 16, "steps": 3}},
                         "export": {"bench_runs": 3, "calibration_size": 16}})
@@ -204,7 +206,8 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
 
     port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "edgeppt", "app", "--port", str(port), "--runs", str(tmp_path / "runs")],
+    server = subprocess.Popen([sys.executable, "-m", "edgeppt", "app", "--port", str(port),
+                               "--runs", str(tmp_path / "runs")],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/?run=e2e"
     try:
