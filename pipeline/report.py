@@ -62,19 +62,20 @@ def training_curves(run: str | Path):
         return None
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2))
     offset = 0
-    for phase in dict.fromkeys(r["phase"] for r in records):
+    for i, phase in enumerate(dict.fromkeys(r["phase"] for r in records)):
         rs = [r for r in records if r["phase"] == phase]
         steps = [offset + r["step"] for r in rs]
-        ax_loss.plot(steps, _smooth([r["loss"] for r in rs]), label=phase)
+        ax_loss.plot(steps, _smooth([r["loss"] for r in rs]), label=phase, color=f"C{i}")
         acc = [(offset + r["step"], r["test_accuracy"]) for r in rs if "test_accuracy" in r]
         if acc:
-            ax_acc.plot(*zip(*acc), marker="o", label=phase)
+            ax_acc.plot(*zip(*acc), marker="o", label=phase, color=f"C{i}")  # the same colour as its loss
         offset = steps[-1]
     ax_loss.set(xlabel="step", ylabel="loss (smoothed)", title="training loss")
     ax_acc.set(xlabel="step", ylabel="test accuracy", title="target test accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
