@@ -163,6 +163,12 @@ def test_pp_weights_and_pseudo_pools_are_cached_across_runs(tiny_bundle, tmp_pat
                          pp_cache=tmp_path / "cache")
     assert not third["pseudo_samples"]["cached"]
     assert len(list((tmp_path / "cache").glob("pool-*.pt"))) == 2
+    # The warm start of pp+pssl is exactly the pp method: same batches, same weights before the pseudo samples.
+    pp = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "pp", progress=False, pp_cache=tmp_path / "cache")
+    warm = [r for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["phase"] == "pp"][-1]
+    assert warm["test_accuracy"] == pp["test_accuracy"]
+    assert [r["loss"] for r in read_jsonl(tmp_path / "pp" / "metrics.jsonl")] == \
+        [r["loss"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["phase"] == "pp"]
 
 
 def test_torchrun_two_cpu_processes(tiny_bundle, tmp_path):
