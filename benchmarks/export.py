@@ -83,7 +83,8 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
     torch.set_num_threads(threads)
     model = run.model.eval()
     calls = {"PyTorch eager fp32": torch_calls(model, shape)}
-    rows.append({"model": name, "variant": "PyTorch eager fp32", "accuracy": float((torch_logits(model, test.x).argmax(1) == y).mean())})
+    acc = float((torch_logits(model, test.x).argmax(1) == y).mean())
+    rows.append({"model": name, "variant": "PyTorch eager fp32", "accuracy": acc})
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "m.onnx", shape, dynamic_batch=True)
         fp32_acc = Q.accuracy(fp32, x, y)
@@ -119,8 +120,9 @@ def markdown(rows: list[dict]) -> str:
            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["variant"] == "ONNX Runtime fp32")
-        out.append(f"| {r['model']} | {r['variant']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['throughput_ips']:.0f} "
-                   f"| {r['throughput_ips'] / base['throughput_ips']:.2f}x | {100 * r['accuracy']:.2f}% | {r['drop_points']:+.2f} "
+        out.append(f"| {r['model']} | {r['variant']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} "
+                   f"| {r['throughput_ips']:.0f} | {r['throughput_ips'] / base['throughput_ips']:.2f}x "
+                   f"| {100 * r['accuracy']:.2f}% | {r['drop_points']:+.2f} "
                    f"| {r.get('recipe', '-')} |")
     return "\n".join(out)
 

@@ -75,7 +75,8 @@ def write_support_files(root: Path, classes: list[str], spec: dict[str, Any]) ->
 
 
 def write_build_shell(root: Path, commands: list[str]) -> None:
-    body = ("#!/usr/bin/env sh\n# Build TensorRT engines on the device (engines are tied to its GPU and TensorRT version).\n"
+    body = ("#!/usr/bin/env sh\n"
+            "# Build TensorRT engines on the device (engines are tied to its GPU and TensorRT version).\n"
             "# Either the trtexec commands below, or: python3 build_engine.py <model.onnx> <model.engine>\n"
             "set -e\ncd \"$(dirname \"$0\")\"\n" + "".join(c + "\n" for c in commands))
     path = atomic_write_text(root / BUILD_SHELL, body)
@@ -117,7 +118,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if m.get("format") != FORMAT:
         raise EdgepptError(f"{path / MANIFEST}: format is {m.get('format')!r}, expected {FORMAT!r}")
     if m.get("version") != VERSION:
-        raise EdgepptError(f"{path / MANIFEST}: bundle version {m.get('version')} is not supported (this edgeppt reads {VERSION})")
+        raise EdgepptError(f"{path / MANIFEST}: bundle version {m.get('version')} is not supported "
+                           f"(this edgeppt reads {VERSION})")
     return m
 
 
@@ -130,7 +132,8 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     return m
 
 
-def trtexec_commands(artifacts: dict[str, dict[str, Any]], input_name: str, shape: list[int], dynamic: bool) -> list[str]:
+def trtexec_commands(artifacts: dict[str, dict[str, Any]], input_name: str, shape: list[int],
+                     dynamic: bool) -> list[str]:
     """One trtexec line per GPU-ready ONNX model (QDQ INT8 with symmetric activations, FP16)."""
     cmds = []
     for fmt in ("int8", "fp16"):

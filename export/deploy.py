@@ -27,7 +27,8 @@ def ssh_base(host: str, port: int | None = None, identity: str | Path | None = N
     return cmd + [host]
 
 
-def _remote(base: list[str], script: str, stdin: bytes | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def _remote(base: list[str], script: str, stdin: bytes | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(base + [script], input=stdin, capture_output=True, timeout=timeout)
     except FileNotFoundError as e:

@@ -84,13 +84,15 @@ def _tensorrt(ctx: Context) -> dict[str, Any]:
     """Always: the trtexec command and build script for the device. Where TensorRT and a GPU are here: the engine."""
     dynamic = ctx.options["dynamic_batch"]
     shape = [1, *ctx.run.input_shape]
-    sources = [f for f in ("int8", "fp16") if f in ctx.artifacts and ctx.artifacts[f].get("tensorrt_ready", f == "fp16")]
+    sources = [f for f in ("int8", "fp16")
+               if f in ctx.artifacts and ctx.artifacts[f].get("tensorrt_ready", f == "fp16")]
     if not sources:
         raise EdgepptError("tensorrt needs an int8 (QDQ, symmetric) or fp16 ONNX model: add int8 or fp16 to --formats")
     commands = B.trtexec_commands(ctx.artifacts, INPUT_NAME, shape, dynamic)
     B.write_build_shell(ctx.root, commands)
     out: dict[str, Any] = {"sources": [ctx.artifacts[f]["file"] for f in sources], "trtexec": commands,
-                           "build_script": f"python3 {B.BUILD_SCRIPT} <model.onnx> <model.engine> --timing-cache timing.cache",
+                           "build_script": f"python3 {B.BUILD_SCRIPT} <model.onnx> <model.engine> "
+                                           "--timing-cache timing.cache",
                            "files": [B.BUILD_SCRIPT, B.BUILD_SHELL], "built": False}
     ok, why = tensorrt.trt_available()
     if not ok:
@@ -173,7 +175,8 @@ def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: Dev
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, device: str | Path | DeviceProfile = "x86-cpu",
-               formats: str | list[str] | None = None, int8_calibration: str = "target", source: str | Path | None = None,
+               formats: str | list[str] | None = None, int8_calibration: str = "target",
+               source: str | Path | None = None,
                calibration_data: str | None = None, calibration_images: Any = None, calibration_size: int = 256,
                max_int8_drop: float = 1.0, dynamic_batch: bool = False, threads: int | None = None,
                bench_runs: int = 50, samples_per_class: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -53,7 +53,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise EdgepptError(f"{run_dir}: no such run directory")
     ckpt_path = run_dir / "model.pt"
     if not ckpt_path.is_file():
-        hint = " (the run has a checkpoint but has not finished: resume it first)" if (run_dir / "checkpoint.pt").exists() else ""
+        hint = (" (the run has a checkpoint but has not finished: resume it first)"
+                if (run_dir / "checkpoint.pt").exists() else "")
         raise EdgepptError(f"{run_dir}: no model.pt, so nothing to export{hint}")
     try:
         ckpt = load_checkpoint(ckpt_path)
@@ -75,7 +76,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def run_data(run: LoadedRun, source_bundle=None) -> tuple[ImageSet, ImageSet]:
-    """The run's labelled images and its fixed test split, rebuilt from its saved settings at the model's input shape."""
+    """The run's labelled images and its fixed test split, rebuilt from its saved settings at the model's input
+    shape."""
     from edgeppt.config import TransferConfig, validate
     from transfer.run import prepare_data
 

@@ -37,7 +37,8 @@ def check_calibration(x: Any, shape: tuple[int, int, int]) -> np.ndarray:
     """A calibration set must be float images (N, C, H, W) at the model's input shape with values in [0, 1]."""
     a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if a.ndim != 4 or tuple(a.shape[1:]) != tuple(shape):
-        raise EdgepptError(f"calibration images have shape {tuple(a.shape)}, expected (N, {', '.join(map(str, shape))}) "
+        want = ", ".join(map(str, shape))
+        raise EdgepptError(f"calibration images have shape {tuple(a.shape)}, expected (N, {want}) "
                            "to match the model input")
     if len(a) == 0:
         raise EdgepptError("the calibration set is empty")

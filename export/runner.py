@@ -229,7 +229,8 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         big = next((v for k, v in r.items() if k.startswith("batch") and k != "batch1"), r["batch1"])
         acc = f"{100 * r['sample_accuracy']:.1f}%" if "sample_accuracy" in r else "-"
-        lines.append(f"{r['format']:8} {r['provider']:26} {r['batch1']['median_ms']:12.3f} {r['batch1']['p90_ms']:10.3f} "
+        b1 = r["batch1"]
+        lines.append(f"{r['format']:8} {r['provider']:26} {b1['median_ms']:12.3f} {b1['p90_ms']:10.3f} "
                      f"{big['throughput_ips']:10.0f} {acc:>11}")
     return "\n".join(lines)
 
@@ -249,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", action="store_true")
     c.add_argument("--model", default=None, help="model file inside the bundle (default: the device's format)")
     for p in (c, b):
-        p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the bundle's device setting)")
+        p.add_argument("--threads", type=int, default=None,
+                       help="intra-op threads (default: the bundle's device setting)")
         p.add_argument("--provider", choices=["auto", "cpu"], default="auto")
     args = ap.parse_args(argv)
 

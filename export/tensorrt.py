@@ -41,13 +41,15 @@ def trt_available() -> tuple[bool, str]:
 def shapes(input_name: str, shape: list[int], max_batch: int) -> dict[str, str]:
     """min/opt/max shapes for a dynamic batch: opt at batch 1, the edge use; max for throughput."""
     dims = lambda b: "x".join(str(d) for d in [b, *shape[1:]])  # noqa: E731
-    return {"min": f"{input_name}:{dims(1)}", "opt": f"{input_name}:{dims(1)}", "max": f"{input_name}:{dims(max_batch)}"}
+    return {"min": f"{input_name}:{dims(1)}", "opt": f"{input_name}:{dims(1)}",
+            "max": f"{input_name}:{dims(max_batch)}"}
 
 
 def trtexec_command(onnx: str, engine: str, input_name: str, shape: list[int], dynamic: bool,
                     timing_cache: str = "timing.cache", max_batch: int = 32) -> str:
     """The equivalent trtexec command (TensorRT 10 and 11; --stronglyTyped is a no-op on 11)."""
-    cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}", "--stronglyTyped", f"--timingCacheFile={timing_cache}"]
+    cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}", "--stronglyTyped",
+           f"--timingCacheFile={timing_cache}"]
     if dynamic:
         s = shapes(input_name, shape, max_batch)
         cmd += [f"--minShapes={s['min']}", f"--optShapes={s['opt']}", f"--maxShapes={s['max']}"]

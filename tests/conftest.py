@@ -83,7 +83,8 @@ def _free_port() -> int:
 def sshd(tmp_path_factory) -> SSHServer:
     """A real OpenSSH server on 127.0.0.1 for the current user: key authentication only, its own host key, config and
     log in a temporary folder. One server for the whole test session; skipped only where OpenSSH is not installed."""
-    exe = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None)
+    exe = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()),
+                                       None)
     if exe is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
         pytest.skip("OpenSSH server/client not installed (apt-get install -y openssh-server openssh-client)")
     d = tmp_path_factory.mktemp("sshd")

@@ -88,7 +88,8 @@ def test_fp16_model_is_float16_and_close(bundle):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
     art = manifest["artifacts"]["fp16"]
     assert "unchecked" not in art  # onnxruntime's CPU provider runs this float16 graph, so it is checked here
-    assert art["parity"]["top1_agreement"] > 0.98 and art["parity"]["max_abs_diff"] < 0.05 * art["parity"]["max_abs_logit"]
+    par = art["parity"]
+    assert par["top1_agreement"] > 0.98 and par["max_abs_diff"] < 0.05 * par["max_abs_logit"]
 
 
 # ---------------------------------------------------------------- INT8
@@ -114,7 +115,8 @@ def test_qdq_graph_is_tensorrt_ready(bundle):
         w, scale = inits[dq.input[0]], inits[dq.input[1]]
         assert w.dtype == np.int8 and scale.shape == (w.shape[0],), conv.name  # one scale per output channel
     convs_with_bias = [c for c in convs if len(c.input) > 2 and c.input[2]]
-    assert convs_with_bias and all(c.input[2] in inits and inits[c.input[2]].dtype == np.float32 for c in convs_with_bias)
+    assert convs_with_bias
+    assert all(c.input[2] in inits and inits[c.input[2]].dtype == np.float32 for c in convs_with_bias)
     props = manifest["artifacts"]["int8"]["qdq"]
     assert props["max_abs_zero_point"] == 0 and props["per_channel_weights"] >= len(convs)
     assert props["quantized_types"] == ["int8"] and props["tensorrt_ready"]
@@ -321,7 +323,8 @@ def test_deploy_over_ssh(bundle, sshd, tmp_path):
                                  str(sshd.identity), *opts, "--remote-dir", str(tmp_path / "cli"), "--python",
                                  sys.executable, "--runs", "2"])
     assert r.exit_code == 0, r.output
-    assert "files verified on the device" in " ".join(r.output.split()) and (tmp_path / "cli" / "manifest.json").is_file()
+    assert "files verified on the device" in " ".join(r.output.split())
+    assert (tmp_path / "cli" / "manifest.json").is_file()
 
 
 def test_deploy_refuses_a_tampered_bundle_and_a_bad_host(bundle, sshd, tmp_path):
@@ -385,7 +388,8 @@ def test_device_profile_drives_the_export(bundle, trained_run, tmp_path):
 
 def test_calibration_set_of_the_wrong_shape(trained_run, tmp_path):
     with pytest.raises(EdgepptError, match=r"shape \(4, 3, 8, 8\).*\(N, 1, 8, 8\)"):
-        export_run(trained_run, tmp_path / "o", formats="onnx,int8", calibration_images=np.zeros((4, 3, 8, 8), np.float32),
+        export_run(trained_run, tmp_path / "o", formats="onnx,int8",
+                   calibration_images=np.zeros((4, 3, 8, 8), np.float32),
                    log=lambda s: None)
     with pytest.raises(EdgepptError, match=r"\[0, 1\]"):
         Q.check_calibration(np.full((2, 1, 8, 8), 255.0, np.float32), (1, 8, 8))

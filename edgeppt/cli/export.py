@@ -21,9 +21,11 @@ def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
         if "error" in r:
             table.add_row(r["format"], "-", "-", "-", "-", f"[yellow]{r['error'][:60]}[/]")
             continue
-        big = next((v for k, v in r.items() if k.startswith("batch") and k != "batch1" and isinstance(v, dict)), r["batch1"])
+        big = next((v for k, v in r.items() if k.startswith("batch") and k != "batch1" and isinstance(v, dict)),
+                   r["batch1"])
         acc = r.get(accuracy_key, r.get("sample_accuracy"))
-        table.add_row(r["format"], r.get("provider", "-"), f"{r['batch1']['median_ms']:.3f}", f"{r['batch1']['p90_ms']:.3f}",
+        b1 = r["batch1"]
+        table.add_row(r["format"], r.get("provider", "-"), f"{b1['median_ms']:.3f}", f"{b1['p90_ms']:.3f}",
                       f"{big['throughput_ips']:.0f} (b{big['batch']})", "-" if acc is None else f"{100 * acc:.2f}%")
     return table
 
@@ -32,17 +34,22 @@ def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
 def export_cmd(
     run: Path = typer.Argument(..., help="Run directory with model.pt and report.json."),
     out: Optional[Path] = typer.Option(None, help="Bundle directory to write (default dist/<run name>)."),
-    device: str = typer.Option("x86-cpu", help="Device profile: a built-in name (x86-cpu, arm-cpu, jetson) or a profile "
-                               ".yaml; its export section picks default formats, int8 activations and threads."),
-    formats: Optional[str] = typer.Option(None, help="Comma-separated: onnx,int8,fp16,tensorrt (default: the device's)."),
+    device: str = typer.Option("x86-cpu", help="Device profile: a built-in name (x86-cpu, arm-cpu, jetson) or a "
+                               "profile .yaml; its export section picks default formats, int8 activations "
+                               "and threads."),
+    formats: Optional[str] = typer.Option(None, help="Comma-separated: onnx,int8,fp16,tensorrt "
+                                          "(default: the device's)."),
     int8_calibration: str = typer.Option("target", help="target: target images; pseudo: source-generator samples."),
-    source: Optional[Path] = typer.Option(None, help="Source bundle for --int8-calibration pseudo (default: the run's)."),
-    calibration_data: Optional[str] = typer.Option(None, help="Images to calibrate with (default: the run's target images minus the test split)."),
+    source: Optional[Path] = typer.Option(None, help="Source bundle for --int8-calibration pseudo "
+                                          "(default: the run's)."),
+    calibration_data: Optional[str] = typer.Option(None, help="Images to calibrate with (default: the run's target "
+                                                   "images minus the test split)."),
     calibration_size: int = typer.Option(256, min=1, help="Calibration images."),
     max_int8_drop: float = typer.Option(1.0, help="Accuracy points INT8 may lose before remedies are tried."),
     dynamic_batch: bool = typer.Option(False, help="Dynamic batch dimension (default: static batch 1)."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the device's)."),
-    bench_runs: int = typer.Option(50, min=0, help="Timed runs per artifact for the manifest's latency table (0: none)."),
+    bench_runs: int = typer.Option(50, min=0, help="Timed runs per artifact for the manifest's latency table "
+                                   "(0: none)."),
 ) -> None:
     """Export a trained run to ONNX / INT8 / FP16 / TensorRT and write a verified, deployable bundle."""
     from export import export_run
@@ -52,7 +59,8 @@ def export_cmd(
              dynamic_batch=dynamic_batch, threads=threads, bench_runs=bench_runs,
              log=lambda s: console.print(f"[cyan]export[/] {s}"))
     rows = [{**r, "provider": "CPU (export host)"} for r in m["results"] if "batch1" in r]
-    Console().print(_bench_table(f"bundle {out or 'dist/' + run.resolve().name} (test split: {m['test_images']} images)",
+    name = out or "dist/" + run.resolve().name
+    Console().print(_bench_table(f"bundle {name} (test split: {m['test_images']} images)",
                                  rows, "accuracy"))
     int8 = m["artifacts"].get("int8", {})
     guard = int8.get("accuracy_guard")
@@ -89,8 +97,10 @@ def deploy_cmd(
     host: str = typer.Option(..., help="user@device (anything ssh accepts)."),
     port: Optional[int] = typer.Option(None, help="SSH port."),
     identity: Optional[Path] = typer.Option(None, help="SSH private key."),
-    ssh_option: list[str] = typer.Option([], "--ssh-option", "-o", help="Extra ssh -o option, e.g. -o StrictHostKeyChecking=accept-new."),
-    remote_dir: Optional[str] = typer.Option(None, help="Folder on the device (default ~/edgeppt-bundles/<bundle name>)."),
+    ssh_option: list[str] = typer.Option([], "--ssh-option", "-o",
+                                         help="Extra ssh -o option, e.g. -o StrictHostKeyChecking=accept-new."),
+    remote_dir: Optional[str] = typer.Option(None, help="Folder on the device "
+                                             "(default ~/edgeppt-bundles/<bundle name>)."),
     python: str = typer.Option("python3", help="Python on the device (needs numpy, onnxruntime, pillow)."),
     threads: Optional[int] = typer.Option(None),
     runs: int = typer.Option(30, min=1),
