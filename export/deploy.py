@@ -10,21 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeppt.errors import EdgepptError
+from edgeppt.remote import ssh_command
 
 from .bundle import RUNNER_FILE, verify_bundle
-
-
-def ssh_base(host: str, port: int | None = None, identity: str | Path | None = None,
-             options: list[str] | None = None) -> list[str]:
-    # BatchMode: never stop at a password prompt; a deploy must fail fast and say why.
-    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
-    if port:
-        cmd += ["-p", str(port)]
-    if identity:
-        cmd += ["-i", str(identity)]
-    for o in options or []:
-        cmd += ["-o", o]
-    return cmd + [host]
 
 
 def _remote(base: list[str], script: str, stdin: bytes | None = None,
@@ -51,7 +39,7 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
     path = Path(path)
     manifest = verify_bundle(path)  # never ship a bundle that is already wrong
     remote_dir = remote_dir or f"edgeppt-bundles/{path.resolve().name}"  # relative: under the login's home
-    base = ssh_base(host, port, identity, ssh_options)
+    base = ssh_command(host, port, identity, ssh_options)
     d = shlex.quote(remote_dir)
     # Replace the remote folder wholesale so no stale file of an earlier bundle survives.
     r = _remote(base, f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf -", stdin=_tar(path))

@@ -21,6 +21,7 @@ import yaml
 from edgeppt.config import SpaceConfig
 from edgeppt.devices import DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
+from edgeppt.remote import ssh_command
 from edgeppt.models import arch_spec, create_model, list_models
 from edgeppt.runs import atomic_write_text
 
@@ -69,18 +70,6 @@ def probe_archs(space: SpaceConfig, n: int, seed: int = 0) -> list[dict]:
     return archs[:n]
 
 
-def ssh_command(host: str, port: int | None = None, identity: Path | None = None,
-                options: list[str] | None = None, python: str = "python3") -> list[str]:
-    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
-    if port:
-        cmd += ["-p", str(port)]
-    if identity:
-        cmd += ["-i", str(identity)]
-    for o in options or []:
-        cmd += ["-o", o]
-    return [*cmd, host, f"{python} -"]
-
-
 def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], threads: int, runtime: str,
                 warmup: int, repeats: int, timeout: float = 1800) -> dict:
     cfg = {"models": [base64.b64encode(m).decode() for m in onnx_models], "shape": shape, "threads": threads,
@@ -122,7 +111,7 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
         console.print(f"timing {len(models)} probe models on {host} "
                       f"({profile.runtime}, {profile.threads or 'all'} threads)")
     onnx_models = [to_onnx(m, tuple(shape)) for m in models]
-    answer = time_remote(ssh_command(host, port, identity, ssh_options, python), onnx_models,
+    answer = time_remote([*ssh_command(host, port, identity, ssh_options), f"{python} -"], onnx_models,
                          shape, profile.threads, profile.runtime, warmup, repeats)
     lat = answer["latency_ms"]
     order = list(range(len(archs)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -49,3 +49,16 @@ def guarded(fn, *args, **kwargs):
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] the last checkpoint is saved; run the same command with --resume to continue")
         raise typer.Exit(130)
+
+
+def run_dir_and_settings(load_run_config: Callable[[Path], Any], out: Optional[Path], resume: Optional[Path],
+                         overrides: dict[str, Any], needs_target: bool) -> tuple[Path, dict[str, Any]]:
+    """--out starts a run; --resume continues one with its saved settings, updated by the options given now."""
+    if resume:
+        base = guarded(load_run_config, resume).model_dump(mode="json", exclude_unset=True)
+        return resume, {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    if out is None:
+        fail("give --out (a new run directory) or --resume (an existing one)")
+    if needs_target and overrides.get("target") is None:
+        fail("give --target (the labelled target images)")
+    return out, overrides

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from edgeppt.config import SearchConfig
 
-from .common import app, console, fail, guarded, merged
+from .common import app, console, guarded, merged, run_dir_and_settings
 
 devices_app = typer.Typer(help="Device profiles: budgets, runtimes, latency predictors.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
@@ -85,15 +85,7 @@ def search(
                  "peak_activation_kib": peak_kib, "source": source, "target": target,
                  "labels_per_class": labels_per_class, "val_per_class": val_per_class, "trials": trials,
                  "strategy": strategy, "engine": engine, "seed": seed}
-    if resume:
-        out = resume
-        base = guarded(load_run_config, resume).model_dump(mode="json", exclude_unset=True)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        overrides = base
-    if out is None:
-        fail("give --out (a new run directory) or --resume (an existing one)")
-    if not resume and target is None and config is None:
-        fail("give --target (the labelled target images)")
+    out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, SearchConfig, config, overrides, set_)
     s = guarded(run_search, cfg, out, resume=resume is not None, progress=not quiet)
     b = s["best"]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from edgeppt.config import METHODS, TransferConfig
 
-from .common import app, console, fail, guarded, merged
+from .common import app, console, guarded, merged, run_dir_and_settings
 
 
 @app.command()
@@ -38,15 +38,7 @@ def transfer(
                  "arch": arch, "method": method, "seed": seed}
     if ssl:
         set_ = [f"pssl.algorithm={ssl}", *set_]
-    if resume:
-        out = resume
-        base = guarded(load_run_config, resume).model_dump(mode="json", exclude_unset=True)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        overrides = base
-    if out is None:
-        fail("give --out (a new run directory) or --resume (an existing one)")
-    if not resume and target is None and config is None:
-        fail("give --target (the labelled target images)")
+    out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, TransferConfig, config, overrides, set_)
     report = guarded(run_transfer, cfg, out, resume=resume is not None, progress=not quiet, pp_cache=pp_cache)
     if report:
