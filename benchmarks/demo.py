@@ -1,6 +1,6 @@
 """Demo benchmark: `edgeppt demo` (the built-in example, search -> transfer -> export) timed per stage.
 
-    flock /tmp/edgeppt-heavy.lock python benchmarks/demo.py           # the demo budget; target <= 15 min on 2 cores
+    python benchmarks/demo.py           # the demo budget; target <= 15 min on 2 cores
     python benchmarks/demo.py --budget tiny                           # the one-minute smoke budget
 
 Runs the pipeline into a fresh run directory, then once more unchanged (every stage cached), and prints a Markdown

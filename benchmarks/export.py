@@ -5,7 +5,7 @@ target images and, data-free, from source-generator samples (needs the source bu
 symmetric INT8 recipe run by onnxruntime on this CPU. Everything is measured in one process, one after the other,
 so the ratios compare like with like on a shared machine.
 
-    flock /tmp/edgeppt-heavy.lock python benchmarks/export.py runs/export-small runs/export-large \
+    python benchmarks/export.py runs/export-small runs/export-large \
         --source bundles/animals-src --threads 1
 """
 

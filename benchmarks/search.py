@@ -1,7 +1,7 @@
 """Search benchmark: at one latency budget on x86-cpu, the searched architecture vs random search with the same
 trial count vs the hand-designed MobileNet-like baseline at the widest width that fits the budget.
 
-    flock /tmp/edgeppt-heavy.lock python benchmarks/search.py            # default (about 35 minutes on 2 cores)
+    python benchmarks/search.py            # default (about 35 minutes on 2 cores)
     python benchmarks/search.py --quick                                  # smoke run, a few minutes
 
 Each architecture is then trained with pp+pssl (transfer.run_transfer) on the built-in example and tested on the
