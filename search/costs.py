@@ -30,6 +30,20 @@ class Costs:
         return asdict(self)
 
 
+
+def trace(model: nn.Module, in_shape: tuple[int, ...], hooks: list) -> None:
+    """One batch-1 forward pass in eval mode so the given hooks see every layer; then remove them."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def count_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> Costs:
     """Run one batch-1 forward pass with hooks; `in_shape` is (C, H, W)."""
     macs = 0
@@ -60,14 +74,6 @@ def count_costs(model: nn.Module, in_shape: tuple[int, int, int]) -> Costs:
         elif isinstance(m, (InvertedResidual, SqueezeExcite, BasicBlock)):
             hooks.append(m.register_forward_pre_hook(hold))
             hooks.append(m.register_forward_hook(release))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *in_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    trace(model, in_shape, hooks)
     params = sum(p.numel() for p in model.parameters())
     return Costs(int(macs), int(params), peak / 1024)

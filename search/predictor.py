@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_json
+
+from .costs import trace
 
 FEATURES = ("dense_mmacs", "pointwise_mmacs", "depthwise_mmacs", "linear_mmacs", "activation_melems", "layers")
 
@@ -41,15 +42,7 @@ def layer_features(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str
         f["layers"] += 1
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *in_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    trace(model, in_shape, hooks)
     return f
 
 
