@@ -1,7 +1,7 @@
 """Search benchmark: at one latency budget on x86-cpu, the searched architecture vs random search with the same
 trial count vs the hand-designed MobileNet-like baseline at the widest width that fits the budget.
 
-    python benchmarks/search.py            # default (about 35 minutes on 2 cores)
+    python benchmarks/search.py            # default: 20 trials per search, 3 transfer seeds per architecture
     python benchmarks/search.py --quick                                  # smoke run, a few minutes
 
 Each architecture is then trained with pp+pssl (transfer.run_transfer) on the built-in example and tested on the
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
     args = ap.parse_args()
     trials = args.trials or (3 if args.quick else 20)
-    seeds = args.seeds or 1
+    seeds = args.seeds or (1 if args.quick else 3)
     proxy = dict(pretrain_steps=20, finetune_steps=20) if args.quick else {}
     if args.proxy_steps:
         proxy = dict(pretrain_steps=args.proxy_steps[0], finetune_steps=args.proxy_steps[1])

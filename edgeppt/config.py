@@ -159,10 +159,10 @@ class SpaceConfig(Strict):
 
 class ProxyConfig(Strict):
     """The low-fidelity evaluator: short PP on generated source samples, short fine-tune on the few labels."""
-    pretrain_steps: int = Field(100, ge=0)
-    pretrain_batch: int = Field(32, ge=2)
+    pretrain_steps: int = Field(300, ge=0)
+    pretrain_batch: int = Field(64, ge=2)
     pretrain_pool: int = Field(2048, ge=16, description="generated source samples drawn once and shared by all trials")
-    finetune_steps: int = Field(60, ge=1)
+    finetune_steps: int = Field(100, ge=1)
     batch_size: int = Field(20, ge=1)
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -188,6 +188,9 @@ class SearchConfig(Strict):
     population: int = Field(8, ge=2, description="regularised evolution: population size")
     tournament: int = Field(3, ge=1, description="regularised evolution: tournament size")
     mutation_prob: float = Field(0.3, gt=0, le=1)
+    finalists: int = Field(3, ge=0, description="after the trials, the best this many are re-trained with "
+                                                "final_seeds more proxy seeds and the winner is the best mean (0: off)")
+    final_seeds: int = Field(2, ge=1, description="extra proxy seeds per finalist")
     engine: Literal["sequential", "local"] = Field("sequential", description="NNI execution: in this process, or "
                                                    "NNI's training service (local; remote/kubernetes in NNI's config)")
     concurrency: int = Field(1, ge=1, description="trials at once (training-service engine only)")

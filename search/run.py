@@ -3,7 +3,8 @@
 NNI drives the exploration: its strategy proposes samples of the ModelSpace, a Filter middleware rejects every
 over-budget sample before any training, and the evaluator trains the survivors under the proxy budget. The
 sequential engine runs trials in this process (no web server); the training-service engine ("local") runs them
-as NNI trial processes. NNI's working directory is `<run>/nni`. Our own ledger (`<run>/trials.jsonl`) makes an
+as NNI trial processes. After the trials, the best few are re-trained with more proxy seeds and the winner is the
+best mean (the single-seed best is partly luck). NNI's working directory is `<run>/nni`. Our own ledger (`<run>/trials.jsonl`) makes an
 interrupted search resumable: the strategy replays from its seed and finished candidates are answered from it.
 """
 
@@ -96,6 +97,36 @@ class SearchContext:
                                  f"{rec['macs'] / 1e6:.2f} M MACs, {rec['params']:,} params, "
                                  f"train {rec['train_s']:.0f}s; best {best:.3f}")
         return rec["accuracy"]
+
+
+    def rerank(self) -> None:
+        """Re-train the `finalists` best candidates with `final_seeds` more proxy seeds; store each one's mean.
+
+        One proxy run's seed noise (initialisation, batch order, 4 labels per class) is as large as the gaps
+        between good candidates, so the single-seed best is partly luck: the winner's curse. Finalists are chosen
+        by their first-seed accuracy, so a resumed search picks the same ones; seeds already run are kept.
+        """
+        cfg = self.cfg
+        if cfg.finalists == 0:
+            return
+        top = sorted(self.ledger.trained(), key=lambda r: (-r["accuracy"], r["order"]))[:cfg.finalists]
+        for rank, rec in enumerate(top, 1):
+            accs = list(rec.get("seed_accuracies") or [rec["accuracy"]])
+            for s in range(len(accs), 1 + cfg.final_seeds):
+                if cfg.threads:
+                    torch.set_num_threads(cfg.threads)
+                try:
+                    res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s)
+                except KeyboardInterrupt:
+                    self.interrupted = True
+                    raise
+                accs.append(res["accuracy"])
+                rec = self.ledger.add({"key": rec["key"], "seed_accuracies": accs, "finalist": rank,
+                                       "final_accuracy": sum(accs) / len(accs),
+                                       "train_s": rec.get("train_s", 0.0) + res["train_s"]})
+                if self.progress:
+                    report.console.print(f"finalist {rank}/{len(top)}, proxy seed {s + 1}: accuracy "
+                                         f"{res['accuracy']:.3f}; mean {rec['final_accuracy']:.3f} over {len(accs)}")
 
 
 _CONTEXTS: dict[str, SearchContext] = {}
@@ -205,7 +236,8 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
     if resume:
         saved = load_run_config(out).model_dump(mode="json")
         now = cfg.model_dump(mode="json")
-        diff = [k for k in now if saved.get(k) != now[k] and k not in ("threads", "trials", "engine", "concurrency")]
+        free = ("threads", "trials", "engine", "concurrency", "finalists", "final_seeds")  # may change on resume
+        diff = [k for k in now if saved.get(k) != now[k] and k not in free]
         if diff:
             raise EdgepptError(f"{out} was started with other settings ({', '.join(diff)} differ); resume with the "
                                "same settings or use a new --out")
@@ -237,6 +269,11 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
                 except Exception:  # noqa: BLE001  (already stopped; NNI logs the rest)
                     pass
         ctx.ledger.reload()
+        if not ctx.interrupted and ctx.ledger.trained():
+            try:
+                ctx.rerank()
+            except KeyboardInterrupt:
+                pass  # reported below, with what is done so far
         if ctx.interrupted:
             if ctx.ledger.trained():  # what is done so far, then the usual "resume" message
                 report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)

@@ -140,6 +140,35 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
         run_search(cfg.model_copy(update={"seed": 5}), out, resume=True, progress=False)
 
 
+def test_finalists_are_retrained_with_more_seeds_and_the_best_mean_wins(tmp_path, monkeypatch):
+    import search.run as search_run
+
+    calls: list[int] = []
+    real = search_run.evaluate_arch
+    monkeypatch.setattr(search_run, "evaluate_arch", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    cfg = SearchConfig(device=str(prof), strategy="random", trials=4, finalists=2, final_seeds=2, **FAST)
+    out = tmp_path / "run"
+    s = run_search(cfg, out, progress=False)
+    assert sorted(calls) == [0, 0, 0, 0, 1, 1, 2, 2]  # 4 trials at seed 0, then 2 finalists x 2 more seeds
+    rows = [r for r in json.loads((out / "trials.json").read_text()) if r["status"] == "trained"]
+    finalists = sorted((r for r in rows if r["finalist"]), key=lambda r: r["finalist"])
+    others = [r for r in rows if not r["finalist"]]
+    assert len(finalists) == 2 and min(f["accuracy"] for f in finalists) >= max(r["accuracy"] for r in others)
+    recs = search_run.Ledger(out).records
+    for f in finalists:
+        seeds = recs[next(k for k, r in recs.items() if r.get("trial") == f["trial"])]["seed_accuracies"]
+        assert len(seeds) == 3 and seeds[0] == f["accuracy"] and f["final_accuracy"] == pytest.approx(np.mean(seeds))
+    winner = max(finalists, key=lambda r: (r["final_accuracy"], -r["latency_ms"]))  # ties: the faster
+    best = json.loads((out / "best.json").read_text())
+    assert best["search"]["proxy_accuracy"] == pytest.approx(winner["final_accuracy"]) == s["best"]["proxy_accuracy"]
+    assert best["search"]["trial"] == winner["trial"]
+    # Resuming with a third finalist runs only its two new seeds; the first two finalists are not re-trained.
+    calls.clear()
+    run_search(cfg.model_copy(update={"finalists": 3}), out, resume=True, progress=False)
+    assert sorted(calls) == [1, 2]
+
+
 def test_cli_devices_search_and_resume(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["devices", "list"])
