@@ -4,8 +4,9 @@ NNI drives the exploration: its strategy proposes samples of the ModelSpace, a F
 over-budget sample before any training, and the evaluator trains the survivors under the proxy budget. The
 sequential engine runs trials in this process (no web server); the training-service engine ("local") runs them
 as NNI trial processes. After the trials, the best few are re-trained with more proxy seeds and the winner is the
-best mean (the single-seed best is partly luck). NNI's working directory is `<run>/nni`. Our own ledger (`<run>/trials.jsonl`) makes an
-interrupted search resumable: the strategy replays from its seed and finished candidates are answered from it.
+best mean (the single-seed best is partly luck). NNI's working directory is `<run>/nni`. Our own ledger
+(`<run>/trials.jsonl`) makes an interrupted search resumable: the strategy replays from its seed and finished
+candidates are answered from it.
 """
 
 from __future__ import annotations
@@ -97,7 +98,6 @@ class SearchContext:
                                  f"{rec['macs'] / 1e6:.2f} M MACs, {rec['params']:,} params, "
                                  f"train {rec['train_s']:.0f}s; best {best:.3f}")
         return rec["accuracy"]
-
 
     def rerank(self) -> None:
         """Re-train the `finalists` best candidates with `final_seeds` more proxy seeds; store each one's mean.
