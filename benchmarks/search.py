@@ -3,6 +3,8 @@ trial count vs the hand-designed MobileNet-like baseline at the widest width tha
 
     python benchmarks/search.py            # default: 20 trials per search, 3 transfer seeds per architecture
     python benchmarks/search.py --quick                                  # smoke run, a few minutes
+    python benchmarks/search.py --reuse benchmarks/results/search.json --reference-widths 1.0 0.5
+                                           # add reference rows to an earlier result without searching again
 
 Each architecture is then trained with pp+pssl (transfer.run_transfer) on the built-in example and tested on the
 held-out test split. Latencies of the three finalists are re-measured together at the end (interleaved rounds,
@@ -61,6 +63,11 @@ def main() -> None:
                     help="proxy pre-training and fine-tuning steps (default: the search defaults)")
     ap.add_argument("--pretrain-steps", type=int, default=300, help="transfer: PP steps")
     ap.add_argument("--finetune-steps", type=int, default=150, help="transfer: P-SSL steps")
+    ap.add_argument("--reference-widths", type=float, nargs="*", default=[],
+                    help="also train the MobileNet-like layout at these width multipliers (reference rows)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="keep the rows of an earlier result file (their searches and test accuracies); train only "
+                         "new rows, then re-measure every latency together")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
     args = ap.parse_args()
     trials = args.trials or (3 if args.quick else 20)
@@ -73,10 +80,12 @@ def main() -> None:
              finetune_steps=args.finetune_steps)
     profile = load_profile("x86-cpu")
     t_all = time.perf_counter()
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict] = json.loads(args.reuse.read_text())["rows"] if args.reuse else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for label, strategy in (("searched (regularised evolution)", "evolution"), ("random sampling", "random")):
+            if label in rows:
+                continue
             cfg = SearchConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, device="x86-cpu",
                                latency_ms=args.latency_ms, strategy=strategy, trials=trials, proxy=proxy,
                                population=args.population, tournament=min(3, args.population),
@@ -88,11 +97,18 @@ def main() -> None:
             print(f"{label}: search {rows[label]['search_s']:.0f}s, proxy acc {s['best']['proxy_accuracy']:.3f}, "
                   f"latency {s['best']['latency_ms']:.3f} ms, {s['rejected']} rejected", flush=True)
         in_shape, classes = (1, 28, 28), 5
-        arch, lat, t_base = baseline(args.latency_ms, in_shape, profile.threads, classes)
-        width = arch.pop("width_mult")
-        rows[f"hand-designed MobileNet-like (width x{width})"] = {"arch": arch, "search_s": t_base,
-                                                                 "proxy_accuracy": None, "rejected": 0}
+        if not any(k.startswith("hand-designed") for k in rows):
+            arch, lat, t_base = baseline(args.latency_ms, in_shape, profile.threads, classes)
+            width = arch.pop("width_mult")
+            rows[f"hand-designed MobileNet-like (width x{width})"] = {"arch": arch, "search_s": t_base,
+                                                                     "proxy_accuracy": None, "rejected": 0}
+        for w in args.reference_widths:
+            rows.setdefault(f"reference: MobileNet-like width x{w:g}", {
+                "arch": {"family": "mobilenet", "config": mbv2_config(w)}, "search_s": 0.0, "proxy_accuracy": None,
+                "rejected": 0})
         for label, r in rows.items():
+            if len(r.get("test_accs", [])) == seeds:
+                continue  # reused from --reuse
             accs = []
             for seed in range(seeds):
                 tc = TransferConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, arch=r["arch"],
@@ -118,12 +134,13 @@ def main() -> None:
         acc = statistics.mean(r["test_accs"])
         sd = statistics.pstdev(r["test_accs"])
         table.append(f"| {k} | {acc:.2f} ± {sd:.2f} | {r['latency_ms']:.3f} | {r['macs']:,} | {r['params']:,} | "
-                     f"{r['peak_activation_kib']:.1f} | {r['search_s']:.0f} |")
+                     f"{r['peak_activation_kib']:.1f} | {'-' if k.startswith('reference') else round(r['search_s'])} |")
     print()
     print(f"x86-cpu ({profile.threads} threads), budget {args.latency_ms} ms, {trials} trials per search "
           f"(evolution population {args.population}), proxy {proxy or 'default'}, "
           f"transfer {train}, "
-          f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min")
+          f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min"
+          + (f" (this run; rows reused from {args.reuse})" if args.reuse else ""))
     print("\n".join(table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"budget_ms": args.latency_ms, "trials": trials, "seeds": seeds,
