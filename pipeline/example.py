@@ -15,7 +15,7 @@ from .config import PipelineConfig, parse_config
 # Stage budgets, by how long they take on 2 CPU cores (benchmarks/demo.py measures them; docs/pipeline.md):
 # "tiny": every stage in about a minute, search off (tests, the wizard's end-to-end test);
 # "demo": the whole pipeline in about 2.5 minutes (what `edgeppt demo` runs; target <= 15);
-# "standard": twice the search trials and three times the training of "demo": about 9 minutes.
+# "standard": twice the search trials with the search's full proxy, three times the training of "demo".
 BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "search": {"enabled": False},
@@ -24,15 +24,14 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "export": {"bench_runs": 5, "calibration_size": 32},
     },
     "demo": {
-        "search": {"trials": 4, "latency_repeats": 20,
+        "search": {"trials": 4, "latency_repeats": 20, "finalists": 2, "final_seeds": 1,
                    "proxy": {"pretrain_steps": 60, "finetune_steps": 40, "pretrain_batch": 64, "pretrain_pool": 512}},
         "transfer": {"pretrain_steps": 200, "pretrain_batch": 64, "finetune_steps": 150, "eval_every": 50,
                      "checkpoint_every": 50, "pssl": {"pool_size": 1024}},
         "export": {"bench_runs": 50},
     },
     "standard": {
-        "search": {"trials": 8, "latency_repeats": 20,
-                   "proxy": {"pretrain_steps": 100, "finetune_steps": 60, "pretrain_pool": 1024}},
+        "search": {"trials": 8, "latency_repeats": 20},  # the search's default proxy and finalists
         "transfer": {"pretrain_steps": 600, "finetune_steps": 300, "eval_every": 50, "checkpoint_every": 50},
         "export": {"bench_runs": 50},
     },
