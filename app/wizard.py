@@ -233,7 +233,7 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
     budgets = list(BUDGETS)
     bound(st.radio, "Budget", run, draft, "budget", draft["budget"], budgets, horizontal=True,
           help="tiny: a one-minute smoke test; demo: the whole example in <= 15 min on 2 CPU cores; "
-               "standard: more search trials and training (better models, about an hour)")
+               "standard: more search trials and training (better models, about 11 min on 2 cores)")
     # Only choices that differ from the budget's preset are kept, so switching budgets moves every other value.
     base = build_config({**draft, "search": {}, "transfer": {}, "export": {}}) if draft.get("target") else None
     if base is None:

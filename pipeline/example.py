@@ -14,8 +14,8 @@ from .config import PipelineConfig, parse_config
 
 # Stage budgets, by how long they take on 2 CPU cores (benchmarks/demo.py measures them; docs/pipeline.md):
 # "tiny": every stage in about a minute, search off (tests, the wizard's end-to-end test);
-# "demo": the whole pipeline in about 2.5 minutes (what `edgeppt demo` runs; target <= 15);
-# "standard": twice the search trials with the search's full proxy, three times the training of "demo".
+# "demo": the whole pipeline in about 2 minutes (what `edgeppt demo` runs; target <= 15);
+# "standard": twice the search trials with the search's full proxy, three times the training: about 11 minutes.
 BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "search": {"enabled": False},

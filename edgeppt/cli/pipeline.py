@@ -67,8 +67,8 @@ def run_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory."),
-    budget: str = typer.Option("demo", help="tiny (a one-minute smoke test), demo (about 2.5 min on 2 CPU cores) "
-                                            "or standard (about 9 min: more search trials and training)."),
+    budget: str = typer.Option("demo", help="tiny (a one-minute smoke test), demo (about 2 min on 2 CPU cores) "
+                                            "or standard (about 11 min: more search trials and training)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """The built-in example end to end: animals bundle -> elephant, giraffe, horse, sheep, zebra on an x86 CPU."""
