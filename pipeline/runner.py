@@ -80,22 +80,34 @@ def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None,
         state.pop("error", None)
         atomic_write_json(run / STATE_FILE, state)
         try:
-            for name in cfg.stages():
-                _run_stage(cfg, run, name, state, name in force, progress, log)
-                if name == until:
-                    break
-            state["status"] = "done"
-        except KeyboardInterrupt:
-            state["status"] = "cancelled"
-            raise
-        except BaseException as e:
-            state["status"], state["error"] = "failed", str(e) or type(e).__name__
-            raise
+            with _recorded(state, state, run):
+                for name in cfg.stages():
+                    _run_stage(cfg, run, name, state, name in force, progress, log)
+                    if name == until:
+                        break
         finally:
-            state["finished"] = time.time()
-            atomic_write_json(run / STATE_FILE, state)
             _write_report(cfg, run, log)
     return state
+
+
+@contextmanager
+def _recorded(record: dict, state: dict, run: Path) -> Iterator[None]:
+    """As the block ends, mark `record` (the run's or one stage's) done, cancelled or failed, add its time, and save
+    the state file: the one place both levels record how they ended."""
+    t0 = time.perf_counter()
+    try:
+        yield
+        record["status"] = "done"
+    except KeyboardInterrupt:
+        record["status"] = "cancelled"
+        raise
+    except BaseException as e:
+        record["status"], record["error"] = "failed", str(e) or type(e).__name__
+        raise
+    finally:
+        record["finished"] = time.time()
+        record["seconds"] = record.pop("seconds_before", 0.0) + time.perf_counter() - t0
+        atomic_write_json(run / STATE_FILE, state)
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -125,20 +137,8 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
              "seconds_before": prev.get("seconds", 0.0) if resume else 0.0}
     state["stages"][name] = entry
     atomic_write_json(run / STATE_FILE, state)
-    t0 = time.perf_counter()
-    try:
+    with _recorded(entry, state, run):
         entry["summary"] = stage.run(cfg, run, resume, progress, log)
-        entry["status"] = "done"
-    except KeyboardInterrupt:
-        entry["status"] = "cancelled"
-        raise
-    except BaseException as e:
-        entry["status"], entry["error"] = "failed", str(e) or type(e).__name__
-        raise
-    finally:
-        entry["finished"] = time.time()
-        entry["seconds"] = entry.pop("seconds_before") + time.perf_counter() - t0
-        atomic_write_json(run / STATE_FILE, state)
     log(f"{name}: done in {entry['seconds']:.1f}s")
 
 
