@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ class SearchContext:
             self.interrupted = True
             raise
         n = len(self.ledger.trained()) + 1
-        rec = self.ledger.add({"key": key, "status": "trained", "trial": n, **result})
+        rec = self.ledger.add({"key": key, "status": "trained", "trial": n, "pid": os.getpid(), **result})
         if self.progress:
             best = max(r["accuracy"] for r in self.ledger.trained())
             report.console.print(f"trial {n}/{self.cfg.trials}: accuracy {rec['accuracy']:.3f}, "

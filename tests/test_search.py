@@ -169,6 +169,21 @@ def test_finalists_are_retrained_with_more_seeds_and_the_best_mean_wins(tmp_path
     assert sorted(calls) == [1, 2]
 
 
+def test_training_service_engine_runs_trials_in_nni_trial_processes(tmp_path):
+    """engine=local: NNI's manager (Node.js) and local training service run each trial as its own process."""
+    import os
+
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    out = tmp_path / "run"
+    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=2, engine="local", concurrency=2,
+                                finalists=0, **FAST), out, progress=False)
+    trained = [r for r in (json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines())
+               if r.get("status") == "trained"]
+    assert s["trained"] == 2 and len(trained) == 2
+    assert all(r["pid"] != os.getpid() for r in trained)  # trained by NNI trial processes, not by this one
+    assert (out / "best.json").exists() and any((out / "nni").iterdir())  # NNI's files stay in the run directory
+
+
 def test_cli_devices_search_and_resume(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["devices", "list"])
