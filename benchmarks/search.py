@@ -7,7 +7,7 @@ trial count vs the hand-designed MobileNet-like baseline at the widest width tha
                                            # add reference rows to an earlier result without searching again
 
 Each architecture is then trained with pp+pssl (transfer.run_transfer) on the built-in example and tested on the
-held-out test split. Latencies of the three finalists are re-measured together at the end (interleaved rounds,
+held-out test split. The latencies of all rows are re-measured together at the end (interleaved rounds,
 median), so they compare within one run on a shared, noisy machine. Prints a Markdown table and writes the raw
 results next to it.
 """

@@ -14,8 +14,8 @@ from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_tex
 
 console = Console(stderr=True)
 
-COLUMNS = ["order", "trial", "status", "accuracy", "final_accuracy", "finalist", "latency_ms", "latency_kind", "macs", "params",
-           "peak_activation_kib", "train_s", "violations", "arch"]
+COLUMNS = ["order", "trial", "status", "accuracy", "final_accuracy", "finalist", "latency_ms", "latency_kind", "macs",
+           "params", "peak_activation_kib", "train_s", "violations", "arch"]
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -92,16 +92,14 @@ def write_outputs(ctx, out: Path, smallest: dict, wall_s: float) -> dict:
     atomic_write_text(out / "trials.csv", buf.getvalue())
     budgets = ctx.cost.budgets.model_dump(exclude_none=True)
     costs = {k: best[k] for k in ("latency_ms", "latency_kind", "macs", "params", "peak_activation_kib")}
+    proxy = {"proxy_accuracy": score(best), "proxy_seed_accuracies": best.get("seed_accuracies", [best["accuracy"]])}
     atomic_write_json(out / "best.json", {**best["arch"], "search": {
-        "device": ctx.profile.name, "budgets": budgets, "proxy_accuracy": score(best),
-        "proxy_seed_accuracies": best.get("seed_accuracies", [best["accuracy"]]), "costs": costs,
-        "trial": best["trial"]}})
+        "device": ctx.profile.name, "budgets": budgets, **proxy, "costs": costs, "trial": best["trial"]}})
     plot(trained, rejected, budgets.get("latency_ms"), best, out / "pareto.png",
          f"{ctx.profile.name}: {ctx.cfg.strategy} search, {len(trained)} trials")
     summary = {"device": ctx.profile.name, "strategy": ctx.cfg.strategy, "budgets": budgets,
-               "trained": len(trained), "rejected": len(rejected), "best": {"arch": best["arch"],
-               "proxy_accuracy": score(best), "proxy_seed_accuracies": best.get("seed_accuracies",
-                                                                                [best["accuracy"]]), **costs}, "smallest_in_space": smallest,
+               "trained": len(trained), "rejected": len(rejected), "best": {"arch": best["arch"], **proxy, **costs},
+               "smallest_in_space": smallest,
                "train_s_total": sum(r.get("train_s", 0.0) for r in trained), "wall_s": wall_s,
                "files": {k: str(out / k) for k in ("best.json", "trials.csv", "trials.json", "pareto.png")}}
     atomic_write_json(out / "summary.json", summary)
