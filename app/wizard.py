@@ -349,7 +349,7 @@ def search_trials(folder: Path) -> list[dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {}
     for rec in read_jsonl_tolerant(folder / "trials.jsonl"):
         merged[rec.get("key", str(len(merged)))] = {**merged.get(rec.get("key"), {}), **rec}
-    cols = ("order", "trial", "status", "accuracy", "latency_ms", "params", "macs", "train_s")
+    cols = ("order", "trial", "status", "accuracy", "final_accuracy", "latency_ms", "params", "macs", "train_s")
     return [{k: r.get(k) for k in cols} for r in sorted(merged.values(), key=lambda r: r.get("order", 0))]
 
 
@@ -390,16 +390,14 @@ def pareto_plot(rows: list[dict[str, Any]], budget_ms: float | None = None) -> N
     """Accuracy against latency of the trained candidates; the Pareto front (nothing faster is as accurate) joined."""
     import plotly.graph_objects as go
 
-    pts = sorted((r["latency_ms"], r["accuracy"]) for r in rows
-                 if r.get("latency_ms") is not None and r.get("accuracy") is not None)
-    front, best = [], -1.0
-    for lat, acc in pts:
-        if acc > best:
-            front.append((lat, acc))
-            best = acc
-    fig = go.Figure([go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="trained"),
-                     go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers",
-                                line_shape="hv", name="Pareto front")])
+    from search.report import pareto_front, score
+
+    rows = [r for r in rows if r.get("latency_ms") is not None and r.get("accuracy") is not None]
+    front = pareto_front(rows)
+    fig = go.Figure([go.Scatter(x=[r["latency_ms"] for r in rows], y=[score(r) for r in rows], mode="markers",
+                                name="trained (finalists: mean of seeds)"),
+                     go.Scatter(x=[r["latency_ms"] for r in front], y=[score(r) for r in front],
+                                mode="lines+markers", line_shape="hv", name="Pareto front")])
     if budget_ms:
         fig.add_vline(x=budget_ms, line_dash="dash", annotation_text=f"budget {budget_ms:g} ms")
     fig.update_layout(xaxis_title="latency (ms, batch 1)", yaxis_title="proxy validation accuracy", height=360,

@@ -18,18 +18,31 @@ COLUMNS = ["order", "trial", "status", "accuracy", "final_accuracy", "finalist",
            "params", "peak_activation_kib", "train_s", "violations", "arch"]
 
 
+def score(rec: dict) -> float:
+    """A trained candidate's proxy accuracy: the mean over its seeds for a finalist, else its one run."""
+    final = rec.get("final_accuracy")  # absent, or None in trials.json rows of non-finalists
+    return rec["accuracy"] if final is None else final
+
+
+def choose_best(trained: list[dict]) -> dict:
+    """The finalist with the best mean (ties: the faster); without finalists, the best single run."""
+    pool = [r for r in trained if r.get("final_accuracy") is not None] or trained
+    return max(pool, key=lambda r: (score(r), -r["latency_ms"]))
+
+
 def pareto_front(rows: list[dict]) -> list[dict]:
     """Trained candidates that no other is both faster and at least as accurate as (sorted by latency)."""
     front, best = [], -1.0
-    for r in sorted(rows, key=lambda r: (r["latency_ms"], -r["accuracy"])):
-        if r["accuracy"] > best:
+    for r in sorted(rows, key=lambda r: (r["latency_ms"], -score(r))):
+        if score(r) > best:
             front.append(r)
-            best = r["accuracy"]
+            best = score(r)
     return front
 
 
 def plot(rows: list[dict], rejected: list[dict], budget_ms: float | None, best: dict | None, path: Path,
          title: str) -> None:
+    """Accuracy (finalists: the mean of their seeds, the bar spanning the seeds) against latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,15 +53,20 @@ def plot(rows: list[dict], rejected: list[dict], budget_ms: float | None, best: 
     if rejected:
         ax.scatter([r["latency_ms"] for r in rejected], [0.0] * len(rejected), marker="x", c="0.6", s=14,
                    label=f"rejected before training ({len(rejected)})")
-    ax.scatter([r["latency_ms"] for r in rows], [r["accuracy"] for r in rows], c="tab:blue", s=18,
-               label=f"trained ({len(rows)})")
+    single = [r for r in rows if "seed_accuracies" not in r]
+    ax.scatter([r["latency_ms"] for r in single], [r["accuracy"] for r in single], c="tab:blue", s=18,
+               label=f"trained, 1 proxy seed ({len(single)})")
+    finals = [r for r in rows if "seed_accuracies" in r]
+    if finals:
+        lo = [score(r) - min(r["seed_accuracies"]) for r in finals]
+        hi = [max(r["seed_accuracies"]) - score(r) for r in finals]
+        ax.errorbar([r["latency_ms"] for r in finals], [score(r) for r in finals], yerr=[lo, hi], fmt="o",
+                    c="tab:green", ms=5, capsize=3, label=f"finalists: mean and range of seeds ({len(finals)})")
     front = pareto_front(rows)
-    ax.step([r["latency_ms"] for r in front], [r["accuracy"] for r in front], where="post", c="tab:orange",
-            label="Pareto front")
+    xs = [r["latency_ms"] for r in front] + [max(r["latency_ms"] for r in rows)]
+    ax.step(xs, [score(r) for r in front] + [score(front[-1])], where="post", c="tab:orange", label="Pareto front")
     if best:
-        seeds = len(best.get("seed_accuracies") or [1])
-        label = f"best (mean of {seeds} proxy seeds: {score(best):.3f})" if seeds > 1 else "best"
-        ax.scatter([best["latency_ms"]], [best["accuracy"]], marker="*", s=160, c="tab:red", label=label, zorder=3)
+        ax.scatter([best["latency_ms"]], [score(best)], marker="*", s=160, c="tab:red", label="best", zorder=3)
     if budget_ms:
         ax.axvline(budget_ms, ls="--", c="k", lw=1, label=f"latency budget {budget_ms:g} ms")
     ax.set_xlabel("latency (ms, batch 1)")
@@ -61,17 +79,6 @@ def plot(rows: list[dict], rejected: list[dict], budget_ms: float | None, best: 
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def score(rec: dict) -> float:
-    """A trained candidate's proxy accuracy: the mean over its seeds for a finalist, else its one run."""
-    return rec.get("final_accuracy", rec["accuracy"])
-
-
-def choose_best(trained: list[dict]) -> dict:
-    """The finalist with the best mean (ties: the faster); without finalists, the best single run."""
-    pool = [r for r in trained if "final_accuracy" in r] or trained
-    return max(pool, key=lambda r: (score(r), -r["latency_ms"]))
 
 
 def write_outputs(ctx, out: Path, smallest: dict, wall_s: float) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -144,6 +145,28 @@ def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
     draft.write_text(json.dumps(d))
     at = goto(at, 3)
     assert any("transfer.method" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_step4_shows_a_finished_search_with_its_finalists(wizard):
+    from edgeppt.config import SearchConfig
+    from search import run_search
+
+    folder = Path(os.environ["EDGEPPT_RUNS"]) / "apptest" / "search"
+    run_search(SearchConfig(target="digits", test_fraction=0.3, labels_per_class=3, val_per_class=5, trials=3,
+                            strategy="random", latency_ms=50, latency_repeats=3, finalists=2, final_seeds=1,
+                            proxy=dict(pretrain_steps=0, finetune_steps=40, batch_size=8)), folder, progress=False)
+    at = goto(wizard.run(), 3)  # the fourth step
+    assert at.header[0].value == "Architecture search"
+    rows = [r for r in at.dataframe[0].value.to_dict("records") if r["status"] == "trained"]
+    assert len(rows) == 3 and sum(r["final_accuracy"] == r["final_accuracy"] for r in rows) == 2  # NaN: not a finalist
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    finals = {r["latency_ms"]: r["final_accuracy"] for r in rows if r["final_accuracy"] == r["final_accuracy"]}
+    plotted = dict(zip(chart["data"][0]["x"], chart["data"][0]["y"]))
+    # Finalists are drawn at the mean of their seeds, not at their first seed's accuracy (these settings make the
+    # seeds disagree, so the two differ).
+    assert all(plotted[lat] == pytest.approx(acc) for lat, acc in finals.items())
+    assert any(r["final_accuracy"] != pytest.approx(r["accuracy"]) for r in rows if r["latency_ms"] in finals)
+    assert any(j.value for j in at.json)  # best.json
 
 
 def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundle):

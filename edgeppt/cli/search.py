@@ -93,7 +93,7 @@ def search(
     for col in ("proxy accuracy", "latency ms", "MACs", "params", "peak activation KiB"):
         table.add_column(col, justify="right")
     seeds = len(b.get("proxy_seed_accuracies") or [0])
-    table.add_row(f"{100 * b['proxy_accuracy']:.1f}%" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+    table.add_row(f"{100 * b['proxy_accuracy']:.1f}%" + (f" ({seeds} seeds)" if seeds > 1 else ""),
                   f"{b['latency_ms']:.3f} ({b['latency_kind']})", f"{b['macs']:,}",
                   f"{b['params']:,}", f"{b['peak_activation_kib']:.1f}")
     Console().print(table)
