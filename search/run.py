@@ -114,13 +114,7 @@ class SearchContext:
         for rank, rec in enumerate(top, 1):
             accs = list(rec.get("seed_accuracies") or [rec["accuracy"]])
             for s in range(len(accs), 1 + cfg.final_seeds):
-                if cfg.threads:
-                    torch.set_num_threads(cfg.threads)
-                try:
-                    res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s)
-                except KeyboardInterrupt:
-                    self.interrupted = True
-                    raise
+                res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s)
                 accs.append(res["accuracy"])
                 rec = self.ledger.add({"key": rec["key"], "seed_accuracies": accs, "finalist": rank,
                                        "final_accuracy": sum(accs) / len(accs),
@@ -272,9 +266,9 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         ctx.ledger.reload()
         if not ctx.interrupted and ctx.ledger.trained():
             try:
-                ctx.rerank()
+                ctx.rerank()  # in this process, after the trials (threads already set above)
             except KeyboardInterrupt:
-                pass  # reported below, with what is done so far
+                ctx.interrupted = True  # reported below, with what is done so far
         if ctx.interrupted:
             if ctx.ledger.trained():  # what is done so far, then the usual "resume" message
                 report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
