@@ -22,14 +22,17 @@ def devices_list() -> None:
     """The built-in and user device profiles ($EDGEPPT_DEVICES) with their budgets."""
     from edgeppt.devices import list_profiles
 
-    table = Table(title="device profiles (--device NAME, or a profile .yaml)")
-    for col in ("name", "runtime", "latency", "threads", "latency budget", "params", "MACs", "peak activation"):
+    table = Table(title="device profiles (--device NAME, or a profile .yaml)",
+                  caption="predicted: from a predictor file; `edgeppt devices calibrate` fits one")
+    for col in ("name", "runtime", "latency", "threads", "budgets"):
         table.add_column(col)
-    b = lambda v, unit="": "-" if v is None else f"{v:,}{unit}"  # noqa: E731
     for p in guarded(list_profiles):
-        lat = p.latency + (f" ({p.predictor})" if p.latency == "predicted" and p.predictor else "")
-        table.add_row(p.name, p.runtime, lat, str(p.threads or "all"), b(p.budgets.latency_ms, " ms"),
-                      b(p.budgets.params), b(p.budgets.macs), b(p.budgets.peak_activation_kib, " KiB"))
+        b = p.budgets
+        # Short numbers (2M params, not 2,000,000) so the table fits an 80-column terminal.
+        budgets = [f"{b.latency_ms:g} ms" if b.latency_ms else "", f"{b.params / 1e6:g}M params" if b.params else "",
+                   f"{b.macs / 1e6:g}M MACs" if b.macs else "",
+                   f"{b.peak_activation_kib:g} KiB peak" if b.peak_activation_kib else ""]
+        table.add_row(p.name, p.runtime, p.latency, str(p.threads or "all"), ", ".join(x for x in budgets if x) or "-")
     Console().print(table)
 
 
