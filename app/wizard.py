@@ -20,14 +20,14 @@ from typing import Any
 
 import streamlit as st
 
-from app.uploads import UploadError, extract_bundle, extract_image_folders
+from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_json, read_jsonl
-from pipeline import jobs
-from pipeline.config import STAGE_NAMES, PipelineConfig, dump_yaml, parse_config
-from pipeline.example import BUDGETS, example_bundle
-from pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
-from pipeline.runner import CONFIG_FILE
+from edgeppt.pipeline import jobs
+from edgeppt.pipeline.config import STAGE_NAMES, PipelineConfig, dump_yaml, parse_config
+from edgeppt.pipeline.example import BUDGETS, example_bundle
+from edgeppt.pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
+from edgeppt.pipeline.runner import CONFIG_FILE
 
 STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
 EXAMPLE_TARGET_LABEL = "Built-in example: animals (elephant, giraffe, horse, sheep, zebra)"
@@ -129,7 +129,7 @@ def target_preview(spec: str, out_png: str) -> dict[str, Any]:
 @st.cache_data(show_spinner="Verifying the bundle and drawing samples…", max_entries=8)
 def bundle_preview(path: str, out_png: str) -> dict[str, Any]:
     from edgeppt.bundle import load_bundle
-    from source.inspect import sample_grid
+    from edgeppt.source.inspect import sample_grid
 
     b = load_bundle(path)  # checks every file's sha256 and the generator/classifier signatures
     sample_grid(path, out_png, per_class=8)
@@ -390,7 +390,7 @@ def pareto_plot(rows: list[dict[str, Any]], budget_ms: float | None = None) -> N
     """Accuracy against latency of the trained candidates; the Pareto front (nothing faster is as accurate) joined."""
     import plotly.graph_objects as go
 
-    from search.report import pareto_front, score
+    from edgeppt.search.report import pareto_front, score
 
     rows = [r for r in rows if r.get("latency_ms") is not None and r.get("accuracy") is not None]
     front = pareto_front(rows)
@@ -491,7 +491,7 @@ def main() -> None:
 
 
 def draft_from_config(run: Path) -> dict[str, Any]:
-    from pipeline.config import load_config
+    from edgeppt.pipeline.config import load_config
 
     try:
         cfg = load_config(run / CONFIG_FILE)

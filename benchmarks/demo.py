@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.example import example_config  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
+from edgeppt.pipeline.example import example_config
+from edgeppt.pipeline.runner import run_pipeline
 
 TARGET_S = 15 * 60
 

@@ -22,13 +22,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeppt.devices import load_profile  # noqa: E402
-from export import quantize as Q  # noqa: E402
-from export import runner  # noqa: E402
-from export.exporter import target_images  # noqa: E402
-from export.onnx_export import export_onnx, load_run, run_data, torch_logits  # noqa: E402
+from edgeppt.devices import load_profile
+from edgeppt.export import quantize as Q
+from edgeppt.export import runner
+from edgeppt.export.exporter import target_images
+from edgeppt.export.onnx_export import export_onnx, load_run, run_data, torch_logits
 
 
 def _times_ms(fn: Callable[[], object], n: int) -> list[float]:

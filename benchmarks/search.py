@@ -25,17 +25,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from edgeppt.config import SearchConfig, TransferConfig  # noqa: E402
-from edgeppt.data import EXAMPLE_TARGET  # noqa: E402
-from edgeppt.devices import load_profile  # noqa: E402
-from edgeppt.models import create_model  # noqa: E402
-from edgeppt.models.mobilenet import mbv2_config  # noqa: E402
-from search import run_search  # noqa: E402
-from search.costs import count_costs  # noqa: E402
-from search.latency import measure_latency  # noqa: E402
-from transfer import run_transfer  # noqa: E402
+from edgeppt.config import SearchConfig, TransferConfig
+from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.devices import load_profile
+from edgeppt.models import create_model
+from edgeppt.models.mobilenet import mbv2_config
+from edgeppt.search import run_search
+from edgeppt.search.costs import count_costs
+from edgeppt.search.latency import measure_latency
+from edgeppt.transfer import run_transfer
 
 BUNDLE = ROOT / "bundles" / "animals-src"
 WIDTHS = [2.0, 1.75, 1.5, 1.25, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25]

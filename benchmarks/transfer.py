@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from edgeppt.config import TransferConfig  # noqa: E402
-from edgeppt.data import EXAMPLE_TARGET  # noqa: E402
-from transfer import run_transfer  # noqa: E402
+from edgeppt.config import TransferConfig
+from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.transfer import run_transfer
 
 BUNDLE = ROOT / "bundles" / "animals-src"
 METHOD_ROWS = ["scratch", "kd", "pp", "pssl", "pp+pssl"]

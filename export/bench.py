@@ -35,7 +35,7 @@ def _test_split(manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | Non
     from edgeppt.config import TransferConfig
     from edgeppt.data import reshape_images
     from edgeppt.errors import EdgepptError
-    from transfer.run import prepare_data
+    from edgeppt.transfer.run import prepare_data
 
     try:
         _, test = prepare_data(TransferConfig(**manifest["settings"]), None)

@@ -79,7 +79,7 @@ def run_data(run: LoadedRun, source_bundle=None) -> tuple[ImageSet, ImageSet]:
     """The run's labelled images and its fixed test split, rebuilt from its saved settings at the model's input
     shape."""
     from edgeppt.config import TransferConfig, validate
-    from transfer.run import prepare_data
+    from edgeppt.transfer.run import prepare_data
 
     if not run.settings:
         raise EdgepptError(f"{run.path}: no report.json with the run's settings, so its test split cannot be rebuilt")

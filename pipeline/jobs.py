@@ -67,7 +67,7 @@ def start_job(run: str | Path, cfg: PipelineConfig | None = None, until: str | N
         write_config(run, cfg)
     if not (run / CONFIG_FILE).is_file():
         raise EdgepptError(f"{run} has no {CONFIG_FILE}")
-    cmd = [sys.executable, "-m", "edgeppt", "run", str(run / CONFIG_FILE), "--out", str(run), "--quiet"]
+    cmd = [sys.executable, "-m", "edgeppt.cli", "run", str(run / CONFIG_FILE), "--out", str(run), "--quiet"]
     if until:
         cmd += ["--until", until]
     for name in force:

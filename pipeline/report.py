@@ -156,7 +156,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
     """Write report/index.md from whatever the stages have produced so far."""
     from edgeppt.data import load_dataset
-    from source.inspect import sample_grid
+    from edgeppt.source.inspect import sample_grid
 
     from .runner import read_state
 

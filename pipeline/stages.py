@@ -87,7 +87,7 @@ def _search_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
 
 
 def _search_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
-    from search import run_search
+    from edgeppt.search import run_search
 
     out = run / "search"
     summary = run_search(search_config(cfg, out), out, resume=resume and out.exists(), progress=progress)
@@ -114,7 +114,7 @@ def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
 
 
 def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
-    from transfer import run_transfer
+    from edgeppt.transfer import run_transfer
 
     out = run / "transfer"
     # PP weights depend on the bundle and architecture only: kept beside the stages, reused when only the
@@ -131,7 +131,7 @@ def _export_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
 
 
 def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
-    from export import export_run
+    from edgeppt.export import export_run
 
     out = run / "export"
     e = cfg.export

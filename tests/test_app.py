@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.uploads import UploadError, extract_bundle, extract_image_folders
+from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 WIZARD = str(ROOT / "app" / "wizard.py")
@@ -149,7 +149,7 @@ def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
 
 def test_step4_shows_a_finished_search_with_its_finalists(wizard):
     from edgeppt.config import SearchConfig
-    from search import run_search
+    from edgeppt.search import run_search
 
     folder = Path(os.environ["EDGEPPT_RUNS"]) / "apptest" / "search"
     run_search(SearchConfig(target="digits", test_fraction=0.3, labels_per_class=3, val_per_class=5, trials=3,
@@ -172,9 +172,9 @@ def test_step4_shows_a_finished_search_with_its_finalists(wizard):
 def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundle):
     """A past run (made by `edgeppt run`, digits) reopened: steps 4-6 show its results; starting it again from step 3
     runs a background job in which every stage is found cached."""
-    from pipeline import jobs
-    from pipeline.config import parse_config
-    from pipeline.runner import read_state, run_pipeline
+    from edgeppt.pipeline import jobs
+    from edgeppt.pipeline.config import parse_config
+    from edgeppt.pipeline.runner import read_state, run_pipeline
 
     run = Path(os.environ["EDGEPPT_RUNS"]) / "apptest"
     cfg = parse_config({"source": str(tiny_bundle), "target": "digits:0,1,2", "threads": 1,
@@ -229,7 +229,7 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
 
     port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "edgeppt", "app", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "edgeppt.cli", "app", "--port", str(port),
                                "--runs", str(tmp_path / "runs")],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/?run=e2e"

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from edgeppt.cli import app
 from edgeppt.errors import EdgepptError
-from pipeline import jobs
-from pipeline.config import load_config, parse_config
-from pipeline.runner import read_state, run_pipeline
+from edgeppt.pipeline import jobs
+from edgeppt.pipeline.config import load_config, parse_config
+from edgeppt.pipeline.runner import read_state, run_pipeline
 
 TARGET = "digits:0,1,2,3,4"
 
@@ -77,7 +77,7 @@ def test_cli_reports_a_config_error_in_one_line(tiny_bundle, tmp_path):
 @pytest.fixture
 def calls(monkeypatch):
     """Count how often each stage really runs (the stages themselves run unchanged)."""
-    from pipeline import stages
+    from edgeppt.pipeline import stages
 
     counts: dict[str, int] = {}
     for i, s in enumerate(stages.STAGES):
@@ -133,7 +133,7 @@ def test_until_stops_after_a_stage_and_a_later_run_continues(tiny_bundle, tmp_pa
 
 # ---------------------------------------------------------------- resume
 def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_bundle, tmp_path, monkeypatch):
-    from transfer.loop import Trainer
+    from edgeppt.transfer.loop import Trainer
 
     run = tmp_path / "run"
     cfg = parse_config(raw_config(tiny_bundle))
@@ -195,7 +195,7 @@ def test_background_job_killed_mid_stage_resumes_and_can_be_cancelled(tiny_bundl
 
 def test_demo_writes_the_example_config(tmp_path, monkeypatch):
     """`edgeppt demo` runs the built-in example; here only through `--until`-free tiny budget's config writing."""
-    from pipeline.example import example_config
+    from edgeppt.pipeline.example import example_config
 
     cfg = example_config("tiny")
     assert cfg.target == "animals:elephant,giraffe,horse,sheep,zebra" and cfg.device == "x86-cpu"

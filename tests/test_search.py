@@ -18,13 +18,13 @@ from edgeppt.config import SearchConfig, SpaceConfig
 from edgeppt.devices import load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
-from search import run_search
-from search.costmodel import CostModel
-from search.costs import count_costs
-from search.latency import measure_latency
-from search.predictor import FEATURES, LatencyPredictor
-from search.run import budgets_of
-from search.space import EdgeCNNSpace, choices, random_sample, to_arch
+from edgeppt.search import run_search
+from edgeppt.search.costmodel import CostModel
+from edgeppt.search.costs import count_costs
+from edgeppt.search.latency import measure_latency
+from edgeppt.search.predictor import FEATURES, LatencyPredictor
+from edgeppt.search.run import budgets_of
+from edgeppt.search.space import EdgeCNNSpace, choices, random_sample, to_arch
 
 TINY = {"family": "mobilenet", "config": {"stem": 8, "head_width": 0, "act": "relu", "stages": [
     {"width": 8, "depth": 1, "kernel": 3, "expand": 1, "se": False, "stride": 1}]}}
@@ -227,7 +227,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
 
 
 def test_calibrate_over_ssh_fits_a_predictor_with_held_out_error(sshd, tmp_path):
-    from search.calibrate import calibrate
+    from edgeppt.search.calibrate import calibrate
 
     rep = calibrate("x86-cpu", sshd.host, tmp_path / "myhost", port=sshd.port, identity=sshd.identity,
                     ssh_options=sshd.ssh_options, python=sys.executable, probes=8, warmup=2, repeats=5,

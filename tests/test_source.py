@@ -16,7 +16,7 @@ from edgeppt.config import SourceTrainConfig
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.runs import sha256_file
-from source import Discriminator, Generator, SourceClassifier, sample_grid, train_source
+from edgeppt.source import Discriminator, Generator, SourceClassifier, sample_grid, train_source
 
 TINY = dict(data="digits", latent_dim=8, gen_channels=8, disc_channels=8, batch_size=16, classifier_arch="resnet_xs",
             classifier_steps=4, gan_steps=6, checkpoint_every=2, hflip=False)

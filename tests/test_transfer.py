@@ -10,8 +10,8 @@ from edgeppt.bundle import load_bundle
 from edgeppt.config import TransferConfig
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import load_checkpoint, read_jsonl
-from transfer import loop, run_transfer
-from transfer.pseudo import condition_probs, make_pool
+from edgeppt.transfer import loop, run_transfer
+from edgeppt.transfer.pseudo import condition_probs, make_pool
 
 TARGET = "digits:0,1,2,3,4"
 
@@ -134,7 +134,7 @@ def test_target_images_are_conformed_to_the_bundle(tiny_bundle, tmp_path):
     """RGB 12x12 target images meet a grayscale 8x8 bundle: converted and resized, one shape throughout."""
     from PIL import Image
 
-    from transfer.run import prepare_data
+    from edgeppt.transfer.run import prepare_data
     for c in ("a", "b"):
         (tmp_path / "d" / c).mkdir(parents=True)
         for i in range(6):
@@ -173,7 +173,7 @@ def test_pp_weights_and_pseudo_pools_are_cached_across_runs(tiny_bundle, tmp_pat
 
 def test_torchrun_two_cpu_processes(tiny_bundle, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "edgeppt", "transfer", "--source", str(tiny_bundle), "--target", TARGET, "--arch", "resnet_xs",
+           "-m", "edgeppt.cli", "transfer", "--source", str(tiny_bundle), "--target", TARGET, "--arch", "resnet_xs",
            "--method", "pp+pssl", "--out", str(tmp_path / "ddp"), "--quiet",
            "--set", "pretrain_steps=10", "--set", "finetune_steps=20", "--set", "pssl.pool_size=64",
            "--set", "pretrain_batch=32", "--set", "threads=1"]

@@ -1,11 +1,9 @@
-"""`edgeppt run | demo | app`: the whole pipeline from a config, the built-in example, and the wizard."""
+"""`edgeppt run | demo`: the whole pipeline from a config, and the built-in example."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +13,9 @@ from rich.table import Table
 
 from edgeppt.errors import EdgepptError
 
-from .common import app, console, fail, guarded
+from edgeppt.cli_support import console, fail, guarded
+
+app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
 
 def _sigterm_as_interrupt() -> None:
@@ -26,7 +26,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) -> None:
-    from pipeline.runner import run_pipeline
+    from edgeppt.pipeline.runner import run_pipeline
 
     _sigterm_as_interrupt()
     try:
@@ -58,7 +58,7 @@ def run_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Run search -> transfer -> export into one directory; unchanged stages are skipped, interrupted ones resume."""
-    from pipeline.config import load_config
+    from edgeppt.pipeline.config import load_config
 
     cfg = guarded(load_config, config)
     _run(cfg, out or Path("runs") / config.stem, until, force, quiet)
@@ -72,28 +72,9 @@ def demo_cmd(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """The built-in example end to end: animals bundle -> elephant, giraffe, horse, sheep, zebra on an x86 CPU."""
-    from pipeline.example import example_config
-    from pipeline.jobs import write_config
+    from edgeppt.pipeline.example import example_config
+    from edgeppt.pipeline.jobs import write_config
 
     cfg = guarded(example_config, budget)
     console.print(f"config: {write_config(out, cfg)}")
     _run(cfg, out, None, [], quiet)
-
-
-@app.command("app")
-def app_cmd(
-    port: int = typer.Option(8501, help="Port on localhost."),
-    runs: Path = typer.Option(Path("runs"), help="Folder of run directories the wizard lists and writes."),
-    address: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default; 0.0.0.0 in a container)."),
-) -> None:
-    """Launch the Streamlit wizard in the browser."""
-    spec = find_spec("app.wizard")
-    if spec is None or spec.origin is None:
-        console.print("[bold red]error:[/] the wizard (app/wizard.py) is not installed")
-        raise typer.Exit(2)
-    cmd = [sys.executable, "-m", "streamlit", "run", spec.origin, "--server.address", address,
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--client.toolbarMode", "minimal",
-           "--", "--runs", str(runs.resolve())]
-    console.print(f"wizard on http://{address}:{port} (runs in {runs})")
-    raise typer.Exit(subprocess.call(cmd))

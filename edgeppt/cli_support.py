@@ -1,4 +1,4 @@
-"""What every command module shares: the Typer app, the console, and turning EdgepptError into one line."""
+"""What every stage's command module shares: the console, config merging, and turning EdgepptError into one line."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from rich.console import Console
 from edgeppt.config import load_yaml, validate
 from edgeppt.errors import EdgepptError
 
-app = typer.Typer(help="Transfer a private source generator to a few-shot target task and ship it to an edge device.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 
 

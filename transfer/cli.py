@@ -11,7 +11,9 @@ from rich.table import Table
 
 from edgeppt.config import METHODS, TransferConfig
 
-from .common import app, console, guarded, merged, run_dir_and_settings
+from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
+
+app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
 
 @app.command()
@@ -32,7 +34,7 @@ def transfer(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train a target architecture with PP and/or P-SSL; writes model.pt, metrics.jsonl and report.json."""
-    from transfer.run import load_run_config, run_transfer
+    from edgeppt.transfer.run import load_run_config, run_transfer
 
     overrides = {"source": source, "target": target, "test": test, "labels_per_class": labels_per_class,
                  "arch": arch, "method": method, "seed": seed}

@@ -11,7 +11,9 @@ from rich.table import Table
 
 from edgeppt.config import SearchConfig
 
-from .common import app, console, guarded, merged, run_dir_and_settings
+from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
+
+app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
 devices_app = typer.Typer(help="Device profiles: budgets, runtimes, latency predictors.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
@@ -49,7 +51,7 @@ def devices_calibrate(
     repeats: int = typer.Option(30, help="Timed runs per probe (the median counts)."),
 ) -> None:
     """Time probe models on the real device over SSH and fit its latency predictor."""
-    from search.calibrate import calibrate
+    from edgeppt.search.calibrate import calibrate
 
     rep = guarded(calibrate, device, host, out, port=port, identity=identity, ssh_options=ssh_option, python=python,
                   probes=probes, repeats=repeats)
@@ -82,7 +84,7 @@ def search(
     quiet: bool = typer.Option(False, help="No per-trial lines."),
 ) -> None:
     """Search the architecture for a device's budgets; writes best.json, trials.csv/json and pareto.png."""
-    from search.run import load_run_config, run_search
+    from edgeppt.search.run import load_run_config, run_search
 
     overrides = {"device": device, "latency_ms": latency_ms, "params": params, "macs": macs,
                  "peak_activation_kib": peak_kib, "source": source, "target": target,

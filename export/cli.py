@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import app, console, guarded
+from edgeppt.cli_support import console, guarded
+
+app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
 
 def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
@@ -52,7 +54,7 @@ def export_cmd(
                                    "(0: none)."),
 ) -> None:
     """Export a trained run to ONNX / INT8 / FP16 / TensorRT and write a verified, deployable bundle."""
-    from export import export_run
+    from edgeppt.export import export_run
 
     m = guarded(export_run, run, out, device=device, formats=formats, int8_calibration=int8_calibration, source=source,
              calibration_data=calibration_data, calibration_size=calibration_size, max_int8_drop=max_int8_drop,
@@ -81,7 +83,7 @@ def bench_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Latency and accuracy of every artifact of a bundle on this machine."""
-    from export import bench_bundle
+    from edgeppt.export import bench_bundle
 
     report = guarded(bench_bundle, bundle, threads=threads, runs=runs, batch=batch)
     if json_out:
@@ -106,7 +108,7 @@ def deploy_cmd(
     runs: int = typer.Option(30, min=1),
 ) -> None:
     """Copy a bundle over SSH, verify its hashes on the device, run its benchmark there and print the numbers."""
-    from export import deploy_bundle
+    from edgeppt.export import deploy_bundle
 
     report = guarded(deploy_bundle, bundle, host, remote_dir=remote_dir, port=port, identity=identity,
                   ssh_options=ssh_option, python=python, threads=threads, runs=runs)

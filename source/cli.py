@@ -11,7 +11,9 @@ from rich.table import Table
 
 from edgeppt.config import SourceTrainConfig
 
-from .common import app, console, guarded, merged
+from edgeppt.cli_support import console, guarded, merged
+
+app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
 source_app = typer.Typer(help="Source bundles: train one from labelled images, inspect what it draws.",
                          no_args_is_help=True)
@@ -28,7 +30,7 @@ def source_train(
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set lr_g=1e-4."),
 ) -> None:
     """Train a class-conditional GAN and a classifier, and write them as a compiled source bundle."""
-    from source.train import train_source
+    from edgeppt.source.train import train_source
 
     cfg = guarded(merged, SourceTrainConfig, config, {"data": data, "out": out, "gan_steps": gan_steps, "seed": seed}, set_)
     path = guarded(train_source, cfg)
@@ -44,7 +46,7 @@ def source_inspect(
 ) -> None:
     """Verify a bundle and draw what its generator makes for each class."""
     from edgeppt.bundle import load_bundle
-    from source.inspect import sample_grid
+    from edgeppt.source.inspect import sample_grid
 
     b = guarded(load_bundle, bundle)
     guarded(sample_grid, bundle, out, per_class=per_class, seed=seed)

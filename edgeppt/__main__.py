@@ -1,5 +1,0 @@
-"""`python -m edgeppt ...` (and `torchrun -m edgeppt transfer ...`)."""
-
-from .cli import app
-
-app()
