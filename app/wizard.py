@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -21,13 +20,16 @@ from typing import Any
 import streamlit as st
 
 from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders
+from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.devices import DEFAULT_DEVICE
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import atomic_write_json, read_jsonl
+from edgeppt.export.formats import FORMATS
 from edgeppt.pipeline import jobs
 from edgeppt.pipeline.config import STAGE_NAMES, PipelineConfig, dump_yaml, parse_config
-from edgeppt.pipeline.example import BUDGETS, example_bundle
+from edgeppt.pipeline.example import BUDGETS, budget_help, example_bundle
 from edgeppt.pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
-from edgeppt.pipeline.runner import CONFIG_FILE
+from edgeppt.pipeline.state import CONFIG_FILE
+from edgeppt.runs import atomic_write_json, read_jsonl
 
 STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
 EXAMPLE_TARGET_LABEL = "Built-in example: animals (elephant, giraffe, horse, sheep, zebra)"
@@ -60,8 +62,8 @@ def current_run() -> Path:
 
 
 def default_draft() -> dict[str, Any]:
-    return {"target_kind": "example", "target": "animals:elephant,giraffe,horse,sheep,zebra", "labels_per_class": 4,
-            "source_kind": "example", "source": None, "device": "x86-cpu", "budget": "demo",
+    return {"target_kind": "example", "target": EXAMPLE_TARGET, "labels_per_class": 4,
+            "source_kind": "example", "source": None, "device": DEFAULT_DEVICE, "budget": "demo",
             "search": {}, "transfer": {}, "export": {}}
 
 
@@ -224,7 +226,7 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
     profiles = {p.name: p for p in list_profiles()}
     names = list(profiles)
     if draft["device"] not in names:
-        draft["device"] = "x86-cpu"
+        draft["device"] = DEFAULT_DEVICE
     bound(st.selectbox, "Device", run, draft, "device", draft["device"], names,
           format_func=lambda n: f"{n} — {profiles[n].description}")
     b = profiles[draft["device"]].budgets
@@ -232,8 +234,7 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
                f"export formats {profiles[draft['device']].export.formats}")
     budgets = list(BUDGETS)
     bound(st.radio, "Budget", run, draft, "budget", draft["budget"], budgets, horizontal=True,
-          help="tiny: a one-minute smoke test; demo: the whole example in <= 15 min on 2 CPU cores; "
-               "standard: more search trials and training (better models, about 11 min on 2 cores)")
+          help=f"{budget_help()} (on 2 CPU cores)")
     # Only choices that differ from the budget's preset are kept, so switching budgets moves every other value.
     base = build_config({**draft, "search": {}, "transfer": {}, "export": {}}) if draft.get("target") else None
     if base is None:
@@ -259,7 +260,7 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
         device_formats = list(profiles[draft["device"]].export.formats)
         preset_formats = base.export.formats or device_formats
         bound(st.multiselect, "Export formats", run, draft, "formats", draft["export"].get("formats") or preset_formats,
-              ["onnx", "int8", "fp16", "tensorrt"], section="export", preset=preset_formats, tag=tag)
+              list(FORMATS), section="export", preset=preset_formats, tag=tag)
     if st.button("Reset to the budget's defaults"):
         draft.update(search={}, transfer={}, export={})
         save_draft(run, draft)
@@ -342,26 +343,11 @@ def job_box(run: Path, status: dict[str, Any]) -> None:
 
 
 def search_trials(folder: Path) -> list[dict[str, Any]]:
-    """Every candidate so far: the final trials.json, or while the search runs its ledger (one line per event)."""
-    final = read_json(folder / "trials.json")
-    if isinstance(final, list):
-        return final
-    merged: dict[str, dict[str, Any]] = {}
-    for rec in read_jsonl_tolerant(folder / "trials.jsonl"):
-        merged[rec.get("key", str(len(merged)))] = {**merged.get(rec.get("key"), {}), **rec}
+    """Every candidate so far, from the search's own ledger (safe to read while the search writes it)."""
+    from edgeppt.search.ledger import read_trials
+
     cols = ("order", "trial", "status", "accuracy", "final_accuracy", "latency_ms", "params", "macs", "train_s")
-    return [{k: r.get(k) for k in cols} for r in sorted(merged.values(), key=lambda r: r.get("order", 0))]
-
-
-def read_jsonl_tolerant(path: Path) -> list[dict[str, Any]]:
-    """A live JSONL file may end in a line being written: skip what does not parse."""
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
+    return [{k: r.get(k) for k in cols} for r in read_trials(folder)]
 
 
 def show_search(run: Path, status: dict[str, Any]) -> None:
@@ -376,7 +362,7 @@ def show_search(run: Path, status: dict[str, Any]) -> None:
     if trained:
         from edgeppt.devices import load_profile
 
-        budget = cfg.get("latency_ms") or load_profile(cfg.get("device", "x86-cpu")).budgets.latency_ms
+        budget = cfg.get("latency_ms") or load_profile(cfg.get("device", DEFAULT_DEVICE)).budgets.latency_ms
         pareto_plot(trained, budget)
     if rows:
         st.dataframe(rows, width="stretch")

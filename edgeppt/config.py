@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +23,9 @@ class SourceTrainConfig(Strict):
 
     The defaults reproduce the shipped example bundle (bundles/animals-src) in about 10 minutes on 2 CPU cores.
     """
+    # May change between an interrupted run and its resume (edgeppt.runs.resume_conflicts): more GAN steps simply
+    # continue, and `out` may differ when the output and its work dir were moved together.
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"gan_steps", "checkpoint_every", "out"})
     data: str = Field(description="dataset spec: built-in name[:classes], class-folder path or .npz")
     out: Path
     image_size: int | None = Field(None, ge=8, le=512)
@@ -35,7 +38,8 @@ class SourceTrainConfig(Strict):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     d_steps: int = Field(1, ge=1, description="discriminator updates per generator update")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the generator weights; the EMA generator is exported")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the generator weights; the EMA generator is "
+                             "exported")
     classifier_arch: str = "resnet_xs"
     classifier_steps: int = Field(1000, ge=1)
     classifier_lr: float = Field(0.05, gt=0, description="SGD learning rate (cosine decay)")
@@ -168,8 +172,14 @@ class ProxyConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
 
 
+DEFAULT_DEVICE = "x86-cpu"  # the device profile a run targets unless told otherwise (edgeppt/devices/x86-cpu.yaml)
+
+
 class SearchConfig(Strict):
     """`edgeppt search`: find the most accurate architecture of the space within a device's budgets."""
+    # May change on resume (edgeppt.runs.resume_conflicts): more trials or finalists continue the same search.
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "trials", "engine", "concurrency", "finalists",
+                                                       "final_seeds"})
     source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
     target: str
     test: str | None = None
@@ -178,7 +188,7 @@ class SearchConfig(Strict):
     val_per_class: int = Field(20, ge=1, description="labelled images per class that rank candidates, disjoint "
                                                      "from the few training labels and from the test split")
     image_size: int | None = Field(None, ge=8, le=512)
-    device: str = Field("x86-cpu", description="device profile name or .yaml")
+    device: str = Field(DEFAULT_DEVICE, description="device profile name or .yaml")
     latency_ms: float | None = Field(None, gt=0, description="override the profile's latency budget")
     params: int | None = Field(None, gt=0)
     macs: int | None = Field(None, gt=0)

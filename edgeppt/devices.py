@@ -14,10 +14,14 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
-from .config import Strict, validate
+from .config import DEFAULT_DEVICE, Strict, validate
 from .errors import EdgepptError
 
 BUILTIN_DIR = Path(__file__).with_name("devices")
+# What a profile's export section may name; export/formats.py holds the table of what each one is and needs.
+ExportFormat = Literal["onnx", "int8", "fp16", "tensorrt"]
+__all__ = ["DEFAULT_DEVICE", "Budgets", "DeviceProfile", "ExportFormat", "ExportSettings", "list_profiles",
+           "load_profile"]
 
 
 class Budgets(Strict):
@@ -25,15 +29,18 @@ class Budgets(Strict):
     latency_ms: float | None = Field(None, gt=0, description="batch-1 latency on the device")
     params: int | None = Field(None, gt=0, description="parameters")
     macs: int | None = Field(None, gt=0, description="multiply-accumulates per image")
-    peak_activation_kib: float | None = Field(None, gt=0, description="largest live activation memory, batch 1, float32")
+    peak_activation_kib: float | None = Field(None, gt=0, description="largest live activation memory, batch 1, "
+                                              "float32")
 
 
 class ExportSettings(Strict):
-    formats: list[Literal["onnx", "int8", "fp16", "tensorrt"]] = ["onnx", "int8"]
-    symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (TensorRT, ARM) or uint8 (x86)")
+    formats: list[ExportFormat] = ["onnx", "int8"]
+    symmetric_activations: bool = Field(False, description="int8 activations with zero point 0 (TensorRT, ARM) "
+                                        "or uint8 (x86)")
     evaluator: Literal["host", "reference"] = Field("host", description="judge INT8 accuracy with this host's kernels "
-                                                    "or with exact Q/DQ arithmetic (what the device's int8 engine computes)")
-    default_format: Literal["onnx", "int8", "fp16", "tensorrt"] = "int8"
+                                                    "or with exact Q/DQ arithmetic (what the device's int8 engine "
+                                                    "computes)")
+    default_format: ExportFormat = "int8"
 
 
 class DeviceProfile(Strict):

@@ -7,11 +7,13 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+CHECKPOINT_FILE = "checkpoint.pt"  # the resumable state of an unfinished run, in its run (or work) directory
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -52,6 +54,14 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     # weights_only: a checkpoint holds tensors, numbers and strings; never arbitrary objects.
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume_conflicts(saved: Mapping[str, Any], now: Mapping[str, Any], free: Iterable[str] = ()) -> dict[str, tuple]:
+    """The rule for what may change on resume, for every stage: the settings named in `free` (the config's
+    RESUME_FREE) may; any other setting that differs between the run as started and as resumed is a conflict,
+    returned as {name: (saved, now)}."""
+    free = set(free)
+    return {k: (saved.get(k), now.get(k)) for k in sorted({*saved, *now} - free) if saved.get(k) != now.get(k)}
 
 
 def sha256_file(path: str | Path) -> str:

@@ -4,6 +4,7 @@ against the PyTorch model on the run's test split; benchmark a bundle here, or d
 from .bench import bench_bundle
 from .bundle import read_manifest, verify_bundle
 from .deploy import deploy_bundle
-from .exporter import FORMATS, export_run
+from .exporter import export_run
+from .formats import FORMATS, ExportOptions
 
-__all__ = ["FORMATS", "bench_bundle", "deploy_bundle", "export_run", "read_manifest", "verify_bundle"]
+__all__ = ["FORMATS", "ExportOptions", "bench_bundle", "deploy_bundle", "export_run", "read_manifest", "verify_bundle"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,6 +22,7 @@ from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 from . import runner, tensorrt
+from .formats import FORMATS
 
 FORMAT, VERSION = "edgeppt-export-bundle", 1
 MANIFEST = runner.MANIFEST
@@ -136,7 +138,7 @@ def trtexec_commands(artifacts: dict[str, dict[str, Any]], input_name: str, shap
                      dynamic: bool) -> list[str]:
     """One trtexec line per GPU-ready ONNX model (QDQ INT8 with symmetric activations, FP16)."""
     cmds = []
-    for fmt in ("int8", "fp16"):
+    for fmt in FORMATS["tensorrt"].built_from:
         a = artifacts.get(fmt)
         if a and a.get("tensorrt_ready", fmt == "fp16"):
             engine = a["file"].replace(".onnx", ".engine")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from edgeppt.cli_support import console, guarded
+from edgeppt.devices import DEFAULT_DEVICE
+
+from .formats import FORMATS, ExportOptions
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -32,26 +35,33 @@ def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
     return table
 
 
+_OPTION = ExportOptions.model_fields  # the export options' defaults and descriptions live there
+
+
+def _option(name: str, **kw: Any) -> Any:
+    field, text = _OPTION[name], _OPTION[name].description or ""
+    return typer.Option(field.default, help=f"{text[:1].upper()}{text[1:]}.", **kw)
+
+
 @app.command("export")
 def export_cmd(
     run: Path = typer.Argument(..., help="Run directory with model.pt and report.json."),
     out: Optional[Path] = typer.Option(None, help="Bundle directory to write (default dist/<run name>)."),
-    device: str = typer.Option("x86-cpu", help="Device profile: a built-in name (x86-cpu, arm-cpu, jetson) or a "
+    device: str = typer.Option(DEFAULT_DEVICE, help="Device profile: a built-in name (x86-cpu, arm-cpu, jetson) or a "
                                "profile .yaml; its export section picks default formats, int8 activations "
                                "and threads."),
-    formats: Optional[str] = typer.Option(None, help="Comma-separated: onnx,int8,fp16,tensorrt "
+    formats: Optional[str] = typer.Option(None, help=f"Comma-separated: {','.join(FORMATS)} "
                                           "(default: the device's)."),
-    int8_calibration: str = typer.Option("target", help="target: target images; pseudo: source-generator samples."),
+    int8_calibration: str = _option("int8_calibration"),
     source: Optional[Path] = typer.Option(None, help="Source bundle for --int8-calibration pseudo "
                                           "(default: the run's)."),
     calibration_data: Optional[str] = typer.Option(None, help="Images to calibrate with (default: the run's target "
                                                    "images minus the test split)."),
-    calibration_size: int = typer.Option(256, min=1, help="Calibration images."),
-    max_int8_drop: float = typer.Option(1.0, help="Accuracy points INT8 may lose before remedies are tried."),
-    dynamic_batch: bool = typer.Option(False, help="Dynamic batch dimension (default: static batch 1)."),
+    calibration_size: int = _option("calibration_size", min=1),
+    max_int8_drop: float = _option("max_int8_drop"),
+    dynamic_batch: bool = _option("dynamic_batch"),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the device's)."),
-    bench_runs: int = typer.Option(50, min=0, help="Timed runs per artifact for the manifest's latency table "
-                                   "(0: none)."),
+    bench_runs: int = _option("bench_runs", min=0),
 ) -> None:
     """Export a trained run to ONNX / INT8 / FP16 / TensorRT and write a verified, deployable bundle."""
     from edgeppt.export import export_run

@@ -1,30 +1,42 @@
 """`export_run`: a trained run directory -> a verified, deployable bundle.
 
-One table of formats, each with one function. What a target device runs (default formats, int8 activation
-type, how INT8 accuracy is judged, runner default, threads) comes from its profile in the core
-(`edgeppt.devices`: a built-in name or a user YAML). Every artifact is checked against the PyTorch model on the
-run's test split before it is written into the manifest.
+One function per row of the table of formats (export/formats.py), built in table order. What a target device
+runs (default formats, int8 activation type, how INT8 accuracy is judged, runner default, threads) comes from its
+profile in the core (`edgeppt.devices`: a built-in name or a user YAML). Every artifact is checked against the
+PyTorch model on the run's test split before it is written into the manifest.
 """
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from edgeppt.devices import DeviceProfile, load_profile
+from edgeppt.config import validate
+from edgeppt.devices import DEFAULT_DEVICE, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes
 
 from . import bundle as B
 from . import quantize as Q
 from . import runner, tensorrt
-from .onnx_export import (INPUT_NAME, LoadedRun, check_parity, convert_fp16, export_onnx, load_run, parity, run_data,
-                          torch_logits)
+from .formats import CALIBRATIONS, FORMATS, ExportOptions
+from .onnx_export import (
+    INPUT_NAME,
+    LoadedRun,
+    check_parity,
+    convert_fp16,
+    export_onnx,
+    load_run,
+    parity,
+    run_data,
+    torch_logits,
+)
 
 
 @dataclass
@@ -42,26 +54,27 @@ class Context:
 
 
 def _onnx(ctx: Context) -> dict[str, Any]:
-    path = export_onnx(ctx.run.model, ctx.root / "model.onnx", ctx.run.input_shape, ctx.options["dynamic_batch"])
+    path = export_onnx(ctx.run.model, _file(ctx, "onnx"), ctx.run.input_shape, ctx.options["dynamic_batch"])
     par = parity(ctx.reference, path, ctx.test_x)
     check_parity(par, "the ONNX model")
     acc = Q.accuracy(path, ctx.test_x, ctx.test_y)
     ctx.log(f"onnx: top-1 agreement {100 * par['top1_agreement']:.2f}%, max |diff| {par['max_abs_diff']:.2e}")
-    return {"file": path.name, "precision": "fp32", "accuracy": acc, "parity": par}
+    return {"file": path.name, "precision": FORMATS["onnx"].precision, "accuracy": acc, "parity": par}
 
 
 def _int8(ctx: Context) -> dict[str, Any]:
     calib, calib_info = calibration_set(ctx)
     symmetric = ctx.device.export.symmetric_activations or "tensorrt" in ctx.options["formats"]
-    guard = Q.quantize_guarded(ctx.root / "model.onnx", ctx.root / "model.int8.onnx", calib, ctx.test_x, ctx.test_y,
+    path = _file(ctx, "int8")
+    guard = Q.quantize_guarded(_file(ctx, "onnx"), path, calib, ctx.test_x, ctx.test_y,
                                Q.QuantConfig(symmetric_activations=symmetric), ctx.options["max_int8_drop"],
                                ctx.device.export.evaluator)
-    path = ctx.root / "model.int8.onnx"
     par = parity(ctx.reference, path, ctx.test_x)
     ctx.log(f"int8: {guard.note}; accuracy {100 * guard.fp32_accuracy:.2f}% -> {100 * guard.int8_accuracy:.2f}%")
     props = Q.qdq_properties(path)
     # accuracy: as the device computes it (the evaluator); host_accuracy: onnxruntime's kernels on this machine.
-    return {"file": path.name, "precision": "int8", "accuracy": guard.int8_accuracy, "evaluator": guard.evaluator,
+    return {"file": path.name, "precision": FORMATS["int8"].precision, "accuracy": guard.int8_accuracy,
+            "evaluator": guard.evaluator,
             "host_accuracy": Q.accuracy(path, ctx.test_x, ctx.test_y, "host"), "parity": par, "calibration": calib_info,
             "recipe": guard.chosen["config"], "qdq": props, "tensorrt_ready": props["tensorrt_ready"],
             "accuracy_guard": {"fp32_accuracy": guard.fp32_accuracy, "int8_accuracy": guard.int8_accuracy,
@@ -70,8 +83,8 @@ def _int8(ctx: Context) -> dict[str, Any]:
 
 
 def _fp16(ctx: Context) -> dict[str, Any]:
-    path = convert_fp16(ctx.root / "model.onnx", ctx.root / "model.fp16.onnx")
-    out: dict[str, Any] = {"file": path.name, "precision": "fp16"}
+    path = convert_fp16(_file(ctx, "onnx"), _file(ctx, "fp16"))
+    out: dict[str, Any] = {"file": path.name, "precision": FORMATS["fp16"].precision}
     try:  # onnxruntime's CPU provider lacks float16 kernels for some ops; then only the GPU can check it
         out["parity"] = parity(ctx.reference, path, ctx.test_x)
         out["accuracy"] = Q.accuracy(path, ctx.test_x, ctx.test_y)
@@ -84,7 +97,7 @@ def _tensorrt(ctx: Context) -> dict[str, Any]:
     """Always: the trtexec command and build script for the device. Where TensorRT and a GPU are here: the engine."""
     dynamic = ctx.options["dynamic_batch"]
     shape = [1, *ctx.run.input_shape]
-    sources = [f for f in ("int8", "fp16")
+    sources = [f for f in FORMATS["tensorrt"].built_from
                if f in ctx.artifacts and ctx.artifacts[f].get("tensorrt_ready", f == "fp16")]
     if not sources:
         raise EdgepptError("tensorrt needs an int8 (QDQ, symmetric) or fp16 ONNX model: add int8 or fp16 to --formats")
@@ -114,12 +127,15 @@ def _tensorrt(ctx: Context) -> dict[str, Any]:
     return out
 
 
-FORMATS: dict[str, tuple[str | None, Callable[[Context], dict[str, Any]]]] = {
-    "onnx": ("model.onnx", _onnx),
-    "int8": ("model.int8.onnx", _int8),
-    "fp16": ("model.fp16.onnx", _fp16),
-    "tensorrt": (None, _tensorrt),  # build command/script always; an engine where TensorRT and a GPU are present
-}
+def _file(ctx: Context, fmt: str) -> Path:
+    name = FORMATS[fmt].file
+    assert name is not None, f"{fmt} has no single file"
+    return ctx.root / name
+
+
+BUILDERS: dict[str, Callable[[Context], dict[str, Any]]] = {"onnx": _onnx, "int8": _int8, "fp16": _fp16,
+                                                           "tensorrt": _tensorrt}
+assert BUILDERS.keys() == FORMATS.keys(), "one builder per row of the table of formats"
 
 
 def calibration_set(ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
@@ -143,7 +159,7 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
                                "pass --source (the run has none)")
         x, info = Q.pseudo_calibration(load_bundle(src), ctx.labelled_x, n, shape)
         return x, {"mode": "pseudo", "images": len(x), "source": str(src), **info}
-    raise EdgepptError(f"unknown --int8-calibration {mode!r}; choose one of {list(Q.CALIBRATIONS)}")
+    raise EdgepptError(f"unknown --int8-calibration {mode!r}; choose one of {list(CALIBRATIONS)}")
 
 
 def target_images(run: LoadedRun, spec: str | None) -> torch.Tensor:
@@ -169,23 +185,28 @@ def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: Dev
     unknown = [f for f in wanted if f not in FORMATS]
     if unknown:
         raise EdgepptError(f"unknown format(s) {unknown}; choose from {list(FORMATS)}")
-    if "tensorrt" in wanted and not {"int8", "fp16"} & set(wanted):
-        wanted.append("int8")  # an engine is built from the QDQ model
-    return [f for f in FORMATS if f in wanted or f == "onnx"]  # table order; fp32 ONNX is the base of the others
+    for f in wanted:  # what a format is built from comes with it (tensorrt: the QDQ model, unless fp16 is asked for)
+        needs = FORMATS[f].built_from
+        if needs and not set(needs) & set(wanted):
+            wanted.append(needs[0])  # checked in turn: the loop reaches what is appended
+    # table order (a format comes after what it is built from); the checked fp32 ONNX model is always written
+    return [f for f in FORMATS if f in wanted or f == "onnx"]
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, device: str | Path | DeviceProfile = "x86-cpu",
-               formats: str | list[str] | None = None, int8_calibration: str = "target",
-               source: str | Path | None = None,
-               calibration_data: str | None = None, calibration_images: Any = None, calibration_size: int = 256,
-               max_int8_drop: float = 1.0, dynamic_batch: bool = False, threads: int | None = None,
-               bench_runs: int = 50, samples_per_class: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
+def export_run(run_dir: str | Path, out: str | Path | None = None,
+               device: str | Path | DeviceProfile = DEFAULT_DEVICE, formats: str | list[str] | None = None,
+               source: str | Path | None = None, calibration_data: str | None = None, calibration_images: Any = None,
+               threads: int | None = None, samples_per_class: int = 4, log: Callable[[str], None] = print,
+               **settings: Any) -> dict[str, Any]:
     """Export a run to `out` (default dist/<run name>) and return the bundle's manifest. `device`: a built-in
-    profile name (x86-cpu, arm-cpu, jetson), a user profile .yaml, or a loaded DeviceProfile."""
+    profile name (x86-cpu, arm-cpu, jetson), a user profile .yaml, or a loaded DeviceProfile. `settings`: the
+    fields of ExportOptions (export/formats.py), whose defaults apply to the rest."""
     dev = device if isinstance(device, DeviceProfile) else load_profile(device)
     fmts = parse_formats(formats, dev)
-    if int8_calibration not in Q.CALIBRATIONS:
-        raise EdgepptError(f"unknown --int8-calibration {int8_calibration!r}; choose one of {list(Q.CALIBRATIONS)}")
+    mode = settings.get("int8_calibration", "target")
+    if mode not in CALIBRATIONS:
+        raise EdgepptError(f"unknown --int8-calibration {mode!r}; choose one of {list(CALIBRATIONS)}")
+    opts = validate(ExportOptions, settings, "export settings")
     run = load_run(run_dir)
     out = Path(out) if out else Path("dist") / run.path.resolve().name
     if calibration_images is not None:
@@ -193,19 +214,18 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, device: str |
     labelled, test = run_data(run)
     reference = torch_logits(run.model, test.x)
     threads = dev.threads if threads is None else threads
-    options = {"formats": fmts, "dynamic_batch": dynamic_batch, "int8_calibration": int8_calibration,
-               "calibration_data": calibration_data, "calibration_images": calibration_images,
-               "calibration_size": calibration_size, "max_int8_drop": max_int8_drop,
-               "source": str(source) if source else None}
+    options = {**opts.model_dump(), "formats": fmts, "calibration_data": calibration_data,
+               "calibration_images": calibration_images, "source": str(source) if source else None}
+    dynamic_batch = opts.dynamic_batch
     torch_acc = float((reference.argmax(1) == test.y.numpy()).mean())
     with B.staging(out) as root:
         ctx = Context(run, root, dev, test.x.numpy(), test.y.numpy(), labelled.x, reference, options, log=log)
         for fmt in fmts:
-            ctx.artifacts[fmt] = FORMATS[fmt][1](ctx)
+            ctx.artifacts[fmt] = BUILDERS[fmt](ctx)
         spec = B.preprocess_spec(run.in_chans, run.image_size)
         B.write_support_files(root, run.classes, spec)
         n_samples = B.write_samples(root, ctx.test_x, ctx.test_y, run.classes, samples_per_class)
-        table = results_table(ctx, torch_acc, threads, bench_runs)
+        table = results_table(ctx, torch_acc, threads, opts.bench_runs)
         default = dev.export.default_format if dev.export.default_format in ctx.artifacts else "onnx"
         manifest = B.write_manifest(root, {
             "created_by": "edgeppt export", "run": str(run.path), "device": dev.name,

@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir
 import torch
+from onnx_ir.passes.common import TopologicalSortPass
 
 from edgeppt.data import ImageSet, reshape_images
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.models.base import ClassifierNet
-from edgeppt.runs import atomic_write_bytes, load_checkpoint
+from edgeppt.runs import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
 
 from . import runner
 
@@ -54,7 +56,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     ckpt_path = run_dir / "model.pt"
     if not ckpt_path.is_file():
         hint = (" (the run has a checkpoint but has not finished: resume it first)"
-                if (run_dir / "checkpoint.pt").exists() else "")
+                if (run_dir / CHECKPOINT_FILE).exists() else "")
         raise EdgepptError(f"{run_dir}: no model.pt, so nothing to export{hint}")
     try:
         ckpt = load_checkpoint(ckpt_path)
@@ -157,25 +159,14 @@ def convert_fp16(fp32: str | Path, out: str | Path) -> Path:
         model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
     except Exception as e:  # the converter raises assorted types on graphs it cannot handle
         raise EdgepptError(f"FP16 conversion of {fp32} failed: {e}") from e
-    toposort(model.graph)  # the converter appends its input Casts at the end; the checker wants them first
+    model = toposort(model)  # the converter appends its input Casts at the end; the checker wants them first
     path = atomic_write_bytes(out, model.SerializeToString())
     check_onnx(path)
     return path
 
 
-def toposort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes so each comes after the producers of its inputs (graphs without subgraphs)."""
-    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in known for i in n.input)]
-        if not ready:
-            raise EdgepptError(f"graph {graph.name!r} has a cycle or an undefined input")
-        for n in ready:
-            known.update(n.output)
-        ordered += ready
-        taken = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in taken]
-    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
-    del graph.node[:]
-    graph.node.extend(copies)
+def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its nodes reordered so each comes after the producers of its inputs (onnx_ir's stable sort)."""
+    ir_model = onnx_ir.from_proto(model)
+    TopologicalSortPass()(ir_model)
+    return onnx_ir.to_proto(ir_model)

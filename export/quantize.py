@@ -10,9 +10,10 @@ onnxruntime's fast path there; docs/export.md has the measurements.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,7 +27,6 @@ from edgeppt.runs import atomic_write_bytes
 from . import runner
 from .onnx_export import INPUT_NAME
 
-CALIBRATIONS = ("target", "pseudo")
 PERCENTILE = 99.999
 PSEUDO_TEMPERATURE = 2.0  # softer than P-SSL's T=1: a wider spread of source modes per anchor, wider activation range
 PSEUDO_ANCHOR_SHARE = 0.75  # the rest: random mixes of source classes, in case the anchors cover too little

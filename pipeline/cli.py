@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgeppt.cli_support import console, fail, guarded
 from edgeppt.errors import EdgepptError
 
-from edgeppt.cli_support import console, fail, guarded
+from .example import budget_help
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -37,7 +37,7 @@ def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) ->
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] the stage's last checkpoint is saved; run the same command again to "
                       "resume (finished stages are skipped)")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     table = Table(title=f"run {out}")
     for col in ("stage", "status", "seconds", "result"):
         table.add_column(col)
@@ -67,8 +67,7 @@ def run_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="Run directory."),
-    budget: str = typer.Option("demo", help="tiny (a one-minute smoke test), demo (about 2 min on 2 CPU cores) "
-                                            "or standard (about 11 min: more search trials and training)."),
+    budget: str = typer.Option("demo", help=f"{budget_help()} (on 2 CPU cores)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """The built-in example end to end: animals bundle -> elephant, giraffe, horse, sheep, zebra on an x86 CPU."""

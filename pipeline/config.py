@@ -7,16 +7,17 @@ pipeline fills in itself (data, device, output folder), so each fact lives in on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import Field, create_model, field_validator
 
 from edgeppt.config import SearchConfig, Strict, TransferConfig, load_yaml, validate
+from edgeppt.devices import DEFAULT_DEVICE, load_profile
 from edgeppt.errors import EdgepptError
+from edgeppt.export.formats import ExportOptions
 
 STAGE_NAMES = ("search", "transfer", "export")
-EXPORT_FORMATS = ("onnx", "int8", "fp16", "tensorrt")
 # Filled in by the pipeline from the top-level fields or an earlier stage, so not settable per stage.
 _SHARED = {"source", "target", "test", "test_fraction", "labels_per_class", "seed", "device", "out", "data", "threads"}
 
@@ -33,15 +34,8 @@ TransferSection = _section(TransferConfig, "TransferSection", "Transfer method a
                            "`arch` is used only when search is off.")
 
 
-class ExportSection(Strict):
-    """What `export.export_run` writes and measures."""
-    formats: list[Literal["onnx", "int8", "fp16", "tensorrt"]] | None = Field(
-        None, description="artifacts to write (default: the device's)")
-    int8_calibration: Literal["target", "pseudo"] = "target"
-    calibration_size: int = Field(256, ge=1)
-    max_int8_drop: float = Field(1.0, ge=0, description="accuracy points INT8 may lose before remedies are tried")
-    dynamic_batch: bool = False
-    bench_runs: int = Field(50, ge=0, description="timed runs per artifact for the latency table")
+class ExportSection(ExportOptions):
+    """What `export.export_run` writes and measures (ExportOptions fields)."""
 
 
 class PipelineConfig(Strict):
@@ -51,7 +45,7 @@ class PipelineConfig(Strict):
     test: str | None = Field(None, description="test images (default: a fixed split of target)")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="share of target held out as the test split")
     labels_per_class: int = Field(4, ge=1)
-    device: str = Field("x86-cpu", description="device profile name or .yaml")
+    device: str = Field(DEFAULT_DEVICE, description="device profile name or .yaml")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="CPU threads for training (default: torch's)")
     search: SearchSection = SearchSection()  # type: ignore[valid-type]
@@ -61,8 +55,6 @@ class PipelineConfig(Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
-        from edgeppt.devices import load_profile
-
         try:
             load_profile(v)
         except EdgepptError as e:

@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.devices import DEFAULT_DEVICE
 from edgeppt.errors import EdgepptError
 
 from .config import PipelineConfig, parse_config
 
-# Stage budgets, by how long they take on 2 CPU cores (benchmarks/demo.py measures them; docs/pipeline.md):
-# "tiny": every stage in about a minute, search off (tests, the wizard's end-to-end test);
-# "demo": the whole pipeline in about 2 minutes (what `edgeppt demo` runs; target <= 15);
-# "standard": twice the search trials with the search's full proxy, three times the training: about 11 minutes.
+# Stage budgets, by how long they take on 2 CPU cores (benchmarks/demo.py measures them; docs/pipeline.md).
+# The CLI's --budget help and the wizard's budget choice read these lines.
+BUDGET_HELP: dict[str, str] = {
+    "tiny": "every stage in about a minute, search off (a smoke test)",
+    "demo": "the whole pipeline in about 2 minutes (what `edgeppt demo` runs)",
+    "standard": "twice the search trials with the full proxy, three times the training: about 11 minutes",
+}
 BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "search": {"enabled": False},
@@ -38,6 +42,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
 }
 
 
+assert BUDGETS.keys() == BUDGET_HELP.keys()
+
+
+def budget_help() -> str:
+    return "; ".join(f"{name}: {text}" for name, text in BUDGET_HELP.items())
+
+
 def example_bundle() -> Path:
     """bundles/animals-src of the source tree, or $EDGEPPT_EXAMPLE_BUNDLE (an installed image sets it)."""
     candidates = [os.environ.get("EDGEPPT_EXAMPLE_BUNDLE"),
@@ -52,7 +63,7 @@ def example_bundle() -> Path:
 def example_config(budget: str = "demo", **overrides: Any) -> PipelineConfig:
     if budget not in BUDGETS:
         raise EdgepptError(f"unknown budget {budget!r}; choose one of {list(BUDGETS)}")
-    raw = {"source": str(example_bundle()), "target": EXAMPLE_TARGET, "labels_per_class": 4, "device": "x86-cpu",
+    raw = {"source": str(example_bundle()), "target": EXAMPLE_TARGET, "labels_per_class": 4, "device": DEFAULT_DEVICE,
            **{k: dict(v) for k, v in BUDGETS[budget].items()}}
     raw.update(overrides)
     return parse_config(raw, f"example ({budget})")

@@ -19,7 +19,8 @@ from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_json, atomic_write_text
 
 from .config import PipelineConfig, dump_yaml
-from .runner import CONFIG_FILE, STATE_FILE, is_locked, read_state
+from .runner import is_locked
+from .state import CONFIG_FILE, STATE_FILE, read_state
 
 JOB_FILE, LOG_FILE = "job.json", "job.log"
 

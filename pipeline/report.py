@@ -16,6 +16,7 @@ import numpy as np
 from edgeppt.runs import atomic_write_text, read_jsonl
 
 from .config import PipelineConfig, dump_yaml
+from .state import read_state
 
 REPORT_DIR = "report"
 
@@ -157,8 +158,6 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
     """Write report/index.md from whatever the stages have produced so far."""
     from edgeppt.data import load_dataset
     from edgeppt.source.inspect import sample_grid
-
-    from .runner import read_state
 
     run = Path(run)
     rep = run / REPORT_DIR

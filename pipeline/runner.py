@@ -4,36 +4,32 @@ The run directory:
     pipeline.yaml     the config as given          state.json   per stage: input key, status, seconds, summary
     search/ transfer/ export/   one folder each    cache/       pseudo pre-training weights, reused across reruns
     report/           index.md with pictures       job.json     the background process, when started by pipeline.jobs
-A stage whose key and status are unchanged is skipped; one interrupted with the same key resumes; one whose inputs
-changed starts afresh (its old folder is removed).
+A stage whose key and status are unchanged is skipped; one interrupted with the same key resumes, and so does one
+whose settings changed only where its config allows on resume (its RESUME_FREE, e.g. more search trials); one whose
+inputs changed otherwise starts afresh (its old folder is removed).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import atomic_write_json, atomic_write_text
+from edgeppt.runs import atomic_write_json, atomic_write_text, resume_conflicts
 
 from .config import STAGE_NAMES, PipelineConfig, dump_yaml
-from .stages import STAGE_BY_NAME, input_key
+from .report import write_report
+from .stages import STAGE_BY_NAME, bundle_fingerprint, data_fingerprint, input_key
+from .state import CONFIG_FILE, LOCK_FILE, STATE_FILE, read_state
 
-STATE_FILE, CONFIG_FILE, LOCK_FILE = "state.json", "pipeline.yaml", ".lock"
-
-
-def read_state(run: str | Path) -> dict[str, Any]:
-    p = Path(run) / STATE_FILE
-    try:
-        return json.loads(p.read_text()) if p.is_file() else {"stages": {}}
-    except json.JSONDecodeError:  # never half-written (atomic), but a hand edit could break it
-        return {"stages": {}}
+__all__ = ["CONFIG_FILE", "STATE_FILE", "is_locked", "preflight", "read_state", "run_lock", "run_pipeline"]
+INTERRUPTED = ("running", "failed", "cancelled")
 
 
 @contextmanager
@@ -112,8 +108,6 @@ def _recorded(record: dict, state: dict, run: Path) -> Iterator[None]:
 
 def preflight(cfg: PipelineConfig) -> None:
     """Fail in a second, before any run directory is made, on inputs that cannot be read."""
-    from .stages import bundle_fingerprint, data_fingerprint
-
     bundle_fingerprint(cfg.source)
     data_fingerprint(cfg.target)
     data_fingerprint(cfg.test)
@@ -123,18 +117,25 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
                log: Callable[[str], None]) -> None:
     stage = STAGE_BY_NAME[name]
     folder = run / name
-    key = input_key(stage.inputs(cfg, run))
+    inputs = stage.inputs(cfg, run)
+    settings = inputs.pop(name, {})  # the stage's own section; the rest: data, device, earlier stages' outputs
+    key, others = input_key({**inputs, name: settings}), input_key(inputs)
     prev = state["stages"].get(name, {})
     same = prev.get("key") == key and not force
     if same and prev.get("status") == "done" and (folder / stage.output).exists():
         log(f"{name}: unchanged inputs, skipped (cached result from {time.ctime(prev.get('finished', 0))})")
         return
-    resume = same and prev.get("status") in ("running", "failed", "cancelled") and folder.exists()
+    # Changed only in settings the stage allows to change on resume (the same rule the stage applies itself)
+    free_change = (not force and "settings" in prev and prev.get("others") == others
+                   and not resume_conflicts(prev["settings"], settings, stage.resume_free))
+    interrupted = prev.get("status") in INTERRUPTED
+    resume = folder.exists() and ((interrupted and (same or free_change))
+                                  or (free_change and not same and prev.get("status") == "done"))
     if not resume and folder.exists():
         shutil.rmtree(folder)  # outputs of other inputs: stale
     log(f"{name}: {'resuming' if resume else 'running'}")
-    entry = {"key": key, "status": "running", "started": time.time(), "resumed": resume,
-             "seconds_before": prev.get("seconds", 0.0) if resume else 0.0}
+    entry = {"key": key, "others": others, "settings": settings, "status": "running", "started": time.time(),
+             "resumed": resume, "seconds_before": prev.get("seconds", 0.0) if resume else 0.0}
     state["stages"][name] = entry
     atomic_write_json(run / STATE_FILE, state)
     with _recorded(entry, state, run):
@@ -143,8 +144,6 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
 
 
 def _write_report(cfg: PipelineConfig, run: Path, log: Callable[[str], None]) -> None:
-    from .report import write_report
-
     try:
         path = write_report(cfg, run)
         log(f"report: {path}")

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from edgeppt.config import SearchConfig
 from edgeppt.data import BUILTIN
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, sha256_file
@@ -28,6 +30,8 @@ class Stage:
     inputs: Callable[[PipelineConfig, Path], dict[str, Any]]   # everything the result depends on
     run: Callable[[PipelineConfig, Path, bool, bool, Log], dict[str, Any]]  # (cfg, run dir, resume, progress, log)
     output: str                                                # the file that says the stage finished
+    # Fields of the stage's own section (inputs()[name]) that may change on resume: its config's RESUME_FREE
+    resume_free: frozenset[str] = field(default_factory=frozenset)
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -71,9 +75,7 @@ def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- search
-def search_config(cfg: PipelineConfig, out: Path):
-    from edgeppt.config import SearchConfig
-
+def search_config(cfg: PipelineConfig, out: Path) -> SearchConfig:
     settings = cfg.search.model_dump(exclude={"enabled"})
     shared = {"source": cfg.source, "target": cfg.target, "test": cfg.test, "test_fraction": cfg.test_fraction,
               "labels_per_class": cfg.labels_per_class,
@@ -134,11 +136,8 @@ def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
     from edgeppt.export import export_run
 
     out = run / "export"
-    e = cfg.export
-    manifest = export_run(run / "transfer", out / "bundle", device=cfg.device, formats=e.formats,
-                          int8_calibration=e.int8_calibration, source=cfg.source, calibration_size=e.calibration_size,
-                          max_int8_drop=e.max_int8_drop, dynamic_batch=e.dynamic_batch, bench_runs=e.bench_runs,
-                          log=lambda s: log(f"export: {s}"))
+    manifest = export_run(run / "transfer", out / "bundle", device=cfg.device, source=cfg.source,
+                          log=lambda s: log(f"export: {s}"), **cfg.export.model_dump())
     zip_bundle(out / "bundle", out / "bundle.zip")
     return {"formats": list(manifest["artifacts"]), "default_format": manifest.get("default_format")}
 
@@ -152,7 +151,7 @@ def zip_bundle(folder: Path, dest: Path) -> Path:
 
 
 STAGES: list[Stage] = [
-    Stage("search", _search_inputs, _search_run, "best.json"),
+    Stage("search", _search_inputs, _search_run, "best.json", SearchConfig.RESUME_FREE),
     Stage("transfer", _transfer_inputs, _transfer_run, "report.json"),
     Stage("export", _export_inputs, _export_run, "bundle.zip"),
 ]

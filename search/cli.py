@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.config import SearchConfig
-
 from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
+from edgeppt.config import DEFAULT_DEVICE, SearchConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -62,7 +61,7 @@ def devices_calibrate(
 
 @app.command()
 def search(
-    device: Optional[str] = typer.Option(None, help="Device profile name or .yaml (default x86-cpu)."),
+    device: Optional[str] = typer.Option(None, help=f"Device profile name or .yaml (default {DEFAULT_DEVICE})."),
     latency_ms: Optional[float] = typer.Option(None, help="Latency budget (ms, batch 1); default: the profile's."),
     params: Optional[int] = typer.Option(None, help="Parameter budget."),
     macs: Optional[int] = typer.Option(None, help="MAC budget."),

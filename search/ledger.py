@@ -15,6 +15,28 @@ from edgeppt.runs import atomic_write_text
 FILE = "trials.jsonl"
 
 
+def _parse(path: Path) -> tuple[dict[str, dict], bool]:
+    """One merged record per candidate, and whether the last line was cut short (then it is left out)."""
+    records: dict[str, dict] = {}
+    lines = path.read_text().splitlines() if path.exists() else []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # a line cut short by a kill, or one being written as another process reads
+                return records, True
+            raise
+        # A later line for the same candidate (costs first, then the trained result) supersedes the earlier.
+        records[rec["key"]] = {**records.get(rec["key"], {}), **rec}
+    return records, False
+
+
+def read_trials(run_dir: str | Path) -> list[dict]:
+    """The candidates of a search so far, in the order they were proposed; read-only, so safe on a live search."""
+    records, _ = _parse(Path(run_dir) / FILE)
+    return sorted(records.values(), key=lambda r: r.get("order", 0))
+
+
 class Ledger:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / FILE
@@ -22,18 +44,10 @@ class Ledger:
         self.reload()
 
     def reload(self) -> None:
-        self.records = {}
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
-        for i, line in enumerate(lines):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:  # a line cut short by a kill: drop it, that candidate is redone
-                    atomic_write_text(self.path, "".join(ln + "\n" for ln in lines[:-1]))
-                    break
-                raise
-            # A later line for the same candidate (costs first, then the trained result) supersedes the earlier.
-            self.records[rec["key"]] = {**self.records.get(rec["key"], {}), **rec}
+        self.records, cut = _parse(self.path)
+        if cut:  # drop the cut line from the file: that candidate is redone
+            lines = self.path.read_text().splitlines()
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in lines[:-1]))
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)

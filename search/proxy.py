@@ -9,7 +9,6 @@ sees the same images, and no trial pays for the generator.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from edgeppt.config import ProxyConfig, SearchConfig
 from edgeppt.data import ImageSet, few_shot, load_dataset, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
+from edgeppt.schedule import cosine_lr
 
 # Channels-last runs the depthwise convolutions of these networks about 1.8x faster on CPU than NCHW.
 CL = torch.channels_last
@@ -82,7 +82,7 @@ def _train(model, x_all, y_all, steps: int, batch: int, cfg: ProxyConfig, g: tor
     model.train()
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            group["lr"] = cosine_lr(cfg.lr, step, steps)
         idx = torch.randint(0, len(y_all), (batch,), generator=g)
         loss = F.cross_entropy(model(_shift_flip(x_all[idx], g).contiguous(memory_format=CL)), y_all[idx])
         if not torch.isfinite(loss):

@@ -23,7 +23,7 @@ import torch
 from edgeppt.config import SearchConfig, validate
 from edgeppt.devices import Budgets, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import atomic_write_json
+from edgeppt.runs import atomic_write_json, resume_conflicts
 
 from . import report
 from .costmodel import CostModel
@@ -229,10 +229,8 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
     """Search `cfg.space` for `cfg.device`; write trials.jsonl/.csv/.json, pareto.png, best.json, summary.json."""
     out = Path(out)
     if resume:
-        saved = load_run_config(out).model_dump(mode="json")
-        now = cfg.model_dump(mode="json")
-        free = ("threads", "trials", "engine", "concurrency", "finalists", "final_seeds")  # may change on resume
-        diff = [k for k in now if saved.get(k) != now[k] and k not in free]
+        diff = resume_conflicts(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json"),
+                                SearchConfig.RESUME_FREE)
         if diff:
             raise EdgepptError(f"{out} was started with other settings ({', '.join(diff)} differ); resume with the "
                                "same settings or use a new --out")

@@ -9,10 +9,13 @@ D: spectral-normalised convolutions with a projection term <W_D p, phi(x)>; trai
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 def _layout(size: int) -> tuple[int, int]:
@@ -113,11 +116,14 @@ def g_hinge_loss(fake: torch.Tensor) -> torch.Tensor:
     return -fake.mean()
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for parameters and buffers alike."""
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
-        if e.dtype.is_floating_point:
-            e.lerp_(m, 1 - decay)
-        else:
-            e.copy_(m)
+def generator_ema(g: nn.Module, decay: float) -> AveragedModel:
+    """The exported generator: an exponential moving average of G's parameters and buffers, updated once per
+    generator step. Its horizon warms up (decay min(decay, (1 + t) / (10 + t)) at update t), so early
+    checkpoints are not dominated by the random initialisation."""
+    def warmed_up(ema: Any, current: Any, n_averaged: torch.Tensor) -> None:
+        t = int(n_averaged)  # updates so far, counting the copy of G made here
+        get_ema_multi_avg_fn(min(decay, (1 + t) / (10 + t)))(ema, current, n_averaged)
+
+    ema = AveragedModel(g, multi_avg_fn=warmed_up, use_buffers=True)
+    ema.update_parameters(g)  # the average starts as a copy of the untrained G
+    return ema.eval()

@@ -8,8 +8,6 @@ once the bundle is written.
 
 from __future__ import annotations
 
-import copy
-import math
 import shutil
 import time
 from pathlib import Path
@@ -24,15 +22,19 @@ from edgeppt.config import SourceTrainConfig
 from edgeppt.data import ImageSet, load_dataset, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
-from edgeppt.runs import MetricsLog, atomic_torch_save, atomic_write_text, load_checkpoint
+from edgeppt.runs import (
+    CHECKPOINT_FILE,
+    MetricsLog,
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+    resume_conflicts,
+)
+from edgeppt.schedule import cosine_lr
 
-from .gan import Discriminator, Generator, d_hinge_loss, ema_update, g_hinge_loss
+from .gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss, generator_ema
 
-CHECKPOINT = "checkpoint.pt"
 ADAM_BETAS = (0.5, 0.999)  # DCGAN/SNGAN setting for one D step per G step
-# Fields that may change between an interrupted run and its resume: more GAN steps simply continue,
-# and `out` may differ when the output and its work dir were moved together.
-RESUMABLE_CHANGES = {"gan_steps", "checkpoint_every", "out"}
 
 
 class SourceClassifier(nn.Module):
@@ -103,7 +105,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
 
 
 @torch.no_grad()
-def generated_accuracy(g: nn.Module, c: nn.Module, k: int, latent_dim: int, per_class: int = 100, seed: int = 0) -> float:
+def generated_accuracy(g: nn.Module, c: nn.Module, k: int, latent_dim: int, per_class: int = 100,
+                       seed: int = 0) -> float:
     """How often C recognises G's one-hot samples as the class asked for: a cheap check of class fidelity."""
     rng = torch.Generator().manual_seed(seed)
     y = torch.arange(k).repeat_interleave(per_class)
@@ -123,7 +126,7 @@ class State:
                                      nesterov=True, weight_decay=5e-4)
         self.g = Generator(cfg.latent_dim, k, cfg.gen_channels, shape)
         self.d = Discriminator(k, cfg.disc_channels, shape)
-        self.g_ema = copy.deepcopy(self.g).eval()
+        self.g_ema = generator_ema(self.g, cfg.ema_decay)
         self.g_opt = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=ADAM_BETAS)
         self.d_opt = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=ADAM_BETAS)
         self.rng = torch.Generator().manual_seed(cfg.seed)
@@ -141,7 +144,7 @@ class State:
             "config": self.cfg.model_dump(mode="json"), "c_step": self.c_step, "g_step": self.g_step,
             "c_acc": self.c_acc, "elapsed": self.elapsed, "rng": self.rng.get_state(),
             "classifier": self.classifier.state_dict(), "c_opt": self.c_opt.state_dict(),
-            "g": self.g.state_dict(), "d": self.d.state_dict(), "g_ema": self.g_ema.state_dict(),
+            "g": self.g.state_dict(), "d": self.d.state_dict(), "g_ema": self.g_ema.module.state_dict(),
             "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
         })
 
@@ -150,16 +153,17 @@ class State:
             ck = load_checkpoint(path)
         except Exception as e:
             raise EdgepptError(f"cannot read checkpoint {path} ({e}); delete {path.parent} to start over") from e
-        old, new = ck["config"], self.cfg.model_dump(mode="json")
-        changed = sorted(f for f in new if f not in RESUMABLE_CHANGES and old.get(f) != new[f])
+        changed = resume_conflicts(ck["config"], self.cfg.model_dump(mode="json"), SourceTrainConfig.RESUME_FREE)
         if changed:
-            diffs = ", ".join(f"{f}: {old.get(f)!r} -> {new[f]!r}" for f in changed)
+            diffs = ", ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in changed.items())
             raise EdgepptError(f"{path.parent} holds an unfinished run with a different config ({diffs}); "
                                f"rerun with its settings to resume, or delete {path.parent} to start over")
-        for name in ("classifier", "c_opt", "g", "d", "g_ema", "g_opt", "d_opt"):
+        for name in ("classifier", "c_opt", "g", "d", "g_opt", "d_opt"):
             getattr(self, name).load_state_dict(ck[name])
+        self.g_ema.module.load_state_dict(ck["g_ema"])
         self.rng.set_state(ck["rng"])
         self.c_step, self.g_step, self.c_acc, self.elapsed = ck["c_step"], ck["g_step"], ck["c_acc"], ck["elapsed"]
+        self.g_ema.n_averaged.fill_(self.g_step + 1)  # the copy at the start, then one update per generator step
         self.resumed_from = self.global_step
 
 
@@ -174,7 +178,7 @@ def _train_classifier(st: State, train: ImageSet, test: ImageSet, work: Path, lo
     model.train()
     last_good = st.global_step if st.resumed_from is not None else None
     while st.c_step < cfg.classifier_steps:
-        lr = 0.5 * cfg.classifier_lr * (1 + math.cos(math.pi * st.c_step / cfg.classifier_steps))
+        lr = cosine_lr(cfg.classifier_lr, st.c_step, cfg.classifier_steps)
         for grp in st.c_opt.param_groups:  # cosine schedule from the step count: nothing extra to checkpoint
             grp["lr"] = lr
         x, y = _batch(train, cfg.batch_size, st.rng)
@@ -192,7 +196,7 @@ def _train_classifier(st: State, train: ImageSet, test: ImageSet, work: Path, lo
             log.write({"global_step": st.global_step, "phase": "classifier", "test_accuracy": st.c_acc})
         if st.c_step % cfg.checkpoint_every == 0 or st.c_step == cfg.classifier_steps:
             st.elapsed += bar.lap()
-            save_checkpoint(st, work / CHECKPOINT)
+            save_checkpoint(st, work / CHECKPOINT_FILE)
             last_good = st.global_step
             model.train()
 
@@ -227,14 +231,13 @@ def _train_gan(st: State, data: ImageSet, k: int, work: Path, log: MetricsLog, b
         g_loss.backward()
         st.g_opt.step()
         st.g_step += 1
-        # Short warm-up of the EMA horizon so early checkpoints are not dominated by the random init.
-        ema_update(st.g_ema, g, min(cfg.ema_decay, (1 + st.g_step) / (10 + st.g_step)))
+        st.g_ema.update_parameters(g)
         bar.advance(d=d_loss.item(), g=g_loss.item())
         if st.g_step % 50 == 0:
             log.write({"global_step": st.global_step, "phase": "gan", "d_loss": d_loss.item(), "g_loss": g_loss.item()})
         if st.g_step % cfg.checkpoint_every == 0 or st.g_step == cfg.gan_steps:
             st.elapsed += bar.lap()
-            save_checkpoint(st, work / CHECKPOINT)
+            save_checkpoint(st, work / CHECKPOINT_FILE)
             last_good = st.global_step
 
 
@@ -246,12 +249,19 @@ class _Bar:
         self._t = time.perf_counter()
         self.progress = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
             self.task = self.progress.add_task("source", total=total, completed=done, info="")
 
-    def __enter__(self) -> "_Bar":
+    def __enter__(self) -> _Bar:
         if self.progress:
             self.progress.start()
         return self
@@ -288,8 +298,8 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
     work = work_dir(cfg.out)
     work.mkdir(parents=True, exist_ok=True)
     st = State(cfg, k, shape)
-    if (work / CHECKPOINT).exists():
-        st.load(work / CHECKPOINT)
+    if (work / CHECKPOINT_FILE).exists():
+        st.load(work / CHECKPOINT_FILE)
     log = MetricsLog(work / "metrics.jsonl", truncate_after_step=st.global_step)
     total = cfg.classifier_steps + cfg.gan_steps
     with _Bar(progress, total, min(st.global_step, total)) as bar:
@@ -297,7 +307,7 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
         _train_classifier(st, train, test, work, log, bar)
         bar.phase("GAN")
         _train_gan(st, data, k, work, log, bar)
-    g, c = st.g_ema.eval(), st.classifier.eval()
+    g, c = st.g_ema.module.eval(), st.classifier.eval()
     gen_acc = generated_accuracy(g, c, k, cfg.latent_dim, seed=cfg.seed)
     info = {
         "command": command or cli_command(cfg),
@@ -335,7 +345,8 @@ Reproduce with:
 ```
 
 - data: `{cfg['data']}` ({info['train_images']} images of shape {info['image_shape']})
-- classifier `{info['classifier_arch']}`: held-out accuracy **{info['classifier_test_accuracy']:.1%}** on {info['classifier_test_size']} images
+- classifier `{info['classifier_arch']}`: held-out accuracy **{info['classifier_test_accuracy']:.1%}** \
+on {info['classifier_test_size']} images
 - generator: C recognises {info['generated_accuracy']:.1%} of one-hot samples as the class asked for
 - GAN steps: {cfg['gan_steps']}, classifier steps: {cfg['classifier_steps']}, seed {cfg['seed']}
 - training wall time: {info['wall_time_s'] / 60:.1f} min with {info['threads']} CPU thread(s) (torch {info['torch']})

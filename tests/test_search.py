@@ -141,7 +141,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
 
 
 def test_finalists_are_retrained_with_more_seeds_and_the_best_mean_wins(tmp_path, monkeypatch):
-    import search.run as search_run
+    import edgeppt.search.run as search_run
 
     calls: list[int] = []
     real = search_run.evaluate_arch
@@ -245,7 +245,7 @@ def test_calibrate_over_ssh_fits_a_predictor_with_held_out_error(sshd, tmp_path)
 
 
 def test_ctrl_c_during_a_trial_keeps_finished_trials_and_says_so(tmp_path, monkeypatch):
-    import search.run as run_mod
+    import edgeppt.search.run as run_mod
 
     prof = predicted_profile(tmp_path, latency_ms=1.0)
     cfg = SearchConfig(device=str(prof), strategy="random", trials=3, **FAST)

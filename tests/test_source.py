@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-import source.train as st
+import edgeppt.source.train as st
 from edgeppt.bundle import GENERATOR_FILE, load_bundle, save_bundle
 from edgeppt.config import SourceTrainConfig
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
-from edgeppt.runs import sha256_file
+from edgeppt.runs import CHECKPOINT_FILE, sha256_file
 from edgeppt.source import Discriminator, Generator, SourceClassifier, sample_grid, train_source
 
 TINY = dict(data="digits", latent_dim=8, gen_channels=8, disc_channels=8, batch_size=16, classifier_arch="resnet_xs",
@@ -58,7 +58,8 @@ def test_train_writes_bundle(trained: Path):
     b = load_bundle(trained)
     assert b.classes == [str(i) for i in range(10)] and b.image_shape == (1, 8, 8) and b.latent_dim == 8
     info = b.manifest["info"]
-    assert 0 <= info["classifier_test_accuracy"] <= 1 and info["command"].startswith("edgeppt source train --data digits")
+    assert 0 <= info["classifier_test_accuracy"] <= 1
+    assert info["command"].startswith("edgeppt source train --data digits")
     assert set(b.manifest["files"]) == {"generator.pt2", "classifier.pt2"}
     assert (trained / "samples.png").is_file() and (trained / "README.md").is_file()
     assert not st.work_dir(trained).exists()  # the work dir goes once the bundle is written
@@ -150,7 +151,7 @@ def test_resume_after_interruption(tmp_path: Path, monkeypatch):
         interrupt_at(monkeypatch, stop)
         with pytest.raises(Interrupt):
             train_source(tiny_cfg(out, **kw), progress=False)
-        return torch.load(st.work_dir(out) / st.CHECKPOINT, weights_only=True)
+        return torch.load(st.work_dir(out) / CHECKPOINT_FILE, weights_only=True)
 
     ref = run(tmp_path / "ref", 10)  # the whole run uninterrupted, stopped before export
     ck = run(tmp_path / "b", 6)  # classifier (4 steps) done, 2 GAN steps done
@@ -184,7 +185,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(st, "g_hinge_loss", bad_loss)
     with pytest.raises(EdgepptError, match="last good checkpoint"):
         train_source(tiny_cfg(out), progress=False)
-    ck = torch.load(st.work_dir(out) / st.CHECKPOINT, weights_only=True)
+    ck = torch.load(st.work_dir(out) / CHECKPOINT_FILE, weights_only=True)
     assert ck["g_step"] == 2 and not out.exists()
 
 
@@ -193,5 +194,6 @@ def test_manifest_image_shape_mismatch_refused(tmp_path: Path):
     m = json.loads((path / "manifest.json").read_text())
     m["image_shape"] = [3, 16, 16]
     (path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(EdgepptError, match=r"generator returned \(3, 1, 8, 8\), expected images of shape \(N, 3, 16, 16\)"):
+    with pytest.raises(EdgepptError,
+                       match=r"generator returned \(3, 1, 8, 8\), expected images of shape \(N, 3, 16, 16\)"):
         load_bundle(path)

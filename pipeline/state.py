@@ -1,0 +1,22 @@
+"""The run directory's record of its stages, `state.json`, and the names of the files the pipeline keeps there.
+
+Read by the runner (which writes it), the report, the background jobs and the wizard; it imports nothing else of
+the pipeline, so each of them can import it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+STATE_FILE, CONFIG_FILE, LOCK_FILE = "state.json", "pipeline.yaml", ".lock"
+
+
+def read_state(run: str | Path) -> dict[str, Any]:
+    """Per stage: its input key, the settings it ran with, status, seconds and summary (empty before any run)."""
+    p = Path(run) / STATE_FILE
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {"stages": {}}
+    except json.JSONDecodeError:  # never half-written (atomic), but a hand edit could break it
+        return {"stages": {}}
