@@ -26,6 +26,7 @@ COPY transfer ./transfer
 COPY export ./export
 COPY pipeline ./pipeline
 COPY app ./app
+COPY cli ./cli
 COPY bundles/animals-src ./bundles/animals-src
 # animal-mnist ships the built-in 'animals' images; --no-deps: its own loader would pull TensorFlow.
 RUN pip install --no-cache-dir . \
