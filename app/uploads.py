@@ -13,8 +13,8 @@ import shutil
 import stat
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from edgeppt.data import IMAGE_SUFFIXES
 from edgeppt.errors import EdgepptError

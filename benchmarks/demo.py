@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from edgeppt.pipeline.example import example_config
 from edgeppt.pipeline.runner import run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGET_S = 15 * 60
 

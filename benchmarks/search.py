@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 from edgeppt.config import SearchConfig, TransferConfig
 from edgeppt.data import EXAMPLE_TARGET
@@ -35,6 +32,8 @@ from edgeppt.search import run_search
 from edgeppt.search.costs import count_costs
 from edgeppt.search.latency import measure_latency
 from edgeppt.transfer import run_transfer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLE = ROOT / "bundles" / "animals-src"
 WIDTHS = [2.0, 1.75, 1.5, 1.25, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25]

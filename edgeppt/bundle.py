@@ -76,7 +76,8 @@ def check_replaceable(path: str | Path) -> None:
     """save_bundle replaces the whole folder: refuse anything but an earlier bundle or an empty folder."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "manifest.json").is_file())):
-        raise EdgepptError(f"{path} exists and is not a source bundle; refusing to replace it (choose another output path)")
+        raise EdgepptError(f"{path} exists and is not a source bundle; refusing to replace it "
+                           "(choose another output path)")
 
 
 def save_bundle(path: str | Path, generator: nn.Module, classifier: nn.Module, classes: list[str],
@@ -131,7 +132,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if m.get("format") != FORMAT:
         raise EdgepptError(f"{mpath}: format is {m.get('format')!r}, expected {FORMAT!r}")
     if m.get("version") != VERSION:
-        raise EdgepptError(f"{mpath}: bundle format version {m.get('version')} is not supported (this edgeppt reads {VERSION})")
+        raise EdgepptError(f"{mpath}: bundle format version {m.get('version')} is not supported "
+                           f"(this edgeppt reads {VERSION})")
     missing = [k for k in ("classes", "latent_dim", "image_shape", "files", "generator", "classifier") if k not in m]
     if missing:
         raise EdgepptError(f"{mpath}: manifest lacks {missing}")
@@ -147,7 +149,8 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
         actual = sha256_file(f)
         if actual != digest:
             raise EdgepptError(f"{path}: {name} does not match its sha256 in the manifest "
-                               f"(expected {digest[:12]}…, found {actual[:12]}…): the bundle was modified or is corrupt")
+                               f"(expected {digest[:12]}…, found {actual[:12]}…): "
+                               "the bundle was modified or is corrupt")
 
 
 def _check_signatures(path: Path, m: dict[str, Any], g: nn.Module, c: nn.Module) -> None:
@@ -160,12 +163,14 @@ def _check_signatures(path: Path, m: dict[str, Any], g: nn.Module, c: nn.Module)
         raise EdgepptError(f"{path}: generator does not accept G(z: (N, {latent}), p: (N, {k})): {e}") from e
     if not isinstance(img, torch.Tensor) or tuple(img.shape) != (3, *shape):
         got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-        raise EdgepptError(f"{path}: generator returned {got}, expected images of shape (N, {', '.join(map(str, shape))})")
+        raise EdgepptError(f"{path}: generator returned {got}, expected images of shape "
+                           f"(N, {', '.join(map(str, shape))})")
     try:
         with torch.no_grad():
             out = c(img)
     except Exception as e:
-        raise EdgepptError(f"{path}: classifier does not accept images of shape (N, {', '.join(map(str, shape))}): {e}") from e
+        raise EdgepptError(f"{path}: classifier does not accept images of shape "
+                           f"(N, {', '.join(map(str, shape))}): {e}") from e
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and tuple(out[0].shape) == (3, k)):
         raise EdgepptError(f"{path}: classifier must return (logits (N, {k}), features (N, F))")
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -45,8 +46,9 @@ def guarded(fn, *args, **kwargs):
     except EdgepptError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] the last checkpoint is saved; run the same command with --resume to continue")
-        raise typer.Exit(130)
+        console.print("[yellow]interrupted:[/] the last checkpoint is saved; "
+                      "run the same command with --resume to continue")
+        raise typer.Exit(130) from None
 
 
 def run_dir_and_settings(load_run_config: Callable[[Path], Any], out: Optional[Path], resume: Optional[Path],

@@ -39,7 +39,7 @@ class ImageSet:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.x.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, idx: torch.Tensor | np.ndarray) -> "ImageSet":
+    def subset(self, idx: torch.Tensor | np.ndarray) -> ImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return ImageSet(self.x[idx], self.y[idx], list(self.classes), list(self.skipped))
 

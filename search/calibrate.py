@@ -21,8 +21,8 @@ import yaml
 from edgeppt.config import SpaceConfig
 from edgeppt.devices import DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
-from edgeppt.remote import ssh_command
 from edgeppt.models import arch_spec, create_model, list_models
+from edgeppt.remote import ssh_command
 from edgeppt.runs import atomic_write_text
 
 from .latency import to_onnx

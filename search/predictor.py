@@ -63,7 +63,7 @@ class LatencyPredictor:
         return atomic_write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: str | Path) -> "LatencyPredictor":
+    def load(cls, path: str | Path) -> LatencyPredictor:
         try:
             raw = json.loads(Path(path).read_text())
             pred = cls(**raw)

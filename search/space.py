@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
-
 import warnings
+from typing import Any
 
 from torch import nn
 

@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.config import SourceTrainConfig
-
 from edgeppt.cli_support import console, guarded, merged
+from edgeppt.config import SourceTrainConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -22,7 +21,8 @@ app.add_typer(source_app, name="source")
 
 @source_app.command("train")
 def source_train(
-    data: Optional[str] = typer.Option(None, help="Labelled source images: built-in name[:classes], class folders or .npz."),
+    data: Optional[str] = typer.Option(None, help="Labelled source images: built-in name[:classes], class folders "
+                                       "or .npz."),
     out: Optional[Path] = typer.Option(None, help="Bundle directory to write."),
     config: Optional[Path] = typer.Option(None, help="YAML with SourceTrainConfig fields."),
     gan_steps: Optional[int] = typer.Option(None, help="Generator updates."),
@@ -32,7 +32,8 @@ def source_train(
     """Train a class-conditional GAN and a classifier, and write them as a compiled source bundle."""
     from edgeppt.source.train import train_source
 
-    cfg = guarded(merged, SourceTrainConfig, config, {"data": data, "out": out, "gan_steps": gan_steps, "seed": seed}, set_)
+    overrides = {"data": data, "out": out, "gan_steps": gan_steps, "seed": seed}
+    cfg = guarded(merged, SourceTrainConfig, config, overrides, set_)
     path = guarded(train_source, cfg)
     console.print(f"[green]bundle written:[/] {path}")
 

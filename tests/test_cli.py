@@ -29,7 +29,8 @@ def test_cli_errors_are_one_clear_line(tiny_bundle, tmp_path):
     assert res.exit_code == 2 and "unknown field 'pssl.tempreature'" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["transfer", "--target", "digits", "--method", "pp+ssl", "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "method" in res.output
-    res = runner.invoke(app, ["transfer", "--target", "no/such/dir", "--method", "scratch", "--out", str(tmp_path / "c")])
+    res = runner.invoke(app, ["transfer", "--target", "no/such/dir", "--method", "scratch",
+                              "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "not found" in res.output
     res = runner.invoke(app, ["transfer", "--resume", str(tmp_path / "none")])
     assert res.exit_code == 2 and "nothing to resume" in res.output

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeppt.data import (ANIMAL_CLASSES, few_shot, load_dataset, load_folder, load_npz, train_test_split)
+from edgeppt.data import ANIMAL_CLASSES, few_shot, load_dataset, load_folder, load_npz, train_test_split
 from edgeppt.errors import EdgepptError
 
 

@@ -21,9 +21,8 @@ from typer.testing import CliRunner
 from edgeppt.cli import app
 from edgeppt.config import TransferConfig
 from edgeppt.errors import EdgepptError
-from edgeppt.export import bench_bundle, deploy_bundle, export_run, verify_bundle
+from edgeppt.export import bench_bundle, deploy_bundle, export_run, runner, tensorrt, verify_bundle
 from edgeppt.export import quantize as Q
-from edgeppt.export import runner, tensorrt
 from edgeppt.export.onnx_export import export_onnx, load_run, run_data, torch_logits
 from edgeppt.transfer import run_transfer
 

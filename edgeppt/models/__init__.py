@@ -4,9 +4,17 @@ Families live in small files (resnet.py, mobilenet.py) and register named sizes 
 A frozen architecture (JSON written by the search stage) names a family and its full config.
 """
 
-from .registry import arch_spec, create_model, list_families, list_models, load_arch_spec, register_family, register_model
-from .base import ClassifierNet
 from . import mobilenet, resnet  # noqa: F401  (registers the families)
+from .base import ClassifierNet
+from .registry import (
+                       arch_spec,
+                       create_model,
+                       list_families,
+                       list_models,
+                       load_arch_spec,
+                       register_family,
+                       register_model,
+)
 
 __all__ = ["ClassifierNet", "arch_spec", "create_model", "list_families", "list_models", "load_arch_spec",
            "register_family", "register_model"]

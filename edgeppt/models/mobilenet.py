@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ClassifierNet, act_layer, conv_bn
+from .base import ClassifierNet, conv_bn
 from .registry import register_family, register_model
 
 

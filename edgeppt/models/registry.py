@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import EdgepptError
 from .base import ClassifierNet
@@ -38,7 +39,8 @@ def load_arch_spec(path: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         raise EdgepptError(f"cannot read architecture file {path}: {e}") from e
     if not isinstance(spec, dict) or "family" not in spec or not isinstance(spec.get("config"), dict):
-        raise EdgepptError(f"{path}: an architecture file needs {{'family': one of {list_families()}, 'config': {{...}}}}")
+        raise EdgepptError(f"{path}: an architecture file needs "
+                           f"{{'family': one of {list_families()}, 'config': {{...}}}}")
     return spec
 
 
@@ -51,7 +53,8 @@ def arch_spec(arch: str | dict[str, Any]) -> dict[str, Any]:
     elif arch in _MODELS:
         spec = _MODELS[arch]
     else:
-        raise EdgepptError(f"unknown architecture {arch!r}; choose one of {list_models()} or a frozen-architecture .json")
+        raise EdgepptError(f"unknown architecture {arch!r}; choose one of {list_models()} "
+                           "or a frozen-architecture .json")
     if spec.get("family") not in _FAMILIES:
         raise EdgepptError(f"unknown architecture family {spec.get('family')!r}; known: {list_families()}")
     return {"family": spec["family"], "config": dict(spec.get("config", {}))}
