@@ -1,14 +1,26 @@
-"""Transfer benchmark: every method on the built-in example, at 4 and 10 labels per class, over seeds.
+"""Transfer benchmark: every method on four source/target pairings, over seeds, with a validation split.
 
-    python benchmarks/transfer.py            # default budget (about 30 minutes on 2 CPU cores)
-    python benchmarks/transfer.py --quick    # one seed, smaller budget: a smoke run
-    python benchmarks/transfer.py --full     # the TransferConfig defaults (resnet_s, longer training; a GPU helps)
+    python benchmarks/transfer.py            # 5 seeds, the default budget (about 60 minutes on 2 CPU cores)
+    python benchmarks/transfer.py --quick    # 1 seed, a smaller budget: a smoke run (under 10 minutes)
+    python benchmarks/transfer.py --reuse benchmarks/results/transfer.json --rows auto   # re-run some rows only
 
-Source bundle: bundles/animals-src (bear, bird, cat, cow, dog); target: elephant, giraffe, horse, sheep, zebra.
-Prints a Markdown table (mean and std of test accuracy, wall time, training images/s) and writes the raw
-results next to it. The PP weights of a seed, and the pseudo-sample pool of a labelled set, are made once and
-reused by every row that needs them (they do not depend on the rest of the settings); their one-off cost is
-printed apart and left out of the per-run wall time.
+The pairings, built from data that packages ship (the target set is written as .npz files and read through the
+generic file path, exactly as a user's data would be):
+- example: the built-in example (bundles/animals-src: bear, bird, cat, cow, dog -> elephant, giraffe, horse,
+  sheep, zebra);
+- other classes: the same kind of images, other source and target classes (bundles/grazers-src: elephant,
+  giraffe, horse, sheep, zebra -> bear, bird, cat, cow, dog);
+- style shift: the example's target with inverted intensities (white background, dark shapes), a
+  transformation the source never saw;
+- other dataset: scikit-learn's handwritten digits (8x8, upscaled to 28x28) from the animals bundle; flips
+  are off (they change digits).
+
+The protocol: each target set is split once into test (the fixed 20% the product holds out), validation (10% of
+the rest, per class) and the training pool; the k labelled images per class are drawn from the pool per seed.
+Validation accuracy is what the defaults and auto's thresholds were chosen on; test accuracy is only reported.
+`pp, equal compute` is the control of pp+pssl: pp fine-tuned for the P-SSL phase's extra steps too.
+PP weights and pseudo-sample pools are made once per (bundle, seed) and (pairing, seed) and shared through the
+cache; their one-off cost is printed apart.
 """
 
 from __future__ import annotations
@@ -17,61 +29,106 @@ import argparse
 import json
 import multiprocessing as mp
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from edgeppt.config import TransferConfig
-from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.data import EXAMPLE_TARGET, ImageSet, load_dataset, train_test_split
+from edgeppt.models import create_model
 from edgeppt.transfer import run_transfer
+from edgeppt.transfer.evaluate import evaluate
 
-BUNDLE = ROOT / "bundles" / "animals-src"
-METHOD_ROWS = ["scratch", "kd", "pp", "pssl", "pp+pssl"]
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+OTHER_CLASSES = "animals:bear,bird,cat,cow,dog"
 
-# Each P-SSL design choice, shown by switching it in the full method (pp+pssl with the PSSLConfig defaults:
-# warm start, anchor labels, ramped and capped weight, no consistency term, random z, no relevance weights).
-# "pssl" (the same stage without the PP weights) is among the method rows.
-DESIGN_ROWS: list[tuple[str, dict]] = [
-    ("pp+pssl without the warm start (SSL from step 0, own targets)", {"warm_start": False}),
-    ("pp+pssl, consistency only (FixMatch), no anchor labels", {"anchor_weight": 0.0, "consistency": 1.0}),
-    ("pp+pssl + FixMatch consistency (hard targets)", {"consistency": 1.0, "algorithm": "fixmatch"}),
-    ("pp+pssl + UDA consistency (soft targets)", {"consistency": 1.0, "algorithm": "uda"}),
-    ("pp+pssl without the ramp and cap (weight 1 from step 0)", {"unlabeled_weight": 1.0, "ramp_fraction": 0.0}),
-    ("pp+pssl + relevance weighting", {"relevance": "weight"}),
-    ("pp+pssl + z chosen near x_t (10 search steps)", {"z_search_steps": 10}),
-]
+# name -> (bundle, target spec, image transform, TransferConfig overrides)
+PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
+    "example": ("animals-src", EXAMPLE_TARGET, None, {}),
+    "other classes": ("grazers-src", OTHER_CLASSES, None, {}),
+    "style shift": ("animals-src", EXAMPLE_TARGET, "invert", {}),
+    "other dataset": ("animals-src", "digits", None, {"augment": {"hflip": False}}),
+}
+
+# label -> (method, TransferConfig overrides); the first rows per (bundle, seed) make what the cache shares.
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "scratch": ("scratch", {}),
+    "kd": ("kd", {}),
+    "pp": ("pp", {}),
+    "pp, equal compute": ("pp", {"finetune_steps": "+pssl"}),
+    "pp+pssl (anchor labels)": ("pp+pssl", {"pssl": {"algorithm": "anchor"}}),
+    "pp+pssl (FixMatch)": ("pp+pssl", {"pssl": {"algorithm": "fixmatch"}}),
+    "auto": ("auto", {}),
+}
+# Real unlabelled target images (the rest of the pool), on the example only.
+UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pp+ssl, unlabelled pool (FixMatch)": ("pp+ssl", {"unlabeled": "rest", "pssl": {"algorithm": "fixmatch"}}),
+    "auto, unlabelled pool": ("auto", {"unlabeled": "rest"}),
+}
 
 BUDGETS = {
-    "quick": dict(arch="resnet_xs", pretrain_steps=150, finetune_steps=100),
-    "default": dict(arch="resnet_xs", pretrain_steps=400, finetune_steps=200),
-    "full": {},  # the TransferConfig defaults
+    "quick": dict(pretrain_steps=150, finetune_steps=100, pssl={"steps": 50}),
+    "default": {},  # the TransferConfig defaults: resnet_xs, 400 PP steps, 200 target steps, 100 P-SSL steps
 }
 
 
-def run_one(method: str, pssl: dict, labels: int, seed: int, budget: dict, work: Path, cache: Path) -> dict:
-    base = TransferConfig(target=EXAMPLE_TARGET)
-    cfg = TransferConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=labels, method=method, seed=seed,
-                         eval_every=10**6, checkpoint_every=10**6, **budget,
-                         pssl=base.pssl.model_copy(update=pssl))
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_pairing(name: str, work: Path) -> dict[str, Path]:
+    """The pairing's target set as train/val/test .npz files at the bundle's image shape."""
+    bundle, spec, transform, _ = PAIRINGS[name]
+    ds = load_dataset(spec, 28, 1)
+    if transform == "invert":
+        ds = ImageSet(1.0 - ds.x, ds.y, ds.classes)
+    pool, test = train_test_split(ds, 0.2, seed=0)  # what the product holds out by default
+    train, val = train_test_split(pool, 0.1, seed=1)
+    paths = {}
+    for part, s in (("train", train), ("val", val), ("test", test)):
+        paths[part] = work / f"{name.replace(' ', '-')}-{part}.npz"
+        np.savez(paths[part], x=(s.x.numpy() * 255).round().astype(np.uint8), y=s.y.numpy(), classes=s.classes)
+    return paths
+
+
+def config(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Path], labels: int) -> TransferConfig:
+    bundle, _, _, pairing_overrides = PAIRINGS[pairing]
+    method, overrides = (ROWS | UNLABELED_ROWS)[row]
+    raw = _merge(_merge(budget, pairing_overrides), overrides)
+    base = TransferConfig(target="x", **budget)
+    if raw.get("finetune_steps") == "+pssl":
+        raw["finetune_steps"] = base.finetune_steps + base.pssl.steps
+    return TransferConfig(source=BUNDLES / bundle, target=str(files["train"]), test=str(files["test"]),
+                          labels_per_class=labels, method=method, seed=seed, eval_every=10**6,
+                          checkpoint_every=10**6, **raw)
+
+
+def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Path], labels: int, work: Path,
+            cache: Path) -> dict:
+    cfg = config(pairing, row, seed, budget, files, labels)
     out = Path(tempfile.mkdtemp(dir=work))
     t = time.perf_counter()
     report = run_transfer(cfg, out, progress=False, pp_cache=cache)
     wall = time.perf_counter() - t
-    once = 0.0  # one-off work shared through the cache: PP weights, pseudo-sample pool
-    if "pretrain" in report and "cached" not in report["pretrain"]:
-        once += report["timings_s"].get("pretrain", 0.0)
-    if "pseudo_samples" in report and not report["pseudo_samples"]["cached"]:
+    pre = report.get("pretrain") or report.get("pretrain_for_auto") or {}
+    once = 0.0 if "cached" in pre else pre.get("seconds", 0.0)  # one-off work shared through the cache
+    if report.get("pseudo_samples") and not report["pseudo_samples"]["cached"]:
         once += report["timings_s"].get("pseudo_samples", 0.0)
-    phase = method.replace("+", "_")
-    return {"acc": report["test_accuracy"], "wall_s": wall - once, "once_s": once,
-            "img_per_s": report["images_per_s"].get(phase, 0.0),
-            "pp_s": report["timings_s"].get("pretrain", 0.0) if once else 0.0}
+    state = torch.load(out / "model.pt", weights_only=True)  # our own run's file
+    model = create_model(state["arch"], len(state["classes"]), state["in_chans"])
+    model.load_state_dict(state["state_dict"])
+    val_set = load_dataset(str(files["val"]))
+    return {"test": report["test_accuracy"], "val": evaluate(model, val_set)["accuracy"], "wall_s": wall - once,
+            "once_s": once, "method": report["method"], "auto": report.get("auto")}
 
 
 def _one_thread() -> None:
@@ -82,77 +139,124 @@ def _task(args: tuple) -> dict:
     return run_one(*args)
 
 
+def summarise(done: dict, pairings: list[str], rows: list[str], seeds: list[int]) -> list[dict]:
+    out = []
+    for p in pairings:
+        for r in rows:
+            runs = [done[(p, r, s)] for s in seeds if (p, r, s) in done]
+            if not runs:
+                continue
+            test, val = [100 * x["test"] for x in runs], [100 * x["val"] for x in runs]
+            rec = {"pairing": p, "row": r, "seeds": [s for s in seeds if (p, r, s) in done], "test": test,
+                   "val": val, "test_mean": statistics.mean(test), "test_std": statistics.pstdev(test),
+                   "val_mean": statistics.mean(val), "wall_s": statistics.mean(x["wall_s"] for x in runs),
+                   "chosen": [x["method"] for x in runs]}
+            if runs[0].get("auto"):
+                rec["auto"] = [x["auto"] for x in runs]
+            out.append(rec)
+    return out
+
+
+def table(results: list[dict], pairings: list[str], rows: list[str]) -> list[str]:
+    by = {(r["pairing"], r["row"]): r for r in results}
+    cols = [r for r in rows if any((p, r) in by for p in pairings)]
+    lines = ["| pairing | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for p in pairings:
+        cells = [f"{by[(p, r)]['test_mean']:.1f} ± {by[(p, r)]['test_std']:.1f}" if (p, r) in by else "-"
+                 for r in cols]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired(results: list[dict], a: str, b: str, pairing: str) -> str:
+    by = {(r["pairing"], r["row"]): r for r in results}
+    if (pairing, a) not in by or (pairing, b) not in by:
+        return ""
+    ra, rb = by[(pairing, a)], by[(pairing, b)]
+    common = [s for s in ra["seeds"] if s in rb["seeds"]]
+    d = [ra["test"][ra["seeds"].index(s)] - rb["test"][rb["seeds"].index(s)] for s in common]
+    sd = statistics.stdev(d) if len(d) > 1 else 0.0
+    return f"{a} - {b}: {statistics.mean(d):+.2f} ± {sd:.2f} (per seed: {', '.join(f'{x:+.1f}' for x in d)})"
+
+
+def save(args, mode: str, budget: dict, seeds: list[int], done: dict, total: float, rows: list[str]) -> list[dict]:
+    results = summarise(done, args.pairings, rows, seeds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs = [{"pairing": p, "row": r, "seed": s, "result": res} for (p, r, s), res in done.items()]
+    args.out.write_text(json.dumps({"budget": mode, "budget_settings": budget, "labels_per_class": args.labels,
+                                    "seeds": len(seeds), "total_s": total, "results": results, "runs": runs},
+                                   indent=2))
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true")
-    mode.add_argument("--full", action="store_true")
-    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; 1 with --quick)")
-    ap.add_argument("--labels", type=int, nargs="+", default=[4, 10])
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (small models on a "
-                    "few cores train faster this way than one run on several threads)")
-    ap.add_argument("--no-design-rows", action="store_true", help="only the five method rows")
+    ap.add_argument("--quick", action="store_true", help="1 seed and a smaller budget: a smoke run")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5; 1 with --quick)")
+    ap.add_argument("--labels", type=int, default=4, help="labelled images per class")
+    ap.add_argument("--pairings", nargs="+", default=list(PAIRINGS), choices=list(PAIRINGS))
+    ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    ap.add_argument("--no-unlabeled", action="store_true", help="leave out the rows with unlabelled images")
+    ap.add_argument("--reuse", type=Path, default=None, help="keep the runs of an earlier result; run the rest")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.json")
     args = ap.parse_args()
-    m = "quick" if args.quick else "full" if args.full else "default"
-    seeds = list(range(args.seeds or (1 if args.quick else 3)))
-    budget = BUDGETS[m]
-    rows = [(meth, meth, {}, k) for k in args.labels for meth in METHOD_ROWS]
-    if not args.no_design_rows:
-        rows += [(label, "pp+pssl", ov, args.labels[0]) for label, ov in DESIGN_ROWS]
+    mode = "quick" if args.quick else "default"
+    seeds = list(range(args.seeds or (1 if args.quick else 5)))
+    budget = BUDGETS[mode]
+    rows = list(ROWS) + ([] if args.no_unlabeled else list(UNLABELED_ROWS))
+    wanted = set(args.rows or rows)
+    done: dict = {}
+    if args.reuse and args.reuse.exists():
+        for rec in json.loads(args.reuse.read_text())["runs"]:
+            if rec["row"] not in wanted or args.rows is None:
+                done[(rec["pairing"], rec["row"], rec["seed"])] = rec["result"]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
             args.jobs, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
         work, cache = Path(tmp) / "runs", Path(tmp) / "cache"
         work.mkdir()
-        tasks = {(i, s): (meth, ov, k, s, budget, work, cache) for i, (_, meth, ov, k) in enumerate(rows) for s in seeds}
-        # Waves, so that what the cache shares is made once: PP weights per seed (the pp rows at the first
-        # label count, alongside the rows that need neither PP nor pools), then the default pseudo-sample pools
-        # (pp+pssl rows), then everything else.
-        first = [key for key in tasks if rows[key[0]][1] == "pp" and rows[key[0]][3] == args.labels[0]]
-        first += [key for key in tasks if rows[key[0]][1] in ("scratch", "kd")]
-        second = [key for key in tasks if rows[key[0]][1] == "pp+pssl" and not rows[key[0]][2]]
-        waves = [first, second, [key for key in tasks if key not in first and key not in second]]
-        done: dict = {}
+        files = {p: write_pairing(p, Path(tmp)) for p in args.pairings}
+        keys = [(p, r, s) for s in seeds for p in args.pairings for r in rows if r in wanted
+                and (r not in UNLABELED_ROWS or p == "example") and (p, r, s) not in done]
+        # Waves, so that what the cache shares is made once: PP weights per (bundle, seed) first, beside rows
+        # that need no PP; then the pseudo-sample pools per (pairing, seed); then everything else.
+        first, seen = [], set()
+        for k in keys:
+            b = PAIRINGS[k[0]][0]
+            if ROWS.get(k[1], ("",))[0] == "pp" and not ROWS[k[1]][1] and (b, k[2]) not in seen:
+                first.append(k)
+                seen.add((b, k[2]))
+        first += [k for k in keys if k[1] in ("scratch", "kd")]
+        second = [k for k in keys if k[1] == "pp+pssl (anchor labels)" or (k[1] == "pp" and k not in first)]
+        waves = [first, second, [k for k in keys if k not in first and k not in second]]
         for wave in waves:
-            for key, r in zip(wave, pool.map(_task, [tasks[key] for key in wave])):
-                done[key] = r
-                print(f"  {rows[key[0]][0][:50]:50s} k={rows[key[0]][3]:<3d} seed {key[1]}: {100 * r['acc']:.2f}% "
-                      f"{r['wall_s']:.0f}s (+{r['once_s']:.0f}s one-off)", flush=True)
-    results: list[dict] = []
-    once = [{"row": rows[i][0], "labels_per_class": rows[i][3], "seconds": r["once_s"], "pp_s": r["pp_s"]}
-            for (i, _), r in done.items() if r["once_s"]]
-    for i, (label, method, ov, labels) in enumerate(rows):
-        runs = [done[(i, s)] for s in seeds]
-        accs = [100 * r["acc"] for r in runs]
-        results.append({"row": label, "method": method, "pssl_overrides": ov, "labels_per_class": labels,
-                        "acc_mean": statistics.mean(accs), "acc_std": statistics.pstdev(accs), "accs": accs,
-                        "wall_s": statistics.mean(r["wall_s"] for r in runs),
-                        "img_per_s": statistics.mean(r["img_per_s"] for r in runs)})
+            tasks = [(p, r, s, budget, files[p], args.labels, work, cache) for p, r, s in wave]
+            for key, res in zip(wave, pool.map(_task, tasks)):
+                done[key] = res
+                print(f"  {key[0]:14s} {key[1]:36s} seed {key[2]}: test {100 * res['test']:.1f}% "
+                      f"val {100 * res['val']:.1f}% ({res['method']}) {res['wall_s']:.0f}s "
+                      f"(+{res['once_s']:.0f}s one-off)", flush=True)
+            save(args, mode, budget, seeds, done, time.perf_counter() - t0, rows)  # a crash keeps finished waves
     total = time.perf_counter() - t0
-    pp_s = [o["pp_s"] for o in once if o["pp_s"]]
-    pool_s = [o["seconds"] - o["pp_s"] for o in once if o["seconds"] - o["pp_s"] > 0]
-    table = ["| row | labels/class | test accuracy % (mean ± std) | wall time / run (s) | train images/s |",
-             "|---|---:|---:|---:|---:|"]
-    table += [f"| {r['row']} | {r['labels_per_class']} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | "
-              f"{r['wall_s']:.1f} | {r['img_per_s']:.0f} |" for r in results]
-    print()
-    print(f"budget: {m} {budget or '(TransferConfig defaults)'}; seeds: {len(seeds)}; "
-          f"{args.jobs} runs at a time, 1 torch thread each; total {total / 60:.1f} min")
-    if pp_s:
-        print(f"one-off, shared through the cache: PP pre-training {statistics.mean(pp_s):.0f} s per seed "
-              f"(x{len(pp_s)}); pseudo-sample pools {statistics.mean(pool_s) if pool_s else 0:.0f} s each "
-              f"(x{len(pool_s)})")
-    print("\n".join(table))
-    by = {(r["row"], r["labels_per_class"]): r["acc_mean"] for r in results}
-    for k in args.labels:
-        if all((meth, k) in by for meth in METHOD_ROWS):
-            best = max(METHOD_ROWS, key=lambda meth: by[(meth, k)])
-            print(f"k={k}: pp+pssl - scratch = {by[('pp+pssl', k)] - by[('scratch', k)]:+.2f} points; "
-                  f"pp+pssl - kd = {by[('pp+pssl', k)] - by[('kd', k)]:+.2f}; best method row: {best}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"budget": m, "budget_settings": budget, "seeds": len(seeds), "total_s": total,
-                                    "one_off": once, "rows": results}, indent=2))
+    results = save(args, mode, budget, seeds, done, total, rows)
+    print(f"\nbudget: {mode} {budget or '(TransferConfig defaults)'}; {args.labels} labels/class; seeds: {len(seeds)}; "
+          f"{args.jobs} runs at a time, 1 torch thread each; {total / 60:.1f} min")
+    print("\ntest accuracy %, mean ± std over seeds:\n")
+    print("\n".join(table(results, args.pairings, rows)))
+    print("\nvalidation accuracy % (what choices were made on):\n")
+    print("\n".join(line.replace("±", "") for line in table(
+        [dict(r, test_mean=r["val_mean"], test_std=0.0) for r in results], args.pairings, rows)))
+    print("\npaired per-seed differences (test, points):")
+    for p in args.pairings:
+        for a, b in (("auto", "scratch"), ("auto", "pp"), ("pp+pssl (anchor labels)", "pp, equal compute"),
+                     ("pp", "scratch")):
+            line = paired(results, a, b, p)
+            if line:
+                print(f"  {p}: {line}")
+    for r in results:
+        if r["row"].startswith("auto"):
+            print(f"  {r['pairing']}, {r['row']}: chose {', '.join(r['chosen'])}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import EdgepptError
 
-METHODS = ("scratch", "kd", "pp", "pssl", "pp+pssl")
-SSL_ALGORITHMS = ("fixmatch", "uda", "pseudolabel", "meanteacher")
+# What `edgeppt transfer --method` takes (transfer/methods.py builds each; "auto" chooses among them per task).
+METHODS = ("auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl")
+# The SSL algorithms of the P-SSL phase (transfer/ssl.py registers one class per name).
+SSL_ALGORITHMS = ("anchor", "fixmatch", "uda", "pseudolabel", "meanteacher")
 
 
 class Strict(BaseModel):
@@ -48,63 +50,100 @@ class SourceTrainConfig(Strict):
     checkpoint_every: int = Field(250, ge=1)
 
 
-class PSSLConfig(Strict):
-    """Pseudo semi-supervised learning: how pseudo samples are made and how much they count.
+class AugmentConfig(Strict):
+    """Training-time augmentation of target (and, for PP, generated source) images. Turn flips off where
+    they change the class (digits, text); the source bundle's own setting applies to PP unless set here."""
+    hflip: bool = Field(True, description="mirror images left/right")
+    max_shift: float = Field(0.25, ge=0, le=1, description="shift by up to this share of half the image")
+    max_rotation: float = Field(0.0, ge=0, le=180, description="rotate the weak view by up to this many degrees")
+    strong_rotation: float = Field(20.0, ge=0, le=180, description="rotation of the strong view (SSL)")
 
-    The defaults are what measured best on the built-in example (docs/transfer.md): warm start from the
-    labels-only model, each pseudo sample pulled toward the label of the target image that conditioned it,
-    a ramped and capped weight, and no consistency term (on these out-of-distribution samples it cost accuracy).
+
+class PSSLConfig(Strict):
+    """The SSL phase: pseudo samples G(z, p) (and real unlabelled target images) beside the labelled targets.
+
+    `algorithm` names what the pseudo samples are trained on: `anchor` labels each with the label of the target
+    image that conditioned it (label-conditioned augmentation); `fixmatch`, `uda`, `pseudolabel` and `meanteacher`
+    are the semi-supervised consistency terms of the paper's P-SSL over unlabelled pseudo samples. Real unlabelled
+    target images (`--unlabeled`) always get the consistency term of `algorithm` (FixMatch for `anchor`).
     """
-    algorithm: Literal["fixmatch", "uda", "pseudolabel", "meanteacher"] = "fixmatch"
-    consistency: float = Field(0.0, ge=0, description="weight of the SSL algorithm's consistency term on the pseudo samples (0 = off)")
-    anchor_weight: float = Field(1.0, ge=0, description="weight of a cross-entropy pulling each pseudo sample toward the label of the target image that conditioned it")
+    algorithm: Literal["anchor", "fixmatch", "uda", "pseudolabel", "meanteacher"] = "anchor"
+    consistency: float | None = Field(None, ge=0, description="weight of the consistency term on pseudo samples "
+                                      "(default: 0 for anchor, 1 for the SSL algorithms)")
+    anchor_weight: float | None = Field(None, ge=0, description="weight of the cross-entropy toward each pseudo "
+                                        "sample's anchor label (default: 1 for anchor, 0 for the SSL algorithms)")
     warm_start: bool = Field(True, description="first fine-tune on the labels alone (what scratch/pp do), then run the SSL phase from there, its consistency targets coming from a frozen copy of that model")
     steps: int = Field(100, ge=1, description="SSL steps after the warm start (without a warm start, finetune_steps)")
     lr_scale: float = Field(0.2, gt=0, description="SSL learning rate after the warm start, as a fraction of lr")
+    real_steps: int = Field(300, ge=1, description="SSL steps after the warm start when real unlabelled images "
+                            "join (their consistency term needs longer than pseudo samples alone)")
+    real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
     unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped pseudo-sample loss weight")
-    ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weight ramps up")
+    real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")
+    ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weights ramp up")
     temperature: float = Field(1.0, gt=0, description="T in p = softmax(C(x_t)/T)")
     z_search_steps: int = Field(0, ge=0, description="gradient steps choosing z so G(z,p) lies near x_t in C's feature space; 0 = random z")
     z_search_lr: float = Field(0.1, gt=0)
     relevance: Literal["none", "weight", "filter"] = Field("none", description="per-sample weights (or a filter) from the cosine similarity to the anchor in C's feature space")
     relevance_keep: float = Field(0.5, gt=0, le=1, description="fraction of pseudo samples kept by 'filter'")
     pool_size: int = Field(1024, ge=16, description="pseudo samples drawn before training (cached)")
-    unlabeled_ratio: int = Field(1, ge=1, description="pseudo-sample batch = ratio x labelled batch")
+    unlabeled_ratio: int = Field(1, ge=1, description="pseudo-sample (and real unlabelled) batch = ratio x labelled batch")
     threshold: float = Field(0.8, ge=0, le=1, description="confidence mask for fixmatch/uda/pseudolabel")
     sharpen: float = Field(0.4, gt=0, description="UDA target sharpening temperature")
     ema: float = Field(0.99, ge=0, lt=1, description="MeanTeacher teacher decay")
     mix: float = Field(0.0, ge=0, le=1, description="blend each pseudo sample toward its target image by a share drawn from [0, mix]")
     align: bool = Field(False, description="distribution alignment: rescale the unlabelled guesses so classes are used equally on average")
 
+    def consistency_weight(self) -> float:
+        return self.consistency if self.consistency is not None else (0.0 if self.algorithm == "anchor" else 1.0)
+
+    def anchor_loss_weight(self) -> float:
+        return self.anchor_weight if self.anchor_weight is not None else (1.0 if self.algorithm == "anchor" else 0.0)
+
+
+class AutoConfig(Strict):
+    """`--method auto`: how the coverage of the target by the source (transfer/coverage.py) picks the method.
+    The thresholds were set on validation images held out of the benchmark's target pools (docs/transfer.md)."""
+    pp_margin: float = Field(0.0, description="use PP when its features' probe accuracy on the labels beats the "
+                             "untrained network's by more than this")
+    pseudo_min: float = Field(0.5, description="use pseudo samples when they carry at least this share of the "
+                              "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
+
 
 class TransferConfig(Strict):
-    """`edgeppt transfer`: train a target architecture with PP and/or P-SSL from a source bundle."""
+    """`edgeppt transfer`: train a target architecture with PP and/or P-SSL from a source bundle.
+
+    The default budget is the one the transfer benchmark measures (docs/transfer.md)."""
     source: Path | None = None
     target: str
     test: str | None = None
+    unlabeled: str | None = Field(None, description="unlabelled target images for SSL: a dataset spec (folder, "
+                                  ".npz, built-in) or 'rest' (the target pool's images that are not labelled)")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     labels_per_class: int = Field(4, ge=1)
-    arch: str | dict = "resnet_s"
-    method: Literal["scratch", "kd", "pp", "pssl", "pp+pssl"] = "pp+pssl"
+    arch: str | dict = "resnet_xs"
+    method: Literal["auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl"] = "auto"
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=512)
     batch_size: int = Field(32, ge=1, description="labelled batch size")
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
-    pretrain_steps: int = Field(1500, ge=0, description="PP: steps classifying generated source-class samples")
+    pretrain_steps: int = Field(400, ge=0, description="PP: steps classifying generated source-class samples")
     pretrain_batch: int = Field(128, ge=2)
     pretrain_pool: int = Field(0, ge=0, description="cache this many generated samples for PP (0 = draw fresh each step)")
-    finetune_steps: int = Field(400, ge=1, description="supervised / distillation / SSL steps on the target")
+    finetune_steps: int = Field(200, ge=1, description="supervised / distillation / SSL steps on the target")
     kd_weight: float = Field(1.0, ge=0)
     kd_temperature: float = Field(4.0, gt=0)
+    augment: AugmentConfig = AugmentConfig()
     pssl: PSSLConfig = PSSLConfig()
+    auto: AutoConfig = AutoConfig()
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
 
     def needs_source(self) -> bool:
-        return self.method != "scratch"
+        return self.method not in ("auto", "scratch", "ssl")
 
 
 def load_yaml(path: str | Path, model: type[Strict]) -> Strict:

@@ -166,17 +166,9 @@ def load_npz(path: str | Path) -> ImageSet:
             classes = [str(c) for c in z["classes"]] if "classes" in z else None
     except (OSError, ValueError) as e:
         raise EdgepptError(f"{path}: not a readable .npz file ({e})") from e
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise EdgepptError(f"{path}: x has shape {x.shape}; expected (N,H,W), (N,C,H,W) or (N,H,W,C) with C in 1 or 3")
     if len(x) != len(y):
         raise EdgepptError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
-    xt = torch.from_numpy(np.ascontiguousarray(x)).float()
-    if x.dtype == np.uint8 or xt.max() > 1.0:
-        xt = xt / 255.0
+    xt = load_npz_arrays(x, Path(path))
     y = np.asarray(y).astype(np.int64)
     if classes is None:
         classes = [str(c) for c in range(int(y.max()) + 1)] if len(y) else []
@@ -267,3 +259,50 @@ def few_shot(ds: ImageSet, labels_per_class: int, seed: int) -> tuple[ImageSet, 
         chosen.append(idx[:labels_per_class])
         rest.append(idx[labels_per_class:])
     return ds.subset(torch.cat(chosen)), ds.subset(torch.cat(rest))
+
+
+def load_unlabeled(spec: str, image_size: int, channels: int) -> tuple[torch.Tensor, list[str]]:
+    """Unlabelled images: a folder (searched recursively, class sub-folders or not), a .npz with `x`
+    (`y` ignored) or a built-in spec. Returns the images, shaped like the labelled set, and the skipped files."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        images, skipped = [], []
+        for f in files:
+            try:
+                images.append(_resize(_read_image(f, channels), image_size))
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                skipped.append(f"{f}: {type(e).__name__}: {e}")
+        if not images:
+            raise EdgepptError(f"unlabelled images {spec}: no readable image ({len(skipped)} unreadable, "
+                               f"{len(files)} image files)")
+        return torch.from_numpy(np.stack(images)).float() / 255.0, skipped
+    if p.suffix == ".npz" and p.is_file():
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "x" not in z:
+                    raise EdgepptError(f"{p}: an unlabelled .npz needs an array 'x', found {sorted(z.files)}")
+                x = z["x"]
+        except (OSError, ValueError) as e:
+            raise EdgepptError(f"{p}: not a readable .npz file ({e})") from e
+        ds = load_npz_arrays(x, p)
+        return reshape_images(ds, image_size, channels), []
+    ds = load_dataset(spec, image_size, channels)
+    return ds.x, ds.skipped
+
+
+def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
+    """Images from an array of (N,H,W), (N,C,H,W) or (N,H,W,C), as floats in [0, 1]."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0 or not np.issubdtype(x.dtype, np.number):
+        raise EdgepptError(f"{where}: x has shape {x.shape} ({x.dtype}); expected numbers of shape (N,H,W), "
+                           "(N,C,H,W) or (N,H,W,C) with C in 1 or 3")
+    xt = torch.from_numpy(np.ascontiguousarray(x)).float()
+    if x.dtype == np.uint8 or xt.max() > 1.0:
+        xt = xt / 255.0
+    if not torch.isfinite(xt).all():
+        raise EdgepptError(f"{where}: images contain NaN or infinite values")
+    return xt

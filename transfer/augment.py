@@ -7,11 +7,18 @@ import math
 import torch
 import torch.nn.functional as F
 
+from edgeppt.config import AugmentConfig
+
+DEFAULT = AugmentConfig()
+
 
 def _affine(x: torch.Tensor, g: torch.Generator, max_shift: float, max_rot: float, scale: tuple[float, float],
             flip: bool) -> torch.Tensor:
     n = len(x)
-    u = lambda: torch.rand(n, generator=g)  # noqa: E731
+
+    def u() -> torch.Tensor:
+        return torch.rand(n, generator=g)
+
     angle = (u() * 2 - 1) * math.radians(max_rot)
     s = scale[0] + u() * (scale[1] - scale[0])
     sign = torch.where(u() < 0.5, -1.0, 1.0) if flip else torch.ones(n)
@@ -22,15 +29,15 @@ def _affine(x: torch.Tensor, g: torch.Generator, max_shift: float, max_rot: floa
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
 
-def weak(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Flip and shift by up to 1/8 of the image."""
-    return _affine(x, g, max_shift=0.25, max_rot=0.0, scale=(1.0, 1.0), flip=True)
+def weak(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig = DEFAULT) -> torch.Tensor:
+    """Flip (where allowed) and shift by up to 1/8 of the image."""
+    return _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.max_rotation, scale=(1.0, 1.0), flip=cfg.hflip)
 
 
-def strong(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def strong(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig = DEFAULT) -> torch.Tensor:
     """Weak plus rotation, scaling, contrast change and a cut-out square (RandAugment-like for silhouettes)."""
     n = len(x)
-    x = _affine(x, g, max_shift=0.25, max_rot=20.0, scale=(0.8, 1.15), flip=True)
+    x = _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.strong_rotation, scale=(0.8, 1.15), flip=cfg.hflip)
     contrast = (0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)).to(x)
     mean = x.mean((1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean).clamp(0, 1)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.config import METHODS, TransferConfig
+from edgeppt.config import METHODS, SSL_ALGORITHMS, TransferConfig
 
 from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
 
@@ -21,10 +21,13 @@ def transfer(
     source: Optional[Path] = typer.Option(None, help="Source bundle directory."),
     target: Optional[str] = typer.Option(None, help="Target images: built-in name[:classes], class folders or .npz."),
     test: Optional[str] = typer.Option(None, help="Test images (default: a fixed 20% split of --target)."),
+    unlabeled: Optional[str] = typer.Option(None, help="Unlabelled target images for SSL: a folder, .npz or "
+                                            "built-in spec, or 'rest' (the target images left unlabelled)."),
     labels_per_class: Optional[int] = typer.Option(None, help="Labelled target images per class."),
     arch: Optional[str] = typer.Option(None, help="Registered architecture name or frozen-architecture JSON."),
-    method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)}."),
-    ssl: Optional[str] = typer.Option(None, help="P-SSL algorithm: fixmatch, uda, pseudolabel, meanteacher."),
+    method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)} (default auto: chosen from "
+                                         "how well the source covers the target)."),
+    ssl: Optional[str] = typer.Option(None, help=f"SSL algorithm: {', '.join(SSL_ALGORITHMS)}."),
     seed: Optional[int] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, help="Run directory."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its saved settings are used)."),
@@ -36,19 +39,21 @@ def transfer(
     """Train a target architecture with PP and/or P-SSL; writes model.pt, metrics.jsonl and report.json."""
     from edgeppt.transfer.run import load_run_config, run_transfer
 
-    overrides = {"source": source, "target": target, "test": test, "labels_per_class": labels_per_class,
+    overrides = {"source": source, "target": target, "test": test, "unlabeled": unlabeled,
+                 "labels_per_class": labels_per_class,
                  "arch": arch, "method": method, "seed": seed}
     if ssl:
         set_ = [f"pssl.algorithm={ssl}", *set_]
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, TransferConfig, config, overrides, set_)
-    report = guarded(run_transfer, cfg, out, resume=resume is not None, progress=not quiet, pp_cache=pp_cache)
+    report = guarded(run_transfer, cfg, out, resume=resume is not None, progress=not quiet, pp_cache=pp_cache,
+                     log=lambda line: console.print(f"[cyan]{line}[/]", soft_wrap=True))
     if report:
         _print_report(report, out)
 
 
 def _print_report(report: dict, out: Path) -> None:
-    table = Table(title=f"{report['settings']['method']} on {report['settings']['target']} "
+    table = Table(title=f"{report['method']} on {report['settings']['target']} "
                         f"({report['settings']['labels_per_class']} labels/class)")
     table.add_column("class")
     table.add_column("test accuracy", justify="right")

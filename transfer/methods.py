@@ -1,10 +1,12 @@
 """The transfer methods, each a recipe over the one training loop: whether to pseudo pre-train first,
-and which objective trains on the target."""
+and which objective trains on the target. `auto` is not a recipe: it picks one of these (coverage.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from edgeppt.bundle import SourceBundle
 from edgeppt.config import TransferConfig
@@ -14,30 +16,37 @@ from .objectives import Distill, Objective, Supervised
 from .pseudo import PseudoPool
 from .ssl import ALGORITHMS
 
+Build = Callable[[TransferConfig, ImageSet, "SourceBundle | None", "PseudoPool | None", "torch.Tensor | None"],
+                 Objective]
+
 
 @dataclass(frozen=True)
 class Method:
     pretrain: bool  # PP: classify generated source-class samples before the target phase
-    target: Callable[[TransferConfig, ImageSet, SourceBundle | None, PseudoPool | None], Objective]
-    needs_pool: bool = False
+    target: Build
+    needs_pool: bool = False       # pseudo samples G(z, softmax(C(x_t)))
+    needs_unlabeled: bool = False  # real unlabelled target images
+    ssl: bool = False              # the target objective is an SSL phase (after a warm start)
 
 
-def _supervised(cfg, labelled, bundle, pool):
-    return Supervised(labelled, cfg.batch_size, new_head=True)
+def _supervised(cfg, labelled, bundle, pool, real):
+    return Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment)
 
 
-def _distill(cfg, labelled, bundle, pool):
-    return Distill(labelled, cfg.batch_size, bundle, cfg.kd_weight, cfg.kd_temperature)
+def _distill(cfg, labelled, bundle, pool, real):
+    return Distill(labelled, cfg.batch_size, bundle, cfg.kd_weight, cfg.kd_temperature, aug=cfg.augment)
 
 
-def _ssl(cfg, labelled, bundle, pool):
-    return ALGORITHMS[cfg.pssl.algorithm](labelled, pool, cfg.batch_size, cfg.pssl)
+def _ssl(cfg, labelled, bundle, pool, real):
+    return ALGORITHMS[cfg.pssl.algorithm](labelled, pool, cfg.batch_size, cfg.pssl, aug=cfg.augment, real=real)
 
 
 METHODS: dict[str, Method] = {
     "scratch": Method(pretrain=False, target=_supervised),
     "kd": Method(pretrain=False, target=_distill),
     "pp": Method(pretrain=True, target=_supervised),
-    "pssl": Method(pretrain=False, target=_ssl, needs_pool=True),
-    "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True),
+    "pssl": Method(pretrain=False, target=_ssl, needs_pool=True, ssl=True),
+    "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True, ssl=True),
+    "ssl": Method(pretrain=False, target=_ssl, needs_unlabeled=True, ssl=True),
+    "pp+ssl": Method(pretrain=True, target=_ssl, needs_unlabeled=True, ssl=True),
 }

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeppt.bundle import SourceBundle
+from edgeppt.config import AugmentConfig
 from edgeppt.data import ImageSet
 from edgeppt.models import ClassifierNet
 
@@ -43,9 +44,10 @@ class Objective(nn.Module):
 class Supervised(Objective):
     """Cross-entropy on labelled target images (scratch, and the fine-tune after PP)."""
 
-    def __init__(self, labelled: ImageSet, batch_size: int, new_head: bool = False):
+    def __init__(self, labelled: ImageSet, batch_size: int, new_head: bool = False,
+                 aug: AugmentConfig = augment.DEFAULT):
         super().__init__()
-        self.data, self.batch_size, self.new_head = labelled, batch_size, new_head
+        self.data, self.batch_size, self.new_head, self.aug = labelled, batch_size, new_head, aug
 
     def setup(self, model: ClassifierNet) -> None:
         if self.new_head or model.head.out_features != len(self.data.classes):
@@ -53,7 +55,7 @@ class Supervised(Objective):
 
     def loss(self, net, g, step, total, dist):
         x, y = sample_batch(self.data, self.batch_size, g)
-        x = augment.weak(x, g)
+        x = augment.weak(x, g, self.aug)
         dev = next(net.parameters()).device
         x, y = shard(x, dist).to(dev), shard(y, dist).to(dev)
         logits = net(x)
@@ -75,8 +77,9 @@ class Distill(Supervised):
     """KD baseline: target cross-entropy plus an auxiliary head that matches C's soft outputs on the same
     (augmented) target images. Labels differ between source and target, hence the separate head."""
 
-    def __init__(self, labelled: ImageSet, batch_size: int, bundle: SourceBundle, weight: float, temperature: float):
-        super().__init__(labelled, batch_size, new_head=True)
+    def __init__(self, labelled: ImageSet, batch_size: int, bundle: SourceBundle, weight: float, temperature: float,
+                 aug: AugmentConfig = augment.DEFAULT):
+        super().__init__(labelled, batch_size, new_head=True, aug=aug)
         self.bundle, self.weight, self.t = bundle, weight, temperature
         self.aux: nn.Linear | None = None
 
@@ -89,7 +92,7 @@ class Distill(Supervised):
 
     def loss(self, net, g, step, total, dist):
         x, y = sample_batch(self.data, self.batch_size, g)
-        x = augment.weak(x, g)
+        x = augment.weak(x, g, self.aug)
         x, y = shard(x, dist), shard(y, dist)
         with torch.no_grad():
             teacher = F.softmax(self.bundle.classify(x)[0] / self.t, 1)
@@ -104,9 +107,10 @@ class Distill(Supervised):
 class PseudoPretrain(Objective):
     """PP: classify G's samples of the source classes (drawn fresh each step, or from a cached pool)."""
 
-    def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0):
+    def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0,
+                 aug: AugmentConfig = augment.DEFAULT):
         super().__init__()
-        self.bundle, self.batch_size = bundle, batch_size
+        self.bundle, self.batch_size, self.aug = bundle, batch_size, aug
         self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
         if pool:
             g = torch.Generator().manual_seed(seed)
@@ -130,7 +134,7 @@ class PseudoPretrain(Objective):
             y, z = shard(y, dist), shard(z, dist)
             with torch.no_grad():
                 x = self.bundle.generate(F.one_hot(y, self.bundle.num_classes).float(), z)
-        x = augment.weak(x, g)
+        x = augment.weak(x, g, self.aug)
         if self.pool is not None:
             x, y = shard(x, dist), shard(y, dist)
         dev = next(net.parameters()).device

@@ -1,4 +1,5 @@
-"""`run_transfer`: data -> (cached) pseudo pre-training -> pseudo samples -> target training -> report.json."""
+"""`run_transfer`: data -> (cached) pseudo pre-training -> [auto: coverage -> choice] -> pseudo samples ->
+target training -> report.json."""
 
 from __future__ import annotations
 
@@ -10,19 +11,20 @@ from pathlib import Path
 import torch
 
 from edgeppt.bundle import SourceBundle, load_bundle
-from edgeppt.config import TransferConfig, validate
-from edgeppt.data import ImageSet, few_shot, load_dataset, reshape_images, train_test_split
+from edgeppt.config import AugmentConfig, TransferConfig, validate
+from edgeppt.data import ImageSet, few_shot, load_dataset, load_unlabeled, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec, create_model
 from edgeppt.runs import atomic_torch_save, atomic_write_json, load_checkpoint
 
+from . import coverage
 from .evaluate import evaluate
 from .loop import Dist, Phase, Trainer, setup_distributed
 from .methods import METHODS
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
 
-CONFIG_FILE, REPORT_FILE, MODEL_FILE = "config.json", "report.json", "model.pt"
+CONFIG_FILE, REPORT_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "report.json", "model.pt", "auto.json"
 
 
 def load_run_config(out: Path) -> TransferConfig:
@@ -44,6 +46,12 @@ def _check_resume(cfg: TransferConfig, out: Path) -> None:
 
 def prepare_data(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[ImageSet, ImageSet]:
     """The k-shot labelled set and the fixed test split, in the shape the bundle (if any) works at."""
+    labelled, test, _ = prepare_splits(cfg, bundle)
+    return labelled, test
+
+
+def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """prepare_data, plus the target pool's images that are not labelled (what --unlabeled rest uses)."""
     channels = bundle.image_shape[0] if bundle else None
     size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
     target = load_dataset(cfg.target, size, channels)
@@ -54,15 +62,34 @@ def prepare_data(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[Imag
         train = target
     else:
         train, test = train_test_split(target, cfg.test_fraction, seed=0)  # fixed: the same for every run seed
-    labelled, _ = few_shot(train, cfg.labels_per_class, cfg.seed)
-    return labelled, test
+    labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
+    return labelled, test, rest
+
+
+def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet) -> tuple[torch.Tensor | None, list[str]]:
+    if cfg.unlabeled is None:
+        return None, []
+    if cfg.unlabeled == "rest":
+        if len(rest) == 0:
+            raise EdgepptError("--unlabeled rest: the target pool has no images beyond the labelled ones")
+        return rest.x, []
+    try:
+        return load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0])
+    except EdgepptError as e:
+        raise EdgepptError(f"--unlabeled: {e}") from e
+
+
+def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
+    """PP trains on source-class samples: flips follow the owner's source training where the bundle says."""
+    hflip = bundle.manifest.get("info", {}).get("config", {}).get("hflip", cfg.augment.hflip)
+    return cfg.augment.model_copy(update={"hflip": bool(hflip)})
 
 
 def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int) -> str:
     """PP weights depend on the bundle, architecture, seed and PP settings, not on the target labels."""
     key = {"bundle": bundle.manifest["files"], "arch": arch_spec(cfg.arch), "seed": cfg.seed, "in": [in_chans, size],
            "steps": cfg.pretrain_steps, "batch": cfg.pretrain_batch, "pool": cfg.pretrain_pool, "lr": cfg.lr,
-           "wd": cfg.weight_decay}
+           "wd": cfg.weight_decay, "augment": pp_augment(cfg, bundle).model_dump()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -78,7 +105,8 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
     if cfg.pretrain_steps == 0:
         return {"skipped": True}
     trainer = Trainer(model, [Phase("pretrain", cfg.pretrain_steps, PseudoPretrain(
-        bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed), cfg.lr, cfg.weight_decay, evaluate=False)],
+        bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle)), cfg.lr,
+        cfg.weight_decay, evaluate=False)],
         out / "pretrain", cfg.seed, dist, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         progress=progress)
     trainer.run(resume=resume)
@@ -119,8 +147,33 @@ def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet
     return pool, from_cache
 
 
+def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, labelled: ImageSet,
+                  real: torch.Tensor | None, out: Path, dist: Dist, resume: bool, cache: Path | None,
+                  progress: bool, info: dict) -> coverage.Choice:
+    """--method auto: pseudo pre-train (cached), draw the pseudo samples, measure the coverage, choose.
+    The choice is kept in the run directory, so a resumed run goes on with the same one."""
+    path = out / CHOICE_FILE
+    if resume and path.is_file():
+        return coverage.Choice.model_validate_json(path.read_text())
+    init_feats = coverage.features(model, labelled.x)  # before PP: what scratch starts from
+    pp_model = pool = x_src = None
+    if bundle is not None:
+        info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, cache, progress)
+        pp_model = model
+        pool, from_cache = pseudo_samples(cfg, bundle, labelled, out, dist, cache)
+        info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
+                                  "cached": from_cache}
+        x_src = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
+    cov = coverage.measure(labelled, init_feats, pp_model, bundle, x_src, pool)
+    choice = coverage.choose(cov, cfg.auto, bundle is not None, real is not None)
+    if dist.main:
+        atomic_write_json(path, choice.model_dump(mode="json"))
+    return choice
+
+
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
-                 pp_cache: str | Path | None = None) -> dict:
+                 pp_cache: str | Path | None = None, log=None) -> dict:
+    """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
     out = Path(out)
     t0 = time.perf_counter()
     if cfg.threads:
@@ -130,40 +183,65 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         _check_resume(cfg, out)
     elif (out / REPORT_FILE).exists() or (out / "checkpoint.pt").exists():
         raise EdgepptError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
-    method = METHODS[cfg.method]
     if cfg.needs_source() and cfg.source is None:
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
-    bundle = load_bundle(cfg.source) if cfg.source and cfg.needs_source() else None
-    labelled, test = prepare_data(cfg, bundle)
+    if cfg.method in ("ssl", "pp+ssl") and cfg.unlabeled is None:
+        raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
+    uses_source = cfg.source is not None and cfg.method not in ("scratch", "ssl")
+    bundle = load_bundle(cfg.source) if uses_source else None
+    labelled, test, rest = prepare_splits(cfg, bundle)
+    real, skipped_unlabeled = unlabeled_images(cfg, labelled, rest)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
+    cache = Path(pp_cache) if pp_cache else None
 
     torch.manual_seed(cfg.seed)
     in_chans, size = labelled.shape[0], labelled.shape[1]
     model = create_model(cfg.arch, len(labelled.classes), in_chans)
     timings: dict[str, float] = {}
     info: dict = {}
+    name, choice = cfg.method, None
+    if cfg.method == "auto":
+        t = time.perf_counter()
+        choice = choose_method(cfg, model, bundle, labelled, real, out, dist, resume, cache, progress, info)
+        timings["auto"] = time.perf_counter() - t
+        name = choice.method
+        info["auto"] = choice.model_dump(mode="json")
+        if log:
+            log(f"auto: {name}, pseudo samples {'on' if choice.pseudo_samples else 'off'}: {choice.reason}")
+        if not METHODS[name].pretrain:  # start again from the initial weights, exactly as that method does
+            torch.manual_seed(cfg.seed)
+            model = create_model(cfg.arch, len(labelled.classes), in_chans)
+    method = METHODS[name]
     if method.pretrain:
-        info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, Path(pp_cache) if pp_cache else None,
-                                           progress)
+        if "pretrain" not in info:  # auto has already pre-trained this model
+            info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, cache, progress)
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
+    elif "pretrain" in info:
+        info["pretrain_for_auto"] = info.pop("pretrain")
     pool = None
     if method.needs_pool:
         t = time.perf_counter()
-        pool, from_cache = pseudo_samples(cfg, bundle, labelled, out, dist, Path(pp_cache) if pp_cache else None)
+        pool, from_cache = pseudo_samples(cfg, bundle, labelled, out, dist, cache)
         timings["pseudo_samples"] = time.perf_counter() - t
         info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
                                   "cached": from_cache}
+    if real is not None:
+        info["unlabeled"] = {"count": len(real), "skipped_files": skipped_unlabeled, "used": method.ssl}
 
-    phases = [Phase(cfg.method.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool),
+    phases = [Phase(name.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool,
+                                                                             real if method.ssl else None),
                     cfg.lr, cfg.weight_decay)]
-    if method.needs_pool and cfg.pssl.warm_start:
+    if method.ssl and cfg.pssl.warm_start:
         # Warm start: the labels-only phase is named after the method it reproduces (scratch, or pp after PP),
         # so its steps draw exactly what that method draws; the SSL phase then refines it at a lower rate.
         phases = [Phase("pp" if method.pretrain else "scratch", cfg.finetune_steps,
-                        Supervised(labelled, cfg.batch_size, new_head=True), cfg.lr, cfg.weight_decay),
-                  Phase(phases[0].name, cfg.pssl.steps, phases[0].objective, cfg.lr * cfg.pssl.lr_scale,
+                        Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment), cfg.lr,
+                        cfg.weight_decay),
+                  Phase(phases[0].name, cfg.pssl.real_steps if real is not None else cfg.pssl.steps,
+                        phases[0].objective,
+                        cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
                         cfg.weight_decay)]
     trainer = Trainer(model, phases, out, cfg.seed, dist, evaluate=lambda m: evaluate(m, test),
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, progress=progress)
@@ -178,8 +256,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     atomic_torch_save(out / MODEL_FILE, {**model_info, "state_dict": model.state_dict()})
     report = {
         "test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
-        "confusion_matrix": result["confusion_matrix"], "classes": labelled.classes,
-        "data": {"labelled": len(labelled), "test": len(test), "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
+        "confusion_matrix": result["confusion_matrix"], "classes": labelled.classes, "method": name,
+        "phases": [{"name": ph.name, "steps": ph.steps} for ph in phases],
+        "data": {"labelled": len(labelled), "test": len(test),
+                 "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
         "model": model_info, "settings": cfg.model_dump(mode="json"), "timings_s": timings,
         "images_per_s": {k: v / max(trainer.timings.get(k, 1e-9), 1e-9) for k, v in trainer.images_seen.items()},
         "world_size": dist.world, "device": str(dist.device), **info,

@@ -1,44 +1,63 @@
-"""Semi-supervised objectives over labelled target images plus unlabelled pseudo samples.
+"""The SSL phase: labelled target images plus unlabelled images, pseudo samples G(z, p) and/or real ones.
 
-Each algorithm is a small class that only says how unlabelled logits become a loss; batching, the
-ramped and capped unlabelled weight and the per-sample relevance weights are shared. Pseudo samples
-come from source classes, so they are out-of-distribution for the target: the weight ramps up slowly,
-is capped, and the targets can be soft (UDA) rather than hard (FixMatch).
+Each algorithm is a small registered class that only says how unlabelled logits become a loss (as in the USB
+library); batching, views, ramped and capped weights and per-sample relevance weights are shared.
+
+Pseudo samples come from source classes, so they are out-of-distribution for the target: their weight ramps up
+slowly and is capped, their consistency targets come from a frozen copy of the warm-started model, and the
+`anchor` algorithm trains them toward the label of the target image that conditioned them instead.
+Real unlabelled target images (`--unlabeled`) are in-distribution: they get the algorithm's consistency term
+with the student's own weak-view guesses, as in FixMatch.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from edgeppt.config import PSSLConfig
+from edgeppt.config import SSL_ALGORITHMS, AugmentConfig, PSSLConfig
 from edgeppt.data import ImageSet
 
 from . import augment
 from .objectives import Supervised, sample_batch, shard
 from .pseudo import PseudoPool
 
+ALGORITHMS: dict[str, type[SSL]] = {}
+
+
+def register(name: str) -> Callable[[type[SSL]], type[SSL]]:
+    def add(cls: type[SSL]) -> type[SSL]:
+        if name not in SSL_ALGORITHMS:
+            raise ValueError(f"SSL algorithm {name!r} is not listed in edgeppt.config.SSL_ALGORITHMS")
+        cls.name, ALGORITHMS[name] = name, cls
+        return cls
+    return add
+
 
 class SSL(Supervised):
-    uses_strong = True
+    name = ""
+    uses_strong = True  # the student learns on a strong view; False: on the weak view itself
 
-    def __init__(self, labelled: ImageSet, pool: PseudoPool, batch_size: int, cfg: PSSLConfig):
-        super().__init__(labelled, batch_size, new_head=not cfg.warm_start)
-        self.pool, self.cfg = pool, cfg
+    def __init__(self, labelled: ImageSet, pool: PseudoPool | None, batch_size: int, cfg: PSSLConfig,
+                 aug: AugmentConfig = augment.DEFAULT, real: torch.Tensor | None = None):
+        super().__init__(labelled, batch_size, new_head=not cfg.warm_start, aug=aug)
+        if pool is None and real is None:
+            raise ValueError("the SSL phase needs pseudo samples or real unlabelled images")
+        self.pool, self.real, self.cfg = pool, real, cfg
         self.frozen: torch.nn.Module | None = None
         k = len(labelled.classes)
         self.register_buffer("p_mean", torch.full((k,), 1.0 / k))  # running mean of guesses (alignment)
 
     def setup(self, model):
         super().setup(model)
-        if self.cfg.warm_start:  # the warm-started model, frozen, makes the unlabelled targets
+        if self.cfg.warm_start and self.pool is not None:  # the warm-started model, frozen, guesses for pseudo samples
             self.frozen = copy.deepcopy(model).requires_grad_(False)
 
-    def unlabeled_weight(self, step: int, total: int) -> float:
-        ramp = max(1.0, self.cfg.ramp_fraction * total)
-        return self.cfg.unlabeled_weight * min(1.0, step / ramp)
+    def ramp(self, step: int, total: int) -> float:
+        return min(1.0, step / max(1.0, self.cfg.ramp_fraction * total))
 
     def guess(self, weak_logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities for the weak view; with alignment, divided by their running mean so a few
@@ -50,43 +69,62 @@ class SSL(Supervised):
             probs = probs / probs.sum(1, keepdim=True)
         return probs
 
+    def _views(self, x: torch.Tensor, g: torch.Generator, consistent: bool) -> list[torch.Tensor]:
+        """[weak (the guess), student]; without a strong view the student's view is the weak one."""
+        if not self.uses_strong:
+            return [augment.weak(x, g, self.aug)]
+        return ([augment.weak(x, g, self.aug)] if consistent else []) + [augment.strong(x, g, self.aug)]
+
     def loss(self, net, g, step, total, dist):
+        cfg, n_u = self.cfg, self.batch_size * self.cfg.unlabeled_ratio
         xl, yl = sample_batch(self.data, self.batch_size, g)
-        idx = torch.randint(0, len(self.pool), (self.batch_size * self.cfg.unlabeled_ratio,), generator=g)
-        xu, wu, anchor = self.pool.x[idx], self.pool.weight[idx], self.pool.anchor[idx]
-        ya = self.data.y[anchor]  # the label of the target image that conditioned each sample
-        if self.cfg.mix:
-            lam = self.cfg.mix * torch.rand(len(idx), 1, 1, 1, generator=g)
-            xu = (1 - lam) * xu + lam * self.data.x[anchor]
-        # Views: labelled (weak), unlabelled weak (targets; the student view too without a strong one), strong.
-        consistent = self.cfg.consistency > 0
-        parts = [augment.weak(xl, g)] + ([augment.weak(xu, g)] if consistent or not self.uses_strong else []) + \
-            ([augment.strong(xu, g)] if self.uses_strong else [])
-        parts = [shard(t, dist) for t in parts]
-        yl, wu, ya = shard(yl, dist), shard(wu, dist), shard(ya, dist)
+        groups: dict[str, list[torch.Tensor]] = {"labelled": [augment.weak(xl, g, self.aug)]}
+        if self.pool is not None:
+            idx = torch.randint(0, len(self.pool), (n_u,), generator=g)
+            xu, wu, anchor = self.pool.x[idx], self.pool.weight[idx], self.pool.anchor[idx]
+            ya = self.data.y[anchor]  # the label of the target image that conditioned each sample
+            if cfg.mix:
+                lam = cfg.mix * torch.rand(n_u, 1, 1, 1, generator=g)
+                xu = (1 - lam) * xu + lam * self.data.x[anchor]
+            groups["pseudo"] = self._views(xu, g, cfg.consistency_weight() > 0)
+        if self.real is not None:
+            xr = self.real[torch.randint(0, len(self.real), (n_u,), generator=g)]
+            groups["real"] = self._views(xr, g, True)
+        sized = {name: [shard(v, dist) for v in vs] for name, vs in groups.items()}  # this worker's slice
+        views = [v for vs in sized.values() for v in vs]
         dev = next(net.parameters()).device
-        logits = net(torch.cat(parts).to(dev))  # one forward over every view (what DDP needs)
-        n_l, n_u = len(parts[0]), len(parts[-1])
-        lx, ls = logits[:n_l], logits[-n_u:]  # the student's unlabelled logits: the last view
-        wu = wu.to(dev)
-        sup = F.cross_entropy(lx, yl.to(dev))
-        unsup, mask, stats = torch.zeros((), device=dev), 0.0, {}
-        if consistent:
-            weak_x = parts[1].to(dev)
-            lw = logits[n_l:n_l + n_u]
-            if self.frozen is not None:
-                self.frozen.eval()
-                with torch.no_grad():
-                    lw = self.frozen(weak_x)
-            unsup, mask = self.unlabeled_loss(lw, ls, wu, weak_x)
-            unsup = self.cfg.consistency * unsup
-        if self.cfg.anchor_weight:
-            anchor_ce = (F.cross_entropy(ls, ya.to(dev), reduction="none") * wu).mean()
-            unsup = unsup + self.cfg.anchor_weight * anchor_ce
-            stats["anchor_ce"] = anchor_ce.item()
-        w = self.unlabeled_weight(step, total)
-        return sup + w * unsup, {"images": sum(len(p) for p in parts), "sup": sup.item(), "unsup": unsup.item(),
-                                 "u_weight": w, "mask": mask, **stats}
+        logits = net(torch.cat(views).to(dev))  # one forward over every view (what DDP needs)
+        chunks = iter(logits.split([len(v) for v in views]))
+        out = {name: [next(chunks) for _ in vs] for name, vs in sized.items()}
+
+        sup = F.cross_entropy(out["labelled"][0], shard(yl, dist).to(dev))
+        total_loss, stats = sup, {"sup": sup.item()}
+        ramp = self.ramp(step, total)
+        if "pseudo" in out:
+            ls, wu_d = out["pseudo"][-1], shard(wu, dist).to(dev)
+            term = torch.zeros((), device=dev)
+            if cfg.consistency_weight() > 0:
+                weak_x, lw = sized["pseudo"][0].to(dev), out["pseudo"][0]
+                if self.frozen is not None:
+                    self.frozen.eval()
+                    with torch.no_grad():
+                        lw = self.frozen(weak_x)
+                cons, stats["mask"] = self.unlabeled_loss(lw, ls, wu_d, weak_x)
+                term = term + cfg.consistency_weight() * cons
+            if cfg.anchor_loss_weight() > 0:
+                anchor_ce = (F.cross_entropy(ls, shard(ya, dist).to(dev), reduction="none") * wu_d).mean()
+                term = term + cfg.anchor_loss_weight() * anchor_ce
+                stats["anchor_ce"] = anchor_ce.item()
+            total_loss = total_loss + cfg.unlabeled_weight * ramp * term
+            stats["pseudo"] = term.item()
+        if "real" in out:
+            weak_x = sized["real"][0].to(dev)
+            cons, stats["real_mask"] = self.unlabeled_loss(out["real"][0], out["real"][-1],
+                                                           torch.ones(len(weak_x), device=dev), weak_x)
+            total_loss = total_loss + cfg.real_weight * ramp * cons
+            stats["real"] = cons.item()
+        stats["images"] = sum(len(v) for v in views)
+        return total_loss, stats
 
     def unlabeled_loss(self, weak_logits, strong_logits, weights, weak_x) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
@@ -96,6 +134,7 @@ def _masked_mean(per_sample: torch.Tensor, mask: torch.Tensor, weights: torch.Te
     return (per_sample * mask * weights).sum() / max(1, len(per_sample))
 
 
+@register("fixmatch")
 class FixMatch(SSL):
     """Hard pseudo-labels from the weak view, above a confidence threshold, taught on the strong view."""
 
@@ -105,6 +144,13 @@ class FixMatch(SSL):
         return _masked_mean(F.cross_entropy(ls, target, reduction="none"), mask, wu), mask.mean().item()
 
 
+@register("anchor")
+class Anchor(FixMatch):
+    """Pseudo samples as label-conditioned augmentation: each is trained toward its anchor's label
+    (PSSLConfig.anchor_loss_weight); a consistency term, when asked for, and real unlabelled images use FixMatch's."""
+
+
+@register("uda")
 class UDA(SSL):
     """Soft, sharpened targets from the weak view with a confidence mask: tolerant of off-target samples."""
 
@@ -117,23 +163,22 @@ class UDA(SSL):
         return _masked_mean(ce, mask, wu), mask.mean().item()
 
 
-class PseudoLabel(SSL):
+@register("pseudolabel")
+class PseudoLabel(FixMatch):
     """Lee (2013): confident hard labels on the same (weak) view; no strong augmentation."""
 
     uses_strong = False
 
-    def unlabeled_loss(self, lw, ls, wu, _):
-        conf, target = self.guess(lw).max(1)
-        mask = (conf >= self.cfg.threshold).float()
-        return _masked_mean(F.cross_entropy(ls, target, reduction="none"), mask, wu), mask.mean().item()
 
-
+@register("meanteacher")
 class MeanTeacher(SSL):
     """An EMA teacher's predictions on the weak view; the student matches them on the strong view."""
 
     def setup(self, model):
         super().setup(model)
-        self.teacher = copy.deepcopy(model).requires_grad_(False)
+        self.teacher = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
+        self.teacher.requires_grad_(False)
 
     def unlabeled_loss(self, lw, ls, wu, weak_x):
         self.teacher.eval()
@@ -144,12 +189,7 @@ class MeanTeacher(SSL):
 
     @torch.no_grad()
     def after_step(self, model):
-        for t, s in zip(self.teacher.state_dict().values(), model.state_dict().values()):
-            if t.dtype.is_floating_point:
-                t.mul_(self.cfg.ema).add_(s.detach(), alpha=1 - self.cfg.ema)
-            else:
-                t.copy_(s)
+        self.teacher.update_parameters(model)
 
 
-ALGORITHMS: dict[str, type[SSL]] = {"fixmatch": FixMatch, "uda": UDA, "pseudolabel": PseudoLabel,
-                                    "meanteacher": MeanTeacher}
+assert set(ALGORITHMS) == set(SSL_ALGORITHMS), "every listed SSL algorithm has a registered class"

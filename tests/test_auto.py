@@ -1,0 +1,153 @@
+"""--method auto, the coverage probes it decides on, and real unlabelled target images (--unlabeled)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import WithFeatures
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from edgeppt.bundle import save_bundle
+from edgeppt.cli import app
+from edgeppt.config import TransferConfig
+from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.errors import EdgepptError
+from edgeppt.models import create_model
+from edgeppt.runs import load_checkpoint, read_jsonl
+from edgeppt.transfer import coverage, loop, run_transfer
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = "digits:0,1,2,3,4"
+
+
+class NoiseGenerator(nn.Module):
+    """G(z, p) that ignores the class: a fixed random map of z, so its 'source classes' are noise."""
+
+    def __init__(self, latent: int, shape=(1, 8, 8)):
+        super().__init__()
+        self.shape = shape
+        self.net = nn.Linear(latent, shape[0] * shape[1] * shape[2])
+
+    def forward(self, z, p):
+        return torch.sigmoid(4 * self.net(z) + 0 * p.sum(1, keepdim=True)).view(-1, *self.shape)
+
+
+def small(bundle, **kw) -> TransferConfig:
+    base = dict(source=bundle, target=TARGET, labels_per_class=4, pretrain_steps=30, pretrain_batch=64,
+                finetune_steps=20, batch_size=20, eval_every=10**6, checkpoint_every=10,
+                pssl={"pool_size": 128, "steps": 20, "real_steps": 20})
+    base.update(kw)
+    return TransferConfig(**base)
+
+
+def test_probes_measure_class_information():
+    k, y = 3, torch.arange(12) % 3
+    clean = nn.functional.normalize(torch.eye(k)[y] + 0.05 * torch.randn(12, k), dim=1)
+    assert coverage.label_probe(clean, y, k) == 1.0
+    noise = nn.functional.normalize(torch.randn(12, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert coverage.label_probe(noise, y, k) < 0.7
+    # Pseudo samples lying on their anchor's class carry it; samples of a wrong class do not.
+    anchor = torch.arange(48) % 12
+    assert coverage.pseudo_probe(clean, y, clean[anchor], anchor, k) == 1.0
+    assert coverage.pseudo_probe(clean, y, clean[(anchor + 1) % 12], anchor, k) == 0.0
+    # One label per class leaves nothing to compare with: the probe says so instead of guessing.
+    assert coverage.label_probe(clean[:3], y[:3], k) is None
+
+
+def test_auto_picks_scratch_where_the_generator_is_noise(tmp_path):
+    torch.manual_seed(0)
+    noise = save_bundle(tmp_path / "noise", NoiseGenerator(8), WithFeatures(create_model("resnet_xs", 5, 1)),
+                        [f"src{i}" for i in range(5)], 8, (1, 8, 8), info={"test": True})
+    lines: list[str] = []
+    report = run_transfer(small(noise), tmp_path / "auto", progress=False, log=lines.append)
+    assert report["method"] == "scratch" and report["auto"]["method"] == "scratch"
+    assert "covers the target poorly" in report["auto"]["reason"] and lines and "scratch" in lines[0]
+    cov = report["auto"]["coverage"]
+    assert cov["pp_probe"] <= cov["init_probe"]
+    # What auto trains is exactly the method it chose: the same weights as an explicit scratch run.
+    explicit = run_transfer(small(noise, method="scratch"), tmp_path / "scratch", progress=False)
+    assert explicit["test_accuracy"] == report["test_accuracy"]
+    a = load_checkpoint(tmp_path / "auto" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "scratch" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_uses_pp_with_the_example_bundle(tmp_path):
+    c = small(ROOT / "bundles" / "animals-src", target=EXAMPLE_TARGET, finetune_steps=10,
+              pssl={"pool_size": 256, "steps": 10})
+    report = run_transfer(c, tmp_path / "auto", progress=False)
+    assert report["method"] in ("pp", "pp+pssl"), report["auto"]
+    cov = report["auto"]["coverage"]
+    assert cov["pp_probe"] > cov["init_probe"] and 0 <= cov["pseudo_share"] <= 1
+    assert 0 < cov["source_confidence"] <= 1
+    assert report["auto"]["pseudo_samples"] == (report["method"] == "pp+pssl")
+
+
+def test_auto_resumes_to_the_uninterrupted_result(tiny_bundle, tmp_path, monkeypatch):
+    c = small(tiny_bundle)
+    whole = run_transfer(c, tmp_path / "whole", progress=False)
+    original, fired = loop.Trainer._save, {}
+
+    def save_then_ctrl_c(self, phase, step, opt):
+        original(self, phase, step, opt)
+        if self.phases[phase].name != "pretrain" and step == 10 and not fired:
+            fired["at"] = (self.phases[phase].name, step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop.Trainer, "_save", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(loop.Trainer, "_save", original)
+    assert (tmp_path / "cut" / "auto.json").is_file() and fired
+    resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
+    assert resumed["method"] == whole["method"] and resumed["test_accuracy"] == whole["test_accuracy"]
+    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _folder(root: Path, n: int, corrupt: int = 0) -> Path:
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray((np.random.default_rng(i).random((10, 10)) * 255).astype(np.uint8)).save(root / f"{i}.png")
+    for i in range(corrupt):
+        (root / f"bad{i}.png").write_bytes(b"not a png at all")
+    return root
+
+
+def test_unlabeled_images_join_the_ssl_phase(tiny_bundle, tmp_path):
+    folder = _folder(tmp_path / "u", 24, corrupt=2)
+    report = run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled=str(folder)), tmp_path / "run",
+                          progress=False)
+    assert report["unlabeled"]["count"] == 24 and len(report["unlabeled"]["skipped_files"]) == 2
+    assert all("bad" in s for s in report["unlabeled"]["skipped_files"])
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
+    assert len(rows) == 20 and all("real" in r and "real_mask" in r for r in rows)
+    # 'rest': the target pool's own unlabelled images; with pseudo samples as well in pp+pssl.
+    both = run_transfer(small(tiny_bundle, method="pp+pssl", unlabeled="rest"), tmp_path / "both", progress=False)
+    assert both["unlabeled"]["count"] > 100
+    row = [r for r in read_jsonl(tmp_path / "both" / "metrics.jsonl") if r["phase"] == "pp_pssl"][-1]
+    assert "real" in row and "pseudo" in row
+
+
+def test_bad_unlabeled_input_is_one_line(tiny_bundle, tmp_path):
+    with pytest.raises(EdgepptError, match="no readable image"):
+        run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled=str(_folder(tmp_path / "bad", 0, corrupt=3))),
+                     tmp_path / "a", progress=False)
+    np.savez(tmp_path / "u.npz", x=np.zeros((4, 5), np.float32))
+    with pytest.raises(EdgepptError, match="x has shape"):
+        run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled=str(tmp_path / "u.npz")), tmp_path / "b",
+                     progress=False)
+    with pytest.raises(EdgepptError, match="give --unlabeled"):
+        run_transfer(small(tiny_bundle, method="ssl"), tmp_path / "c", progress=False)
+    res = CliRunner().invoke(app, ["transfer", "--source", str(tiny_bundle), "--target", TARGET, "--method", "pp+ssl",
+                                   "--unlabeled", str(tmp_path / "missing"), "--out", str(tmp_path / "d"), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "missing" in res.output and len(res.output.strip().splitlines()) == 1

@@ -1,0 +1,124 @@
+"""How much the source covers the target, measured without test labels, and what `--method auto` makes of it.
+
+Three label-efficient probes on the k labelled target images (nearest class mean on L2-normalised features,
+each labelled image classified by centroids that leave it out):
+- `init_probe`: features of the untrained target network (what scratch starts from);
+- `pp_probe`: features after pseudo pre-training (what pp starts from);
+- `pseudo_probe`: centroids of the pseudo samples G(z, p) labelled by their anchors, leaving out the samples
+  the image itself conditioned, in the PP features: do the pseudo samples carry the target classes?
+`pseudo_share` puts the last on the scale chance = 0, the labels themselves (`pp_probe`) = 1.
+Plus a label-free one: the source classifier's mean confidence on the target images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+from edgeppt.bundle import SourceBundle
+from edgeppt.config import AutoConfig
+from edgeppt.data import ImageSet
+
+from .pseudo import PseudoPool
+
+
+class Coverage(BaseModel):
+    chance: float
+    source_confidence: float | None = None
+    init_probe: float | None = None
+    pp_probe: float | None = None
+    pseudo_probe: float | None = None
+    pseudo_share: float | None = None
+
+
+class Choice(BaseModel):
+    """What auto chose and why (printed, and stored in report.json)."""
+    method: str
+    pseudo_samples: bool
+    reason: str
+    coverage: Coverage
+
+
+@torch.no_grad()
+def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    f = torch.cat([model.forward_features(x[i:i + batch].to(dev)).flatten(1).cpu() for i in range(0, len(x), batch)])
+    model.train(was)
+    return F.normalize(f, dim=1)
+
+
+def _centroid_accuracy(f: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
+                       own_sums: torch.Tensor, own_counts: torch.Tensor) -> float | None:
+    """Nearest class mean, where each image's own class mean leaves out `own_sums` / `own_counts`."""
+    left = counts[y] - own_counts
+    if (left <= 0).any():
+        return None  # a class has nothing left to compare with (1 label per class)
+    means = sums / counts.clamp_min(1).unsqueeze(1)
+    dist = torch.cdist(f, means)
+    own = (sums[y] - own_sums) / left.unsqueeze(1)
+    dist[torch.arange(len(y)), y] = (f - own).norm(dim=1)
+    return (dist.argmin(1) == y).float().mean().item()
+
+
+def label_probe(f: torch.Tensor, y: torch.Tensor, k: int) -> float | None:
+    """Leave-one-out nearest class mean over the labelled images."""
+    sums = torch.zeros(k, f.shape[1]).index_add_(0, y, f)
+    return _centroid_accuracy(f, y, sums, torch.bincount(y, minlength=k).float(), f, torch.ones(len(y)))
+
+
+def pseudo_probe(f_l: torch.Tensor, y_l: torch.Tensor, f_u: torch.Tensor, anchor: torch.Tensor, k: int) -> float | None:
+    """Class means of the pseudo samples (labelled by their anchors) classify the labelled images; each image's
+    own pseudo samples are left out, so a class is recognised only through the other images' samples."""
+    y_u = y_l[anchor]
+    sums = torch.zeros(k, f_u.shape[1]).index_add_(0, y_u, f_u)
+    own = torch.zeros(len(y_l), f_u.shape[1]).index_add_(0, anchor, f_u)
+    return _centroid_accuracy(f_l, y_l, sums, torch.bincount(y_u, minlength=k).float(), own,
+                              torch.bincount(anchor, minlength=len(y_l)).float())
+
+
+def source_confidence(bundle: SourceBundle, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return F.softmax(bundle.classify(x)[0], 1).max(1).values.mean().item()
+
+
+def measure(labelled: ImageSet, init_feats: torch.Tensor, pp_model: torch.nn.Module | None,
+            bundle: SourceBundle | None, x_source_shape: torch.Tensor | None, pool: PseudoPool | None) -> Coverage:
+    k = len(labelled.classes)
+    cov = Coverage(chance=1.0 / k, init_probe=label_probe(init_feats, labelled.y, k))
+    if bundle is not None and x_source_shape is not None:
+        cov.source_confidence = source_confidence(bundle, x_source_shape)
+    if pp_model is not None:
+        f_l = features(pp_model, labelled.x)
+        cov.pp_probe = label_probe(f_l, labelled.y, k)
+        if pool is not None:
+            cov.pseudo_probe = pseudo_probe(f_l, labelled.y, features(pp_model, pool.x), pool.anchor, k)
+            if cov.pseudo_probe is not None and cov.pp_probe is not None:
+                span = cov.pp_probe - cov.chance
+                cov.pseudo_share = max(0.0, min(1.0, (cov.pseudo_probe - cov.chance) / span)) if span > 0 else 0.0
+    return cov
+
+
+def choose(cov: Coverage, cfg: AutoConfig, has_source: bool, has_unlabeled: bool) -> Choice:
+    """scratch, pp or pp+pssl (ssl, pp+ssl or pp+pssl with real unlabelled images), with the reason."""
+    own, with_pp = ("ssl", "pp+ssl") if has_unlabeled else ("scratch", "pp")
+    if not has_source:
+        return Choice(method=own, pseudo_samples=False, reason="no source bundle", coverage=cov)
+    if cov.pp_probe is None or cov.init_probe is None:
+        return Choice(method=with_pp, pseudo_samples=False, coverage=cov,
+                      reason="one label per class leaves nothing to compare with; PP without pseudo samples, "
+                             "the safer use of the source")
+    gain = cov.pp_probe - cov.init_probe
+    probes = f"probe accuracy on the labels {cov.pp_probe:.0%} with PP features vs {cov.init_probe:.0%} untrained"
+    if gain <= cfg.pp_margin:
+        return Choice(method=own, pseudo_samples=False, coverage=cov,
+                      reason=f"the source covers the target poorly: {probes}")
+    share = cov.pseudo_share if cov.pseudo_share is not None else 0.0
+    pseudo = f"pseudo samples carry {share:.0%} of the labels' class information (need {cfg.pseudo_min:.0%})"
+    if share >= cfg.pseudo_min:
+        return Choice(method="pp+pssl", pseudo_samples=True, coverage=cov,
+                      reason=f"the source covers the target well: {probes}; {pseudo}")
+    return Choice(method=with_pp, pseudo_samples=False, coverage=cov,
+                  reason=f"PP helps ({probes}) but {pseudo}")
