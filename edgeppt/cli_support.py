@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ from edgeppt.errors import EdgepptError
 console = Console(stderr=True)
 
 
-def fail(msg: str, code: int = 2) -> None:
+def fail(msg: str, code: int = 2) -> NoReturn:
     console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(code)
 

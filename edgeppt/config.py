@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -146,7 +146,10 @@ class TransferConfig(Strict):
         return self.method not in ("auto", "scratch", "ssl")
 
 
-def load_yaml(path: str | Path, model: type[Strict]) -> Strict:
+M = TypeVar("M", bound=Strict)
+
+
+def load_yaml(path: str | Path, model: type[M]) -> M:
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
@@ -154,7 +157,7 @@ def load_yaml(path: str | Path, model: type[Strict]) -> Strict:
     return validate(model, raw, str(path))
 
 
-def validate(model: type[Strict], raw: dict, where: str = "config") -> Strict:
+def validate(model: type[M], raw: dict, where: str = "config") -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as e:

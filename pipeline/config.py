@@ -7,7 +7,7 @@ pipeline fills in itself (data, device, output folder), so each fact lives in on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import Field, create_model, field_validator
@@ -28,10 +28,20 @@ def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | N
     return create_model(name, __base__=Strict, __doc__=doc, **fields)
 
 
-SearchSection = _section(SearchConfig, "SearchSection", "Architecture search budget; `enabled: false` skips search "
-                         "and trains `transfer.arch`.", {"enabled": (bool, True)})
-TransferSection = _section(TransferConfig, "TransferSection", "Transfer method and budget (TransferConfig fields). "
-                           "`arch` is used only when search is off.")
+if TYPE_CHECKING:
+    # create_model builds the sections at runtime, so mypy cannot see their fields: to it each section is a Strict
+    # model whose fields read as Any.
+    class _Section(Strict):
+        def __getattr__(self, name: str) -> Any: ...
+
+    class SearchSection(_Section): ...
+
+    class TransferSection(_Section): ...
+else:
+    SearchSection = _section(SearchConfig, "SearchSection", "Architecture search budget; `enabled: false` skips search "
+                             "and trains `transfer.arch`.", {"enabled": (bool, True)})
+    TransferSection = _section(TransferConfig, "TransferSection", "Transfer method and budget (TransferConfig fields). "
+                               "`arch` is used only when search is off.")
 
 
 class ExportSection(ExportOptions):
@@ -48,8 +58,8 @@ class PipelineConfig(Strict):
     device: str = Field(DEFAULT_DEVICE, description="device profile name or .yaml")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="CPU threads for training (default: torch's)")
-    search: SearchSection = SearchSection()  # type: ignore[valid-type]
-    transfer: TransferSection = TransferSection()  # type: ignore[valid-type]
+    search: SearchSection = SearchSection()
+    transfer: TransferSection = TransferSection()
     export: ExportSection = ExportSection()
 
     @field_validator("device")
@@ -66,11 +76,11 @@ class PipelineConfig(Strict):
 
 
 def load_config(path: str | Path) -> PipelineConfig:
-    return load_yaml(path, PipelineConfig)  # type: ignore[return-value]
+    return load_yaml(path, PipelineConfig)
 
 
 def parse_config(raw: dict, where: str = "pipeline config") -> PipelineConfig:
-    return validate(PipelineConfig, raw, where)  # type: ignore[return-value]
+    return validate(PipelineConfig, raw, where)
 
 
 def dump_yaml(cfg: PipelineConfig) -> str:
