@@ -49,7 +49,7 @@ class SourceBundle:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["image_shape"])  # type: ignore[return-value]
+        return tuple(self.manifest["image_shape"])
 
     def generate(self, p: torch.Tensor, z: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:

@@ -111,7 +111,7 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
         return a
     mode = "L" if a.shape[0] == 1 else "RGB"
     im = Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0), mode)
-    im = im.resize((size, size), Image.BILINEAR)
+    im = im.resize((size, size), Image.Resampling.BILINEAR)
     b = np.asarray(im, dtype=np.uint8)
     return b[None] if b.ndim == 2 else b.transpose(2, 0, 1)
 
@@ -122,7 +122,10 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise EdgepptError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>.png)")
-    images, labels, skipped, sizes = [], [], [], {}
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    sizes: dict[tuple[int, ...], Path] = {}  # image (H, W) -> the first file of that size
     for ci, d in enumerate(class_dirs):
         files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

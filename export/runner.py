@@ -67,7 +67,7 @@ def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("L" if channels == 1 else "RGB")
         if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
         a = np.asarray(im, dtype=np.float32)
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     mean = np.asarray(spec.get("mean", [0.0] * channels), np.float32).reshape(-1, 1, 1)

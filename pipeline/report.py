@@ -41,7 +41,7 @@ def class_grid(x, y, classes: list[str], out_png: str | Path, per_class: int = 8
         for c, i in enumerate(np.flatnonzero(y == r)[:per_class]):
             a = (np.clip(x[i], 0, 1) * 255).round().astype(np.uint8)
             a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a
-            im = Image.fromarray(a.transpose(1, 2, 0), "RGB").resize((tile, tile), Image.NEAREST)
+            im = Image.fromarray(a.transpose(1, 2, 0), "RGB").resize((tile, tile), Image.Resampling.NEAREST)
             canvas.paste(im, (label_w + c * (tile + pad), top))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,8 @@ def layer_features(model: nn.Module, in_shape: tuple[int, int, int]) -> dict[str
         if isinstance(mod, nn.Conv2d):
             macs = out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
             kind = ("depthwise" if mod.groups > 1 else "pointwise" if mod.kernel_size == (1, 1) else "dense")
-        else:
+        else:  # hooks are registered on Conv2d and Linear only
+            assert isinstance(mod, nn.Linear)
             macs, kind = mod.in_features * mod.out_features, "linear"
         f[f"{kind}_mmacs"] += macs / 1e6
         f["activation_melems"] += out.numel() / 1e6

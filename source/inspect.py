@@ -17,7 +17,7 @@ def _to_pil(x: torch.Tensor, scale: int) -> Image.Image:
     a = (x.clamp(0, 1) * 255).round().byte().cpu().numpy()
     a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a
     im = Image.fromarray(a.transpose(1, 2, 0), "RGB")
-    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from edgeppt.bundle import check_replaceable, save_bundle
 from edgeppt.config import SourceTrainConfig
 from edgeppt.data import ImageSet, load_dataset, train_test_split
 from edgeppt.errors import EdgepptError
-from edgeppt.models import create_model
+from edgeppt.models import ClassifierNet, create_model
 from edgeppt.runs import (
     CHECKPOINT_FILE,
     MetricsLog,
@@ -40,7 +40,7 @@ ADAM_BETAS = (0.5, 0.999)  # DCGAN/SNGAN setting for one D step per G step
 class SourceClassifier(nn.Module):
     """The bundle's C: forward(x) -> (logits, features), as the bundle contract requires."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: ClassifierNet):
         super().__init__()
         self.net = net
 

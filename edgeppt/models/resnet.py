@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -22,8 +24,8 @@ class BasicBlock(nn.Module):
 
 @register_family("resnet")
 class ResNet(ClassifierNet):
-    def __init__(self, num_classes: int, in_chans: int = 1, widths: list[int] = (16, 32, 64),
-                 depths: list[int] = (1, 1, 1), act: str = "relu", dropout: float = 0.0):
+    def __init__(self, num_classes: int, in_chans: int = 1, widths: Sequence[int] = (16, 32, 64),
+                 depths: Sequence[int] = (1, 1, 1), act: str = "relu", dropout: float = 0.0):
         super().__init__()
         if len(widths) != len(depths) or not widths:
             raise ValueError("widths and depths need the same, non-zero length")
