@@ -30,6 +30,7 @@ from edgeppt.pipeline.example import BUDGETS, budget_help, example_bundle
 from edgeppt.pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
 from edgeppt.pipeline.state import CONFIG_FILE
 from edgeppt.runs import atomic_write_json, read_jsonl
+from edgeppt.transfer.run import PLAN_FILE
 
 STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
 EXAMPLE_TARGET_LABEL = "Built-in example: animals (elephant, giraffe, horse, sheep, zebra)"
@@ -393,13 +394,13 @@ def pareto_plot(rows: list[dict[str, Any]], budget_ms: float | None = None) -> N
 
 def show_transfer(run: Path, status: dict[str, Any]) -> None:
     folder = run / "transfer"
-    cfg = read_json(folder / "config.json")
-    if cfg:
+    plan = read_json(folder / PLAN_FILE)  # what transfer is training: its method and phases
+    if plan:
         done = len(read_jsonl(folder / "pretrain" / "metrics.jsonl")) + len(read_jsonl(folder / "metrics.jsonl"))
-        method, pssl = cfg.get("method", ""), cfg.get("pssl", {})
-        total = (cfg.get("pretrain_steps", 0) * ("pp" in method) + cfg.get("finetune_steps", 0)
-                 + pssl.get("steps", 0) * ("pssl" in method and pssl.get("warm_start", False)))
-        st.progress(min(done / max(total, 1), 1.0), text=f"training step {done} / {total}")
+        total = sum(ph["steps"] for ph in plan["phases"])
+        st.progress(min(done / max(total, 1), 1.0), text=f"{plan['method']}: training step {done} / {total}")
+        if plan.get("auto"):
+            st.info(f"auto chose **{plan['method']}**: {plan['auto']['reason']}")
     fig = training_curves(run)
     if fig is not None:
         st.pyplot(fig)

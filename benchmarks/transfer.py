@@ -189,6 +189,36 @@ def save(args, mode: str, budget: dict, seeds: list[int], done: dict, total: flo
     return results
 
 
+CANDIDATES = {"scratch": "scratch", "pp": "pp", "pp+pssl": "pp+pssl (anchor labels)"}
+
+
+def fit_auto(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[float, float, float, float]]:
+    """auto's thresholds against the VALIDATION accuracy of what they would choose, from the coverage each auto
+    run measured (it does not depend on the thresholds). Returns (pp_margin, pseudo_min, mean val, mean test)
+    rows, best validation first; test is printed beside it, never used to choose."""
+    from edgeppt.config import AutoConfig
+    from edgeppt.transfer.coverage import Coverage, choose
+
+    rows = []
+    for margin in (-0.1, -0.05, 0.0, 0.05, 0.1, 0.15):
+        for share in (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 1.01):
+            val, test = [], []
+            for p in pairings:
+                for s in seeds:
+                    run = done.get((p, "auto", s))
+                    if not run or not run.get("auto"):
+                        continue
+                    cov = Coverage(**run["auto"]["coverage"])
+                    m = choose(cov, AutoConfig(pp_margin=margin, pseudo_min=share), True, False).method
+                    pick = done.get((p, CANDIDATES[m], s))
+                    if pick:
+                        val.append(100 * pick["val"])
+                        test.append(100 * pick["test"])
+            if val:
+                rows.append((margin, share, statistics.mean(val), statistics.mean(test)))
+    return sorted(rows, key=lambda r: -r[2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 seed and a smaller budget: a smoke run")
@@ -257,6 +287,15 @@ def main() -> None:
     for r in results:
         if r["row"].startswith("auto"):
             print(f"  {r['pairing']}, {r['row']}: chose {', '.join(r['chosen'])}")
+            for a in r.get("auto", []):
+                cov = a["coverage"]
+                print(f"    init {cov['init_probe']}, pp {cov['pp_probe']}, pseudo share {cov['pseudo_share']}, "
+                      f"source confidence {cov['source_confidence']:.2f}: {a['reason']}")
+    fits = fit_auto(done, args.pairings, seeds)
+    if fits:
+        print("\nauto's thresholds by the validation accuracy of what they choose (best 8; test only shown):")
+        for margin, share, val, test in fits[:8]:
+            print(f"  pp_margin {margin:+.2f}, pseudo_min {share:.2f}: val {val:.2f}, test {test:.2f}")
 
 
 if __name__ == "__main__":

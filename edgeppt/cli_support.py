@@ -9,6 +9,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edgeppt.config import load_yaml, validate
 from edgeppt.errors import EdgepptError
@@ -17,7 +18,7 @@ console = Console(stderr=True)
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {msg}")
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, highlight=False)  # one line: a path stays copyable
     raise typer.Exit(code)
 
 

@@ -142,6 +142,9 @@ class TransferConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
 
+    # What may change when a run is resumed (edgeppt.runs.resume_conflicts): how it runs, not what it computes.
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "device"})
+
     def needs_source(self) -> bool:
         return self.method not in ("auto", "scratch", "ssl")
 

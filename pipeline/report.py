@@ -198,8 +198,11 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
         md.append("![training curves](curves.png)\n")
     if report:
         save_figure(confusion_figure(report), rep / "confusion.png")
-        md.append(f"Test accuracy **{100 * report['test_accuracy']:.2f}%** "
-                  f"({report['data']['labelled']} labelled images, {report['data']['test']} test images).\n")
+        md.append(f"Method **{report.get('method', report['settings']['method'])}**; test accuracy "
+                  f"**{100 * report['test_accuracy']:.2f}%** ({report['data']['labelled']} labelled images, "
+                  f"{report['data']['test']} test images).\n")
+        if report.get("auto"):
+            md.append(f"`--method auto` chose it: {report['auto']['reason']}.\n")
         md.append(markdown_table([{"class": c, "accuracy %": round(100 * a, 1)}
                                   for c, a in report["per_class_accuracy"].items()]))
         md.append("\n![confusion matrix](confusion.png)\n")

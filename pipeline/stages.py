@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeppt.config import SearchConfig
+from edgeppt.config import SearchConfig, TransferConfig
 from edgeppt.data import BUILTIN
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, sha256_file
@@ -97,9 +97,7 @@ def _search_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
 
 
 # ---------------------------------------------------------------- transfer
-def transfer_config(cfg: PipelineConfig, run: Path):
-    from edgeppt.config import TransferConfig
-
+def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
     settings = cfg.transfer.model_dump()
     if cfg.search.enabled:
         settings["arch"] = str(run / "search" / "best.json")
@@ -152,7 +150,7 @@ def zip_bundle(folder: Path, dest: Path) -> Path:
 
 STAGES: list[Stage] = [
     Stage("search", _search_inputs, _search_run, "best.json", SearchConfig.RESUME_FREE),
-    Stage("transfer", _transfer_inputs, _transfer_run, "report.json"),
+    Stage("transfer", _transfer_inputs, _transfer_run, "report.json", TransferConfig.RESUME_FREE),
     Stage("export", _export_inputs, _export_run, "bundle.zip"),
 ]
 STAGE_BY_NAME = {s.name: s for s in STAGES}

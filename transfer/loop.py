@@ -7,7 +7,6 @@ slice of every batch and DistributedDataParallel averages the gradients (gloo on
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -22,7 +21,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import MetricsLog, atomic_torch_save, load_checkpoint
+from edgeppt.runs import CHECKPOINT_FILE, MetricsLog, atomic_torch_save, load_checkpoint
+from edgeppt.schedule import cosine_lr
 
 from .objectives import Objective
 
@@ -75,10 +75,7 @@ def step_seed(seed: int, phase: str, step: int) -> int:
 
 def lr_at(base: float, step: int, total: int, warmup: int = 0) -> float:
     """Linear warm-up, then cosine decay to 5% of the base rate: a pure function of the step (resumable)."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+    return cosine_lr(base, step, total, warmup, floor=0.05)
 
 
 class _Interrupted(Exception):
@@ -101,7 +98,7 @@ class Trainer:
 
     @property
     def ckpt_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.out / CHECKPOINT_FILE
 
     def _global_step(self, phase: int, step: int) -> int:
         return sum(p.steps for p in self.phases[:phase]) + step

@@ -15,7 +15,7 @@ from edgeppt.config import AugmentConfig, TransferConfig, validate
 from edgeppt.data import ImageSet, few_shot, load_dataset, load_unlabeled, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec, create_model
-from edgeppt.runs import atomic_torch_save, atomic_write_json, load_checkpoint
+from edgeppt.runs import CHECKPOINT_FILE, atomic_torch_save, atomic_write_json, load_checkpoint, resume_conflicts
 
 from . import coverage
 from .evaluate import evaluate
@@ -25,6 +25,7 @@ from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
 
 CONFIG_FILE, REPORT_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "report.json", "model.pt", "auto.json"
+PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
 
 
 def load_run_config(out: Path) -> TransferConfig:
@@ -35,9 +36,8 @@ def load_run_config(out: Path) -> TransferConfig:
 
 
 def _check_resume(cfg: TransferConfig, out: Path) -> None:
-    saved = load_run_config(out).model_dump(mode="json")
-    now = cfg.model_dump(mode="json")
-    diff = {k: (saved[k], now[k]) for k in now if saved.get(k) != now[k] and k not in ("threads", "device")}
+    diff = resume_conflicts(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json"),
+                            TransferConfig.RESUME_FREE)
     if diff:
         listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise EdgepptError(f"{out} was started with other settings ({listed}). Resume with the same settings, "
@@ -181,7 +181,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     dist = setup_distributed(cfg.device)
     if resume:
         _check_resume(cfg, out)
-    elif (out / REPORT_FILE).exists() or (out / "checkpoint.pt").exists():
+    elif (out / REPORT_FILE).exists() or (out / CHECKPOINT_FILE).exists():
         raise EdgepptError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if cfg.needs_source() and cfg.source is None:
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
@@ -243,6 +243,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                         phases[0].objective,
                         cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
                         cfg.weight_decay)]
+    if dist.main:
+        pre = [{"name": "pretrain", "steps": cfg.pretrain_steps}] if method.pretrain else []
+        atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"),
+                                            "phases": pre + [{"name": ph.name, "steps": ph.steps} for ph in phases]})
     trainer = Trainer(model, phases, out, cfg.seed, dist, evaluate=lambda m: evaluate(m, test),
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, progress=progress)
     trainer.run(resume=resume)
