@@ -113,6 +113,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
         raise EdgepptError(f"ONNX export failed: {type(e).__name__}: {e}") from e
     finally:
         quiet.setLevel(level)
+    assert program is not None  # dynamo=True always returns the ONNXProgram
     proto = program.model_proto
     proto.producer_name = "edgeppt"
     path = atomic_write_bytes(path, proto.SerializeToString())

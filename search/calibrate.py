@@ -100,19 +100,19 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
     `<out>.predictor.json`; return the report (held-out error, timings)."""
     profile: DeviceProfile = load_profile(device)
     space = space or SpaceConfig()
-    shape = [profile.input_channels or 1, profile.input_size or 28, profile.input_size or 28]
+    in_shape = (profile.input_channels or 1, profile.input_size or 28, profile.input_size or 28)
     if probes < 6:
         raise EdgepptError(f"calibrate needs at least 6 probes (some are held out), got {probes}")
     archs = probe_archs(space, probes, seed)
-    models = [create_model(a, 10, shape[0]) for a in archs]
-    feats = [layer_features(m, tuple(shape)) for m in models]
+    models = [create_model(a, 10, in_shape[0]) for a in archs]
+    feats = [layer_features(m, in_shape) for m in models]
     if progress:
         from .report import console
         console.print(f"timing {len(models)} probe models on {host} "
                       f"({profile.runtime}, {profile.threads or 'all'} threads)")
-    onnx_models = [to_onnx(m, tuple(shape)) for m in models]
+    onnx_models = [to_onnx(m, in_shape) for m in models]
     answer = time_remote([*ssh_command(host, port, identity, ssh_options), f"{python} -"], onnx_models,
-                         shape, profile.threads, profile.runtime, warmup, repeats)
+                         list(in_shape), profile.threads, profile.runtime, warmup, repeats)
     lat = answer["latency_ms"]
     order = list(range(len(archs)))
     random.Random(seed).shuffle(order)

@@ -27,8 +27,9 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, int, int]) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, *in_shape),), buf, dynamo=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["logits"])
+            # torch annotates f as a path only; the dynamo=False exporter also writes to a binary file object.
+            torch.onnx.export(model, (torch.zeros(1, *in_shape),), buf,  # type: ignore[arg-type]
+                              dynamo=False, opset_version=OPSET, input_names=["input"], output_names=["logits"])
     finally:
         model.train(was_training)
     return buf.getvalue()

@@ -62,7 +62,8 @@ def prepare(cfg: SearchConfig) -> ProxyData:
         if x.shape[1:] != labelled.x.shape[1:]:
             x = F.interpolate(x, size=labelled.x.shape[2:], mode="bilinear", align_corners=False)
         pool = (x.clamp(0, 1), y)
-    return ProxyData(labelled, val, pool, tuple(labelled.x.shape[1:]))
+    c, h, w = labelled.x.shape[1:]  # ImageSet images are (N, C, H, W)
+    return ProxyData(labelled, val, pool, (c, h, w))
 
 
 def _shift_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

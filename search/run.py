@@ -83,6 +83,7 @@ class SearchContext:
         if rec is None:  # a trial process started without the filter's record (training-service engine)
             self.check(sample)
             rec = self.ledger.get(key)
+            assert rec is not None  # check() records every sample it sees
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         try:

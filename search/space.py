@@ -27,11 +27,11 @@ from edgeppt.models.mobilenet import InvertedResidual
 FAMILY = "mobilenet"
 
 
-class _ConvBN(ParametrizedModule, ConvBN, wraps=ConvBN):
+class _ConvBN(ParametrizedModule, ConvBN, wraps=ConvBN):  # type: ignore[call-arg]  # NNI is untyped: mypy checks wraps= against the typed base's __init_subclass__
     pass
 
 
-class _Block(ParametrizedModule, InvertedResidual, wraps=InvertedResidual):
+class _Block(ParametrizedModule, InvertedResidual, wraps=InvertedResidual):  # type: ignore[call-arg]  # as _ConvBN
     pass
 
 
@@ -86,11 +86,11 @@ class HeadLinear(nn.Linear):
         super().__init__(width or cin, num_classes)
 
 
-class _LastConv(ParametrizedModule, LastConv, wraps=LastConv):
+class _LastConv(ParametrizedModule, LastConv, wraps=LastConv):  # type: ignore[call-arg]  # as _ConvBN
     pass
 
 
-class _Linear(ParametrizedModule, HeadLinear, wraps=HeadLinear):
+class _Linear(ParametrizedModule, HeadLinear, wraps=HeadLinear):  # type: ignore[call-arg]  # as _ConvBN
     pass
 
 

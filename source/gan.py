@@ -9,8 +9,6 @@ D: spectral-normalised convolutions with a projection term <W_D p, phi(x)>; trai
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,7 +118,8 @@ def generator_ema(g: nn.Module, decay: float) -> AveragedModel:
     """The exported generator: an exponential moving average of G's parameters and buffers, updated once per
     generator step. Its horizon warms up (decay min(decay, (1 + t) / (10 + t)) at update t), so early
     checkpoints are not dominated by the random initialisation."""
-    def warmed_up(ema: Any, current: Any, n_averaged: torch.Tensor) -> None:
+    def warmed_up(ema: tuple[torch.Tensor, ...] | list[torch.Tensor],
+                  current: tuple[torch.Tensor, ...] | list[torch.Tensor], n_averaged: torch.Tensor | int) -> None:
         t = int(n_averaged)  # updates so far, counting the copy of G made here
         get_ema_multi_avg_fn(min(decay, (1 + t) / (10 + t)))(ema, current, n_averaged)
 
