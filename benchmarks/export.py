@@ -76,7 +76,7 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
     x, y = test.x.numpy(), test.y.numpy()
     shape = run.input_shape
     name = f"{Path(run_dir).name} ({run.checkpoint['arch']['family']} {run.checkpoint.get('params', 0):,} params)"
-    rows = []
+    rows: list[dict] = []
     torch.set_num_threads(threads)
     model = run.model.eval()
     calls = {"PyTorch eager fp32": torch_calls(model, shape)}
@@ -97,6 +97,7 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
                 calib = Q.check_calibration(Q.subsample(target_images(run, None), calib_n, 0), shape)
             else:
                 from edgeppt.bundle import load_bundle
+                assert source is not None  # the pseudo-sample variant is listed only with a source
                 calib, _ = Q.pseudo_calibration(load_bundle(source), labelled.x, calib_n, shape)
             out = Path(tmp) / f"q{len(rows)}.onnx"
             g = Q.quantize_guarded(fp32, out, calib, x, y, Q.QuantConfig(symmetric_activations=symmetric), 1.0, "host")

@@ -79,8 +79,8 @@ def main() -> None:
     profile = load_profile("x86-cpu")
     t_all = time.perf_counter()
     rows: dict[str, dict] = json.loads(args.reuse.read_text())["rows"] if args.reuse else {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         for label, strategy in (("searched (regularised evolution)", "evolution"), ("random sampling", "random")):
             if label in rows:
                 continue
@@ -107,7 +107,7 @@ def main() -> None:
         for label, r in rows.items():
             if len(r.get("test_accs", [])) == seeds:
                 continue  # reused from --reuse
-            accs = []
+            accs: list[float] = []
             for seed in range(seeds):
                 tc = TransferConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, arch=r["arch"],
                                     method="pp+pssl", seed=seed, **train)

@@ -157,8 +157,8 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
         if not src:
             raise EdgepptError("--int8-calibration pseudo draws calibration images from the source bundle: "
                                "pass --source (the run has none)")
-        x, info = Q.pseudo_calibration(load_bundle(src), ctx.labelled_x, n, shape)
-        return x, {"mode": "pseudo", "images": len(x), "source": str(src), **info}
+        images, info = Q.pseudo_calibration(load_bundle(src), ctx.labelled_x, n, shape)
+        return images, {"mode": "pseudo", "images": len(images), "source": str(src), **info}
     raise EdgepptError(f"unknown --int8-calibration {mode!r}; choose one of {list(CALIBRATIONS)}")
 
 
@@ -179,7 +179,7 @@ def target_images(run: LoadedRun, spec: str | None) -> torch.Tensor:
 
 def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: DeviceProfile) -> list[str]:
     if formats is None:
-        wanted = list(device.export.formats)
+        wanted: list[str] = list(device.export.formats)
     else:
         wanted = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = [f for f in wanted if f not in FORMATS]

@@ -62,9 +62,10 @@ def pseudo_calibration(bundle: SourceBundle, anchors: torch.Tensor | None, n: in
     set), so they land where the target images sit in the source model's view; the rest on Dirichlet mixes of
     source classes, so activations outside the anchors' modes are covered too (and anchors are optional)."""
     g = torch.Generator().manual_seed(seed)
-    n_anchor = int(round(n * PSEUDO_ANCHOR_SHARE)) if anchors is not None and len(anchors) else 0
+    n_given = len(anchors) if anchors is not None else 0
+    n_anchor = int(round(n * PSEUDO_ANCHOR_SHARE)) if n_given else 0
     ps = []
-    if n_anchor:
+    if anchors is not None and n_anchor:
         src = reshape_images(anchors, bundle.image_shape[1], bundle.image_shape[0])
         p = torch.softmax(bundle.classify(src)[0] / PSEUDO_TEMPERATURE, 1)
         ps.append(p[torch.arange(n_anchor) % len(p)])
@@ -74,7 +75,7 @@ def pseudo_calibration(bundle: SourceBundle, anchors: torch.Tensor | None, n: in
     p = torch.cat(ps)
     x = torch.cat([bundle.generate(p[i:i + 256], generator=g) for i in range(0, n, 256)])
     x = reshape_images(x.float().clamp(0, 1), shape[1], shape[0])
-    return check_calibration(x, shape), {"anchors": int(len(anchors)) if n_anchor else 0, "anchored_samples": n_anchor,
+    return check_calibration(x, shape), {"anchors": n_given if n_anchor else 0, "anchored_samples": n_anchor,
                                          "mixed_samples": n - n_anchor, "temperature": PSEUDO_TEMPERATURE}
 
 
@@ -228,6 +229,7 @@ def quantize_guarded(fp32: str | Path, out: str | Path, calib: np.ndarray, test_
             if att["drop_points"] <= max_drop_points:
                 best = att
                 break
+        assert best is not None  # the base recipe is always tried
         atomic_write_bytes(out, best["file"].read_bytes())
     cfg = best["config"]
     for a in attempts:

@@ -105,7 +105,7 @@ def make_session(model: str | Path, threads: int = 0, provider: str = "auto"):
     return ort.InferenceSession(str(model), so, providers=providers(provider))
 
 
-def input_info(session) -> tuple[str, list, np.dtype]:
+def input_info(session) -> tuple[str, list, type[np.floating]]:
     i = session.get_inputs()[0]
     dtype = np.float16 if i.type == "tensor(float16)" else np.float32
     return i.name, list(i.shape), dtype
