@@ -442,6 +442,7 @@ def sidebar(run: Path) -> str:
             n = st.query_params.get("step", "1")
             st.session_state["step"] = STEPS[int(n) - 1] if n.isdigit() and 1 <= int(n) <= len(STEPS) else STEPS[0]
         step = st.radio("Step", STEPS, key="step")
+        assert step is not None  # session_state["step"] is always one of STEPS
         st.query_params["step"] = str(STEPS.index(step) + 1)
         st.divider()
         if st.button("New run"):

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory) -> SSHServer:
+def sshd(tmp_path_factory) -> Iterator[SSHServer]:
     """A real OpenSSH server on 127.0.0.1 for the current user: key authentication only, its own host key, config and
     log in a temporary folder. One server for the whole test session; skipped only where OpenSSH is not installed."""
     exe = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()),

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,12 +23,13 @@ TARGET = "digits:0,1,2,3,4"
 
 
 def raw_config(bundle, **sections) -> dict:
-    raw = {"source": str(bundle), "target": TARGET, "labels_per_class": 4, "device": "x86-cpu", "threads": 1,
-           "search": {"enabled": False},
-           "transfer": {"arch": "resnet_xs", "method": "pp+pssl", "pretrain_steps": 10, "finetune_steps": 12,
-                        "pretrain_batch": 16, "batch_size": 8, "eval_every": 6, "checkpoint_every": 3,
-                        "pssl": {"pool_size": 32, "steps": 6}},
-           "export": {"formats": ["onnx", "int8"], "bench_runs": 3, "calibration_size": 16}}
+    raw: dict[str, Any] = {
+        "source": str(bundle), "target": TARGET, "labels_per_class": 4, "device": "x86-cpu", "threads": 1,
+        "search": {"enabled": False},
+        "transfer": {"arch": "resnet_xs", "method": "pp+pssl", "pretrain_steps": 10, "finetune_steps": 12,
+                     "pretrain_batch": 16, "batch_size": 8, "eval_every": 6, "checkpoint_every": 3,
+                     "pssl": {"pool_size": 32, "steps": 6}},
+        "export": {"formats": ["onnx", "int8"], "bench_runs": 3, "calibration_size": 16}}
     for name, values in sections.items():
         raw[name] = {**raw[name], **values} if isinstance(values, dict) else values
     return raw
