@@ -18,7 +18,8 @@ console = Console(stderr=True)
 
 
 def fail(msg: str, code: int = 2) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, highlight=False)  # one line: a path stays copyable
+    # soft_wrap: one line however wide the terminal, so a path in the message stays copyable
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 

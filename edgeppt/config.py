@@ -72,7 +72,8 @@ class PSSLConfig(Strict):
                                       "(default: 0 for anchor, 1 for the SSL algorithms)")
     anchor_weight: float | None = Field(None, ge=0, description="weight of the cross-entropy toward each pseudo "
                                         "sample's anchor label (default: 1 for anchor, 0 for the SSL algorithms)")
-    warm_start: bool = Field(True, description="first fine-tune on the labels alone (what scratch/pp do), then run the SSL phase from there, its consistency targets coming from a frozen copy of that model")
+    warm_start: bool = Field(True, description="first fine-tune on the labels alone (what scratch/pp do), then run "
+        "the SSL phase from there, its consistency targets coming from a frozen copy of that model")
     steps: int = Field(100, ge=1, description="SSL steps after the warm start (without a warm start, finetune_steps)")
     lr_scale: float = Field(0.2, gt=0, description="SSL learning rate after the warm start, as a fraction of lr")
     real_steps: int = Field(300, ge=1, description="SSL steps after the warm start when real unlabelled images "
@@ -82,17 +83,22 @@ class PSSLConfig(Strict):
     real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")
     ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weights ramp up")
     temperature: float = Field(1.0, gt=0, description="T in p = softmax(C(x_t)/T)")
-    z_search_steps: int = Field(0, ge=0, description="gradient steps choosing z so G(z,p) lies near x_t in C's feature space; 0 = random z")
+    z_search_steps: int = Field(0, ge=0, description="gradient steps choosing z so G(z,p) lies near x_t in C's "
+                                                     "feature space; 0 = random z")
     z_search_lr: float = Field(0.1, gt=0)
-    relevance: Literal["none", "weight", "filter"] = Field("none", description="per-sample weights (or a filter) from the cosine similarity to the anchor in C's feature space")
+    relevance: Literal["none", "weight", "filter"] = Field("none", description="per-sample weights (or a filter) from "
+        "the cosine similarity to the anchor in C's feature space")
     relevance_keep: float = Field(0.5, gt=0, le=1, description="fraction of pseudo samples kept by 'filter'")
     pool_size: int = Field(1024, ge=16, description="pseudo samples drawn before training (cached)")
-    unlabeled_ratio: int = Field(1, ge=1, description="pseudo-sample (and real unlabelled) batch = ratio x labelled batch")
+    unlabeled_ratio: int = Field(1, ge=1, description="pseudo-sample (and real unlabelled) batch = ratio x labelled "
+                                                      "batch")
     threshold: float = Field(0.8, ge=0, le=1, description="confidence mask for fixmatch/uda/pseudolabel")
     sharpen: float = Field(0.4, gt=0, description="UDA target sharpening temperature")
     ema: float = Field(0.99, ge=0, lt=1, description="MeanTeacher teacher decay")
-    mix: float = Field(0.0, ge=0, le=1, description="blend each pseudo sample toward its target image by a share drawn from [0, mix]")
-    align: bool = Field(False, description="distribution alignment: rescale the unlabelled guesses so classes are used equally on average")
+    mix: float = Field(0.0, ge=0, le=1, description="blend each pseudo sample toward its target image by a share "
+                                                    "drawn from [0, mix]")
+    align: bool = Field(False, description="distribution alignment: rescale the unlabelled guesses so classes are "
+                                           "used equally on average")
 
     def consistency_weight(self) -> float:
         return self.consistency if self.consistency is not None else (0.0 if self.algorithm == "anchor" else 1.0)
@@ -130,7 +136,8 @@ class TransferConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     pretrain_steps: int = Field(400, ge=0, description="PP: steps classifying generated source-class samples")
     pretrain_batch: int = Field(128, ge=2)
-    pretrain_pool: int = Field(0, ge=0, description="cache this many generated samples for PP (0 = draw fresh each step)")
+    pretrain_pool: int = Field(0, ge=0, description="cache this many generated samples for PP (0 = draw fresh each "
+                                                    "step)")
     finetune_steps: int = Field(200, ge=1, description="supervised / distillation / SSL steps on the target")
     kd_weight: float = Field(1.0, ge=0)
     kd_temperature: float = Field(4.0, gt=0)

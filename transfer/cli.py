@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.config import METHODS, SSL_ALGORITHMS, TransferConfig
-
 from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
+from edgeppt.config import METHODS, SSL_ALGORITHMS, TransferConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -30,7 +29,8 @@ def transfer(
     ssl: Optional[str] = typer.Option(None, help=f"SSL algorithm: {', '.join(SSL_ALGORITHMS)}."),
     seed: Optional[int] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, help="Run directory."),
-    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its saved settings are used)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its saved settings are "
+                                          "used)."),
     config: Optional[Path] = typer.Option(None, help="YAML with TransferConfig fields."),
     pp_cache: Optional[Path] = typer.Option(None, help="Folder to reuse pseudo pre-training weights across runs."),
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set pssl.z_search_steps=10."),

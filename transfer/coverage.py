@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from edgeppt.bundle import SourceBundle
 from edgeppt.config import AutoConfig
 from edgeppt.data import ImageSet
+from edgeppt.models import ClassifierNet
 
 from .pseudo import PseudoPool
 
@@ -41,7 +42,7 @@ class Choice(BaseModel):
 
 
 @torch.no_grad()
-def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def features(model: ClassifierNet, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -84,7 +85,7 @@ def source_confidence(bundle: SourceBundle, x: torch.Tensor) -> float:
         return F.softmax(bundle.classify(x)[0], 1).max(1).values.mean().item()
 
 
-def measure(labelled: ImageSet, init_feats: torch.Tensor, pp_model: torch.nn.Module | None,
+def measure(labelled: ImageSet, init_feats: torch.Tensor, pp_model: ClassifierNet | None,
             bundle: SourceBundle | None, x_source_shape: torch.Tensor | None, pool: PseudoPool | None) -> Coverage:
     k = len(labelled.classes)
     cov = Coverage(chance=1.0 / k, init_probe=label_probe(init_feats, labelled.y, k))

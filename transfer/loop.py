@@ -11,9 +11,9 @@ import os
 import signal
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from edgeppt.errors import EdgepptError
+from edgeppt.models import ClassifierNet
 from edgeppt.runs import CHECKPOINT_FILE, MetricsLog, atomic_torch_save, load_checkpoint
 from edgeppt.schedule import cosine_lr
 
@@ -84,7 +85,7 @@ class _Interrupted(Exception):
 
 @dataclass
 class Trainer:
-    model: nn.Module
+    model: ClassifierNet
     phases: list[Phase]
     out: Path
     seed: int
@@ -180,7 +181,8 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 ph.objective.after_step(self.model)
-                self.images_seen[ph.name] = self.images_seen.get(ph.name, 0) + int(stats.pop("images", 0)) * self.dist.world
+                seen = int(stats.pop("images", 0)) * self.dist.world
+                self.images_seen[ph.name] = self.images_seen.get(ph.name, 0) + seen
                 done = step + 1
                 self.timings[ph.name] = time.perf_counter() - t_phase
                 record = {"phase": ph.name, "step": done, "global_step": self._global_step(pi, done),

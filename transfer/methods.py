@@ -3,8 +3,8 @@ and which objective trains on the target. `auto` is not a recipe: it picks one o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -131,8 +131,8 @@ def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet
     if dist.main and not path.exists():
         x_t = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
         cached = cache_dir / f"pool-{_pool_key(cfg, bundle, x_t)}.pt" if cache_dir else None
-        from_cache = bool(cached and cached.exists())
-        if from_cache:
+        from_cache = cached is not None and cached.exists()
+        if cached is not None and from_cache:
             state = load_checkpoint(cached)
         else:
             state = make_pool(bundle, x_t, cfg.pssl, seed=cfg.seed).state()
@@ -171,6 +171,12 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
     return choice
 
 
+def _needed(bundle: SourceBundle | None, method: str) -> SourceBundle:
+    if bundle is None:
+        raise EdgepptError(f"method {method!r} needs a source bundle (--source)")
+    return bundle
+
+
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
                  pp_cache: str | Path | None = None, log=None) -> dict:
     """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
@@ -187,8 +193,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
     if cfg.method in ("ssl", "pp+ssl") and cfg.unlabeled is None:
         raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
-    uses_source = cfg.source is not None and cfg.method not in ("scratch", "ssl")
-    bundle = load_bundle(cfg.source) if uses_source else None
+    bundle = load_bundle(cfg.source) if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
     labelled, test, rest = prepare_splits(cfg, bundle)
     real, skipped_unlabeled = unlabeled_images(cfg, labelled, rest)
     if dist.main:
@@ -201,7 +206,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     model = create_model(cfg.arch, len(labelled.classes), in_chans)
     timings: dict[str, float] = {}
     info: dict = {}
-    name, choice = cfg.method, None
+    name: str = cfg.method
     if cfg.method == "auto":
         t = time.perf_counter()
         choice = choose_method(cfg, model, bundle, labelled, real, out, dist, resume, cache, progress, info)
@@ -216,14 +221,14 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     method = METHODS[name]
     if method.pretrain:
         if "pretrain" not in info:  # auto has already pre-trained this model
-            info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, cache, progress)
+            info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache, progress)
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
     elif "pretrain" in info:
         info["pretrain_for_auto"] = info.pop("pretrain")
     pool = None
     if method.needs_pool:
         t = time.perf_counter()
-        pool, from_cache = pseudo_samples(cfg, bundle, labelled, out, dist, cache)
+        pool, from_cache = pseudo_samples(cfg, _needed(bundle, name), labelled, out, dist, cache)
         timings["pseudo_samples"] = time.perf_counter() - t
         info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
                                   "cached": from_cache}

@@ -13,7 +13,7 @@ with the student's own weak-view guesses, as in FixMatch.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ def register(name: str) -> Callable[[type[SSL]], type[SSL]]:
 
 class SSL(Supervised):
     name = ""
+    p_mean: torch.Tensor  # a registered buffer
     uses_strong = True  # the student learns on a strong view; False: on the weak view itself
 
     def __init__(self, labelled: ImageSet, pool: PseudoPool | None, batch_size: int, cfg: PSSLConfig,
