@@ -288,8 +288,7 @@ def load_unlabeled(spec: str, image_size: int, channels: int) -> tuple[torch.Ten
                 x = z["x"]
         except (OSError, ValueError) as e:
             raise EdgepptError(f"{p}: not a readable .npz file ({e})") from e
-        ds = load_npz_arrays(x, p)
-        return reshape_images(ds, image_size, channels), []
+        return reshape_images(load_npz_arrays(x, p), image_size, channels), []
     ds = load_dataset(spec, image_size, channels)
     return ds.x, ds.skipped
 
