@@ -7,6 +7,8 @@ Few-shot target sets are small, so keeping them in memory makes batching a cheap
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import pickle
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
 
 from .errors import EdgepptError
 
@@ -31,6 +34,7 @@ class ImageSet:
     y: torch.Tensor  # int64 (N,)
     classes: list[str]
     skipped: list[str] = field(default_factory=list)  # unreadable files, reported to the user
+    index: torch.Tensor | None = None  # positions in the set it was split from (None: it is the whole set)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -39,9 +43,14 @@ class ImageSet:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.x.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, idx: torch.Tensor | np.ndarray) -> ImageSet:
+    def subset(self, idx: torch.Tensor | np.ndarray | list[int]) -> ImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return ImageSet(self.x[idx], self.y[idx], list(self.classes), list(self.skipped))
+        origin = idx if self.index is None else self.index[idx]
+        return ImageSet(self.x[idx], self.y[idx], list(self.classes), list(self.skipped), origin)
+
+    def positions(self) -> list[int]:
+        """Where these images sit in the set they were split from (all of it, when not split)."""
+        return (self.index if self.index is not None else torch.arange(len(self))).tolist()
 
     def counts(self) -> list[int]:
         return torch.bincount(self.y, minlength=len(self.classes)).tolist()
@@ -308,3 +317,53 @@ def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
     if not torch.isfinite(xt).all():
         raise EdgepptError(f"{where}: images contain NaN or infinite values")
     return xt
+
+
+def fingerprint(ds: ImageSet) -> str:
+    """sha256 of the images (as 8-bit values), labels and class names: the same data gives the same print."""
+    h = hashlib.sha256()
+    h.update(json.dumps(ds.classes).encode())
+    h.update((ds.x * 255).round().to(torch.uint8).numpy().tobytes())
+    h.update(ds.y.numpy().astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+class DataRecord(BaseModel):
+    """Which images a run trained and was tested on, so a later stage rebuilds exactly them (and notices when
+    the data on disk changed): the specs, the shape they were loaded at, fingerprints and split positions."""
+    target: str
+    test: str | None = None
+    image_size: int
+    channels: int
+    target_fingerprint: str
+    test_fingerprint: str | None = None
+    labelled: list[int]  # positions of the labelled images in the target set
+    test_split: list[int] | None = None  # positions of the test images in the target set (None: `test` is its own set)
+
+    @classmethod
+    def of(cls, target: str, test: str | None, full: ImageSet, test_set: ImageSet, labelled: ImageSet) -> DataRecord:
+        return cls(target=target, test=test, image_size=full.shape[1], channels=full.shape[0],
+                   target_fingerprint=fingerprint(full), test_fingerprint=fingerprint(test_set) if test else None,
+                   labelled=labelled.positions(), test_split=None if test else test_set.positions())
+
+    def _load(self, spec: str, printed: str | None) -> ImageSet:
+        ds = load_dataset(spec, self.image_size, self.channels)
+        if printed is not None and fingerprint(ds) != printed:
+            raise EdgepptError(f"{spec}: these images differ from the ones the run used (fingerprint mismatch); "
+                               "restore them or re-run transfer")
+        return ds
+
+    def target_set(self) -> ImageSet:
+        return self._load(self.target, self.target_fingerprint)
+
+    def splits(self) -> tuple[ImageSet, ImageSet]:
+        """The labelled images and the test split, as the run had them."""
+        full = self.target_set()
+        test = self._load(self.test, self.test_fingerprint) if self.test else full.subset(self.test_split or [])
+        return full.subset(self.labelled), test
+
+    def pool(self) -> ImageSet:
+        """The target set less its test split (all of it when the test set is separate)."""
+        full = self.target_set()
+        held = set(self.test_split or [])
+        return full.subset([i for i in range(len(full)) if i not in held])

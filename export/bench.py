@@ -31,14 +31,12 @@ def bench_bundle(path: str | Path, threads: int | None = None, runs: int = 50, b
 
 
 def _test_split(manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The run's fixed test split from the settings in the manifest; None when its data is not on this machine."""
-    from edgeppt.config import TransferConfig
-    from edgeppt.data import reshape_images
+    """The run's fixed test split from the data record in the manifest; None when its data is not on this machine."""
+    from edgeppt.data import DataRecord, reshape_images
     from edgeppt.errors import EdgepptError
-    from edgeppt.transfer.run import prepare_data
 
     try:
-        _, test = prepare_data(TransferConfig(**manifest["settings"]), None)
+        _, test = DataRecord.model_validate(manifest["data_record"]).splits()
     except (EdgepptError, KeyError, TypeError, ValueError):
         return None
     spec = manifest["preprocess"]

@@ -35,6 +35,7 @@ from .onnx_export import (
     load_run,
     parity,
     run_data,
+    run_record,
     torch_logits,
 )
 
@@ -164,16 +165,9 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
 
 def target_images(run: LoadedRun, spec: str | None) -> torch.Tensor:
     """Unlabelled target images for calibration: a given dataset, or the run's target set minus its test split."""
-    from edgeppt.config import TransferConfig
-    from edgeppt.data import load_dataset, reshape_images, train_test_split
+    from edgeppt.data import load_dataset, reshape_images
 
-    if spec:
-        ds = load_dataset(spec)
-    else:
-        cfg = TransferConfig(**run.settings)
-        ds = load_dataset(cfg.target)
-        if not cfg.test:  # the same fixed split transfer.run.prepare_data holds out (seed 0)
-            ds, _ = train_test_split(ds, cfg.test_fraction, seed=0)
+    ds = load_dataset(spec) if spec else run_record(run).pool()
     return reshape_images(ds.x, run.image_size, run.in_chans)
 
 
@@ -234,7 +228,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
             "input": {"name": INPUT_NAME, "shape": [1 if not dynamic_batch else "batch", *run.input_shape],
                       "dynamic_batch": dynamic_batch},
             "model": {"arch": run.checkpoint["arch"], "params": run.checkpoint.get("params")},
-            "settings": run.settings, "test_images": len(test), "samples": n_samples,
+            "settings": run.settings, "data_record": run.report.get("data_record"),
+            "test_images": len(test), "samples": n_samples,
             "artifacts": ctx.artifacts, "results": table,
             "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads}})
     log(f"bundle written: {out}")

@@ -14,8 +14,9 @@ import onnx
 import onnx_ir
 import torch
 from onnx_ir.passes.common import TopologicalSortPass
+from pydantic import ValidationError
 
-from edgeppt.data import ImageSet, reshape_images
+from edgeppt.data import DataRecord, ImageSet, reshape_images
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.models.base import ClassifierNet
@@ -77,19 +78,27 @@ def load_run(run_dir: str | Path) -> LoadedRun:
                      ckpt, report)
 
 
-def run_data(run: LoadedRun, source_bundle=None) -> tuple[ImageSet, ImageSet]:
-    """The run's labelled images and its fixed test split, rebuilt from its saved settings at the model's input
-    shape."""
-    from edgeppt.config import TransferConfig, validate
-    from edgeppt.transfer.run import prepare_data
+def run_record(run: LoadedRun) -> DataRecord:
+    """The transfer run's record of its data: which images were labelled and which were its test split."""
+    if "data_record" not in run.report:
+        raise EdgepptError(f"{run.path}: report.json has no data record (which images the run trained and was "
+                           "tested on), so its test split cannot be rebuilt; re-run transfer")
+    try:
+        return DataRecord.model_validate(run.report["data_record"])
+    except ValidationError as e:
+        raise EdgepptError(f"{run.path}/report.json data_record: {e.errors()[0]['msg']}") from e
 
-    if not run.settings:
-        raise EdgepptError(f"{run.path}: no report.json with the run's settings, so its test split cannot be rebuilt")
-    cfg = validate(TransferConfig, run.settings, f"{run.path}/report.json settings")
-    labelled, test = prepare_data(cfg, source_bundle)
+
+def run_data(run: LoadedRun) -> tuple[ImageSet, ImageSet]:
+    """The run's labelled images and its fixed test split, rebuilt from its data record at the model's input
+    shape."""
+    labelled, test = run_record(run).splits()
     if test.classes != run.classes:
         raise EdgepptError(f"{run.path}: test classes {test.classes} differ from the model's {run.classes}")
-    fit = lambda s: ImageSet(reshape_images(s.x, run.image_size, run.in_chans), s.y, s.classes)  # noqa: E731
+
+    def fit(s: ImageSet) -> ImageSet:
+        return ImageSet(reshape_images(s.x, run.image_size, run.in_chans), s.y, s.classes)
+
     return fit(labelled), fit(test)
 
 

@@ -103,3 +103,23 @@ def test_splits_are_fixed_stratified_and_seeded():
     assert a.counts() == [4, 4, 4] and torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
     with pytest.raises(EdgepptError, match="fewer than labels-per-class"):
         few_shot(tr1, 10_000, seed=0)
+
+
+def test_a_data_record_rebuilds_the_splits_and_notices_changed_data(tmp_path):
+    from edgeppt.data import DataRecord, few_shot, load_dataset, train_test_split
+
+    ds = load_dataset("digits:0,1,2")
+    np.savez(tmp_path / "t.npz", x=(ds.x.numpy()[:, 0] * 255).round().astype(np.uint8), y=ds.y.numpy(),
+             classes=ds.classes)
+    full = load_dataset(str(tmp_path / "t.npz"))
+    pool, test = train_test_split(full, 0.2, seed=0)
+    labelled, _ = few_shot(pool, 3, seed=1)
+    rec = DataRecord.model_validate_json(DataRecord.of(str(tmp_path / "t.npz"), None, full, test, labelled)
+                                         .model_dump_json())
+    a, b = rec.splits()
+    assert torch.equal(a.x, labelled.x) and torch.equal(b.y, test.y) and len(rec.pool()) == len(pool)
+    x = (ds.x.numpy()[:, 0] * 255).round().astype(np.uint8)
+    x[0, 0, 0] ^= 255  # one pixel changed on disk
+    np.savez(tmp_path / "t.npz", x=x, y=ds.y.numpy(), classes=ds.classes)
+    with pytest.raises(EdgepptError, match="differ from the ones the run used"):
+        rec.splits()

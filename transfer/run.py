@@ -12,7 +12,7 @@ import torch
 
 from edgeppt.bundle import SourceBundle, load_bundle
 from edgeppt.config import AugmentConfig, TransferConfig, validate
-from edgeppt.data import ImageSet, few_shot, load_dataset, load_unlabeled, reshape_images, train_test_split
+from edgeppt.data import DataRecord, ImageSet, few_shot, load_dataset, load_unlabeled, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec, create_model
 from edgeppt.runs import CHECKPOINT_FILE, atomic_torch_save, atomic_write_json, load_checkpoint, resume_conflicts
@@ -46,12 +46,14 @@ def _check_resume(cfg: TransferConfig, out: Path) -> None:
 
 def prepare_data(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[ImageSet, ImageSet]:
     """The k-shot labelled set and the fixed test split, in the shape the bundle (if any) works at."""
-    labelled, test, _ = prepare_splits(cfg, bundle)
+    labelled, test, _, _ = prepare_splits(cfg, bundle)
     return labelled, test
 
 
-def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[ImageSet, ImageSet, ImageSet]:
-    """prepare_data, plus the target pool's images that are not labelled (what --unlabeled rest uses)."""
+def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
+                   ) -> tuple[ImageSet, ImageSet, ImageSet, DataRecord]:
+    """prepare_data, plus the target pool's images that are not labelled (what --unlabeled rest uses) and the
+    record of which images these are (later stages rebuild them from it)."""
     channels = bundle.image_shape[0] if bundle else None
     size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
     target = load_dataset(cfg.target, size, channels)
@@ -63,7 +65,7 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[Im
     else:
         train, test = train_test_split(target, cfg.test_fraction, seed=0)  # fixed: the same for every run seed
     labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
-    return labelled, test, rest
+    return labelled, test, rest, DataRecord.of(cfg.target, cfg.test, target, test, labelled)
 
 
 def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet) -> tuple[torch.Tensor | None, list[str]]:
@@ -194,7 +196,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if cfg.method in ("ssl", "pp+ssl") and cfg.unlabeled is None:
         raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
     bundle = load_bundle(cfg.source) if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
-    labelled, test, rest = prepare_splits(cfg, bundle)
+    labelled, test, rest, record = prepare_splits(cfg, bundle)
     real, skipped_unlabeled = unlabeled_images(cfg, labelled, rest)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -269,6 +271,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         "phases": [{"name": ph.name, "steps": ph.steps} for ph in phases],
         "data": {"labelled": len(labelled), "test": len(test),
                  "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
+        "data_record": record.model_dump(mode="json"),
         "model": model_info, "settings": cfg.model_dump(mode="json"), "timings_s": timings,
         "images_per_s": {k: v / max(trainer.timings.get(k, 1e-9), 1e-9) for k, v in trainer.images_seen.items()},
         "world_size": dist.world, "device": str(dist.device), **info,
