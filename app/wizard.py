@@ -30,6 +30,7 @@ from edgeppt.pipeline.example import BUDGETS, budget_help, example_bundle
 from edgeppt.pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
 from edgeppt.pipeline.state import CONFIG_FILE
 from edgeppt.runs import atomic_write_json, read_jsonl
+from edgeppt.transfer.record import read_report
 from edgeppt.transfer.run import PLAN_FILE
 
 STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
@@ -404,7 +405,8 @@ def show_transfer(run: Path, status: dict[str, Any]) -> None:
     fig = training_curves(run)
     if fig is not None:
         st.pyplot(fig)
-    report = read_json(folder / "report.json")
+    record = read_report(folder)
+    report = record.model_dump(mode="json") if record else None
     if report:
         st.metric("Test accuracy", f"{100 * report['test_accuracy']:.2f}%")
         cols = st.columns(2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.models.base import ClassifierNet
 from edgeppt.runs import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
+from edgeppt.transfer.record import read_report
 
 from . import runner
 
@@ -71,9 +71,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise EdgepptError(f"{ckpt_path}: weights do not fit the saved architecture: {e}") from e
-    report: dict[str, Any] = {}
-    if (run_dir / "report.json").is_file():
-        report = json.loads((run_dir / "report.json").read_text())
+    record = read_report(run_dir)  # transfer's published record of the run
+    report: dict[str, Any] = record.model_dump(mode="json") if record else {}
     return LoadedRun(run_dir, model.eval(), list(ckpt["classes"]), int(ckpt["in_chans"]), int(ckpt["image_size"]),
                      ckpt, report)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeppt.runs import atomic_write_text, read_jsonl
+from edgeppt.transfer.record import read_report
 
 from .config import PipelineConfig, dump_yaml
 from .state import read_state
@@ -189,7 +190,8 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
         if best:
             md.append("Chosen architecture (`search/best.json`):\n\n```json\n" + json.dumps(best, indent=2) + "\n```\n")
 
-    report = read_json(run / "transfer" / "report.json")
+    record = read_report(run / "transfer")
+    report = record.model_dump(mode="json") if record else None
     fig = training_curves(run)
     if fig is not None or report:
         md.append("## Transfer\n")
@@ -198,7 +200,7 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
         md.append("![training curves](curves.png)\n")
     if report:
         save_figure(confusion_figure(report), rep / "confusion.png")
-        md.append(f"Method **{report.get('method', report['settings']['method'])}**; test accuracy "
+        md.append(f"Method **{report['method']}**; test accuracy "
                   f"**{100 * report['test_accuracy']:.2f}%** ({report['data']['labelled']} labelled images, "
                   f"{report['data']['test']} test images).\n")
         if report.get("auto"):

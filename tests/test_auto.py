@@ -151,3 +151,16 @@ def test_bad_unlabeled_input_is_one_line(tiny_bundle, tmp_path):
                                    "--unlabeled", str(tmp_path / "missing"), "--out", str(tmp_path / "d"), "--quiet"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "missing" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_the_transfer_record_is_typed_and_a_foreign_one_is_refused(tiny_bundle, tmp_path):
+    from edgeppt.export.onnx_export import load_run
+    from edgeppt.transfer.record import read_report
+
+    run_transfer(small(tiny_bundle, method="scratch", finetune_steps=5), tmp_path / "r", progress=False)
+    record = read_report(tmp_path / "r")
+    assert record is not None and record.method == "scratch" and record.phases[0].steps == 5
+    assert len(record.data_record.labelled) == 20 and record.data_record.test_split
+    (tmp_path / "r" / "report.json").write_text('{"test_accuracy": "high"}')
+    with pytest.raises(EdgepptError, match="not a transfer report"):
+        load_run(tmp_path / "r")

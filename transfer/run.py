@@ -23,8 +23,9 @@ from .loop import Dist, Phase, Trainer, setup_distributed
 from .methods import METHODS
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
+from .record import REPORT_FILE, TransferReport
 
-CONFIG_FILE, REPORT_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "report.json", "model.pt", "auto.json"
+CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
 PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
 
 
@@ -265,18 +266,17 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     model_info = {"arch": arch_spec(cfg.arch), "classes": labelled.classes, "in_chans": in_chans, "image_size": size,
                   "params": sum(p.numel() for p in model.parameters())}
     atomic_torch_save(out / MODEL_FILE, {**model_info, "state_dict": model.state_dict()})
-    report = {
-        "test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
-        "confusion_matrix": result["confusion_matrix"], "classes": labelled.classes, "method": name,
-        "phases": [{"name": ph.name, "steps": ph.steps} for ph in phases],
-        "data": {"labelled": len(labelled), "test": len(test),
-                 "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
-        "data_record": record.model_dump(mode="json"),
-        "model": model_info, "settings": cfg.model_dump(mode="json"), "timings_s": timings,
-        "images_per_s": {k: v / max(trainer.timings.get(k, 1e-9), 1e-9) for k, v in trainer.images_seen.items()},
-        "world_size": dist.world, "device": str(dist.device), **info,
-    }
+    rates = {k: v / max(trainer.timings.get(k, 1e-9), 1e-9) for k, v in trainer.images_seen.items()}
     if "pretrain" in info and info["pretrain"].get("images"):
-        report["images_per_s"]["pretrain"] = info["pretrain"]["images"] / max(info["pretrain"]["seconds"], 1e-9)
+        rates["pretrain"] = info["pretrain"]["images"] / max(info["pretrain"]["seconds"], 1e-9)
+    report = TransferReport(
+        test_accuracy=result["accuracy"], per_class_accuracy=result["per_class_accuracy"],
+        confusion_matrix=result["confusion_matrix"], classes=labelled.classes, method=name,
+        phases=[{"name": ph.name, "steps": ph.steps} for ph in phases],
+        data={"labelled": len(labelled), "test": len(test),
+              "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
+        data_record=record, model=model_info, settings=cfg.model_dump(mode="json"), timings_s=timings,
+        images_per_s=rates, world_size=dist.world, device=str(dist.device), **info,
+    ).model_dump(mode="json")
     atomic_write_json(out / REPORT_FILE, report)
     return report

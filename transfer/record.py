@@ -1,0 +1,74 @@
+"""What a transfer run publishes in report.json: one typed record that export, the pipeline's report, the CLI and
+the wizard read (`read_report`), instead of reaching into the run's private files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgeppt.data import DataRecord
+from edgeppt.errors import EdgepptError
+
+from .coverage import Choice
+
+REPORT_FILE = "report.json"
+
+
+class PhaseRecord(BaseModel):
+    name: str
+    steps: int
+
+
+class DataSummary(BaseModel):
+    labelled: int
+    test: int
+    skipped_files: list[str] = []
+
+
+class ModelInfo(BaseModel):
+    arch: dict[str, Any]
+    classes: list[str]
+    in_chans: int
+    image_size: int
+    params: int
+
+
+class TransferReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str  # what was trained (auto's choice when --method auto)
+    phases: list[PhaseRecord]
+    test_accuracy: float
+    per_class_accuracy: dict[str, float]
+    confusion_matrix: list[list[int]]
+    classes: list[str]
+    data: DataSummary
+    data_record: DataRecord
+    model: ModelInfo
+    settings: dict[str, Any]  # the run's TransferConfig, as JSON
+    timings_s: dict[str, float]
+    images_per_s: dict[str, float]
+    world_size: int
+    device: str
+    auto: Choice | None = None
+    pretrain: dict[str, Any] | None = None
+    pretrain_for_auto: dict[str, Any] | None = None  # auto pre-trained to measure, then chose a method without PP
+    pseudo_samples: dict[str, Any] | None = None
+    unlabeled: dict[str, Any] | None = None
+
+
+def read_report(run_dir: str | Path) -> TransferReport | None:
+    """The run's record; None when it has not finished. A file that is not one is a one-line error."""
+    path = Path(run_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TransferReport.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as e:
+        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+        where = ".".join(str(p) for p in first["loc"])
+        raise EdgepptError(f"{path}: not a transfer report ({where + ': ' if where else ''}{first['msg']}); "
+                           "re-run transfer") from e
