@@ -30,6 +30,7 @@ from edgeppt.pipeline.example import BUDGETS, budget_help, example_bundle
 from edgeppt.pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
 from edgeppt.pipeline.state import CONFIG_FILE
 from edgeppt.runs import atomic_write_json, read_jsonl
+from edgeppt.search.record import read_best
 from edgeppt.transfer.record import read_report
 from edgeppt.transfer.run import PLAN_FILE
 
@@ -368,10 +369,10 @@ def show_search(run: Path, status: dict[str, Any]) -> None:
         pareto_plot(trained, budget)
     if rows:
         st.dataframe(rows, width="stretch")
-    best = read_json(folder / "best.json")
+    best = read_best(folder)
     if best:
         st.subheader("Chosen architecture")
-        st.json(best, expanded=False)
+        st.json(best.model_dump(mode="json"), expanded=False)
 
 
 def pareto_plot(rows: list[dict[str, Any]], budget_ms: float | None = None) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeppt.runs import atomic_write_text, read_jsonl
+from edgeppt.search.record import read_best
 from edgeppt.transfer.record import read_report
 
 from .config import PipelineConfig, dump_yaml
@@ -186,9 +187,10 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
         if (search / "pareto.png").exists():
             shutil.copyfile(search / "pareto.png", rep / "pareto.png")
             md.append("![Pareto front](pareto.png)\n")
-        best = read_json(search / "best.json")
+        best = read_best(search)
         if best:
-            md.append("Chosen architecture (`search/best.json`):\n\n```json\n" + json.dumps(best, indent=2) + "\n```\n")
+            md.append("Chosen architecture (`search/best.json`):\n\n```json\n"
+                      + json.dumps(best.model_dump(mode="json"), indent=2) + "\n```\n")
 
     record = read_report(run / "transfer")
     report = record.model_dump(mode="json") if record else None

@@ -12,6 +12,8 @@ from rich.console import Console
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+from .record import BEST_FILE, SearchResult
+
 console = Console(stderr=True)
 
 COLUMNS = ["order", "trial", "status", "accuracy", "final_accuracy", "finalist", "latency_ms", "latency_kind", "macs",
@@ -100,14 +102,15 @@ def write_outputs(ctx, out: Path, smallest: dict, wall_s: float) -> dict:
     budgets = ctx.cost.budgets.model_dump(exclude_none=True)
     costs = {k: best[k] for k in ("latency_ms", "latency_kind", "macs", "params", "peak_activation_kib")}
     proxy = {"proxy_accuracy": score(best), "proxy_seed_accuracies": best.get("seed_accuracies", [best["accuracy"]])}
-    atomic_write_json(out / "best.json", {**best["arch"], "search": {
+    result = SearchResult.model_validate({**best["arch"], "search": {
         "device": ctx.profile.name, "budgets": budgets, **proxy, "costs": costs, "trial": best["trial"]}})
+    atomic_write_json(out / BEST_FILE, result.model_dump(mode="json"))
     plot(trained, rejected, budgets.get("latency_ms"), best, out / "pareto.png",
          f"{ctx.profile.name}: {ctx.cfg.strategy} search, {len(trained)} trials")
     summary = {"device": ctx.profile.name, "strategy": ctx.cfg.strategy, "budgets": budgets,
                "trained": len(trained), "rejected": len(rejected), "best": {"arch": best["arch"], **proxy, **costs},
                "smallest_in_space": smallest,
                "train_s_total": sum(r.get("train_s", 0.0) for r in trained), "wall_s": wall_s,
-               "files": {k: str(out / k) for k in ("best.json", "trials.csv", "trials.json", "pareto.png")}}
+               "files": {k: str(out / k) for k in (BEST_FILE, "trials.csv", "trials.json", "pareto.png")}}
     atomic_write_json(out / "summary.json", summary)
     return summary

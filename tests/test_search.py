@@ -23,6 +23,7 @@ from edgeppt.search.costmodel import CostModel
 from edgeppt.search.costs import count_costs
 from edgeppt.search.latency import measure_latency
 from edgeppt.search.predictor import FEATURES, LatencyPredictor
+from edgeppt.search.record import read_best
 from edgeppt.search.run import budgets_of
 from edgeppt.search.space import EdgeCNNSpace, choices, random_sample, to_arch
 
@@ -200,6 +201,9 @@ def test_cli_devices_search_and_resume(tmp_path):
     best = json.loads((out / "best.json").read_text())
     assert create_model(str(out / "best.json"), 10, 1)(torch.rand(1, 1, 8, 8)).shape == (1, 10)
     assert best["search"]["costs"]["latency_ms"] <= 5
+    record = read_best(out)  # the typed record transfer, the report and the wizard read
+    assert record is not None and record.arch() == {"family": best["family"], "config": best["config"]}
+    assert record.search.costs.latency_ms == best["search"]["costs"]["latency_ms"]
     header = (out / "trials.csv").read_text().splitlines()[0]
     for col in ("accuracy", "latency_ms", "macs", "params", "peak_activation_kib"):
         assert col in header
