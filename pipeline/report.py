@@ -202,9 +202,8 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
         md.append("![training curves](curves.png)\n")
     if report:
         save_figure(confusion_figure(report), rep / "confusion.png")
-        md.append(f"Method **{report['method']}**; test accuracy "
-                  f"**{100 * report['test_accuracy']:.2f}%** ({report['data']['labelled']} labelled images, "
-                  f"{report['data']['test']} test images).\n")
+        md.append(f"Test accuracy **{100 * report['test_accuracy']:.2f}%** ({report['data']['labelled']} labelled "
+                  f"images, {report['data']['test']} test images), method **{report['method']}**.\n")
         if report.get("auto"):
             md.append(f"`--method auto` chose it: {report['auto']['reason']}.\n")
         md.append(markdown_table([{"class": c, "accuracy %": round(100 * a, 1)}
