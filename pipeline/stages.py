@@ -120,8 +120,9 @@ def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, 
     # PP weights depend on the bundle and architecture only: kept beside the stages, reused when only the
     # fine-tuning changes
     report = run_transfer(transfer_config(cfg, run), out, resume=resume and (out / "config.json").exists(),
-                          progress=progress, pp_cache=run / "cache")
-    return {"test_accuracy": report.get("test_accuracy"), "params": report.get("model", {}).get("params")}
+                          progress=progress, pp_cache=run / "cache", log=log)
+    return {"method": report.get("method"), "test_accuracy": report.get("test_accuracy"),
+            "params": report.get("model", {}).get("params")}
 
 
 # ---------------------------------------------------------------- export
