@@ -9,9 +9,12 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import BaseModel, ValidationError
+
+from .errors import EdgepptError
 
 CHECKPOINT_FILE = "checkpoint.pt"  # the resumable state of an unfinished run, in its run (or work) directory
 
@@ -95,3 +98,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not p.exists():
         return []
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def read_record(path: str | Path, model: type[R], what: str, remedy: str) -> R | None:
+    """A stage's published JSON record as its typed model; None when it is not written yet. A file that is not
+    one is a one-line error naming the file, the first problem and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return model.model_validate(json.loads(path.read_text()))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise EdgepptError(f"{path}: not {what} ({where + ': ' if where else ''}{first['msg']}); {remedy}") from e
+    except ValueError as e:
+        raise EdgepptError(f"{path}: not {what} ({e}); {remedy}") from e

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from edgeppt.errors import EdgepptError
+from edgeppt.runs import read_record
 
 BEST_FILE = "best.json"
 
@@ -43,10 +42,4 @@ class SearchResult(BaseModel):
 
 def read_best(folder: str | Path) -> SearchResult | None:
     """The search's record; None before it has finished. A file that is not one is a one-line error."""
-    path = Path(folder) / BEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        return SearchResult.model_validate(json.loads(path.read_text()))
-    except (ValueError, ValidationError) as e:
-        raise EdgepptError(f"{path}: not a search result ({str(e).splitlines()[0]}); re-run the search") from e
+    return read_record(Path(folder) / BEST_FILE, SearchResult, "a search result", "re-run the search")

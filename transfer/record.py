@@ -3,14 +3,13 @@ the wizard read (`read_report`), instead of reaching into the run's private file
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from edgeppt.data import DataRecord
-from edgeppt.errors import EdgepptError
+from edgeppt.runs import read_record
 
 from .coverage import Choice
 
@@ -62,13 +61,4 @@ class TransferReport(BaseModel):
 
 def read_report(run_dir: str | Path) -> TransferReport | None:
     """The run's record; None when it has not finished. A file that is not one is a one-line error."""
-    path = Path(run_dir) / REPORT_FILE
-    if not path.is_file():
-        return None
-    try:
-        return TransferReport.model_validate(json.loads(path.read_text()))
-    except (ValueError, ValidationError) as e:
-        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
-        where = ".".join(str(p) for p in first["loc"])
-        raise EdgepptError(f"{path}: not a transfer report ({where + ': ' if where else ''}{first['msg']}); "
-                           "re-run transfer") from e
+    return read_record(Path(run_dir) / REPORT_FILE, TransferReport, "a transfer report", "re-run transfer")
