@@ -53,8 +53,10 @@ def transfer(
 
 
 def _print_report(report: dict, out: Path) -> None:
-    table = Table(title=f"{report['method']} on {report['settings']['target']} "
-                        f"({report['settings']['labels_per_class']} labels/class)")
+    # The target spec can be a long path: on its own line (never wrapped), not in the table's narrow title.
+    Console().print(f"[bold]{report['method']}[/] on {report['settings']['target']} "
+                    f"({report['settings']['labels_per_class']} labels/class)", soft_wrap=True, highlight=False)
+    table = Table()
     table.add_column("class")
     table.add_column("test accuracy", justify="right")
     for name, acc in report["per_class_accuracy"].items():
