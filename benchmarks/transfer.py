@@ -1,7 +1,7 @@
 """Transfer benchmark: every method on four source/target pairings, over seeds, with a validation split.
 
-    python benchmarks/transfer.py            # 5 seeds, the default budget (about 60 minutes on 2 CPU cores)
-    python benchmarks/transfer.py --quick    # 1 seed, a smaller budget: a smoke run (under 10 minutes)
+    python benchmarks/transfer.py            # 5 seeds, the default budget (53 minutes on 2 CPU cores)
+    python benchmarks/transfer.py --quick    # 1 seed, a smaller budget: a smoke run
     python benchmarks/transfer.py --reuse benchmarks/results/transfer.json --rows auto   # re-run some rows only
 
 The pairings, built from data that packages ship (the target set is written as .npz files and read through the
