@@ -42,14 +42,17 @@ def merged(model, config: Optional[Path], overrides: dict[str, Any], sets: list[
     return validate(model, raw, "settings")
 
 
-def guarded(fn, *args, **kwargs):
+RESUME_HINT = "the last checkpoint is saved; run the same command with --resume to continue"
+
+
+def guarded(fn, *args, interrupted: str = RESUME_HINT, **kwargs):
+    """Run a stage: its EdgepptError becomes one line (exit 2), Ctrl-C a hint how to go on (exit 130)."""
     try:
         return fn(*args, **kwargs)
     except EdgepptError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] the last checkpoint is saved; "
-                      "run the same command with --resume to continue")
+        console.print(f"[yellow]interrupted:[/] {interrupted}", soft_wrap=True)
         raise typer.Exit(130) from None
 
 

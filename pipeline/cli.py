@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.cli_support import console, fail, guarded
-from edgeppt.errors import EdgepptError
+from edgeppt.cli_support import console, guarded
 
 from .example import budget_help
 
@@ -29,15 +28,10 @@ def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) ->
     from edgeppt.pipeline.runner import run_pipeline
 
     _sigterm_as_interrupt()
-    try:
-        state = run_pipeline(cfg, out, until=until, force=tuple(force), progress=not quiet,
-                             log=lambda s: console.print(f"[cyan]pipeline[/] {s}"))
-    except EdgepptError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] the stage's last checkpoint is saved; run the same command again to "
-                      "resume (finished stages are skipped)")
-        raise typer.Exit(130) from None
+    state = guarded(run_pipeline, cfg, out, until=until, force=tuple(force), progress=not quiet,
+                    log=lambda s: console.print(f"[cyan]pipeline[/] {s}", soft_wrap=True),
+                    interrupted="the stage's last checkpoint is saved; run the same command again to resume "
+                                "(finished stages are skipped)")
     table = Table(title=f"run {out}")
     for col in ("stage", "status", "seconds", "result"):
         table.add_column(col)
