@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -22,6 +23,9 @@ from pydantic import BaseModel
 from .errors import EdgepptError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+# The largest image read, in pixels (checked from the file header, before decoding): 64 MP is an 8000x8000 photo,
+# about 200 MB decoded as RGB. Larger files are skipped and named, so a decompression bomb costs no memory.
+MAX_IMAGE_PIXELS = 64_000_000
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 BUILTIN = {"animals": ANIMAL_CLASSES, "digits": [str(i) for i in range(10)]}
 EXAMPLE_SOURCE = "animals:bear,bird,cat,cow,dog"
@@ -105,14 +109,54 @@ def load_builtin(name: str) -> ImageSet:
 
 
 # ---------------------------------------------------------------- files
+class ImageTooLarge(ValueError):
+    """An image whose header declares more than MAX_IMAGE_PIXELS pixels: skipped like an unreadable file."""
+
+
+# What reading one image file may raise; load_folder and load_unlabeled skip such a file and name it.
+READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _too_large(what: str) -> ImageTooLarge:
+    return ImageTooLarge(f"{what}, over the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels "
+                         "(edgeppt.data.MAX_IMAGE_PIXELS)")
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Open an image, reading only its header, and refuse it when it declares too many pixels."""
+    with warnings.catch_warnings():
+        # PIL warns between its own limit and twice it; ours is lower and decides below.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError:  # over twice PIL's own limit, which is above ours
+            raise _too_large("image too large") from None
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise _too_large(f"image too large: {w}x{h} pixels ({w * h / 1e6:.3g} megapixels)")
+    return im
+
+
 def _read_image(path: Path, channels: int | None) -> np.ndarray:
-    with Image.open(path) as im:
+    with _open_image(path) as im:
         im.load()
         if channels is None:
             channels = 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
         im = im.convert("L" if channels == 1 else "RGB")
         a = np.asarray(im, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _skip_entry(path: Path, e: Exception) -> str:
+    """How a skipped file is listed: its path, then why."""
+    return f"{path}: {e}" if isinstance(e, ImageTooLarge) else f"{path}: {type(e).__name__}: {e}"
+
+
+def skipped_summary(skipped: list[str], shown: int = 3) -> str:
+    """One line for the user: how many image files were skipped and the first few, each with its reason."""
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"skipped {len(skipped)} image file(s) that could not be read: " + "; ".join(skipped[:shown]) + more
 
 
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
@@ -142,12 +186,13 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
         for p in files:
             try:
                 a = _read_image(p, channels)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                skipped.append(f"{p}: {type(e).__name__}: {e}")
+            except READ_ERRORS as e:
+                skipped.append(_skip_entry(p, e))
                 continue
             channels = a.shape[0]  # the first readable image fixes the channel count
             sizes.setdefault(a.shape[1:], p)
-            images.append(a)
+            # Resized at once when the size is known, so memory holds one full-size image at a time.
+            images.append(a if image_size is None else _resize(a, image_size))
             labels.append(ci)
     if image_size is None:
         if len(sizes) > 1:
@@ -283,8 +328,8 @@ def load_unlabeled(spec: str, image_size: int, channels: int) -> tuple[torch.Ten
         for f in files:
             try:
                 images.append(_resize(_read_image(f, channels), image_size))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                skipped.append(f"{f}: {type(e).__name__}: {e}")
+            except READ_ERRORS as e:
+                skipped.append(_skip_entry(f, e))
         if not images:
             raise EdgepptError(f"unlabelled images {spec}: no readable image ({len(skipped)} unreadable, "
                                f"{len(files)} image files)")

@@ -123,3 +123,63 @@ def test_a_data_record_rebuilds_the_splits_and_notices_changed_data(tmp_path):
     np.savez(tmp_path / "t.npz", x=x, y=ds.y.numpy(), classes=ds.classes)
     with pytest.raises(EdgepptError, match="differ from the ones the run used"):
         rec.splits()
+
+
+def huge_png(path, side: int) -> None:
+    """A valid all-black grayscale PNG of side x side pixels, cheap to write: zeros compress about 1000:1."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    z = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the row's pixels
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [10_000, 15_000])  # 100 MP: PIL only warns; 225 MP: PIL's own error
+def test_a_huge_image_is_a_named_skip_refused_from_its_header(tmp_path, monkeypatch, side):
+    """The real limit refuses a real huge PNG from its header: the pixels are never decoded."""
+    import warnings
+
+    from PIL import ImageFile
+
+    import edgeppt.data as data
+
+    for c in ("a", "b"):
+        for i in range(2):
+            _write(tmp_path / c / f"{i}.png")
+    big = tmp_path / "a" / "huge.png"
+    huge_png(big, side)
+    assert big.stat().st_size < 2_000_000 and side * side > data.MAX_IMAGE_PIXELS
+    decoded: list[str] = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.filename) or load(im))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning escapes either
+        ds = load_folder(tmp_path)
+    assert len(ds) == 4 and set(decoded) == {str(p) for p in tmp_path.rglob("[01].png")}  # not huge.png
+    assert len(ds.skipped) == 1 and ds.skipped[0].startswith(f"{big}: image too large")
+    assert "over the limit of 64 megapixels" in ds.skipped[0]
+
+
+def test_the_pixel_limit_applies_to_labelled_and_unlabelled_folders(tmp_path, monkeypatch):
+    import edgeppt.data as data
+    from edgeppt.data import load_unlabeled
+
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 150)  # 10x10 images pass, a 13x13 one does not
+    for c in ("a", "b"):
+        for i in range(2):
+            _write(tmp_path / c / f"{i}.png")
+    _write(tmp_path / "b" / "big.png", size=(13, 13))
+    ds = load_folder(tmp_path, image_size=10)
+    assert len(ds) == 4 and ds.skipped == [f"{tmp_path / 'b' / 'big.png'}: image too large: 13x13 pixels "
+                                           "(0.000169 megapixels), over the limit of 0.00015 megapixels "
+                                           "(edgeppt.data.MAX_IMAGE_PIXELS)"]
+    x, skipped = load_unlabeled(str(tmp_path), 10, 1)
+    assert len(x) == 4 and len(skipped) == 1 and "big.png: image too large" in skipped[0]
+    assert data.skipped_summary(ds.skipped).startswith("skipped 1 image file(s) that could not be read: ")
