@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeppt.cli_support import console, guarded, merged
@@ -34,8 +37,24 @@ def source_train(
 
     overrides = {"data": data, "out": out, "gan_steps": gan_steps, "seed": seed}
     cfg = guarded(merged, SourceTrainConfig, config, overrides, set_)
-    path = guarded(train_source, cfg)
+    path = guarded(train_source, cfg, log=lambda line: console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True,
+                                                                      highlight=False))
     console.print(f"[green]bundle written:[/] {path}")
+
+
+def command_line(cfg: SourceTrainConfig) -> str:
+    """The `edgeppt source train` line that makes cfg, built from this command's own options so it always runs:
+    a field with an option of its own uses it, any other non-default field goes through --set."""
+    train = typer.main.get_group(source_app).commands["train"]
+    flags = {p.name: p.opts[0] for p in train.params if p.param_type_name == "option"}
+    parts = ["edgeppt", "source", "train"]
+    for name, field in SourceTrainConfig.model_fields.items():
+        value = getattr(cfg, name)
+        if value == field.default and name not in ("data", "out"):  # data and out have no default
+            continue
+        text = json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+        parts += [flags[name], text] if name in flags else ["--set", f"{name}={text}"]
+    return shlex.join(parts)
 
 
 @source_app.command("inspect")

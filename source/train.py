@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from edgeppt.bundle import check_replaceable, save_bundle
 from edgeppt.config import SourceTrainConfig
-from edgeppt.data import ImageSet, load_dataset, train_test_split
+from edgeppt.data import ImageSet, load_dataset, skipped_summary, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.runs import (
@@ -51,18 +52,6 @@ class SourceClassifier(nn.Module):
 
 def work_dir(out: Path) -> Path:
     return Path(out).parent / f".{Path(out).name}-work"
-
-
-def cli_command(cfg: SourceTrainConfig) -> str:
-    """The `edgeppt source train` command equivalent to cfg: data, out, then the non-default options."""
-    parts = ["edgeppt source train", f"--data {cfg.data}", f"--out {cfg.out}"]
-    for name, field in SourceTrainConfig.model_fields.items():
-        value = getattr(cfg, name)
-        if name in ("data", "out") or value == field.default:
-            continue
-        flag = f"--{name.replace('_', '-')}"
-        parts.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
-    return " ".join(parts)
 
 
 # ---------------------------------------------------------------- batches and augmentation
@@ -286,10 +275,17 @@ class _Bar:
 
 
 # ---------------------------------------------------------------- entry point
-def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | None = None) -> Path:
-    """Train C and the GAN (resuming from the work dir if it holds a checkpoint) and write the bundle to cfg.out."""
+SKIPPED_LISTED = 20  # skipped files named in the manifest; the count is always complete
+
+
+def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | None = None,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Train C and the GAN (resuming from the work dir if it holds a checkpoint) and write the bundle to cfg.out.
+    `log` gets the lines a person should see before training starts (skipped image files)."""
     check_replaceable(cfg.out)  # fail now, not after training, if out is a folder we must not replace
     data = load_dataset(cfg.data, cfg.image_size)
+    if data.skipped and log:
+        log(skipped_summary(data.skipped) + " (listed in the bundle's manifest.json)")
     shape, k, classes = data.shape, len(data.classes), list(data.classes)
     if shape[1] != shape[2] or shape[1] % 4:
         raise EdgepptError(f"the generator needs square images whose side is a multiple of 4; {cfg.data} has "
@@ -307,16 +303,19 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
         _train_classifier(st, train, test, work, log, bar)
         bar.phase("GAN")
         _train_gan(st, data, k, work, log, bar)
+    from .cli import command_line  # the command's own options spell the line, so it always runs
+
     g, c = st.g_ema.module.eval(), st.classifier.eval()
     gen_acc = generated_accuracy(g, c, k, cfg.latent_dim, seed=cfg.seed)
     info = {
-        "command": command or cli_command(cfg),
+        "command": command or command_line(cfg),
         "config": cfg.model_dump(mode="json"),
         "classifier_arch": cfg.classifier_arch,
         "classifier_test_accuracy": round(st.c_acc or 0.0, 4),
         "classifier_test_size": len(test),
         "generated_accuracy": round(gen_acc, 4),  # C's accuracy on one-hot G samples
         "train_images": len(data),
+        "skipped": {"count": len(data.skipped), "files": data.skipped[:SKIPPED_LISTED]},
         "image_shape": list(shape),
         "wall_time_s": round(st.elapsed, 1),
         "resumed_from_step": st.resumed_from,
@@ -333,6 +332,8 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
 
 def write_readme(out: Path, info: dict[str, Any], classes: list[str]) -> None:
     cfg = info["config"]
+    n = info["skipped"]["count"]
+    skipped = f"; {n} unreadable or too-large image file(s) skipped, listed in `manifest.json`" if n else ""
     text = f"""# Source bundle: {', '.join(classes)}
 
 A class-conditional generator G(z, p) and a source classifier C(x), compiled with `torch.export`
@@ -344,7 +345,7 @@ Reproduce with:
 {info['command']}
 ```
 
-- data: `{cfg['data']}` ({info['train_images']} images of shape {info['image_shape']})
+- data: `{cfg['data']}` ({info['train_images']} images of shape {info['image_shape']}{skipped})
 - classifier `{info['classifier_arch']}`: held-out accuracy **{info['classifier_test_accuracy']:.1%}** \
 on {info['classifier_test_size']} images
 - generator: C recognises {info['generated_accuracy']:.1%} of one-hot samples as the class asked for

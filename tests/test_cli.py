@@ -47,23 +47,92 @@ def test_models_lists_the_registry():
     assert res.exit_code == 0 and "resnet_s" in res.output and "mobilenet_s" in res.output
 
 
-def test_corrupt_target_image_is_counted_and_named(tmp_path):
-    """A folder target with one unreadable file: the run goes on, and the file is named in the output and report."""
+def digit_folders(root, per_class: int = 15):
+    """digits 0, 1 and 2 as a folder of class folders of 8x8 PNGs, plus one unreadable and one too-large file
+    (over a limit the test lowers): returns those two."""
     from PIL import Image
 
     from edgeppt.data import load_dataset
     ds = load_dataset("digits:0,1,2")
     for c in range(3):
-        (tmp_path / "d" / str(c)).mkdir(parents=True)
-        for i, x in enumerate(ds.x[ds.y == c][:15]):
-            Image.fromarray((x[0].numpy() * 255).astype("uint8"), "L").save(tmp_path / "d" / str(c) / f"{i}.png")
-    bad = tmp_path / "d" / "1" / "broken.png"
+        (root / str(c)).mkdir(parents=True)
+        for i, x in enumerate(ds.x[ds.y == c][:per_class]):
+            Image.fromarray((x[0].numpy() * 255).astype("uint8"), "L").save(root / str(c) / f"{i}.png")
+    bad, big = root / "1" / "broken.png", root / "2" / "big.png"
     bad.write_bytes(b"not a png")
+    Image.new("L", (40, 40)).save(big)
+    return bad, big
+
+
+def test_unreadable_and_too_large_target_images_are_counted_and_named(tmp_path, monkeypatch):
+    """A folder target with an unreadable and a too-large file: the run goes on, both are named in the output
+    and the report."""
+    import edgeppt.data
+
+    monkeypatch.setattr(edgeppt.data, "MAX_IMAGE_PIXELS", 1000)  # 8x8 digits pass, the 40x40 image does not
+    bad, big = digit_folders(tmp_path / "d")
     out = tmp_path / "run"
     res = runner.invoke(app, ["transfer", "--target", str(tmp_path / "d"), "--method", "scratch", "--arch",
                               "resnet_xs", "--labels-per-class", "3", "--out", str(out), "--quiet",
                               "--set", "finetune_steps=5"])
     assert res.exit_code == 0, res.output
-    assert "skipped 1 unreadable image" in res.output and "broken.png" in res.output
+    text = " ".join(res.output.split())  # unwrapped, whatever the terminal width
+    assert "skipped 2 image file(s) that could not be read" in text
+    assert "broken.png" in text and "big.png: image too large" in text
     skipped = json.loads((out / "report.json").read_text())["data"]["skipped_files"]
-    assert len(skipped) == 1 and skipped[0].startswith(str(bad))
+    assert len(skipped) == 2 and skipped[0].startswith(str(bad)) and skipped[1].startswith(f"{big}: image too large")
+
+
+# A tiny source training: the bundle is written in seconds.
+TINY_SOURCE = ["--gan-steps", "6", "--set", "latent_dim=8", "--set", "gen_channels=8", "--set", "disc_channels=8",
+               "--set", "batch_size=16", "--set", "classifier_steps=4", "--set", "checkpoint_every=2",
+               "--set", "hflip=false"]
+
+
+def parsed_by_the_cli(line: str, monkeypatch):
+    """The SourceTrainConfig the real `edgeppt` app makes of a printed command line (training replaced by a stub)."""
+    import shlex
+
+    import edgeppt.source.train
+
+    seen = []
+    monkeypatch.setattr(edgeppt.source.train, "train_source", lambda cfg, **kw: seen.append(cfg) or cfg.out)
+    words = shlex.split(line)
+    assert words[:3] == ["edgeppt", "source", "train"]
+    res = runner.invoke(app, words[1:])
+    assert res.exit_code == 0, res.output
+    return seen[0]
+
+
+def test_source_train_names_skipped_images_and_its_reproduce_line_runs(tmp_path, monkeypatch):
+    """Unreadable and too-large files in the class folders are named on the console and in the manifest; the
+    README's "Reproduce with" line parses with the real command into the same settings."""
+    import edgeppt.data
+
+    monkeypatch.setattr(edgeppt.data, "MAX_IMAGE_PIXELS", 1000)  # 8x8 digits pass, the 40x40 image does not
+    bad, big = digit_folders(tmp_path / "d", per_class=10)
+    res = runner.invoke(app, ["source", "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "b"),
+                              *TINY_SOURCE])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # unwrapped, whatever the terminal width
+    assert "skipped 2 image file(s) that could not be read" in text
+    assert "broken.png" in text and "big.png: image too large" in text
+    info = json.loads((tmp_path / "b" / "manifest.json").read_text())["info"]
+    assert info["skipped"]["count"] == 2 and info["skipped"]["files"][0].startswith(str(bad))
+    assert info["skipped"]["files"][1].startswith(f"{big}: image too large")
+    readme = (tmp_path / "b" / "README.md").read_text()
+    assert "2 unreadable or too-large image file(s) skipped" in readme
+    line = readme.split("Reproduce with:")[1].split("```")[1].strip()
+    assert line == info["command"] and "--set" in line
+    assert parsed_by_the_cli(line, monkeypatch).model_dump(mode="json") == info["config"]
+
+
+def test_the_source_command_line_round_trips_every_kind_of_field(tmp_path, monkeypatch):
+    from edgeppt.config import SourceTrainConfig
+    from edgeppt.source.cli import command_line
+
+    cfg = SourceTrainConfig(data=str(tmp_path / "my images"), out=tmp_path / "out dir", seed=3, gan_steps=7,
+                            image_size=16, lr_g=1e-5, hflip=False, classifier_arch="resnet_s", ema_decay=0.5)
+    line = command_line(cfg)
+    assert "--seed 3" in line and "--gan-steps 7" in line and "--set hflip=false" in line
+    assert parsed_by_the_cli(line, monkeypatch) == cfg

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
@@ -65,8 +66,10 @@ def _print_report(report: dict, out: Path) -> None:
     Console().print(table)
     skipped = report["data"]["skipped_files"]
     if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/] (listed in report.json): "
-                      + "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
+        from edgeppt.data import skipped_summary
+
+        console.print(f"[yellow]{escape(skipped_summary(skipped))}[/] (all listed in report.json)", soft_wrap=True,
+                      highlight=False)
     console.print(f"time {report['timings_s']['total']:.1f}s; report: {out / 'report.json'}")
 
 
