@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.markup import escape
 
@@ -40,6 +42,14 @@ def merged(model, config: Optional[Path], overrides: dict[str, Any], sets: list[
         except json.JSONDecodeError:
             node[leaf] = value
     return validate(model, raw, "settings")
+
+
+def config_option(model: type[BaseModel], name: str, help: str | None = None, **kw: Any) -> Any:
+    """An option for a config field. It stays None unless given, so a --config YAML still sets the field, and
+    --help shows the field's own default (not None)."""
+    field = model.model_fields[name]
+    shown = field.default not in (None, PydanticUndefined)
+    return typer.Option(None, help=help, show_default=str(field.default) if shown else False, **kw)
 
 
 RESUME_HINT = "the last checkpoint is saved; run the same command with --resume to continue"

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
-from edgeppt.config import DEFAULT_DEVICE, SearchConfig
+from edgeppt.cli_support import config_option, console, guarded, merged, run_dir_and_settings
+from edgeppt.config import SearchConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -61,20 +61,23 @@ def devices_calibrate(
 
 @app.command()
 def search(
-    device: Optional[str] = typer.Option(None, help=f"Device profile name or .yaml (default {DEFAULT_DEVICE})."),
+    device: Optional[str] = config_option(SearchConfig, "device", help="Device profile name or .yaml."),
     latency_ms: Optional[float] = typer.Option(None, help="Latency budget (ms, batch 1); default: the profile's."),
     params: Optional[int] = typer.Option(None, help="Parameter budget."),
     macs: Optional[int] = typer.Option(None, help="MAC budget."),
     peak_kib: Optional[float] = typer.Option(None, help="Peak activation memory budget (KiB)."),
     source: Optional[Path] = typer.Option(None, help="Source bundle (its samples pre-train each candidate briefly)."),
     target: Optional[str] = typer.Option(None, help="Target images: built-in name[:classes], class folders or .npz."),
-    labels_per_class: Optional[int] = typer.Option(None, help="Labelled target images per class for training."),
-    val_per_class: Optional[int] = typer.Option(None, help="Labelled images per class that rank candidates."),
-    trials: Optional[int] = typer.Option(None, help="Candidates to train (over-budget ones are rejected first)."),
-    strategy: Optional[str] = typer.Option(None, help="evolution (default), random or tpe."),
-    engine: Optional[str] = typer.Option(None, help="sequential (default, in this process) or local (NNI's "
-                                          "training service: trial processes, --set concurrency=N)."),
-    seed: Optional[int] = typer.Option(None),
+    labels_per_class: Optional[int] = config_option(SearchConfig, "labels_per_class",
+                                                    help="Labelled target images per class for training."),
+    val_per_class: Optional[int] = config_option(SearchConfig, "val_per_class",
+                                                 help="Labelled images per class that rank candidates."),
+    trials: Optional[int] = config_option(SearchConfig, "trials",
+                                          help="Candidates to train (over-budget ones are rejected first)."),
+    strategy: Optional[str] = config_option(SearchConfig, "strategy", help="evolution, random or tpe."),
+    engine: Optional[str] = config_option(SearchConfig, "engine", help="sequential (in this process) or local "
+                                          "(NNI's training service: trial processes, --set concurrency=N)."),
+    seed: Optional[int] = config_option(SearchConfig, "seed", help="Seed of the strategy, splits and training."),
     out: Optional[Path] = typer.Option(None, help="Run directory."),
     resume: Optional[Path] = typer.Option(None, help="Continue the search in this directory "
                                           "(finished trials are kept)."),

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeppt.cli_support import console, guarded, merged
+from edgeppt.cli_support import config_option, console, guarded, merged
 from edgeppt.config import SourceTrainConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
@@ -28,8 +28,9 @@ def source_train(
                                        "or .npz."),
     out: Optional[Path] = typer.Option(None, help="Bundle directory to write."),
     config: Optional[Path] = typer.Option(None, help="YAML with SourceTrainConfig fields."),
-    gan_steps: Optional[int] = typer.Option(None, help="Generator updates."),
-    seed: Optional[int] = typer.Option(None),
+    gan_steps: Optional[int] = config_option(SourceTrainConfig, "gan_steps", help="Generator updates."),
+    seed: Optional[int] = config_option(SourceTrainConfig, "seed", help="Seed of the split, the networks' "
+                                        "initialisation and the batches."),
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set lr_g=1e-4."),
 ) -> None:
     """Train a class-conditional GAN and a classifier, and write them as a compiled source bundle."""

@@ -136,3 +136,46 @@ def test_the_source_command_line_round_trips_every_kind_of_field(tmp_path, monke
     line = command_line(cfg)
     assert "--seed 3" in line and "--gan-steps 7" in line and "--set hflip=false" in line
     assert parsed_by_the_cli(line, monkeypatch) == cfg
+
+
+def commands(command, path: tuple[str, ...] = ()):
+    """Every command of the `edgeppt` app, with its path of sub-command names."""
+    subs = getattr(command, "commands", {})
+    if not subs:
+        yield path, command
+    for name, sub in subs.items():
+        yield from commands(sub, (*path, name))
+
+
+def option_help(command, path: tuple[str, ...]) -> dict[str, tuple[object, str]]:
+    """Each option's default and the text --help shows beside it (from the option itself: no terminal width)."""
+    ctx = command.context_class(command, info_name=" ".join(path))
+    return {p.name: (p.default, p.get_help_record(ctx)[1]) for p in command.params
+            if p.param_type_name == "option" and p.name != "help"}
+
+
+def test_help_shows_every_options_default():
+    """An option with a default shows it; an option that stands for a config field (None until given, so a
+    --config YAML still applies) shows the field's default."""
+    import typer
+
+    from edgeppt.config import PSSLConfig, SearchConfig, SourceTrainConfig, TransferConfig
+
+    configs = {("source", "train"): SourceTrainConfig, ("search",): SearchConfig, ("transfer",): TransferConfig}
+    fields = {"ssl": (PSSLConfig, "algorithm"), "peak_kib": (SearchConfig, "peak_activation_kib")}
+    walked = dict(commands(typer.main.get_command(app)))
+    assert {("source", "train"), ("search",), ("transfer",), ("export",), ("run",), ("app",)} <= set(walked)
+    checked = 0
+    for path, command in walked.items():
+        for name, (default, text) in option_help(command, path).items():
+            flag = next(p for p in command.params if p.name == name)
+            if default not in (None, [], (), False) or (default is False and flag.secondary_opts):
+                assert "default: " in text, (path, name, text)
+                checked += 1
+            elif default is None and path in configs:
+                model, field = fields.get(name, (configs[path], name))
+                info = model.model_fields.get(field)
+                if info is not None and not info.is_required() and info.default is not None:
+                    assert f"default: ({info.default})" in text, (path, name, text)
+                    checked += 1
+    assert checked > 40

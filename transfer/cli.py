@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeppt.cli_support import console, guarded, merged, run_dir_and_settings
-from edgeppt.config import METHODS, SSL_ALGORITHMS, TransferConfig
+from edgeppt.cli_support import config_option, console, guarded, merged, run_dir_and_settings
+from edgeppt.config import METHODS, SSL_ALGORITHMS, PSSLConfig, TransferConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -23,12 +23,15 @@ def transfer(
     test: Optional[str] = typer.Option(None, help="Test images (default: a fixed 20% split of --target)."),
     unlabeled: Optional[str] = typer.Option(None, help="Unlabelled target images for SSL: a folder, .npz or "
                                             "built-in spec, or 'rest' (the target images left unlabelled)."),
-    labels_per_class: Optional[int] = typer.Option(None, help="Labelled target images per class."),
-    arch: Optional[str] = typer.Option(None, help="Registered architecture name or frozen-architecture JSON."),
-    method: Optional[str] = typer.Option(None, help=f"One of {', '.join(METHODS)} (default auto: chosen from "
-                                         "how well the source covers the target)."),
-    ssl: Optional[str] = typer.Option(None, help=f"SSL algorithm: {', '.join(SSL_ALGORITHMS)}."),
-    seed: Optional[int] = typer.Option(None),
+    labels_per_class: Optional[int] = config_option(TransferConfig, "labels_per_class",
+                                                    help="Labelled target images per class."),
+    arch: Optional[str] = config_option(TransferConfig, "arch",
+                                        help="Registered architecture name or frozen-architecture JSON."),
+    method: Optional[str] = config_option(TransferConfig, "method", help=f"One of {', '.join(METHODS)} (auto: "
+                                          "chosen from how well the source covers the target)."),
+    ssl: Optional[str] = config_option(PSSLConfig, "algorithm", help=f"SSL algorithm: {', '.join(SSL_ALGORITHMS)}."),
+    seed: Optional[int] = config_option(TransferConfig, "seed", help="Seed of the labelled draw, initialisation "
+                                        "and batches."),
     out: Optional[Path] = typer.Option(None, help="Run directory."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its saved settings are "
                                           "used)."),
