@@ -32,15 +32,21 @@ def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) ->
                     log=lambda s: console.print(f"[cyan]pipeline[/] {s}", soft_wrap=True),
                     interrupted="the stage's last checkpoint is saved; run the same command again to resume "
                                 "(finished stages are skipped)")
-    table = Table(title=f"run {out}")
+    Console().print(run_table(state, f"run {out}"))
+    console.print(f"report: {out / 'report' / 'index.md'}")
+
+
+def run_table(state: dict, title: str) -> Table:
+    """The stages of a run and what each produced: one result item per line, so a narrow terminal wraps between
+    items and never cuts one."""
+    from edgeppt.pipeline.report import summary_items
+
+    table = Table(title=title)
     for col in ("stage", "status", "seconds", "result"):
         table.add_column(col)
     for name, s in state["stages"].items():
-        summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in (s.get("summary") or {}).items() if not isinstance(v, (dict, list)))
-        table.add_row(name, s["status"], f"{s.get('seconds', 0):.1f}", summary[:80])
-    Console().print(table)
-    console.print(f"report: {out / 'report' / 'index.md'}")
+        table.add_row(name, s["status"], f"{s.get('seconds', 0):.1f}", "\n".join(summary_items(s.get("summary"))))
+    return table
 
 
 @app.command("run")

@@ -143,6 +143,18 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                       *("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows)]) + "\n"
 
 
+def summary_items(summary: dict[str, Any] | None) -> list[str]:
+    """A stage summary as whole `key=value` items (nested records left to the report), so a table can put one
+    per line instead of cutting one in half."""
+    def text(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    return [f"{k}={text(v)}" for k, v in (summary or {}).items()
+            if not isinstance(v, dict) and not (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v))]
+
+
 def stage_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"stage": name, "status": s.get("status"), "seconds": round(s.get("seconds", 0.0), 1),
              "resumed": s.get("resumed", False)} for name, s in state.get("stages", {}).items()]

@@ -270,3 +270,26 @@ def test_dockerignore_keeps_runs_and_vcs_out_of_the_build_context():
         assert entry in ignored
     for needed in ("edgeppt", "pipeline", "app", "bundles"):
         assert needed not in ignored
+
+
+def test_the_run_table_shows_whole_result_items_one_per_line():
+    """Each stage's result items stay whole at any width: nested records are left to the report, floats are short."""
+    import io
+
+    from rich.console import Console
+
+    from edgeppt.pipeline.cli import run_table
+    from edgeppt.pipeline.report import summary_items
+
+    search = {"device": "x86-cpu", "strategy": "evolution", "budgets": {"latency_ms": 2.0}, "trained": 4,
+              "best": {"arch": {}}, "train_s_total": 47.4312, "files": {"best.json": "x"}}
+    export = {"formats": ["onnx", "int8"], "default_format": "int8", "results": [{"format": "onnx"}]}
+    assert summary_items(search) == ["device=x86-cpu", "strategy=evolution", "trained=4", "train_s_total=47.43"]
+    assert summary_items(export) == ["formats=onnx,int8", "default_format=int8"] and summary_items(None) == []
+    state = {"stages": {"search": {"status": "done", "seconds": 50.0, "summary": search},
+                        "export": {"status": "done", "seconds": 3.0, "summary": export}}}
+    out = io.StringIO()
+    Console(file=out, width=60).print(run_table(state, "run r"))  # a narrow terminal, set here
+    lines = out.getvalue().splitlines()
+    for item in summary_items(search) + summary_items(export):
+        assert any(item in line for line in lines), (item, out.getvalue())
