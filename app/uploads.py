@@ -22,7 +22,7 @@ from edgeppt.errors import EdgepptError
 MAX_ARCHIVE_BYTES = 100 * 2**20       # the upload itself
 MAX_CONTENT_BYTES = 400 * 2**20       # everything unpacked
 MAX_MEMBERS = 50_000
-BUNDLE_SUFFIXES = {".pt2", ".json", ".md", ".png", ".txt"}
+BUNDLE_SUFFIXES = {".onnx", ".pt2", ".json", ".md", ".png", ".txt"}
 IGNORED = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # what archivers add by themselves
 
 

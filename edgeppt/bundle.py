@@ -1,149 +1,209 @@
-"""The private source bundle: a class-conditional generator G(z, p) and a source classifier C(x),
-compiled with `torch.export`, plus a manifest. It loads without the code that trained it and
-without the source data.
+"""The private source bundle: a class-conditional generator G(z, y) and a source classifier C(x) as ONNX
+graphs, plus a manifest. It loads without the code that trained it, without the source data, and without
+unpickling anything: the graphs run in onnxruntime.
 
-Contract (checked on load):
-  G(z: (N, latent_dim) ~ N(0, 1), p: (N, K) probabilities over the K source classes) -> (N, C, H, W) in [0, 1]
-  C(x: (N, C, H, W) in [0, 1]) -> (logits (N, K), features (N, F))
+The owner's conventions are declared in the manifest and adapted here, so the rest of edgeppt sees one
+contract:
+  generate(p: (N, K) probabilities over the K source classes) -> (N, C, H, W) images in [0, 1]
+  classify(x: (N, C, H, W) in [0, 1]) -> (logits (N, K), features (N, F))
+
+Version 1 bundles held torch.export `.pt2` programs, whose loading unpickles; they load only when signed by
+a trusted key or with an explicit `trust_code` (and `edgeppt source pack --from-bundle` converts them).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import signing
+from .bundle_runtime import OnnxPart, Part, TorchPart, load_program
+from .config import SourceTrust
 from .errors import EdgepptError
-from .runs import atomic_write_json, sha256_file
+from .runs import sha256_file
 
 FORMAT = "edgeppt-source-bundle"
-VERSION = 1
-GENERATOR_FILE = "generator.pt2"
-CLASSIFIER_FILE = "classifier.pt2"
+VERSION = 2
+MANIFEST_FILE = signing.MANIFEST_FILE
+GENERATOR_FILE, CLASSIFIER_FILE = "generator.onnx", "classifier.onnx"
+BUILTIN_KEYS = Path(__file__).parent / "keys"  # public keys of the bundles shipped with edgeppt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Latent(_Strict):
+    size: int = Field(gt=0)
+    distribution: Literal["normal", "uniform"] = "normal"  # uniform: on [-1, 1]
+    truncation: float | None = Field(None, gt=0, description="|z| above this is redrawn (BigGAN's truncation)")
+
+
+class GeneratorSpec(_Strict):
+    file: str
+    z_input: str = "z"
+    label_input: str = "p"
+    label: Literal["probabilities", "index"] = Field(
+        "probabilities", description="probabilities: a (N, K) float input, soft p mixes classes; index: an int64 "
+                                     "(N,) class index, and a soft p is sampled as y ~ p")
+    output: str = "image"
+    output_range: tuple[float, float] = (0.0, 1.0)
+
+
+class ClassifierSpec(_Strict):
+    file: str
+    input: str = "image"
+    logits: str = "logits"
+    features: str | None = Field("features", description="the output used as features; None: the logits")
+    num_features: int = Field(gt=0)
+    mean: list[float] = [0.0]  # C sees (x - mean) / std, per channel, for x in [0, 1]
+    std: list[float] = [1.0]
+    input_size: int | None = Field(None, gt=0, description="side C expects, when G's images must be resized")
+
+
+class Manifest(_Strict):
+    format: Literal["edgeppt-source-bundle"] = "edgeppt-source-bundle"
+    version: Literal[2] = 2
+    runtime: Literal["onnx", "pt2"] = "onnx"
+    classes: list[str] = Field(min_length=2)
+    image_shape: tuple[int, int, int]  # G's images: (channels, height, width)
+    latent: Latent
+    generator: GeneratorSpec
+    classifier: ClassifierSpec
+    info: dict[str, Any] = {}
+    files: dict[str, str] = {}  # sha256 of every other file in the bundle folder
 
 
 @dataclass
 class SourceBundle:
     path: Path
-    manifest: dict[str, Any]
-    generator: nn.Module
-    classifier: nn.Module
+    manifest: Manifest
+    generator: Part
+    classifier: Part
+    signer: signing.Signer | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.manifest.classes)
 
     @property
     def num_classes(self) -> int:
-        return len(self.manifest["classes"])
+        return len(self.manifest.classes)
 
     @property
     def latent_dim(self) -> int:
-        return int(self.manifest["latent_dim"])
+        return self.manifest.latent.size
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["image_shape"])
+        return self.manifest.image_shape
 
+    @property
+    def provenance(self) -> str:
+        return self.signer.describe() if self.signer else "unsigned"
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z as G was trained with, drawn on the CPU (seeded runs give the same z on any device)."""
+        lat = self.manifest.latent
+        if lat.distribution == "uniform":
+            return torch.rand(n, lat.size, generator=generator) * 2 - 1
+        z = torch.randn(n, lat.size, generator=generator)
+        if lat.truncation is not None:
+            t = lat.truncation
+            for _ in range(100):  # redraw the tail; a handful of rounds suffice for any sane threshold
+                bad = z.abs() > t
+                if not bad.any():
+                    break
+                z[bad] = torch.randn(int(bad.sum()), generator=generator)
+            z = z.clamp(-t, t)
+        return z
+
+    @torch.no_grad()
     def generate(self, p: torch.Tensor, z: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images for class-probability vectors p (N, K); z is drawn from N(0, 1) when not given."""
+        """Images in [0, 1] for class-probability vectors p (N, K), on the bundle's device."""
+        spec = self.manifest.generator
         if z is None:
-            z = torch.randn(len(p), self.latent_dim, generator=generator)
-        return self.generator(z, p)
+            z = self.sample_latents(len(p), generator)
+        p = p.float()
+        if spec.label == "index":  # a class-index generator: a soft p is a distribution to draw classes from
+            label = torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1)
+        else:
+            label = p
+        out = self.generator({spec.z_input: z.float(), spec.label_input: label}, self.device)[spec.output]
+        lo, hi = spec.output_range
+        return ((out - lo) / (hi - lo)).clamp(0, 1)
 
     def sample_classes(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images of the given source classes (one-hot conditioning)."""
-        p = torch.nn.functional.one_hot(labels, self.num_classes).float()
-        return self.generate(p, generator=generator)
+        return self.generate(F.one_hot(labels.cpu(), self.num_classes).float(), generator=generator)
 
+    @torch.no_grad()
     def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.classifier(x)
+        """(logits, features) of images in [0, 1], on the bundle's device."""
+        spec = self.manifest.classifier
+        x = x.to(self.device, torch.float32)
+        if spec.input_size is not None and x.shape[-1] != spec.input_size:
+            x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
+        std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
+        out = self.classifier({spec.input: (x - mean) / std}, self.device)
+        logits = out[spec.logits]
+        return logits, out[spec.features].flatten(1) if spec.features else logits
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    return torch.export.export(module.eval(), args, dynamic_shapes=tuple({0: batch} for _ in args))
-
-
-def check_replaceable(path: str | Path) -> None:
-    """save_bundle replaces the whole folder: refuse anything but an earlier bundle or an empty folder."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "manifest.json").is_file())):
-        raise EdgepptError(f"{path} exists and is not a source bundle; refusing to replace it "
-                           "(choose another output path)")
-
-
-def save_bundle(path: str | Path, generator: nn.Module, classifier: nn.Module, classes: list[str],
-                latent_dim: int, image_shape: tuple[int, int, int], info: dict[str, Any] | None = None) -> Path:
-    """Compile G and C with torch.export and write the bundle atomically (a temp dir renamed into place)."""
-    path = Path(path)
-    check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    k = len(classes)
-    z = torch.randn(2, latent_dim)
-    p = torch.softmax(torch.randn(2, k), 1)
-    x = torch.rand(2, *image_shape)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        with torch.no_grad():
-            torch.export.save(_export(generator, (z, p)), tmp / GENERATOR_FILE)
-            torch.export.save(_export(classifier, (x,)), tmp / CLASSIFIER_FILE)
-            feats = classifier(x)[1].shape[1]
-        manifest = {
-            "format": FORMAT, "version": VERSION,
-            "classes": list(classes), "latent_dim": latent_dim, "image_shape": list(image_shape),
-            "latent_distribution": "standard normal",
-            "normalization": {"pixel_range": [0.0, 1.0], "note": "G outputs and C inputs are images in [0, 1]"},
-            "generator": {"file": GENERATOR_FILE, "inputs": {"z": ["N", latent_dim], "p": ["N", k]},
-                          "output": ["N", *image_shape]},
-            "classifier": {"file": CLASSIFIER_FILE, "input": ["N", *image_shape],
-                           "outputs": {"logits": ["N", k], "features": ["N", feats]}},
-            "info": info or {},
-            "files": {f: sha256_file(tmp / f) for f in (GENERATOR_FILE, CLASSIFIER_FILE)},
-        }
-        atomic_write_json(tmp / "manifest.json", manifest)
-        tmp.chmod(0o755)  # mkdtemp/mkstemp create owner-only (0700/0600) entries; a bundle is meant to be shared
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    mpath = Path(path) / "manifest.json"
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest of a version-2 bundle, or of a version-1 bundle translated (runtime "pt2")."""
+    mpath = Path(path) / MANIFEST_FILE
     if not mpath.is_file():
-        raise EdgepptError(f"{path}: not a source bundle (no manifest.json)")
+        raise EdgepptError(f"{path}: not a source bundle (no {MANIFEST_FILE})")
     try:
-        m = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgepptError(f"{mpath}: manifest is not valid JSON ({e})") from e
-    if m.get("format") != FORMAT:
-        raise EdgepptError(f"{mpath}: format is {m.get('format')!r}, expected {FORMAT!r}")
-    if m.get("version") != VERSION:
-        raise EdgepptError(f"{mpath}: bundle format version {m.get('version')} is not supported "
-                           f"(this edgeppt reads {VERSION})")
-    missing = [k for k in ("classes", "latent_dim", "image_shape", "files", "generator", "classifier") if k not in m]
-    if missing:
-        raise EdgepptError(f"{mpath}: manifest lacks {missing}")
-    return m
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise EdgepptError(f"{mpath}: format is {got!r}, expected {FORMAT!r}")
+    if raw.get("version") == 1:
+        raw = _from_version_1(raw, mpath)
+    elif raw.get("version") != VERSION:
+        raise EdgepptError(f"{mpath}: bundle format version {raw.get('version')!r} is not supported "
+                           f"(this edgeppt reads 1 and {VERSION})")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "manifest"
+        raise EdgepptError(f"{mpath}: {where}: {err['msg']}") from e
 
 
-def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
+def _from_version_1(m: dict[str, Any], mpath: Path) -> dict[str, Any]:
+    """Version 1: torch.export programs G(z, p) -> [0, 1] images and C(x) -> (logits, features)."""
+    try:
+        return {"runtime": "pt2", "classes": m["classes"], "image_shape": m["image_shape"],
+                "latent": {"size": m["latent_dim"]}, "info": m.get("info", {}), "files": m["files"],
+                "generator": {"file": m["generator"]["file"]},
+                "classifier": {"file": m["classifier"]["file"],
+                               "num_features": m["classifier"]["outputs"]["features"][1]}}
+    except (KeyError, TypeError, IndexError) as e:
+        raise EdgepptError(f"{mpath}: version-1 manifest lacks {e}") from e
+
+
+def verify_files(path: str | Path, manifest: Manifest) -> None:
+    """Every file the manifest lists is present and matches its sha256, and no other file is there."""
     path = Path(path)
-    for name, digest in manifest["files"].items():
+    for name, digest in manifest.files.items():
         f = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise EdgepptError(f"{path}: manifest lists {name!r}, which is outside the bundle")
         if not f.is_file():
             raise EdgepptError(f"{path}: bundle file {name} is missing")
         actual = sha256_file(f)
@@ -151,46 +211,78 @@ def verify_files(path: str | Path, manifest: dict[str, Any]) -> None:
             raise EdgepptError(f"{path}: {name} does not match its sha256 in the manifest "
                                f"(expected {digest[:12]}…, found {actual[:12]}…): "
                                "the bundle was modified or is corrupt")
+    for part in (manifest.generator.file, manifest.classifier.file):
+        if part not in manifest.files:
+            raise EdgepptError(f"{path}: the manifest has no sha256 for {part}")
+    if manifest.runtime == "onnx":  # version 1 (.pt2) bundles listed only their two models
+        extra = sorted(f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file()
+                       and not f.name.startswith(".") and f.name not in (MANIFEST_FILE, signing.SIGNATURE_FILE))
+        unlisted = [f for f in extra if f not in manifest.files]
+        if unlisted:
+            raise EdgepptError(f"{path}: {unlisted[0]} is not covered by the manifest (a bundle lists every file)")
 
 
-def _check_signatures(path: Path, m: dict[str, Any], g: nn.Module, c: nn.Module) -> None:
-    k, latent, shape = len(m["classes"]), int(m["latent_dim"]), tuple(m["image_shape"])
-    z, p = torch.randn(3, latent), torch.softmax(torch.randn(3, k), 1)
+def trust_keys(paths: Iterable[str | Path] = ()) -> list[signing.TrustedKey]:
+    """The keys given, the user's keyring, and the keys of the bundles shipped with edgeppt."""
+    return signing.trusted_keys(paths) + [signing.load_public_key(p) for p in sorted(BUILTIN_KEYS.glob("*.pub"))]
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu", trusted_keys: Iterable[str | Path] = (),
+                require_signature: bool = False, trust_code: bool = False) -> SourceBundle:
+    """Load and check a bundle: manifest, signature, file hashes, then the G and C contract on a dummy batch.
+
+    require_signature: refuse a bundle that is not signed by a trusted key (what `--trusted-key` asks for).
+    trust_code: allow a `.pt2` bundle (its loading unpickles) without a trusted signature.
+    """
+    path, device = Path(path), torch.device(device)
+    m = read_manifest(path)
+    keys = trust_keys(trusted_keys)
+    signer = signing.verify_folder(path, keys)  # an altered signed manifest fails here, before any hash is read
+    if require_signature:
+        signer = signing.require_trusted(path, keys, "a signature from a trusted key is required")
+    verify_files(path, m)
+    if m.runtime == "pt2" and not trust_code and not (signer and signer.trusted):
+        signing.require_trusted(path, keys, "its models are .pt2 programs whose loading can run code "
+                                "(convert it with `edgeppt source pack --from-bundle`, or pass --trust-code)")
+    parts: list[Part] = []
+    for spec in (m.generator, m.classifier):
+        f = path / spec.file
+        try:
+            parts.append(OnnxPart(f, device) if m.runtime == "onnx" else TorchPart(load_program(f), device))
+        except EdgepptError:
+            raise
+        except Exception as e:  # onnxruntime and torch.export raise assorted types on a bad file
+            raise EdgepptError(f"{f}: cannot load the compiled model: {str(e).splitlines()[0][:300]}") from e
+    bundle = SourceBundle(path, m, parts[0], parts[1], signer, device)
+    check_contract(bundle)
+    return bundle
+
+
+def open_source(path: str | Path, trust: SourceTrust, device: str | torch.device = "cpu") -> SourceBundle:
+    """load_bundle with a stage config's trust settings: given keys are required keys."""
+    return load_bundle(path, device, trust.trusted_keys, require_signature=bool(trust.trusted_keys),
+                       trust_code=trust.trust_code)
+
+
+def check_contract(bundle: SourceBundle) -> None:
+    """G and C work on a dummy batch with soft labels and give the declared shapes."""
+    k, shape, where = bundle.num_classes, bundle.image_shape, bundle.path
+    p = torch.softmax(torch.randn(3, k, generator=torch.Generator().manual_seed(0)), 1)
     try:
-        with torch.no_grad():
-            img = g(z, p)
-    except Exception as e:  # a compiled graph raises assorted types on a signature mismatch
-        raise EdgepptError(f"{path}: generator does not accept G(z: (N, {latent}), p: (N, {k})): {e}") from e
-    if not isinstance(img, torch.Tensor) or tuple(img.shape) != (3, *shape):
-        got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-        raise EdgepptError(f"{path}: generator returned {got}, expected images of shape "
+        img = bundle.generate(p, generator=torch.Generator().manual_seed(0))
+    except Exception as e:  # a graph raises assorted types on an input mismatch
+        raise EdgepptError(f"{where}: the generator does not take z ({bundle.latent_dim}) and a class label "
+                           f"for {k} classes: {str(e).splitlines()[0][:300]}") from e
+    if tuple(img.shape) != (3, *shape):
+        raise EdgepptError(f"{where}: the generator returned shape {tuple(img.shape)}, expected "
                            f"(N, {', '.join(map(str, shape))})")
     try:
-        with torch.no_grad():
-            out = c(img)
+        logits, feats = bundle.classify(img)
     except Exception as e:
-        raise EdgepptError(f"{path}: classifier does not accept images of shape "
-                           f"(N, {', '.join(map(str, shape))}): {e}") from e
-    if not (isinstance(out, (tuple, list)) and len(out) == 2 and tuple(out[0].shape) == (3, k)):
-        raise EdgepptError(f"{path}: classifier must return (logits (N, {k}), features (N, F))")
-
-
-def load_bundle(path: str | Path, verify: bool = True) -> SourceBundle:
-    """Load and check a bundle: manifest, file hashes, then G and C signatures on a dummy batch."""
-    path = Path(path)
-    m = read_manifest(path)
-    if verify:
-        verify_files(path, m)
-    modules = []
-    for part in ("generator", "classifier"):
-        f = path / m[part]["file"]
-        try:
-            modules.append(torch.export.load(f).module())
-        except Exception as e:
-            raise EdgepptError(f"{f}: cannot load the compiled {part}: {e}") from e
-    g, c = modules
-    for mod in (g, c):
-        for prm in mod.parameters():
-            prm.requires_grad_(False)
-    _check_signatures(path, m, g, c)
-    return SourceBundle(path, m, g, c)
+        raise EdgepptError(f"{where}: the classifier does not accept the generator's images "
+                           f"(N, {', '.join(map(str, shape))}): {str(e).splitlines()[0][:300]}") from e
+    if tuple(logits.shape) != (3, k):
+        raise EdgepptError(f"{where}: the classifier's logits have shape {tuple(logits.shape)}, expected (N, {k})")
+    if feats.shape[1] != bundle.manifest.classifier.num_features and bundle.manifest.classifier.features:
+        raise EdgepptError(f"{where}: the classifier's features have {feats.shape[1]} values, the manifest says "
+                           f"{bundle.manifest.classifier.num_features}")

@@ -27,7 +27,7 @@ class SourceTrainConfig(Strict):
     """
     # May change between an interrupted run and its resume (edgeppt.runs.resume_conflicts): more GAN steps simply
     # continue, and `out` may differ when the output and its work dir were moved together.
-    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"gan_steps", "checkpoint_every", "out"})
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"gan_steps", "checkpoint_every", "out", "sign"})
     data: str = Field(description="dataset spec: built-in name[:classes], class-folder path or .npz")
     out: Path
     image_size: int | None = Field(None, ge=8, le=512)
@@ -48,6 +48,15 @@ class SourceTrainConfig(Strict):
     test_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share of the data for the classifier accuracy")
     hflip: bool = Field(True, description="mirror augmentation; turn off where left/right matters (digits, text)")
     checkpoint_every: int = Field(250, ge=1)
+    sign: Path | None = Field(None, description="private key (edgeppt source keygen) to sign the bundle with")
+
+
+class SourceTrust(Strict):
+    """Which source bundles a stage accepts (edgeppt.bundle.load_bundle); none of it changes a result."""
+    TRUST_FIELDS: ClassVar[frozenset[str]] = frozenset({"trusted_keys", "trust_code"})
+    trusted_keys: list[Path] = Field([], description="public keys, one of which must have signed the bundle")
+    trust_code: bool = Field(False, description="load a .pt2 bundle (its loading can run code) without a "
+                                                "trusted signature")
 
 
 class AugmentConfig(Strict):
@@ -83,9 +92,9 @@ class PSSLConfig(Strict):
     real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")
     ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weights ramp up")
     temperature: float = Field(1.0, gt=0, description="T in p = softmax(C(x_t)/T)")
-    z_search_steps: int = Field(0, ge=0, description="gradient steps choosing z so G(z,p) lies near x_t in C's "
-                                                     "feature space; 0 = random z")
-    z_search_lr: float = Field(0.1, gt=0)
+    z_candidates: int = Field(1, ge=1, le=64, description="z drawn per pseudo sample, keeping the one whose image "
+                              "lies nearest x_t in C's feature space (1: plain sampling); gradient-free, so it "
+                              "works with any bundle runtime")
     relevance: Literal["none", "weight", "filter"] = Field("none", description="per-sample weights (or a filter) from "
         "the cosine similarity to the anchor in C's feature space")
     relevance_keep: float = Field(0.5, gt=0, le=1, description="fraction of pseudo samples kept by 'filter'")
@@ -116,7 +125,7 @@ class AutoConfig(Strict):
                               "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
 
 
-class TransferConfig(Strict):
+class TransferConfig(SourceTrust):
     """`edgeppt transfer`: train a target architecture with PP and/or P-SSL from a source bundle.
 
     The default budget is the one the transfer benchmark measures (docs/transfer.md)."""
@@ -150,7 +159,7 @@ class TransferConfig(Strict):
     threads: int | None = Field(None, ge=1)
 
     # What may change when a run is resumed (edgeppt.runs.resume_conflicts): how it runs, not what it computes.
-    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "device"})
+    RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "device"}) | SourceTrust.TRUST_FIELDS
 
     def needs_source(self) -> bool:
         return self.method not in ("auto", "scratch", "ssl")
@@ -227,11 +236,11 @@ class ProxyConfig(Strict):
 DEFAULT_DEVICE = "x86-cpu"  # the device profile a run targets unless told otherwise (edgeppt/devices/x86-cpu.yaml)
 
 
-class SearchConfig(Strict):
+class SearchConfig(SourceTrust):
     """`edgeppt search`: find the most accurate architecture of the space within a device's budgets."""
     # May change on resume (edgeppt.runs.resume_conflicts): more trials or finalists continue the same search.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "trials", "engine", "concurrency", "finalists",
-                                                       "final_seeds"})
+                                                       "final_seeds"}) | SourceTrust.TRUST_FIELDS
     source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
     target: str
     test: str | None = None

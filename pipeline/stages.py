@@ -56,7 +56,7 @@ def data_fingerprint(spec: str | None) -> Any:
 def bundle_fingerprint(path: Path) -> dict[str, str]:
     from edgeppt.bundle import read_manifest
 
-    return read_manifest(path)["files"]  # sha256 of each file, verified when the bundle is loaded
+    return read_manifest(path).files  # sha256 of each file, verified when the bundle is loaded
 
 
 def file_hash(path: Path) -> str | None:

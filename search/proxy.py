@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from edgeppt.bundle import SourceBundle, load_bundle
+from edgeppt.bundle import SourceBundle, open_source
 from edgeppt.config import ProxyConfig, SearchConfig
 from edgeppt.data import ImageSet, few_shot, load_dataset, train_test_split
 from edgeppt.errors import EdgepptError
@@ -40,7 +40,7 @@ class ProxyData:
 
 def prepare(cfg: SearchConfig) -> ProxyData:
     """Split the target exactly as transfer does (test split fixed by seed 0), then hold out a validation set."""
-    bundle: SourceBundle | None = load_bundle(cfg.source) if cfg.source else None
+    bundle: SourceBundle | None = open_source(cfg.source, cfg) if cfg.source else None
     channels = bundle.image_shape[0] if bundle else None
     size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
     target = load_dataset(cfg.target, size, channels)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeppt.cli_support import config_option, console, guarded, merged
+from edgeppt.cli_support import config_option, console, fail, guarded, merged
 from edgeppt.config import SourceTrainConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
@@ -58,24 +58,142 @@ def command_line(cfg: SourceTrainConfig) -> str:
     return shlex.join(parts)
 
 
+TRUSTED_KEY_HELP = ("A public key (.pub) whose signature this bundle must carry; repeat for several. Keys in "
+                    "~/.config/edgeppt/trusted-keys are trusted too.")
+TRUST_CODE_HELP = "Load a .pt2 bundle without a trusted signature (its loading can run code)."
+
+
 @source_app.command("inspect")
 def source_inspect(
     bundle: Path = typer.Argument(..., help="Source bundle directory."),
     out: Path = typer.Option(Path("grid.png"), help="PNG to write: a row of samples per source class."),
-    per_class: int = typer.Option(8, min=1, max=64),
-    seed: int = typer.Option(0),
+    per_class: int = typer.Option(8, min=1, max=64, help="Samples per class row."),
+    seed: int = typer.Option(0, help="Seed of the latents drawn."),
+    trusted_key: list[Path] = typer.Option([], help=TRUSTED_KEY_HELP),
+    trust_code: bool = typer.Option(False, help=TRUST_CODE_HELP),
 ) -> None:
-    """Verify a bundle and draw what its generator makes for each class."""
+    """Verify a bundle (signature, every file's sha256, the G and C contract) and draw what G makes per class."""
     from edgeppt.bundle import load_bundle
-    from edgeppt.source.inspect import sample_grid
+    from edgeppt.source.inspect import render_grid
 
-    b = guarded(load_bundle, bundle)
-    guarded(sample_grid, bundle, out, per_class=per_class, seed=seed)
+    b = guarded(load_bundle, bundle, trusted_keys=trusted_key, require_signature=bool(trusted_key),
+                trust_code=trust_code)
+    guarded(render_grid, b, out, per_class=per_class, seed=seed)
     m = b.manifest
-    table = Table(title=f"source bundle {bundle}")
-    for k in ("classes", "latent_dim", "image_shape"):
-        table.add_row(k, str(m[k]))
-    for f, h in m["files"].items():
+    table = Table(title=f"source bundle {escape(str(bundle))}", show_header=False)
+    table.add_row("provenance", b.provenance)
+    table.add_row("classes", ", ".join(m.classes))
+    table.add_row("images", "x".join(map(str, m.image_shape)))
+    table.add_row("latent", f"{m.latent.size} values, {m.latent.distribution}"
+                  + (f", truncated at {m.latent.truncation}" if m.latent.truncation else ""))
+    table.add_row("generator", f"{m.generator.file} ({m.runtime}): label input {m.generator.label}, output range "
+                  f"{m.generator.output_range[0]:g}..{m.generator.output_range[1]:g}")
+    table.add_row("classifier", f"{m.classifier.file}: mean {m.classifier.mean}, std {m.classifier.std}, "
+                  f"{m.classifier.num_features} features from {m.classifier.features or 'the logits'}")
+    for f, h in m.files.items():
         table.add_row(f, f"sha256 {h[:16]}… ok")
     Console().print(table)
-    console.print(f"[green]samples:[/] {out}")
+    console.print(f"[green]samples:[/] {escape(str(out))}", soft_wrap=True)
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected two numbers such as 0,1 or -1,1") from None
+    return lo, hi
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers") from None
+
+
+@source_app.command("pack")
+def source_pack(
+    generator: Optional[str] = typer.Option(None, help="G.onnx, G.pt2, or package.module:function returning a "
+                                            "torch module G(z, label)."),
+    classifier: Optional[str] = typer.Option(None, help="C.onnx, C.pt2, or package.module:function returning a "
+                                             "torch module C(x) -> logits or (logits, features)."),
+    classes: Optional[str] = typer.Option(None, help="A text file with one source class per line, or a "
+                                          "comma-separated list, in the order of G's and C's class indices."),
+    out: Path = typer.Option(..., help="Bundle directory to write."),
+    from_bundle: Optional[Path] = typer.Option(None, help="Convert a version-1 (.pt2) bundle instead "
+                                               "(needs --trust-code or a trusted signature)."),
+    latent_dim: Optional[int] = typer.Option(None, min=1, help="Size of z (read from an ONNX graph when fixed)."),
+    latent: str = typer.Option("normal", help="z's distribution: normal or uniform (on -1..1)."),
+    truncation: Optional[float] = typer.Option(None, help="Redraw |z| above this (BigGAN's truncation trick)."),
+    label: str = typer.Option("auto", help="G's label input: probabilities (N, K), index (N,), or auto (an int64 "
+                              "input means index)."),
+    input_range: str = typer.Option("0,1", "--input-range", "--output-range",
+                                    help="The range of G's output pixels, e.g. -1,1."),
+    mean: str = typer.Option("0", help="C's input normalisation mean per channel on 0..1 images, e.g. "
+                             "0.485,0.456,0.406."),
+    std: str = typer.Option("1", help="C's input normalisation std per channel."),
+    input_size: Optional[int] = typer.Option(None, min=1, help="Side C expects, if G's images must be resized."),
+    z_input: Optional[str] = typer.Option(None, help="Name of G's z input (ONNX); default its first input."),
+    label_input: Optional[str] = typer.Option(None, help="Name of G's label input (ONNX); default the other."),
+    features_output: Optional[str] = typer.Option(None, help="C's output used as features (ONNX); default its "
+                                                  "second output, or the logits."),
+    sign: Optional[Path] = typer.Option(None, help="Private key (from source keygen) to sign the bundle with."),
+    trust_code: bool = typer.Option(False, help="Allow loading .pt2 files (their loading can run code)."),
+) -> None:
+    """Make a bundle from your own generator and classifier: converted to ONNX, checked, previewed, signed."""
+    from edgeppt.source.pack import PackConfig, pack, parse_classes
+    from edgeppt.source.pack import from_bundle as convert
+
+    fields = {"out": out, "latent_dim": latent_dim, "latent": latent, "truncation": truncation, "label": label,
+              "output_range": _range(input_range), "mean": _floats(mean), "std": _floats(std),
+              "input_size": input_size, "z_input": z_input, "label_input": label_input,
+              "features_output": features_output, "sign": sign, "trust_code": trust_code}
+    if from_bundle is not None:
+        cfg = guarded(PackConfig.model_validate, {**fields, "generator": str(from_bundle), "classifier":
+                                                   str(from_bundle), "classes": ["-", "--"]})
+        path, summary = guarded(convert, from_bundle, cfg)
+    else:
+        missing = [n for n, v in (("--generator", generator), ("--classifier", classifier), ("--classes", classes))
+                   if v is None]
+        if missing:
+            fail(f"source pack needs {', '.join(missing)} (or --from-bundle)")
+        cfg = guarded(PackConfig.model_validate, {**fields, "generator": generator, "classifier": classifier,
+                                                   "classes": guarded(parse_classes, classes)})
+        path, summary = guarded(pack, cfg)
+    table = Table(title="contract checked on a dummy batch", show_header=False)
+    table.add_row("one-hot samples C recognises", f"{summary['generated_accuracy']:.1%}")
+    if summary["soft_label_change"] is not None:
+        table.add_row("mean pixel change, one class -> 50/50 mix", f"{summary['soft_label_change']:.3f}")
+    table.add_row("G's raw output span", f"{summary['output_span'][0]:g} .. {summary['output_span'][1]:g}")
+    table.add_row("features", str(summary["num_features"]))
+    Console().print(table)
+    console.print(f"[green]bundle written:[/] {escape(str(path))}  (samples.png, README.md"
+                  f"{', signature.json' if sign else ''})", soft_wrap=True)
+
+
+@source_app.command("keygen")
+def source_keygen(out: Path = typer.Option(..., help="Key path stem: writes <out>.key (private) and <out>.pub.")
+                  ) -> None:
+    """Make an Ed25519 key pair for signing bundles (once, by the source-data owner)."""
+    from edgeppt.signing import keygen, load_public_key
+
+    priv, pub = guarded(keygen, out)
+    console.print(f"[green]private key:[/] {escape(str(priv))} (keep it secret)\n[green]public key:[/] "
+                  f"{escape(str(pub))} (key {load_public_key(pub).id}; give it to your users)", soft_wrap=True)
+
+
+@source_app.command("sign")
+def source_sign(
+    bundle: Path = typer.Argument(..., help="Source bundle directory."),
+    key: Path = typer.Option(..., help="Private key from source keygen."),
+) -> None:
+    """Sign an existing bundle (after checking every file against its manifest)."""
+    from edgeppt.bundle import read_manifest, verify_files
+    from edgeppt.signing import sign_folder
+
+    m = guarded(read_manifest, bundle)
+    if m.runtime != "onnx":
+        fail(f"{bundle}: a .pt2 bundle; convert it first with `edgeppt source pack --from-bundle`")
+    guarded(verify_files, bundle, m)
+    signer = guarded(sign_folder, bundle, key)
+    console.print(f"[green]signed:[/] {escape(str(bundle))} with key {signer.key_id}", soft_wrap=True)

@@ -26,7 +26,7 @@ def grid_rows(bundle: SourceBundle, per_class: int = 8, seed: int = 0,
     """(label, images) rows: one-hot samples for each class, then p moving from class a to class b with z fixed."""
     k, classes = bundle.num_classes, bundle.classes
     rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(per_class, bundle.latent_dim, generator=rng)  # the same z in every row: only p changes
+    z = bundle.sample_latents(per_class, rng)  # the same z in every row: only p changes
     rows = [(name, bundle.generate(torch.eye(k)[c].expand(per_class, k), z)) for c, name in enumerate(classes)]
     a, b = interpolate or (classes[0], classes[1 % k])
     for name in (a, b):
@@ -42,7 +42,12 @@ def grid_rows(bundle: SourceBundle, per_class: int = 8, seed: int = 0,
 def sample_grid(bundle_path: str | Path, out_png: str | Path, per_class: int = 8, seed: int = 0,
                 interpolate: tuple[str, str] | None = None, scale: int | None = None) -> Path:
     """Render a labelled grid of a bundle's samples to out_png and return its path."""
-    bundle = load_bundle(bundle_path)
+    return render_grid(load_bundle(bundle_path), out_png, per_class, seed, interpolate, scale)
+
+
+def render_grid(bundle: SourceBundle, out_png: str | Path, per_class: int = 8, seed: int = 0,
+                interpolate: tuple[str, str] | None = None, scale: int | None = None) -> Path:
+    """Render a labelled grid of a loaded bundle's samples to out_png."""
     rows = grid_rows(bundle, per_class, seed, interpolate)
     side = bundle.image_shape[-1]
     scale = scale or max(1, 64 // side)  # tiles of about 64 px whatever the image size

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeppt.bundle import check_replaceable, save_bundle
+from edgeppt.bundle import SourceBundle
+from edgeppt.bundle_write import check_replaceable, save_bundle
 from edgeppt.config import SourceTrainConfig
 from edgeppt.data import ImageSet, load_dataset, skipped_summary, train_test_split
 from edgeppt.errors import EdgepptError
@@ -322,10 +323,13 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),  # the caller's choice; the CPU thread count only changes float rounding
     }
-    out = save_bundle(cfg.out, g, c, classes, cfg.latent_dim, shape, info=info)
-    from .inspect import sample_grid  # after save: the preview is drawn from the compiled bundle
-    sample_grid(out, out / "samples.png", seed=cfg.seed)
-    write_readme(out, info, classes)
+    from .inspect import render_grid
+
+    def extras(folder: Path, bundle: SourceBundle) -> None:  # the preview is drawn from the compiled bundle
+        render_grid(bundle, folder / "samples.png", seed=cfg.seed)
+        write_readme(folder, info, classes)
+
+    out = save_bundle(cfg.out, g, c, classes, cfg.latent_dim, shape, info=info, extras=extras, sign_key=cfg.sign)
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -336,8 +340,8 @@ def write_readme(out: Path, info: dict[str, Any], classes: list[str]) -> None:
     skipped = f"; {n} unreadable or too-large image file(s) skipped, listed in `manifest.json`" if n else ""
     text = f"""# Source bundle: {', '.join(classes)}
 
-A class-conditional generator G(z, p) and a source classifier C(x), compiled with `torch.export`
-(see `manifest.json`; the generator and classifier files are checked against their sha256 on load).
+A class-conditional generator G(z, p) and a source classifier C(x) as ONNX graphs (see `manifest.json`:
+every file's sha256, checked on load; `signature.json`, when present, signs the manifest).
 
 Reproduce with:
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeppt.bundle import save_bundle
+from edgeppt.bundle_write import save_bundle
 from edgeppt.models import create_model
 
 # Tiny test models gain nothing from threads, and threads thrash when the machine is busy.

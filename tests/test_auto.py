@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from edgeppt.bundle import save_bundle
+from edgeppt.bundle_write import save_bundle
 from edgeppt.cli import app
 from edgeppt.config import TransferConfig
 from edgeppt.data import EXAMPLE_TARGET

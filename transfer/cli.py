@@ -37,7 +37,7 @@ def transfer(
                                           "used)."),
     config: Optional[Path] = typer.Option(None, help="YAML with TransferConfig fields."),
     pp_cache: Optional[Path] = typer.Option(None, help="Folder to reuse pseudo pre-training weights across runs."),
-    set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set pssl.z_search_steps=10."),
+    set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set pssl.z_candidates=4."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train a target architecture with PP and/or P-SSL; writes model.pt, metrics.jsonl and report.json."""

@@ -130,7 +130,7 @@ class PseudoPretrain(Objective):
         else:
             # Draw the whole batch's labels and latents, then generate only this worker's slice.
             y = torch.randint(0, self.bundle.num_classes, (self.batch_size,), generator=g)
-            z = torch.randn(self.batch_size, self.bundle.latent_dim, generator=g)
+            z = self.bundle.sample_latents(self.batch_size, g)
             y, z = shard(y, dist), shard(z, dist)
             with torch.no_grad():
                 x = self.bundle.generate(F.one_hot(y, self.bundle.num_classes).float(), z)

@@ -1,7 +1,7 @@
 """Pseudo conditional sampling (P-SSL): target images condition the source generator.
 
 For a target image x_t, p = softmax(C(x_t) / T) says which source classes it resembles; G(z, p) then draws
-target-related images. Optionally z is chosen, by gradient steps, so that G(z, p) lies near x_t in C's
+target-related images. Optionally z is the best of several draws: the one whose G(z, p) lies nearest x_t in C's
 feature space, and each sample gets a relevance score: the cosine similarity of its features to x_t's.
 """
 
@@ -33,25 +33,22 @@ class PseudoPool:
 
 def condition_probs(bundle: SourceBundle, x_t: torch.Tensor, temperature: float) -> torch.Tensor:
     with torch.no_grad():
-        return F.softmax(bundle.classify(x_t)[0] / temperature, dim=1)
+        return F.softmax(bundle.classify(x_t)[0] / temperature, dim=1).cpu()
 
 
 def _features(bundle: SourceBundle, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(bundle.classify(x)[1].flatten(1), dim=1)
 
 
-def search_latents(bundle: SourceBundle, p: torch.Tensor, target_feats: torch.Tensor, z: torch.Tensor,
-                   steps: int, lr: float) -> torch.Tensor:
-    """Move z so that C's features of G(z, p) approach the anchor's; a prior term keeps z plausible."""
-    z = z.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    for _ in range(steps):
-        f = _features(bundle, bundle.generate(p, z))
-        loss = (1 - (f * target_feats).sum(1)).mean() + 1e-3 * z.pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return z.detach()
+def best_latents(bundle: SourceBundle, p: torch.Tensor, target_feats: torch.Tensor, candidates: int,
+                 g: torch.Generator) -> torch.Tensor:
+    """For each row, draw `candidates` z and keep the one whose G(z, p) lies nearest its anchor in C's features.
+    Gradient-free (best of n), so it needs nothing from the bundle's runtime beyond inference."""
+    n = len(p)
+    z = bundle.sample_latents(n * candidates, g)
+    f = _features(bundle, bundle.generate(p.repeat(candidates, 1), z, generator=g)).cpu()
+    sim = (f * target_feats.cpu().repeat(candidates, 1)).sum(1).view(candidates, n)
+    return z.view(candidates, n, -1)[sim.argmax(0), torch.arange(n)]
 
 
 def make_pool(bundle: SourceBundle, x_t: torch.Tensor, cfg: PSSLConfig, seed: int, chunk: int = 512) -> PseudoPool:
@@ -63,16 +60,15 @@ def make_pool(bundle: SourceBundle, x_t: torch.Tensor, cfg: PSSLConfig, seed: in
     with torch.no_grad():
         anchor_feats = _features(bundle, x_t)
     xs, rel = [], []
-    z_all = torch.randn(n, bundle.latent_dim, generator=g)
+    z_all = bundle.sample_latents(n, g)
     for i in range(0, n, chunk):
         a, z = anchor[i:i + chunk], z_all[i:i + chunk]
         p = probs[a]
-        if cfg.z_search_steps:
-            z = search_latents(bundle, p, anchor_feats[a], z, cfg.z_search_steps, cfg.z_search_lr)
-        with torch.no_grad():
-            x = bundle.generate(p, z)
-            rel.append((_features(bundle, x) * anchor_feats[a]).sum(1))
-        xs.append(x)
+        if cfg.z_candidates > 1:
+            z = best_latents(bundle, p, anchor_feats[a], cfg.z_candidates, g)
+        x = bundle.generate(p, z, generator=g)
+        rel.append((_features(bundle, x) * anchor_feats[a]).sum(1).cpu())
+        xs.append(x.cpu())
     x, relevance = torch.cat(xs), torch.cat(rel)
     weight = torch.ones(n)
     keep = torch.ones(n, dtype=torch.bool)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from edgeppt.bundle import SourceBundle, load_bundle
+from edgeppt.bundle import SourceBundle, open_source
 from edgeppt.config import AugmentConfig, TransferConfig, validate
 from edgeppt.data import DataRecord, ImageSet, few_shot, load_dataset, load_unlabeled, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
@@ -84,13 +84,13 @@ def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet) ->
 
 def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
     """PP trains on source-class samples: flips follow the owner's source training where the bundle says."""
-    hflip = bundle.manifest.get("info", {}).get("config", {}).get("hflip", cfg.augment.hflip)
+    hflip = bundle.manifest.info.get("config", {}).get("hflip", cfg.augment.hflip)
     return cfg.augment.model_copy(update={"hflip": bool(hflip)})
 
 
 def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int) -> str:
     """PP weights depend on the bundle, architecture, seed and PP settings, not on the target labels."""
-    key = {"bundle": bundle.manifest["files"], "arch": arch_spec(cfg.arch), "seed": cfg.seed, "in": [in_chans, size],
+    key = {"bundle": bundle.manifest.files, "arch": arch_spec(cfg.arch), "seed": cfg.seed, "in": [in_chans, size],
            "steps": cfg.pretrain_steps, "batch": cfg.pretrain_batch, "pool": cfg.pretrain_pool, "lr": cfg.lr,
            "wd": cfg.weight_decay, "augment": pp_augment(cfg, bundle).model_dump()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -121,8 +121,8 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
 def _pool_key(cfg: TransferConfig, bundle: SourceBundle, x_t: torch.Tensor) -> str:
     """A pool depends on the bundle, the conditioning target images, the seed and the sampling settings."""
     p = cfg.pssl
-    key = {"bundle": bundle.manifest["files"], "x": hashlib.sha256(x_t.numpy().tobytes()).hexdigest(),
-           "seed": cfg.seed, "sampling": [p.temperature, p.z_search_steps, p.z_search_lr, p.relevance,
+    key = {"bundle": bundle.manifest.files, "x": hashlib.sha256(x_t.numpy().tobytes()).hexdigest(),
+           "seed": cfg.seed, "sampling": [p.temperature, p.z_candidates, p.relevance,
                                           p.relevance_keep, p.pool_size]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -196,7 +196,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
     if cfg.method in ("ssl", "pp+ssl") and cfg.unlabeled is None:
         raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
-    bundle = load_bundle(cfg.source) if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
+    bundle = open_source(cfg.source, cfg, dist.device) \
+        if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
     labelled, test, rest, record = prepare_splits(cfg, bundle)
     real, skipped_unlabeled = unlabeled_images(cfg, labelled, rest)
     if dist.main:

@@ -1,0 +1,293 @@
+"""`edgeppt source pack`: a bundle from the owner's own generator and classifier.
+
+Each model comes as an ONNX file, a torch.export `.pt2` file (its loading unpickles: only with trust_code),
+or a factory `package.module:function` that returns a torch module (the owner's code, run on purpose).
+Torch models are converted to ONNX, so the bundle itself runs no code. The owner's conventions (latent
+distribution, label input, output range, the classifier's normalisation) are declared in the manifest and
+checked on a dummy batch; the owner gets samples.png, a README and a summary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime as ort
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from edgeppt.bundle import (
+    CLASSIFIER_FILE,
+    GENERATOR_FILE,
+    ClassifierSpec,
+    GeneratorSpec,
+    Latent,
+    Manifest,
+    SourceBundle,
+    read_manifest,
+    trust_keys,
+)
+from edgeppt.bundle_runtime import load_program
+from edgeppt.bundle_write import export_onnx, write_bundle
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import atomic_write_text
+from edgeppt.signing import verify_folder
+
+from .inspect import render_grid
+
+
+class PackConfig(BaseModel):
+    """What the owner declares about G and C (the CLI's flags)."""
+    model_config = ConfigDict(extra="forbid")
+    generator: str = Field(description="G.onnx, G.pt2, or package.module:function returning a torch module")
+    classifier: str = Field(description="C.onnx, C.pt2, or package.module:function returning a torch module")
+    classes: list[str] = Field(min_length=2)
+    out: Path
+    latent_dim: int | None = Field(None, gt=0, description="size of z; read from the ONNX input when static")
+    latent: Literal["normal", "uniform"] = "normal"
+    truncation: float | None = Field(None, gt=0)
+    label: Literal["probabilities", "index", "auto"] = "auto"  # auto: an int64 label input means index
+    output_range: tuple[float, float] = (0.0, 1.0)
+    mean: list[float] = [0.0]
+    std: list[float] = [1.0]
+    input_size: int | None = Field(None, gt=0)
+    z_input: str | None = None  # ONNX input names; default: G's first and second inputs
+    label_input: str | None = None
+    features_output: str | None = None  # default: C's second output, or the logits when it has one
+    trust_code: bool = False
+    sign: Path | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PackConfig:
+        lo, hi = self.output_range
+        if not hi > lo:
+            raise ValueError(f"output range {lo},{hi} must rise")
+        if len(self.std) != len(self.mean) or any(s <= 0 for s in self.std):
+            raise ValueError("--mean and --std need the same number of values, and std > 0")
+        return self
+
+
+def parse_classes(spec: str) -> list[str]:
+    """A text file with one class per line, or a comma-separated list."""
+    path = Path(spec)
+    names = path.read_text().splitlines() if path.is_file() else spec.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if len(set(names)) != len(names):
+        raise EdgepptError(f"--classes {spec}: duplicate class names")
+    return names
+
+
+def _factory(spec: str) -> nn.Module:
+    mod_name, _, fn_name = spec.partition(":")
+    sys.path.insert(0, str(Path.cwd()))  # the owner's package beside them, as `python -m` would find it
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise EdgepptError(f"{spec}: cannot import the factory ({e})") from e
+    finally:
+        sys.path.pop(0)
+    module = fn()
+    if not isinstance(module, nn.Module):
+        raise EdgepptError(f"{spec}: returned {type(module).__name__}, not a torch module")
+    return module.eval()
+
+
+def resolve(spec: str, trust_code: bool) -> Path | nn.Module:
+    """An ONNX path as is; a .pt2 or a factory as a torch module."""
+    if spec.endswith(".onnx"):
+        if not Path(spec).is_file():
+            raise EdgepptError(f"{spec}: no such ONNX file")
+        return Path(spec)
+    if spec.endswith(".pt2"):
+        if not Path(spec).is_file():
+            raise EdgepptError(f"{spec}: no such .pt2 file")
+        if not trust_code:
+            raise EdgepptError(f"{spec}: loading a .pt2 program unpickles and can run code; pass --trust-code "
+                               "if it is your own file (the bundle will hold ONNX, which runs no code)")
+        return load_program(Path(spec))  # an exported program is already in eval mode
+    if ":" in spec:
+        return _factory(spec)
+    raise EdgepptError(f"{spec}: expected a .onnx file, a .pt2 file or package.module:function")
+
+
+def _io(path: Path) -> tuple[list[Any], list[str]]:
+    try:
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types on a bad file
+        raise EdgepptError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
+    return list(s.get_inputs()), [o.name for o in s.get_outputs()]
+
+
+def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> tuple[GeneratorSpec, int]:
+    """Copy or convert G to tmp/generator.onnx; return its declared spec and the latent size."""
+    if isinstance(g, Path):
+        inputs, outputs = _io(g)
+        if len(inputs) != 2:
+            raise EdgepptError(f"{g}: the generator must take two inputs (z and a class label), it takes "
+                               f"{[i.name for i in inputs]}")
+        by_name = {i.name: i for i in inputs}
+        z_name = cfg.z_input or inputs[0].name
+        label_name = cfg.label_input or next(i.name for i in inputs if i.name != z_name)
+        for n in (z_name, label_name):
+            if n not in by_name:
+                raise EdgepptError(f"{g}: no input named {n!r} (inputs: {sorted(by_name)})")
+        size = by_name[z_name].shape[1] if len(by_name[z_name].shape) == 2 else None
+        latent = cfg.latent_dim or (size if isinstance(size, int) else None)
+        if latent is None:
+            raise EdgepptError(f"{g}: the size of z is not fixed in the graph; give --latent-dim")
+        label = cfg.label if cfg.label != "auto" else \
+            ("index" if by_name[label_name].type == "tensor(int64)" else "probabilities")
+        shutil.copyfile(g, tmp / GENERATOR_FILE)
+        return GeneratorSpec(file=GENERATOR_FILE, z_input=z_name, label_input=label_name, label=label,
+                             output=outputs[0], output_range=cfg.output_range), latent
+    if cfg.latent_dim is None:
+        raise EdgepptError("give --latent-dim: the size of z cannot be read from a torch module")
+    label = "probabilities" if cfg.label == "auto" else cfg.label
+    y = torch.tensor([0, 1 % k]) if label == "index" else torch.softmax(torch.randn(2, k), 1)
+    export_onnx(g, (torch.randn(2, cfg.latent_dim), y), ["z", "y" if label == "index" else "p"], ["image"],
+                tmp / GENERATOR_FILE)
+    return GeneratorSpec(file=GENERATOR_FILE, label_input="y" if label == "index" else "p", label=label,
+                         output_range=cfg.output_range), cfg.latent_dim
+
+
+def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: torch.Tensor) -> ClassifierSpec:
+    """Copy or convert C to tmp/classifier.onnx; its features are the named output, or the logits."""
+    norm = {"mean": cfg.mean, "std": cfg.std, "input_size": cfg.input_size}
+    if isinstance(c, Path):
+        inputs, outputs = _io(c)
+        feats = cfg.features_output or (outputs[1] if len(outputs) > 1 else None)
+        if feats is not None and feats not in outputs:
+            raise EdgepptError(f"{c}: no output named {feats!r} (outputs: {outputs})")
+        shutil.copyfile(c, tmp / CLASSIFIER_FILE)
+        return ClassifierSpec(file=CLASSIFIER_FILE, input=inputs[0].name, logits=outputs[0], features=feats,
+                              num_features=1, **norm)  # num_features is read off a real run below
+    side = cfg.input_size or image.shape[-1]
+    x = torch.rand(2, image.shape[1], side, side)
+    with torch.no_grad():
+        out = c(x)
+    two = isinstance(out, (tuple, list)) and len(out) == 2
+    export_onnx(c, (x,), ["image"], ["logits", "features"] if two else ["logits"], tmp / CLASSIFIER_FILE)
+    return ClassifierSpec(file=CLASSIFIER_FILE, features="features" if two else None, num_features=1, **norm)
+
+
+def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict[str, Any]
+           ) -> Callable[[Path], Manifest]:
+    def stage(tmp: Path) -> Manifest:
+        k = len(cfg.classes)
+        gspec, latent = _generator_spec(cfg, g, tmp, k)
+        probe = Manifest(classes=cfg.classes, image_shape=(1, 1, 1), latent=Latent(size=latent), generator=gspec,
+                         classifier=ClassifierSpec(file="-", num_features=1))
+        from edgeppt.bundle_runtime import OnnxPart
+        part = OnnxPart(tmp / GENERATOR_FILE, torch.device("cpu"))
+        z = SourceBundle(tmp, probe, part, part).sample_latents(2, torch.Generator().manual_seed(0))
+        label = torch.tensor([0, 1 % k]) if gspec.label == "index" else torch.eye(k)[:2]
+        image = part({gspec.z_input: z, gspec.label_input: label}, torch.device("cpu"))[gspec.output]
+        if image.dim() != 4 or image.shape[2] != image.shape[3]:
+            raise EdgepptError(f"the generator returned shape {tuple(image.shape)}: expected square images "
+                               "(N, C, H, W)")
+        cspec = _classifier_spec(cfg, c, tmp, image)
+        if len(cspec.mean) not in (1, image.shape[1]):
+            raise EdgepptError(f"--mean has {len(cspec.mean)} values for {image.shape[1]}-channel images")
+        cpart = OnnxPart(tmp / CLASSIFIER_FILE, torch.device("cpu"))
+        m = Manifest(classes=cfg.classes, image_shape=tuple(image.shape[1:]), latent=Latent(
+            size=latent, distribution=cfg.latent, truncation=cfg.truncation), generator=gspec, classifier=cspec,
+            info=info)
+        _, feats = SourceBundle(tmp, m, part, cpart).classify(torch.rand(2, *m.image_shape))
+        m.classifier.num_features = feats.shape[1]
+        return m
+    return stage
+
+
+def check_soft_labels(bundle: SourceBundle) -> dict[str, Any]:
+    """The contract beyond shapes: the batch is dynamic, a soft p moves the image, the output range holds,
+    and C recognises G's one-hot samples (the summary the owner sees)."""
+    k, g = bundle.num_classes, torch.Generator().manual_seed(0)
+    for n in (1, 5):
+        if len(bundle.generate(torch.eye(k)[torch.arange(n) % k], generator=g)) != n:
+            raise EdgepptError(f"the generator does not keep a batch of {n}: its batch dimension must be dynamic")
+    z = bundle.sample_latents(8, g)
+    a = bundle.generate(torch.eye(k)[[0] * 8], z)
+    mix = torch.zeros(8, k)
+    mix[:, 0], mix[:, 1] = 0.5, 0.5
+    moved = (bundle.generate(mix, z) - a).abs().mean().item() if bundle.manifest.generator.label != "index" else None
+    if moved is not None and moved < 1e-4:
+        raise EdgepptError("the generator ignores soft labels (a 50/50 mix of two classes draws the same images "
+                           "as one class): declare --label index if it takes class indices")
+    lo, hi = bundle.manifest.generator.output_range
+    raw = bundle.generator({bundle.manifest.generator.z_input: z, bundle.manifest.generator.label_input:
+                            torch.zeros(8, dtype=torch.long) if bundle.manifest.generator.label == "index"
+                            else torch.eye(k)[[0] * 8]}, bundle.device)[bundle.manifest.generator.output]
+    span = hi - lo
+    if raw.min().item() < lo - 0.05 * span or raw.max().item() > hi + 0.05 * span:
+        raise EdgepptError(f"the generator's outputs span [{raw.min().item():.2f}, {raw.max().item():.2f}], "
+                           f"outside the declared --output-range {lo},{hi}")
+    y = torch.arange(k).repeat_interleave(16)
+    logits, feats = bundle.classify(bundle.sample_classes(y, g))
+    if not torch.isfinite(logits).all():
+        raise EdgepptError("the classifier returned non-finite logits on the generator's images")
+    return {"generated_accuracy": round((logits.argmax(1) == y).float().mean().item(), 4),
+            "soft_label_change": None if moved is None else round(moved, 4),
+            "output_span": [round(raw.min().item(), 3), round(raw.max().item(), 3)],
+            "num_features": feats.shape[1]}
+
+
+def pack(cfg: PackConfig, info: dict[str, Any] | None = None, readme: Callable[[SourceBundle], str] | None = None,
+         g: Path | nn.Module | None = None, c: Path | nn.Module | None = None) -> tuple[Path, dict[str, Any]]:
+    """Write the bundle; returns its path and the contract summary."""
+    g = g if g is not None else resolve(cfg.generator, cfg.trust_code)
+    c = c if c is not None else resolve(cfg.classifier, cfg.trust_code)
+    summary: dict[str, Any] = {}
+
+    def extras(tmp: Path, bundle: SourceBundle) -> None:
+        summary.update(check_soft_labels(bundle))
+        render_grid(bundle, tmp / "samples.png")
+        atomic_write_text(tmp / "README.md", (readme or _readme)(bundle))
+
+    info = {"packed_from": {"generator": cfg.generator, "classifier": cfg.classifier}, **(info or {})}
+    out = write_bundle(cfg.out, _stage(cfg, g, c, info), extras, cfg.sign)
+    return out, summary
+
+
+def _readme(bundle: SourceBundle) -> str:
+    m = bundle.manifest
+    return f"""# Source bundle: {', '.join(m.classes)}
+
+A class-conditional generator and a source classifier as ONNX graphs (see `manifest.json`: the declared
+conventions, and the sha256 of every file; `signature.json`, when present, signs the manifest).
+
+- images: {list(m.image_shape)}; latent: {m.latent.size} values, {m.latent.distribution}
+- generator label input: {m.generator.label}; output range {list(m.generator.output_range)}
+- classifier: normalisation mean {m.classifier.mean}, std {m.classifier.std}; features from \
+{m.classifier.features or 'the logits'} ({m.classifier.num_features} values)
+
+`samples.png`: one row per class (one-hot p), the last row interpolates p between two classes.
+"""
+
+
+def from_bundle(old: Path, cfg: PackConfig) -> tuple[Path, dict[str, Any]]:
+    """Convert a version-1 (.pt2) bundle: its programs load only when signed by a trusted key or trust_code."""
+    m = read_manifest(old)
+    if m.runtime != "pt2":
+        raise EdgepptError(f"{old}: already an ONNX bundle; nothing to convert")
+    signer = verify_folder(old, trust_keys())
+    if not cfg.trust_code and not (signer and signer.trusted):
+        raise EdgepptError(f"{old}: a .pt2 bundle's loading can run code; pass --trust-code if you trust "
+                           "whoever made it")
+    from edgeppt.bundle import verify_files
+    verify_files(old, m)
+    g, c = (load_program(old / f) for f in (m.generator.file, m.classifier.file))
+    cfg = cfg.model_copy(update={"classes": m.classes, "latent_dim": m.latent.size, "output_range": (0.0, 1.0)})
+    info = {**m.info, "converted_from": "a version-1 (.pt2) bundle"}
+    notes = (old / "README.md").read_text() if (old / "README.md").is_file() else None
+
+    def readme(bundle: SourceBundle) -> str:  # the owner's notes stay; the format line says what it is now
+        if notes is None:
+            return _readme(bundle)
+        return notes.replace("compiled with `torch.export`", "as ONNX graphs (converted from torch.export)") + \
+            "\nConverted from a version-1 (.pt2) bundle with `edgeppt source pack --from-bundle`.\n"
+    return pack(cfg, info, readme, g=g, c=c)

@@ -1,0 +1,299 @@
+"""Source bundles from the owner's own models: pack from ONNX, .pt2 and a factory, each convention adapter,
+signatures (forged, wrong, unknown, missing keys), and .pt2 bundles that would run code."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edgeppt.bundle import load_bundle, read_manifest
+from edgeppt.bundle_write import export_onnx
+from edgeppt.errors import EdgepptError
+from edgeppt.runs import sha256_file
+from edgeppt.signing import keygen
+from edgeppt.source.pack import PackConfig, from_bundle, pack
+
+K, LATENT = 3, 6
+
+
+class OwnerGenerator(nn.Module):
+    """An owner's G in other conventions: images in [-1, 1], optionally a class-index input."""
+
+    def __init__(self, index: bool = False, side: int = 8, channels: int = 1):
+        super().__init__()
+        self.index, self.shape = index, (channels, side, side)
+        self.embed = nn.Embedding(K, 8) if index else nn.Linear(K, 8, bias=False)
+        self.net = nn.Linear(LATENT + 8, channels * side * side)
+
+    def forward(self, z, y):
+        return torch.tanh(self.net(torch.cat([z, self.embed(y)], 1))).view(-1, *self.shape)
+
+
+class LogitsOnly(nn.Module):
+    """An owner's C that expects normalised input at its own resolution and returns logits only."""
+
+    def __init__(self, side: int = 8, channels: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, K))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def cfg(tmp_path: Path, g: str, c: str, **kw) -> PackConfig:
+    return PackConfig(generator=g, classifier=c, classes=["a", "b", "c"], out=tmp_path / "bundle", **kw)
+
+
+def onnx_pair(tmp_path: Path, index: bool = False, side: int = 8, c_side: int = 8) -> tuple[str, str]:
+    torch.manual_seed(0)
+    g, c = OwnerGenerator(index, side), LogitsOnly(c_side)
+    y = torch.tensor([0, 1]) if index else torch.softmax(torch.randn(2, K), 1)
+    export_onnx(g, (torch.randn(2, LATENT), y), ["noise", "label"], ["img"], tmp_path / "G.onnx")
+    export_onnx(c, (torch.rand(2, 1, c_side, c_side),), ["x"], ["scores"], tmp_path / "C.onnx")
+    return str(tmp_path / "G.onnx"), str(tmp_path / "C.onnx")
+
+
+def test_pack_from_onnx_applies_the_declared_conventions(tmp_path: Path):
+    g, c = onnx_pair(tmp_path)
+    out, summary = pack(cfg(tmp_path, g, c, output_range=(-1, 1), mean=[0.5], std=[0.5]))
+    b = load_bundle(out)
+    m = b.manifest
+    assert (m.generator.z_input, m.generator.label_input, m.generator.output) == ("noise", "label", "img")
+    assert m.latent.size == LATENT and m.classifier.features is None and m.classifier.num_features == K
+    assert set(m.files) == {"generator.onnx", "classifier.onnx", "samples.png", "README.md"}
+    torch.manual_seed(0)
+    owner_g, owner_c = OwnerGenerator(), LogitsOnly()
+    z, p = torch.randn(4, LATENT), torch.softmax(torch.randn(4, K), 1)
+    x = b.generate(p, z)
+    with torch.no_grad():
+        assert torch.allclose(x, (owner_g(z, p) + 1) / 2, atol=1e-5)  # [-1, 1] -> [0, 1]
+        logits, feats = b.classify(x)
+        assert torch.allclose(logits, owner_c((x - 0.5) / 0.5), atol=1e-5)  # C sees its own normalisation
+    assert torch.equal(feats, logits)  # a logits-only classifier: the logits serve as features
+    assert summary["soft_label_change"] > 0 and summary["num_features"] == K
+
+
+def test_declared_range_is_checked(tmp_path: Path):
+    g, c = onnx_pair(tmp_path)
+    with pytest.raises(EdgepptError, match=r"outside the declared --output-range 0.0,1.0"):
+        pack(cfg(tmp_path, g, c))  # tanh outputs reach below 0
+    assert not (tmp_path / "bundle").exists()  # nothing half-written is left
+
+
+def test_index_generator_samples_soft_labels_and_resized_classifier(tmp_path: Path):
+    g, c = onnx_pair(tmp_path, index=True, side=8, c_side=12)
+    out, summary = pack(cfg(tmp_path, g, c, output_range=(-1, 1), input_size=12))
+    b = load_bundle(out)
+    assert b.manifest.generator.label == "index" and summary["soft_label_change"] is None
+    one_hot = b.generate(torch.eye(K)[[1, 1]], torch.zeros(2, LATENT))
+    assert torch.allclose(one_hot[0], one_hot[1])  # a one-hot p is a fixed class
+    mix = torch.full((400, K), 1 / K)
+    x = b.generate(mix, torch.zeros(400, LATENT), generator=torch.Generator().manual_seed(0))
+    distinct = {tuple(v.flatten()[:4].round(decimals=4).tolist()) for v in x}
+    assert len(distinct) == K  # a uniform p draws every class
+    assert b.classify(x[:5])[0].shape == (5, K)  # 8 px images resized to the classifier's 12 px
+
+
+def test_latent_conventions(tmp_path: Path):
+    g, c = onnx_pair(tmp_path)
+    b = load_bundle(pack(cfg(tmp_path, g, c, output_range=(-1, 1), latent="uniform"))[0])
+    z = b.sample_latents(5000, torch.Generator().manual_seed(0))
+    assert z.min() >= -1 and z.max() <= 1 and abs(z.mean()) < 0.05
+    b = load_bundle(pack(cfg(tmp_path, g, c, output_range=(-1, 1), truncation=0.5))[0])
+    z = b.sample_latents(5000, torch.Generator().manual_seed(0))
+    assert z.abs().max() <= 0.5 and z.std() > 0.2
+
+
+def test_a_generator_that_ignores_soft_labels_is_refused(tmp_path: Path):
+    class Deaf(nn.Module):
+        def forward(self, z, p):
+            return torch.sigmoid(z[:, :1, None, None].expand(-1, 1, 8, 8) + 0 * p.sum(1)[:, None, None, None])
+
+    with pytest.raises(EdgepptError, match="ignores soft labels"):
+        pack(cfg(tmp_path, "-", "-", latent_dim=LATENT), g=Deaf(), c=LogitsOnly())
+
+
+def test_pack_from_a_factory_and_from_pt2(tmp_path: Path, monkeypatch):
+    pkg = tmp_path / "ownerpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(textwrap.dedent(f"""
+        import torch
+        from torch import nn
+
+        class G(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear({LATENT} + {K}, 64)
+            def forward(self, z, p):
+                return torch.sigmoid(self.fc(torch.cat([z, p], 1))).view(-1, 1, 8, 8)
+
+        class C(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.f = nn.Sequential(nn.Flatten(), nn.Linear(64, 16))
+                self.head = nn.Linear(16, {K})
+            def forward(self, x):
+                f = self.f(x)
+                return self.head(f), f
+
+        def make_generator():
+            torch.manual_seed(0)
+            return G()
+
+        def make_classifier():
+            return C()
+    """))
+    monkeypatch.chdir(tmp_path)
+    out, _ = pack(cfg(tmp_path, "ownerpkg.models:make_generator", "ownerpkg.models:make_classifier",
+                      latent_dim=LATENT))
+    b = load_bundle(out)
+    assert b.manifest.classifier.features == "features" and b.manifest.classifier.num_features == 16
+    assert b.manifest.info["packed_from"]["generator"] == "ownerpkg.models:make_generator"
+    with pytest.raises(EdgepptError, match="cannot import the factory"):
+        pack(cfg(tmp_path, "ownerpkg.nothing:make", "ownerpkg.models:make_classifier", latent_dim=LATENT))
+
+    from ownerpkg.models import make_generator  # type: ignore[import-not-found]
+    prog = torch.export.export(make_generator().eval(), (torch.randn(2, LATENT), torch.rand(2, K)),
+                               dynamic_shapes=({0: torch.export.Dim("b")}, {0: torch.export.Dim("b")}))
+    torch.export.save(prog, tmp_path / "G.pt2")
+    with pytest.raises(EdgepptError, match="pass --trust-code"):
+        pack(cfg(tmp_path, str(tmp_path / "G.pt2"), "ownerpkg.models:make_classifier", latent_dim=LATENT))
+    out, _ = pack(cfg(tmp_path, str(tmp_path / "G.pt2"), "ownerpkg.models:make_classifier", latent_dim=LATENT,
+                      trust_code=True))
+    z, p = torch.randn(3, LATENT), torch.softmax(torch.randn(3, K), 1)
+    with torch.no_grad():
+        assert torch.allclose(load_bundle(out).generate(p, z), make_generator()(z, p), atol=1e-5)
+
+
+# ---------------------------------------------------------------- signatures
+@pytest.fixture()
+def keys(tmp_path: Path, monkeypatch) -> dict[str, Path]:
+    monkeypatch.setenv("EDGEPPT_CONFIG_DIR", str(tmp_path / "config"))  # an empty keyring
+    keygen(tmp_path / "owner")
+    keygen(tmp_path / "other")
+    return {"owner": tmp_path / "owner", "other": tmp_path / "other"}
+
+
+def signed_bundle(tmp_path: Path, keys: dict[str, Path]) -> Path:
+    g, c = onnx_pair(tmp_path)
+    return pack(cfg(tmp_path, g, c, output_range=(-1, 1), sign=keys["owner"].with_suffix(".key")))[0]
+
+
+def test_signed_bundle_verifies_and_names_its_signer(tmp_path: Path, keys):
+    out = signed_bundle(tmp_path, keys)
+    b = load_bundle(out, trusted_keys=[keys["owner"].with_suffix(".pub")], require_signature=True)
+    assert b.provenance.startswith("signed by owner (key ")
+    assert load_bundle(out).provenance.startswith("signed by an untrusted key")  # no key asked for: still loads
+    (tmp_path / "config" / "trusted-keys").mkdir(parents=True)
+    (tmp_path / "config" / "trusted-keys" / "acme.pub").write_bytes(keys["owner"].with_suffix(".pub").read_bytes())
+    assert load_bundle(out).provenance.startswith("signed by acme")  # the keyring names it
+
+
+def test_forged_manifest_with_recomputed_hashes_is_refused(tmp_path: Path, keys):
+    out = signed_bundle(tmp_path, keys)
+    (out / "README.md").write_text("forged")
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"]["README.md"] = sha256_file(out / "README.md")
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgepptError, match="altered after it was signed"):
+        load_bundle(out, trusted_keys=[keys["owner"].with_suffix(".pub")])
+    (out / "signature.json").unlink()  # stripping the signature does not help when a key is required
+    with pytest.raises(EdgepptError, match="not signed"):
+        load_bundle(out, trusted_keys=[keys["owner"].with_suffix(".pub")], require_signature=True)
+
+
+def test_wrong_unknown_and_bad_keys(tmp_path: Path, keys):
+    out = signed_bundle(tmp_path, keys)
+    with pytest.raises(EdgepptError, match="which is not trusted"):
+        load_bundle(out, trusted_keys=[keys["other"].with_suffix(".pub")], require_signature=True)
+    with pytest.raises(EdgepptError, match="no such key file"):
+        load_bundle(out, trusted_keys=[tmp_path / "missing.pub"], require_signature=True)
+    (tmp_path / "junk.pub").write_text("not a key")
+    with pytest.raises(EdgepptError, match="not a readable PEM public key"):
+        load_bundle(out, trusted_keys=[tmp_path / "junk.pub"], require_signature=True)
+    with pytest.raises(EdgepptError, match="refusing to overwrite a key"):
+        keygen(keys["owner"])
+    assert oct(keys["owner"].with_suffix(".key").stat().st_mode & 0o777) == "0o600"
+    sig = json.loads((out / "signature.json").read_text())
+    sig["signature"] = "!!"
+    (out / "signature.json").write_text(json.dumps(sig))
+    with pytest.raises(EdgepptError, match="not a valid signature file"):
+        load_bundle(out)
+
+
+def test_an_unlisted_file_is_refused(tmp_path: Path, keys):
+    out = signed_bundle(tmp_path, keys)
+    (out / "hook.py").write_text("import os")
+    with pytest.raises(EdgepptError, match="hook.py is not covered by the manifest"):
+        load_bundle(out)
+
+
+class RunsCode:
+    """A pickle payload that would leave a marker file behind if it were ever unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def v1_bundle_that_runs_code(path: Path, marker: Path) -> Path:
+    """A version-1 bundle whose .pt2 files carry a pickle that runs code on load."""
+    path.mkdir()
+    for name in ("generator.pt2", "classifier.pt2"):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("archive/data.pkl", pickle.dumps(RunsCode(marker)))
+        (path / name).write_bytes(buf.getvalue())
+    manifest = {"format": "edgeppt-source-bundle", "version": 1, "classes": ["a", "b"], "latent_dim": 4,
+                "image_shape": [1, 8, 8], "generator": {"file": "generator.pt2"},
+                "classifier": {"file": "classifier.pt2", "outputs": {"features": ["N", 4]}},
+                "files": {n: sha256_file(path / n) for n in ("generator.pt2", "classifier.pt2")}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_a_pt2_bundle_is_refused_unless_trusted_and_nothing_runs(tmp_path: Path, keys, monkeypatch):
+    marker = tmp_path / "ran"
+    old = v1_bundle_that_runs_code(tmp_path / "old", marker)
+    assert read_manifest(old).runtime == "pt2"
+    calls: list[Path] = []
+    import edgeppt.bundle as B
+    monkeypatch.setattr(B, "load_program", lambda f: calls.append(f) or (_ for _ in ()).throw(ValueError("x")))
+    with pytest.raises(EdgepptError, match="can run code"):
+        load_bundle(old)
+    with pytest.raises(EdgepptError, match="can run code"):
+        from_bundle(old, cfg(tmp_path, "-", "-"))
+    assert not calls and not marker.exists()  # refused before anything was unpickled
+    with pytest.raises(EdgepptError, match="cannot load the compiled model"):
+        load_bundle(old, trust_code=True)  # an explicit --trust-code does reach the loader
+    assert calls == [old / "generator.pt2"]
+
+
+def test_an_unsigned_pt2_upload_is_refused_by_the_wizard(tmp_path: Path, keys):
+    from edgeppt.app.uploads import extract_bundle
+    from edgeppt.app.wizard import bundle_preview
+
+    marker = tmp_path / "ran"
+    old = v1_bundle_that_runs_code(tmp_path / "old", marker)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in old.iterdir():
+            z.write(f, f"old/{f.name}")
+    path = extract_bundle(buf.getvalue(), tmp_path / "upload")
+    with pytest.raises(EdgepptError, match="can run code"):
+        bundle_preview.__wrapped__(str(path), str(tmp_path / "grid.png"))
+    assert not marker.exists()
+    signed = signed_bundle(tmp_path, keys)
+    info = bundle_preview.__wrapped__(str(signed), str(tmp_path / "grid.png"))
+    assert info["provenance"].startswith("signed by an untrusted key") and (tmp_path / "grid.png").is_file()
