@@ -1,9 +1,12 @@
 # edgeppt, CPU image. The wizard is the default command; the CLI is on PATH.
 #
 #   docker build -t edgeppt .
-#   docker run -p 8501:8501 -v "$PWD/runs:/data/runs" edgeppt          # the wizard on http://localhost:8501
-#   docker run -v "$PWD/runs:/data/runs" edgeppt edgeppt demo           # or any edgeppt command
+#   docker run -p 127.0.0.1:8501:8501 -v "$PWD/runs:/data/runs" edgeppt   # the wizard on http://127.0.0.1:8501
+#   docker run -v "$PWD/runs:/data/runs" edgeppt edgeppt demo                # or any edgeppt command
 #
+# The wizard has no authentication (whoever reaches the port can start jobs, read runs and upload files):
+# publish it on 127.0.0.1 only, as above, and reach it from another machine through `ssh -L 8501:127.0.0.1:8501`.
+# The image holds no keys or secrets (.dockerignore keeps keys/, *.key and .env out) and runs as user 1000.
 # The GPU variant (TensorRT engines, CUDA training) is Dockerfile.gpu.
 FROM python:3.11.7-slim-bookworm
 
@@ -40,6 +43,6 @@ WORKDIR /data
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"]
-# Inside a container the wizard listens on all interfaces so `-p 8501:8501` reaches it; bind the published port
-# to localhost on the host (-p 127.0.0.1:8501:8501) to keep it private.
+# Inside a container the wizard listens on all interfaces so a published port reaches it; publish it on the
+# host's 127.0.0.1 only (-p 127.0.0.1:8501:8501): the wizard has no authentication.
 CMD ["edgeppt", "app", "--address", "0.0.0.0", "--port", "8501", "--runs", "/data/runs"]

@@ -264,12 +264,23 @@ def test_dockerfiles_pass_hadolint_and_match_the_project(dockerfile):
     assert "animal-mnist" in text and "--no-deps" in text
 
 
-def test_dockerignore_keeps_runs_and_vcs_out_of_the_build_context():
+def test_dockerignore_keeps_runs_vcs_and_keys_out_of_the_build_context():
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".git", "runs", "dist", "**/__pycache__"):
+    for entry in (".git", "runs", "dist", "**/__pycache__", "keys", "**/keys", "**/*.key", "**/*.pem", "**/.env"):
         assert entry in ignored
     for needed in ("edgeppt", "pipeline", "app", "bundles"):
         assert needed not in ignored
+
+
+def test_the_wizard_port_is_published_on_localhost_only_everywhere_it_is_shown():
+    """The wizard has no authentication: every `docker run -p` the project shows binds the host's 127.0.0.1."""
+    import re
+
+    pages = [ROOT / "Dockerfile", ROOT / "Dockerfile.gpu", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    published = [(p.name, m) for p in pages for m in re.findall(r"-p\s+(\S+:8501)\b", p.read_text())]
+    assert len(published) >= 4
+    assert all(m == "127.0.0.1:8501:8501" for _, m in published), published
+    assert "no authentication" in (ROOT / "docs" / "pipeline.md").read_text()
 
 
 def test_the_run_table_shows_whole_result_items_one_per_line():
