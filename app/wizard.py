@@ -19,6 +19,7 @@ from typing import Any
 
 import streamlit as st
 
+from edgeppt.app import display
 from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders
 from edgeppt.data import EXAMPLE_TARGET
 from edgeppt.devices import DEFAULT_DEVICE
@@ -232,9 +233,7 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
         draft["device"] = DEFAULT_DEVICE
     bound(st.selectbox, "Device", run, draft, "device", draft["device"], names,
           format_func=lambda n: f"{n} — {profiles[n].description}")
-    b = profiles[draft["device"]].budgets
-    st.caption(f"Budgets: latency {b.latency_ms} ms, params {b.params}, MACs {b.macs}; "
-               f"export formats {profiles[draft['device']].export.formats}")
+    st.caption(display.budget_caption(profiles[draft["device"]]))
     budgets = list(BUDGETS)
     bound(st.radio, "Budget", run, draft, "budget", draft["budget"], budgets, horizontal=True,
           help=f"{budget_help()} (on 2 CPU cores)")
@@ -349,7 +348,8 @@ def search_trials(folder: Path) -> list[dict[str, Any]]:
     """Every candidate so far, from the search's own ledger (safe to read while the search writes it)."""
     from edgeppt.search.ledger import read_trials
 
-    cols = ("order", "trial", "status", "accuracy", "final_accuracy", "latency_ms", "params", "macs", "train_s")
+    cols = ("order", "trial", "status", "accuracy", "final_accuracy", "latency_ms", "latency_kind", "params", "macs",
+            "peak_activation_kib", "train_s")
     return [{k: r.get(k) for k in cols} for r in read_trials(folder)]
 
 
@@ -368,11 +368,16 @@ def show_search(run: Path, status: dict[str, Any]) -> None:
         budget = cfg.get("latency_ms") or load_profile(cfg.get("device", DEFAULT_DEVICE)).budgets.latency_ms
         pareto_plot(trained, budget)
     if rows:
-        st.dataframe(rows, width="stretch")
+        st.dataframe(display.trial_rows(rows), width="stretch", hide_index=True)
     best = read_best(folder)
     if best:
         st.subheader("Chosen architecture")
-        st.json(best.model_dump(mode="json"), expanded=False)
+        st.write(display.arch_summary(best))
+        cols = st.columns([3, 2])
+        cols[0].dataframe(display.arch_stage_rows(best), hide_index=True)
+        cols[1].dataframe(display.arch_cost_rows(best), hide_index=True)
+        with st.expander("best.json"):
+            st.json(best.model_dump(mode="json"))
 
 
 def pareto_plot(rows: list[dict[str, Any]], budget_ms: float | None = None) -> None:
@@ -411,7 +416,7 @@ def show_transfer(run: Path, status: dict[str, Any]) -> None:
     if report:
         st.metric("Test accuracy", f"{100 * report['test_accuracy']:.2f}%")
         cols = st.columns(2)
-        cols[0].table([{"class": c, "accuracy %": round(100 * a, 1)} for c, a in report["per_class_accuracy"].items()])
+        cols[0].table(display.per_class_rows(report))
         cols[1].pyplot(confusion_figure(report))
 
 
@@ -427,6 +432,7 @@ def show_export(run: Path, status: dict[str, Any]) -> None:
     rows = [{k: ("-" if v is None else f"{v:.3f}") if k in ms else v for k, v in r.items()}
             for r in export_rows(manifest)]
     st.dataframe(rows, width="stretch", hide_index=True)
+    st.markdown(display.default_artifact_note(manifest))
     zip_path = run / "export" / "bundle.zip"
     if zip_path.exists():
         st.download_button("Download the bundle (zip)", zip_path.read_bytes(), file_name=f"{run.name}-bundle.zip",

@@ -133,6 +133,9 @@ def test_step2_verifies_the_bundle_and_draws_its_samples(wizard):
 
 def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
     at = goto(wizard.run(), 2)
+    caption = next(c.value for c in at.caption if c.value.startswith("Budgets:"))
+    assert caption == ("Budgets: latency 2 ms · 2M parameters · MACs: no limit · peak activations: no limit. "
+                       "Export formats: onnx, int8 (the bundle runs int8 by default).")
     budget = next(r for r in at.radio if r.label == "Budget")
     budget.set_value("tiny").run()
     yaml_text = at.code[0].value
@@ -148,8 +151,11 @@ def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
 
 
 def test_step4_shows_a_finished_search_with_its_finalists(wizard):
+    from edgeppt.app import display
     from edgeppt.config import SearchConfig
     from edgeppt.search import run_search
+    from edgeppt.search.ledger import read_trials
+    from edgeppt.search.record import read_best
 
     folder = Path(os.environ["EDGEPPT_RUNS"]) / "apptest" / "search"
     run_search(SearchConfig(target="digits", test_fraction=0.3, labels_per_class=3, val_per_class=5, trials=3,
@@ -157,16 +163,30 @@ def test_step4_shows_a_finished_search_with_its_finalists(wizard):
                             proxy=dict(pretrain_steps=0, finetune_steps=40, batch_size=8)), folder, progress=False)
     at = goto(wizard.run(), 3)  # the fourth step
     assert at.header[0].value == "Architecture search"
-    rows = [r for r in at.dataframe[0].value.to_dict("records") if r["status"] == "trained"]
-    assert len(rows) == 3 and sum(r["final_accuracy"] == r["final_accuracy"] for r in rows) == 2  # NaN: not a finalist
+    table = at.dataframe[0].value
+    assert list(table.columns) == list(display.TRIAL_COLUMNS)  # names a person reads, not the ledger's fields
+    shown = [r for r in table.to_dict("records") if r["status"] == "trained"]
+    assert len(shown) == 3 and sum(r["mean of seeds"] != "" for r in shown) == 2  # empty: not a finalist
+    assert all(re.fullmatch(r"\d+\.\d%", r["proxy accuracy"]) and re.fullmatch(r"\d+\.\d", r["training s"])
+               for r in shown)
+    assert not {"None", "nan"} & {str(v) for r in table.to_dict("records") for v in r.values()}
+    trained = [r for r in read_trials(folder) if r["status"] == "trained"]
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
-    finals = {r["latency_ms"]: r["final_accuracy"] for r in rows if r["final_accuracy"] == r["final_accuracy"]}
+    finals = {r["latency_ms"]: r["final_accuracy"] for r in trained if r.get("final_accuracy") is not None}
     plotted = dict(zip(chart["data"][0]["x"], chart["data"][0]["y"]))
     # Finalists are drawn at the mean of their seeds, not at their first seed's accuracy (these settings make the
     # seeds disagree, so the two differ).
-    assert all(plotted[lat] == pytest.approx(acc) for lat, acc in finals.items())
-    assert any(r["final_accuracy"] != pytest.approx(r["accuracy"]) for r in rows if r["latency_ms"] in finals)
-    assert any(j.value for j in at.json)  # best.json
+    assert len(finals) == 2 and all(plotted[lat] == pytest.approx(acc) for lat, acc in finals.items())
+    assert any(r["final_accuracy"] != pytest.approx(r["accuracy"]) for r in trained if r["latency_ms"] in finals)
+    # The chosen architecture: a table of its stages beside its costs and the budgets, the raw record folded away.
+    best = read_best(folder)
+    assert best is not None
+    stages = at.dataframe[1].value.to_dict("records")
+    assert len(stages) == len(best.config["stages"]) and {"width", "kernel", "expansion", "squeeze-excite"} <= \
+        set(stages[0])
+    costs = {r[""]: r for r in at.dataframe[2].value.to_dict("records")}
+    assert costs["latency, batch 1"]["budget"] == "50 ms" and costs["latency, batch 1"]["chosen"].endswith("(measured)")
+    assert any(j.value for j in at.json)  # best.json, in its expander
 
 
 def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundle):
@@ -188,11 +208,15 @@ def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundl
     assert any("Job: done" in m.value for m in at.markdown)
     at = goto(at, 4)
     assert any(m.label == "Test accuracy" for m in at.metric)
-    assert [r["class"] for r in at.table[0].value.to_dict("records")] == ["0", "1", "2"]
+    per_class = at.table[0].value.to_dict("records")
+    assert [r["class"] for r in per_class] == ["0", "1", "2"]
+    assert all(re.fullmatch(r"\d+\.\d%", r["test accuracy"]) for r in per_class)  # not 0.8333 or 83.3333
     at = goto(at, 5)
     rows = at.dataframe[0].value.to_dict("records")
     assert [r["format"] for r in rows] == ["pytorch", "onnx", "int8"]
     assert rows[0]["batch-1 median ms"] == "-" and all(float(r["batch-1 median ms"]) > 0 for r in rows[1:])
+    assert any("The bundle runs **int8** (`model.int8.onnx`) by default: the x86-cpu profile's default format"
+               in m.value for m in at.markdown)
     assert any(b.label == "Download the bundle (zip)" for b in at.get("download_button"))
 
     at = goto(at, 2)
@@ -267,6 +291,7 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
 
             page.get_by_text("3 · Device & budget").click()
             settle(page)
+            expect(page.get_by_text("Budgets: latency 2 ms · 2M parameters")).to_be_visible(timeout=30_000)
             page.get_by_text("tiny", exact=True).click()
             settle(page)
             expect(page.get_by_text("finetune_steps: 10")).to_be_visible(timeout=30_000)
@@ -298,6 +323,7 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
             page.get_by_text("6 · Export").click()
             settle(page)
             expect(page.get_by_role("button", name="Download the bundle (zip)")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("by default: the x86-cpu profile's default format")).to_be_visible()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(shots / "wizard-export.png"), full_page=True)
             browser.close()
@@ -305,3 +331,79 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         log.close()
+
+
+# ---------------------------------------------------------------- what the pages show
+def test_display_counts_percentages_and_budgets_read_as_words():
+    from edgeppt.app import display
+    from edgeppt.devices import DeviceProfile
+
+    assert [display.count(n) for n in (None, 999, 34_701, 3_745_800, 2_000_000)] == \
+        ["", "999", "34,701", "3.75M", "2M"]
+    assert display.percent(0.83333) == "83.3%" and display.percent(None) == "" and display.number(47.4312, 1) == "47.4"
+    profile = DeviceProfile.model_validate({"name": "board", "budgets": {"macs": 5_000_000, "peak_activation_kib": 96},
+                                            "export": {"formats": ["onnx"], "default_format": "onnx"}})
+    assert display.budget_caption(profile) == ("Budgets: latency: no limit · parameters: no limit · 5M MACs · "
+                                               "96 KiB peak activations. Export formats: onnx (the bundle runs onnx "
+                                               "by default).")
+
+
+def test_display_trial_rows_leave_cells_empty_where_nothing_applies():
+    from edgeppt.app import display
+
+    rows = display.trial_rows([
+        {"order": 0, "status": "rejected", "latency_ms": 3.21, "latency_kind": "predicted", "params": 10_229,
+         "macs": 945_352, "peak_activation_kib": 98.0},
+        {"order": 1, "trial": 1, "status": "trained", "accuracy": 0.65, "final_accuracy": 0.745, "latency_ms": 0.61389,
+         "latency_kind": "measured", "params": 169_689, "macs": 9_572_944, "peak_activation_kib": 196.0,
+         "train_s": 15.372453}])
+    assert rows == [
+        {"trial": "", "status": "rejected", "proxy accuracy": "", "mean of seeds": "", "latency ms": "3.210",
+         "latency from": "predicted", "parameters": "10,229", "MACs": "945,352", "peak activations KiB": "98.0",
+         "training s": ""},
+        {"trial": "1", "status": "trained", "proxy accuracy": "65.0%", "mean of seeds": "74.5%", "latency ms": "0.614",
+         "latency from": "measured", "parameters": "169,689", "MACs": "9.57M", "peak activations KiB": "196.0",
+         "training s": "15.4"}]
+
+
+def test_display_the_chosen_architecture_as_stages_beside_its_costs():
+    from edgeppt.app import display
+    from edgeppt.search.record import SearchResult
+
+    best = SearchResult.model_validate({
+        "family": "mobilenet",
+        "config": {"stem": 16, "head_width": 128, "act": "hswish", "stages": [
+            {"width": 16, "depth": 1, "kernel": 3, "expand": 1.0, "se": False, "stride": 1},
+            {"width": 32, "depth": 2, "kernel": 5, "expand": 3.0, "se": True, "stride": 2}]},
+        "search": {"device": "x86-cpu", "budgets": {"latency_ms": 2.0, "params": 2_000_000}, "proxy_accuracy": 0.84,
+                   "proxy_seed_accuracies": [0.81, 0.87], "trial": 3,
+                   "costs": {"latency_ms": 0.2394, "latency_kind": "measured", "macs": 3_745_800, "params": 34_701,
+                             "peak_activation_kib": 147.0}}})
+    assert display.arch_summary(best) == "mobilenet · stem 16 channels · hswish activations · a 128-channel 1x1 head"
+    assert display.arch_stage_rows(best)[1] == {"stage": "2", "width": "32", "blocks": "2", "kernel": "5x5",
+                                                "expansion": "3x", "squeeze-excite": "yes", "stride": "2"}
+    assert display.arch_cost_rows(best) == [
+        {"": "proxy accuracy", "chosen": "84.0% (mean of 2 seeds)", "budget": ""},
+        {"": "latency, batch 1", "chosen": "0.239 ms (measured)", "budget": "2 ms"},
+        {"": "parameters", "chosen": "34,701", "budget": "2M"},
+        {"": "MACs", "chosen": "3.75M", "budget": "no limit"},
+        {"": "peak activations", "chosen": "147 KiB", "budget": "no limit"}]
+
+
+def test_display_says_which_artifact_the_bundle_runs_and_why():
+    from edgeppt.app import display
+
+    manifest = {"device": "jetson", "default_format": "onnx", "device_profile": {"export": {"default_format": "fp16"}},
+                "artifacts": {"onnx": {"file": "model.onnx"}, "int8": {"file": "model.int8.onnx"}}}
+    assert display.default_artifact_note(manifest) == (
+        "The bundle runs **onnx** (`model.onnx`) by default: the jetson profile asks for fp16, which this bundle "
+        "does not hold, so the plain ONNX model. Another one runs with `--model`, e.g. "
+        "`python runner.py classify IMAGE --model model.int8.onnx`.")
+    manifest = {"device": "x86-cpu", "default_format": "int8", "device_profile": {"export": {"default_format": "int8"}},
+                "artifacts": {"int8": {"file": "model.int8.onnx",
+                                       "accuracy_guard": {"met": False, "note": "drops 3.1 points"}}}}
+    assert display.default_artifact_note(manifest) == (
+        "The bundle runs **int8** (`model.int8.onnx`) by default: the x86-cpu profile's default format (its "
+        "export.default_format). Its accuracy guard was not met: drops 3.1 points.")
+    assert display.per_class_rows({"per_class_accuracy": {"cat": 0.83333}}) == [{"class": "cat",
+                                                                               "test accuracy": "83.3%"}]
