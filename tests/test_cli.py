@@ -96,7 +96,12 @@ def parsed_by_the_cli(line: str, monkeypatch):
     import edgeppt.source.train
 
     seen = []
-    monkeypatch.setattr(edgeppt.source.train, "train_source", lambda cfg, **kw: seen.append(cfg) or cfg.out)
+
+    def train_source(cfg, **kw):
+        seen.append(cfg)
+        return cfg.out
+
+    monkeypatch.setattr(edgeppt.source.train, "train_source", train_source)
     words = shlex.split(line)
     assert words[:3] == ["edgeppt", "source", "train"]
     res = runner.invoke(app, words[1:])
