@@ -78,7 +78,7 @@ def write_bundle(out: str | Path, stage: Callable[[Path], Manifest],
             _seal(tmp, manifest)
         if sign_key is not None:
             signing.sign_folder(tmp, sign_key)
-        load_bundle(tmp, trusted_keys=[_public_of(sign_key)] if sign_key else (),
+        load_bundle(tmp, trusted_keys=[signing.public_key_beside(sign_key)] if sign_key else (),
                     require_signature=sign_key is not None)  # exactly what a user will load
         tmp.chmod(0o755)  # mkdtemp/mkstemp make owner-only entries; a bundle is meant to be shared
         for f in tmp.rglob("*"):
@@ -90,15 +90,6 @@ def write_bundle(out: str | Path, stage: Callable[[Path], Manifest],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _public_of(private_key: str | Path) -> Path:
-    p = Path(private_key)
-    stem = p.name.removesuffix(".key")
-    pub = p.with_name(stem + ".pub")
-    if not pub.is_file():
-        raise EdgepptError(f"{pub}: the public key beside {p} is missing (keygen writes both)")
-    return pub
 
 
 def _seal(folder: Path, manifest: Manifest) -> None:

@@ -52,6 +52,16 @@ def config_option(model: type[BaseModel], name: str, help: str | None = None, **
     return typer.Option(None, help=help, show_default=str(field.default) if shown else False, **kw)
 
 
+TRUSTED_KEY_HELP = ("A public key (.pub); the source bundle must be signed by one of the keys given (repeat for "
+                    "several). Keys in ~/.config/edgeppt/trusted-keys name signers without being required.")
+TRUST_CODE_HELP = "Load a .pt2 source bundle without a trusted signature (its loading can run code)."
+
+
+def trust_overrides(trusted_key: list[Path], trust_code: bool) -> dict[str, Any]:
+    """Config fields for the --trusted-key / --trust-code options (unset ones leave the config's own)."""
+    return {"trusted_keys": trusted_key or None, "trust_code": trust_code or None}
+
+
 RESUME_HINT = "the last checkpoint is saved; run the same command with --resume to continue"
 
 

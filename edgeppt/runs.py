@@ -54,6 +54,15 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     # weights_only: a checkpoint holds tensors, numbers and strings; never arbitrary objects.
     return torch.load(path, map_location="cpu", weights_only=True)

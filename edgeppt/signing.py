@@ -121,6 +121,15 @@ def _key_path(path: str | Path, suffix: str) -> Path:
     return path
 
 
+def public_key_beside(private_key: str | Path) -> Path:
+    """keygen writes <name>.key and <name>.pub side by side: the public half of a private key file."""
+    p = Path(private_key)
+    pub = p.with_name(p.name.removesuffix(".key") + ".pub")
+    if not pub.is_file():
+        raise EdgepptError(f"{pub}: the public key beside {p} is missing (keygen writes both)")
+    return pub
+
+
 def trusted_keys(paths: Iterable[str | Path] = ()) -> list[TrustedKey]:
     """The keys given on the command line, then every `*.pub` in the keyring folder."""
     keys = [load_public_key(p) for p in paths]

@@ -103,7 +103,7 @@ def write_samples(root: Path, x: np.ndarray, y: np.ndarray, classes: list[str], 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Add the sha256 of every file in the bundle (but the manifest itself) and write manifest.json."""
     files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+             if p.is_file() and p.name not in (MANIFEST, runner.SIGNATURE)}
     manifest = {"format": FORMAT, "version": VERSION, **manifest, "files": files}
     atomic_write_json(root / MANIFEST, manifest)
     return manifest
@@ -125,10 +125,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return m
 
 
-def verify_bundle(path: str | Path) -> dict[str, Any]:
-    """The manifest, after checking every listed file against its sha256 (the runner's check, shared)."""
+def verify_bundle(path: str | Path, trusted_keys: list[Path] | None = None) -> dict[str, Any]:
+    """The manifest, after checking every listed file against its sha256 and the signature (the runner's check,
+    shared)."""
     m = read_manifest(path)
-    problems = runner.verify(Path(path))
+    problems = runner.verify(Path(path), trusted_keys)
     if problems:
         raise EdgepptError(f"{path}: bundle verification failed: " + "; ".join(problems))
     return m

@@ -62,13 +62,14 @@ def export_cmd(
     dynamic_batch: bool = _option("dynamic_batch"),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the device's)."),
     bench_runs: int = _option("bench_runs", min=0),
+    sign: Optional[Path] = _option("sign"),
 ) -> None:
     """Export a trained run to ONNX / INT8 / FP16 / TensorRT and write a verified, deployable bundle."""
     from edgeppt.export import export_run
 
     m = guarded(export_run, run, out, device=device, formats=formats, int8_calibration=int8_calibration, source=source,
              calibration_data=calibration_data, calibration_size=calibration_size, max_int8_drop=max_int8_drop,
-             dynamic_batch=dynamic_batch, threads=threads, bench_runs=bench_runs,
+             dynamic_batch=dynamic_batch, threads=threads, bench_runs=bench_runs, sign=sign,
              log=lambda s: console.print(f"[cyan]export[/] {s}"))
     rows = [{**r, "provider": "CPU (export host)"} for r in m["results"] if "batch1" in r]
     name = out or "dist/" + run.resolve().name
@@ -116,12 +117,14 @@ def deploy_cmd(
     python: str = typer.Option("python3", help="Python on the device (needs numpy, onnxruntime, pillow)."),
     threads: Optional[int] = typer.Option(None),
     runs: int = typer.Option(30, min=1),
+    trusted_key: list[Path] = typer.Option([], help="Public key that must have signed the bundle (edgeppt export "
+                                           "--sign); checked here and on the device before any model loads."),
 ) -> None:
-    """Copy a bundle over SSH, verify its hashes on the device, run its benchmark there and print the numbers."""
+    """Copy a bundle over SSH, verify its hashes (and signature) on the device, benchmark there, print the numbers."""
     from edgeppt.export import deploy_bundle
 
     report = guarded(deploy_bundle, bundle, host, remote_dir=remote_dir, port=port, identity=identity,
-                  ssh_options=ssh_option, python=python, threads=threads, runs=runs)
+                  ssh_options=ssh_option, python=python, threads=threads, runs=runs, trusted_keys=trusted_key)
     console.print(f"[green]deployed:[/] {report['remote']} ({report['verified_files']} files verified on the device)")
     Console().print(_bench_table(f"on {report['host']} ({report['machine']}, onnxruntime {report['onnxruntime']})",
                                  report["results"], "test_accuracy"))

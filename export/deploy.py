@@ -34,10 +34,13 @@ def _tar(path: Path) -> bytes:
 
 def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, port: int | None = None,
                   identity: str | Path | None = None, ssh_options: list[str] | None = None, python: str = "python3",
-                  threads: int | None = None, runs: int = 30, max_seconds: float = 10.0) -> dict[str, Any]:
-    """Returns the benchmark report produced on the device (with the remote path and host)."""
+                  threads: int | None = None, runs: int = 30, max_seconds: float = 10.0,
+                  trusted_keys: list[Path] | None = None) -> dict[str, Any]:
+    """Returns the benchmark report produced on the device (with the remote path and host). With trusted_keys,
+    the bundle must be signed by one of them, here and on the device, before any model is loaded there."""
     path = Path(path)
-    manifest = verify_bundle(path)  # never ship a bundle that is already wrong
+    keys = [Path(k) for k in trusted_keys or []]
+    manifest = verify_bundle(path, keys)  # never ship a bundle that is already wrong
     remote_dir = remote_dir or f"edgeppt-bundles/{path.resolve().name}"  # relative: under the login's home
     base = ssh_command(host, port, identity, ssh_options)
     d = shlex.quote(remote_dir)
@@ -46,9 +49,17 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
     if r.returncode != 0:
         raise EdgepptError(f"copying to {host}:{remote_dir} failed (exit {r.returncode}): {_err(r)}")
     py = shlex.quote(python)
-    r = _remote(base, f"cd {d} && {py} {RUNNER_FILE} verify")
+    key_args = ""
+    for i, key in enumerate(keys):  # the keys travel beside the bundle, not in it: the bundle cannot vouch for itself
+        remote_key = shlex.quote(f"{remote_dir}.trusted-keys/{i}.pub")
+        r = _remote(base, f"mkdir -p {shlex.quote(remote_dir + '.trusted-keys')} && cat > {remote_key}",
+                    stdin=key.read_bytes())
+        if r.returncode != 0:
+            raise EdgepptError(f"copying the trusted key {key} to {host} failed: {_err(r)}")
+        key_args += f" --trusted-key {shlex.quote('../' + Path(remote_dir).name + f'.trusted-keys/{i}.pub')}"
+    r = _remote(base, f"cd {d} && {py} {RUNNER_FILE} verify{key_args}")
     if r.returncode != 0:
-        raise EdgepptError(f"hash verification on {host} failed: {_err(r)}")
+        raise EdgepptError(f"verification on {host} failed: {_err(r)}")
     bench = f"cd {d} && {py} {RUNNER_FILE} bench --json --runs {int(runs)} --max-seconds {float(max_seconds)}"
     if threads is not None:
         bench += f" --threads {int(threads)}"

@@ -21,6 +21,7 @@ from edgeppt.config import validate
 from edgeppt.devices import DEFAULT_DEVICE, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes
+from edgeppt.signing import public_key_beside, sign_folder
 
 from . import bundle as B
 from . import quantize as Q
@@ -232,6 +233,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
             "test_images": len(test), "samples": n_samples,
             "artifacts": ctx.artifacts, "results": table,
             "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads}})
+        if opts.sign is not None:
+            signer = sign_folder(root, opts.sign)
+            B.verify_bundle(root, [public_key_beside(opts.sign)])  # what the device will check
+            log(f"signed with key {signer.key_id}")
     log(f"bundle written: {out}")
     return manifest
 

@@ -7,6 +7,7 @@ formats it is built from, where it runs. `export_run` builds the rows in table o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, NamedTuple, get_args
 
 from pydantic import Field
@@ -49,3 +50,5 @@ class ExportOptions(Strict):
     max_int8_drop: float = Field(1.0, ge=0, description="accuracy points INT8 may lose before remedies are tried")
     dynamic_batch: bool = Field(False, description="dynamic batch dimension (default: static batch 1)")
     bench_runs: int = Field(50, ge=0, description="timed runs per artifact for the latency table (0: none)")
+    sign: Path | None = Field(None, description="private key (edgeppt source keygen) to sign the bundle with; the "
+                                                "runner verifies it on the device")

@@ -5,7 +5,7 @@ This file is copied verbatim into every bundle as runner.py and runs on the devi
 standard library, numpy and onnxruntime (pillow to read image files). Where onnxruntime has the TensorRT or
 CUDA execution provider (onnxruntime-gpu on a Jetson), `--provider auto` uses it.
 
-    python3 runner.py verify                      # sha256 of every file against manifest.json
+    python3 runner.py verify [--trusted-key K]    # sha256 of every file, and the signature, against manifest.json
     python3 runner.py classify a.png b.jpg        # one JSON line per image: top classes and probabilities
     python3 runner.py bench [--json]              # latency / throughput of every ONNX model, accuracy on samples/
 """
@@ -26,6 +26,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
+_CONFIG = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+KEYRING = Path(os.environ.get("EDGEPPT_CONFIG_DIR") or Path(_CONFIG) / "edgeppt") / "trusted-keys"
 
 
 # ---------------------------------------------------------------- bundle files
@@ -41,14 +44,16 @@ def load_manifest(root: Path = HERE) -> dict[str, Any]:
     return json.loads((Path(root) / MANIFEST).read_text())
 
 
-def verify(root: Path = HERE) -> list[str]:
-    """Problems found (empty when every listed file is present with its recorded sha256)."""
+def verify(root: Path = HERE, trusted_keys: list[Path] | None = None) -> list[str]:
+    """Problems found (empty when every listed file is present with its recorded sha256 and the signature, if
+    any, is valid). When trusted keys are given, a signature by one of them is required; keys in the keyring
+    check a signature that names them."""
     root = Path(root)
     try:
         manifest = load_manifest(root)
     except (OSError, json.JSONDecodeError) as e:
         return [f"cannot read {MANIFEST}: {e}"]
-    problems = []
+    problems = verify_signature(root, list(trusted_keys or []), sorted(KEYRING.glob("*.pub")))
     for name, digest in manifest.get("files", {}).items():
         f = root / name
         if not f.is_file():
@@ -59,6 +64,44 @@ def verify(root: Path = HERE) -> list[str]:
 
 
 # ---------------------------------------------------------------- preprocessing
+def verify_signature(root: Path, required: list[Path], known: list[Path] = []) -> list[str]:  # noqa: B006
+    """The Ed25519 signature over manifest.json (edgeppt export --sign): it must be valid for the key it names
+    when that key is known, and by one of the `required` keys when any are given."""
+    sig_path, key_files = root / SIGNATURE, required + known
+    if not sig_path.exists():
+        return ["the bundle is not signed, and a trusted key was given"] if required else []
+    try:
+        import base64
+
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError:
+        return ["the bundle is signed but the cryptography package is missing: pip install cryptography"] \
+            if required else []
+    try:
+        sig = json.loads(sig_path.read_text())
+        signature, claimed = base64.b64decode(sig["signature"], validate=True), str(sig["key_id"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{SIGNATURE}: not a valid signature file ({e})"]
+    message = (root / MANIFEST).read_bytes()
+    for f in key_files:
+        try:
+            key = serialization.load_pem_public_key(Path(f).read_bytes())
+        except (OSError, ValueError) as e:
+            return [f"{f}: not a readable PEM public key ({e})"]
+        if not isinstance(key, Ed25519PublicKey):
+            return [f"{f}: not an Ed25519 public key"]
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if hashlib.sha256(raw).hexdigest()[:16] == claimed:
+            try:
+                key.verify(signature, message)
+            except InvalidSignature:
+                return [f"{MANIFEST}: the signature does not match (the bundle was altered after it was signed)"]
+            return []
+    return [f"signed by key {claimed}, which is not among the trusted keys"] if required else []
+
+
 def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
     """An image file -> float32 (C, H, W) exactly as training saw it: gray/RGB, bilinear resize, scale to [0, 1]."""
     from PIL import Image
@@ -238,7 +281,7 @@ def format_table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="edgeppt bundle runner")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("verify", help="check every file against the manifest's sha256")
+    v = sub.add_parser("verify", help="check every file against the manifest's sha256, and the signature")
     c = sub.add_parser("classify", help="classify image files")
     c.add_argument("images", nargs="+")
     c.add_argument("--top", type=int, default=3)
@@ -249,18 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-seconds", type=float, default=10.0)
     b.add_argument("--json", action="store_true")
     c.add_argument("--model", default=None, help="model file inside the bundle (default: the device's format)")
+    for p in (v, c, b):
+        p.add_argument("--trusted-key", action="append", default=[], type=Path,
+                       help=f"public key that must have signed the bundle (also: any .pub in {KEYRING})")
     for p in (c, b):
         p.add_argument("--threads", type=int, default=None,
                        help="intra-op threads (default: the bundle's device setting)")
         p.add_argument("--provider", choices=["auto", "cpu"], default="auto")
     args = ap.parse_args(argv)
 
-    problems = verify(HERE)
+    problems = verify(HERE, args.trusted_key)
     if problems:  # never run a model whose bytes are not the ones exported
         print("bundle verification failed:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 3
     if args.cmd == "verify":
-        print("ok: every file matches its sha256")
+        signed = " and the signature is valid" if (HERE / SIGNATURE).exists() and args.trusted_key else ""
+        print(f"ok: every file matches its sha256{signed}")
         return 0
     manifest = load_manifest(HERE)
     if args.threads is None:

@@ -9,7 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.cli_support import config_option, console, guarded, merged, run_dir_and_settings
+from edgeppt.cli_support import (
+    TRUST_CODE_HELP,
+    TRUSTED_KEY_HELP,
+    config_option,
+    console,
+    guarded,
+    merged,
+    run_dir_and_settings,
+    trust_overrides,
+)
 from edgeppt.config import SearchConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
@@ -83,6 +92,8 @@ def search(
                                           "(finished trials are kept)."),
     config: Optional[Path] = typer.Option(None, help="YAML with SearchConfig fields."),
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set proxy.finetune_steps=50."),
+    trusted_key: list[Path] = typer.Option([], help=TRUSTED_KEY_HELP),
+    trust_code: bool = typer.Option(False, help=TRUST_CODE_HELP),
     quiet: bool = typer.Option(False, help="No per-trial lines."),
 ) -> None:
     """Search the architecture for a device's budgets; writes best.json, trials.csv/json and pareto.png."""
@@ -91,7 +102,7 @@ def search(
     overrides = {"device": device, "latency_ms": latency_ms, "params": params, "macs": macs,
                  "peak_activation_kib": peak_kib, "source": source, "target": target,
                  "labels_per_class": labels_per_class, "val_per_class": val_per_class, "trials": trials,
-                 "strategy": strategy, "engine": engine, "seed": seed}
+                 "strategy": strategy, "engine": engine, "seed": seed, **trust_overrides(trusted_key, trust_code)}
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, SearchConfig, config, overrides, set_)
     s = guarded(run_search, cfg, out, resume=resume is not None, progress=not quiet)

@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeppt.cli_support import config_option, console, fail, guarded, merged
+from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, config_option, console, fail, guarded, merged
 from edgeppt.config import SourceTrainConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
-source_app = typer.Typer(help="Source bundles: train one from labelled images, inspect what it draws.",
+source_app = typer.Typer(help="Source bundles: train or pack one, sign it, inspect what it draws.",
                          no_args_is_help=True)
 app.add_typer(source_app, name="source")
 
@@ -56,11 +56,6 @@ def command_line(cfg: SourceTrainConfig) -> str:
         text = json.dumps(value) if isinstance(value, bool) or value is None else str(value)
         parts += [flags[name], text] if name in flags else ["--set", f"{name}={text}"]
     return shlex.join(parts)
-
-
-TRUSTED_KEY_HELP = ("A public key (.pub) whose signature this bundle must carry; repeat for several. Keys in "
-                    "~/.config/edgeppt/trusted-keys are trusted too.")
-TRUST_CODE_HELP = "Load a .pt2 bundle without a trusted signature (its loading can run code)."
 
 
 @source_app.command("inspect")

@@ -297,13 +297,13 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
     st = State(cfg, k, shape)
     if (work / CHECKPOINT_FILE).exists():
         st.load(work / CHECKPOINT_FILE)
-    log = MetricsLog(work / "metrics.jsonl", truncate_after_step=st.global_step)
+    metrics = MetricsLog(work / "metrics.jsonl", truncate_after_step=st.global_step)
     total = cfg.classifier_steps + cfg.gan_steps
     with _Bar(progress, total, min(st.global_step, total)) as bar:
         bar.phase("classifier")
-        _train_classifier(st, train, test, work, log, bar)
+        _train_classifier(st, train, test, work, metrics, bar)
         bar.phase("GAN")
-        _train_gan(st, data, k, work, log, bar)
+        _train_gan(st, data, k, work, metrics, bar)
     from .cli import command_line  # the command's own options spell the line, so it always runs
 
     g, c = st.g_ema.module.eval(), st.classifier.eval()

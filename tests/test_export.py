@@ -338,6 +338,46 @@ def test_deploy_refuses_a_tampered_bundle_and_a_bad_host(bundle, sshd, tmp_path)
                       identity=sshd.identity.with_name("host_key"), ssh_options=sshd.ssh_options)
 
 
+def test_a_signed_bundle_is_verified_by_the_runner_here_and_on_the_device(trained_run, sshd, tmp_path,
+                                                                           monkeypatch):
+    from edgeppt.signing import keygen
+
+    monkeypatch.setenv("EDGEPPT_CONFIG_DIR", str(tmp_path / "config"))
+    keygen(tmp_path / "owner")
+    keygen(tmp_path / "other")
+    path = tmp_path / "signed"
+    export_run(trained_run, path, formats=["onnx"], bench_runs=0, sign=tmp_path / "owner.key", log=lambda s: None)
+    assert (path / "signature.json").is_file() and "signature.json" not in json.loads(
+        (path / "manifest.json").read_text())["files"]
+
+    def verify(folder: Path, *keys: Path) -> subprocess.CompletedProcess:
+        args = [a for k in keys for a in ("--trusted-key", str(k))]
+        return subprocess.run([sys.executable, "runner.py", "verify", *args], cwd=folder, capture_output=True,
+                              text=True, env={**os.environ, "EDGEPPT_CONFIG_DIR": str(tmp_path / "config")})
+
+    r = verify(path, tmp_path / "owner.pub")
+    assert r.returncode == 0 and "signature is valid" in r.stdout
+    assert verify(path, tmp_path / "other.pub").returncode == 3  # signed, but not by the key the device trusts
+    forged = tmp_path / "forged"
+    shutil.copytree(path, forged)
+    (forged / "labels.txt").write_text("a\nb\nc\nd\ne\n")
+    m = json.loads((forged / "manifest.json").read_text())
+    m["files"]["labels.txt"] = runner.sha256_file(forged / "labels.txt")
+    (forged / "manifest.json").write_text(json.dumps(m))
+    r = subprocess.run([sys.executable, "runner.py", "classify", "--trusted-key", str(tmp_path / "owner.pub"),
+                        str(next((forged / "samples").rglob("*.png")))], cwd=forged, capture_output=True, text=True)
+    assert r.returncode == 3 and "altered after it was signed" in r.stderr and not r.stdout  # no model ran
+    (forged / "signature.json").unlink()
+    assert "not signed" in verify(forged, tmp_path / "owner.pub").stderr
+    report = deploy_bundle(path, sshd.host, remote_dir=str(tmp_path / "device" / "signed"), port=sshd.port,
+                           identity=sshd.identity, ssh_options=sshd.ssh_options, python=sys.executable, runs=2,
+                           max_seconds=1, trusted_keys=[tmp_path / "owner.pub"])
+    assert report["verified_files"] > 0 and (tmp_path / "device" / "signed.trusted-keys" / "0.pub").is_file()
+    with pytest.raises(EdgepptError, match="not among the trusted keys"):
+        deploy_bundle(path, sshd.host, remote_dir=str(tmp_path / "device" / "x"), port=sshd.port,
+                      identity=sshd.identity, ssh_options=sshd.ssh_options, trusted_keys=[tmp_path / "other.pub"])
+
+
 # ---------------------------------------------------------------- bad input
 def test_run_directory_without_a_model(tmp_path):
     (tmp_path / "config.json").write_text("{}")

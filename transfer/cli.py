@@ -10,7 +10,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgeppt.cli_support import config_option, console, guarded, merged, run_dir_and_settings
+from edgeppt.cli_support import (
+    TRUST_CODE_HELP,
+    TRUSTED_KEY_HELP,
+    config_option,
+    console,
+    guarded,
+    merged,
+    run_dir_and_settings,
+    trust_overrides,
+)
 from edgeppt.config import METHODS, SSL_ALGORITHMS, PSSLConfig, TransferConfig
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
@@ -38,6 +47,8 @@ def transfer(
     config: Optional[Path] = typer.Option(None, help="YAML with TransferConfig fields."),
     pp_cache: Optional[Path] = typer.Option(None, help="Folder to reuse pseudo pre-training weights across runs."),
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set pssl.z_candidates=4."),
+    trusted_key: list[Path] = typer.Option([], help=TRUSTED_KEY_HELP),
+    trust_code: bool = typer.Option(False, help=TRUST_CODE_HELP),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train a target architecture with PP and/or P-SSL; writes model.pt, metrics.jsonl and report.json."""
@@ -45,7 +56,7 @@ def transfer(
 
     overrides = {"source": source, "target": target, "test": test, "unlabeled": unlabeled,
                  "labels_per_class": labels_per_class,
-                 "arch": arch, "method": method, "seed": seed}
+                 "arch": arch, "method": method, "seed": seed, **trust_overrides(trusted_key, trust_code)}
     if ssl:
         set_ = [f"pssl.algorithm={ssl}", *set_]
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)

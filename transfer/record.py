@@ -57,6 +57,8 @@ class TransferReport(BaseModel):
     pretrain_for_auto: dict[str, Any] | None = None  # auto pre-trained to measure, then chose a method without PP
     pseudo_samples: dict[str, Any] | None = None
     unlabeled: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None  # the bundle used: path, provenance (who signed it), runtime
+    peak_rss_mib: float | None = None  # the process's peak resident memory
 
 
 def read_report(run_dir: str | Path) -> TransferReport | None:

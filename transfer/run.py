@@ -15,7 +15,14 @@ from edgeppt.config import AugmentConfig, TransferConfig, validate
 from edgeppt.data import DataRecord, ImageSet, few_shot, load_dataset, load_unlabeled, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec, create_model
-from edgeppt.runs import CHECKPOINT_FILE, atomic_torch_save, atomic_write_json, load_checkpoint, resume_conflicts
+from edgeppt.runs import (
+    CHECKPOINT_FILE,
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    peak_rss_mib,
+    resume_conflicts,
+)
 
 from . import coverage
 from .evaluate import evaluate
@@ -198,6 +205,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
     bundle = open_source(cfg.source, cfg, dist.device) \
         if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
+    if bundle is not None and log and dist.main:
+        log(f"source {bundle.path}: {bundle.provenance}")
     labelled, test, rest, record = prepare_splits(cfg, bundle)
     real, skipped_unlabeled = unlabeled_images(cfg, labelled, rest)
     if dist.main:
@@ -277,7 +286,9 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         data={"labelled": len(labelled), "test": len(test),
               "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
         data_record=record, model=model_info, settings=cfg.model_dump(mode="json"), timings_s=timings,
-        images_per_s=rates, world_size=dist.world, device=str(dist.device), **info,
+        images_per_s=rates, world_size=dist.world, device=str(dist.device), peak_rss_mib=peak_rss_mib(),
+        source=None if bundle is None else {"path": str(bundle.path), "provenance": bundle.provenance,
+                                            "runtime": bundle.manifest.runtime}, **info,
     ).model_dump(mode="json")
     atomic_write_json(out / REPORT_FILE, report)
     return report
