@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, create_model, field_validator
 
-from edgeppt.config import SearchConfig, Strict, TransferConfig, load_yaml, validate
+from edgeppt.config import SearchConfig, SourceTrust, Strict, TransferConfig, load_yaml, validate
 from edgeppt.devices import DEFAULT_DEVICE, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.export.formats import ExportOptions
 
 STAGE_NAMES = ("search", "transfer", "export")
 # Filled in by the pipeline from the top-level fields or an earlier stage, so not settable per stage.
-_SHARED = {"source", "target", "test", "test_fraction", "labels_per_class", "seed", "device", "out", "data", "threads"}
+_SHARED = {"source", "target", "test", "test_fraction", "labels_per_class", "seed", "device", "out", "data", "threads",
+           *SourceTrust.TRUST_FIELDS}
 
 
 def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | None = None) -> type[Strict]:
@@ -48,8 +49,9 @@ class ExportSection(ExportOptions):
     """What `export.export_run` writes and measures (ExportOptions fields)."""
 
 
-class PipelineConfig(Strict):
-    """One run: source bundle + target images + device -> search -> transfer -> export -> report."""
+class PipelineConfig(SourceTrust):
+    """One run: source bundle + target images + device -> search -> transfer -> export -> report.
+    `trusted_keys` / `trust_code` say which source bundles the stages accept."""
     source: Path = Field(description="source bundle directory (generator + classifier)")
     target: str = Field(description="labelled target images: built-in name[:classes], class-folder path or .npz")
     test: str | None = Field(None, description="test images (default: a fixed split of target)")

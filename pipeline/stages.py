@@ -79,7 +79,8 @@ def search_config(cfg: PipelineConfig, out: Path) -> SearchConfig:
     settings = cfg.search.model_dump(exclude={"enabled"})
     shared = {"source": cfg.source, "target": cfg.target, "test": cfg.test, "test_fraction": cfg.test_fraction,
               "labels_per_class": cfg.labels_per_class,
-              "seed": cfg.seed, "device": cfg.device, "data": cfg.target, "threads": cfg.threads, "out": out}
+              "seed": cfg.seed, "device": cfg.device, "data": cfg.target, "threads": cfg.threads, "out": out,
+              "trusted_keys": cfg.trusted_keys, "trust_code": cfg.trust_code}
     settings.update({k: v for k, v in shared.items() if k in SearchConfig.model_fields})
     return SearchConfig(**settings)
 
@@ -103,7 +104,7 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
         settings["arch"] = str(run / "search" / "best.json")
     settings.update(source=cfg.source, target=cfg.target, test=cfg.test, test_fraction=cfg.test_fraction,
                     labels_per_class=cfg.labels_per_class,
-                    seed=cfg.seed, threads=cfg.threads)
+                    seed=cfg.seed, threads=cfg.threads, trusted_keys=cfg.trusted_keys, trust_code=cfg.trust_code)
     return TransferConfig(**settings)
 
 
