@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperOption
 
 from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, config_option, console, fail, guarded, merged
 from edgeppt.config import SourceTrainConfig
@@ -47,7 +48,8 @@ def command_line(cfg: SourceTrainConfig) -> str:
     """The `edgeppt source train` line that makes cfg, built from this command's own options so it always runs:
     a field with an option of its own uses it, any other non-default field goes through --set."""
     train = typer.main.get_group(source_app).commands["train"]
-    flags = {p.name: p.opts[0] for p in train.params if p.param_type_name == "option"}
+    # Options that take a value; a field behind an on/off flag goes through --set like one without an option.
+    flags = {p.name: p.opts[0] for p in train.params if isinstance(p, TyperOption) and not p.is_flag}
     parts = ["edgeppt", "source", "train"]
     for name, field in SourceTrainConfig.model_fields.items():
         value = getattr(cfg, name)
