@@ -87,7 +87,7 @@ def arch_cost_rows(best: SearchResult) -> list[dict[str, str]]:
 
 
 def per_class_rows(report: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"class": c, "test accuracy": percent(a)} for c, a in report["per_class_accuracy"].items()]
+    return [{"class": c, "accuracy": percent(a)} for c, a in report["per_class_accuracy"].items()]
 
 
 def default_artifact_note(manifest: dict[str, Any]) -> str:
