@@ -1,0 +1,76 @@
+"""RGB bundles at 32 and 64 px: source train, pack, transfer and export on synthetic colour images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from edgeppt.bundle import load_bundle
+from edgeppt.bundle_write import export_onnx
+from edgeppt.config import SourceTrainConfig, TransferConfig
+from edgeppt.export import export_run
+from edgeppt.models import create_model
+from edgeppt.source import Generator, SourceClassifier, train_source
+from edgeppt.source.pack import PackConfig, pack
+from edgeppt.transfer.run import run_transfer
+
+COLOURS = {"red": (1.0, 0.1, 0.1), "green": (0.1, 1.0, 0.1), "blue": (0.1, 0.1, 1.0), "yellow": (1.0, 1.0, 0.1)}
+
+
+def colour_folders(root: Path, classes: list[str], side: int, per_class: int = 24, seed: int = 0) -> Path:
+    """Class folders of RGB PNGs: a coloured square at a random place on noise, one colour per class."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            a = rng.uniform(0, 0.3, (side, side, 3))
+            s = side // 2
+            x0, y0 = rng.integers(0, side - s, 2)
+            a[y0:y0 + s, x0:x0 + s] = COLOURS[name]
+            Image.fromarray((a * 255).astype(np.uint8), "RGB").save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_rgb_source_train_transfer_and_export(tmp_path: Path, side: int):
+    src = colour_folders(tmp_path / "src", ["red", "green", "blue"], side)
+    bundle = train_source(SourceTrainConfig(
+        data=str(src), out=tmp_path / "bundle", latent_dim=8, gen_channels=8, disc_channels=8, batch_size=8,
+        classifier_steps=3, gan_steps=3, checkpoint_every=10), progress=False)
+    b = load_bundle(bundle)
+    assert b.image_shape == (3, side, side)
+    assert b.generate(torch.eye(3)).shape == (3, 3, side, side)
+    target = colour_folders(tmp_path / "target", ["yellow", "red"], side, per_class=12, seed=1)
+    cfg = TransferConfig(source=bundle, target=str(target), method="pp+pssl", arch="resnet_xs", labels_per_class=3,
+                         pretrain_steps=3, finetune_steps=3, pretrain_batch=8, batch_size=8,
+                         eval_every=100, checkpoint_every=100, pssl={"pool_size": 16, "real_steps": 2})
+    report = run_transfer(cfg, tmp_path / "run", progress=False)
+    assert report["model"]["in_chans"] == 3 and report["model"]["image_size"] == side
+    assert report["peak_rss_mib"] > 0 and report["source"]["runtime"] == "onnx"
+    manifest = export_run(tmp_path / "run", tmp_path / "dist", formats=["onnx"], bench_runs=0, log=lambda s: None)
+    s = ort.InferenceSession(str(tmp_path / "dist" / manifest["artifacts"]["onnx"]["file"]))
+    assert s.get_inputs()[0].shape[1:] == [3, side, side]
+
+
+def test_pack_an_rgb_generator_at_64_px_with_imagenet_normalisation(tmp_path: Path):
+    torch.manual_seed(0)
+    g = Generator(16, 4, 8, (3, 64, 64))
+    c = SourceClassifier(create_model("resnet_xs", 4, 3))
+    export_onnx(g, (torch.randn(2, 16), torch.softmax(torch.randn(2, 4), 1)), ["z", "p"], ["image"],
+                tmp_path / "G.onnx")
+    out, summary = pack(PackConfig(generator=str(tmp_path / "G.onnx"), classifier="-", classes=list("abcd"),
+                                   out=tmp_path / "b", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+                        c=c)
+    b = load_bundle(out)
+    assert b.image_shape == (3, 64, 64) and b.manifest.classifier.mean == [0.485, 0.456, 0.406]
+    x = b.generate(torch.eye(4))
+    with torch.no_grad():
+        mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
+        std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+        assert torch.allclose(b.classify(x)[0], c((x - mean) / std)[0], atol=1e-4)
+    assert summary["num_features"] == b.manifest.classifier.num_features
