@@ -110,7 +110,7 @@ def extract_image_folders(data: bytes, dest: str | Path, **limits) -> Path:
 
 
 def _check_class_folders(dest: Path) -> Path:
-    from PIL import Image, UnidentifiedImageError
+    from edgeppt.data import READ_ERRORS, open_image
 
     root = _content_root(dest)
     loose = [p.name for p in root.iterdir() if p.is_file()]
@@ -126,11 +126,11 @@ def _check_class_folders(dest: Path) -> Path:
             raise UploadError(f"refused: class folder {d.name!r} holds no images")
         for f in files:
             try:
-                with Image.open(f) as im:
+                with open_image(f) as im:  # the header only: a decompression bomb is refused unread
                     im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            except READ_ERRORS as e:
                 raise UploadError(f"refused: {f.relative_to(dest)} is not a readable image "
-                                  f"({type(e).__name__})") from None
+                                  f"({type(e).__name__}: {e})") from None
     return root
 
 

@@ -135,12 +135,12 @@ def target_preview(spec: str, out_png: str) -> dict[str, Any]:
 @st.cache_data(show_spinner="Verifying the bundle and drawing samples…", max_entries=8)
 def bundle_preview(path: str, out_png: str) -> dict[str, Any]:
     from edgeppt.bundle import load_bundle
-    from edgeppt.source.inspect import sample_grid
+    from edgeppt.source.inspect import render_grid
 
-    b = load_bundle(path)  # checks every file's sha256 and the generator/classifier signatures
-    sample_grid(path, out_png, per_class=8)
+    b = load_bundle(path)  # the signature, every file's sha256, then the generator/classifier contract
+    render_grid(b, out_png, per_class=8)
     return {"classes": b.classes, "latent_dim": b.latent_dim, "image_shape": list(b.image_shape),
-            "files": {f: h[:16] for f, h in b.manifest["files"].items()}}
+            "provenance": b.provenance, "files": {f: h[:16] for f, h in b.manifest.files.items()}}
 
 
 # ---------------------------------------------------------------- steps
@@ -204,7 +204,9 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
                 st.error(str(e))
                 draft["source"] = None
         if not draft.get("source"):
-            st.info("Upload the bundle folder as a zip (manifest.json, generator.pt2, classifier.pt2).")
+            st.info("Upload the bundle folder as a zip (manifest.json, generator.onnx, classifier.onnx, and "
+                    "signature.json if signed). A .pt2 bundle is accepted only when signed by a trusted key: "
+                    "its loading can run code.")
     save_draft(run, draft)
     path = draft["source"] or str(example_bundle())
     if draft["source_kind"] == "upload" and not draft["source"]:
@@ -216,7 +218,8 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
         draft["source"] = None
         save_draft(run, draft)
         return
-    st.success(f"verified: {len(info['files'])} files match their sha256; generator and classifier signatures ok")
+    st.success(f"verified: {info['provenance']}; {len(info['files'])} files match their sha256; the generator and "
+               "classifier pass the contract check")
     st.write(f"Source classes: {', '.join(info['classes'])} · images {info['image_shape']} · "
              f"latent {info['latent_dim']}")
     st.subheader("Generator samples (one row per source class; the last row interpolates)")

@@ -16,6 +16,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,14 +40,14 @@ def rate(fn: Callable[[], object], images: int, seconds: float = 3.0) -> float:
 def runtime_rows(bundles: list[str], device: str, batch: int, rounds: int = 3) -> list[dict]:
     """G and C images/s per bundle; the bundles take turns for `rounds` rounds and each keeps its best, so a
     burst of load on the machine hits every row alike."""
-    calls = {}
+    calls: dict[tuple[str, str], Callable[[], object]] = {}
     for path in bundles:
         b = load_bundle(path, device, trust_code=True)  # --legacy: the user's own version-1 bundle
         g = torch.Generator().manual_seed(0)
         p = torch.softmax(torch.randn(batch, b.num_classes, generator=g), 1)
         x = b.generate(p, generator=g)
-        calls[("G", b.manifest.runtime)] = lambda b=b, p=p, g=g: b.generate(p, generator=g)
-        calls[("C", b.manifest.runtime)] = lambda b=b, x=x: b.classify(x)
+        calls[("G", b.manifest.runtime)] = partial(b.generate, p, generator=g)
+        calls[("C", b.manifest.runtime)] = partial(b.classify, x)
     best = {k: 0.0 for k in calls}
     for _ in range(rounds):
         for k, fn in calls.items():

@@ -122,7 +122,7 @@ def _too_large(what: str) -> ImageTooLarge:
                          "(edgeppt.data.MAX_IMAGE_PIXELS)")
 
 
-def _open_image(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
     """Open an image, reading only its header, and refuse it when it declares too many pixels."""
     with warnings.catch_warnings():
         # PIL warns between its own limit and twice it; ours is lower and decides below.
@@ -139,7 +139,7 @@ def _open_image(path: Path) -> Image.Image:
 
 
 def _read_image(path: Path, channels: int | None) -> np.ndarray:
-    with _open_image(path) as im:
+    with open_image(path) as im:
         im.load()
         if channels is None:
             channels = 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3

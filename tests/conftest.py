@@ -54,6 +54,28 @@ def make_tiny_bundle(path, k: int = 5, latent: int = 8, seed: int = 0, shape=(1,
     return save_bundle(path, g, c, [f"src{i}" for i in range(k)], latent, shape, info={"test": True})
 
 
+def write_huge_png(path, side: int) -> None:
+    """A valid all-black grayscale PNG of side x side pixels, cheap to write: zeros compress about 1000:1."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    z = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the row's pixels
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="session")
+def huge_png():
+    """write_huge_png, for tests of decompression bombs."""
+    return write_huge_png
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")

@@ -86,6 +86,13 @@ def test_oversized_archives_and_zip_bombs_are_refused(tmp_path):
         extract_image_folders(b"PK-but-not-really", tmp_path / "t")
 
 
+def test_a_decompression_bomb_image_in_an_upload_is_refused_from_its_header(tmp_path, huge_png):
+    huge_png(tmp_path / "huge.png", 15_000)  # 225 megapixels in well under 1 MB
+    data = make_zip({"cat/0.png": png_bytes(), "dog/0.png": (tmp_path / "huge.png").read_bytes()})
+    with pytest.raises(UploadError, match=r"dog/0.png is not a readable image \(ImageTooLarge: image too large"):
+        extract_image_folders(data, tmp_path / "t", max_content=10**9)
+
+
 def test_a_bundle_zip_is_unpacked_and_verified(tmp_path, tiny_bundle):
     from edgeppt.bundle import load_bundle
 

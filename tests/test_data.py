@@ -125,24 +125,8 @@ def test_a_data_record_rebuilds_the_splits_and_notices_changed_data(tmp_path):
         rec.splits()
 
 
-def huge_png(path, side: int) -> None:
-    """A valid all-black grayscale PNG of side x side pixels, cheap to write: zeros compress about 1000:1."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    z = zlib.compressobj(9)
-    row = bytes(side + 1)  # filter byte 0, then the row's pixels
-    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("side", [10_000, 15_000])  # 100 MP: PIL only warns; 225 MP: PIL's own error
-def test_a_huge_image_is_a_named_skip_refused_from_its_header(tmp_path, monkeypatch, side):
+def test_a_huge_image_is_a_named_skip_refused_from_its_header(tmp_path, monkeypatch, side, huge_png):
     """The real limit refuses a real huge PNG from its header: the pixels are never decoded."""
     import warnings
 
