@@ -301,3 +301,27 @@ def test_an_unsigned_pt2_upload_is_refused_by_the_wizard(tmp_path: Path, keys):
     signed = signed_bundle(tmp_path, keys)
     info = bundle_preview.__wrapped__(str(signed), str(tmp_path / "grid.png"))
     assert info["provenance"].startswith("signed by an untrusted key") and (tmp_path / "grid.png").is_file()
+
+
+def test_the_documented_biggan_example_packs(tmp_path: Path, monkeypatch):
+    """docs/source-bundle.md's worked example, run exactly as printed there (from docs/examples/)."""
+    import re
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from edgeppt.cli import app
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = (docs / "source-bundle.md").read_text()
+    block = re.search(r"### Worked example.*?```bash\n(.*?)```", text, re.S)
+    assert block, "the worked example's command is missing from docs/source-bundle.md"
+    argv = shlex.split(block.group(1).replace("\\\n", " "))
+    assert argv[:3] == ["edgeppt", "source", "pack"]
+    argv[argv.index("--out") + 1] = str(tmp_path / "owner-src")
+    monkeypatch.chdir(docs / "examples")
+    r = CliRunner().invoke(app, argv[1:])
+    assert r.exit_code == 0, r.output
+    b = load_bundle(tmp_path / "owner-src")
+    assert b.image_shape == (3, 32, 32) and b.manifest.latent.truncation == 2.0
+    assert b.manifest.classifier.features is None and b.manifest.generator.output_range == (-1.0, 1.0)
