@@ -270,6 +270,10 @@ def test_dockerignore_keeps_runs_vcs_and_keys_out_of_the_build_context():
         assert entry in ignored
     for needed in ("edgeppt", "pipeline", "app", "bundles"):
         assert needed not in ignored
+    # the shipped bundles' public keys are let back in after **/keys (the last matching line wins), private
+    # keys stay out through **/*.key
+    assert ignored.index("!edgeppt/keys") > ignored.index("**/keys")
+    assert not list((ROOT / "edgeppt" / "keys").glob("*.key"))
 
 
 def test_the_wizard_port_is_published_on_localhost_only_everywhere_it_is_shown():
