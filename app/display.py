@@ -35,8 +35,11 @@ def budget_caption(profile: DeviceProfile) -> str:
               f"{b.peak_activation_kib:g} KiB peak activations" if b.peak_activation_kib
               else "peak activations: no limit"]
     e = profile.export
-    return (f"Budgets: {' · '.join(limits)}. Export formats: {', '.join(e.formats)} "
-            f"(the bundle runs {e.default_format} by default).")
+    if profile.latency == "measured":
+        default = "the bundle runs the fastest one measured here within the accuracy budget"
+    else:
+        default = f"the bundle runs {e.default_format} by default"
+    return f"Budgets: {' · '.join(limits)}. Export formats: {', '.join(e.formats)} ({default})."
 
 
 TRIAL_COLUMNS = ("trial", "status", "proxy accuracy", "mean of seeds", "latency ms", "latency from", "parameters",
@@ -96,7 +99,9 @@ def default_artifact_note(manifest: dict[str, Any]) -> str:
     art = manifest.get("artifacts", {}).get(fmt, {})
     device = manifest.get("device", "the device")
     wanted = (manifest.get("device_profile") or {}).get("export", {}).get("default_format")
-    if wanted and wanted != fmt:
+    if manifest.get("default_reason"):  # the export's own account of its choice
+        why = str(manifest["default_reason"])
+    elif wanted and wanted != fmt:
         why = f"the {device} profile asks for {wanted}, which this bundle does not hold, so the plain ONNX model"
     else:
         why = f"the {device} profile's default format (its export.default_format)"

@@ -24,7 +24,7 @@ import torch
 from edgeppt.devices import load_profile
 from edgeppt.export import quantize as Q
 from edgeppt.export import runner
-from edgeppt.export.exporter import target_images
+from edgeppt.export.exporter import GUARD_IMAGES, split_guard, target_images
 from edgeppt.export.onnx_export import export_onnx, load_run, run_data, torch_logits
 
 
@@ -93,17 +93,19 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
             variants.append(("ONNX Runtime int8, pseudo-sample calibration (x86-cpu recipe)", "pseudo", x86))
         variants.append(("ONNX Runtime int8, target calibration (TensorRT recipe: symmetric s8)", "target", True))
         for label, mode, symmetric in variants:
-            if mode == "target":
-                calib = Q.check_calibration(Q.subsample(target_images(run, None), calib_n, 0), shape)
+            if mode == "target":  # as the export does: calibration and guard images, both outside the test split
+                pool = Q.check_calibration(Q.subsample(target_images(run, None), calib_n + GUARD_IMAGES, 0), shape)
             else:
                 from edgeppt.bundle import load_bundle
                 assert source is not None  # the pseudo-sample variant is listed only with a source
-                calib, _ = Q.pseudo_calibration(load_bundle(source), labelled.x, calib_n, shape)
+                pool, _ = Q.pseudo_calibration(load_bundle(source), labelled.x, calib_n + GUARD_IMAGES, shape)
+            calib, guard_x, _ = split_guard(pool, calib_n)
             out = Path(tmp) / f"q{len(rows)}.onnx"
-            g = Q.quantize_guarded(fp32, out, calib, x, y, Q.QuantConfig(symmetric_activations=symmetric), 1.0, "host")
+            g = Q.quantize_guarded(fp32, out, calib, guard_x, Q.QuantConfig(symmetric_activations=symmetric), 1.0,
+                                   "host")
             calls[label] = ort_calls(out, shape, threads)
-            rows.append({"model": name, "variant": label, "accuracy": g.int8_accuracy, "recipe": g.chosen["recipe"],
-                         "attempts": len(g.attempts)})
+            rows.append({"model": name, "variant": label, "accuracy": Q.accuracy(out, x, y),
+                         "recipe": g.chosen["recipe"], "attempts": len(g.attempts)})
         timings = measure(calls, runs)
     for r in rows:
         r.update(timings[r["variant"]])

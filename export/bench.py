@@ -27,6 +27,8 @@ def bench_bundle(path: str | Path, threads: int | None = None, runs: int = 50, b
             s = runner.make_session(path / row["file"], threads, provider)
             row["test_accuracy"] = float((runner.predict_logits(s, test[0]).argmax(1) == test[1]).mean())
     report["bundle"] = str(path)
+    report["default_format"] = manifest.get("default_format")
+    report["default_reason"] = manifest.get("default_reason")
     return report
 
 

@@ -102,6 +102,9 @@ def bench_cmd(
         return
     Console().print(_bench_table(f"{bundle} on {report['host']} ({report['threads'] or 'default'} threads)",
                                  report["results"], "test_accuracy"))
+    if report.get("default_format"):
+        console.print(f"default artifact: [bold]{report['default_format']}[/]: {report.get('default_reason') or ''}",
+                      soft_wrap=True, highlight=False)
 
 
 @app.command("deploy")

@@ -29,7 +29,7 @@ def _tar(path: Path) -> bytes:
     try:
         return subprocess.run(["tar", "-C", str(path), "-cf", "-", "."], capture_output=True, check=True).stdout
     except subprocess.CalledProcessError as e:
-        raise EdgepptError(f"cannot pack {path}: {e.stderr.decode(errors='replace')}") from e
+        raise EdgepptError(f"cannot pack {path}: {_one_line(e.stderr)}") from e
 
 
 def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, port: int | None = None,
@@ -75,4 +75,9 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
 
 
 def _err(r: subprocess.CompletedProcess) -> str:
-    return (r.stderr or r.stdout).decode(errors="replace").strip()[-1000:] or "no output"
+    return _one_line(r.stderr or r.stdout)[-1000:] or "no output"
+
+
+def _one_line(output: bytes) -> str:
+    """A command's output as one line of an error message (ssh and the runner may print several)."""
+    return "; ".join(s for s in (line.strip() for line in output.decode(errors="replace").splitlines()) if s)

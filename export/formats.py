@@ -47,7 +47,8 @@ class ExportOptions(Strict):
     int8_calibration: Calibration = Field("target", description="target: target images; pseudo: source-generator "
                                           "samples")
     calibration_size: int = Field(256, ge=1, description="calibration images")
-    max_int8_drop: float = Field(1.0, ge=0, description="accuracy points INT8 may lose before remedies are tried")
+    max_int8_drop: float = Field(1.0, ge=0, description="percent of guard images (outside the test split) on which "
+                                 "INT8's top-1 class may differ from FP32's before remedies are tried")
     dynamic_batch: bool = Field(False, description="dynamic batch dimension (default: static batch 1)")
     bench_runs: int = Field(50, ge=0, description="timed runs per artifact for the latency table (0: none)")
     sign: Path | None = Field(None, description="private key (edgeppt source keygen) to sign the bundle with; the "

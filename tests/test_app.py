@@ -142,7 +142,8 @@ def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
     at = goto(wizard.run(), 2)
     caption = next(c.value for c in at.caption if c.value.startswith("Budgets:"))
     assert caption == ("Budgets: latency 2 ms · 2M parameters · MACs: no limit · peak activations: no limit. "
-                       "Export formats: onnx, int8 (the bundle runs int8 by default).")
+                       "Export formats: onnx, int8 (the bundle runs the fastest one measured here within the "
+                       "accuracy budget).")
     budget = next(r for r in at.radio if r.label == "Budget")
     budget.set_value("tiny").run()
     yaml_text = at.code[0].value
@@ -222,8 +223,8 @@ def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundl
     rows = at.dataframe[0].value.to_dict("records")
     assert [r["format"] for r in rows] == ["pytorch", "onnx", "int8"]
     assert rows[0]["batch-1 median ms"] == "-" and all(float(r["batch-1 median ms"]) > 0 for r in rows[1:])
-    assert any("The bundle runs **int8** (`model.int8.onnx`) by default: the x86-cpu profile's default format"
-               in m.value for m in at.markdown)
+    assert any(re.search(r"The bundle runs \*\*(onnx|int8)\*\* \(`model(\.int8)?\.onnx`\) by default: the fastest at "
+                         r"batch 1 on this host \(", m.value) for m in at.markdown)
     assert any(b.label == "Download the bundle (zip)" for b in at.get("download_button"))
 
     at = goto(at, 2)
@@ -322,7 +323,7 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
 
             page.get_by_text("5 · Transfer").click()
             settle(page)
-            expect(page.get_by_text("Test accuracy")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Test accuracy", exact=True)).to_be_visible(timeout=60_000)
             page.wait_for_timeout(1500)  # let the figures finish drawing before the picture
             shots = Path(os.environ.get("EDGEPPT_SCREENSHOTS", tmp_path))  # where to keep the pictures
             shots.mkdir(parents=True, exist_ok=True)
@@ -330,7 +331,7 @@ def test_wizard_end_to_end_in_headless_chromium(tmp_path):
             page.get_by_text("6 · Export").click()
             settle(page)
             expect(page.get_by_role("button", name="Download the bundle (zip)")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("by default: the x86-cpu profile's default format")).to_be_visible()
+            expect(page.get_by_text("by default: the fastest at batch 1 on this host")).to_be_visible()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(shots / "wizard-export.png"), full_page=True)
             browser.close()
@@ -348,7 +349,8 @@ def test_display_counts_percentages_and_budgets_read_as_words():
     assert [display.count(n) for n in (None, 999, 34_701, 3_745_800, 2_000_000)] == \
         ["", "999", "34,701", "3.75M", "2M"]
     assert display.percent(0.83333) == "83.3%" and display.percent(None) == "" and display.number(47.4312, 1) == "47.4"
-    profile = DeviceProfile.model_validate({"name": "board", "budgets": {"macs": 5_000_000, "peak_activation_kib": 96},
+    profile = DeviceProfile.model_validate({"name": "board", "latency": "predicted", "predictor": "p.json",
+                                            "budgets": {"macs": 5_000_000, "peak_activation_kib": 96},
                                             "export": {"formats": ["onnx"], "default_format": "onnx"}})
     assert display.budget_caption(profile) == ("Budgets: latency: no limit · parameters: no limit · 5M MACs · "
                                                "96 KiB peak activations. Export formats: onnx (the bundle runs onnx "
@@ -412,4 +414,7 @@ def test_display_says_which_artifact_the_bundle_runs_and_why():
     assert display.default_artifact_note(manifest) == (
         "The bundle runs **int8** (`model.int8.onnx`) by default: the x86-cpu profile's default format (its "
         "export.default_format). Its accuracy guard was not met: drops 3.1 points.")
+    manifest["default_reason"] = "the fastest at batch 1 on this host (int8 0.1 ms, onnx 0.2 ms)"
+    assert display.default_artifact_note(manifest).startswith(
+        "The bundle runs **int8** (`model.int8.onnx`) by default: the fastest at batch 1 on this host (int8 0.1 ms")
     assert display.per_class_rows({"per_class_accuracy": {"cat": 0.83333}}) == [{"class": "cat", "accuracy": "83.3%"}]

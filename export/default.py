@@ -1,0 +1,42 @@
+"""Which artifact a bundle runs by default: the fastest one measured on the device's own runtime that stays
+within the accuracy budget, never slower than FP32; where the device's latency is only predicted, the device
+profile's choice, labelled as such."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeppt.devices import DeviceProfile
+
+MIN_FP16_AGREEMENT = 0.99  # top-1 agreement with PyTorch an FP16 model needs to be a default
+
+
+def faithful(fmt: str, artifact: dict[str, Any]) -> bool:
+    """Whether an artifact is accurate enough to ship by default (judged without the test split's labels)."""
+    if fmt == "onnx":
+        return True
+    if fmt == "int8":
+        return bool(artifact.get("accuracy_guard", {}).get("met"))
+    parity = artifact.get("parity")
+    return parity is not None and parity["top1_agreement"] >= MIN_FP16_AGREEMENT and "unchecked" not in artifact
+
+
+def choose_default(artifacts: dict[str, dict[str, Any]], results: list[dict[str, Any]],
+                   device: DeviceProfile) -> tuple[str, str]:
+    """(format, why) for the bundle's default artifact."""
+    timed = {r["format"]: r["batch1"]["median_ms"] for r in results if "batch1" in r and r["format"] in artifacts}
+    if device.latency == "measured" and device.runtime == "onnxruntime-cpu" and "onnx" in timed:
+        ok = {f: ms for f, ms in timed.items() if faithful(f, artifacts[f])}
+        best = min(ok, key=lambda f: (ok[f], f != "onnx"))  # a tie keeps FP32
+        measured = ", ".join(f"{f} {ms:.3f} ms" for f, ms in sorted(timed.items(), key=lambda kv: kv[1]))
+        left_out = [f for f in timed if f not in ok]
+        why = f"the fastest at batch 1 on this host ({measured})"
+        if left_out:
+            why += f"; {', '.join(left_out)} left out: outside the accuracy budget"
+        return best, why
+    default = device.export.default_format
+    if default in artifacts and faithful(default, artifacts[default]):
+        how = "predicted" if device.latency == "predicted" else "not timed here"
+        return default, (f"{device.name}'s profile default: its latency is {how}, so this host's timings do not "
+                         "decide (measure on the device with edgeppt deploy or devices calibrate)")
+    return "onnx", f"{default}, {device.name}'s profile default, was not exported or is outside the accuracy budget"
