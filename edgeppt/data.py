@@ -172,6 +172,8 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
 def load_folder(root: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:
     """A folder of class sub-folders. Unreadable files are skipped and listed in `skipped`."""
     root = Path(root)
+    if not root.is_dir():
+        raise EdgepptError(f"{root}: not a folder of class folders (nor a .npz file)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise EdgepptError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>.png)")
