@@ -168,11 +168,22 @@ class TransferConfig(SourceTrust):
 M = TypeVar("M", bound=Strict)
 
 
-def load_yaml(path: str | Path, model: type[M]) -> M:
+def read_yaml(path: str | Path, what: str) -> object:
+    """A YAML file's content; a syntax error is one line naming where it is."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise EdgepptError(f"cannot read {what} {path}: {e.problem or e.context}{where}") from e
     except (OSError, yaml.YAMLError) as e:
-        raise EdgepptError(f"cannot read config {path}: {e}") from e
+        raise EdgepptError(f"cannot read {what} {path}: {' '.join(str(e).split())}") from e
+
+
+def load_yaml(path: str | Path, model: type[M]) -> M:
+    raw = read_yaml(path, "config")
+    if not isinstance(raw, dict):
+        raise EdgepptError(f"{path}: a config is a mapping of fields, not a {type(raw).__name__}")
     return validate(model, raw, str(path))
 
 
@@ -195,7 +206,7 @@ def explain(e: ValidationError, model: type[BaseModel]) -> str:
                 sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else sub
             lines.append(f"unknown field {loc!r}; allowed: {sorted(sub.model_fields)}")
         else:
-            lines.append(f"{loc}: {err['msg']}")
+            lines.append(f"{loc}: {err['msg']}" if loc else err["msg"])  # a model-wide check has no field
     return "; ".join(lines)
 
 

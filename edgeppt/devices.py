@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field
 
-from .config import DEFAULT_DEVICE, Strict, validate
+from .config import DEFAULT_DEVICE, Strict, read_yaml, validate
 from .errors import EdgepptError
 
 BUILTIN_DIR = Path(__file__).with_name("devices")
@@ -80,10 +79,7 @@ def load_profile(device: str | Path) -> DeviceProfile:
             names = sorted({f.stem for d in _search_dirs() if d.is_dir() for f in d.glob("*.yaml")})
             raise EdgepptError(f"unknown device {str(device)!r}; choose one of {names} or give a profile .yaml")
         path = found[0]
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise EdgepptError(f"cannot read device profile {path}: {e}") from e
+    raw = read_yaml(path, "device profile")
     if not isinstance(raw, dict):
         raise EdgepptError(f"{path}: a device profile is a mapping of fields")
     raw.setdefault("name", path.stem)
