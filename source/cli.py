@@ -14,7 +14,8 @@ from rich.table import Table
 from typer.core import TyperOption
 
 from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, config_option, console, fail, guarded, merged
-from edgeppt.config import SourceTrainConfig
+from edgeppt.config import SourceTrainConfig, validate
+from edgeppt.errors import EdgepptError
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -97,15 +98,15 @@ def _range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected two numbers such as 0,1 or -1,1") from None
+        raise EdgepptError(f"--input-range {text!r}: expected two numbers such as 0,1 or -1,1") from None
     return lo, hi
 
 
-def _floats(text: str) -> list[float]:
+def _floats(option: str, text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers") from None
+        raise EdgepptError(f"{option} {text!r}: expected comma-separated numbers") from None
 
 
 @source_app.command("pack")
@@ -142,20 +143,21 @@ def source_pack(
     from edgeppt.source.pack import from_bundle as convert
 
     fields = {"out": out, "latent_dim": latent_dim, "latent": latent, "truncation": truncation, "label": label,
-              "output_range": _range(input_range), "mean": _floats(mean), "std": _floats(std),
+              "output_range": guarded(_range, input_range), "mean": guarded(_floats, "--mean", mean),
+              "std": guarded(_floats, "--std", std),
               "input_size": input_size, "z_input": z_input, "label_input": label_input,
               "features_output": features_output, "sign": sign, "trust_code": trust_code}
     if from_bundle is not None:
-        cfg = guarded(PackConfig.model_validate, {**fields, "generator": str(from_bundle), "classifier":
-                                                   str(from_bundle), "classes": ["-", "--"]})
+        cfg = guarded(validate, PackConfig, {**fields, "generator": str(from_bundle), "classifier":
+                                             str(from_bundle), "classes": ["-", "--"]}, "source pack")
         path, summary = guarded(convert, from_bundle, cfg)
     else:
         missing = [n for n, v in (("--generator", generator), ("--classifier", classifier), ("--classes", classes))
                    if v is None]
         if missing:
             fail(f"source pack needs {', '.join(missing)} (or --from-bundle)")
-        cfg = guarded(PackConfig.model_validate, {**fields, "generator": generator, "classifier": classifier,
-                                                   "classes": guarded(parse_classes, classes)})
+        cfg = guarded(validate, PackConfig, {**fields, "generator": generator, "classifier": classifier,
+                                             "classes": guarded(parse_classes, classes)}, "source pack")
         path, summary = guarded(pack, cfg)
     table = Table(title="contract checked on a dummy batch", show_header=False)
     table.add_row("one-hot samples C recognises", f"{summary['generated_accuracy']:.1%}")

@@ -123,6 +123,13 @@ def _io(path: Path) -> tuple[list[Any], list[str]]:
     return list(s.get_inputs()), [o.name for o in s.get_outputs()]
 
 
+def _check_width(g: Path, name: str, shape: list[Any], want: int, option: str) -> None:
+    """An input whose width is fixed in the graph must match what the owner declared."""
+    width = shape[1] if len(shape) == 2 else None
+    if isinstance(width, int) and width != want:
+        raise EdgepptError(f"{g}: input {name!r} takes {width} values per image, but {option} gives {want}")
+
+
 def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> tuple[GeneratorSpec, int]:
     """Copy or convert G to tmp/generator.onnx; return its declared spec and the latent size."""
     if isinstance(g, Path):
@@ -142,6 +149,9 @@ def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> 
             raise EdgepptError(f"{g}: the size of z is not fixed in the graph; give --latent-dim")
         label = cfg.label if cfg.label != "auto" else \
             ("index" if by_name[label_name].type == "tensor(int64)" else "probabilities")
+        _check_width(g, z_name, by_name[z_name].shape, latent, "--latent-dim")
+        if label == "probabilities":
+            _check_width(g, label_name, by_name[label_name].shape, k, "--classes")
         shutil.copyfile(g, tmp / GENERATOR_FILE)
         return GeneratorSpec(file=GENERATOR_FILE, z_input=z_name, label_input=label_name, label=label,
                              output=outputs[0], output_range=cfg.output_range), latent
