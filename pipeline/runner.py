@@ -6,7 +6,8 @@ The run directory:
     report/           index.md with pictures       job.json     the background process, when started by pipeline.jobs
 A stage whose key and status are unchanged is skipped; one interrupted with the same key resumes, and so does one
 whose settings changed only where its config allows on resume (its RESUME_FREE, e.g. more search trials); one whose
-inputs changed otherwise starts afresh (its old folder is removed).
+inputs changed otherwise starts afresh: its old folder is set aside, removed when the new run succeeds and put
+back when it fails, so a re-run with a bad input loses nothing.
 """
 
 from __future__ import annotations
@@ -131,15 +132,27 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
     interrupted = prev.get("status") in INTERRUPTED
     resume = folder.exists() and ((interrupted and (same or free_change))
                                   or (free_change and not same and prev.get("status") == "done"))
-    if not resume and folder.exists():
-        shutil.rmtree(folder)  # outputs of other inputs: stale
+    replaced = run / f".{name}.replaced"  # outputs of other inputs, kept until this run of the stage succeeds
+    set_aside = not resume and folder.exists()
+    if set_aside:
+        shutil.rmtree(replaced, ignore_errors=True)
+        folder.rename(replaced)
     log(f"{name}: {'resuming' if resume else 'running'}")
     entry = {"key": key, "others": others, "settings": settings, "status": "running", "started": time.time(),
              "resumed": resume, "seconds_before": prev.get("seconds", 0.0) if resume else 0.0}
     state["stages"][name] = entry
     atomic_write_json(run / STATE_FILE, state)
-    with _recorded(entry, state, run):
-        entry["summary"] = stage.run(cfg, run, resume, progress, log)
+    try:
+        with _recorded(entry, state, run):
+            entry["summary"] = stage.run(cfg, run, resume, progress, log)
+    except Exception:  # a failed re-run puts the earlier outputs back (an interrupted one stays, to resume)
+        if set_aside:
+            shutil.rmtree(folder, ignore_errors=True)
+            replaced.rename(folder)
+            state["stages"][name] = prev
+            atomic_write_json(run / STATE_FILE, state)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
     log(f"{name}: done in {entry['seconds']:.1f}s")
 
 
