@@ -22,12 +22,11 @@ import torch
 from edgeppt.bundle import SourceBundle
 from edgeppt.data import reshape_images
 from edgeppt.errors import EdgepptError
+from edgeppt.int8 import QuantConfig, preprocess, quantize_int8
 from edgeppt.runs import atomic_write_bytes
 
 from . import runner
-from .onnx_export import INPUT_NAME
 
-PERCENTILE = 99.999
 PSEUDO_TEMPERATURE = 2.0  # softer than P-SSL's T=1: a wider spread of source modes per anchor, wider activation range
 PSEUDO_ANCHOR_SHARE = 0.75  # the rest: random mixes of source classes, in case the anchors cover too little
 
@@ -86,78 +85,11 @@ def _dirichlet(alpha: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- quantization
-@dataclass(frozen=True)
-class QuantConfig:
-    """One PTQ recipe. Symmetric activations (zero point 0) are what TensorRT accepts; onnxruntime's x86 kernels
-    are fastest with asymmetric uint8 activations (see docs/export.md), so CPU-only targets may choose those."""
-    method: str = "minmax"
-    symmetric_activations: bool = True
-    reduce_range: bool = False  # 7-bit weights: avoids int16 saturation in x86 AVX2 int8 kernels (VPMADDUBSW)
-    float_nodes: tuple[str, ...] = ()
-    # int32 bias Q/DQ: onnxruntime's QLinearConv fusion uses it; TensorRT's DequantizeLinear takes only int8/fp8
-    # inputs and quantizes biases itself, so the TensorRT recipe (symmetric activations) keeps biases float.
-    quantize_bias: bool | None = None  # None: not for symmetric (TensorRT) recipes, yes otherwise
-
-    @property
-    def bias_quantized(self) -> bool:
-        return (not self.symmetric_activations) if self.quantize_bias is None else self.quantize_bias
-
-    def describe(self) -> str:
-        parts = [self.method, "symmetric s8 activations" if self.symmetric_activations else "asymmetric u8 activations"]
-        if not self.bias_quantized:
-            parts.append("float biases")
-        if self.reduce_range:
-            parts.append("7-bit weights")
-        if self.float_nodes:
-            parts.append(f"float: {', '.join(self.float_nodes)}")
-        return ", ".join(parts)
-
-
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol: dicts of input arrays, then None."""
-
-    def __init__(self, x: np.ndarray, batch: int):
-        self.batches = iter([x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)] or [x[:batch]])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        b = next(self.batches, None)
-        return None if b is None else {INPUT_NAME: b}
-
-
-def preprocess(fp32: str | Path, out: str | Path) -> Path:
-    """onnxruntime's recommended pre-processing: symbolic shape inference and graph optimisation (BN folding)."""
-    from onnxruntime.quantization import quant_pre_process
-
-    quant_pre_process(str(fp32), str(out))
-    return Path(out)
-
-
 def sensitive_nodes(model_path: str | Path) -> tuple[str, ...]:
     """The first convolution (it sees raw pixels) and the classifier head (its error goes straight to the logits):
     the layers kept in float when full INT8 loses too much accuracy."""
     nodes = [n for n in onnx.load(str(model_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     return tuple(dict.fromkeys(n.name for n in (nodes[:1] + nodes[-1:])))
-
-
-def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: QuantConfig = QuantConfig()) -> Path:
-    """Static PTQ to QDQ with per-channel symmetric int8 weights."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
-    if cfg.method not in methods:
-        raise EdgepptError(f"unknown calibration method {cfg.method!r}; choose one of {list(methods)}")
-    batch = runner.static_batch(runner.make_session(pre, 1, "cpu")) or 16
-    with tempfile.TemporaryDirectory(prefix=".edgeppt-quant-") as tmp:
-        q = Path(tmp) / "q.onnx"
-        quantize_static(str(pre), str(q), _Reader(calib, batch), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=cfg.reduce_range,
-                        activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[cfg.method],
-                        nodes_to_exclude=list(cfg.float_nodes),
-                        extra_options={"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": True,
-                                       "QuantizeBias": cfg.bias_quantized, "CalibPercentile": PERCENTILE})
-        return atomic_write_bytes(out, q.read_bytes())
 
 
 EVALUATORS = ("host", "reference")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from edgeppt.devices import Budgets, DeviceProfile
 from edgeppt.errors import EdgepptError
+from edgeppt.int8 import QuantConfig
 from edgeppt.models import create_model
 
 from .costs import count_costs
-from .latency import measure_latency
+from .latency import deployed_latency
 from .predictor import LatencyPredictor, fit, layer_features
 
 SCREEN_AFTER = 8  # measured candidates before the screening predictor is trusted
@@ -34,6 +35,9 @@ class CostModel:
         self.profile, self.budgets, self.in_shape, self.num_classes = profile, budgets, in_shape, num_classes
         self.warmup, self.repeats = warmup, repeats
         self.predictor = LatencyPredictor.load(predictor_path(profile)) if profile.latency == "predicted" else None
+        # Time candidates as the export will ship them: int8 too where the device's export writes it.
+        self.int8 = QuantConfig(symmetric_activations=profile.export.symmetric_activations) \
+            if "int8" in profile.export.formats else None
         self._seen: list[tuple[dict, float]] = []  # (layer features, measured ms) of this search's candidates
 
     def costs(self, arch: dict, screen: bool = False) -> dict:
@@ -57,8 +61,11 @@ class CostModel:
                 guess = fit([f for f, _ in self._seen], [y for _, y in self._seen]).predict(feats)
                 if guess > SCREEN_MARGIN * limit:
                     return {**c, "latency_ms": guess, "latency_kind": "screened"}
-        c.update(latency_ms=measure_latency(model, self.in_shape, self.profile.threads, self.warmup, self.repeats),
-                 latency_kind="measured")
+        ms, by_format = deployed_latency(model, self.in_shape, self.profile.threads, self.int8, self.warmup,
+                                         self.repeats)
+        deployed = min(by_format, key=lambda f: (by_format[f], f != "onnx"))
+        c.update(latency_ms=ms, latency_kind=f"measured, {deployed}",
+                 latency_by_format={f: round(v, 4) for f, v in by_format.items()})
         if screen and limit is not None:
             self._seen.append((feats, c["latency_ms"]))
         return c

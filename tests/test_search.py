@@ -91,6 +91,19 @@ def test_measured_latency_grows_with_the_network():
     assert 0 < small < big / 2
 
 
+def test_candidates_are_timed_in_the_format_that_ships():
+    """x86-cpu exports int8 too: a candidate is timed as fp32 and as the export's int8 recipe, and its latency is
+    the faster one, which is what the export will choose by default (export/default.py)."""
+    x86 = load_profile("x86-cpu")
+    cost = CostModel(x86, x86.budgets, (1, 28, 28), 5, warmup=3, repeats=15)
+    c = cost.costs(TINY)
+    by_format = c["latency_by_format"]
+    assert set(by_format) == {"onnx", "int8"} and c["latency_ms"] == pytest.approx(min(by_format.values()), abs=1e-4)
+    assert c["latency_kind"] == f"measured, {min(by_format, key=by_format.get)}"
+    fp32_only = x86.model_copy(update={"export": x86.export.model_copy(update={"formats": ["onnx"]})})
+    assert set(CostModel(fp32_only, x86.budgets, (1, 28, 28), 5, 3, 15).costs(TINY)["latency_by_format"]) == {"onnx"}
+
+
 def test_filter_never_admits_an_over_budget_candidate(tmp_path):
     budgets = dict(latency_ms=0.8, params=150_000, peak_activation_kib=30.0)
     prof = predicted_profile(tmp_path, **budgets)

@@ -1,0 +1,90 @@
+"""The INT8 recipe: static post-training quantization with onnxruntime.quantization to a QDQ graph.
+
+One place for it, because two stages need it: export quantizes the model that ships, and search times each
+candidate in the format that will ship (an x86 int8 model can be slower than fp32, and the budget must hold
+for what is deployed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import EdgepptError
+from .runs import atomic_write_bytes
+
+PERCENTILE = 99.999
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One PTQ recipe. Symmetric activations (zero point 0) are what TensorRT accepts; onnxruntime's x86 kernels
+    are fastest with asymmetric uint8 activations (see docs/export.md), so CPU-only targets may choose those."""
+    method: str = "minmax"
+    symmetric_activations: bool = True
+    reduce_range: bool = False  # 7-bit weights: avoids int16 saturation in x86 AVX2 int8 kernels (VPMADDUBSW)
+    float_nodes: tuple[str, ...] = ()
+    # int32 bias Q/DQ: onnxruntime's QLinearConv fusion uses it; TensorRT's DequantizeLinear takes only int8/fp8
+    # inputs and quantizes biases itself, so the TensorRT recipe (symmetric activations) keeps biases float.
+    quantize_bias: bool | None = None  # None: not for symmetric (TensorRT) recipes, yes otherwise
+
+    @property
+    def bias_quantized(self) -> bool:
+        return (not self.symmetric_activations) if self.quantize_bias is None else self.quantize_bias
+
+    def describe(self) -> str:
+        parts = [self.method, "symmetric s8 activations" if self.symmetric_activations else "asymmetric u8 activations"]
+        if not self.bias_quantized:
+            parts.append("float biases")
+        if self.reduce_range:
+            parts.append("7-bit weights")
+        if self.float_nodes:
+            parts.append(f"float: {', '.join(self.float_nodes)}")
+        return ", ".join(parts)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol: dicts of input arrays, then None."""
+
+    def __init__(self, name: str, x: np.ndarray, batch: int):
+        self.name = name
+        self.batches = iter([x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)] or [x[:batch]])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        b = next(self.batches, None)
+        return None if b is None else {self.name: b}
+
+
+def preprocess(fp32: str | Path, out: str | Path) -> Path:
+    """onnxruntime's recommended pre-processing: symbolic shape inference and graph optimisation (BN folding)."""
+    from onnxruntime.quantization import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out))
+    return Path(out)
+
+
+def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: QuantConfig = QuantConfig()) -> Path:
+    """Static PTQ to QDQ with per-channel symmetric int8 weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if cfg.method not in methods:
+        raise EdgepptError(f"unknown calibration method {cfg.method!r}; choose one of {list(methods)}")
+    graph_input = onnx.load(str(pre), load_external_data=False).graph.input[0]
+    dim0 = graph_input.type.tensor_type.shape.dim[0]
+    batch = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else 16  # a static batch stays
+    with tempfile.TemporaryDirectory(prefix=".edgeppt-quant-") as tmp:
+        q = Path(tmp) / "q.onnx"
+        quantize_static(str(pre), str(q), _Reader(graph_input.name, calib, batch), quant_format=QuantFormat.QDQ,
+                        per_channel=True, reduce_range=cfg.reduce_range,
+                        activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[cfg.method],
+                        nodes_to_exclude=list(cfg.float_nodes),
+                        extra_options={"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": True,
+                                       "QuantizeBias": cfg.bias_quantized, "CalibPercentile": PERCENTILE})
+        return atomic_write_bytes(out, q.read_bytes())
