@@ -80,7 +80,8 @@ def search(
     labels_per_class: Optional[int] = config_option(SearchConfig, "labels_per_class",
                                                     help="Labelled target images per class for training."),
     val_per_class: Optional[int] = config_option(SearchConfig, "val_per_class",
-                                                 help="Labelled images per class that rank candidates."),
+                                                 help="Extra labelled images per class that rank candidates "
+                                                 "(0: cross-validation over --labels-per-class alone)."),
     trials: Optional[int] = config_option(SearchConfig, "trials",
                                           help="Candidates to train (over-budget ones are rejected first)."),
     strategy: Optional[str] = config_option(SearchConfig, "strategy", help="evolution, random or tpe."),
@@ -115,4 +116,8 @@ def search(
                   f"{b['latency_ms']:.3f} ({b['latency_kind']})", f"{b['macs']:,}",
                   f"{b['params']:,}", f"{b['peak_activation_kib']:.1f}")
     Console().print(table)
+    ranked = (f"{cfg.folds}-fold cross-validation over the {cfg.labels_per_class} training labels per class" if not
+              cfg.val_per_class else f"{cfg.val_per_class} extra validation labels per class")
+    console.print(f"labels used: {cfg.labels_per_class + cfg.val_per_class} per class; candidates ranked by {ranked}",
+                  soft_wrap=True)
     console.print(f"best architecture: {out / 'best.json'}  (edgeppt transfer --arch {out / 'best.json'} ...)")

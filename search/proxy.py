@@ -1,7 +1,9 @@
 """The low-fidelity evaluator: a candidate's accuracy after a short, fixed training budget.
 
 Short pseudo pre-training (PP) on generated source-class samples, then a short fine-tune on the few target
-labels, then accuracy on a labelled validation split. The transfer stage trains the winner properly; this
+labels, scored by cross-validation over those labels alone (each fold fine-tunes on the other folds' labels and
+is scored on its own), so the search needs no label beyond the user's k; or, where the user gives extra labels
+(val_per_class), on that labelled validation split. The transfer stage trains the winner properly; this
 stage only ranks candidates, so it keeps its own small loop over the core (search runs before transfer and
 does not import it). The generated pool is drawn once per search and shared by every trial: every candidate
 sees the same images, and no trial pays for the generator.
@@ -9,6 +11,7 @@ sees the same images, and no trial pays for the generator.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -29,7 +32,7 @@ CL = torch.channels_last
 @dataclass
 class ProxyData:
     labelled: ImageSet  # the few training labels (the same ones transfer uses for this seed)
-    val: ImageSet  # ranks candidates; disjoint from `labelled` and from the test split
+    folds: list[tuple[ImageSet, ImageSet]]  # (fine-tune on, score on) pairs that rank candidates
     pool: tuple[torch.Tensor, torch.Tensor] | None  # generated source-class images and labels
     in_shape: tuple[int, int, int]
 
@@ -49,10 +52,14 @@ def prepare(cfg: SearchConfig) -> ProxyData:
     else:
         train, _test = train_test_split(target, cfg.test_fraction, seed=0)
     labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
-    try:
-        val, _ = few_shot(rest, cfg.val_per_class, cfg.seed + 1)
-    except EdgepptError as e:
-        raise EdgepptError(f"validation split: {e}; lower val_per_class") from e
+    if cfg.val_per_class:
+        try:
+            val, _ = few_shot(rest, cfg.val_per_class, cfg.seed + 1)
+        except EdgepptError as e:
+            raise EdgepptError(f"validation split: {e}; lower val_per_class") from e
+        folds = [(labelled, val)]
+    else:
+        folds = label_folds(labelled, cfg.folds)
     pool = None
     if bundle is not None and cfg.proxy.pretrain_steps > 0:
         g = torch.Generator().manual_seed(cfg.seed)
@@ -63,7 +70,20 @@ def prepare(cfg: SearchConfig) -> ProxyData:
             x = F.interpolate(x, size=labelled.x.shape[2:], mode="bilinear", align_corners=False)
         pool = (x.clamp(0, 1), y)
     c, h, w = labelled.x.shape[1:]  # ImageSet images are (N, C, H, W)
-    return ProxyData(labelled, val, pool, (c, h, w))
+    return ProxyData(labelled, folds, pool, (c, h, w))
+
+
+def label_folds(labelled: ImageSet, k: int) -> list[tuple[ImageSet, ImageSet]]:
+    """k cross-validation folds over the labels, stratified: each class's images are dealt round the folds."""
+    per_class = [(labelled.y == c).nonzero().flatten() for c in range(len(labelled.classes))]
+    if min(len(i) for i in per_class) < k:
+        raise EdgepptError(f"ranking by {k}-fold cross-validation needs at least {k} labels per class; give more "
+                           "labels per class, fewer folds, or extra validation labels (val_per_class)")
+    fold_of = torch.empty(len(labelled), dtype=torch.long)
+    for idx in per_class:
+        fold_of[idx] = torch.arange(len(idx)) % k
+    return [(labelled.subset((fold_of != f).nonzero().flatten()), labelled.subset((fold_of == f).nonzero().flatten()))
+            for f in range(k)]
 
 
 def _shift_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -101,15 +121,21 @@ def accuracy(model, ds: ImageSet) -> float:
 
 
 def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0) -> dict:
-    """Train `arch` under the proxy budget; its validation accuracy and the seconds it took."""
+    """Train `arch` under the proxy budget (PP once, then a fine-tune per fold); its mean held-out accuracy over
+    the folds and the seconds it took."""
     t = time.perf_counter()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     if data.pool is not None:
-        model = create_model(arch, int(data.pool[1].max()) + 1, data.in_shape[0])
-        _train(model, *data.pool, cfg.pretrain_steps, cfg.pretrain_batch, cfg, g)
-        model.reset_head(data.num_classes)
+        start = create_model(arch, int(data.pool[1].max()) + 1, data.in_shape[0])
+        _train(start, *data.pool, cfg.pretrain_steps, cfg.pretrain_batch, cfg, g)
     else:
-        model = create_model(arch, data.num_classes, data.in_shape[0])
-    _train(model, data.labelled.x, data.labelled.y, cfg.finetune_steps, cfg.batch_size, cfg, g)
-    return {"accuracy": accuracy(model, data.val), "train_s": time.perf_counter() - t}
+        start = create_model(arch, data.num_classes, data.in_shape[0])
+    scores = []
+    for train, held in data.folds:
+        model = copy.deepcopy(start)
+        if data.pool is not None:
+            model.reset_head(data.num_classes)
+        _train(model, train.x, train.y, cfg.finetune_steps, cfg.batch_size, cfg, g)
+        scores.append(accuracy(model, held))
+    return {"accuracy": sum(scores) / len(scores), "train_s": time.perf_counter() - t}

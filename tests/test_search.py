@@ -281,3 +281,21 @@ def test_ctrl_c_during_a_trial_keeps_finished_trials_and_says_so(tmp_path, monke
     monkeypatch.setattr(run_mod, "evaluate_arch", real)
     s = run_search(cfg, tmp_path / "run", resume=True, progress=False)
     assert s["trained"] == 3 and len(calls) == 2
+
+
+def test_candidates_are_ranked_on_the_training_labels_alone_by_default():
+    """val_per_class 0 (the default): the proxy's folds hold exactly the k training labels, stratified, each
+    scored on labels it was not fine-tuned on; no other target image is read as labelled."""
+    from edgeppt.search.proxy import label_folds, prepare
+
+    cfg = SearchConfig(**{**FAST, "val_per_class": 0, "labels_per_class": 4}, folds=2)
+    data = prepare(cfg)
+    assert len(data.labelled) == 4 * data.num_classes and len(data.folds) == 2
+    seen = []
+    for train, held in data.folds:
+        assert len(train) == len(held) == 2 * data.num_classes  # two per class on each side
+        assert not set(map(bytes, train.x.numpy())) & set(map(bytes, held.x.numpy()))
+        seen += list(map(bytes, held.x.numpy()))
+    assert sorted(seen) == sorted(map(bytes, data.labelled.x.numpy()))  # the held-out folds are the labels, once each
+    with pytest.raises(EdgepptError, match="needs at least 5 labels per class"):
+        label_folds(data.labelled, 5)
