@@ -287,7 +287,8 @@ CASES = [
          lambda w: shutil.copytree(w.dist, w.tmp / "b") and (w.tmp / "b" / "labels.txt").write_text("x\n")),
     Case("deploy-nothing-listens", lambda w: deploy(w, w.closed_port), r"copying to .* failed .*Connection refused",
          process=True),
-    Case("deploy-host-drops-the-connection", lambda w: deploy(w, w.drop_port), r"copying to .* failed .*closed"),
+    Case("deploy-host-drops-the-connection", lambda w: deploy(w, w.drop_port),
+         r"copying to .* failed .*Connection (closed|reset)"),
     Case("deploy-wrong-key", ssh_wrong_key, r"copying to .* failed \(exit 255\): .*Permission denied", sshd=True),
     # ---- pipeline.yaml and `edgeppt run`
     Case("run-yaml-syntax", lambda w: ["run", str(w.tmp / "p.yaml"), "--out", str(w.pipeline)],
