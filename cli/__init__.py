@@ -6,8 +6,10 @@ It sits above the stages (nothing imports it); `python -m edgeppt.cli` and `torc
 import sys
 
 import typer
+from rich.markup import escape
 
 from edgeppt.app.cli import app as app_commands
+from edgeppt.cli_support import console
 from edgeppt.export.cli import app as export_commands
 from edgeppt.pipeline.cli import app as pipeline_commands
 from edgeppt.search.cli import app as search_commands
@@ -20,8 +22,30 @@ for stage in (source_commands, search_commands, transfer_commands, export_comman
     app.add_typer(stage)
 
 
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
+# The exception classes of the click that typer runs on (recent typer releases vendor their own copy of click).
+_CLICK: dict[str, type[Exception]] = {c.__name__: c for c in typer.BadParameter.__mro__ if issubclass(c, Exception)}
+UsageError, ClickException = _CLICK["UsageError"], _CLICK["ClickException"]
+
+
+def main() -> None:
+    """Run the command; a usage error (a missing or malformed option) is one line like every other error, not
+    a framed usage box, so that it stays copyable at any terminal width."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(standalone_mode=False)
+    except UsageError as e:
+        ctx = getattr(e, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        console.print(f"[bold red]error:[/] {escape(getattr(e, 'format_message', e.__str__)())}{escape(where)}",
+                      soft_wrap=True, highlight=False)
+        sys.exit(2)
+    except ClickException as e:
+        console.print(f"[bold red]error:[/] {escape(getattr(e, 'format_message', e.__str__)())}", soft_wrap=True,
+                      highlight=False)
+        sys.exit(getattr(e, "exit_code", 1))
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

@@ -1,5 +1,7 @@
 import json
+import os
 
+import pytest
 from typer.testing import CliRunner
 
 from edgeppt.cli import app
@@ -184,3 +186,20 @@ def test_help_shows_every_options_default():
                     assert f"default: ({info.default})" in text, (path, name, text)
                     checked += 1
     assert checked > 40
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["source", "pack"], "Missing option '--out'"),
+    (["transfer", "--labels-per-class", "abc"], "Invalid value for '--labels-per-class'"),
+    (["source", "inspect", "--per-class", "0", "x"], "Invalid value for '--per-class'"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_usage_errors_of_the_real_command_are_one_line(argv, message):
+    """What click rejects before a command runs is one error line too, in a real process at a narrow width."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "edgeppt.cli", *argv], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "40"})
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
