@@ -193,7 +193,8 @@ def test_step4_shows_a_finished_search_with_its_finalists(wizard):
     assert len(stages) == len(best.config["stages"]) and {"width", "kernel", "expansion", "squeeze-excite"} <= \
         set(stages[0])
     costs = {r[""]: r for r in at.dataframe[2].value.to_dict("records")}
-    assert costs["latency, batch 1"]["budget"] == "50 ms" and costs["latency, batch 1"]["chosen"].endswith("(measured)")
+    assert costs["latency, batch 1"]["budget"] == "50 ms"
+    assert re.search(r"\(measured, (onnx|int8)\)$", costs["latency, batch 1"]["chosen"])  # the format that ships
     assert any(j.value for j in at.json)  # best.json, in its expander
 
 

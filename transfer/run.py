@@ -205,10 +205,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
     bundle = open_source(cfg.source, cfg, dist.device) \
         if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
-    if bundle is not None and log and dist.main:
-        log(f"source {bundle.path}: {bundle.provenance}")
     labelled, test, rest, record = prepare_splits(cfg, bundle)
     real, skipped_unlabeled = unlabeled_images(cfg, labelled, rest)
+    if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
+        log(f"source {bundle.path}: {bundle.provenance}")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
