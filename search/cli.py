@@ -81,7 +81,8 @@ def search(
                                                     help="Labelled target images per class for training."),
     val_per_class: Optional[int] = config_option(SearchConfig, "val_per_class",
                                                  help="Extra labelled images per class that rank candidates "
-                                                 "(0: cross-validation over --labels-per-class alone)."),
+                                                 "(0: cross-validation over --labels-per-class alone; it ranked "
+                                                 "worse, see docs/search.md)."),
     trials: Optional[int] = config_option(SearchConfig, "trials",
                                           help="Candidates to train (over-budget ones are rejected first)."),
     strategy: Optional[str] = config_option(SearchConfig, "strategy", help="evolution, random or tpe."),

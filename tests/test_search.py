@@ -283,8 +283,8 @@ def test_ctrl_c_during_a_trial_keeps_finished_trials_and_says_so(tmp_path, monke
     assert s["trained"] == 3 and len(calls) == 2
 
 
-def test_candidates_are_ranked_on_the_training_labels_alone_by_default():
-    """val_per_class 0 (the default): the proxy's folds hold exactly the k training labels, stratified, each
+def test_candidates_can_be_ranked_on_the_training_labels_alone():
+    """val_per_class 0: the proxy's folds hold exactly the k training labels, stratified, each
     scored on labels it was not fine-tuned on; no other target image is read as labelled."""
     from edgeppt.search.proxy import label_folds, prepare
 
