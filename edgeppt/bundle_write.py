@@ -7,8 +7,6 @@ so a failed write never leaves half a bundle and never replaces a good one.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +29,7 @@ from .bundle import (
     load_bundle,
 )
 from .errors import EdgepptError
-from .runs import atomic_write_json, sha256_file
+from .runs import atomic_write_json, sha256_file, staged_folder
 
 
 def check_replaceable(path: str | Path) -> None:
@@ -68,9 +66,7 @@ def write_bundle(out: str | Path, stage: Callable[[Path], Manifest],
     manifest, the manifest is signed, and the folder is renamed into place."""
     out = Path(out)
     check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         manifest = stage(tmp)
         _seal(tmp, manifest)
         if extras is not None:
@@ -83,12 +79,6 @@ def write_bundle(out: str | Path, stage: Callable[[Path], Manifest],
         tmp.chmod(0o755)  # mkdtemp/mkstemp make owner-only entries; a bundle is meant to be shared
         for f in tmp.rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

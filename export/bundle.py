@@ -8,8 +8,6 @@ half-written bundle, and a bundle is never mixed with an earlier one's files.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
 from . import runner, tensorrt
 from .formats import FORMATS
@@ -45,18 +43,9 @@ def _is_bundle(path: Path) -> bool:
 @contextmanager
 def staging(out: Path) -> Iterator[Path]:
     """A temporary folder that becomes `out` when the block finishes without an error."""
-    out = Path(out)
-    check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    check_replaceable(Path(out))
+    with staged_folder(out) as tmp:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def preprocess_spec(channels: int, image_size: int) -> dict[str, Any]:
