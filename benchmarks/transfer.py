@@ -65,6 +65,30 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp+pssl (anchor labels)": ("pp+pssl", {"pssl": {"algorithm": "anchor"}}),
     "pp+pssl (FixMatch)": ("pp+pssl", {"pssl": {"algorithm": "fixmatch"}}),
     "auto": ("auto", {}),
+    # The source classifier C itself fine-tuned (for devices that can run its architecture; not auto's choices).
+    "ft": ("ft", {}),
+    "l2sp": ("l2sp", {}),
+    "tred": ("tred", {}),
+    # Supermasks (IteRand) of the same architecture: the weight-trained rows above are their references.
+    "scratch, supermask": ("scratch", {"supermask": {"enabled": True}}),
+    "pp, supermask": ("pp", {"supermask": {"enabled": True}}),
+}
+# Settings of C's fine-tuning tried on the validation split (3 seeds) before the defaults were set; run with
+# --rows, never by default.
+SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ft, lr 0.2": ("ft", {"source_ft": {"lr_scale": 0.2}}),
+    "ft, lr 0.1": ("ft", {"source_ft": {"lr_scale": 0.1}}),  # lr_scale 0.5 and 1 diverged (NaN) on the first seed
+    "l2sp, alpha 1e-3": ("l2sp", {"source_ft": {"l2sp_alpha": 1e-3}}),
+    "l2sp, alpha 1e-2": ("l2sp", {"source_ft": {"l2sp_alpha": 1e-2}}),
+    "tred, weight 0.3": ("tred", {"source_ft": {"tred_weight": 0.3}}),
+    "tred, weight 1": ("tred", {"source_ft": {"tred_weight": 1.0}}),
+    "tred, weight 3": ("tred", {"source_ft": {"tred_weight": 3.0}}),
+    "ft, lr 0.05": ("ft", {"source_ft": {"lr_scale": 0.05}}),
+    "scratch, supermask, edge-popup": ("scratch", {"supermask": {"enabled": True, "rerand_ratio": 0.0}}),
+    "scratch, supermask, sparsity 0.3": ("scratch", {"supermask": {"enabled": True, "sparsity": 0.3}}),
+    "scratch, supermask, 2x lr": ("scratch", {"supermask": {"enabled": True}, "lr": 0.1}),
+    "pp, supermask, edge-popup": ("pp", {"supermask": {"enabled": True, "rerand_ratio": 0.0}}),
+    "pp, supermask, sparsity 0.3": ("pp", {"supermask": {"enabled": True, "sparsity": 0.3}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only.
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -102,7 +126,7 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
 
 def config(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Path], labels: int) -> TransferConfig:
     bundle, _, _, pairing_overrides = PAIRINGS[pairing]
-    method, overrides = (ROWS | UNLABELED_ROWS)[row]
+    method, overrides = (ROWS | UNLABELED_ROWS | SELECTION_ROWS)[row]
     raw = _merge(_merge(budget, pairing_overrides), overrides)
     base = TransferConfig(target="x", **budget)
     if raw.get("finetune_steps") == "+pssl":
@@ -236,6 +260,7 @@ def main() -> None:
     budget = BUDGETS[mode]
     rows = list(ROWS) + ([] if args.no_unlabeled else list(UNLABELED_ROWS))
     wanted = set(args.rows or rows)
+    rows += [r for r in SELECTION_ROWS if r in wanted]
     done: dict = {}
     if args.reuse and args.reuse.exists():
         for rec in json.loads(args.reuse.read_text())["runs"]:

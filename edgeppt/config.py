@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import EdgepptError
 
 # What `edgeppt transfer --method` takes (transfer/methods.py builds each; "auto" chooses among them per task).
-METHODS = ("auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl")
+METHODS = ("auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp", "tred")
 # The SSL algorithms of the P-SSL phase (transfer/ssl.py registers one class per name).
 SSL_ALGORITHMS = ("anchor", "fixmatch", "uda", "pseudolabel", "meanteacher")
 
@@ -125,6 +125,28 @@ class AutoConfig(Strict):
                               "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
 
 
+class SupermaskConfig(Strict):
+    """Train a supermask instead of weights (IteRand): the model ships as a seed plus one bit per weight
+    (docs/transfer.md). Over the PP weights (or C's) when the method starts from them, else over seeded ones."""
+    enabled: bool = Field(False, description="train edge-popup scores with IteRand re-randomisation, not weights")
+    sparsity: float = Field(0.5, gt=0, lt=1, description="share of each layer's weights pruned")
+    rerand_every: int = Field(50, ge=1, description="steps between re-randomisations of pruned weights")
+    rerand_ratio: float = Field(0.1, ge=0, le=1, description="chance that a pruned weight is re-drawn then")
+
+
+class SourceFinetuneConfig(Strict):
+    """`--method ft|l2sp|tred`: training the source classifier C itself (its ONNX graph made trainable) with a
+    new head, for devices that can run C's architecture (docs/transfer.md)."""
+    lr_scale: float = Field(0.2, gt=0, description="learning rate of C's fine-tuning, as a fraction of lr")
+    l2sp_alpha: float = Field(1e-3, ge=0, description="L2-SP: weight of ||w - w_C||^2 / 2 over C's weights")
+    l2sp_beta: float = Field(5e-4, ge=0, description="L2-SP: weight of ||w||^2 / 2 over the new head")
+    tred_weight: float = Field(1.0, ge=0, description="TRED: weight of the pull of the features toward their "
+                               "target-relevant part of C's")
+    tred_mmd: float = Field(1.0, ge=0, description="TRED: weight of the MMD between the relevant part and the "
+                            "rest while the disentangler trains")
+    tred_steps: int = Field(100, ge=1, description="TRED: steps training the disentangler before fine-tuning")
+
+
 class TransferConfig(SourceTrust):
     """`edgeppt transfer`: train a target architecture with PP and/or P-SSL from a source bundle.
 
@@ -137,7 +159,7 @@ class TransferConfig(SourceTrust):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     labels_per_class: int = Field(4, ge=1)
     arch: str | dict = "resnet_xs"
-    method: Literal["auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl"] = "auto"
+    method: Literal["auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp", "tred"] = "auto"
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=512)
     batch_size: int = Field(32, ge=1, description="labelled batch size")
@@ -153,6 +175,8 @@ class TransferConfig(SourceTrust):
     augment: AugmentConfig = AugmentConfig()
     pssl: PSSLConfig = PSSLConfig()
     auto: AutoConfig = AutoConfig()
+    source_ft: SourceFinetuneConfig = SourceFinetuneConfig()
+    supermask: SupermaskConfig = SupermaskConfig()
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -40,6 +40,7 @@ from .onnx_export import (
     run_record,
     torch_logits,
 )
+from .update import write_supermask
 
 
 @dataclass
@@ -237,6 +238,14 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
         ctx = Context(run, root, dev, test.x.numpy(), test.y.numpy(), labelled.x, reference, options, log=log)
         for fmt in fmts:
             ctx.artifacts[fmt] = BUILDERS[fmt](ctx)
+        extra: dict[str, Any] = {}
+        if "supermask" in run.checkpoint:  # the small over-the-air form of the same model
+            sm = write_supermask(run, root, reference, ctx.test_x, dynamic_batch)
+            sm["model_bytes"] = {f: (root / a["file"]).stat().st_size for f, a in ctx.artifacts.items()
+                                 if str(a.get("file", "")).endswith(".onnx")}
+            extra["supermask"] = sm
+            log(f"supermask update: {sm['over_the_air_bytes']} bytes (update {sm['update_bytes']} + graph "
+                f"{sm['template_bytes']}) vs model.onnx {sm['model_bytes']['onnx']}")
         spec = B.preprocess_spec(run.in_chans, run.image_size)
         B.write_support_files(root, run.classes, spec)
         n_samples = B.write_samples(root, ctx.test_x, ctx.test_y, run.classes, samples_per_class)
@@ -253,7 +262,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
             "settings": run.settings, "data_record": run.report.get("data_record"),
             "test_images": len(test), "samples": n_samples,
             "artifacts": ctx.artifacts, "results": table,
-            "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads}})
+            "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads},
+            **extra})
         if opts.sign is not None:
             signer = sign_folder(root, opts.sign)
             B.verify_bundle(root, [public_key_beside(opts.sign)])  # what the device will check

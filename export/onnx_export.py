@@ -102,10 +102,11 @@ def run_data(run: LoadedRun) -> tuple[ImageSet, ImageSet]:
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int, int, int],
-                dynamic_batch: bool = False) -> Path:
+                dynamic_batch: bool = False, optimize: bool = True) -> Path:
     """torch.onnx's dynamo exporter (the current one), then onnx.checker's full check; written atomically.
 
-    Batch 1 static by default: edge runtimes (TensorRT, NPUs) plan memory for fixed shapes."""
+    Batch 1 static by default: edge runtimes (TensorRT, NPUs) plan memory for fixed shapes. `optimize=False`
+    keeps every weight as the state_dict holds it (no normalisation folded into convolutions)."""
     model = model.eval()
     example = (torch.rand(1, *input_shape),)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
@@ -116,7 +117,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False)
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, verbose=False,
+                                        optimize=optimize)
     except Exception as e:
         raise EdgepptError(f"ONNX export failed: {type(e).__name__}: {e}") from e
     finally:

@@ -8,6 +8,7 @@ CUDA execution provider (onnxruntime-gpu on a Jetson), `--provider auto` uses it
     python3 runner.py verify [--trusted-key K]    # sha256 of every file, and the signature, against manifest.json
     python3 runner.py classify a.png b.jpg        # one JSON line per image: top classes and probabilities
     python3 runner.py bench [--json]              # latency / throughput of every ONNX model, accuracy on samples/
+    python3 runner.py materialize                 # a supermask bundle: rebuild the weights from the update
 """
 
 from __future__ import annotations
@@ -261,7 +262,53 @@ def run_bench(root: Path, manifest: dict[str, Any], formats: list[str] | None = 
             row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         results.append(row)
     return {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
-            "onnxruntime": ort.__version__, "threads": threads, "cpu_count": os.cpu_count(), "results": results}
+            "onnxruntime": ort.__version__, "threads": threads, "cpu_count": os.cpu_count(), "results": results,
+            "sizes": model_sizes(root, manifest)}
+
+
+# ---------------------------------------------------------------- supermask update
+def materialize(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild a supermask bundle's weights from its update (seed, mask bits, generations; and the base weights
+    when it has one) with the bundle's own supermask_format.py, write them beside the graph, and check them:
+    their sha256 against the manifest's, and the materialised graph's outputs against the default model's on the
+    shipped samples (the float32 model.onnx, of which it is the same network)."""
+    import importlib.util
+
+    info = manifest.get("supermask")
+    if not info:
+        raise SystemExit("this bundle's model is not a supermask: nothing to materialise")
+    spec = importlib.util.spec_from_file_location("supermask_format", root / info["format_module"])
+    assert spec and spec.loader
+    fmt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fmt)  # verified above: its sha256 is the manifest's
+    arrays = dict(np.load(root / info["update"], allow_pickle=False))
+    base = dict(np.load(root / info["base"], allow_pickle=False)) if info.get("base") else None
+    weights = fmt.unpack(arrays, base)
+    blob = b"".join(np.ascontiguousarray(weights[name], dtype="<f4").tobytes() for name, _, _ in info["layout"])
+    digest = hashlib.sha256(blob).hexdigest()
+    out: dict[str, Any] = {"weights_sha256": digest, "matches_manifest": digest == info["weights_sha256"],
+                           "update_bytes": info["update_bytes"], "over_the_air_bytes": info["over_the_air_bytes"]}
+    if not out["matches_manifest"]:
+        return out
+    tmp = root / (info["weights_file"] + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, root / info["weights_file"])
+    files, _ = sample_images(root, manifest["classes"])
+    if files:
+        xs = np.stack([preprocess(f, manifest["preprocess"]) for f in files])
+        got = predict_logits(make_session(root / info["template"], 1, "cpu"), xs)
+        ref = predict_logits(make_session(root / manifest["artifacts"]["onnx"]["file"], 1, "cpu"), xs)
+        out["max_abs_diff_vs_fp32"] = float(np.abs(got - ref).max())
+        out["top1_agreement_vs_fp32"] = float((got.argmax(1) == ref.argmax(1)).mean())
+    return out
+
+
+def model_sizes(root: Path, manifest: dict[str, Any]) -> dict[str, int]:
+    """Bytes of each ONNX model, and of the supermask update (update + graph) where the bundle has one."""
+    sizes = {fmt: (root / f).stat().st_size for fmt, f in onnx_models(manifest).items() if (root / f).is_file()}
+    if manifest.get("supermask"):
+        sizes["supermask update"] = int(manifest["supermask"]["over_the_air_bytes"])
+    return sizes
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -275,6 +322,8 @@ def format_table(report: dict[str, Any]) -> str:
         b1 = r["batch1"]
         lines.append(f"{r['format']:8} {r['provider']:26} {b1['median_ms']:12.3f} {b1['p90_ms']:10.3f} "
                      f"{big['throughput_ips']:10.0f} {acc:>11}")
+    if report.get("sizes"):
+        lines.append("sizes: " + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in report["sizes"].items()))
     return "\n".join(lines)
 
 
@@ -292,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-seconds", type=float, default=10.0)
     b.add_argument("--json", action="store_true")
     c.add_argument("--model", default=None, help="model file inside the bundle (default: the device's format)")
-    for p in (v, c, b):
+    m = sub.add_parser("materialize", help="a supermask bundle: rebuild its weights from the update and check them")
+    for p in (v, c, b, m):
         p.add_argument("--trusted-key", action="append", default=[], type=Path,
                        help=f"public key that must have signed the bundle (also: any .pub in {KEYRING})")
     for p in (c, b):
@@ -310,10 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ok: every file matches its sha256{signed}")
         return 0
     manifest = load_manifest(HERE)
-    if args.threads is None:
+    if getattr(args, "threads", 0) is None:
         args.threads = int(manifest.get("threads", 0))
     if args.cmd == "classify":
         return cmd_classify(args, manifest)
+    if args.cmd == "materialize":
+        result = materialize(HERE, manifest)
+        print(json.dumps(result))
+        ok = result["matches_manifest"] and result.get("max_abs_diff_vs_fp32", 0.0) < 1e-3
+        return 0 if ok else 1
     formats = [f for f in args.formats.split(",") if f] or None
     report = run_bench(HERE, manifest, formats, args.threads, args.provider, args.batch, args.runs, args.max_seconds)
     print(json.dumps(report) if args.json else format_table(report))

@@ -14,6 +14,7 @@ from edgeppt.data import ImageSet
 
 from .objectives import Distill, Objective, Supervised
 from .pseudo import PseudoPool
+from .source_ft import L2SP, TRED
 from .ssl import ALGORITHMS
 
 Build = Callable[[TransferConfig, ImageSet, "SourceBundle | None", "PseudoPool | None", "torch.Tensor | None"],
@@ -27,6 +28,9 @@ class Method:
     needs_pool: bool = False       # pseudo samples G(z, softmax(C(x_t)))
     needs_unlabeled: bool = False  # real unlabelled target images
     ssl: bool = False              # the target objective is an SSL phase (after a warm start)
+    source_net: bool = False       # trains C itself (its ONNX graph made trainable), not --arch
+    # A phase before the target one that trains only the objective's own parts: (steps, objective).
+    first_step: Callable[[TransferConfig, Objective], tuple[int, Objective]] | None = None
 
 
 def _supervised(cfg, labelled, bundle, pool, real):
@@ -41,6 +45,19 @@ def _ssl(cfg, labelled, bundle, pool, real):
     return ALGORITHMS[cfg.pssl.algorithm](labelled, pool, cfg.batch_size, cfg.pssl, aug=cfg.augment, real=real)
 
 
+def _l2sp(cfg, labelled, bundle, pool, real):
+    return L2SP(labelled, cfg.batch_size, cfg.source_ft.l2sp_alpha, cfg.source_ft.l2sp_beta, aug=cfg.augment)
+
+
+def _tred(cfg, labelled, bundle, pool, real):
+    return TRED(labelled, cfg.batch_size, bundle, cfg.source_ft.tred_weight, aug=cfg.augment)
+
+
+def _tred_first(cfg: TransferConfig, objective: Objective) -> tuple[int, Objective]:
+    assert isinstance(objective, TRED)
+    return cfg.source_ft.tred_steps, objective.first_step(cfg.source_ft.tred_mmd)
+
+
 METHODS: dict[str, Method] = {
     "scratch": Method(pretrain=False, target=_supervised),
     "kd": Method(pretrain=False, target=_distill),
@@ -49,4 +66,7 @@ METHODS: dict[str, Method] = {
     "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True, ssl=True),
     "ssl": Method(pretrain=False, target=_ssl, needs_unlabeled=True, ssl=True),
     "pp+ssl": Method(pretrain=True, target=_ssl, needs_unlabeled=True, ssl=True),
+    "ft": Method(pretrain=False, target=_supervised, source_net=True),
+    "l2sp": Method(pretrain=False, target=_l2sp, source_net=True),
+    "tred": Method(pretrain=False, target=_tred, source_net=True, first_step=_tred_first),
 }

@@ -59,6 +59,7 @@ class TransferReport(BaseModel):
     unlabeled: dict[str, Any] | None = None
     source: dict[str, Any] | None = None  # the bundle used: path, provenance (who signed it), runtime
     peak_rss_mib: float | None = None  # the process's peak resident memory
+    supermask: dict[str, Any] | None = None  # a supermask model: sparsity, update bytes, base
 
 
 def read_report(run_dir: str | Path) -> TransferReport | None:

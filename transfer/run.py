@@ -31,6 +31,8 @@ from .methods import METHODS
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
+from .source_ft import source_model
+from .supermask import Supermasked, attach, finish, update_size
 
 CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
 PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
@@ -232,6 +234,9 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             torch.manual_seed(cfg.seed)
             model = create_model(cfg.arch, len(labelled.classes), in_chans)
     method = METHODS[name]
+    arch = arch_spec(cfg.arch)
+    if method.source_net:  # C itself, made trainable, in place of --arch
+        model, arch = source_model(_needed(bundle, name), len(labelled.classes))
     if method.pretrain:
         if "pretrain" not in info:  # auto has already pre-trained this model
             info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache, progress)
@@ -248,9 +253,14 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if real is not None:
         info["unlabeled"] = {"count": len(real), "skipped_files": skipped_unlabeled, "used": method.ssl}
 
+    lr, wd = cfg.lr, cfg.weight_decay
+    if method.source_net:
+        lr, wd = cfg.lr * cfg.source_ft.lr_scale, 0.0 if name == "l2sp" else wd  # L2-SP replaces weight decay
     phases = [Phase(name.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool,
-                                                                             real if method.ssl else None),
-                    cfg.lr, cfg.weight_decay)]
+                                                                             real if method.ssl else None), lr, wd)]
+    if method.first_step:
+        steps, first = method.first_step(cfg, phases[0].objective)
+        phases.insert(0, Phase(f"{name}_first", steps, first, cfg.lr, cfg.weight_decay, evaluate=False))
     if method.ssl and cfg.pssl.warm_start:
         # Warm start: the labels-only phase is named after the method it reproduces (scratch, or pp after PP),
         # so its steps draw exactly what that method draws; the SSL phase then refines it at a lower rate.
@@ -261,6 +271,9 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                         phases[0].objective,
                         cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
                         cfg.weight_decay)]
+    if cfg.supermask.enabled:  # over seeded weights from scratch, over the PP (or C's) weights otherwise
+        attach(model, cfg.supermask, cfg.seed, seeded=not (method.pretrain or method.source_net))
+        phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)
     if dist.main:
         pre = [{"name": "pretrain", "steps": cfg.pretrain_steps}] if method.pretrain else []
         atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"),
@@ -272,10 +285,15 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     timings["total"] = time.perf_counter() - t0
     if not dist.main:
         return {}
+    update = finish(model, cfg.seed) if cfg.supermask.enabled else None
+    if update:
+        info["supermask"] = {**cfg.supermask.model_dump(), "base": "seeded" if update["base"] is None else name,
+                             "update_bytes": update_size(update["update"])}
     result = evaluate(model, test)
-    model_info = {"arch": arch_spec(cfg.arch), "classes": labelled.classes, "in_chans": in_chans, "image_size": size,
+    model_info = {"arch": arch, "classes": labelled.classes, "in_chans": in_chans, "image_size": size,
                   "params": sum(p.numel() for p in model.parameters())}
-    atomic_torch_save(out / MODEL_FILE, {**model_info, "state_dict": model.state_dict()})
+    atomic_torch_save(out / MODEL_FILE, {**model_info, "state_dict": model.state_dict(),
+                                         **({"supermask": update} if update else {})})
     rates = {k: v / max(trainer.timings.get(k, 1e-9), 1e-9) for k, v in trainer.images_seen.items()}
     if "pretrain" in info and info["pretrain"].get("images"):
         rates["pretrain"] = info["pretrain"]["images"] / max(info["pretrain"]["seconds"], 1e-9)

@@ -4,7 +4,7 @@ Families live in small files (resnet.py, mobilenet.py) and register named sizes 
 A frozen architecture (JSON written by the search stage) names a family and its full config.
 """
 
-from . import mobilenet, resnet  # noqa: F401  (registers the families)
+from . import mobilenet, onnx_graph, resnet  # noqa: F401  (registers the families)
 from .base import ClassifierNet
 from .registry import (
                        arch_spec,
