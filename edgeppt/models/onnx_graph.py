@@ -31,6 +31,18 @@ Tensor = torch.Tensor
 Op = Callable[[list[Any], dict[str, Any]], Any]
 
 
+class _Ints(list):
+    """A small integer vector (a shape, axes, pads) kept in Python, not in a tensor: torch.export traces it as
+    constants (or symbolic sizes), where reading a tensor's values would be data-dependent."""
+
+    def __init__(self, values, scalar: bool = False):
+        super().__init__(values)
+        self.scalar = scalar
+
+    def tolist(self) -> list:
+        return list(self)
+
+
 def _pads2d(x: Tensor, a: dict[str, Any], value: float = 0.0) -> tuple[Tensor, tuple[int, int]]:
     """ONNX pads [top, left, bottom, right]: symmetric ones go to the op, others to an explicit F.pad."""
     if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
@@ -70,7 +82,7 @@ def _pool(kind: str) -> Op:
 def _axes(i: list[Any], a: dict[str, Any]) -> list[int] | None:
     """Reduce/Squeeze/Unsqueeze axes: an attribute before opset 13/18, an input after."""
     if len(i) > 1 and i[1] is not None:
-        return [int(v) for v in i[1].tolist()]
+        return list(i[1].tolist())
     return a.get("axes")
 
 
@@ -83,8 +95,10 @@ def _reduce(fn: Callable[..., Tensor]) -> Op:
     return op
 
 
-def _reshape(i: list[Any], a: dict[str, Any]) -> Tensor:
-    shape = [int(v) for v in i[1].tolist()]
+def _reshape(i: list[Any], a: dict[str, Any]) -> Any:
+    if isinstance(i[0], _Ints):  # a shape vector reshaped (to 1-D): still a shape vector
+        return _Ints(i[0])
+    shape = list(i[1].tolist())
     if not a.get("allowzero", 0):
         shape = [i[0].shape[d] if v == 0 else v for d, v in enumerate(shape)]
     return i[0].reshape(shape)
@@ -101,14 +115,18 @@ def _clip(i: list[Any], a: dict[str, Any]) -> Tensor:
     return torch.clamp(i[0], None if lo is None else float(lo), None if hi is None else float(hi))
 
 
-def _unsqueeze(i: list[Any], a: dict[str, Any]) -> Tensor:
+def _unsqueeze(i: list[Any], a: dict[str, Any]) -> Any:
     x = i[0]
+    if isinstance(x, _Ints):
+        return _Ints(x)
     for ax in sorted(d % (x.dim() + 1) for d in _axes(i, a) or []):
         x = x.unsqueeze(ax)
     return x
 
 
-def _squeeze(i: list[Any], a: dict[str, Any]) -> Tensor:
+def _squeeze(i: list[Any], a: dict[str, Any]) -> Any:
+    if isinstance(i[0], _Ints):
+        return _Ints(i[0], scalar=len(i[0]) == 1)
     axes = _axes(i, a)
     return i[0].squeeze() if axes is None else i[0].squeeze(tuple(axes))
 
@@ -128,6 +146,47 @@ def _pad(i: list[Any], a: dict[str, Any]) -> Tensor:
         torch_pads += [pads[d], pads[d + n]]
     value = float(i[2]) if len(i) > 2 and i[2] is not None else 0.0
     return F.pad(i[0], torch_pads, value=value)
+
+
+# ONNX TensorProto element types -> torch dtypes (Cast's `to`)
+_DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
+
+
+def _shape(i: list[Any], a: dict[str, Any]) -> _Ints:
+    return _Ints(list(i[0].shape)[a.get("start", 0):a.get("end", None)])
+
+
+def _gather(i: list[Any], a: dict[str, Any]) -> Any:
+    if isinstance(i[0], _Ints):  # picking sizes out of a shape
+        idx = i[1] if isinstance(i[1], _Ints) else _Ints(i[1].reshape(-1).tolist(), i[1].dim() == 0)
+        return _Ints([i[0][k] for k in idx], scalar=idx.scalar)
+    if isinstance(i[1], _Ints):
+        i = [i[0], torch.tensor(i[1]) if not i[1].scalar else torch.tensor(i[1][0])]
+    data, idx, axis = i[0], i[1].long(), a.get("axis", 0) % i[0].dim()
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    out = data.index_select(axis, idx.reshape(-1))
+    return out.reshape([*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]])
+
+
+def _slice(i: list[Any], a: dict[str, Any]) -> Tensor:
+    x = i[0]
+    starts, ends = list(i[1].tolist()), list(i[2].tolist())
+    axes = list(i[3].tolist()) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+    steps = list(i[4].tolist()) if len(i) > 4 and i[4] is not None else [1] * len(starts)
+    if isinstance(x, _Ints):
+        return _Ints(x[slice(starts[0], min(ends[0], len(x)), steps[0])])
+    index = [slice(None)] * x.dim()
+    for s0, e0, ax, st in zip(starts, ends, axes, steps):
+        if st != 1:
+            raise EdgepptError("Slice with steps other than 1 is not supported")
+        n = x.shape[ax]
+        index[ax % x.dim()] = slice(max(-n, min(s0, n)), max(-n, min(e0, n)))
+    return x[tuple(index)]
+
+
+def _constant_of_shape(i: list[Any], a: dict[str, Any]) -> Tensor:
+    value = a.get("value", [0.0])
+    return torch.full(list(i[0].tolist()), float(np.asarray(value).reshape(-1)[0]))
 
 
 OPS: dict[str, Op] = {
@@ -158,12 +217,24 @@ OPS: dict[str, Op] = {
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
     "Transpose": lambda i, a: i[0].permute(a["perm"]) if "perm" in a else i[0].permute(*reversed(range(i[0].dim()))),
-    "Concat": lambda i, a: torch.cat([t for t in i if t is not None], a["axis"]),
+    "Concat": lambda i, a: _Ints([v for t in i for v in t]) if all(isinstance(t, _Ints) for t in i)
+    else torch.cat([t for t in i if t is not None], a["axis"]),
     "Softmax": lambda i, a: torch.softmax(i[0], a.get("axis", -1)),
     "Identity": lambda i, a: i[0],
     "Dropout": lambda i, a: i[0],
     "Pad": _pad,
+    # shape arithmetic, as unoptimised dynamic-batch exports emit it
+    "Shape": _shape,
+    "Gather": _gather,
+    "Slice": _slice,
+    "Expand": lambda i, a: i[0].expand(torch.broadcast_shapes(i[0].shape, tuple(i[1].tolist()))),
+    "Cast": lambda i, a: i[0] if isinstance(i[0], _Ints) else i[0].to(_DTYPES[a["to"]]),
+    "CastLike": lambda i, a: i[0] if isinstance(i[0], _Ints) else i[0].to(i[1].dtype),
+    "ConstantOfShape": _constant_of_shape,
 }
+# Ops that read small integer vectors (shapes, axes, pads) as such; any other op gets them as tensors.
+_TAKES_INTS = {"Reshape", "Expand", "ConstantOfShape", "Slice", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast",
+               "CastLike", "ReduceMean", "ReduceMax", "Pad", "Clip"}
 # Float initializers at these input positions are statistics, not weights: kept as buffers, never trained.
 _FROZEN_INPUTS = {"BatchNormalization": {3, 4}}
 
@@ -176,23 +247,29 @@ class OnnxGraph(nn.Module):
         super().__init__()
         self.nodes, self.input, self.output = nodes, inputs, output
         self.names: dict[str, str] = {}  # ONNX tensor name -> attribute name
-        self.weights = nn.ParameterList()
         for j, (name, shape) in enumerate(params):
-            self.weights.append(nn.Parameter(torch.zeros(shape)))
+            self.register_parameter(f"w{j}", nn.Parameter(torch.zeros(shape)))
             self.names[name] = f"w{j}"
+        self.ints: dict[str, _Ints] = {}
         for j, c in enumerate(consts):
+            if c["dtype"] == "int64" and len(c["shape"]) <= 1:
+                self.ints[c["name"]] = _Ints(c["value"], scalar=not c["shape"])
+                continue
             self.register_buffer(f"c{j}", torch.tensor(c["value"], dtype=getattr(torch, c["dtype"]))
                                  .reshape(c["shape"]))
             self.names[c["name"]] = f"c{j}"
 
-    def tensor(self, name: str) -> Tensor:
-        attr = self.names[name]
-        return self.weights[int(attr[1:])] if attr[0] == "w" else getattr(self, attr)
+    def tensor(self, name: str) -> Any:
+        if name in self.ints:
+            return self.ints[name]
+        return getattr(self, self.names[name])
 
     def forward(self, x: Tensor) -> Tensor:
         env: dict[str, Any] = {self.input: x, "": None}
         for n in self.nodes:
             args = [env[k] if k in env else self.tensor(k) for k in n["inputs"]]
+            if n["op"] not in _TAKES_INTS:
+                args = [torch.tensor(v if not v.scalar else v[0]) if isinstance(v, _Ints) else v for v in args]
             out = OPS[n["op"]](args, n["attrs"])
             env[n["outputs"][0]] = out
         return env[self.output]
@@ -207,7 +284,7 @@ class OnnxGraphNet(ClassifierNet):
     def __init__(self, num_classes: int, in_chans: int, graph: dict[str, Any], num_features: int,
                  mean: list[float], std: list[float], input_size: int | None = None, source: str = ""):
         super().__init__()
-        self.graph = OnnxGraph(**graph)
+        self.body = OnnxGraph(**graph)  # not "graph": torch.fx's GraphModule has that attribute
         self.num_features, self.input_size = num_features, input_size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
@@ -216,7 +293,7 @@ class OnnxGraphNet(ClassifierNet):
     def forward_features(self, x: Tensor) -> Tensor:
         if self.input_size is not None and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.graph((x - self.mean) / self.std).flatten(1)
+        return self.body((x - self.mean) / self.std).flatten(1)
 
 
 @register_family("onnx_graph")
@@ -252,7 +329,7 @@ def _features_name(graph, features: str | None, logits: str) -> tuple[str, int |
         node = next((producer[i] for i in node.input if i in producer and producer[i].op_type == "MatMul"), None)
     if node is None or node.op_type not in ("Gemm", "MatMul"):
         raise EdgepptError("the classifier declares no features output and its logits do not come from a final "
-                           "Gemm/MatMul; repack it with --features naming the penultimate output")
+                           "Gemm/MatMul; repack it with --features-output naming the penultimate output")
     return node.input[0], None
 
 
@@ -271,7 +348,11 @@ def from_onnx(path: str | Path, features: str | None, logits: str, mean: list[fl
     init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for n in g.node:  # Constant nodes become constants like initializers
         if n.op_type == "Constant":
-            init[n.output[0]] = np.asarray(_attrs(n)["value"])
+            a = _attrs(n)
+            kind = next((k for k in ("value", "value_float", "value_floats", "value_int", "value_ints") if k in a), None)
+            if kind is None:
+                raise EdgepptError(f"{path}: a Constant node of an unsupported kind ({sorted(a)})")
+            init[n.output[0]] = np.asarray(a[kind], np.float32 if "float" in kind else None)
     producer = {o: n for n in g.node for o in n.output}
     need, keep, seen = [feat], [], set()
     while need:  # the nodes the features depend on
@@ -301,7 +382,7 @@ def from_onnx(path: str | Path, features: str | None, logits: str, mean: list[fl
             listed.add(name)
             arr = init[name]
             if arr.dtype.kind == "f" and arr.size > 1 and pos not in frozen:
-                weights[f"graph.weights.{len(params)}"] = torch.from_numpy(arr.astype(np.float32).copy())
+                weights[f"body.w{len(params)}"] = torch.from_numpy(arr.astype(np.float32).copy())
                 params.append([name, list(arr.shape)])
             else:
                 dtype = "float32" if arr.dtype.kind == "f" else "int64" if arr.dtype.kind in "iu" else "bool"
@@ -312,7 +393,7 @@ def from_onnx(path: str | Path, features: str | None, logits: str, mean: list[fl
     # The number of features: run the graph once on a dummy image of C's input shape.
     shape = [d.dim_value or 1 for d in next(i for i in g.input if i.name == inp).type.tensor_type.shape.dim]
     net = OnnxGraph(**graph)
-    net.load_state_dict({k.removeprefix("graph."): v for k, v in weights.items()}, strict=False)
+    net.load_state_dict({k.removeprefix("body."): v for k, v in weights.items()}, strict=False)
     with torch.no_grad():
         num_features = int(net(torch.zeros([1, *shape[1:]])).flatten(1).shape[1])
     config = {"graph": graph, "num_features": num_features, "mean": list(mean), "std": list(std),
