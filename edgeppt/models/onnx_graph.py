@@ -158,8 +158,8 @@ def _shape(i: list[Any], a: dict[str, Any]) -> _Ints:
 
 def _gather(i: list[Any], a: dict[str, Any]) -> Any:
     if isinstance(i[0], _Ints):  # picking sizes out of a shape
-        idx = i[1] if isinstance(i[1], _Ints) else _Ints(i[1].reshape(-1).tolist(), i[1].dim() == 0)
-        return _Ints([i[0][k] for k in idx], scalar=idx.scalar)
+        picks = i[1] if isinstance(i[1], _Ints) else _Ints(i[1].reshape(-1).tolist(), i[1].dim() == 0)
+        return _Ints([i[0][k] for k in picks], scalar=picks.scalar)
     if isinstance(i[1], _Ints):
         i = [i[0], torch.tensor(i[1]) if not i[1].scalar else torch.tensor(i[1][0])]
     data, idx, axis = i[0], i[1].long(), a.get("axis", 0) % i[0].dim()
@@ -168,7 +168,7 @@ def _gather(i: list[Any], a: dict[str, Any]) -> Any:
     return out.reshape([*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]])
 
 
-def _slice(i: list[Any], a: dict[str, Any]) -> Tensor:
+def _slice(i: list[Any], a: dict[str, Any]) -> Any:
     x = i[0]
     starts, ends = list(i[1].tolist()), list(i[2].tolist())
     axes = list(i[3].tolist()) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
@@ -349,7 +349,8 @@ def from_onnx(path: str | Path, features: str | None, logits: str, mean: list[fl
     for n in g.node:  # Constant nodes become constants like initializers
         if n.op_type == "Constant":
             a = _attrs(n)
-            kind = next((k for k in ("value", "value_float", "value_floats", "value_int", "value_ints") if k in a), None)
+            kinds = ("value", "value_float", "value_floats", "value_int", "value_ints")
+            kind = next((k for k in kinds if k in a), None)
             if kind is None:
                 raise EdgepptError(f"{path}: a Constant node of an unsupported kind ({sorted(a)})")
             init[n.output[0]] = np.asarray(a[kind], np.float32 if "float" in kind else None)
