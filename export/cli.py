@@ -102,6 +102,8 @@ def bench_cmd(
         return
     Console().print(_bench_table(f"{bundle} on {report['host']} ({report['threads'] or 'default'} threads)",
                                  report["results"], "test_accuracy"))
+    if report.get("sizes"):  # the bundle's models, and a supermask's over-the-air update beside them
+        console.print("size: " + ", ".join(f"{k} {v:,} bytes" for k, v in report["sizes"].items()), highlight=False)
     if report.get("default_format"):
         console.print(f"default artifact: [bold]{report['default_format']}[/]: {report.get('default_reason') or ''}",
                       soft_wrap=True, highlight=False)
