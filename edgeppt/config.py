@@ -137,8 +137,8 @@ class SupermaskConfig(Strict):
 class SourceFinetuneConfig(Strict):
     """`--method ft|l2sp|tred`: training the source classifier C itself (its ONNX graph made trainable) with a
     new head, for devices that can run C's architecture (docs/transfer.md)."""
-    lr_scale: float = Field(0.2, gt=0, description="learning rate of C's fine-tuning, as a fraction of lr")
-    l2sp_alpha: float = Field(1e-3, ge=0, description="L2-SP: weight of ||w - w_C||^2 / 2 over C's weights")
+    lr_scale: float = Field(0.1, gt=0, description="learning rate of C's fine-tuning, as a fraction of lr")
+    l2sp_alpha: float = Field(1e-2, ge=0, description="L2-SP: weight of ||w - w_C||^2 / 2 over C's weights")
     l2sp_beta: float = Field(5e-4, ge=0, description="L2-SP: weight of ||w||^2 / 2 over the new head")
     tred_weight: float = Field(1.0, ge=0, description="TRED: weight of the pull of the features toward their "
                                "target-relevant part of C's")

@@ -83,7 +83,7 @@ def plot(rows: list[dict], rejected: list[dict], budget_ms: float | None, best: 
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_outputs(ctx, out: Path, smallest: dict, wall_s: float) -> dict:
+def write_outputs(ctx, out: Path, smallest: dict, wall_s: float, source_classifier: dict | None = None) -> dict:
     records = sorted(ctx.ledger.records.values(), key=lambda r: r["order"])
     trained = [r for r in records if r.get("status") == "trained"]
     rejected = [r for r in records if r.get("status") == "rejected"]
@@ -109,8 +109,13 @@ def write_outputs(ctx, out: Path, smallest: dict, wall_s: float) -> dict:
          f"{ctx.profile.name}: {ctx.cfg.strategy} search, {len(trained)} trials")
     summary = {"device": ctx.profile.name, "strategy": ctx.cfg.strategy, "budgets": budgets,
                "trained": len(trained), "rejected": len(rejected), "best": {"arch": best["arch"], **proxy, **costs},
-               "smallest_in_space": smallest,
+               "smallest_in_space": smallest, "source_classifier": source_classifier,
                "train_s_total": sum(r.get("train_s", 0.0) for r in trained), "wall_s": wall_s,
                "files": {k: str(out / k) for k in (BEST_FILE, "trials.csv", "trials.json", "pareto.png")}}
     atomic_write_json(out / "summary.json", summary)
+    if ctx.progress and source_classifier and "latency_ms" in source_classifier:
+        sc = source_classifier
+        verdict = f"fits the budgets; {sc['how']}" if sc["fits"] else f"over budget ({', '.join(sc['violations'])})"
+        console.print(f"source classifier C: {sc['latency_ms']:.3f} ms ({sc['latency_kind']}), "
+                      f"{sc['macs'] / 1e6:.2f} M MACs, {sc['params']:,} params: {verdict}")
     return summary

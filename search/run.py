@@ -272,9 +272,29 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
             if ctx.ledger.trained():  # what is done so far, then the usual "resume" message
                 report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
             raise KeyboardInterrupt
-        return report.write_outputs(ctx, out, smallest, time.perf_counter() - t0)
+        return report.write_outputs(ctx, out, smallest, time.perf_counter() - t0, source_candidate(ctx))
     finally:
         _CONTEXTS.pop(key, None)
+
+
+def source_candidate(ctx: SearchContext) -> dict | None:
+    """The source classifier C as a candidate of its own: its costs on this device under the same budgets. When it
+    fits, `edgeppt transfer --method ft|l2sp|tred` trains C itself (its proxy score is not comparable: the
+    proxy trains from scratch or PP, fine-tuning C starts from the owner's weights)."""
+    if ctx.cfg.source is None:
+        return None
+    from edgeppt.bundle import open_source
+    from edgeppt.models.onnx_graph import from_bundle
+
+    try:
+        arch, _ = from_bundle(open_source(ctx.cfg.source, ctx.cfg))
+        costs = ctx.cost.costs(arch)
+    except EdgepptError as e:
+        return {"fits": False, "why": str(e)}
+    bad = ctx.cost.violations(costs)
+    return {**{k: costs[k] for k in ("latency_ms", "latency_kind", "macs", "params", "peak_activation_kib")},
+            "fits": not bad, "violations": bad,
+            "how": "edgeppt transfer --method tred (or ft, l2sp) fine-tunes C itself" if not bad else None}
 
 
 def _free_port() -> int:

@@ -299,3 +299,25 @@ def test_candidates_can_be_ranked_on_the_training_labels_alone():
     assert sorted(seen) == sorted(map(bytes, data.labelled.x.numpy()))  # the held-out folds are the labels, once each
     with pytest.raises(EdgepptError, match="needs at least 5 labels per class"):
         label_folds(data.labelled, 5)
+
+
+def test_the_source_classifier_is_offered_when_it_fits(tmp_path, tiny_bundle):
+    """C's costs on the device under the same budgets: within them it is offered (transfer --method tred trains
+    it), over them it is not."""
+    for params, fits in ((10_000_000, True), (30_000, False)):  # C (resnet_xs) has about 75k
+        (tmp_path / f"{params}").mkdir()
+        prof = predicted_profile(tmp_path / f"{params}", latency_ms=50.0, params=params)
+        s = run_search(SearchConfig(device=str(prof), strategy="random", trials=1, source=tiny_bundle,
+                                    **{**FAST, "target": "digits:0,1,2,3,4"}), tmp_path / f"run{params}",
+                       progress=False)
+        sc = s["source_classifier"]
+        c = create_model(load_bundle_arch(tiny_bundle), 5, 1)
+        assert sc["params"] == sum(p.numel() for p in c.parameters()) and sc["fits"] is fits
+        assert bool(sc["violations"]) is not fits and (sc["how"] is not None) is fits
+
+
+def load_bundle_arch(path):
+    from edgeppt.bundle import load_bundle
+    from edgeppt.models.onnx_graph import from_bundle
+
+    return from_bundle(load_bundle(path))[0]

@@ -23,9 +23,8 @@ from torch import nn
 from edgeppt.bundle import SourceBundle
 from edgeppt.config import AugmentConfig
 from edgeppt.data import ImageSet
-from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, create_model
-from edgeppt.models.onnx_graph import from_onnx
+from edgeppt.models.onnx_graph import from_bundle
 
 from . import augment
 from .objectives import Objective, Supervised, sample_batch, shard
@@ -34,12 +33,7 @@ from .objectives import Objective, Supervised, sample_batch, shard
 def source_model(bundle: SourceBundle, num_classes: int) -> tuple[ClassifierNet, dict]:
     """C's feature extractor as a trainable network with a new `num_classes` head, and its frozen architecture
     (what model.pt records, so export rebuilds it like any other)."""
-    if bundle.manifest.runtime != "onnx":
-        raise EdgepptError(f"{bundle.path}: fine-tuning C needs an ONNX source bundle (format 2); convert this one "
-                           "with `edgeppt source pack --from-bundle`")
-    spec = bundle.manifest.classifier
-    arch, weights = from_onnx(bundle.path / spec.file, spec.features, spec.logits, spec.mean, spec.std,
-                              spec.input_size, spec.input)
+    arch, weights = from_bundle(bundle)
     model = create_model(arch, num_classes, bundle.image_shape[0])
     model.load_state_dict(weights, strict=False)  # the head (and the constant buffers) are the model's own
     return model, arch

@@ -301,6 +301,16 @@ def onnx_graph(num_classes: int = 10, in_chans: int = 1, **config: Any) -> OnnxG
     return OnnxGraphNet(num_classes, in_chans, **config)
 
 
+def from_bundle(bundle: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A source bundle's classifier C as (frozen architecture, weights), with C's own input conventions."""
+    if bundle.manifest.runtime != "onnx":
+        raise EdgepptError(f"{bundle.path}: training C needs an ONNX source bundle (format 2); convert this one "
+                           "with `edgeppt source pack --from-bundle`")
+    spec = bundle.manifest.classifier
+    return from_onnx(bundle.path / spec.file, spec.features, spec.logits, spec.mean, spec.std, spec.input_size,
+                     spec.input)
+
+
 def _attrs(node) -> dict[str, Any]:
     import onnx
 
