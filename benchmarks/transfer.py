@@ -254,6 +254,8 @@ def main() -> None:
     ap.add_argument("--reuse", type=Path, default=None, help="keep the runs of an earlier result; run the rest")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.json")
+    ap.add_argument("--cache", type=Path, default=None, help="keep PP weights and pseudo-sample pools here, across "
+                                                                "invocations (default: a temporary folder)")
     args = ap.parse_args()
     mode = "quick" if args.quick else "default"
     seeds = list(range(args.seeds or (1 if args.quick else 5)))
@@ -269,8 +271,9 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
             args.jobs, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-        work, cache = Path(tmp) / "runs", Path(tmp) / "cache"
+        work, cache = Path(tmp) / "runs", args.cache or Path(tmp) / "cache"
         work.mkdir()
+        cache.mkdir(parents=True, exist_ok=True)
         files = {p: write_pairing(p, Path(tmp)) for p in args.pairings}
         keys = [(p, r, s) for s in seeds for p in args.pairings for r in rows if r in wanted
                 and (r not in UNLABELED_ROWS or p == "example") and (p, r, s) not in done]
