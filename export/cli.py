@@ -20,7 +20,10 @@ app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
 def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
     table = Table(title=title)
-    for col in ("format", "provider", "batch-1 median ms", "batch-1 p90 ms", "img/s (largest batch)", "accuracy"):
+    floor = any("batch1_floor_pct" in r for r in rows)
+    cols = ("format", "provider", "batch-1 median ms", "batch-1 p90 ms", "img/s (largest batch)", "accuracy") + \
+        (("floor % (b1 / largest)",) if floor else ())
+    for col in cols:
         table.add_column(col, justify="left" if col in ("format", "provider") else "right")
     for r in rows:
         if "error" in r:
@@ -30,8 +33,12 @@ def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
                    r["batch1"])
         acc = r.get(accuracy_key, r.get("sample_accuracy"))
         b1 = r["batch1"]
-        table.add_row(r["format"], r.get("provider", "-"), f"{b1['median_ms']:.3f}", f"{b1['p90_ms']:.3f}",
-                      f"{big['throughput_ips']:.0f} (b{big['batch']})", "-" if acc is None else f"{100 * acc:.2f}%")
+        cells = [r["format"], r.get("provider", "-"), f"{b1['median_ms']:.3f}", f"{b1['p90_ms']:.3f}",
+                 f"{big['throughput_ips']:.0f} (b{big['batch']})", "-" if acc is None else f"{100 * acc:.2f}%"]
+        if floor:
+            pct = [r.get(f"batch{b}_floor_pct") for b in (1, big["batch"])]
+            cells.append(" / ".join("-" if p is None else f"{p:.0f}%" for p in pct))
+        table.add_row(*cells)
     return table
 
 

@@ -27,6 +27,7 @@ from . import bundle as B
 from . import quantize as Q
 from . import runner, tensorrt
 from .default import choose_default
+from .floor import floor_columns, host_peak, onnx_macs
 from .formats import CALIBRATIONS, FORMATS, ExportOptions
 from .onnx_export import (
     INPUT_NAME,
@@ -55,6 +56,7 @@ class Context:
     options: dict[str, Any]
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    floor: dict[str, Any] = field(default_factory=dict)  # MACs and this host's float32 peak
 
 
 def _onnx(ctx: Context) -> dict[str, Any]:
@@ -261,7 +263,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
             "model": {"arch": run.checkpoint["arch"], "params": run.checkpoint.get("params")},
             "settings": run.settings, "data_record": run.report.get("data_record"),
             "test_images": len(test), "samples": n_samples,
-            "artifacts": ctx.artifacts, "results": table,
+            "artifacts": ctx.artifacts, "results": table, "floor": ctx.floor,
             "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads},
             **extra})
         if opts.sign is not None:
@@ -276,6 +278,10 @@ def results_table(ctx: Context, torch_acc: float, threads: int, runs: int) -> li
     """The accuracy/latency table: PyTorch and every ONNX artifact on this host (latency) and the test split."""
     rows = [{"format": "pytorch", "precision": "fp32", "accuracy": torch_acc}]
     shape = list(ctx.run.input_shape)
+    # The floor: the model's MACs at this host's measured float32 peak (export/floor.py).
+    macs = onnx_macs(ctx.root / ctx.artifacts["onnx"]["file"])
+    peak = host_peak(max(threads, 1)) if runs > 0 else None
+    ctx.floor = {"macs": macs, **(peak or {})}
     for fmt, art in ctx.artifacts.items():
         if not str(art.get("file", "")).endswith(".onnx"):
             continue
@@ -288,5 +294,7 @@ def results_table(ctx: Context, torch_acc: float, threads: int, runs: int) -> li
             row["batch1"] = runner.benchmark(s, shape, 1, runs)
             if runner.static_batch(s) is None:
                 row["batch32"] = runner.benchmark(s, shape, 32, max(5, runs // 4))
+            if peak:
+                row.update(floor_columns(row, macs, peak["peak_gmacs"]))
         rows.append(row)
     return rows

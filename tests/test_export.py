@@ -471,3 +471,24 @@ def test_export_refuses_to_replace_a_foreign_folder(trained_run, tmp_path):
     with pytest.raises(EdgepptError, match="not an export bundle"):
         export_run(trained_run, tmp_path / "o", log=lambda s: None)
     assert (tmp_path / "o" / "precious.txt").read_text() == "keep"
+
+
+def test_the_floor_counts_macs_and_measures_the_host(tmp_path):
+    """MACs from the ONNX graph equal the search's count for the same network; the floor % is MACs at the host's
+    measured peak over the measured latency."""
+    from edgeppt.export.floor import floor_columns, host_peak, onnx_macs
+    from edgeppt.export.onnx_export import export_onnx
+    from edgeppt.models import create_model
+    from edgeppt.search.costs import count_costs
+
+    for arch in ("resnet_xs", "mobilenet_xs"):
+        model = create_model(arch, 5, 1).eval()
+        path = export_onnx(model, tmp_path / f"{arch}.onnx", (1, 28, 28))
+        assert abs(onnx_macs(path) - count_costs(model, (1, 28, 28)).macs) <= 0.01 * count_costs(
+            model, (1, 28, 28)).macs
+    peak = host_peak(threads=1, repeats=3)
+    assert peak["peak_gmacs"] == max(peak["gemm_gmacs"], peak["conv_gmacs"]) > 0.1
+    row = {"batch1": {"batch": 1, "median_ms": 2.0}, "batch32": {"batch": 32, "median_ms": 8.0}}
+    cols = floor_columns(row, 10**6, 1.0)  # 1 GMAC/s: 1 M MACs take 1 ms per image
+    assert cols["batch1_floor_ms"] == pytest.approx(1.0) and cols["batch1_floor_pct"] == pytest.approx(50.0)
+    assert cols["batch32_floor_pct"] == pytest.approx(400.0)

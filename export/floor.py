@@ -1,0 +1,98 @@
+"""The floor: how close an artifact's latency comes to what this host's arithmetic allows.
+
+`host_peak` times a float32 GEMM and a 3x3 convolution in onnxruntime (the runtime that runs the artifacts, with
+the same threads) and keeps the faster rate in multiply-accumulates per second; `onnx_macs` counts a graph's
+MACs from its convolutions and matrix products (shapes from onnx's shape inference). An artifact's floor is
+MACs / peak; `floor_pct` = floor / measured latency, 100% being the host's best float32 arithmetic. INT8 rows are
+measured against the same float32 peak, so they can exceed 100%.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _timed(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int, repeats: int) -> float:
+    """Median seconds of one run."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        s.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        s.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def host_peak(threads: int = 1, repeats: int = 20) -> dict[str, float]:
+    """MACs per second of a 512^3 GEMM and of a 3x3, 64->64 convolution on 32x32 x 8 images."""
+    rng = np.random.default_rng(0)
+    n = 512
+    gemm = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
+        [numpy_helper.from_array(rng.random((n, n), dtype=np.float32), "b")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    c, side, batch = 64, 32, 8
+    conv = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, side, side])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, c, side, side])],
+        [numpy_helper.from_array(rng.random((c, c, 3, 3), dtype=np.float32), "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    gemm_rate = n ** 3 / _timed(gemm, {"a": rng.random((n, n), dtype=np.float32)}, threads, repeats)
+    conv_macs = batch * c * side * side * c * 9
+    conv_rate = conv_macs / _timed(conv, {"x": rng.random((batch, c, side, side), dtype=np.float32)}, threads,
+                                   repeats)
+    return {"gemm_gmacs": gemm_rate / 1e9, "conv_gmacs": conv_rate / 1e9,
+            "peak_gmacs": max(gemm_rate, conv_rate) / 1e9, "threads": threads}
+
+
+def onnx_macs(path: str | Path) -> int:
+    """Multiply-accumulates of one image through the graph's Conv, Gemm and MatMul nodes (batch dimension 1)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    shapes: dict[str, list[int]] = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        shapes[vi.name] = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+    for t in g.initializer:
+        shapes[t.name] = list(t.dims)
+    total = 0
+    for node in g.node:
+        out = shapes.get(node.output[0])
+        if out is None:
+            continue
+        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            w = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
+            if w:
+                total += math.prod(out) * math.prod(w[1:])
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+            a = shapes.get(node.input[0])
+            if a:
+                total += math.prod(out) * a[-1]
+    return int(total)
+
+
+def floor_columns(row: dict[str, Any], macs: int, peak_gmacs: float) -> dict[str, Any]:
+    """The floor (ms) and floor % for each batch size timed in a results row."""
+    out: dict[str, Any] = {}
+    for key, timing in row.items():
+        if key.startswith("batch") and isinstance(timing, dict) and timing.get("median_ms"):
+            floor_ms = macs * timing["batch"] / (peak_gmacs * 1e9) * 1000
+            out[f"{key}_floor_ms"] = floor_ms
+            out[f"{key}_floor_pct"] = 100 * floor_ms / timing["median_ms"]
+    return out
+
