@@ -25,6 +25,7 @@ from edgeppt.devices import load_profile
 from edgeppt.export import quantize as Q
 from edgeppt.export import runner
 from edgeppt.export.exporter import GUARD_IMAGES, split_guard, target_images
+from edgeppt.export.floor import host_peak, onnx_macs
 from edgeppt.export.onnx_export import export_onnx, load_run, run_data, torch_logits
 
 
@@ -106,22 +107,28 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
             calls[label] = ort_calls(out, shape, threads)
             rows.append({"model": name, "variant": label, "accuracy": Q.accuracy(out, x, y),
                          "recipe": g.chosen["recipe"], "attempts": len(g.attempts)})
+        macs = onnx_macs(fp32)
         timings = measure(calls, runs)
+    peak = host_peak(threads)["peak_gmacs"]  # this host's float32 arithmetic, measured in the same run
     for r in rows:
         r.update(timings[r["variant"]])
+        r["macs"], r["peak_gmacs"] = macs, peak
+        r["b1_floor_pct"] = 100 * macs / (peak * 1e9) * 1000 / r["median_ms"]
+        r["b32_floor_pct"] = 100 * macs * r["throughput_ips"] / (peak * 1e9)
     for r in rows:
         r["drop_points"] = 100 * (fp32_acc - r["accuracy"])
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| model | variant | b1 median ms | b1 p90 ms | b32 img/s | b32 vs ORT fp32 | test acc | drop vs fp32 (pts) "
-           "| INT8 recipe kept |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| model | variant | b1 median ms | b1 p90 ms | b32 img/s | b32 vs ORT fp32 | b1 / b32 floor % | test acc "
+           "| drop vs fp32 (pts) | INT8 recipe kept |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         base = next(b for b in rows if b["model"] == r["model"] and b["variant"] == "ONNX Runtime fp32")
         out.append(f"| {r['model']} | {r['variant']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} "
                    f"| {r['throughput_ips']:.0f} | {r['throughput_ips'] / base['throughput_ips']:.2f}x "
+                   f"| {r['b1_floor_pct']:.0f}% / {r['b32_floor_pct']:.0f}% "
                    f"| {100 * r['accuracy']:.2f}% | {r['drop_points']:+.2f} "
                    f"| {r.get('recipe', '-')} |")
     return "\n".join(out)
@@ -139,6 +146,10 @@ def main() -> None:
     args = ap.parse_args()
     rows = [r for d in args.runs for r in bench_run(d, args.source, args.threads, args.iters, args.calibration_size)]
     print(markdown(rows))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        r = next(x for x in rows if x["model"] == name)
+        print(f"{name}: {r['macs'] / 1e6:.2f} M MACs; host float32 peak {r['peak_gmacs']:.1f} GMAC/s "
+              f"({args.threads} thread(s)); floor % = MACs at that peak / measured time")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
