@@ -64,7 +64,8 @@ def devices_calibrate(
     rep = guarded(calibrate, device, host, out, port=port, identity=identity, ssh_options=ssh_option, python=python,
                   probes=probes, repeats=repeats)
     h = rep["heldout"]
-    console.print(f"held-out error on {h['probes']} probes: mean {h['mape_pct']:.1f}%, worst {h['max_ape_pct']:.1f}%")
+    console.print(f"held-out error on {h['probes']} probes: mean {h['mape_pct']:.1f}%, worst {h['max_ape_pct']:.1f}%, "
+                  f"{100 * h['within_10pct']:.0f}% of them within +-10%")
     console.print(f"profile: {rep['profile']}  predictor: {rep['predictor']}  (use --device {rep['profile']})")
 
 
