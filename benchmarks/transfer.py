@@ -84,11 +84,18 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "tred, weight 1": ("tred", {"source_ft": {"tred_weight": 1.0}}),
     "tred, weight 3": ("tred", {"source_ft": {"tred_weight": 3.0}}),
     "ft, lr 0.05": ("ft", {"source_ft": {"lr_scale": 0.05}}),
-    "scratch, supermask, edge-popup": ("scratch", {"supermask": {"enabled": True, "rerand_ratio": 0.0}}),
-    "scratch, supermask, sparsity 0.3": ("scratch", {"supermask": {"enabled": True, "sparsity": 0.3}}),
-    "scratch, supermask, 2x lr": ("scratch", {"supermask": {"enabled": True}, "lr": 0.1}),
-    "pp, supermask, edge-popup": ("pp", {"supermask": {"enabled": True, "rerand_ratio": 0.0}}),
-    "pp, supermask, sparsity 0.3": ("pp", {"supermask": {"enabled": True, "sparsity": 0.3}}),
+    # supermask settings, at the target phase's 200 steps (steps_scale 1) and at 3x (the default chosen)
+    "scratch, supermask, 1x steps": ("scratch", {"supermask": {"enabled": True, "steps_scale": 1.0}}),
+    "pp, supermask, 1x steps": ("pp", {"supermask": {"enabled": True, "steps_scale": 1.0}}),
+    "scratch, supermask, edge-popup": ("scratch", {"supermask": {"enabled": True, "rerand_ratio": 0.0,
+                                                                 "steps_scale": 1.0}}),
+    "scratch, supermask, sparsity 0.3": ("scratch", {"supermask": {"enabled": True, "sparsity": 0.3,
+                                                                   "steps_scale": 1.0}}),
+    "scratch, supermask, 2x lr": ("scratch", {"supermask": {"enabled": True, "steps_scale": 1.0}, "lr": 0.1}),
+    "pp, supermask, edge-popup": ("pp", {"supermask": {"enabled": True, "rerand_ratio": 0.0, "steps_scale": 1.0}}),
+    "pp, supermask, sparsity 0.3": ("pp", {"supermask": {"enabled": True, "sparsity": 0.3, "steps_scale": 1.0}}),
+    "scratch, supermask, 3x steps": ("scratch", {"supermask": {"enabled": True, "steps_scale": 3.0}}),
+    "pp, supermask, 3x steps": ("pp", {"supermask": {"enabled": True, "steps_scale": 3.0}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only.
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {

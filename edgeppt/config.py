@@ -132,6 +132,8 @@ class SupermaskConfig(Strict):
     sparsity: float = Field(0.5, gt=0, lt=1, description="share of each layer's weights pruned")
     rerand_every: int = Field(50, ge=1, description="steps between re-randomisations of pruned weights")
     rerand_ratio: float = Field(0.1, ge=0, le=1, description="chance that a pruned weight is re-drawn then")
+    steps_scale: float = Field(3.0, gt=0, description="the target phase runs this many times its steps: a mask "
+                               "learns slower than weights (3 was better than 1 on validation images)")
 
 
 class SourceFinetuneConfig(Strict):

@@ -25,7 +25,7 @@ TARGET = "digits:0,1,2,3,4"
 def cfg(bundle, **kw):
     base = dict(source=bundle, target=TARGET, labels_per_class=4, pretrain_steps=20, pretrain_batch=32,
                 finetune_steps=30, batch_size=20, eval_every=10, checkpoint_every=5, method="scratch",
-                supermask={"enabled": True, "sparsity": 0.6, "rerand_every": 10, "rerand_ratio": 0.2})
+                supermask={"enabled": True, "sparsity": 0.6, "rerand_every": 10, "rerand_ratio": 0.2, "steps_scale": 1})
     base.update(kw)
     return TransferConfig(**base)
 

@@ -274,6 +274,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if cfg.supermask.enabled:  # over seeded weights from scratch, over the PP (or C's) weights otherwise
         attach(model, cfg.supermask, cfg.seed, seeded=not (method.pretrain or method.source_net))
         phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)
+        phases[-1].steps = max(1, round(phases[-1].steps * cfg.supermask.steps_scale))
     if dist.main:
         pre = [{"name": "pretrain", "steps": cfg.pretrain_steps}] if method.pretrain else []
         atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"),
