@@ -50,7 +50,7 @@ def test_a_typo_or_wrong_type_names_the_field_and_the_allowed_values(tiny_bundle
 
     with pytest.raises(EdgepptError,
                        match=r"transfer\.method: Input should be 'auto', 'scratch', 'kd', 'pp', 'pssl', "
-                             r"'pp\+pssl', 'ssl' or 'pp\+ssl'"):
+                             r"'pp\+pssl', 'ssl', 'pp\+ssl', 'ft', 'l2sp' or 'tred'"):
         parse_config(raw_config(tiny_bundle, transfer={"method": "ppssl"}))
     with pytest.raises(EdgepptError, match=r"unknown field 'exprt'; allowed: \[.*'export'.*\]"):
         parse_config({**raw_config(tiny_bundle), "exprt": {}})
