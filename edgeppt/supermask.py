@@ -19,6 +19,7 @@ device runner imports it to materialise the weights (`python3 runner.py material
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 
 import numpy as np
@@ -62,6 +63,13 @@ def pack(seed: int, layers: list[dict], base: Mapping[str, np.ndarray] | None = 
         out[f"mask{j}"] = np.packbits(mask.reshape(-1))
         out[f"gen{j}"] = gen.reshape(-1)[mask.reshape(-1)]
     return out
+
+
+def to_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The arrays as a compressed .npz file's bytes (the generations, mostly 0, compress well)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
 
 
 def unpack(arrays: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ measured against the same float32 peak, so they can exceed 100%.
 from __future__ import annotations
 
 import math
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +18,34 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import runner
 
-def _timed(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int, repeats: int) -> float:
-    """Median seconds of one run."""
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        s.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        s.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+def _rate(model: onnx.ModelProto, shape: list[int], batch: int, macs: int, threads: int, repeats: int) -> float:
+    """MACs per second of one run, timed by the runner's own benchmark (as every artifact is)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(path))
+        timing = runner.benchmark(runner.make_session(path, threads, "cpu"), shape, batch, repeats, warmup=3)
+    return macs / (timing["median_ms"] / 1000)
+
+
+def _graph(node: onnx.NodeProto, x: list[int], y: list[int], w: np.ndarray) -> onnx.ModelProto:
+    return helper.make_model(helper.make_graph(
+        [node], node.op_type, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)], [numpy_helper.from_array(w, "w")]),
+        opset_imports=[helper.make_opsetid("", 17)])
 
 
 def host_peak(threads: int = 1, repeats: int = 20) -> dict[str, float]:
     """MACs per second of a 512^3 GEMM and of a 3x3, 64->64 convolution on 32x32 x 8 images."""
     rng = np.random.default_rng(0)
-    n = 512
-    gemm = helper.make_model(helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["y"])], "gemm",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
-        [numpy_helper.from_array(rng.random((n, n), dtype=np.float32), "b")]),
-        opset_imports=[helper.make_opsetid("", 17)])
-    c, side, batch = 64, 32, 8
-    conv = helper.make_model(helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, side, side])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, c, side, side])],
-        [numpy_helper.from_array(rng.random((c, c, 3, 3), dtype=np.float32), "w")]),
-        opset_imports=[helper.make_opsetid("", 17)])
-    gemm_rate = n ** 3 / _timed(gemm, {"a": rng.random((n, n), dtype=np.float32)}, threads, repeats)
-    conv_macs = batch * c * side * side * c * 9
-    conv_rate = conv_macs / _timed(conv, {"x": rng.random((batch, c, side, side), dtype=np.float32)}, threads,
-                                   repeats)
+    n, c, side, batch = 512, 64, 32, 8
+    gemm = _graph(helper.make_node("MatMul", ["x", "w"], ["y"]), [n, n], [n, n], rng.random((n, n), dtype=np.float32))
+    conv = _graph(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), [batch, c, side, side],
+                  [batch, c, side, side], rng.random((c, c, 3, 3), dtype=np.float32))
+    gemm_rate = _rate(gemm, [n], n, n ** 3, threads, repeats)
+    conv_rate = _rate(conv, [c, side, side], batch, batch * c * side * side * c * 9, threads, repeats)
     return {"gemm_gmacs": gemm_rate / 1e9, "conv_gmacs": conv_rate / 1e9,
             "peak_gmacs": max(gemm_rate, conv_rate) / 1e9, "threads": threads}
 

@@ -15,7 +15,6 @@ for bit and the materialised graph's logits equal PyTorch's, and records the siz
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,12 +32,6 @@ from .onnx_export import LoadedRun, check_parity, export_onnx, parity
 
 UPDATE_FILE, TEMPLATE_FILE, FORMAT_FILE = "supermask.npz", "supermask.onnx", "supermask_format.py"
 BASE_FILE, WEIGHTS_FILE = "supermask.base.npz", "supermask.weights.bin"
-
-
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-    return buf.getvalue()
 
 
 def update_arrays(run: LoadedRun) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
@@ -86,10 +79,10 @@ def write_supermask(run: LoadedRun, root: Path, reference: np.ndarray, test_x: n
         offset += length
     blob = weights_blob(weights, names)
     atomic_write_bytes(root / TEMPLATE_FILE, proto.SerializeToString())
-    atomic_write_bytes(root / UPDATE_FILE, _npz(arrays))
+    atomic_write_bytes(root / UPDATE_FILE, fmt.to_npz(arrays))
     shutil.copyfile(fmt.__file__, root / FORMAT_FILE)
     if base is not None:
-        atomic_write_bytes(root / BASE_FILE, _npz(base))
+        atomic_write_bytes(root / BASE_FILE, fmt.to_npz(base))
     # Materialise as the device will (the weights beside the template), run it, then take the weights away again.
     (root / WEIGHTS_FILE).write_bytes(blob)
     try:

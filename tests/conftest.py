@@ -146,3 +146,23 @@ def sshd(tmp_path_factory) -> Iterator[SSHServer]:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def ctrl_c_after_checkpoint(monkeypatch, when) -> list:
+    """Make training send itself a real SIGINT (the Ctrl-C path: finish the step, checkpoint, stop) right after
+    the first checkpoint for which when(phase name, step) holds. Returns the list that records where it fired;
+    `monkeypatch.undo()` restores the trainer."""
+    import signal
+
+    from edgeppt.transfer import loop
+
+    original, fired = loop.Trainer._save, list[tuple[str, int]]()
+
+    def save_then_ctrl_c(self, phase, step, opt):
+        original(self, phase, step, opt)
+        if not fired and when(self.phases[phase].name, step):
+            fired.append((self.phases[phase].name, step))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop.Trainer, "_save", save_then_ctrl_c)
+    return fired

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import WithFeatures
+from conftest import WithFeatures, ctrl_c_after_checkpoint
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -21,7 +19,7 @@ from edgeppt.data import EXAMPLE_TARGET
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.runs import load_checkpoint, read_jsonl
-from edgeppt.transfer import coverage, loop, run_transfer
+from edgeppt.transfer import coverage, run_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "digits:0,1,2,3,4"
@@ -93,18 +91,10 @@ def test_auto_uses_pp_with_the_example_bundle(tmp_path):
 def test_auto_resumes_to_the_uninterrupted_result(tiny_bundle, tmp_path, monkeypatch):
     c = small(tiny_bundle)
     whole = run_transfer(c, tmp_path / "whole", progress=False)
-    original, fired = loop.Trainer._save, {}
-
-    def save_then_ctrl_c(self, phase, step, opt):
-        original(self, phase, step, opt)
-        if self.phases[phase].name != "pretrain" and step == 10 and not fired:
-            fired["at"] = (self.phases[phase].name, step)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(loop.Trainer, "_save", save_then_ctrl_c)
+    fired = ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase != "pretrain" and step == 10)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(c, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loop.Trainer, "_save", original)
+    monkeypatch.undo()
     assert (tmp_path / "cut" / "auto.json").is_file() and fired
     resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
     assert resumed["method"] == whole["method"] and resumed["test_accuracy"] == whole["test_accuracy"]

@@ -2,14 +2,13 @@
 and tred methods over it."""
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import ctrl_c_after_checkpoint
 from torch import nn
 
 from edgeppt.bundle import load_bundle
@@ -19,7 +18,7 @@ from edgeppt.export import export_run
 from edgeppt.models import create_model
 from edgeppt.models.onnx_graph import from_onnx
 from edgeppt.runs import load_checkpoint, read_jsonl
-from edgeppt.transfer import loop, run_transfer
+from edgeppt.transfer import run_transfer
 from edgeppt.transfer.source_ft import L2SP, mmd2, source_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,18 +156,10 @@ def test_mmd_separates_distributions():
 def test_tred_resumes_to_the_same_model(tiny_bundle, tmp_path, monkeypatch):
     c = cfg(tiny_bundle, method="tred")
     run_transfer(c, tmp_path / "whole", progress=False)
-    original, fired = loop.Trainer._save, {}
-
-    def save_then_ctrl_c(self, phase, step, opt):
-        original(self, phase, step, opt)
-        if self.phases[phase].name == "tred_first" and step == 5 and not fired:
-            fired["at"] = step
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(loop.Trainer, "_save", save_then_ctrl_c)
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "tred_first" and step == 5)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(c, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loop.Trainer, "_save", original)
+    monkeypatch.undo()
     run_transfer(c, tmp_path / "cut", resume=True, progress=False)
     a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]

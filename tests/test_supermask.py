@@ -1,9 +1,7 @@
 """Supermasks with IteRand: training, the seed-and-mask update, and its materialisation on the device."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -11,13 +9,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import ctrl_c_after_checkpoint
 
 from edgeppt import supermask as fmt
 from edgeppt.config import TransferConfig
 from edgeppt.export import export_run
 from edgeppt.export.onnx_export import load_run, run_data, torch_logits
 from edgeppt.runs import load_checkpoint
-from edgeppt.transfer import loop, run_transfer
+from edgeppt.transfer import run_transfer
 
 TARGET = "digits:0,1,2,3,4"
 
@@ -76,18 +75,10 @@ def test_a_supermask_run_is_its_update(method, tiny_bundle, tmp_path):
 def test_supermask_resume_equals_an_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch):
     c = cfg(tiny_bundle)
     run_transfer(c, tmp_path / "whole", progress=False)
-    original, fired = loop.Trainer._save, {}
-
-    def save_then_ctrl_c(self, phase, step, opt):
-        original(self, phase, step, opt)
-        if step == 15 and not fired:  # between two re-randomisations
-            fired["at"] = step
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(loop.Trainer, "_save", save_then_ctrl_c)
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: step == 15)  # between two re-randomisations
     with pytest.raises(KeyboardInterrupt):
         run_transfer(c, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loop.Trainer, "_save", original)
+    monkeypatch.undo()
     run_transfer(c, tmp_path / "cut", resume=True, progress=False)
     a, b = _weights_of(tmp_path / "whole"), _weights_of(tmp_path / "cut")
     assert all(torch.equal(a[0]["state_dict"][k], b[0]["state_dict"][k]) for k in a[0]["state_dict"])

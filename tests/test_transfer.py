@@ -1,16 +1,16 @@
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import ctrl_c_after_checkpoint
 
 from edgeppt.bundle import load_bundle
 from edgeppt.config import TransferConfig
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import load_checkpoint, read_jsonl
-from edgeppt.transfer import loop, run_transfer
+from edgeppt.transfer import run_transfer
 from edgeppt.transfer.pseudo import condition_probs, make_pool
 
 TARGET = "digits:0,1,2,3,4"
@@ -85,20 +85,11 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny_bundle, tmp_path, 
     c.pssl = c.pssl.model_copy(update={"warm_start": True})
     whole = run_transfer(c, tmp_path / "whole", progress=False)
 
-    original = loop.Trainer._save
-    fired = {}
-
-    def save_then_ctrl_c(self, phase, step, opt):
-        original(self, phase, step, opt)
-        if self.phases[phase].name == "pp_pssl" and step == 10 and not fired:
-            fired["at"] = step
-            os.kill(os.getpid(), signal.SIGINT)  # the real Ctrl-C path: finish the step, checkpoint, stop
-
-    monkeypatch.setattr(loop.Trainer, "_save", save_then_ctrl_c)
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp_pssl" and step == 10)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(c, tmp_path / "cut", progress=False)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 10
-    monkeypatch.setattr(loop.Trainer, "_save", original)
+    monkeypatch.undo()
     resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
 
     a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]

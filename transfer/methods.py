@@ -29,6 +29,7 @@ class Method:
     needs_unlabeled: bool = False  # real unlabelled target images
     ssl: bool = False              # the target objective is an SSL phase (after a warm start)
     source_net: bool = False       # trains C itself (its ONNX graph made trainable), not --arch
+    weight_decay: bool = True      # plain weight decay in the target phase (L2-SP replaces it with its own)
     # A phase before the target one that trains only the objective's own parts: (steps, objective).
     first_step: Callable[[TransferConfig, Objective], tuple[int, Objective]] | None = None
 
@@ -67,6 +68,6 @@ METHODS: dict[str, Method] = {
     "ssl": Method(pretrain=False, target=_ssl, needs_unlabeled=True, ssl=True),
     "pp+ssl": Method(pretrain=True, target=_ssl, needs_unlabeled=True, ssl=True),
     "ft": Method(pretrain=False, target=_supervised, source_net=True),
-    "l2sp": Method(pretrain=False, target=_l2sp, source_net=True),
+    "l2sp": Method(pretrain=False, target=_l2sp, source_net=True, weight_decay=False),
     "tred": Method(pretrain=False, target=_tred, source_net=True, first_step=_tred_first),
 }

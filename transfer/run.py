@@ -253,9 +253,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if real is not None:
         info["unlabeled"] = {"count": len(real), "skipped_files": skipped_unlabeled, "used": method.ssl}
 
-    lr, wd = cfg.lr, cfg.weight_decay
-    if method.source_net:
-        lr, wd = cfg.lr * cfg.source_ft.lr_scale, 0.0 if name == "l2sp" else wd  # L2-SP replaces weight decay
+    lr = cfg.lr * cfg.source_ft.lr_scale if method.source_net else cfg.lr
+    wd = cfg.weight_decay if method.weight_decay else 0.0
     phases = [Phase(name.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool,
                                                                              real if method.ssl else None), lr, wd)]
     if method.first_step:

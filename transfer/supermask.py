@@ -11,7 +11,6 @@ edgeppt.supermask (seed, mask bits, generations), which is what the export bundl
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, cast
 
@@ -160,9 +159,5 @@ def finish(model: ClassifierNet, seed: int) -> dict:
 
 
 def update_size(update: dict) -> int:
-    """Bytes of the update as the export bundle stores it (np.savez_compressed: the generations, mostly 0,
-    compress well)."""
-    buf = io.BytesIO()
-    arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else np.array(v) for k, v in update.items()}
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-    return buf.getbuffer().nbytes
+    """Bytes of the update as the export bundle stores it."""
+    return len(fmt.to_npz({k: v.numpy() if isinstance(v, torch.Tensor) else np.array(v) for k, v in update.items()}))
