@@ -141,7 +141,7 @@ class SourceFinetuneConfig(Strict):
     new head, for devices that can run C's architecture (docs/transfer.md)."""
     lr_scale: float = Field(0.1, gt=0, description="learning rate of C's fine-tuning, as a fraction of lr")
     l2sp_alpha: float = Field(1e-2, ge=0, description="L2-SP: weight of ||w - w_C||^2 / 2 over C's weights")
-    l2sp_beta: float = Field(5e-4, ge=0, description="L2-SP: weight of ||w||^2 / 2 over the new head")
+    l2sp_beta: float = Field(1e-2, ge=0, description="L2-SP: weight of ||w||^2 / 2 over the new head")
     tred_weight: float = Field(1.0, ge=0, description="TRED: weight of the pull of the features toward their "
                                "target-relevant part of C's")
     tred_mmd: float = Field(1.0, ge=0, description="TRED: weight of the MMD between the relevant part and the "
