@@ -25,8 +25,9 @@ from edgeppt.devices import load_profile
 from edgeppt.export import quantize as Q
 from edgeppt.export import runner
 from edgeppt.export.exporter import GUARD_IMAGES, split_guard, target_images
-from edgeppt.export.floor import host_peak, onnx_macs
+from edgeppt.export.floor import host_peak
 from edgeppt.export.onnx_export import export_onnx, load_run, run_data, torch_logits
+from edgeppt.macs import onnx_macs
 
 
 def _times_ms(fn: Callable[[], object], n: int) -> list[float]:

@@ -20,6 +20,7 @@ import torch
 from edgeppt.config import validate
 from edgeppt.devices import DEFAULT_DEVICE, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
+from edgeppt.macs import onnx_macs
 from edgeppt.runs import atomic_write_bytes
 from edgeppt.signing import public_key_beside, sign_folder
 
@@ -27,7 +28,7 @@ from . import bundle as B
 from . import quantize as Q
 from . import runner, tensorrt
 from .default import choose_default
-from .floor import floor_columns, host_peak, onnx_macs
+from .floor import floor_columns, host_peak
 from .formats import CALIBRATIONS, FORMATS, ExportOptions
 from .onnx_export import (
     INPUT_NAME,

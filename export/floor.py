@@ -1,15 +1,14 @@
 """The floor: how close an artifact's latency comes to what this host's arithmetic allows.
 
 `host_peak` times a float32 GEMM and a 3x3 convolution in onnxruntime (the runtime that runs the artifacts, with
-the same threads) and keeps the faster rate in multiply-accumulates per second; `onnx_macs` counts a graph's
-MACs from its convolutions and matrix products (shapes from onnx's shape inference). An artifact's floor is
+the same threads) and keeps the faster rate in multiply-accumulates per second; `edgeppt.macs.onnx_macs` counts a
+graph's MACs from its convolutions and matrix products (shapes from onnx's shape inference). An artifact's floor is
 MACs / peak; `floor_pct` = floor / measured latency, 100% being the host's best float32 arithmetic. INT8 rows are
 measured against the same float32 peak, so they can exceed 100%.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,31 +47,6 @@ def host_peak(threads: int = 1, repeats: int = 20) -> dict[str, float]:
     conv_rate = _rate(conv, [c, side, side], batch, batch * c * side * side * c * 9, threads, repeats)
     return {"gemm_gmacs": gemm_rate / 1e9, "conv_gmacs": conv_rate / 1e9,
             "peak_gmacs": max(gemm_rate, conv_rate) / 1e9, "threads": threads}
-
-
-def onnx_macs(path: str | Path) -> int:
-    """Multiply-accumulates of one image through the graph's Conv, Gemm and MatMul nodes (batch dimension 1)."""
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    g = model.graph
-    shapes: dict[str, list[int]] = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        shapes[vi.name] = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
-    for t in g.initializer:
-        shapes[t.name] = list(t.dims)
-    total = 0
-    for node in g.node:
-        out = shapes.get(node.output[0])
-        if out is None:
-            continue
-        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            w = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
-            if w:
-                total += math.prod(out) * math.prod(w[1:])
-        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
-            a = shapes.get(node.input[0])
-            if a:
-                total += math.prod(out) * a[-1]
-    return int(total)
 
 
 def floor_columns(row: dict[str, Any], macs: int, peak_gmacs: float) -> dict[str, Any]:

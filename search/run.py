@@ -284,13 +284,18 @@ def source_candidate(ctx: SearchContext) -> dict | None:
     if ctx.cfg.source is None:
         return None
     from edgeppt.bundle import open_source
+    from edgeppt.macs import onnx_macs
     from edgeppt.models.onnx_graph import from_bundle
 
     try:
-        arch, _ = from_bundle(open_source(ctx.cfg.source, ctx.cfg))
+        bundle = open_source(ctx.cfg.source, ctx.cfg)
+        arch, _ = from_bundle(bundle)
         costs = ctx.cost.costs(arch)
     except EdgepptError as e:
         return {"fits": False, "why": str(e)}
+    # C runs as functional torch ops, which the module-hook counters do not see: count its graph instead, and say
+    # that its peak activation memory is not counted.
+    costs.update(macs=onnx_macs(bundle.path / bundle.manifest.classifier.file), peak_activation_kib=None)
     bad = ctx.cost.violations(costs)
     return {**{k: costs[k] for k in ("latency_ms", "latency_kind", "macs", "params", "peak_activation_kib")},
             "fits": not bad, "violations": bad,

@@ -476,8 +476,9 @@ def test_export_refuses_to_replace_a_foreign_folder(trained_run, tmp_path):
 def test_the_floor_counts_macs_and_measures_the_host(tmp_path):
     """MACs from the ONNX graph equal the search's count for the same network; the floor % is MACs at the host's
     measured peak over the measured latency."""
-    from edgeppt.export.floor import floor_columns, host_peak, onnx_macs
+    from edgeppt.export.floor import floor_columns, host_peak
     from edgeppt.export.onnx_export import export_onnx
+    from edgeppt.macs import onnx_macs
     from edgeppt.models import create_model
     from edgeppt.search.costs import count_costs
 
