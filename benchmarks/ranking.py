@@ -32,8 +32,8 @@ from edgeppt.models import create_model
 from edgeppt.search.costs import count_costs
 from edgeppt.search.proxy import evaluate_arch, prepare
 from edgeppt.search.space import random_sample, to_arch
+from edgeppt.train.evaluate import evaluate
 from edgeppt.transfer import run_transfer
-from edgeppt.transfer.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "animals-src"

@@ -41,8 +41,8 @@ import torch
 from edgeppt.config import TransferConfig
 from edgeppt.data import EXAMPLE_TARGET, ImageSet, load_dataset, train_test_split
 from edgeppt.models import create_model
+from edgeppt.train.evaluate import evaluate
 from edgeppt.transfer import run_transfer
-from edgeppt.transfer.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -98,6 +98,18 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp, supermask, sparsity 0.3": ("pp", {"supermask": {"enabled": True, "sparsity": 0.3, "steps_scale": 1.0}}),
     "scratch, supermask, 3x steps": ("scratch", {"supermask": {"enabled": True, "steps_scale": 3.0}}),
     "pp, supermask, 3x steps": ("pp", {"supermask": {"enabled": True, "steps_scale": 3.0}}),
+    # fine-tuning after PP and from scratch: an EMA of the weights, a linear probe before fine-tuning (LP-FT)
+    "pp, ema 0.2": ("pp", {"ema": 0.2}),
+    "scratch, ema 0.2": ("scratch", {"ema": 0.2}),
+    "pp, probe 50": ("pp", {"probe_steps": 50}),
+    "pp, probe 50, ema 0.2": ("pp", {"probe_steps": 50, "ema": 0.2}),
+    # FixMatch over real unlabelled images (the example only): longer schedules, a larger unlabelled batch
+    "pp+ssl, unlabelled, 1000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {"algorithm": "fixmatch",
+                                                                                 "real_steps": 1000}}),
+    "pp+ssl, unlabelled, 1000 steps, align": ("pp+ssl", {"unlabeled": "rest", "pssl": {
+        "algorithm": "fixmatch", "real_steps": 1000, "align": True}}),
+    "pp+ssl, unlabelled, 1000 steps, align, threshold 0.95": ("pp+ssl", {"unlabeled": "rest", "pssl": {
+        "algorithm": "fixmatch", "real_steps": 1000, "align": True, "threshold": 0.95}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only.
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {

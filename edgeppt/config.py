@@ -172,6 +172,10 @@ class TransferConfig(SourceTrust):
     pretrain_pool: int = Field(0, ge=0, description="cache this many generated samples for PP (0 = draw fresh each "
                                                     "step)")
     finetune_steps: int = Field(200, ge=1, description="supervised / distillation / SSL steps on the target")
+    probe_steps: int = Field(0, ge=0, description="after PP: steps training only the new head on frozen features "
+                             "before the whole network is fine-tuned (LP-FT)")
+    ema: float = Field(0.0, ge=0, le=1, description="each target phase ends on an exponential moving average of its "
+                       "weights spanning this share of the phase (0 = off)")
     kd_weight: float = Field(1.0, ge=0)
     kd_temperature: float = Field(4.0, gt=0)
     augment: AugmentConfig = AugmentConfig()
@@ -289,6 +293,8 @@ class SearchConfig(SourceTrust):
                                                      "from the few training labels and the test split (counted in the "
                                                      "labels the search prints); 0: rank by cross-validation over the "
                                                      "training labels alone")
+    augment: AugmentConfig = Field(AugmentConfig(), description="the proxy's augmentation (flips off for digits, "
+                                   "text); transfer's `augment` settings, shared in pipeline.yaml")
     folds: int = Field(2, ge=2, description="cross-validation folds over the training labels when val_per_class "
                                             "is 0 (each fold fine-tunes on the others' labels, scores on its own)")
     image_size: int | None = Field(None, ge=8, le=512)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, create_model, field_validator
 
-from edgeppt.config import SearchConfig, SourceTrust, Strict, TransferConfig, load_yaml, validate
+from edgeppt.config import AugmentConfig, SearchConfig, SourceTrust, Strict, TransferConfig, load_yaml, validate
 from edgeppt.devices import DEFAULT_DEVICE, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.export.formats import ExportOptions
@@ -20,7 +20,7 @@ from edgeppt.export.formats import ExportOptions
 STAGE_NAMES = ("search", "transfer", "export")
 # Filled in by the pipeline from the top-level fields or an earlier stage, so not settable per stage.
 _SHARED = {"source", "target", "test", "test_fraction", "labels_per_class", "seed", "device", "out", "data", "threads",
-           *SourceTrust.TRUST_FIELDS}
+           "augment", *SourceTrust.TRUST_FIELDS}
 
 
 def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | None = None) -> type[Strict]:
@@ -60,6 +60,8 @@ class PipelineConfig(SourceTrust):
     device: str = Field(DEFAULT_DEVICE, description="device profile name or .yaml")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="CPU threads for training (default: torch's)")
+    augment: AugmentConfig = Field(AugmentConfig(), description="augmentation of the target images, shared by the "
+                                   "search's proxy and transfer (flips off for digits and text)")
     search: SearchSection = SearchSection()
     transfer: TransferSection = TransferSection()
     export: ExportSection = ExportSection()

@@ -65,7 +65,8 @@ def file_hash(path: Path) -> str | None:
 
 def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
     return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test),
-            "test_fraction": cfg.test_fraction, "labels_per_class": cfg.labels_per_class, "seed": cfg.seed}
+            "test_fraction": cfg.test_fraction, "labels_per_class": cfg.labels_per_class, "seed": cfg.seed,
+            "augment": cfg.augment.model_dump(mode="json")}
 
 
 def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
 def search_config(cfg: PipelineConfig, out: Path) -> SearchConfig:
     settings = cfg.search.model_dump(exclude={"enabled"})
     shared = {"source": cfg.source, "target": cfg.target, "test": cfg.test, "test_fraction": cfg.test_fraction,
-              "labels_per_class": cfg.labels_per_class,
+              "labels_per_class": cfg.labels_per_class, "augment": cfg.augment,
               "seed": cfg.seed, "device": cfg.device, "data": cfg.target, "threads": cfg.threads, "out": out,
               "trusted_keys": cfg.trusted_keys, "trust_code": cfg.trust_code}
     settings.update({k: v for k, v in shared.items() if k in SearchConfig.model_fields})
@@ -103,7 +104,7 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
     if cfg.search.enabled:
         settings["arch"] = str(run / "search" / "best.json")
     settings.update(source=cfg.source, target=cfg.target, test=cfg.test, test_fraction=cfg.test_fraction,
-                    labels_per_class=cfg.labels_per_class,
+                    labels_per_class=cfg.labels_per_class, augment=cfg.augment,
                     seed=cfg.seed, threads=cfg.threads, trusted_keys=cfg.trusted_keys, trust_code=cfg.trust_code)
     return TransferConfig(**settings)
 

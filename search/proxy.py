@@ -19,11 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from edgeppt.bundle import SourceBundle, open_source
-from edgeppt.config import ProxyConfig, SearchConfig
+from edgeppt.config import AugmentConfig, ProxyConfig, SearchConfig
 from edgeppt.data import ImageSet, few_shot, load_dataset, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
-from edgeppt.schedule import cosine_lr
+from edgeppt.train import augment
+from edgeppt.train.loop import Phase, Trainer
+from edgeppt.train.objective import Supervised
 
 # Channels-last runs the depthwise convolutions of these networks about 1.8x faster on CPU than NCHW.
 CL = torch.channels_last
@@ -86,31 +88,15 @@ def label_folds(labelled: ImageSet, k: int) -> list[tuple[ImageSet, ImageSet]]:
             for f in range(k)]
 
 
-def _shift_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Cheap augmentation: random flip and a shift of up to 1/8 of the side (zero padded)."""
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    p = max(1, h // 8)
-    padded = F.pad(x, (p, p, p, p))
-    dx, dy = torch.randint(0, 2 * p + 1, (2,), generator=g).tolist()
-    return padded[:, :, dy:dy + h, dx:dx + w]
-
-
-def _train(model, x_all, y_all, steps: int, batch: int, cfg: ProxyConfig, g: torch.Generator) -> None:
-    model.to(memory_format=CL)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    model.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(cfg.lr, step, steps)
-        idx = torch.randint(0, len(y_all), (batch,), generator=g)
-        loss = F.cross_entropy(model(_shift_flip(x_all[idx], g).contiguous(memory_format=CL)), y_all[idx])
-        if not torch.isfinite(loss):
-            raise EdgepptError(f"proxy training diverged (loss {loss.item()}); lower proxy.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+def _train(model, data: ImageSet, steps: int, batch: int, cfg: ProxyConfig, aug: AugmentConfig, seed: int,
+           name: str) -> None:
+    """One phase of the core's trainer, in memory: no checkpoint, log or progress bar."""
+    phase = Phase(name, steps, Supervised(data, batch, aug=aug), cfg.lr, cfg.weight_decay, evaluate=False,
+                  warmup=0, floor=0.0)
+    try:
+        Trainer(model, [phase], None, seed, progress=False, channels_last=True).run()
+    except EdgepptError as e:
+        raise EdgepptError(f"proxy training diverged ({e}); lower proxy.lr") from e
 
 
 @torch.no_grad()
@@ -120,22 +106,25 @@ def accuracy(model, ds: ImageSet) -> float:
     return (pred == ds.y).float().mean().item()
 
 
-def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0) -> dict:
+def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0,
+                  aug: AugmentConfig = augment.DEFAULT) -> dict:
     """Train `arch` under the proxy budget (PP once, then a fine-tune per fold); its mean held-out accuracy over
     the folds and the seconds it took."""
     t = time.perf_counter()
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
     if data.pool is not None:
-        start = create_model(arch, int(data.pool[1].max()) + 1, data.in_shape[0])
-        _train(start, *data.pool, cfg.pretrain_steps, cfg.pretrain_batch, cfg, g)
+        x, y = data.pool
+        k = int(y.max()) + 1
+        start = create_model(arch, k, data.in_shape[0])
+        _train(start, ImageSet(x, y, [str(c) for c in range(k)]), cfg.pretrain_steps, cfg.pretrain_batch, cfg, aug,
+               seed, "pretrain")
     else:
         start = create_model(arch, data.num_classes, data.in_shape[0])
     scores = []
-    for train, held in data.folds:
+    for f, (train, held) in enumerate(data.folds):
         model = copy.deepcopy(start)
         if data.pool is not None:
             model.reset_head(data.num_classes)
-        _train(model, train.x, train.y, cfg.finetune_steps, cfg.batch_size, cfg, g)
+        _train(model, train, cfg.finetune_steps, cfg.batch_size, cfg, aug, seed, f"fold{f}")
         scores.append(accuracy(model, held))
     return {"accuracy": sum(scores) / len(scores), "train_s": time.perf_counter() - t}

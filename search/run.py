@@ -87,7 +87,8 @@ class SearchContext:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         try:
-            result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed)
+            result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed,
+                                    aug=self.cfg.augment)
         except KeyboardInterrupt:
             self.interrupted = True
             raise
@@ -115,7 +116,7 @@ class SearchContext:
         for rank, rec in enumerate(top, 1):
             accs = list(rec.get("seed_accuracies") or [rec["accuracy"]])
             for s in range(len(accs), 1 + cfg.final_seeds):
-                res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s)
+                res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s, aug=cfg.augment)
                 accs.append(res["accuracy"])
                 rec = self.ledger.add({"key": rec["key"], "seed_accuracies": accs, "finalist": rank,
                                        "final_accuracy": sum(accs) / len(accs),

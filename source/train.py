@@ -8,6 +8,7 @@ once the bundle is written.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from torch import nn
 
 from edgeppt.bundle import SourceBundle
 from edgeppt.bundle_write import check_replaceable, save_bundle
-from edgeppt.config import SourceTrainConfig
+from edgeppt.config import AugmentConfig, SourceTrainConfig
 from edgeppt.data import ImageSet, load_dataset, skipped_summary, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, create_model
@@ -32,7 +33,8 @@ from edgeppt.runs import (
     load_checkpoint,
     resume_conflicts,
 )
-from edgeppt.schedule import cosine_lr
+from edgeppt.train.loop import Phase, Trainer
+from edgeppt.train.objective import Supervised
 
 from .gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss, generator_ema
 
@@ -55,20 +57,7 @@ def work_dir(out: Path) -> Path:
     return Path(out).parent / f".{Path(out).name}-work"
 
 
-# ---------------------------------------------------------------- batches and augmentation
-def _augment(x: torch.Tensor, rng: torch.Generator, hflip: bool, shift: float = 2.0) -> torch.Tensor:
-    """Random translation by up to `shift` pixels (and mirroring): light, label-preserving."""
-    n, size = len(x), x.shape[-1]
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = 1.0
-    theta[:, 1, 1] = 1.0
-    if hflip:
-        theta[:, 0, 0] = torch.where(torch.rand(n, generator=rng) < 0.5, -1.0, 1.0)
-    theta[:, :, 2] = (torch.rand(n, 2, generator=rng) * 2 - 1) * (2 * shift / size)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
-
-
+# ---------------------------------------------------------------- batches
 def _flip(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     mask = torch.rand(len(x), generator=rng) < 0.5
     return torch.where(mask[:, None, None, None], x.flip(-1), x)
@@ -106,14 +95,13 @@ def generated_accuracy(g: nn.Module, c: nn.Module, k: int, latent_dim: int, per_
 
 # ---------------------------------------------------------------- state and checkpoints
 class State:
-    """Everything a resume needs: models, optimisers, step counters, the batch/noise RNG and the log."""
+    """Everything a resume of the GAN needs: models, optimisers, step counters, the batch/noise RNG, and C once
+    trained (the classifier's own phase checkpoints through the trainer, in `work/classifier`)."""
 
     def __init__(self, cfg: SourceTrainConfig, k: int, shape: tuple[int, int, int]):
         torch.manual_seed(cfg.seed)  # model initialisation (incl. spectral-norm vectors) is seeded
         self.cfg = cfg
         self.classifier = SourceClassifier(create_model(cfg.classifier_arch, k, shape[0]))
-        self.c_opt = torch.optim.SGD(self.classifier.parameters(), lr=cfg.classifier_lr, momentum=0.9,
-                                     nesterov=True, weight_decay=5e-4)
         self.g = Generator(cfg.latent_dim, k, cfg.gen_channels, shape)
         self.d = Discriminator(k, cfg.disc_channels, shape)
         self.g_ema = generator_ema(self.g, cfg.ema_decay)
@@ -133,7 +121,7 @@ class State:
         atomic_torch_save(path, {
             "config": self.cfg.model_dump(mode="json"), "c_step": self.c_step, "g_step": self.g_step,
             "c_acc": self.c_acc, "elapsed": self.elapsed, "rng": self.rng.get_state(),
-            "classifier": self.classifier.state_dict(), "c_opt": self.c_opt.state_dict(),
+            "classifier": self.classifier.state_dict(),
             "g": self.g.state_dict(), "d": self.d.state_dict(), "g_ema": self.g_ema.module.state_dict(),
             "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
         })
@@ -143,12 +131,7 @@ class State:
             ck = load_checkpoint(path)
         except Exception as e:
             raise EdgepptError(f"cannot read checkpoint {path} ({e}); delete {path.parent} to start over") from e
-        changed = resume_conflicts(ck["config"], self.cfg.model_dump(mode="json"), SourceTrainConfig.RESUME_FREE)
-        if changed:
-            diffs = ", ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in changed.items())
-            raise EdgepptError(f"{path.parent} holds an unfinished run with a different config ({diffs}); "
-                               f"rerun with its settings to resume, or delete {path.parent} to start over")
-        for name in ("classifier", "c_opt", "g", "d", "g_opt", "d_opt"):
+        for name in ("classifier", "g", "d", "g_opt", "d_opt"):
             getattr(self, name).load_state_dict(ck[name])
         self.g_ema.module.load_state_dict(ck["g_ema"])
         self.rng.set_state(ck["rng"])
@@ -157,38 +140,45 @@ class State:
         self.resumed_from = self.global_step
 
 
+def check_resumable(cfg: SourceTrainConfig, work: Path) -> None:
+    """The work dir's run must have been started with the same settings (but for RESUME_FREE ones)."""
+    path = work / "config.json"
+    if not path.is_file():
+        atomic_write_text(path, cfg.model_dump_json())
+        return
+    changed = resume_conflicts(json.loads(path.read_text()), cfg.model_dump(mode="json"), SourceTrainConfig.RESUME_FREE)
+    if changed:
+        diffs = ", ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in changed.items())
+        raise EdgepptError(f"{work} holds an unfinished run with a different config ({diffs}); "
+                           f"rerun with its settings to resume, or delete {work} to start over")
+    atomic_write_text(path, cfg.model_dump_json())  # the free settings as now
+
+
 def save_checkpoint(state: State, path: Path) -> None:
     """A module-level hook (tests interrupt a run here)."""
     state.save(path)
 
 
 # ---------------------------------------------------------------- the two phases
-def _train_classifier(st: State, train: ImageSet, test: ImageSet, work: Path, log: MetricsLog, bar) -> None:
-    cfg, model = st.cfg, st.classifier
-    model.train()
-    last_good = st.global_step if st.resumed_from is not None else None
-    while st.c_step < cfg.classifier_steps:
-        lr = cosine_lr(cfg.classifier_lr, st.c_step, cfg.classifier_steps)
-        for grp in st.c_opt.param_groups:  # cosine schedule from the step count: nothing extra to checkpoint
-            grp["lr"] = lr
-        x, y = _batch(train, cfg.batch_size, st.rng)
-        loss = F.cross_entropy(model(_augment(x, st.rng, cfg.hflip))[0], y)
-        _check_finite(loss, "classifier", st.c_step, work, last_good)
-        st.c_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        st.c_opt.step()
-        st.c_step += 1
-        bar.advance(loss=loss.item())
-        if st.c_step % 50 == 0:
-            log.write({"global_step": st.global_step, "phase": "classifier", "loss": loss.item(), "lr": lr})
-        if st.c_step == cfg.classifier_steps:
-            st.c_acc = accuracy(model, test.x, test.y)
-            log.write({"global_step": st.global_step, "phase": "classifier", "test_accuracy": st.c_acc})
-        if st.c_step % cfg.checkpoint_every == 0 or st.c_step == cfg.classifier_steps:
-            st.elapsed += bar.lap()
-            save_checkpoint(st, work / CHECKPOINT_FILE)
-            last_good = st.global_step
-            model.train()
+def source_augment(cfg: SourceTrainConfig) -> AugmentConfig:
+    """The target's weak augmentation (edgeppt.train.augment) with the owner's flip setting: C learns under the
+    same transformations that transfer later applies."""
+    return AugmentConfig(hflip=cfg.hflip)
+
+
+def _train_classifier(st: State, train: ImageSet, test: ImageSet, work: Path, progress: bool) -> None:
+    """C's phase of the one trainer (its own checkpoints and resume in work/classifier), then C's checkpoint."""
+    cfg = st.cfg
+    if st.c_step >= cfg.classifier_steps:
+        return
+    phase = Phase("classifier", cfg.classifier_steps, Supervised(train, cfg.batch_size, aug=source_augment(cfg)),
+                  cfg.classifier_lr, weight_decay=5e-4, evaluate=False, warmup=0, floor=0.0)
+    trainer = Trainer(st.classifier.net, [phase], work / "classifier", cfg.seed,
+                      checkpoint_every=cfg.checkpoint_every, progress=progress)
+    trainer.run(resume=True)
+    st.c_step, st.elapsed = cfg.classifier_steps, st.elapsed + trainer.timings.get("classifier", 0.0)
+    st.c_acc = accuracy(st.classifier, test.x, test.y)
+    save_checkpoint(st, work / CHECKPOINT_FILE)
 
 
 def _train_gan(st: State, data: ImageSet, k: int, work: Path, log: MetricsLog, bar) -> None:
@@ -233,7 +223,7 @@ def _train_gan(st: State, data: ImageSet, k: int, work: Path, log: MetricsLog, b
 
 # ---------------------------------------------------------------- progress
 class _Bar:
-    """A rich progress bar over both phases (or nothing), plus a lap timer for the wall-time total."""
+    """A rich progress bar over the GAN's steps (or nothing), plus a lap timer for the wall-time total."""
 
     def __init__(self, enabled: bool, total: int, done: int):
         self._t = time.perf_counter()
@@ -294,14 +284,13 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
     train, test = train_test_split(data, cfg.test_fraction, cfg.seed)
     work = work_dir(cfg.out)
     work.mkdir(parents=True, exist_ok=True)
+    check_resumable(cfg, work)
     st = State(cfg, k, shape)
     if (work / CHECKPOINT_FILE).exists():
         st.load(work / CHECKPOINT_FILE)
+    _train_classifier(st, train, test, work, progress)
     metrics = MetricsLog(work / "metrics.jsonl", truncate_after_step=st.global_step)
-    total = cfg.classifier_steps + cfg.gan_steps
-    with _Bar(progress, total, min(st.global_step, total)) as bar:
-        bar.phase("classifier")
-        _train_classifier(st, train, test, work, metrics, bar)
+    with _Bar(progress, cfg.gan_steps, min(st.g_step, cfg.gan_steps)) as bar:
         bar.phase("GAN")
         _train_gan(st, data, k, work, metrics, bar)
     from .cli import command_line  # the command's own options spell the line, so it always runs

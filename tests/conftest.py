@@ -154,12 +154,12 @@ def ctrl_c_after_checkpoint(monkeypatch, when) -> list:
     `monkeypatch.undo()` restores the trainer."""
     import signal
 
-    from edgeppt.transfer import loop
+    from edgeppt.train import loop
 
     original, fired = loop.Trainer._save, list[tuple[str, int]]()
 
-    def save_then_ctrl_c(self, phase, step, opt):
-        original(self, phase, step, opt)
+    def save_then_ctrl_c(self, phase, step, opt, ema):
+        original(self, phase, step, opt, ema)
         if not fired and when(self.phases[phase].name, step):
             fired.append((self.phases[phase].name, step))
             os.kill(os.getpid(), signal.SIGINT)

@@ -137,14 +137,14 @@ def test_until_stops_after_a_stage_and_a_later_run_continues(tiny_bundle, tmp_pa
 
 # ---------------------------------------------------------------- resume
 def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_bundle, tmp_path, monkeypatch):
-    from edgeppt.transfer.loop import Trainer
+    from edgeppt.train.loop import Trainer
 
     run = tmp_path / "run"
     cfg = parse_config(raw_config(tiny_bundle))
     save = Trainer._save
 
-    def save_then_interrupt(self, phase, step, opt):  # Ctrl-C right after the target phase's step-6 checkpoint
-        save(self, phase, step, opt)
+    def save_then_interrupt(self, phase, step, opt, ema):  # Ctrl-C right after the target phase's step-6 checkpoint
+        save(self, phase, step, opt, ema)
         if self.phases[phase].name != "pretrain" and step == 6:
             raise KeyboardInterrupt
 

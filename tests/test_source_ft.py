@@ -140,7 +140,7 @@ def test_l2sp_is_zero_at_c_and_grows_away_from_it(tiny_bundle):
     obj = L2SP(labelled, 8, alpha=1.0, beta=0.0)
     obj.setup(model)
     g = torch.Generator().manual_seed(0)
-    from edgeppt.transfer.loop import Dist
+    from edgeppt.train.loop import Dist
     assert obj.loss(model, g, 0, 1, Dist())[1]["l2sp"] == 0.0
     with torch.no_grad():
         next(iter(model.body.parameters())).add_(0.5)

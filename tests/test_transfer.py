@@ -101,6 +101,50 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny_bundle, tmp_path, 
     assert [r["step"] for r in rows if r["phase"] == "pp_pssl"] == list(range(1, 21))
 
 
+@pytest.mark.parametrize("cut", ["pp_probe", "pp"])
+def test_resume_of_the_probe_and_the_ema_equals_an_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch, cut):
+    c = cfg(tiny_bundle, method="pp", probe_steps=20, ema=0.5)  # PP, the linear probe, the fine-tune with an EMA
+    whole = run_transfer(c, tmp_path / "whole", progress=False)
+    assert [ph["name"] for ph in whole["phases"]] == ["pp_probe", "pp"]
+
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == cut and step == 10)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    ck = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert ck["step"] == 10 and (ck["ema"] is not None) == (cut == "pp")
+    monkeypatch.undo()
+    run_transfer(c, tmp_path / "cut", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_probe_trains_only_the_head_and_the_ema_is_what_ships(tiny_bundle, tmp_path):
+    from edgeppt.models import create_model
+
+    pp = run_transfer(cfg(tiny_bundle, method="pp", finetune_steps=1), tmp_path / "pp", progress=False)
+    probed = run_transfer(cfg(tiny_bundle, method="pp", probe_steps=20, finetune_steps=1), tmp_path / "probe",
+                          progress=False)
+    assert probed["phases"][0] == {"name": "pp_probe", "steps": 20} and pp["phases"] == [{"name": "pp", "steps": 1}]
+    a = load_checkpoint(tmp_path / "pp" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "probe" / "model.pt")["state_dict"]
+    # one fine-tune step after the same PP: the body moved by one step in both, the head by 20 more in one
+    body = [k for k in a if not k.startswith("head.") and a[k].is_floating_point()]
+    assert max((a[k] - b[k]).abs().max().item() for k in body) < 0.05
+    assert (a["head.weight"] - b["head.weight"]).abs().max().item() > 0.05
+
+    # EMA: the shipped weights are the average's, not the last step's
+    c = cfg(tiny_bundle, method="scratch", ema=0.5, checkpoint_every=40)
+    run_transfer(c, tmp_path / "ema", progress=False)
+    shipped = load_checkpoint(tmp_path / "ema" / "model.pt")["state_dict"]
+    plain = cfg(tiny_bundle, method="scratch", checkpoint_every=40)
+    run_transfer(plain, tmp_path / "plain", progress=False)
+    last = load_checkpoint(tmp_path / "plain" / "model.pt")["state_dict"]
+    assert not torch.equal(shipped["head.weight"], last["head.weight"])
+    model = create_model("resnet_xs", 5, 1)
+    model.load_state_dict(shipped)  # a plain model's state: nothing of the averager's leaks into model.pt
+
+
 def test_resume_with_other_settings_or_into_a_used_dir_is_refused(tiny_bundle, tmp_path):
     c = cfg(tiny_bundle, method="scratch", finetune_steps=5)
     run_transfer(c, tmp_path / "r", progress=False)

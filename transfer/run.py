@@ -23,10 +23,11 @@ from edgeppt.runs import (
     peak_rss_mib,
     resume_conflicts,
 )
+from edgeppt.train.evaluate import evaluate
+from edgeppt.train.loop import Dist, Phase, Trainer, setup_distributed
+from edgeppt.train.objective import Probe
 
 from . import coverage
-from .evaluate import evaluate
-from .loop import Dist, Phase, Trainer, setup_distributed
 from .methods import METHODS
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
@@ -270,6 +271,15 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                         phases[0].objective,
                         cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
                         cfg.weight_decay)]
+    if cfg.probe_steps and method.pretrain:  # LP-FT: the new head first learns the PP features as they are
+        first = phases[0].objective
+        assert isinstance(first, Supervised), "after PP the target phases start with a supervised one"
+        first.new_head = False
+        phases.insert(0, Phase(f"{phases[0].name}_probe", cfg.probe_steps,
+                               Probe(labelled, cfg.batch_size, aug=cfg.augment), cfg.lr, cfg.weight_decay))
+    if cfg.ema and not cfg.supermask.enabled:  # (a supermask's scores are not weights to average)
+        for ph in phases:
+            ph.ema = 0.0 if ph.name.endswith(("_first", "_probe")) else cfg.ema
     if cfg.supermask.enabled:  # over seeded weights from scratch, over the PP (or C's) weights otherwise
         attach(model, cfg.supermask, cfg.seed, seeded=not (method.pretrain or method.source_net))
         phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)

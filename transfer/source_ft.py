@@ -25,9 +25,8 @@ from edgeppt.config import AugmentConfig
 from edgeppt.data import ImageSet
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.models.onnx_graph import from_bundle
-
-from . import augment
-from .objectives import Objective, Supervised, sample_batch, shard
+from edgeppt.train import augment
+from edgeppt.train.objective import Objective, Supervised, sample_batch, shard
 
 
 def source_model(bundle: SourceBundle, num_classes: int) -> tuple[ClassifierNet, dict]:

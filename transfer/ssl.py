@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from edgeppt.config import SSL_ALGORITHMS, AugmentConfig, PSSLConfig
 from edgeppt.data import ImageSet
+from edgeppt.train import augment
+from edgeppt.train.objective import Supervised, sample_batch, shard
 
-from . import augment
-from .objectives import Supervised, sample_batch, shard
 from .pseudo import PseudoPool
 
 ALGORITHMS: dict[str, type[SSL]] = {}

@@ -22,8 +22,7 @@ from torch.nn.utils import parametrize
 from edgeppt import supermask as fmt
 from edgeppt.config import SupermaskConfig
 from edgeppt.models import ClassifierNet
-
-from .objectives import Objective
+from edgeppt.train.objective import Objective
 
 
 class _TopK(torch.autograd.Function):

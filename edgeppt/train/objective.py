@@ -1,0 +1,90 @@
+"""Training signals for the one loop (edgeppt.train.loop). Each objective makes its own batch from the step's
+generator and returns (loss, stats) from ONE forward pass of the trained module (what DistributedDataParallel
+needs). The stages add their own objectives (PP, P-SSL, distillation, ...) over these."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeppt.config import AugmentConfig
+from edgeppt.data import ImageSet
+from edgeppt.models import ClassifierNet
+from edgeppt.train import augment
+
+
+def sample_batch(ds: ImageSet, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(0, len(ds), (n,), generator=g)
+    return ds.x[idx], ds.y[idx]
+
+
+def shard(t: torch.Tensor, dist) -> torch.Tensor:
+    """This worker's slice of a batch that every worker drew identically."""
+    return t[dist.rank::dist.world] if dist.world > 1 else t
+
+
+class Objective(nn.Module):
+    """A phase's loss. Subclasses hold any extra trainable state (heads, teachers) as submodules."""
+
+    def setup(self, model: ClassifierNet) -> None:
+        """Called at the start (and on resume) of the phase, under a seeded RNG."""
+
+    def trainable(self, model: ClassifierNet) -> nn.Module:
+        return model
+
+    def loss(self, net: nn.Module, g: torch.Generator, step: int, total: int, dist) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def after_step(self, model: ClassifierNet) -> None:
+        """Hook after each optimizer step (e.g. an EMA teacher)."""
+
+
+class Supervised(Objective):
+    """Cross-entropy on labelled images under weak augmentation (scratch, the fine-tune after PP, source C)."""
+
+    def __init__(self, labelled: ImageSet, batch_size: int, new_head: bool = False,
+                 aug: AugmentConfig = augment.DEFAULT):
+        super().__init__()
+        self.data, self.batch_size, self.new_head, self.aug = labelled, batch_size, new_head, aug
+
+    def setup(self, model: ClassifierNet) -> None:
+        if self.new_head or model.head.out_features != len(self.data.classes):
+            model.reset_head(len(self.data.classes))
+
+    def loss(self, net, g, step, total, dist):
+        x, y = sample_batch(self.data, self.batch_size, g)
+        x = augment.weak(x, g, self.aug)
+        dev = next(net.parameters()).device
+        x, y = shard(x, dist).to(dev), shard(y, dist).to(dev)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+class _Probe(nn.Module):
+    """The head over frozen features, in eval mode (batch-norm statistics stay as they are)."""
+
+    def __init__(self, model: ClassifierNet):
+        super().__init__()
+        self.head, self._model = model.head, [model]  # a list: the frozen body is not a submodule (not trained)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        body = self._model[0]
+        was = body.training
+        body.eval()
+        with torch.no_grad():
+            f = body.forward_features(x)
+        body.train(was)
+        return self.head(f)
+
+
+class Probe(Supervised):
+    """A linear probe: a new head trained on frozen features, the first half of LP-FT (Kumar et al., 2022),
+    so that fine-tuning the whole network starts from a head that fits the features instead of a random one."""
+
+    def __init__(self, labelled: ImageSet, batch_size: int, aug: AugmentConfig = augment.DEFAULT):
+        super().__init__(labelled, batch_size, new_head=True, aug=aug)
+
+    def trainable(self, model: ClassifierNet) -> nn.Module:
+        return _Probe(model)

@@ -1,0 +1,45 @@
+"""The core trainer: in-memory phases for the search's proxy, the EMA's warm-up, per-phase schedules."""
+
+import torch
+
+from edgeppt.data import ImageSet
+from edgeppt.models import create_model
+from edgeppt.train.loop import Phase, Trainer, ema_average, lr_at
+from edgeppt.train.objective import Supervised
+
+
+def _blobs(n: int = 40) -> ImageSet:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 1, 8, 8, generator=g) * 0.2
+    x[y == 1, :, :4] += 0.8  # class 1: a bright top half
+    return ImageSet(x, y, ["dark", "top"])
+
+
+def test_a_trainer_without_out_writes_nothing_and_learns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _blobs()
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 2, 1)
+    phase = Phase("fit", 30, Supervised(data, 16), lr=0.05, evaluate=False, warmup=0, floor=0.0)
+    Trainer(model, [phase], None, seed=0, progress=False, channels_last=True).run()
+    assert list(tmp_path.iterdir()) == []
+    model.eval()
+    assert (model(data.x).argmax(1) == data.y).float().mean() > 0.9
+
+
+def test_ema_warms_up_then_averages():
+    avg = ema_average(window=10)  # decay 0.9 once warmed up
+    a, c = [torch.zeros(3), torch.zeros(1, dtype=torch.long)], [torch.ones(3), torch.full((1,), 7)]
+    avg(a, c, torch.tensor(0))  # decay min(0.9, 1/10): 90% of the way at once
+    assert torch.allclose(a[0], torch.full((3,), 0.9)) and a[1].item() == 7  # counters are copied
+    a = [torch.zeros(3)]
+    avg(a, [torch.ones(3)], torch.tensor(1000))  # warmed up: 0.9 decay
+    assert torch.allclose(a[0], torch.full((3,), 0.1))
+
+
+def test_schedule_follows_the_phase():
+    ph = Phase("p", 100, Supervised(_blobs(), 4), lr=1.0, warmup=0, floor=0.0)
+    assert lr_at(ph, 0) == 1.0 and abs(lr_at(ph, 100)) < 1e-12
+    ph = Phase("p", 100, Supervised(_blobs(), 4), lr=1.0)  # default: a tenth warm-up, 5% floor
+    assert lr_at(ph, 0) == 0.1 and abs(lr_at(ph, 100) - 0.05) < 1e-12
