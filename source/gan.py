@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 def _layout(size: int) -> tuple[int, int]:
@@ -112,17 +111,3 @@ def d_hinge_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 def g_hinge_loss(fake: torch.Tensor) -> torch.Tensor:
     return -fake.mean()
-
-
-def generator_ema(g: nn.Module, decay: float) -> AveragedModel:
-    """The exported generator: an exponential moving average of G's parameters and buffers, updated once per
-    generator step. Its horizon warms up (decay min(decay, (1 + t) / (10 + t)) at update t), so early
-    checkpoints are not dominated by the random initialisation."""
-    def warmed_up(ema: tuple[torch.Tensor, ...] | list[torch.Tensor],
-                  current: tuple[torch.Tensor, ...] | list[torch.Tensor], n_averaged: torch.Tensor | int) -> None:
-        t = int(n_averaged)  # updates so far, counting the copy of G made here
-        get_ema_multi_avg_fn(min(decay, (1 + t) / (10 + t)))(ema, current, n_averaged)
-
-    ema = AveragedModel(g, multi_avg_fn=warmed_up, use_buffers=True)
-    ema.update_parameters(g)  # the average starts as a copy of the untrained G
-    return ema.eval()

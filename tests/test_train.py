@@ -4,7 +4,7 @@ import torch
 
 from edgeppt.data import ImageSet
 from edgeppt.models import create_model
-from edgeppt.train.loop import Phase, Trainer, ema_average, lr_at
+from edgeppt.train.loop import Phase, Trainer, ema_decay, ema_update, lr_at
 from edgeppt.train.objective import Supervised
 
 
@@ -29,13 +29,14 @@ def test_a_trainer_without_out_writes_nothing_and_learns(tmp_path, monkeypatch):
 
 
 def test_ema_warms_up_then_averages():
-    avg = ema_average(window=10)  # decay 0.9 once warmed up
-    a, c = [torch.zeros(3), torch.zeros(1, dtype=torch.long)], [torch.ones(3), torch.full((1,), 7)]
-    avg(a, c, torch.tensor(0))  # decay min(0.9, 1/10): 90% of the way at once
-    assert torch.allclose(a[0], torch.full((3,), 0.9)) and a[1].item() == 7  # counters are copied
+    avg = ema_update(0.9)
+    a, c = [torch.zeros(3)], [torch.ones(3)]
+    avg(a, c, torch.tensor(0))  # warm-up: decay min(0.9, 1/10), 90% of the way at once
+    assert torch.allclose(a[0], torch.full((3,), 0.9))
     a = [torch.zeros(3)]
-    avg(a, [torch.ones(3)], torch.tensor(1000))  # warmed up: 0.9 decay
+    avg(a, [torch.ones(3)], torch.tensor(1000))  # warmed up: decay 0.9
     assert torch.allclose(a[0], torch.full((3,), 0.1))
+    assert ema_decay(0.0, 200) == 0.0 and ema_decay(0.1, 200) == 0.95  # an EMA over a tenth of 200 steps
 
 
 def test_schedule_follows_the_phase():

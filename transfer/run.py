@@ -24,7 +24,7 @@ from edgeppt.runs import (
     resume_conflicts,
 )
 from edgeppt.train.evaluate import evaluate
-from edgeppt.train.loop import Dist, Phase, Trainer, setup_distributed
+from edgeppt.train.loop import Dist, Phase, Trainer, ema_decay, setup_distributed
 from edgeppt.train.objective import Probe
 
 from . import coverage
@@ -279,7 +279,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                                Probe(labelled, cfg.batch_size, aug=cfg.augment), cfg.lr, cfg.weight_decay))
     if cfg.ema and not cfg.supermask.enabled:  # (a supermask's scores are not weights to average)
         for ph in phases:
-            ph.ema = 0.0 if ph.name.endswith(("_first", "_probe")) else cfg.ema
+            ph.ema = 0.0 if ph.name.endswith(("_first", "_probe")) else ema_decay(cfg.ema, ph.steps)
     if cfg.supermask.enabled:  # over seeded weights from scratch, over the PP (or C's) weights otherwise
         attach(model, cfg.supermask, cfg.seed, seeded=not (method.pretrain or method.source_net))
         phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)

@@ -20,10 +20,9 @@ import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edgeppt.errors import EdgepptError
-from edgeppt.models import ClassifierNet
 from edgeppt.runs import CHECKPOINT_FILE, MetricsLog, atomic_torch_save, load_checkpoint
 from edgeppt.schedule import cosine_lr
 from edgeppt.train.objective import Objective
@@ -37,25 +36,30 @@ class Phase:
     lr: float
     weight_decay: float = 5e-4
     evaluate: bool = True  # evaluate on the target test split (False while the head is over source classes)
-    ema: float = 0.0  # the phase ends on an exponential moving average of its weights spanning this share of it
+    ema: float = 0.0  # decay of an exponential moving average of the weights that the phase ends on (0: none)
     warmup: int | None = None  # linear warm-up steps (default: a tenth of the phase, at most 50)
-    floor: float = 0.05  # the cosine schedule decays to this share of the rate
+    floor: float = 0.05  # the cosine schedule decays to this share of the rate (1: a constant rate)
+    optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None  # (params, lr); default
+    # SGD with Nesterov momentum and the phase's weight decay
 
 
-def ema_average(window: int):
-    """torch's AveragedModel update for an EMA over about `window` steps, with a warm-up (as in timm's
-    ModelEmaV3): the decay starts short, so the first, untrained weights fade fast."""
-    decay = 1.0 - 1.0 / max(1, window)
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        for a, c in zip(averaged, current):
-            if a.is_floating_point():
-                a.lerp_(c, 1.0 - d)
-            else:  # counters (batch norm's num_batches_tracked)
-                a.copy_(c)
+def ema_update(decay: float):
+    """torch's EMA update with a warm-up (as in timm's ModelEmaV3 and StyleGAN's ramp): at update t the decay is
+    min(decay, (1 + t) / (10 + t)), so the first, untrained weights fade fast."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int) -> None:
+        t = int(n)
+        get_ema_multi_avg_fn(min(decay, (1 + t) / (10 + t)))(averaged, current, n)
     return update
+
+
+def ema_model(module: nn.Module, decay: float) -> AveragedModel:
+    """The one EMA of every stage: parameters and buffers, torch's AveragedModel; the first update copies."""
+    return AveragedModel(module, multi_avg_fn=ema_update(decay), use_buffers=True)
+
+
+def ema_decay(share: float, steps: int) -> float:
+    """The decay of an EMA that spans about `share` of a phase of `steps` steps (0: no EMA)."""
+    return 1.0 - 1.0 / max(2, round(share * steps)) if share > 0 else 0.0
 
 
 @dataclass
@@ -108,7 +112,7 @@ class _Interrupted(Exception):
 class Trainer:
     """Runs `phases` over `model`. With `out` None nothing is written (no checkpoint, log or resume): the
     search's proxy trains thousands of throw-away candidates this way."""
-    model: ClassifierNet
+    model: nn.Module  # a ClassifierNet but for the source's GAN phase, which trains the generator
     phases: list[Phase]
     out: Path | None
     seed: int
@@ -181,13 +185,13 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
         params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=ph.lr, momentum=0.9, nesterov=True, weight_decay=ph.weight_decay)
+        opt = ph.optimizer(params, ph.lr) if ph.optimizer else \
+            torch.optim.SGD(params, lr=ph.lr, momentum=0.9, nesterov=True, weight_decay=ph.weight_decay)
         if state is not None:
             self.model.load_state_dict(state["model"])
             ph.objective.load_state_dict(state["objective"])
             opt.load_state_dict(state["optimizer"])
-        ema = AveragedModel(self.model, multi_avg_fn=ema_average(round(ph.ema * ph.steps)), use_buffers=True) \
-            if ph.ema > 0 else None
+        ema = ema_model(self.model, ph.ema) if ph.ema > 0 else None
         if ema is not None and state is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         if start >= ph.steps:
@@ -206,12 +210,9 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(ph, step)
                 net.train()
-                loss, stats = ph.objective.loss(net, g, step, ph.steps, self.dist)
+                loss, stats = ph.objective.update(net, opt, g, step, ph.steps, self.dist)
                 if not torch.isfinite(loss):
-                    self._diverged(ph.name, step, f"loss became {loss.item()}", last_good)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                    self._diverged(ph.name, step, f"{stats.get('what', 'loss')} became {loss.item()}", last_good)
                 ph.objective.after_step(self.model)
                 if ema is not None:
                     ema.update_parameters(self.model)

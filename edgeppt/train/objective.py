@@ -4,6 +4,8 @@ needs). The stages add their own objectives (PP, P-SSL, distillation, ...) over 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,18 +27,30 @@ def shard(t: torch.Tensor, dist) -> torch.Tensor:
 
 
 class Objective(nn.Module):
-    """A phase's loss. Subclasses hold any extra trainable state (heads, teachers) as submodules."""
+    """A phase's loss. Subclasses hold any extra trainable state (heads, teachers) as submodules. The model is a
+    ClassifierNet, but for source's GAN phase (the generator): hence `Any` here, narrowed by the subclasses."""
 
-    def setup(self, model: ClassifierNet) -> None:
+    def setup(self, model: Any) -> None:
         """Called at the start (and on resume) of the phase, under a seeded RNG."""
 
-    def trainable(self, model: ClassifierNet) -> nn.Module:
+    def trainable(self, model: Any) -> nn.Module:
         return model
 
     def loss(self, net: nn.Module, g: torch.Generator, step: int, total: int, dist) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
-    def after_step(self, model: ClassifierNet) -> None:
+    def update(self, net: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator, step: int, total: int,
+               dist) -> tuple[torch.Tensor, dict]:
+        """One training step: the loss, then the optimiser's step (skipped when the loss is not finite, which the
+        trainer then reports). Adversarial objectives override it with their own inner updates."""
+        loss, stats = self.loss(net, g, step, total, dist)
+        if torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return loss, stats
+
+    def after_step(self, model: Any) -> None:
         """Hook after each optimizer step (e.g. an EMA teacher)."""
 
 
