@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from edgeppt.config import SSL_ALGORITHMS, AugmentConfig, PSSLConfig
 from edgeppt.data import ImageSet
 from edgeppt.train import augment
+from edgeppt.train.loop import ema_model
 from edgeppt.train.objective import Supervised, sample_batch, shard
 
 from .pseudo import PseudoPool
@@ -177,8 +178,8 @@ class MeanTeacher(SSL):
 
     def setup(self, model):
         super().setup(model)
-        self.teacher = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
+        self.teacher = ema_model(model, self.cfg.ema)
+        self.teacher.update_parameters(model)  # the teacher starts as the warm-started model
         self.teacher.requires_grad_(False)
 
     def unlabeled_loss(self, lw, ls, wu, weak_x):
