@@ -19,13 +19,13 @@ from edgeppt.data import DataRecord, ImageSet, reshape_images
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.models.base import ClassifierNet
+from edgeppt.onnxspec import OPSET
 from edgeppt.runs import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
 from edgeppt.transfer.record import read_report
 
 from . import runner
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-OPSET = 20  # TensorRT 10 and onnxruntime >= 1.17 parse it; int8/fp16 conversions keep it
 # Parity tolerances: float32 ONNX Runtime vs eager PyTorch differ by kernel rounding only.
 MAX_ABS_DIFF, MIN_AGREEMENT = 1e-3, 0.995
 

@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from edgeppt.int8 import QuantConfig, preprocess, quantize_int8
-
-OPSET = 17
+from edgeppt.onnxspec import OPSET
 
 
 def to_onnx(model: nn.Module, in_shape: tuple[int, int, int]) -> bytes:

@@ -70,6 +70,17 @@ def test_onnx_matches_pytorch_on_the_test_split(trained_run, bundle, test_split)
     assert dims == [1, 1, 8, 8]  # batch-1 static by default
 
 
+def test_search_probes_and_exports_declare_one_opset(trained_run, tmp_path):
+    from edgeppt.onnxspec import OPSET
+    from edgeppt.search.latency import to_onnx
+
+    run = load_run(trained_run)
+    shipped = onnx.load(export_onnx(run.model, tmp_path / "m.onnx", run.input_shape))
+    probed = onnx.load_from_string(to_onnx(run.model, run.input_shape))
+    assert [o.version for o in shipped.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
+    assert [o.version for o in probed.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
+
+
 def test_dynamic_batch_export(trained_run, tmp_path):
     run = load_run(trained_run)
     p = export_onnx(run.model, tmp_path / "dyn.onnx", run.input_shape, dynamic_batch=True)
