@@ -13,7 +13,7 @@ from .errors import EdgepptError
 # What `edgeppt transfer --method` takes (transfer/methods.py builds each; "auto" chooses among them per task).
 METHODS = ("auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp", "tred")
 # The SSL algorithms of the P-SSL phase (transfer/ssl.py registers one class per name).
-SSL_ALGORITHMS = ("anchor", "fixmatch", "uda", "pseudolabel", "meanteacher")
+SSL_ALGORITHMS = ("anchor", "fixmatch", "uda", "pseudolabel", "meanteacher", "labelprop")
 
 
 class Strict(BaseModel):
@@ -74,9 +74,11 @@ class PSSLConfig(Strict):
     `algorithm` names what the pseudo samples are trained on: `anchor` labels each with the label of the target
     image that conditioned it (label-conditioned augmentation); `fixmatch`, `uda`, `pseudolabel` and `meanteacher`
     are the semi-supervised consistency terms of the paper's P-SSL over unlabelled pseudo samples. Real unlabelled
-    target images (`--unlabeled`) always get the consistency term of `algorithm` (FixMatch for `anchor`).
+    target images (`--unlabeled`) always get the consistency term of `algorithm` (FixMatch for `anchor`);
+    `labelprop` trains them toward labels propagated from the labelled images over a nearest-neighbour graph of
+    the model's features (Iscen et al., 2019), and treats pseudo samples as FixMatch does.
     """
-    algorithm: Literal["anchor", "fixmatch", "uda", "pseudolabel", "meanteacher"] = "anchor"
+    algorithm: Literal["anchor", "fixmatch", "uda", "pseudolabel", "meanteacher", "labelprop"] = "anchor"
     consistency: float | None = Field(None, ge=0, description="weight of the consistency term on pseudo samples "
                                       "(default: 0 for anchor, 1 for the SSL algorithms)")
     anchor_weight: float | None = Field(None, ge=0, description="weight of the cross-entropy toward each pseudo "
@@ -108,6 +110,12 @@ class PSSLConfig(Strict):
                                                     "drawn from [0, mix]")
     align: bool = Field(False, description="distribution alignment: rescale the unlabelled guesses so classes are "
                                            "used equally on average")
+    lp_neighbours: int = Field(50, ge=1, description="labelprop: neighbours per image in the feature graph")
+    lp_alpha: float = Field(0.99, gt=0, lt=1, description="labelprop: how far labels spread along the graph")
+    lp_refresh: int = Field(100, ge=1, description="labelprop: steps between re-propagations with the current "
+                            "features")
+    lp_consistency: float = Field(0.0, ge=0, description="labelprop: weight of FixMatch's consistency term on real "
+                                  "unlabelled images beside the propagated labels")
 
     def consistency_weight(self) -> float:
         return self.consistency if self.consistency is not None else (0.0 if self.algorithm == "anchor" else 1.0)

@@ -154,3 +154,35 @@ def test_the_transfer_record_is_typed_and_a_foreign_one_is_refused(tiny_bundle, 
     (tmp_path / "r" / "report.json").write_text('{"test_accuracy": "high"}')
     with pytest.raises(EdgepptError, match="not a transfer report"):
         load_run(tmp_path / "r")
+
+
+def test_label_propagation_spreads_labels_along_clusters():
+    from edgeppt.transfer.ssl import propagate
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 4
+    truth = torch.arange(300) % 3
+    feats = centres[truth] + torch.randn(300, 16, generator=g)
+    order = torch.cat([torch.tensor([0, 1, 2]), torch.arange(3, 300)])  # one labelled image per class first
+    label, certainty = propagate(feats[order], truth[:3], 3, neighbours=10, alpha=0.99)
+    assert (label == truth[order]).float().mean() > 0.95
+    assert certainty.min() >= 0 and certainty.max() <= 1 and certainty[3:].mean() > 0.2
+    noise = torch.randn(300, 16, generator=g)  # no structure: far less certain
+    _, unsure = propagate(noise, truth[:3], 3, neighbours=10, alpha=0.99)
+    assert unsure[3:].mean() < certainty[3:].mean()
+
+
+def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, tmp_path, monkeypatch):
+    c = small(tiny_bundle, method="pp+ssl", unlabeled="rest",
+              pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5})
+    whole = run_transfer(c, tmp_path / "whole", progress=False)
+    rows = [r for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
+    assert len(rows) == 20 and all(0 < r["real_mask"] <= 1 for r in rows)  # the mean certainty-and-balance weight
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp_ssl" and step == 10)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]

@@ -90,8 +90,8 @@ class SSL(Supervised):
                 xu = (1 - lam) * xu + lam * self.data.x[anchor]
             groups["pseudo"] = self._views(xu, g, cfg.consistency_weight() > 0)
         if self.real is not None:
-            xr = self.real[torch.randint(0, len(self.real), (n_u,), generator=g)]
-            groups["real"] = self._views(xr, g, True)
+            ir = torch.randint(0, len(self.real), (n_u,), generator=g)
+            groups["real"] = self._views(self.real[ir], g, True)
         sized = {name: [shard(v, dist) for v in vs] for name, vs in groups.items()}  # this worker's slice
         views = [v for vs in sized.values() for v in vs]
         dev = next(net.parameters()).device
@@ -121,8 +121,7 @@ class SSL(Supervised):
             stats["pseudo"] = term.item()
         if "real" in out:
             weak_x = sized["real"][0].to(dev)
-            cons, stats["real_mask"] = self.unlabeled_loss(out["real"][0], out["real"][-1],
-                                                           torch.ones(len(weak_x), device=dev), weak_x)
+            cons, stats["real_mask"] = self.real_loss(out["real"][0], out["real"][-1], weak_x, shard(ir, dist))
             total_loss = total_loss + cfg.real_weight * ramp * cons
             stats["real"] = cons.item()
         stats["images"] = sum(len(v) for v in views)
@@ -130,6 +129,11 @@ class SSL(Supervised):
 
     def unlabeled_loss(self, weak_logits, strong_logits, weights, weak_x) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
+
+    def real_loss(self, weak_logits, strong_logits, weak_x, index) -> tuple[torch.Tensor, float]:
+        """The term of real unlabelled images (`index`: their positions in `real`); by default the algorithm's
+        consistency term, with the student's own guesses."""
+        return self.unlabeled_loss(weak_logits, strong_logits, torch.ones(len(weak_x), device=weak_x.device), weak_x)
 
 
 def _masked_mean(per_sample: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -192,6 +196,89 @@ class MeanTeacher(SSL):
     @torch.no_grad()
     def after_step(self, model):
         self.teacher.update_parameters(model)
+
+
+@torch.no_grad()
+def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: int, alpha: float,
+              iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label propagation (Zhou et al., 2004, as Iscen et al., 2019 use it for deep SSL): the first len(labels) rows
+    of `features` are labelled. Returns each row's propagated class and its certainty (1 - entropy / log k).
+    The graph is a symmetric k-nearest-neighbour one over cosine similarities cubed, kept sparse (N x neighbours)."""
+    f = F.normalize(features.float(), dim=1)
+    n, m = len(f), min(neighbours, len(f) - 1)
+    rows, cols, vals = [], [], []
+    for i in range(0, n, 1024):  # top-k similarities in row blocks: memory O(N x neighbours)
+        sim = f[i:i + 1024] @ f.T
+        sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = -1.0  # no self-loops
+        v, j = sim.topk(m, dim=1)
+        rows.append(torch.arange(i, i + len(sim)).repeat_interleave(m))
+        cols.append(j.flatten())
+        vals.append(v.clamp_min(0).pow(3).flatten())
+    r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    w = torch.sparse_coo_tensor(torch.stack([torch.cat([r, c]), torch.cat([c, r])]), torch.cat([v, v]) / 2,
+                                (n, n), check_invariants=True).coalesce()
+    d = torch.sparse.sum(w, 1).to_dense().clamp_min(1e-12).rsqrt()
+    idx = w.indices()
+    wn = torch.sparse_coo_tensor(idx, w.values() * d[idx[0]] * d[idx[1]], (n, n), check_invariants=True)
+    y = torch.zeros(n, k)
+    y[torch.arange(len(labels)), labels] = 1.0
+    z = y.clone()
+    for _ in range(iterations):  # z = (1 - alpha) y + alpha W z converges to the closed form's direction
+        z = alpha * torch.sparse.mm(wn, z) + y
+    p = F.normalize(z.clamp_min(0), p=1, dim=1)
+    certainty = 1 + (p * p.clamp_min(1e-12).log()).sum(1) / torch.log(torch.tensor(float(k)))
+    return p.argmax(1), certainty.clamp(0, 1)
+
+
+@register("labelprop")
+class LabelProp(FixMatch):
+    """Real unlabelled images are taught, on their strong view, the labels that label propagation spreads from the
+    labelled images over a graph of the model's features, weighted by each label's certainty and balanced over
+    classes (Iscen et al., CVPR 2019). Propagated once at the start (the warm-started model's features) and every
+    `lp_refresh` steps; the labels are checkpointed, so a resume repeats them. Pseudo samples: as FixMatch."""
+
+    lp_label: torch.Tensor
+    lp_weight: torch.Tensor
+
+    def setup(self, model):
+        super().setup(model)
+        self._model = [model]  # a list: not a submodule
+        n = 0 if self.real is None else len(self.real)
+        self.register_buffer("lp_label", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("lp_weight", torch.zeros(n))
+        if n:
+            self._propagate()
+
+    @torch.no_grad()
+    def _propagate(self) -> None:
+        assert self.real is not None
+        model = self._model[0]
+        was = model.training
+        model.eval()
+        dev = next(model.parameters()).device
+        x = torch.cat([self.data.x, self.real])
+        feats = torch.cat([model.forward_features(x[i:i + 512].to(dev)).cpu() for i in range(0, len(x), 512)])
+        model.train(was)
+        label, certainty = propagate(feats, self.data.y, len(self.data.classes), self.cfg.lp_neighbours,
+                                     self.cfg.lp_alpha)
+        label, certainty = label[len(self.data):], certainty[len(self.data):]
+        counts = torch.bincount(label, minlength=len(self.data.classes)).clamp_min(1).float()
+        balance = len(label) / (len(counts) * counts)  # each class weighs the same in total
+        self.lp_label.copy_(label)
+        self.lp_weight.copy_(certainty * balance[label])
+
+    def loss(self, net, g, step, total, dist):
+        if self.real is not None and step > 0 and step % self.cfg.lp_refresh == 0:
+            self._propagate()
+        return super().loss(net, g, step, total, dist)
+
+    def real_loss(self, lw, ls, weak_x, index):
+        index = index.to(ls.device)
+        ce = F.cross_entropy(ls, self.lp_label[index], reduction="none")
+        term = (ce * self.lp_weight[index]).mean()
+        if self.cfg.lp_consistency > 0:
+            term = term + self.cfg.lp_consistency * super().real_loss(lw, ls, weak_x, index)[0]
+        return term, self.lp_weight[index].mean().item()
 
 
 assert set(ALGORITHMS) == set(SSL_ALGORITHMS), "every listed SSL algorithm has a registered class"
