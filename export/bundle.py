@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from edgeppt import ort_timing
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
@@ -25,6 +26,7 @@ from .formats import FORMATS
 FORMAT, VERSION = "edgeppt-export-bundle", 1
 MANIFEST = runner.MANIFEST
 RUNNER_FILE, BUILD_SCRIPT, BUILD_SHELL = "runner.py", "build_engine.py", "build_engine.sh"
+TIMING_FILE = "ort_timing.py"  # edgeppt.ort_timing, which the runner times with
 
 
 def check_replaceable(path: Path) -> None:
@@ -57,11 +59,12 @@ def preprocess_spec(channels: int, image_size: int) -> dict[str, Any]:
 
 
 def write_support_files(root: Path, classes: list[str], spec: dict[str, Any]) -> None:
-    """labels, preprocessing spec and the standalone runner and TensorRT build script."""
+    """labels, preprocessing spec, the standalone runner (and its timing helper) and TensorRT build script."""
     atomic_write_text(root / "labels.txt", "".join(c + "\n" for c in classes))
     atomic_write_json(root / "preprocess.json", spec)
     here = Path(__file__).parent
     atomic_write_bytes(root / RUNNER_FILE, (here / "runner.py").read_bytes())
+    atomic_write_bytes(root / TIMING_FILE, Path(ort_timing.__file__).read_bytes())
     atomic_write_bytes(root / BUILD_SCRIPT, (here / "tensorrt.py").read_bytes())
 
 

@@ -19,11 +19,15 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:  # the one timing helper: edgeppt's own where it is installed, else the copy shipped beside this file
+    from edgeppt.ort_timing import time_session
+except ImportError:  # on the device
+    from ort_timing import time_session  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
@@ -177,19 +181,7 @@ def predict_logits(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
 def benchmark(session, shape: list[int], batch: int, runs: int = 50, warmup: int = 5,
               max_seconds: float = 10.0, seed: int = 0) -> dict[str, float]:
     """Median and p90 latency of one call at `batch`, and images/s; stops early after max_seconds."""
-    name, _, dtype = input_info(session)
-    x = np.random.default_rng(seed).random((batch, *shape), dtype=np.float32).astype(dtype)
-    for _ in range(warmup):
-        session.run(None, {name: x})
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < runs and (time.perf_counter() - start < max_seconds or len(times) < 3):
-        t = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    ms = np.asarray(times) * 1000
-    return {"batch": batch, "runs": len(times), "median_ms": float(np.median(ms)),
-            "p90_ms": float(np.percentile(ms, 90)), "throughput_ips": float(batch * 1000 / np.median(ms))}
+    return time_session(session, shape, batch, runs, warmup, max_seconds, seed)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

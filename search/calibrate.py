@@ -10,6 +10,7 @@ error; the predictor written is then fitted on all probes.
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import random
 import shlex
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from edgeppt import ort_timing
 from edgeppt.config import SpaceConfig
 from edgeppt.devices import DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
@@ -29,25 +31,20 @@ from .latency import to_onnx
 from .predictor import errors, fit, layer_features
 from .space import extreme_sample, random_sample, to_arch
 
-# Runs on the device: only the standard library, numpy and onnxruntime.
+# Runs on the device: only the standard library, numpy and onnxruntime; it times with the core's one timing
+# helper, sent ahead of it as source.
 REMOTE = r'''
-import base64, json, platform, statistics, sys, time
-import numpy as np, onnxruntime as ort
+import base64, json, platform, sys
+import onnxruntime as ort
 cfg = json.loads(base64.b64decode(CFG))
 so = ort.SessionOptions(); so.intra_op_num_threads = cfg["threads"]; so.inter_op_num_threads = 1
 so.log_severity_level = 3
 want = cfg["providers"]; have = ort.get_available_providers()
 providers = [p for p in want if p in have] or ["CPUExecutionProvider"]
-x = np.random.default_rng(0).random([1] + cfg["shape"], dtype=np.float32)
 out = []
 for m in cfg["models"]:
     s = ort.InferenceSession(base64.b64decode(m), so, providers=providers)
-    feed = {s.get_inputs()[0].name: x}
-    for _ in range(cfg["warmup"]): s.run(None, feed)
-    t = []
-    for _ in range(cfg["repeats"]):
-        t0 = time.perf_counter(); s.run(None, feed); t.append(time.perf_counter() - t0)
-    out.append(1000 * statistics.median(t))
+    out.append(time_session(s, cfg["shape"], 1, cfg["repeats"], cfg["warmup"], float("inf"))["median_ms"])
 print(json.dumps({"latency_ms": out, "onnxruntime": ort.__version__, "providers": s.get_providers(),
                   "machine": platform.machine(), "node": platform.node()}))
 '''
@@ -74,7 +71,8 @@ def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], thre
                 warmup: int, repeats: int, timeout: float = 1800) -> dict:
     cfg = {"models": [base64.b64encode(m).decode() for m in onnx_models], "shape": shape, "threads": threads,
            "providers": PROVIDERS[runtime], "warmup": warmup, "repeats": repeats}
-    program = f"CFG = {base64.b64encode(json.dumps(cfg).encode()).decode()!r}\n{REMOTE}"
+    encoded = base64.b64encode(json.dumps(cfg).encode()).decode()
+    program = f"{inspect.getsource(ort_timing)}\nCFG = {encoded!r}\n{REMOTE}"
     try:
         res = subprocess.run(ssh, input=program.encode(), capture_output=True, timeout=timeout)
     except FileNotFoundError as e:
