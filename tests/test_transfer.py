@@ -249,6 +249,47 @@ def test_torchrun_two_nodes_trains_the_same_weights_as_one_process(tiny_bundle, 
     assert any(not torch.equal(a[k], load_bundle_classifier_weights(tiny_bundle).get(k, a[k])) for k in a)
 
 
+def test_torchrun_restarts_a_killed_worker_and_resumes_from_the_checkpoint(tiny_bundle, tmp_path):
+    """`--max-restarts 1`: one of two workers is killed (SIGKILL) once the first checkpoint exists; torchrun
+    restarts the group, which resumes from that checkpoint and ends on the weights of an uninterrupted run."""
+    import json
+    import signal
+    import socket
+    import time
+
+    import psutil
+
+    def launch(out):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
+             "--master-port", str(port), "-m", "edgeppt.cli", "transfer", "--source", str(tiny_bundle), "--target",
+             TARGET, "--method", "ft", "--quiet", "--out", str(out), "--set", "finetune_steps=400",
+             "--set", "checkpoint_every=20", "--set", "batch_size=16", "--set", "threads=1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    whole = launch(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
+    cut = launch(tmp_path / "cut")
+    deadline = time.time() + 240
+    while not (tmp_path / "cut" / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    workers = psutil.Process(cut.pid).children(recursive=True)
+    assert workers and not (tmp_path / "cut" / "report.json").exists(), "the run ended before it could be cut"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    _, err = cut.communicate(timeout=300)
+    assert cut.returncode == 0, err[-3000:]
+    report = json.loads((tmp_path / "cut" / "report.json").read_text())
+    assert report["restarts"] == 1 and report["world_size"] == 2
+    steps = [r["step"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")]
+    assert steps == list(range(1, 401))  # resumed after the checkpoint: no step lost or logged twice
+    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+
+
 def load_bundle_classifier_weights(path):
     """C's weights as the ft model holds them before training (to check training moved them)."""
     from edgeppt.models.onnx_graph import from_bundle

@@ -51,6 +51,7 @@ class TransferReport(BaseModel):
     timings_s: dict[str, float]
     images_per_s: dict[str, float]
     world_size: int
+    restarts: int = 0  # torchrun's restarts of the worker group after a failure (each resumed from a checkpoint)
     device: str
     auto: Choice | None = None
     pretrain: dict[str, Any] | None = None

@@ -24,7 +24,7 @@ from edgeppt.runs import (
     resume_conflicts,
 )
 from edgeppt.train.evaluate import evaluate
-from edgeppt.train.loop import Dist, Phase, Trainer, ema_decay, setup_distributed
+from edgeppt.train.loop import Dist, Phase, Trainer, elastic_restarts, ema_decay, setup_distributed
 from edgeppt.train.objective import Probe
 
 from . import coverage
@@ -198,6 +198,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist = setup_distributed(cfg.device)
+    restarts = elastic_restarts()
+    resume = resume or (restarts > 0 and (out / CONFIG_FILE).is_file())  # torchrun restarted us: go on
     if resume:
         _check_resume(cfg, out)
     elif (out / REPORT_FILE).exists() or (out / CHECKPOINT_FILE).exists():
@@ -314,7 +316,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         data={"labelled": len(labelled), "test": len(test),
               "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
         data_record=record, model=model_info, settings=cfg.model_dump(mode="json"), timings_s=timings,
-        images_per_s=rates, world_size=dist.world, device=str(dist.device), peak_rss_mib=peak_rss_mib(),
+        images_per_s=rates, world_size=dist.world, restarts=restarts, device=str(dist.device),
+        peak_rss_mib=peak_rss_mib(),
         source=None if bundle is None else {"path": str(bundle.path), "provenance": bundle.provenance,
                                             "runtime": bundle.manifest.runtime}, **info,
     ).model_dump(mode="json")

@@ -93,6 +93,12 @@ def setup_distributed(device: str = "auto") -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if use_cuda else "cpu"))
 
 
+def elastic_restarts() -> int:
+    """How often torchrun (`--max-restarts`) has restarted this worker group after a worker failed: a restarted
+    worker resumes the run from its last checkpoint instead of starting it again."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def step_seed(seed: int, phase: str, step: int) -> int:
     """Keyed by the phase's name, not its position, so a run that reuses cached PP weights draws the same."""
     return (seed * 1_000_003 + zlib.crc32(phase.encode()) * 100_003 + step) % (2**62)
