@@ -74,9 +74,9 @@ class PSSLConfig(Strict):
     `algorithm` names what the pseudo samples are trained on: `anchor` labels each with the label of the target
     image that conditioned it (label-conditioned augmentation); `fixmatch`, `uda`, `pseudolabel` and `meanteacher`
     are the semi-supervised consistency terms of the paper's P-SSL over unlabelled pseudo samples. Real unlabelled
-    target images (`--unlabeled`) always get the consistency term of `algorithm` (FixMatch for `anchor`);
-    `labelprop` trains them toward labels propagated from the labelled images over a nearest-neighbour graph of
-    the model's features (Iscen et al., 2019), and treats pseudo samples as FixMatch does.
+    target images (`--unlabeled`) get the consistency term of `algorithm`, except for `labelprop` and `anchor`:
+    they train them toward labels propagated from the labelled images over a nearest-neighbour graph of the
+    model's features (Iscen et al., 2019); `labelprop` treats pseudo samples as FixMatch does.
     """
     algorithm: Literal["anchor", "fixmatch", "uda", "pseudolabel", "meanteacher", "labelprop"] = "anchor"
     consistency: float | None = Field(None, ge=0, description="weight of the consistency term on pseudo samples "
@@ -87,8 +87,8 @@ class PSSLConfig(Strict):
         "the SSL phase from there, its consistency targets coming from a frozen copy of that model")
     steps: int = Field(100, ge=1, description="SSL steps after the warm start (without a warm start, finetune_steps)")
     lr_scale: float = Field(0.2, gt=0, description="SSL learning rate after the warm start, as a fraction of lr")
-    real_steps: int = Field(300, ge=1, description="SSL steps after the warm start when real unlabelled images "
-                            "join (their consistency term needs longer than pseudo samples alone)")
+    real_steps: int = Field(1000, ge=1, description="SSL steps after the warm start when real unlabelled images "
+                            "join (chosen on validation accuracy: docs/transfer.md)")
     real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
     unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped pseudo-sample loss weight")
     real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")

@@ -7,7 +7,8 @@ Pseudo samples come from source classes, so they are out-of-distribution for the
 slowly and is capped, their consistency targets come from a frozen copy of the warm-started model, and the
 `anchor` algorithm trains them toward the label of the target image that conditioned them instead.
 Real unlabelled target images (`--unlabeled`) are in-distribution: they get the algorithm's consistency term
-with the student's own weak-view guesses, as in FixMatch.
+with the student's own weak-view guesses (FixMatch, UDA, ...), or, with `labelprop` and the default `anchor`,
+labels propagated from the labelled images over a graph of the model's features.
 """
 
 from __future__ import annotations
@@ -150,12 +151,6 @@ class FixMatch(SSL):
         return _masked_mean(F.cross_entropy(ls, target, reduction="none"), mask, wu), mask.mean().item()
 
 
-@register("anchor")
-class Anchor(FixMatch):
-    """Pseudo samples as label-conditioned augmentation: each is trained toward its anchor's label
-    (PSSLConfig.anchor_loss_weight); a consistency term, when asked for, and real unlabelled images use FixMatch's."""
-
-
 @register("uda")
 class UDA(SSL):
     """Soft, sharpened targets from the weak view with a confidence mask: tolerant of off-target samples."""
@@ -279,6 +274,13 @@ class LabelProp(FixMatch):
         if self.cfg.lp_consistency > 0:
             term = term + self.cfg.lp_consistency * super().real_loss(lw, ls, weak_x, index)[0]
         return term, self.lp_weight[index].mean().item()
+
+
+@register("anchor")
+class Anchor(LabelProp):
+    """Pseudo samples as label-conditioned augmentation: each is trained toward its anchor's label
+    (PSSLConfig.anchor_loss_weight); a consistency term on them, when asked for, is FixMatch's. Real unlabelled
+    images learn propagated labels, as in `labelprop` (chosen on validation accuracy: docs/transfer.md)."""
 
 
 assert set(ALGORITHMS) == set(SSL_ALGORITHMS), "every listed SSL algorithm has a registered class"
