@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import EdgepptError
 
@@ -285,11 +285,21 @@ class ProxyConfig(Strict):
 DEFAULT_DEVICE = "x86-cpu"  # the device profile a run targets unless told otherwise (edgeppt/devices/x86-cpu.yaml)
 
 
+class RemoteWorker(Strict):
+    """One SSH machine of NNI's remote training service (NNI's RemoteMachineConfig): edgeppt installed, key login."""
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str
+    ssh_key_file: Path = Field(Path("~/.ssh/id_ed25519"), description="private key for the login")
+    python_path: str | None = Field(None, description="folder holding the worker's python (default: its PATH's)")
+
+
 class SearchConfig(SourceTrust):
     """`edgeppt search`: find the most accurate architecture of the space within a device's budgets."""
     # May change on resume (edgeppt.runs.resume_conflicts): more trials or finalists continue the same search.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "trials", "engine", "concurrency", "finalists",
-                                                       "final_seeds"}) | SourceTrust.TRUST_FIELDS
+                                                       "final_seeds", "workers", "manager_ip"}) \
+        | SourceTrust.TRUST_FIELDS
     source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
     target: str
     test: str | None = None
@@ -319,9 +329,19 @@ class SearchConfig(SourceTrust):
     finalists: int = Field(3, ge=0, description="after the trials, the best this many are re-trained with "
                                                 "final_seeds more proxy seeds and the winner is the best mean (0: off)")
     final_seeds: int = Field(2, ge=1, description="extra proxy seeds per finalist")
-    engine: Literal["sequential", "local"] = Field("sequential", description="NNI execution: in this process, or "
-                                                   "NNI's training service (local; remote/kubernetes in NNI's config)")
-    concurrency: int = Field(1, ge=1, description="trials at once (training-service engine only)")
+    engine: Literal["sequential", "local", "remote"] = Field("sequential", description="NNI execution: in this "
+        "process; NNI's local training service (a process per trial); or its remote one (trials on the SSH `workers`)")
+    concurrency: int = Field(1, ge=1, description="trials at once (training-service engines)")
+    workers: list[RemoteWorker] = Field([], description="engine remote: the SSH machines that run trials; the run "
+                                        "directory must be at the same path on each (shared storage)")
+    manager_ip: str | None = Field(None, description="engine remote: this machine's address as the workers reach it "
+                                   "(default: NNI's guess)")
+
+    @model_validator(mode="after")
+    def _remote_needs_workers(self) -> SearchConfig:
+        if self.engine == "remote" and not self.workers:
+            raise ValueError("engine remote needs at least one SSH worker (workers: [{host, user, ssh_key_file}])")
+        return self
     latency_warmup: int = Field(10, ge=0)
     latency_repeats: int = Field(50, ge=3)
     max_rejections: int = Field(2000, ge=1, description="stop after this many over-budget samples in a row")

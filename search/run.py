@@ -196,6 +196,21 @@ def _strategy(cfg: SearchConfig, ctx: SearchContext):
                                                            patience=cfg.max_rejections))
 
 
+def remote_service(cfg: SearchConfig):
+    """NNI's remote training service over `cfg.workers`: NNI's manager logs in over SSH and runs each trial there
+    (`search.run.nni_trial`, which reads the shared run directory); a trial lost with its worker is failed by NNI
+    and the search goes on with the others."""
+    from nni.experiment.config import RemoteConfig, RemoteMachineConfig
+
+    machines = [RemoteMachineConfig(host=w.host, port=w.port, user=w.user,
+                                    ssh_key_file=str(w.ssh_key_file.expanduser()), python_path=w.python_path)
+                for w in cfg.workers]
+    svc = RemoteConfig(machine_list=machines, reuse_mode=True)
+    if cfg.manager_ip:
+        svc.nni_manager_ip = cfg.manager_ip
+    return svc
+
+
 def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
     from nni.nas.evaluator import FunctionalEvaluator
     from nni.nas.experiment import NasExperiment, NasExperimentConfig
@@ -209,8 +224,11 @@ def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
         engine = SequentialEngineConfig(max_model_count=cfg.trials)
         conf = NasExperimentConfig(engine, "raw")
     else:
-        conf = NasExperimentConfig("ts", "simplified", "local", trial_concurrency=cfg.concurrency,
+        conf = NasExperimentConfig("ts", "simplified", cfg.engine, trial_concurrency=cfg.concurrency,
                                    max_trial_number=cfg.trials)
+        if cfg.engine == "remote":
+            conf.training_service = remote_service(cfg)
+
     conf.experiment_working_directory = str((out / "nni").resolve())
     conf.experiment_name = out.name
 
@@ -225,6 +243,24 @@ def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
             pass
 
     return RunDirExperiment(space, evaluator, _strategy(cfg, ctx), conf)
+
+
+def _run(exp, cfg: SearchConfig, out: Path) -> None:
+    if cfg.engine == "sequential":
+        exp.run()
+        return
+    # NNI's training services upload the working directory to every worker as the trial code (a NAS experiment
+    # allows no other folder). The trial function is edgeppt's own, installed there, so run from an empty one.
+    code = (out / "nni" / "trial-code").resolve()
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "README").write_text("The trial code folder NNI copies to its workers: the trial is edgeppt's own "
+                                 "(edgeppt.search.run.nni_trial), installed there.\n")  # NNI refuses an empty one
+    here = os.getcwd()
+    os.chdir(code)
+    try:
+        exp.run(port=_free_port())
+    finally:
+        os.chdir(here)
 
 
 def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
@@ -257,7 +293,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         if done < cfg.trials:
             exp = _experiment(cfg, ctx, out)
             try:
-                exp.run(port=_free_port()) if cfg.engine != "sequential" else exp.run()
+                _run(exp, cfg, out)
             finally:
                 try:
                     exp.stop()

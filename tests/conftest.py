@@ -120,7 +120,7 @@ def sshd(tmp_path_factory) -> Iterator[SSHServer]:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
         f"PidFile {d / 'sshd.pid'}\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-        "MaxStartups 50\n")
+        "MaxStartups 50\nSubsystem sftp internal-sftp\n")  # NNI's remote training service copies files over sftp
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # the privilege-separation folder sshd requires as root
     log = d / "sshd.log"

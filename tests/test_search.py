@@ -198,6 +198,27 @@ def test_training_service_engine_runs_trials_in_nni_trial_processes(tmp_path):
     assert (out / "best.json").exists() and any((out / "nni").iterdir())  # NNI's files stay in the run directory
 
 
+def test_remote_training_service_runs_trials_on_ssh_workers(sshd, tmp_path):
+    """engine=remote: NNI's manager logs in to a real OpenSSH server (this machine, as a worker) and runs the
+    trials there, two at once; the run directory is shared (the same path), as on shared storage."""
+    import getpass
+    import os
+
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    out = tmp_path / "run"
+    worker = {"host": "127.0.0.1", "port": sshd.port, "user": getpass.getuser(), "ssh_key_file": str(sshd.identity),
+              "python_path": str(Path(sys.executable).parent)}
+    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=2, engine="remote", concurrency=2,
+                                workers=[worker], manager_ip="127.0.0.1", finalists=0, **FAST), out, progress=False)
+    trained = [r for r in (json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines())
+               if r.get("status") == "trained"]
+    assert s["trained"] == 2 and len(trained) == 2
+    assert all(r["pid"] != os.getpid() for r in trained)  # trained in the worker's trial processes
+    assert "remote" in (out / "nni").rglob("nnimanager.log").__next__().read_text().lower()
+    with pytest.raises(ValueError, match="needs at least one SSH worker"):
+        SearchConfig(device=str(prof), trials=1, engine="remote", **FAST)
+
+
 def test_cli_devices_search_and_resume(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["devices", "list"])
