@@ -30,6 +30,7 @@ from edgeppt.runs import (
     load_checkpoint,
     resume_conflicts,
 )
+from edgeppt.train.evaluate import evaluate, predict
 from edgeppt.train.loop import Phase, Trainer
 from edgeppt.train.objective import Objective, Supervised, sample_batch
 
@@ -55,20 +56,13 @@ def work_dir(out: Path) -> Path:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    model.eval()
-    correct = sum((model(x[i:i + batch])[0].argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
-    return correct / max(1, len(x))
-
-
-@torch.no_grad()
-def generated_accuracy(g: nn.Module, c: nn.Module, k: int, latent_dim: int, per_class: int = 100,
+def generated_accuracy(g: nn.Module, c: ClassifierNet, k: int, latent_dim: int, per_class: int = 100,
                        seed: int = 0) -> float:
     """How often C recognises G's one-hot samples as the class asked for: a cheap check of class fidelity."""
     rng = torch.Generator().manual_seed(seed)
     y = torch.arange(k).repeat_interleave(per_class)
     x = g.eval()(torch.randn(len(y), latent_dim, generator=rng), F.one_hot(y, k).float())
-    return accuracy(c, x, y)
+    return (predict(c, x) == y).float().mean().item()
 
 
 # ---------------------------------------------------------------- the two phases
@@ -187,11 +181,11 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
     for trainer in trainers:
         trainer.run(resume=True)
     c = SourceClassifier(net).eval()
-    c_acc = accuracy(c, test.x, test.y)
+    c_acc = evaluate(net, test)["accuracy"]
     from .cli import command_line  # the command's own options spell the line, so it always runs
 
     g.eval()  # its EMA weights, which the GAN phase ends on
-    gen_acc = generated_accuracy(g, c, k, cfg.latent_dim, seed=cfg.seed)
+    gen_acc = generated_accuracy(g, net, k, cfg.latent_dim, seed=cfg.seed)
     info = {
         "command": command or command_line(cfg),
         "config": cfg.model_dump(mode="json"),
