@@ -111,6 +111,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "algorithm": "labelprop", "lp_consistency": 1.0}}),
     "pp+ssl, unlabelled (label propagation), 1000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "labelprop", "real_steps": 1000}}),
+    "pp+ssl, unlabelled (label propagation), 2000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {
+        "algorithm": "labelprop", "real_steps": 2000}}),
     "pp+ssl, unlabelled, 1000 steps, align": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "fixmatch", "real_steps": 1000, "align": True}}),
     "pp+ssl, unlabelled, 1000 steps, align, threshold 0.95": ("pp+ssl", {"unlabeled": "rest", "pssl": {
