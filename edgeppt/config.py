@@ -298,7 +298,7 @@ class SearchConfig(SourceTrust):
     """`edgeppt search`: find the most accurate architecture of the space within a device's budgets."""
     # May change on resume (edgeppt.runs.resume_conflicts): more trials or finalists continue the same search.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "trials", "engine", "concurrency", "finalists",
-                                                       "final_seeds", "workers", "manager_ip"}) \
+                                                       "final_seeds", "workers", "manager_ip", "latency_cache"}) \
         | SourceTrust.TRUST_FIELDS
     source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
     target: str
@@ -344,6 +344,11 @@ class SearchConfig(SourceTrust):
         return self
     latency_warmup: int = Field(10, ge=0)
     latency_repeats: int = Field(50, ge=3)
+    latency_band: float = Field(0.1, ge=0, description="a candidate measured within this share of the latency budget "
+                                "is measured twice more and judged on the median, so noise does not flip it")
+    latency_cache: bool = Field(True, description="keep each architecture's measured latency on this machine "
+                                "($EDGEPPT_CACHE_DIR or ~/.cache/edgeppt/latency) and reuse it: the same search "
+                                "twice gives the same answer")
     max_rejections: int = Field(2000, ge=1, description="stop after this many over-budget samples in a row")
     space: SpaceConfig = SpaceConfig()
     proxy: ProxyConfig = ProxyConfig()

@@ -27,6 +27,7 @@ from edgeppt.runs import atomic_write_json, resume_conflicts
 
 from . import report
 from .costmodel import CostModel
+from .latency_cache import LatencyCache
 from .ledger import Ledger
 from .proxy import ProxyData, evaluate_arch, prepare
 from .space import extreme_sample, sample_key, to_arch
@@ -148,7 +149,8 @@ def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool | N
             raise EdgepptError(f"device {profile.name!r} takes {profile.input_channels}-channel input, but the "
                                f"images have {data.in_shape[0]} channels")
         cost = CostModel(profile, budgets_of(cfg, profile), data.in_shape, data.num_classes,
-                         cfg.latency_warmup, cfg.latency_repeats)
+                         cfg.latency_warmup, cfg.latency_repeats, cfg.latency_band,
+                         LatencyCache() if cfg.latency_cache else None)
         _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, Ledger(out))
     if progress is not None:
         _CONTEXTS[key].progress = progress

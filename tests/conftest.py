@@ -148,6 +148,12 @@ def sshd(tmp_path_factory) -> Iterator[SSHServer]:
         proc.kill()
 
 
+@pytest.fixture(autouse=True)
+def _own_latency_cache(tmp_path, monkeypatch):
+    """Each test its own machine-level latency cache (never ~/.cache), so no test sees another's measurements."""
+    monkeypatch.setenv("EDGEPPT_CACHE_DIR", str(tmp_path / "edgeppt-cache"))
+
+
 def ctrl_c_after_checkpoint(monkeypatch, when) -> list:
     """Make training send itself a real SIGINT (the Ctrl-C path: finish the step, checkpoint, stop) right after
     the first checkpoint for which when(phase name, step) holds. Returns the list that records where it fired;

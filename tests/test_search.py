@@ -104,6 +104,41 @@ def test_candidates_are_timed_in_the_format_that_ships():
     assert set(CostModel(fp32_only, x86.budgets, (1, 28, 28), 5, 3, 15).costs(TINY)["latency_by_format"]) == {"onnx"}
 
 
+def test_near_the_budget_a_candidate_is_measured_three_times_and_judged_on_the_median(monkeypatch, tmp_path):
+    from edgeppt.search import costmodel
+    from edgeppt.search.latency_cache import LatencyCache
+
+    x86 = load_profile("x86-cpu")
+    draws = iter([0.98, 1.30, 0.90, 0.50])  # ms: the first is within 10% of a 1 ms budget
+    monkeypatch.setattr(costmodel, "deployed_latency", lambda *a: (None, {"onnx": next(draws)}))
+    budgets = x86.budgets.model_copy(update={"latency_ms": 1.0})
+    cost = CostModel(x86, budgets, (1, 28, 28), 5, band=0.1, cache=LatencyCache(tmp_path / "cache"))
+    c = cost.costs(TINY)
+    assert c["latency_ms"] == 0.98 and "median of 3" in c["latency_kind"]  # median(0.98, 1.30, 0.90)
+    again = CostModel(x86, budgets, (1, 28, 28), 5, band=0.1, cache=LatencyCache(tmp_path / "cache")).costs(TINY)
+    assert again["latency_ms"] == 0.98 and again["latency_kind"].endswith("(cached)")  # no fourth measurement
+    far = CostModel(x86, budgets, (1, 28, 28), 5, band=0.1).costs(TINY)  # 0.50 ms: far from it, measured once
+    assert far["latency_ms"] == 0.50 and far["latency_kind"] == "measured, onnx"
+
+
+def test_the_same_search_twice_on_one_machine_gives_the_same_answer(tmp_path):
+    """Measured latencies (not a predictor) decide the filter; the machine's latency cache makes the second run
+    see exactly the costs of the first, so with the same seed it takes the same path to the same network."""
+    cfg = SearchConfig(device="x86-cpu", latency_ms=0.5, strategy="evolution", population=3, trials=4,
+                       finalists=0, **FAST)
+    run_search(cfg, tmp_path / "a", progress=False)
+    run_search(cfg, tmp_path / "b", progress=False)
+
+    def ledger(run):
+        return [{k: r.get(k) for k in ("key", "status", "latency_ms", "accuracy")}
+                for r in map(json.loads, (run / "trials.jsonl").read_text().splitlines())]
+    assert ledger(tmp_path / "a") == ledger(tmp_path / "b")
+    best = [json.loads((tmp_path / run / "best.json").read_text()) for run in ("a", "b")]
+    assert best[0]["family"] == best[1]["family"] and best[0]["config"] == best[1]["config"]
+    assert best[0]["search"]["costs"]["latency_ms"] == best[1]["search"]["costs"]["latency_ms"]
+    assert best[1]["search"]["costs"]["latency_kind"].endswith("(cached)")  # the second run measured nothing
+
+
 def test_filter_never_admits_an_over_budget_candidate(tmp_path):
     budgets = dict(latency_ms=0.8, params=150_000, peak_activation_kib=30.0)
     prof = predicted_profile(tmp_path, **budgets)

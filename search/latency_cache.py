@@ -1,0 +1,57 @@
+"""Measured latencies kept per machine, so that the same search run twice on one machine sees the same costs.
+
+A measurement is keyed by everything that decides it: the architecture, the input shape and classes, the formats
+and int8 recipe it was timed in, the threads, the onnxruntime version, the opset and this machine (CPU model and
+core count). One small JSON file per key, written atomically; files that do not parse are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from edgeppt.onnxspec import OPSET
+from edgeppt.runs import atomic_write_json
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGEPPT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() \
+        / "edgeppt"
+    return Path(root) / "latency"
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor()
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    import onnxruntime
+
+    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(),
+            "onnxruntime": onnxruntime.__version__, "opset": OPSET}
+
+
+class LatencyCache:
+    def __init__(self, folder: Path | None = None):
+        self.folder, self.host = folder or cache_dir(), machine()
+
+    def _path(self, key: dict[str, Any]) -> Path:
+        blob = json.dumps({**key, "host": self.host}, sort_keys=True)
+        return self.folder / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+
+    def get(self, key: dict[str, Any]) -> dict[str, float] | None:
+        try:
+            data = json.loads(self._path(key).read_text())
+            return {str(k): float(v) for k, v in data["latency_by_format"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def put(self, key: dict[str, Any], by_format: dict[str, float]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self._path(key), {"key": key, "host": self.host, "latency_by_format": by_format})
