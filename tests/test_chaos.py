@@ -27,8 +27,10 @@ def tiny_pipeline(bundle: Path) -> dict[str, Any]:
     lasting seconds, so that random moments land in every stage."""
     return {
         "source": str(bundle), "target": "digits:0,1,2,3,4", "labels_per_class": 4, "threads": 1,
+        # latency_cache off: the chaos run must take as long as the reference did, or the kills planned inside the
+        # reference's search would land after a search that recalls every latency
         "search": {"trials": 2, "finalists": 1, "final_seeds": 1, "val_per_class": 5, "latency_ms": 1000,
-                   "latency_warmup": 1, "latency_repeats": 3,
+                   "latency_warmup": 1, "latency_repeats": 3, "latency_cache": False,
                    "proxy": {"pretrain_steps": 8, "finetune_steps": 8, "pretrain_pool": 16, "pretrain_batch": 8,
                              "batch_size": 8},
                    "space": {"stems": [8], "head_widths": [0],
