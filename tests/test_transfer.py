@@ -250,10 +250,10 @@ def test_torchrun_two_nodes_trains_the_same_weights_as_one_process(tiny_bundle, 
 
 
 def test_torchrun_restarts_a_killed_worker_and_resumes_from_the_checkpoint(tiny_bundle, tmp_path):
-    """`--max-restarts 5`: one of two workers is killed (SIGKILL) once the first checkpoint exists; torchrun
-    restarts the group, which resumes from that checkpoint and ends on the weights of an uninterrupted run. (On a
-    loaded machine a restarted group's gloo handshake can time out once; the spare restarts absorb that, as they
-    would in production.)"""
+    """`--max-restarts 1`: one of two workers is killed (SIGKILL) once the first checkpoint exists; torchrun
+    restarts the group once, which resumes from that checkpoint and ends on the weights of an uninterrupted run.
+    The restarted group must not read the killed group's addresses from torchrun's store (each attempt has its
+    own keys), or its gloo handshake fails with "connection refused" and costs further restarts."""
     import json
     import signal
     import socket
@@ -266,7 +266,7 @@ def test_torchrun_restarts_a_killed_worker_and_resumes_from_the_checkpoint(tiny_
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "5",
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
              "--master-port", str(port), "-m", "edgeppt.cli", "transfer", "--source", str(tiny_bundle), "--target",
              TARGET, "--method", "ft", "--quiet", "--out", str(out), "--set", "finetune_steps=400",
              "--set", "checkpoint_every=20", "--set", "batch_size=16", "--set", "threads=1"],
@@ -284,7 +284,7 @@ def test_torchrun_restarts_a_killed_worker_and_resumes_from_the_checkpoint(tiny_
     _, err = cut.communicate(timeout=300)
     assert cut.returncode == 0, err[-3000:]
     report = json.loads((tmp_path / "cut" / "report.json").read_text())
-    assert report["restarts"] >= 1 and report["world_size"] == 2
+    assert report["restarts"] == 1 and report["world_size"] == 2  # one kill, one restart
     steps = [r["step"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")]
     assert steps == list(range(1, 401))  # resumed after the checkpoint: no step lost or logged twice
     a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]

@@ -87,7 +87,11 @@ def setup_distributed(device: str = "auto") -> Dist:
         return Dist(0, 1, torch.device("cuda" if use_cuda else "cpu"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # torchrun's static rendezvous keeps one store across restarts, and a restarted group would read the
+        # killed group's connection addresses from it (gloo: "connection refused"): each attempt gets its own keys.
+        store, rank, world = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"edgeppt/attempt-{elastic_restarts()}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
     if use_cuda:
         torch.cuda.set_device(local)
     return Dist(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if use_cuda else "cpu"))
