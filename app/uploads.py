@@ -109,9 +109,32 @@ def extract_image_folders(data: bytes, dest: str | Path, **limits) -> Path:
     return safe_extract(data, dest, IMAGE_SUFFIXES, "an image", _check_class_folders, **limits)
 
 
-def _check_class_folders(dest: Path) -> Path:
+def extract_images(data: bytes, dest: str | Path, **limits) -> Path:
+    """A zip of unlabelled images, in any folder layout -> the folder holding them, every image checked."""
+    return safe_extract(data, dest, IMAGE_SUFFIXES, "an image", _check_images, **limits)
+
+
+def _check_images(dest: Path) -> Path:
+    files = [p for p in dest.rglob("*") if p.is_file()]
+    if not files:
+        raise UploadError("refused: the archive holds no images")
+    for f in files:
+        _check_image(f, dest)
+    return _content_root(dest)
+
+
+def _check_image(f: Path, dest: Path) -> None:
     from edgeppt.data import READ_ERRORS, open_image
 
+    try:
+        with open_image(f) as im:  # the header only: a decompression bomb is refused unread
+            im.verify()
+    except READ_ERRORS as e:
+        raise UploadError(f"refused: {f.relative_to(dest)} is not a readable image "
+                          f"({type(e).__name__}: {e})") from None
+
+
+def _check_class_folders(dest: Path) -> Path:
     root = _content_root(dest)
     loose = [p.name for p in root.iterdir() if p.is_file()]
     if loose:
@@ -125,12 +148,7 @@ def _check_class_folders(dest: Path) -> Path:
         if not files:
             raise UploadError(f"refused: class folder {d.name!r} holds no images")
         for f in files:
-            try:
-                with open_image(f) as im:  # the header only: a decompression bomb is refused unread
-                    im.verify()
-            except READ_ERRORS as e:
-                raise UploadError(f"refused: {f.relative_to(dest)} is not a readable image "
-                                  f"({type(e).__name__}: {e})") from None
+            _check_image(f, dest)
     return root
 
 

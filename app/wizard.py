@@ -20,7 +20,7 @@ from typing import Any
 import streamlit as st
 
 from edgeppt.app import display
-from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders
+from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders, extract_images
 from edgeppt.data import EXAMPLE_TARGET
 from edgeppt.devices import DEFAULT_DEVICE
 from edgeppt.errors import EdgepptError
@@ -40,6 +40,8 @@ EXAMPLE_TARGET_LABEL = "Built-in example: animals (elephant, giraffe, horse, she
 EXAMPLE_SOURCE_LABEL = "Built-in example bundle: animals-src (bear, bird, cat, cow, dog)"
 UPLOAD_TARGET_LABEL = "Upload a zip of class folders (<class>/<image>.png)"
 UPLOAD_SOURCE_LABEL = "Upload a zip of a source bundle folder"
+UNLABELED_LABELS = {"none": "None", "rest": "The target images left unlabelled (the rest of each class folder)",
+                    "upload": "Upload a zip of unlabelled images (any folder layout)"}
 DRAFT_FILE, WIZARD_DIR = "draft.json", "wizard"
 REFRESH_S = 2.0
 
@@ -87,10 +89,25 @@ def build_config(draft: dict[str, Any]) -> PipelineConfig:
     """Budget preset, then the wizard's choices on top; validated like a pipeline.yaml."""
     raw: dict[str, Any] = copy.deepcopy(BUDGETS[draft["budget"]])
     for section in ("search", "transfer", "export"):
-        raw.setdefault(section, {}).update(draft.get(section) or {})
+        _merge(raw.setdefault(section, {}), draft.get(section) or {})
     raw.update(source=draft["source"] or str(example_bundle()), target=draft["target"],
                labels_per_class=draft["labels_per_class"], device=draft["device"])
     return parse_config(raw, "wizard settings")
+
+
+def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+    """Nested settings (transfer.pssl) merge key by key, so one choice keeps the budget's other values."""
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def _at(d: dict[str, Any], section: str) -> dict[str, Any]:
+    for part in section.split("."):
+        d = d.setdefault(part, {})
+    return d
 
 
 def bound(widget, label: str, run: Path, draft: dict[str, Any], name: str, current: Any, *args: Any,
@@ -106,7 +123,7 @@ def bound(widget, label: str, run: Path, draft: dict[str, Any], name: str, curre
     def changed() -> None:
         value = st.session_state[key]
         fresh = load_draft(run)
-        target = fresh.setdefault(section, {}) if section else fresh
+        target = _at(fresh, section) if section else fresh  # section: "transfer" or a nested "transfer.pssl"
         if section and value == preset:
             target.pop(name, None)
         else:
@@ -172,6 +189,7 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
             st.info("Upload a zip whose top level holds one folder per class.")
     bound(st.number_input, "Labelled images per class used for training", run, draft, "labels_per_class",
           int(draft["labels_per_class"]), 1, 1000)
+    unlabeled_choice(run, draft)
     save_draft(run, draft)
     if draft.get("target"):
         try:
@@ -184,6 +202,36 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
         st.table([{"class": c, "images": n} for c, n in zip(info["classes"], info["counts"])])
         if info["skipped"]:
             st.warning("Unreadable files skipped: " + "; ".join(info["skipped"]))
+
+
+def unlabeled_choice(run: Path, draft: dict[str, Any]) -> None:
+    """Unlabelled images from the device: auto then adds semi-supervised training over them (transfer.unlabeled)."""
+    transfer = draft.setdefault("transfer", {})
+    spec = transfer.get("unlabeled")
+    labels = dict(UNLABELED_LABELS)
+    if spec and spec != "rest" and draft.get("unlabeled_kind") != "upload":
+        labels["config"] = f"As in the run's config: {spec}"
+    kind = draft.get("unlabeled_kind") or ("none" if not spec else "rest" if spec == "rest" else "config")
+    bound(st.radio, "Unlabelled images (optional)", run, draft, "unlabeled_kind", kind, list(labels),
+          format_func=labels.get, help="Many unlabelled images of the task usually pay more than any method "
+          "without them: the transfer stage spreads the labels over them (docs/transfer.md).")
+    if kind == "none":
+        transfer.pop("unlabeled", None)
+    elif kind == "rest":
+        transfer["unlabeled"] = "rest"
+    elif kind == "upload":
+        up = st.file_uploader("Zip of unlabelled images", type=["zip"], key="unlabeled_zip")
+        if up is not None and st.session_state.get("unlabeled_zip_done") != (up.name, up.size):
+            try:
+                transfer["unlabeled"] = str(extract_images(up.getvalue(), run / "data" / "unlabeled"))
+                st.session_state["unlabeled_zip_done"] = (up.name, up.size)
+                st.success(f"unpacked {up.name}")
+            except UploadError as e:
+                st.error(str(e))
+                transfer.pop("unlabeled", None)
+        if not (transfer.get("unlabeled") and Path(transfer["unlabeled"]).is_dir()):
+            transfer.pop("unlabeled", None)
+            st.info("Upload a zip of images; folders inside it are searched, and their names are ignored.")
 
 
 def step_source(run: Path, draft: dict[str, Any]) -> None:
@@ -258,6 +306,13 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
         tv = {**base.transfer.model_dump(), **draft["transfer"]}
         bound(st.selectbox, "Transfer method", run, draft, "method", tv["method"], list(METHODS),
               section="transfer", preset=base.transfer.method, tag=tag)
+        from edgeppt.config import SSL_ALGORITHMS
+        from edgeppt.transfer.ssl import ALGORITHMS
+        pssl = {**base.transfer.pssl.model_dump(), **tv.get("pssl", {})}
+        bound(st.selectbox, "Semi-supervised algorithm", run, draft, "algorithm", pssl["algorithm"],
+              list(SSL_ALGORITHMS), section="transfer.pssl", preset=base.transfer.pssl.algorithm, tag=tag,
+              format_func=lambda n: f"{n} — {ALGORITHMS[n].summary()}",
+              help="What pseudo samples and unlabelled images are trained toward (methods with ssl or pssl).")
         for key, label in (("pretrain_steps", "Pseudo pre-training steps"),
                            ("finetune_steps", "Target training steps")):
             bound(st.number_input, label, run, draft, key, int(tv[key]), 0 if key == "pretrain_steps" else 1, 100_000,
@@ -267,7 +322,8 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
         bound(st.multiselect, "Export formats", run, draft, "formats", draft["export"].get("formats") or preset_formats,
               list(FORMATS), section="export", preset=preset_formats, tag=tag)
     if st.button("Reset to the budget's defaults"):
-        draft.update(search={}, transfer={}, export={})
+        unlabeled = draft["transfer"].get("unlabeled")  # a step 1 choice, not a stage setting
+        draft.update(search={}, transfer={"unlabeled": unlabeled} if unlabeled else {}, export={})
         save_draft(run, draft)
         for k in [k for k in st.session_state if str(k).startswith(f"{run.name}:") and str(k).endswith(tag)]:
             del st.session_state[k]

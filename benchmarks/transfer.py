@@ -103,6 +103,9 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "scratch, ema 0.2": ("scratch", {"ema": 0.2}),
     "pp, probe 50": ("pp", {"probe_steps": 50}),
     "pp, probe 50, ema 0.2": ("pp", {"probe_steps": 50, "ema": 0.2}),
+    # a longer pseudo pre-training (3x the default 400 steps)
+    "pp, 1200 PP steps": ("pp", {"pretrain_steps": 1200}),
+    "auto, 1200 PP steps": ("auto", {"pretrain_steps": 1200}),
     # FixMatch over real unlabelled images (the example only): longer schedules, a larger unlabelled batch
     "pp+ssl, unlabelled, 1000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {"algorithm": "fixmatch",
                                                                                  "real_steps": 1000}}),

@@ -78,7 +78,7 @@ class PSSLConfig(Strict):
     they train them toward labels propagated from the labelled images over a nearest-neighbour graph of the
     model's features (Iscen et al., 2019); `labelprop` treats pseudo samples as FixMatch does.
     """
-    algorithm: Literal["anchor", "fixmatch", "uda", "pseudolabel", "meanteacher", "labelprop"] = "anchor"
+    algorithm: Literal[SSL_ALGORITHMS] = "anchor"  # type: ignore[valid-type]
     consistency: float | None = Field(None, ge=0, description="weight of the consistency term on pseudo samples "
                                       "(default: 0 for anchor, 1 for the SSL algorithms)")
     anchor_weight: float | None = Field(None, ge=0, description="weight of the cross-entropy toward each pseudo "

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders
+from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders, extract_images
 
 ROOT = Path(__file__).resolve().parents[1]
 WIZARD = str(ROOT / "app" / "wizard.py")
@@ -105,6 +105,20 @@ def test_a_bundle_zip_is_unpacked_and_verified(tmp_path, tiny_bundle):
         extract_bundle(make_zip({**members, "tiny/hook.py": b"import os"}), tmp_path / "src3")
 
 
+def test_a_zip_of_unlabelled_images_unpacks_in_any_layout_and_loads(tmp_path):
+    from edgeppt.data import load_unlabeled
+
+    root = extract_images(make_zip({f"device/day{i % 2}/{i}.png": png_bytes(10 * i) for i in range(5)}),
+                          tmp_path / "u")
+    x, skipped = load_unlabeled(str(root), 8, 1)
+    assert x.shape == (5, 1, 8, 8) and not skipped
+    with pytest.raises(UploadError, match="no images"):
+        extract_images(make_zip({"empty/": b""}), tmp_path / "u2")
+    with pytest.raises(UploadError, match="not a readable image"):
+        extract_images(make_zip({"a.png": png_bytes(), "b.png": b"not a png"}), tmp_path / "u3")
+    assert not (tmp_path / "u3").exists()  # nothing written where a refused archive would have gone
+
+
 # ---------------------------------------------------------------- AppTest: each step
 @pytest.fixture
 def wizard(tmp_path, monkeypatch):
@@ -156,6 +170,27 @@ def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
     draft.write_text(json.dumps(d))
     at = goto(at, 3)
     assert any("transfer.method" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_unlabelled_images_and_the_ssl_algorithm_reach_the_config(wizard):
+    import yaml
+
+    at = wizard.run()
+    unlabeled = next(r for r in at.radio if r.label == "Unlabelled images (optional)")
+    assert unlabeled.value == "none"
+    unlabeled.set_value("rest").run()
+    at = goto(at, 2)
+    next(r for r in at.radio if r.label == "Budget").set_value("tiny").run()
+    algorithm = next(s for s in at.selectbox if s.label == "Semi-supervised algorithm")
+    assert algorithm.value == "anchor" and "labelprop" in algorithm.options[-1]  # the registry's names, described
+    algorithm.set_value("fixmatch").run()
+    transfer = yaml.safe_load(at.code[0].value)["transfer"]
+    # The choice joins the budget's own P-SSL settings instead of replacing them.
+    assert transfer["unlabeled"] == "rest" and transfer["pssl"] == {"algorithm": "fixmatch", "pool_size": 32,
+                                                                    "steps": 10}
+    next(b for b in at.button if b.label == "Reset to the budget's defaults").click().run()
+    transfer = yaml.safe_load(at.code[0].value)["transfer"]
+    assert transfer["unlabeled"] == "rest" and transfer["pssl"] == {"pool_size": 32, "steps": 10}  # step 1's stays
 
 
 def test_step4_shows_a_finished_search_with_its_finalists(wizard):

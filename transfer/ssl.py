@@ -41,6 +41,12 @@ def register(name: str) -> Callable[[type[SSL]], type[SSL]]:
 
 class SSL(Supervised):
     name = ""
+
+    @classmethod
+    def summary(cls) -> str:
+        """The docstring's first sentence: what the wizard and `--help` say of the algorithm."""
+        return " ".join((cls.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+
     p_mean: torch.Tensor  # a registered buffer
     uses_strong = True  # the student learns on a strong view; False: on the weak view itself
 
@@ -227,7 +233,9 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
 
 @register("labelprop")
 class LabelProp(FixMatch):
-    """Real unlabelled images are taught, on their strong view, the labels that label propagation spreads from the
+    """Unlabelled images learn labels spread from the labelled ones over a feature graph; pseudo samples as FixMatch.
+
+    Real unlabelled images are taught, on their strong view, the labels that label propagation spreads from the
     labelled images over a graph of the model's features, weighted by each label's certainty and balanced over
     classes (Iscen et al., CVPR 2019). Propagated once at the start (the warm-started model's features) and every
     `lp_refresh` steps; the labels are checkpointed, so a resume repeats them. Pseudo samples: as FixMatch."""
@@ -278,7 +286,9 @@ class LabelProp(FixMatch):
 
 @register("anchor")
 class Anchor(LabelProp):
-    """Pseudo samples as label-conditioned augmentation: each is trained toward its anchor's label
+    """Pseudo samples learn their anchor image's label; unlabelled images learn propagated labels (the default).
+
+    Pseudo samples as label-conditioned augmentation: each is trained toward its anchor's label
     (PSSLConfig.anchor_loss_weight); a consistency term on them, when asked for, is FixMatch's. Real unlabelled
     images learn propagated labels, as in `labelprop` (chosen on validation accuracy: docs/transfer.md)."""
 
