@@ -298,7 +298,8 @@ class SearchConfig(SourceTrust):
     """`edgeppt search`: find the most accurate architecture of the space within a device's budgets."""
     # May change on resume (edgeppt.runs.resume_conflicts): more trials or finalists continue the same search.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "trials", "engine", "concurrency", "finalists",
-                                                       "final_seeds", "workers", "manager_ip", "latency_cache"}) \
+                                                       "final_seeds", "workers", "manager_ip", "latency_cache",
+                                                       "trial_retries"}) \
         | SourceTrust.TRUST_FIELDS
     source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
     target: str
@@ -336,6 +337,8 @@ class SearchConfig(SourceTrust):
                                         "directory must be at the same path on each (shared storage)")
     manager_ip: str | None = Field(None, description="engine remote: this machine's address as the workers reach it "
                                    "(default: NNI's guess)")
+    trial_retries: int = Field(2, ge=0, description="times the experiment is run again for trials that were lost "
+                               "(a worker or trial process gone mid-trial); trained candidates are recalled")
 
     @model_validator(mode="after")
     def _remote_needs_workers(self) -> SearchConfig:

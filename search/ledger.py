@@ -1,4 +1,5 @@
-"""The trial ledger: one JSON line per candidate (rejected or trained), appended and flushed as it happens.
+"""The trial ledger: one JSON line per candidate event (admitted or rejected, training, trained), appended and
+flushed as it happens.
 
 It is the search's memory across interruptions: a resumed search replays the strategy from its seed and every
 candidate already in the ledger is answered from it (costs re-used, accuracy re-reported) instead of re-run.
@@ -64,6 +65,10 @@ class Ledger:
 
     def trained(self) -> list[dict]:
         return [r for r in self.records.values() if r.get("status") == "trained"]
+
+    def lost(self) -> list[dict]:
+        """Candidates whose training started but never ended: their trial process (or worker) died."""
+        return [r for r in self.records.values() if r.get("status") == "training"]
 
     def rejected(self) -> list[dict]:
         return [r for r in self.records.values() if r.get("status") == "rejected"]

@@ -87,6 +87,8 @@ class SearchContext:
             assert rec is not None  # check() records every sample it sees
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        # Marked before training: a record left "training" is a trial that died (run_search retries it).
+        self.ledger.add({"key": key, "status": "training", "pid": os.getpid()})
         try:
             result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed,
                                     aug=self.cfg.augment)
@@ -292,7 +294,9 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
                                  f"{ctx.cost.budgets.model_dump(exclude_none=True)}; strategy {cfg.strategy}, "
                                  f"{cfg.trials} trials" + (f"; {done} already done" if done else ""))
         logging.getLogger("nni").setLevel(logging.WARNING)
-        if done < cfg.trials:
+        for attempt in range(1 + cfg.trial_retries):
+            if len(ctx.ledger.trained()) >= cfg.trials:
+                break
             exp = _experiment(cfg, ctx, out)
             try:
                 _run(exp, cfg, out)
@@ -301,6 +305,15 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
                     exp.stop()
                 except Exception:  # noqa: BLE001  (already stopped; NNI logs the rest)
                     pass
+            ctx.ledger.reload()
+            lost = ctx.ledger.lost()
+            if ctx.interrupted or not lost:
+                break
+            # NNI fails a trial whose process or worker is gone and goes on without it. The strategy replays from
+            # its seed, as on resume: trained candidates are recalled from the ledger, the lost ones train again.
+            report.console.print(f"[yellow]{len(lost)} trial(s) lost mid-training (their process or worker died)"
+                                 + ("; running the experiment again for them" if attempt < cfg.trial_retries
+                                    else f"; no retries left (trial_retries {cfg.trial_retries})") + "[/]")
         ctx.ledger.reload()
         if not ctx.interrupted and ctx.ledger.trained():
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from edgeppt.models import create_model
 from edgeppt.search import run_search
 from edgeppt.search.costmodel import CostModel
 from edgeppt.search.costs import count_costs
+from edgeppt.search.ledger import Ledger
 from edgeppt.search.latency import measure_latency
 from edgeppt.search.predictor import FEATURES, LatencyPredictor
 from edgeppt.search.record import read_best
@@ -252,6 +254,45 @@ def test_remote_training_service_runs_trials_on_ssh_workers(sshd, tmp_path):
     assert "remote" in (out / "nni").rglob("nnimanager.log").__next__().read_text().lower()
     with pytest.raises(ValueError, match="needs at least one SSH worker"):
         SearchConfig(device=str(prof), trials=1, engine="remote", **FAST)
+
+
+def test_a_trial_lost_on_a_remote_worker_is_retried(sshd, tmp_path):
+    """The first trial's process on the SSH worker is killed (SIGKILL) mid-training: NNI fails that trial, and the
+    search runs the experiment again, which recalls the other candidate from the ledger and trains the lost one."""
+    import getpass
+    import os
+    import signal
+    import threading
+
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    out = tmp_path / "run"
+    worker = {"host": "127.0.0.1", "port": sshd.port, "user": getpass.getuser(), "ssh_key_file": str(sshd.identity),
+              "python_path": str(Path(sys.executable).parent)}
+    killed: list[dict] = []
+
+    def kill_first_trial() -> None:
+        deadline = time.time() + 300
+        while not killed and time.time() < deadline:
+            lines = (out / "trials.jsonl").read_text().splitlines() if (out / "trials.jsonl").exists() else []
+            for rec in (json.loads(ln) for ln in lines if ln.endswith("}")):
+                if rec.get("status") == "training":
+                    os.kill(rec["pid"], signal.SIGKILL)
+                    killed.append(rec)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_trial, daemon=True)
+    killer.start()
+    slow = {**FAST, "proxy": {**FAST["proxy"], "finetune_steps": 40}}  # long enough to be killed mid-training
+    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=2, engine="remote", concurrency=1,
+                                workers=[worker], manager_ip="127.0.0.1", finalists=0, **slow), out, progress=False)
+    killer.join(timeout=5)
+    assert killed, "no trial was seen training"
+    events = [json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines()]
+    lost = [e for e in events if e["key"] == killed[0]["key"]]
+    assert [e["status"] for e in lost if "status" in e][-3:] == ["training", "training", "trained"]
+    assert lost[-1]["pid"] != killed[0]["pid"]  # trained again, by another trial process
+    assert s["trained"] == 2 and not Ledger(out).lost()
 
 
 def test_cli_devices_search_and_resume(tmp_path):
