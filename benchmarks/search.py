@@ -3,6 +3,7 @@ trial count vs the hand-designed MobileNet-like baseline at the widest width tha
 
     python benchmarks/search.py            # default: 20 trials per search, 3 transfer seeds per architecture
     python benchmarks/search.py --quick                                  # smoke run, a few minutes
+    python benchmarks/search.py --search-seeds 3 --strategies evolution  # the gap over three search seeds
     python benchmarks/search.py --reuse benchmarks/results/search.json --reference-widths 1.0 0.5
                                            # add reference rows to an earlier result without searching again
 
@@ -50,6 +51,27 @@ def baseline(budget_ms: float, in_shape, threads: int, classes: int) -> tuple[di
     raise SystemExit(f"no baseline width fits {budget_ms} ms")
 
 
+def gap_table(rows: dict[str, dict]) -> list[str]:
+    """Each search's winner minus the hand-designed baseline, paired over the transfer seeds (the same seeds
+    train every row), then per strategy the mean ± std of those gaps over the search seeds."""
+    base = next((r for k, r in rows.items() if k.startswith("hand-designed")), None)
+    searched = {k: r for k, r in rows.items() if k.startswith(("searched", "random"))}
+    if base is None or not searched:
+        return []
+    out = ["| search | winner - hand-designed, paired over transfer seeds | per transfer seed |", "|---|---:|---|"]
+    by_strategy: dict[str, list[float]] = {}
+    for k, r in searched.items():
+        diffs = [a - b for a, b in zip(r["test_accs"], base["test_accs"])]
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        out.append(f"| {k} | {statistics.mean(diffs):+.2f} ± {sd:.2f} | {', '.join(f'{d:+.1f}' for d in diffs)} |")
+        by_strategy.setdefault(k.split(",")[0], []).append(statistics.mean(diffs))
+    for name, g in by_strategy.items():
+        if len(g) > 1:
+            out.append(f"| {name}: over {len(g)} search seeds | {statistics.mean(g):+.2f} ± {statistics.stdev(g):.2f}"
+                       " | |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -63,6 +85,10 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=150, help="transfer: P-SSL steps")
     ap.add_argument("--reference-widths", type=float, nargs="*", default=[],
                     help="also train the MobileNet-like layout at these width multipliers (reference rows)")
+    ap.add_argument("--search-seeds", type=int, default=1,
+                    help="searches per strategy, each with its own seed: the gap to the hand-designed baseline is "
+                         "reported per search seed and as mean ± std over them")
+    ap.add_argument("--strategies", nargs="+", default=["evolution", "random"], choices=["evolution", "random"])
     ap.add_argument("--reuse", type=Path, default=None,
                     help="keep the rows of an earlier result file (their searches and test accuracies); train only "
                          "new rows, then re-measure every latency together")
@@ -81,15 +107,18 @@ def main() -> None:
     rows: dict[str, dict] = json.loads(args.reuse.read_text())["rows"] if args.reuse else {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        for label, strategy in (("searched (regularised evolution)", "evolution"), ("random sampling", "random")):
+        names = {"evolution": "searched (regularised evolution)", "random": "random sampling"}
+        searches = [(names[st] + (f", search seed {k}" if args.search_seeds > 1 else ""), st, k)
+                    for k in range(args.search_seeds) for st in args.strategies]
+        for label, strategy, k in searches:
             if label in rows:
                 continue
             cfg = SearchConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, device="x86-cpu",
                                latency_ms=args.latency_ms, strategy=strategy, trials=trials, proxy=proxy,
                                population=args.population, tournament=min(3, args.population),
-                               seed=0 if strategy == "evolution" else 1)  # else both start from the same samples
+                               seed=k if strategy == "evolution" else 1000 + k)  # not the same first samples
             t = time.perf_counter()
-            s = run_search(cfg, tmp / strategy, progress=True)
+            s = run_search(cfg, tmp / f"{strategy}-{k}", progress=True)
             rows[label] = {"arch": s["best"]["arch"], "search_s": time.perf_counter() - t,
                            "proxy_accuracy": s["best"]["proxy_accuracy"], "rejected": s["rejected"]}
             print(f"{label}: search {rows[label]['search_s']:.0f}s, proxy acc {s['best']['proxy_accuracy']:.3f}, "
@@ -140,9 +169,13 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, total {total / 60:.1f} min"
           + (f" (this run; rows reused from {args.reuse})" if args.reuse else ""))
     print("\n".join(table))
+    gaps = gap_table(rows)
+    if gaps:
+        print()
+        print("\n".join(gaps))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"budget_ms": args.latency_ms, "trials": trials, "seeds": seeds,
-                                    "total_s": total, "rows": rows, "table": table}, indent=2))
+                                    "total_s": total, "rows": rows, "table": table, "gaps": gaps}, indent=2))
 
 
 if __name__ == "__main__":
