@@ -24,14 +24,16 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "search": {"enabled": False},
         "transfer": {"arch": "resnet_xs", "pretrain_steps": 10, "finetune_steps": 10, "pretrain_batch": 16,
-                     "batch_size": 8, "eval_every": 10, "checkpoint_every": 5, "pssl": {"pool_size": 32, "steps": 10}},
+                     "batch_size": 8, "eval_every": 10, "checkpoint_every": 5, "pssl": {"pool_size": 32, "steps": 10,
+                                                                                            "real_steps": 10}},
         "export": {"bench_runs": 5, "calibration_size": 32},
     },
     "demo": {
         "search": {"trials": 4, "latency_repeats": 20, "finalists": 2, "final_seeds": 1,
                    "proxy": {"pretrain_steps": 60, "finetune_steps": 40, "pretrain_batch": 64, "pretrain_pool": 512}},
         "transfer": {"pretrain_steps": 200, "pretrain_batch": 64, "finetune_steps": 150, "eval_every": 50,
-                     "checkpoint_every": 50, "pssl": {"pool_size": 1024}},
+                     "checkpoint_every": 50,
+                     "pssl": {"pool_size": 1024, "real_steps": 300}},  # with unlabelled images: 1000 is ~4 min
         "export": {"bench_runs": 50},
     },
     "standard": {

@@ -187,10 +187,11 @@ def test_unlabelled_images_and_the_ssl_algorithm_reach_the_config(wizard):
     transfer = yaml.safe_load(at.code[0].value)["transfer"]
     # The choice joins the budget's own P-SSL settings instead of replacing them.
     assert transfer["unlabeled"] == "rest" and transfer["pssl"] == {"algorithm": "fixmatch", "pool_size": 32,
-                                                                    "steps": 10}
+                                                                    "steps": 10, "real_steps": 10}
     next(b for b in at.button if b.label == "Reset to the budget's defaults").click().run()
     transfer = yaml.safe_load(at.code[0].value)["transfer"]
-    assert transfer["unlabeled"] == "rest" and transfer["pssl"] == {"pool_size": 32, "steps": 10}  # step 1's stays
+    assert transfer["unlabeled"] == "rest"  # step 1's choice stays
+    assert transfer["pssl"] == {"pool_size": 32, "steps": 10, "real_steps": 10}
 
 
 def test_step4_shows_a_finished_search_with_its_finalists(wizard):
