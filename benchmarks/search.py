@@ -93,6 +93,9 @@ def main() -> None:
                     help="keep the rows of an earlier result file (their searches and test accuracies); train only "
                          "new rows, then re-measure every latency together")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search.json")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the searches' run directories here (default: a temporary folder); a search already "
+                         "there is resumed, so a stopped benchmark picks up where it was")
     args = ap.parse_args()
     trials = args.trials or (3 if args.quick else 20)
     seeds = args.seeds or (1 if args.quick else 3)
@@ -106,7 +109,7 @@ def main() -> None:
     t_all = time.perf_counter()
     rows: dict[str, dict] = json.loads(args.reuse.read_text())["rows"] if args.reuse else {}
     with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
+        tmp = args.work or Path(tmp_dir)
         names = {"evolution": "searched (regularised evolution)", "random": "random sampling"}
         searches = [(names[st] + (f", search seed {k}" if args.search_seeds > 1 else ""), st, k)
                     for k in range(args.search_seeds) for st in args.strategies]
@@ -118,7 +121,8 @@ def main() -> None:
                                population=args.population, tournament=min(3, args.population),
                                seed=k if strategy == "evolution" else 1000 + k)  # not the same first samples
             t = time.perf_counter()
-            s = run_search(cfg, tmp / f"{strategy}-{k}", progress=True)
+            run_dir = tmp / f"{strategy}-{k}"
+            s = run_search(cfg, run_dir, resume=(run_dir / "search_config.json").exists(), progress=True)
             rows[label] = {"arch": s["best"]["arch"], "search_s": time.perf_counter() - t,
                            "proxy_accuracy": s["best"]["proxy_accuracy"], "rejected": s["rejected"]}
             print(f"{label}: search {rows[label]['search_s']:.0f}s, proxy acc {s['best']['proxy_accuracy']:.3f}, "
