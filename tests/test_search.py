@@ -22,8 +22,8 @@ from edgeppt.models import create_model
 from edgeppt.search import run_search
 from edgeppt.search.costmodel import CostModel
 from edgeppt.search.costs import count_costs
-from edgeppt.search.ledger import Ledger
 from edgeppt.search.latency import measure_latency
+from edgeppt.search.ledger import Ledger
 from edgeppt.search.predictor import FEATURES, LatencyPredictor
 from edgeppt.search.record import read_best
 from edgeppt.search.run import budgets_of
