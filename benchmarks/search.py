@@ -111,17 +111,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = args.work or Path(tmp_dir)
         names = {"evolution": "searched (regularised evolution)", "random": "random sampling"}
-        searches = [(names[st] + (f", search seed {k}" if args.search_seeds > 1 else ""), st, k)
-                    for k in range(args.search_seeds) for st in args.strategies]
-        for label, strategy, k in searches:
+        searches = [(names[st] + (f", search seed {n}" if args.search_seeds > 1 else ""), st, n)
+                    for n in range(args.search_seeds) for st in args.strategies]
+        for label, strategy, search_seed in searches:
             if label in rows:
                 continue
             cfg = SearchConfig(source=BUNDLE, target=EXAMPLE_TARGET, labels_per_class=4, device="x86-cpu",
                                latency_ms=args.latency_ms, strategy=strategy, trials=trials, proxy=proxy,
                                population=args.population, tournament=min(3, args.population),
-                               seed=k if strategy == "evolution" else 1000 + k)  # not the same first samples
+                               seed=search_seed if strategy == "evolution" else 1000 + search_seed)  # other samples
             t = time.perf_counter()
-            run_dir = tmp / f"{strategy}-{k}"
+            run_dir = tmp / f"{strategy}-{search_seed}"
             s = run_search(cfg, run_dir, resume=(run_dir / "search_config.json").exists(), progress=True)
             rows[label] = {"arch": s["best"]["arch"], "search_s": time.perf_counter() - t,
                            "proxy_accuracy": s["best"]["proxy_accuracy"], "rejected": s["rejected"]}
