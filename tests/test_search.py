@@ -256,18 +256,16 @@ def test_remote_training_service_runs_trials_on_ssh_workers(sshd, tmp_path):
         SearchConfig(device=str(prof), trials=1, engine="remote", **FAST)
 
 
-def test_a_trial_lost_on_a_remote_worker_is_retried(sshd, tmp_path):
-    """The first trial's process on the SSH worker is killed (SIGKILL) mid-training: NNI fails that trial, and the
-    search runs the experiment again, which recalls the other candidate from the ledger and trains the lost one."""
-    import getpass
+def test_a_lost_trial_is_retried(tmp_path):
+    """The first trial's process (NNI's local training service: one process per trial) is killed (SIGKILL)
+    mid-training: NNI fails that trial, and the search runs the experiment again, which recalls the other candidate
+    from the ledger and trains the lost one."""
     import os
     import signal
     import threading
 
     prof = predicted_profile(tmp_path, latency_ms=1.0)
     out = tmp_path / "run"
-    worker = {"host": "127.0.0.1", "port": sshd.port, "user": getpass.getuser(), "ssh_key_file": str(sshd.identity),
-              "python_path": str(Path(sys.executable).parent)}
     killed: list[dict] = []
 
     def kill_first_trial() -> None:
@@ -275,7 +273,7 @@ def test_a_trial_lost_on_a_remote_worker_is_retried(sshd, tmp_path):
         while not killed and time.time() < deadline:
             lines = (out / "trials.jsonl").read_text().splitlines() if (out / "trials.jsonl").exists() else []
             for rec in (json.loads(ln) for ln in lines if ln.endswith("}")):
-                if rec.get("status") == "training":
+                if rec.get("status") == "training" and rec["pid"] != os.getpid():
                     os.kill(rec["pid"], signal.SIGKILL)
                     killed.append(rec)
                     return
@@ -284,8 +282,8 @@ def test_a_trial_lost_on_a_remote_worker_is_retried(sshd, tmp_path):
     killer = threading.Thread(target=kill_first_trial, daemon=True)
     killer.start()
     slow = {**FAST, "proxy": {**FAST["proxy"], "finetune_steps": 40}}  # long enough to be killed mid-training
-    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=2, engine="remote", concurrency=1,
-                                workers=[worker], manager_ip="127.0.0.1", finalists=0, **slow), out, progress=False)
+    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=2, engine="local", concurrency=1,
+                                finalists=0, **slow), out, progress=False)
     killer.join(timeout=5)
     assert killed, "no trial was seen training"
     events = [json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines()]
