@@ -1,8 +1,12 @@
 """Which INT8 recipe, if any, makes a model faster than float32 in onnxruntime on this host: every node quantized,
 depthwise convolutions kept in float, only the 1x1 convolutions and the classifier quantized, and QOperator
-against QDQ with per-channel or per-tensor weights. Batch 1, one thread, interleaved rounds (the best of 3).
+against QDQ with per-channel or per-tensor weights. Batch 1 (and `--batch N`), one thread, interleaved rounds
+(the best of 3).
 
-    python benchmarks/int8_recipes.py runs/demo/export/bundle/model.onnx [--threads 1] [--json out.json]
+    python benchmarks/int8_recipes.py runs/demo/export/bundle/model.onnx [--threads 1] [--batch 32] [--json out.json]
+
+A model exported with a static batch of 1 (the export's default) is given a dynamic batch first: its input and
+output batch dimensions become symbolic and a Reshape's leading 1 becomes 0 (copy the input's batch).
 
 Calibration uses random images: scales change accuracy, not the speed of the kernels.
 """
@@ -28,15 +32,34 @@ def _group(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
+def dynamic_batch(src: Path, dst: Path) -> Path:
+    """A copy of a static batch-1 graph whose batch dimension is symbolic (for throughput at batch N)."""
+    model = onnx.load(str(src))
+    for v in [*model.graph.input, *model.graph.output]:
+        v.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del model.graph.value_info[:]  # re-inferred by onnxruntime
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            shape = onnx.numpy_helper.to_array(inits[node.input[1]]).copy()
+            if shape.size and shape[0] == 1:
+                shape[0] = 0  # Reshape's 0: the input's own batch
+                inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(shape, node.input[1]))
+    onnx.save(model, str(dst))
+    return dst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("onnx", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="also time this batch size (throughput)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="int8-recipes-"))
-    pre = preprocess(args.onnx, tmp / "pre.onnx")
+    source = dynamic_batch(args.onnx, tmp / "dynamic.onnx") if args.batch > 1 else args.onnx
+    pre = preprocess(source, tmp / "pre.onnx")
     graph = onnx.load(str(pre)).graph
     shape = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim][1:]
     convs = [n for n in graph.node if n.op_type == "Conv"]
@@ -61,18 +84,24 @@ def main() -> None:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = args.threads, 1, 3
     sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
+    batches = sorted({1, args.batch})
+    times: dict[tuple[str, int], list[float]] = {(k, b): [] for k in sessions for b in batches}
     for _ in range(args.rounds):
         for k, s in sessions.items():
-            times[k].append(time_session(s, shape, 1, 200, 20, 5.0)["median_ms"])
-    best = {k: min(v) for k, v in times.items()}
+            for b in batches:
+                times[(k, b)].append(time_session(s, shape, b, 200 if b == 1 else 30, 20 if b == 1 else 3,
+                                                  5.0)["median_ms"])
+    best = {key: min(v) for key, v in times.items()}
     print(f"{len(graph.node)} nodes, {len(convs)} convolutions ({len(depthwise)} depthwise, {len(pointwise)} 1x1); "
           f"{args.threads} thread(s)\n")
-    print("| recipe | batch-1 median ms | vs float32 |\n|---|---:|---:|")
-    for k, ms in best.items():
-        print(f"| {k} | {ms:.3f} | {best['float32'] / ms:.2f}x |")
+    print("| recipe | " + " | ".join(f"batch-{b} median ms | vs float32" for b in batches) + " |")
+    print("|---|" + "---:|---:|" * len(batches))
+    for k in sessions:
+        cells = [f"{best[(k, b)]:.3f} | {best[('float32', b)] / best[(k, b)]:.2f}x" for b in batches]
+        print(f"| {k} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"model": str(args.onnx), "threads": args.threads, "ms": best}, indent=1))
+        args.json.write_text(json.dumps({"model": str(args.onnx), "threads": args.threads, "ms": {
+            k: {str(b): best[(k, b)] for b in batches} for k in sessions}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ class AugmentConfig(Strict):
     max_shift: float = Field(0.25, ge=0, le=1, description="shift by up to this share of half the image")
     max_rotation: float = Field(0.0, ge=0, le=180, description="rotate the weak view by up to this many degrees")
     strong_rotation: float = Field(20.0, ge=0, le=180, description="rotation of the strong view (SSL)")
+    labelled_view: Literal["weak", "strong"] = Field("weak", description="the view labelled images are trained "
+                                                     "on in supervised phases")
 
 
 class PSSLConfig(Strict):
@@ -184,6 +186,9 @@ class TransferConfig(SourceTrust):
                              "before the whole network is fine-tuned (LP-FT)")
     ema: float = Field(0.0, ge=0, le=1, description="each target phase ends on an exponential moving average of its "
                        "weights spanning this share of the phase (0 = off)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the supervised target phases")
+    mixup: float = Field(0.0, ge=0, description="mixup of the labelled images in the supervised target phases: "
+                         "Beta(a, a)'s a (0 = off)")
     kd_weight: float = Field(1.0, ge=0)
     kd_temperature: float = Field(4.0, gt=0)
     augment: AugmentConfig = AugmentConfig()

@@ -4,8 +4,10 @@ import torch
 
 from edgeppt.data import ImageSet
 from edgeppt.models import create_model
-from edgeppt.train.loop import Phase, Trainer, ema_decay, ema_update, lr_at
+from edgeppt.train.loop import Dist, Phase, Trainer, ema_decay, ema_update, lr_at
 from edgeppt.train.objective import Supervised
+
+ONE = Dist(0, 1, torch.device("cpu"))
 
 
 def _blobs(n: int = 40) -> ImageSet:
@@ -44,3 +46,25 @@ def test_schedule_follows_the_phase():
     assert lr_at(ph, 0) == 1.0 and abs(lr_at(ph, 100)) < 1e-12
     ph = Phase("p", 100, Supervised(_blobs(), 4), lr=1.0)  # default: a tenth warm-up, 5% floor
     assert lr_at(ph, 0) == 0.1 and abs(lr_at(ph, 100) - 0.05) < 1e-12
+
+
+def test_mixup_and_label_smoothing_change_the_loss_reproducibly():
+    data, model = _blobs(), create_model("resnet_xs", 2, 1)
+
+    def loss(**kw) -> float:
+        objective = Supervised(data, 8, **kw)
+        return objective.loss(model, torch.Generator().manual_seed(3), 0, 10, ONE)[0].item()
+
+    base = loss()
+    assert loss() == base  # the same generator: the same batch, the same loss
+    assert loss(label_smoothing=0.2) != base
+    assert loss(mixup=0.4) == loss(mixup=0.4) != base  # the mixing share comes from the generator too
+
+
+def test_the_strong_view_is_a_choice_of_the_augment_config():
+    from edgeppt.config import AugmentConfig
+
+    data, model = _blobs(), create_model("resnet_xs", 2, 1)
+    losses = [Supervised(data, 8, aug=AugmentConfig(labelled_view=v)).loss(
+        model, torch.Generator().manual_seed(3), 0, 10, ONE)[0].item() for v in ("weak", "strong")]
+    assert losses[0] != losses[1]

@@ -34,8 +34,14 @@ class Method:
     first_step: Callable[[TransferConfig, Objective], tuple[int, Objective]] | None = None
 
 
+def supervised(cfg: TransferConfig, labelled: ImageSet) -> Supervised:
+    """The labels-only target phase's objective (scratch, pp, and the warm start of the SSL methods)."""
+    return Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment, label_smoothing=cfg.label_smoothing,
+                      mixup=cfg.mixup)
+
+
 def _supervised(cfg, labelled, bundle, pool, real):
-    return Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment)
+    return supervised(cfg, labelled)
 
 
 def _distill(cfg, labelled, bundle, pool, real):

@@ -28,7 +28,7 @@ from edgeppt.train.loop import Dist, Phase, Trainer, elastic_restarts, ema_decay
 from edgeppt.train.objective import Probe
 
 from . import coverage
-from .methods import METHODS
+from .methods import METHODS, supervised
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
@@ -100,9 +100,10 @@ def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
 
 def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int) -> str:
     """PP weights depend on the bundle, architecture, seed and PP settings, not on the target labels."""
+    # PP trains on weak views: the view of labelled images is not part of its key
     key = {"bundle": bundle.manifest.files, "arch": arch_spec(cfg.arch), "seed": cfg.seed, "in": [in_chans, size],
            "steps": cfg.pretrain_steps, "batch": cfg.pretrain_batch, "pool": cfg.pretrain_pool, "lr": cfg.lr,
-           "wd": cfg.weight_decay, "augment": pp_augment(cfg, bundle).model_dump()}
+           "wd": cfg.weight_decay, "augment": pp_augment(cfg, bundle).model_dump(exclude={"labelled_view"})}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -131,6 +132,7 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
 def _pool_key(cfg: TransferConfig, bundle: SourceBundle, x_t: torch.Tensor) -> str:
     """A pool depends on the bundle, the conditioning target images, the seed and the sampling settings."""
     p = cfg.pssl
+    # PP trains on weak views: the view of labelled images is not part of its key
     key = {"bundle": bundle.manifest.files, "x": hashlib.sha256(x_t.numpy().tobytes()).hexdigest(),
            "seed": cfg.seed, "sampling": [p.temperature, p.z_candidates, p.relevance,
                                           p.relevance_keep, p.pool_size]}
@@ -267,7 +269,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         # Warm start: the labels-only phase is named after the method it reproduces (scratch, or pp after PP),
         # so its steps draw exactly what that method draws; the SSL phase then refines it at a lower rate.
         phases = [Phase("pp" if method.pretrain else "scratch", cfg.finetune_steps,
-                        Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment), cfg.lr,
+                        supervised(cfg, labelled), cfg.lr,
                         cfg.weight_decay),
                   Phase(phases[0].name, cfg.pssl.real_steps if real is not None else cfg.pssl.steps,
                         phases[0].objective,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,9 +59,10 @@ class Supervised(Objective):
     """Cross-entropy on labelled images under weak augmentation (scratch, the fine-tune after PP, source C)."""
 
     def __init__(self, labelled: ImageSet, batch_size: int, new_head: bool = False,
-                 aug: AugmentConfig = augment.DEFAULT):
+                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0, mixup: float = 0.0):
         super().__init__()
         self.data, self.batch_size, self.new_head, self.aug = labelled, batch_size, new_head, aug
+        self.label_smoothing, self.mixup = label_smoothing, mixup
 
     def setup(self, model: ClassifierNet) -> None:
         if self.new_head or model.head.out_features != len(self.data.classes):
@@ -68,11 +70,19 @@ class Supervised(Objective):
 
     def loss(self, net, g, step, total, dist):
         x, y = sample_batch(self.data, self.batch_size, g)
-        x = augment.weak(x, g, self.aug)
+        x = (augment.strong if self.aug.labelled_view == "strong" else augment.weak)(x, g, self.aug)
+        y2, lam = y, 1.0
+        if self.mixup > 0:  # mixup (Zhang et al., 2018): one Beta(a, a) share per batch, drawn from g
+            lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=g))).beta(self.mixup,
+                                                                                               self.mixup))
+            perm = torch.randperm(len(x), generator=g)
+            x, y2 = lam * x + (1 - lam) * x[perm], y[perm]
         dev = next(net.parameters()).device
-        x, y = shard(x, dist).to(dev), shard(y, dist).to(dev)
+        x, y, y2 = shard(x, dist).to(dev), shard(y, dist).to(dev), shard(y2, dist).to(dev)
         logits = net(x)
-        loss = F.cross_entropy(logits, y)
+        loss = lam * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        if lam < 1.0:
+            loss = loss + (1 - lam) * F.cross_entropy(logits, y2, label_smoothing=self.label_smoothing)
         return loss, {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}
 
 
