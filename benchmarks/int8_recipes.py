@@ -6,7 +6,7 @@ against QDQ with per-channel or per-tensor weights. Batch 1 (and `--batch N`), o
     python benchmarks/int8_recipes.py runs/demo/export/bundle/model.onnx [--threads 1] [--batch 32] [--json out.json]
 
 A model exported with a static batch of 1 (the export's default) is given a dynamic batch first: its input and
-output batch dimensions become symbolic and a Reshape's leading 1 becomes 0 (copy the input's batch).
+output batch dimensions become symbolic and a Reshape's leading 1 becomes -1 (inferred: the batch).
 
 Calibration uses random images: scales change accuracy, not the speed of the kernels.
 """
@@ -42,8 +42,8 @@ def dynamic_batch(src: Path, dst: Path) -> Path:
     for node in model.graph.node:
         if node.op_type == "Reshape" and node.input[1] in inits:
             shape = onnx.numpy_helper.to_array(inits[node.input[1]]).copy()
-            if shape.size and shape[0] == 1:
-                shape[0] = 0  # Reshape's 0: the input's own batch
+            if shape.size and shape[0] == 1 and -1 not in shape:
+                shape[0] = -1  # inferred: the batch (the graph's Reshape may have allowzero, so not 0)
                 inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(shape, node.input[1]))
     onnx.save(model, str(dst))
     return dst

@@ -186,7 +186,8 @@ class TransferConfig(SourceTrust):
                              "before the whole network is fine-tuned (LP-FT)")
     ema: float = Field(0.0, ge=0, le=1, description="each target phase ends on an exponential moving average of its "
                        "weights spanning this share of the phase (0 = off)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the supervised target phases")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the supervised target phases "
+                                   "(chosen on validation accuracy: docs/transfer.md)")
     mixup: float = Field(0.0, ge=0, description="mixup of the labelled images in the supervised target phases: "
                          "Beta(a, a)'s a (0 = off)")
     kd_weight: float = Field(1.0, ge=0)
