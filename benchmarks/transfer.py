@@ -73,6 +73,9 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "scratch, supermask": ("scratch", {"supermask": {"enabled": True}}),
     "pp, supermask": ("pp", {"supermask": {"enabled": True}}),
 }
+REGULARISERS: list[tuple[str, dict[str, Any]]] = [
+    *((f"label smoothing {v}", {"label_smoothing": v}) for v in (0, 0.05, 0.1, 0.2, 0.3)),
+    ("mixup 0.4", {"mixup": 0.4}), ("strong view", {"augment": {"labelled_view": "strong"}})]
 # Settings of C's fine-tuning tried on the validation split (3 seeds) before the defaults were set; run with
 # --rows, never by default.
 SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -108,10 +111,7 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, 1200 PP steps": ("auto", {"pretrain_steps": 1200}),
     # regularising the labels-only target phase (scratch, pp), each against label smoothing 0 (the former
     # default; 0.1 was chosen): label smoothing, mixup, the strong view
-    **{f"{m}, {name}": (m, {"label_smoothing": 0.0} | o) for m in ("scratch", "pp") for name, o in (
-        *((f"label smoothing {v}", {"label_smoothing": v}) for v in (0, 0.05, 0.1, 0.2, 0.3)),
-        ("mixup 0.4", {"mixup": 0.4}),
-        ("strong view", {"augment": {"labelled_view": "strong"}}))},
+    **{f"{m}, {name}": (m, {"label_smoothing": 0.0, **o}) for m in ("scratch", "pp") for name, o in REGULARISERS},
     # FixMatch over real unlabelled images (the example only): longer schedules, a larger unlabelled batch
     "pp+ssl, unlabelled, 1000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {"algorithm": "fixmatch",
                                                                                  "real_steps": 1000}}),
@@ -262,7 +262,7 @@ def fit_auto(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[fl
 
     rows = []
     for margin in (-0.1, -0.05, 0.0, 0.05, 0.1, 0.15):
-        for share in (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 1.01):
+        for share in (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.01):
             val, test = [], []
             for p in pairings:
                 for s in seeds:

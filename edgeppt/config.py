@@ -131,7 +131,7 @@ class AutoConfig(Strict):
     The thresholds were set on validation images held out of the benchmark's target pools (docs/transfer.md)."""
     pp_margin: float = Field(0.0, description="use PP when its features' probe accuracy on the labels beats the "
                              "untrained network's by more than this")
-    pseudo_min: float = Field(0.7, description="use pseudo samples when they carry at least this share of the "
+    pseudo_min: float = Field(0.9, description="use pseudo samples when they carry at least this share of the "
                               "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
 
 
