@@ -1,6 +1,6 @@
 """Transfer benchmark: every method on four source/target pairings, over seeds, with a validation split.
 
-    python benchmarks/transfer.py            # 5 seeds, the default budget (53 minutes on 2 CPU cores)
+    python benchmarks/transfer.py            # 5 seeds, the default budget, every row (about 100 minutes on 2 CPU cores)
     python benchmarks/transfer.py --quick    # 1 seed, a smaller budget: a smoke run
     python benchmarks/transfer.py --reuse benchmarks/results/transfer.json --rows auto   # re-run some rows only
 
