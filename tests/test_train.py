@@ -2,6 +2,7 @@
 
 import torch
 
+from edgeppt.config import AugmentConfig
 from edgeppt.data import ImageSet
 from edgeppt.models import create_model
 from edgeppt.train.loop import Dist, Phase, Trainer, ema_decay, ema_update, lr_at
@@ -62,8 +63,6 @@ def test_mixup_and_label_smoothing_change_the_loss_reproducibly():
 
 
 def test_the_strong_view_is_a_choice_of_the_augment_config():
-    from edgeppt.config import AugmentConfig
-
     data, model = _blobs(), create_model("resnet_xs", 2, 1)
     losses = [Supervised(data, 8, aug=AugmentConfig(labelled_view=v)).loss(
         model, torch.Generator().manual_seed(3), 0, 10, ONE)[0].item() for v in ("weak", "strong")]

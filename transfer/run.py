@@ -132,7 +132,6 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
 def _pool_key(cfg: TransferConfig, bundle: SourceBundle, x_t: torch.Tensor) -> str:
     """A pool depends on the bundle, the conditioning target images, the seed and the sampling settings."""
     p = cfg.pssl
-    # PP trains on weak views: the view of labelled images is not part of its key
     key = {"bundle": bundle.manifest.files, "x": hashlib.sha256(x_t.numpy().tobytes()).hexdigest(),
            "seed": cfg.seed, "sampling": [p.temperature, p.z_candidates, p.relevance,
                                           p.relevance_keep, p.pool_size]}
