@@ -1,6 +1,7 @@
 """Transfer benchmark: every method on four source/target pairings, over seeds, with a validation split.
 
-    python benchmarks/transfer.py            # 5 seeds, the default budget, every row (about 100 minutes on 2 CPU cores)
+    python benchmarks/transfer.py            # 5 seeds, the default budget, the main and unlabelled rows
+    python benchmarks/transfer.py --extra    # also C's fine-tuning and the supermask rows
     python benchmarks/transfer.py --quick    # 1 seed, a smaller budget: a smoke run
     python benchmarks/transfer.py --reuse benchmarks/results/transfer.json --rows auto   # re-run some rows only
 
@@ -65,7 +66,10 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp+pssl (anchor labels)": ("pp+pssl", {"pssl": {"algorithm": "anchor"}}),
     "pp+pssl (FixMatch)": ("pp+pssl", {"pssl": {"algorithm": "fixmatch"}}),
     "auto": ("auto", {}),
-    # The source classifier C itself fine-tuned (for devices that can run its architecture; not auto's choices).
+}
+# With --extra: the source classifier C itself fine-tuned (for devices that can run its architecture; not auto's
+# choices), and supermasks.
+EXTRA_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "ft": ("ft", {}),
     "l2sp": ("l2sp", {}),
     "tred": ("tred", {}),
@@ -118,6 +122,14 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp+ssl, unlabelled (label propagation)": ("pp+ssl", {"unlabeled": "rest", "pssl": {"algorithm": "labelprop"}}),
     "pp+ssl, unlabelled (label propagation + FixMatch)": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "labelprop", "lp_consistency": 1.0}}),
+    # label propagation's weak view of real images, which its loss does not read: computed (as before) or not
+    "pp+ssl, unlabelled (label propagation), weak view computed": ("pp+ssl", {"unlabeled": "rest", "pssl": {
+        "algorithm": "labelprop", "lp_consistency": 1e-9}}),
+    # the compute that dropping that view saves, spent on more real images per step (2x, 3x the labelled batch)
+    "pp+ssl, unlabelled (label propagation), 2x batch": ("pp+ssl", {"unlabeled": "rest", "pssl": {
+        "algorithm": "labelprop", "unlabeled_ratio": 2}}),
+    "pp+ssl, unlabelled (label propagation), 3x batch": ("pp+ssl", {"unlabeled": "rest", "pssl": {
+        "algorithm": "labelprop", "unlabeled_ratio": 3}}),
     "pp+ssl, unlabelled (label propagation), 1000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "labelprop", "real_steps": 1000}}),
     "pp+ssl, unlabelled (label propagation), 2000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {
@@ -163,7 +175,7 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
 
 def config(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Path], labels: int) -> TransferConfig:
     bundle, _, _, pairing_overrides = PAIRINGS[pairing]
-    method, overrides = (ROWS | UNLABELED_ROWS | SELECTION_ROWS)[row]
+    method, overrides = (ROWS | EXTRA_ROWS | UNLABELED_ROWS | SELECTION_ROWS)[row]
     raw = _merge(_merge(budget, pairing_overrides), overrides)
     base = TransferConfig(target="x", **budget)
     if raw.get("finetune_steps") == "+pssl":
@@ -288,6 +300,7 @@ def main() -> None:
     ap.add_argument("--pairings", nargs="+", default=list(PAIRINGS), choices=list(PAIRINGS))
     ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
     ap.add_argument("--no-unlabeled", action="store_true", help="leave out the rows with unlabelled images")
+    ap.add_argument("--extra", action="store_true", help="add C's fine-tuning (ft, l2sp, tred) and the supermasks")
     ap.add_argument("--reuse", type=Path, default=None, help="keep the runs of an earlier result; run the rest")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.json")
@@ -297,9 +310,9 @@ def main() -> None:
     mode = "quick" if args.quick else "default"
     seeds = list(range(args.seeds or (1 if args.quick else 5)))
     budget = BUDGETS[mode]
-    rows = list(ROWS) + ([] if args.no_unlabeled else list(UNLABELED_ROWS))
+    rows = list(ROWS) + ([] if args.no_unlabeled else list(UNLABELED_ROWS)) + (list(EXTRA_ROWS) if args.extra else [])
     wanted = set(args.rows or rows)
-    rows += [r for r in SELECTION_ROWS if r in wanted]
+    rows += [r for r in (EXTRA_ROWS | SELECTION_ROWS) if r in wanted and r not in rows]
     done: dict = {}
     if args.reuse and args.reuse.exists():
         for rec in json.loads(args.reuse.read_text())["runs"]:

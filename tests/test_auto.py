@@ -14,12 +14,14 @@ from typer.testing import CliRunner
 
 from edgeppt.bundle_write import save_bundle
 from edgeppt.cli import app
-from edgeppt.config import TransferConfig
-from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.config import PSSLConfig, TransferConfig
+from edgeppt.data import EXAMPLE_TARGET, ImageSet
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.runs import load_checkpoint, read_jsonl
+from edgeppt.train.loop import Dist
 from edgeppt.transfer import coverage, run_transfer
+from edgeppt.transfer.ssl import ALGORITHMS
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "digits:0,1,2,3,4"
@@ -186,3 +188,17 @@ def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, 
     a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+def test_labelprop_computes_only_the_views_its_loss_reads():
+    """Propagated labels need no weak-view guess: without the consistency term each real image is seen once."""
+    g = torch.Generator().manual_seed(0)
+    labelled = ImageSet(torch.rand(10, 1, 8, 8, generator=g), torch.arange(10) % 5, [str(i) for i in range(5)])
+    real = torch.rand(40, 1, 8, 8, generator=g)
+    for consistency, images in ((0.0, 4 + 4), (1.0, 4 + 2 * 4)):  # labelled + real (+ their weak view)
+        cfg = PSSLConfig(lp_consistency=consistency, lp_neighbours=5)
+        objective = ALGORITHMS["labelprop"](labelled, None, 4, cfg, real=real)
+        model = create_model("resnet_xs", 5, 1)
+        objective.setup(model)
+        loss, stats = objective.loss(model, torch.Generator().manual_seed(1), 0, 10, Dist())
+        assert stats["images"] == images and torch.isfinite(loss)

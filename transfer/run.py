@@ -122,7 +122,7 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
         bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle)), cfg.lr,
         cfg.weight_decay, evaluate=False)],
         out / "pretrain", cfg.seed, dist, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
-        progress=progress)
+        progress=progress, channels_last=True)
     trainer.run(resume=resume)
     if cached and dist.main:
         atomic_torch_save(cached, {"model": model.state_dict()})
@@ -292,7 +292,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"),
                                             "phases": pre + [{"name": ph.name, "steps": ph.steps} for ph in phases]})
     trainer = Trainer(model, phases, out, cfg.seed, dist, evaluate=lambda m: evaluate(m, test),
-                      checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, progress=progress)
+                      checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, progress=progress,
+                      channels_last=True)
     trainer.run(resume=resume)
     timings["target"] = sum(trainer.timings.get(ph.name, 0.0) for ph in phases)
     timings["total"] = time.perf_counter() - t0

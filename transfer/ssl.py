@@ -98,7 +98,7 @@ class SSL(Supervised):
             groups["pseudo"] = self._views(xu, g, cfg.consistency_weight() > 0)
         if self.real is not None:
             ir = torch.randint(0, len(self.real), (n_u,), generator=g)
-            groups["real"] = self._views(self.real[ir], g, True)
+            groups["real"] = self._views(self.real[ir], g, self.real_reads_weak())
         sized = {name: [shard(v, dist) for v in vs] for name, vs in groups.items()}  # this worker's slice
         views = [v for vs in sized.values() for v in vs]
         dev = next(net.parameters()).device
@@ -126,7 +126,7 @@ class SSL(Supervised):
                 stats["anchor_ce"] = anchor_ce.item()
             total_loss = total_loss + cfg.unlabeled_weight * ramp * term
             stats["pseudo"] = term.item()
-        if "real" in out:
+        if "real" in out:  # without a weak view, [0] is the student's view (and real_loss reads only that)
             weak_x = sized["real"][0].to(dev)
             cons, stats["real_mask"] = self.real_loss(out["real"][0], out["real"][-1], weak_x, shard(ir, dist))
             total_loss = total_loss + cfg.real_weight * ramp * cons
@@ -136,6 +136,10 @@ class SSL(Supervised):
 
     def unlabeled_loss(self, weak_logits, strong_logits, weights, weak_x) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
+
+    def real_reads_weak(self) -> bool:
+        """Whether real_loss reads the weak view of real images; if not, that view is never computed."""
+        return True
 
     def real_loss(self, weak_logits, strong_logits, weak_x, index) -> tuple[torch.Tensor, float]:
         """The term of real unlabelled images (`index`: their positions in `real`); by default the algorithm's
@@ -274,6 +278,9 @@ class LabelProp(FixMatch):
         if self.real is not None and step > 0 and step % self.cfg.lp_refresh == 0:
             self._propagate()
         return super().loss(net, g, step, total, dist)
+
+    def real_reads_weak(self) -> bool:
+        return self.cfg.lp_consistency > 0  # the propagated labels need no guess: one view, a third less compute
 
     def real_loss(self, lw, ls, weak_x, index):
         index = index.to(ls.device)

@@ -131,7 +131,8 @@ class Trainer:
     checkpoint_every: int = 100
     eval_every: int = 100
     progress: bool = True
-    channels_last: bool = False  # NHWC weights: depthwise convolutions run about 1.8x faster on CPU
+    # NHWC weights: on CPU a training step runs about 1.3x faster (ResNets) to 1.8x (depthwise convolutions)
+    channels_last: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     images_seen: dict[str, int] = field(default_factory=dict)
 
@@ -187,9 +188,10 @@ class Trainer:
         torch.manual_seed(step_seed(self.seed, ph.name, -1))  # seeded head init etc. in setup
         ph.objective.setup(self.model)
         self.model.to(self.dist.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         ph.objective.to(self.dist.device)
+        if self.channels_last:  # the objective's copies too (frozen or EMA teachers)
+            for module in (self.model, ph.objective):
+                module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         net = ph.objective.trainable(self.model)
         if self.dist.world > 1:
             net = nn.parallel.DistributedDataParallel(
