@@ -139,7 +139,7 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp+ssl, unlabelled, 1000 steps, align, threshold 0.95": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "fixmatch", "real_steps": 1000, "align": True, "threshold": 0.95}}),
 }
-# Real unlabelled target images (the rest of the pool), on the example only.
+# Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp+ssl, unlabelled pool (FixMatch)": ("pp+ssl", {"unlabeled": "rest", "pssl": {"algorithm": "fixmatch"}}),
     "auto, unlabelled pool": ("auto", {"unlabeled": "rest"}),
@@ -300,6 +300,8 @@ def main() -> None:
     ap.add_argument("--pairings", nargs="+", default=list(PAIRINGS), choices=list(PAIRINGS))
     ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
     ap.add_argument("--no-unlabeled", action="store_true", help="leave out the rows with unlabelled images")
+    ap.add_argument("--unlabeled-everywhere", action="store_true",
+                    help="run the rows with unlabelled images on every pairing (default: the example only)")
     ap.add_argument("--extra", action="store_true", help="add C's fine-tuning (ft, l2sp, tred) and the supermasks")
     ap.add_argument("--reuse", type=Path, default=None, help="keep the runs of an earlier result; run the rest")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
@@ -326,7 +328,7 @@ def main() -> None:
         cache.mkdir(parents=True, exist_ok=True)
         files = {p: write_pairing(p, Path(tmp)) for p in args.pairings}
         keys = [(p, r, s) for s in seeds for p in args.pairings for r in rows if r in wanted
-                and (r not in UNLABELED_ROWS or p == "example") and (p, r, s) not in done]
+                and (r not in UNLABELED_ROWS or p == "example" or args.unlabeled_everywhere) and (p, r, s) not in done]
         # Waves, so that what the cache shares is made once: PP weights per (bundle, seed) first, beside rows
         # that need no PP; then the pseudo-sample pools per (pairing, seed); then everything else.
         first, seen = [], set()
