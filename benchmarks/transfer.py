@@ -122,14 +122,13 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp+ssl, unlabelled (label propagation)": ("pp+ssl", {"unlabeled": "rest", "pssl": {"algorithm": "labelprop"}}),
     "pp+ssl, unlabelled (label propagation + FixMatch)": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "labelprop", "lp_consistency": 1.0}}),
-    # label propagation's weak view of real images, which its loss does not read: computed (as before) or not
+    # label propagation's weak view of real images, which its loss does not read: computed (as before: a
+    # negligible consistency weight makes it computed again) or not
     "pp+ssl, unlabelled (label propagation), weak view computed": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "labelprop", "lp_consistency": 1e-9}}),
-    # the compute that dropping that view saves, spent on more real images per step (2x, 3x the labelled batch)
+    # the compute that dropping that view saves, spent on more real images per step (2x the labelled batch)
     "pp+ssl, unlabelled (label propagation), 2x batch": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "labelprop", "unlabeled_ratio": 2}}),
-    "pp+ssl, unlabelled (label propagation), 3x batch": ("pp+ssl", {"unlabeled": "rest", "pssl": {
-        "algorithm": "labelprop", "unlabeled_ratio": 3}}),
     "pp+ssl, unlabelled (label propagation), 1000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "labelprop", "real_steps": 1000}}),
     "pp+ssl, unlabelled (label propagation), 2000 steps": ("pp+ssl", {"unlabeled": "rest", "pssl": {
