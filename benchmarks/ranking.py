@@ -8,7 +8,8 @@ Proxies compared (both with the search's default PP budget):
 
 The reference accuracy is measured on a labelled split of the target pool that is neither the training labels
 nor the test split (the test split is not used here at all), after `edgeppt transfer --method pp` at the
-default budget (400 PP steps, 200 target steps, as the CLI's default).
+default budget (the CLI's: `TransferConfig`'s PP and target steps; results/ranking.json was measured at 400 and
+200, the default then).
 
     python benchmarks/ranking.py [--archs 12] [--seed 0] [--json benchmarks/results/ranking.json]
 """
@@ -56,8 +57,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-macs", type=float, default=4e6, help="sample only architectures up to this many MACs")
-    ap.add_argument("--pp-steps", type=int, default=400, help="transfer's PP steps (the CLI's default budget)")
-    ap.add_argument("--ft-steps", type=int, default=200, help="transfer's target steps (the CLI's default budget)")
+    defaults = TransferConfig(target="x")  # the CLI's default budget
+    ap.add_argument("--pp-steps", type=int, default=defaults.pretrain_steps, help="transfer's PP steps")
+    ap.add_argument("--ft-steps", type=int, default=defaults.finetune_steps, help="transfer's target steps")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--skip", type=int, default=0, help="draw and skip this many architectures first (to finish "
                                                          "an interrupted run in parts)")

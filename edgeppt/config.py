@@ -181,7 +181,7 @@ class TransferConfig(SourceTrust):
     pretrain_batch: int = Field(128, ge=2)
     pretrain_pool: int = Field(0, ge=0, description="cache this many generated samples for PP (0 = draw fresh each "
                                                     "step)")
-    finetune_steps: int = Field(200, ge=1, description="supervised / distillation / SSL steps on the target")
+    finetune_steps: int = Field(800, ge=1, description="supervised / distillation / SSL steps on the target")
     probe_steps: int = Field(0, ge=0, description="after PP: steps training only the new head on frozen features "
                              "before the whole network is fine-tuned (LP-FT)")
     ema: float = Field(0.0, ge=0, le=1, description="each target phase ends on an exponential moving average of its "
