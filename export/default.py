@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeppt.cpu_int8 import describe, int8_instructions
 from edgeppt.devices import DeviceProfile
 
 MIN_FP16_AGREEMENT = 0.99  # top-1 agreement with PyTorch an FP16 model needs to be a default
@@ -22,8 +23,9 @@ def faithful(fmt: str, artifact: dict[str, Any]) -> bool:
 
 
 def choose_default(artifacts: dict[str, dict[str, Any]], results: list[dict[str, Any]],
-                   device: DeviceProfile) -> tuple[str, str]:
-    """(format, why) for the bundle's default artifact."""
+                   device: DeviceProfile, cpu_int8: list[str] | None = None) -> tuple[str, str]:
+    """(format, why) for the bundle's default artifact; `cpu_int8` is this host's 8-bit dot-product instructions
+    (edgeppt.cpu_int8; read from this host when not given), named where int8 was timed and lost."""
     timed = {r["format"]: r["batch1"]["median_ms"] for r in results if "batch1" in r and r["format"] in artifacts}
     if device.latency == "measured" and device.runtime == "onnxruntime-cpu" and "onnx" in timed:
         ok = {f: ms for f, ms in timed.items() if faithful(f, artifacts[f])}
@@ -33,6 +35,8 @@ def choose_default(artifacts: dict[str, dict[str, Any]], results: list[dict[str,
         why = f"the fastest at batch 1 on this host ({measured})"
         if left_out:
             why += f"; {', '.join(left_out)} left out: outside the accuracy budget"
+        if "int8" in timed and best != "int8":
+            why += f"; {describe(int8_instructions() if cpu_int8 is None else cpu_int8)}"
         return best, why
     default = device.export.default_format
     if default in artifacts and faithful(default, artifacts[default]):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from edgeppt.config import validate
+from edgeppt.cpu_int8 import int8_instructions
 from edgeppt.devices import DEFAULT_DEVICE, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.macs import onnx_macs
@@ -265,7 +266,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
             "settings": run.settings, "data_record": run.report.get("data_record"),
             "test_images": len(test), "samples": n_samples,
             "artifacts": ctx.artifacts, "results": table, "floor": ctx.floor,
-            "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads},
+            "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads,
+                            "int8_instructions": int8_instructions()},
             **extra})
         if opts.sign is not None:
             signer = sign_folder(root, opts.sign)

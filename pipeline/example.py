@@ -31,14 +31,14 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "demo": {
         "search": {"trials": 4, "latency_repeats": 20, "finalists": 2, "final_seeds": 1,
                    "proxy": {"pretrain_steps": 60, "finetune_steps": 40, "pretrain_batch": 64, "pretrain_pool": 512}},
-        "transfer": {"pretrain_steps": 200, "pretrain_batch": 64, "finetune_steps": 150, "eval_every": 50,
+        "transfer": {"pretrain_steps": 200, "pretrain_batch": 64, "finetune_steps": 400, "eval_every": 50,
                      "checkpoint_every": 50,
                      "pssl": {"pool_size": 1024, "real_steps": 300}},  # with unlabelled images: 1000 is ~4 min
         "export": {"bench_runs": 50},
     },
     "standard": {
         "search": {"trials": 8, "latency_repeats": 20},  # the search's default proxy and finalists
-        "transfer": {"pretrain_steps": 600, "finetune_steps": 300, "eval_every": 50, "checkpoint_every": 50},
+        "transfer": {"pretrain_steps": 600, "finetune_steps": 1600, "eval_every": 50, "checkpoint_every": 50},
         "export": {"bench_runs": 50},
     },
 }

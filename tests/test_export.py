@@ -436,6 +436,25 @@ def test_the_default_artifact_is_the_fastest_faithful_one_and_never_slower_than_
     gpu = {"onnx": {}, "fp16": {"parity": {"top1_agreement": 1.0}}}
     fmt, why = choose_default(gpu, rows(0.13, 0.31), jetson)
     assert fmt == "fp16" and "predicted" in why  # this host's timings do not decide for a Jetson
+    # Where int8 was timed and lost, the reason names what the CPU lacks or has.
+    _, why = choose_default(arts, rows(0.13, 0.31), x86, cpu_int8=[])
+    assert "no 8-bit dot-product instructions" in why
+    _, why = choose_default(arts, rows(0.13, 0.31), x86, cpu_int8=["AVX512-VNNI"])
+    assert why.endswith("this CPU has AVX512-VNNI")
+    assert "dot-product" not in choose_default(arts, rows(0.30, 0.12), x86, cpu_int8=[])[1]  # int8 won: no excuse
+
+
+def test_cpu_int8_instructions_are_read_from_cpuinfo_flags():
+    from edgeppt.cpu_int8 import int8_instructions
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert int8_instructions(avx2) == []
+    assert int8_instructions(avx2.replace("avx2", "avx2 avx512f avx512_vnni")) == ["AVX512-VNNI"]
+    assert int8_instructions("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n") == [
+        "ARM dot product (SDOT)", "ARM I8MM"]
+    assert int8_instructions("processor\t: 0\n") is None  # no flags line: cannot tell, not "none"
+    if Path("/proc/cpuinfo").is_file():  # this host's own file has its flags
+        assert isinstance(int8_instructions(), list)
 
 
 def test_device_profile_drives_the_export(bundle, trained_run, tmp_path):
