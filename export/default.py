@@ -35,7 +35,7 @@ def choose_default(artifacts: dict[str, dict[str, Any]], results: list[dict[str,
         why = f"the fastest at batch 1 on this host ({measured})"
         if left_out:
             why += f"; {', '.join(left_out)} left out: outside the accuracy budget"
-        if "int8" in timed and best != "int8":
+        if "int8" in ok and best != "int8":  # within budget, and lost on speed
             why += f"; {describe(int8_instructions() if cpu_int8 is None else cpu_int8)}"
         return best, why
     default = device.export.default_format
