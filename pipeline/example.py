@@ -18,7 +18,7 @@ from .config import PipelineConfig, parse_config
 BUDGET_HELP: dict[str, str] = {
     "tiny": "every stage in about a minute, search off (a smoke test)",
     "demo": "the whole pipeline in about 2 minutes (what `edgeppt demo` runs)",
-    "standard": "twice the search trials with the full proxy, three times the training: about 11 minutes",
+    "standard": "twice the search trials with the full proxy, longer training: about 22 minutes",
 }
 BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": {
