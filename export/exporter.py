@@ -254,7 +254,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
         B.write_support_files(root, run.classes, spec)
         n_samples = B.write_samples(root, ctx.test_x, ctx.test_y, run.classes, samples_per_class)
         table = results_table(ctx, torch_acc, threads, opts.bench_runs)
-        default, default_reason = choose_default(ctx.artifacts, table, dev)
+        cpu_int8 = int8_instructions()
+        default, default_reason = choose_default(ctx.artifacts, table, dev, cpu_int8)
         log(f"default artifact: {default}: {default_reason}")
         manifest = B.write_manifest(root, {
             "created_by": "edgeppt export", "run": str(run.path), "device": dev.name,
@@ -267,7 +268,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
             "test_images": len(test), "samples": n_samples,
             "artifacts": ctx.artifacts, "results": table, "floor": ctx.floor,
             "measured_on": {"host": platform.node(), "machine": platform.machine(), "threads": threads,
-                            "int8_instructions": int8_instructions()},
+                            "int8_instructions": cpu_int8},
             **extra})
         if opts.sign is not None:
             signer = sign_folder(root, opts.sign)
