@@ -139,6 +139,10 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "algorithm": "fixmatch", "real_steps": 1000, "align": True}}),
     "pp+ssl, unlabelled, 1000 steps, align, threshold 0.95": ("pp+ssl", {"unlabeled": "rest", "pssl": {
         "algorithm": "fixmatch", "real_steps": 1000, "align": True, "threshold": 0.95}}),
+    # the labels-only warm start's length when real unlabelled images join (label propagation's 1000 steps were
+    # chosen after a 200-step warm start; the default is finetune_steps), over every pairing
+    **{f"auto, unlabelled pool, {n} warm-start steps": ("auto", {"unlabeled": "rest", "pssl": {"real_warm_steps": n}})
+       for n in (200, 400)},
 }
 # Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {

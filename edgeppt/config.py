@@ -92,6 +92,8 @@ class PSSLConfig(Strict):
     real_steps: int = Field(1000, ge=1, description="SSL steps after the warm start when real unlabelled images "
                             "join (chosen on validation accuracy: docs/transfer.md)")
     real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
+    real_warm_steps: int | None = Field(None, ge=1, description="labels-only warm-start steps when real unlabelled "
+                                        "images join (default: finetune_steps)")
     unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped pseudo-sample loss weight")
     real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")
     ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weights ramp up")

@@ -140,3 +140,4 @@ def deploy_cmd(
     console.print(f"[green]deployed:[/] {report['remote']} ({report['verified_files']} files verified on the device)")
     Console().print(_bench_table(f"on {report['host']} ({report['machine']}, onnxruntime {report['onnxruntime']})",
                                  report["results"], "test_accuracy"))
+    console.print(report["on_device"]["note"], soft_wrap=True, highlight=False)

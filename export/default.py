@@ -44,3 +44,23 @@ def choose_default(artifacts: dict[str, dict[str, Any]], results: list[dict[str,
         return default, (f"{device.name}'s profile default: its latency is {how}, so this host's timings do not "
                          "decide (measure on the device with edgeppt deploy or devices calibrate)")
     return "onnx", f"{default}, {device.name}'s profile default, was not exported or is outside the accuracy budget"
+
+
+def on_device(manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's default against what the device's own benchmark (runner.py bench, over SSH) measured: the
+    fastest artifact there within the accuracy budget, and the device's int8 instructions, as one sentence."""
+    artifacts, default = manifest.get("artifacts", {}), manifest.get("default_format")
+    timed = {r["format"]: r["batch1"]["median_ms"] for r in report.get("results", [])
+             if "batch1" in r and r["format"] in artifacts and faithful(r["format"], artifacts[r["format"]])}
+    cpu = describe(report.get("int8_instructions"))
+    if not timed:
+        return {"default": default, "fastest": None, "note": f"no artifact within the accuracy budget ran here; {cpu}"}
+    fastest = min(timed, key=lambda f: (timed[f], f != default))  # a tie keeps the default
+    measured = ", ".join(f"{f} {ms:.3f} ms" for f, ms in sorted(timed.items(), key=lambda kv: kv[1]))
+    if fastest == default:
+        note = f"the default ({default}) is the fastest here too ({measured}); {cpu}"
+    else:
+        note = (f"{fastest} is the fastest here within the accuracy budget, not the default {default}, which the "
+                f"export host chose ({measured}); {cpu}; run it with runner.py classify --model "
+                f"{artifacts[fastest].get('file', fastest)}")
+    return {"default": default, "fastest": fastest, "note": note}

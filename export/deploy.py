@@ -13,6 +13,7 @@ from edgeppt.errors import EdgepptError
 from edgeppt.remote import ssh_command
 
 from .bundle import RUNNER_FILE, verify_bundle
+from .default import on_device
 
 
 def _remote(base: list[str], script: str, stdin: bytes | None = None,
@@ -70,7 +71,8 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
         report = json.loads(r.stdout.decode().strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError) as e:
         raise EdgepptError(f"the device's benchmark printed no JSON report: {r.stdout[-500:]!r}") from e
-    report.update(remote=f"{host}:{remote_dir}", verified_files=len(manifest["files"]))
+    report.update(remote=f"{host}:{remote_dir}", verified_files=len(manifest["files"]),
+                  on_device=on_device(manifest, report))
     return report
 
 

@@ -28,6 +28,14 @@ try:  # the one timing helper: edgeppt's own where it is installed, else the cop
     from edgeppt.ort_timing import time_session
 except ImportError:  # on the device
     from ort_timing import time_session  # type: ignore[no-redef]
+try:  # likewise the CPU's 8-bit dot-product instructions, which decide whether int8 can pay on this device
+    from edgeppt.cpu_int8 import int8_instructions
+except ImportError:
+    try:
+        from cpu_int8 import int8_instructions  # type: ignore[no-redef]
+    except ImportError:  # a bundle written before the file was shipped
+        def int8_instructions(cpuinfo: str | None = None) -> list[str] | None:
+            return None
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
@@ -254,7 +262,8 @@ def run_bench(root: Path, manifest: dict[str, Any], formats: list[str] | None = 
             row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         results.append(row)
     return {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
-            "onnxruntime": ort.__version__, "threads": threads, "cpu_count": os.cpu_count(), "results": results,
+            "onnxruntime": ort.__version__, "threads": threads, "cpu_count": os.cpu_count(),
+            "int8_instructions": int8_instructions(), "results": results,
             "sizes": model_sizes(root, manifest)}
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from edgeppt.cli import app
 from edgeppt.config import TransferConfig
+from edgeppt.cpu_int8 import int8_instructions
 from edgeppt.errors import EdgepptError
 from edgeppt.export import bench_bundle, deploy_bundle, export_run, runner, tensorrt, verify_bundle
 from edgeppt.export import quantize as Q
@@ -203,7 +204,7 @@ def test_manifest_hashes_every_file_and_a_tampered_file_is_refused(bundle, tmp_p
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(manifest["files"]) == files
     assert {"model.onnx", "model.int8.onnx", "model.fp16.onnx", "labels.txt", "preprocess.json", "runner.py",
-            "ort_timing.py", "build_engine.py", "build_engine.sh"} <= files
+            "ort_timing.py", "cpu_int8.py", "build_engine.py", "build_engine.sh"} <= files
     assert manifest["preprocess"]["image_size"] == 8 and manifest["preprocess"]["channels"] == 1
     assert (path / "labels.txt").read_text().split() == ["0", "1", "2", "3", "4"]
     verify_bundle(path)
@@ -263,6 +264,7 @@ def test_runner_and_bench_measure_every_onnx_model(bundle, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = {row["format"]: row for row in json.loads(r.stdout)["results"]}
     assert set(rows) == {"onnx", "int8", "fp16"}
+    assert json.loads(r.stdout)["int8_instructions"] == int8_instructions()  # from the bundle's own cpu_int8.py
     for row in rows.values():
         if "error" not in row:
             assert row["batch1"]["median_ms"] > 0 and row["samples"] == 15
@@ -334,12 +336,15 @@ def test_deploy_over_ssh(bundle, sshd, tmp_path):
     assert rows["int8"]["batch1"]["median_ms"] > 0 and rows["int8"]["samples"] == 15
     assert (remote / "runner.py").read_bytes() == (path / "runner.py").read_bytes()  # copied byte for byte
     assert not runner.verify(remote)
+    assert report["int8_instructions"] == int8_instructions()  # the device's own flags (here: this host)
+    assert report["on_device"]["fastest"] in rows and report["on_device"]["default"] == manifest["default_format"]
     opts = [a for o in sshd.ssh_options for a in ("-o", o)]
     r = CliRunner().invoke(app, ["deploy", str(path), "--host", sshd.host, "--port", str(sshd.port), "--identity",
                                  str(sshd.identity), *opts, "--remote-dir", str(tmp_path / "cli"), "--python",
                                  sys.executable, "--runs", "2"])
     assert r.exit_code == 0, r.output
     assert "files verified on the device" in " ".join(r.output.split())
+    assert "fastest here" in " ".join(r.output.split())
     assert (tmp_path / "cli" / "manifest.json").is_file()
 
 
@@ -444,9 +449,29 @@ def test_the_default_artifact_is_the_fastest_faithful_one_and_never_slower_than_
     assert "dot-product" not in choose_default(arts, rows(0.30, 0.12), x86, cpu_int8=[])[1]  # int8 won: no excuse
 
 
-def test_cpu_int8_instructions_are_read_from_cpuinfo_flags():
-    from edgeppt.cpu_int8 import int8_instructions
+def test_the_device_benchmark_is_held_against_the_bundle_default():
+    from edgeppt.export.default import on_device
 
+    manifest = {"default_format": "int8", "artifacts": {
+        "onnx": {"file": "model.onnx"}, "int8": {"file": "model.int8.onnx", "accuracy_guard": {"met": True}},
+        "fp16": {"file": "model.fp16.onnx", "parity": {"top1_agreement": 0.5}}}}
+
+    def report(onnx_ms: float, int8_ms: float, flags: list[str] | None) -> dict:
+        return {"int8_instructions": flags, "results": [
+            {"format": "onnx", "batch1": {"median_ms": onnx_ms}}, {"format": "int8", "batch1": {"median_ms": int8_ms}},
+            {"format": "fp16", "batch1": {"median_ms": 0.01}}]}  # the fastest, but outside the accuracy budget
+
+    slow = on_device(manifest, report(0.13, 0.31, []))  # the export host chose int8; this device runs it slower
+    assert slow["fastest"] == "onnx" and slow["default"] == "int8"
+    assert "not the default int8" in slow["note"] and "--model model.onnx" in slow["note"]
+    assert "no 8-bit dot-product instructions" in slow["note"]
+    fast = on_device(manifest, report(0.30, 0.12, ["ARM dot product (SDOT)"]))
+    assert fast["fastest"] == "int8" and "fastest here too" in fast["note"] and fast["note"].endswith("(SDOT)")
+    assert on_device(manifest, report(0.20, 0.20, None))["fastest"] == "int8"  # a tie keeps the default
+    assert on_device(manifest, {"results": [{"format": "onnx", "error": "x"}]})["fastest"] is None
+
+
+def test_cpu_int8_instructions_are_read_from_cpuinfo_flags():
     avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
     assert int8_instructions(avx2) == []
     assert int8_instructions(avx2.replace("avx2", "avx2 avx512f avx512_vnni")) == ["AVX512-VNNI"]

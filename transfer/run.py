@@ -267,7 +267,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if method.ssl and cfg.pssl.warm_start:
         # Warm start: the labels-only phase is named after the method it reproduces (scratch, or pp after PP),
         # so its steps draw exactly what that method draws; the SSL phase then refines it at a lower rate.
-        phases = [Phase("pp" if method.pretrain else "scratch", cfg.finetune_steps,
+        warm = cfg.pssl.real_warm_steps if real is not None and cfg.pssl.real_warm_steps else cfg.finetune_steps
+        phases = [Phase("pp" if method.pretrain else "scratch", warm,
                         supervised(cfg, labelled), cfg.lr,
                         cfg.weight_decay),
                   Phase(phases[0].name, cfg.pssl.real_steps if real is not None else cfg.pssl.steps,
