@@ -312,6 +312,8 @@ def main() -> None:
     ap.add_argument("--extra", action="store_true", help="add C's fine-tuning (ft, l2sp, tred) and the supermasks")
     ap.add_argument("--reuse", type=Path, default=None, help="keep the runs of an earlier result; run the rest (the "
                     "--rows named, on the --pairings given, run again)")
+    ap.add_argument("--fill", action="store_true", help="with --reuse: keep every earlier run, the named rows' too, "
+                    "and run only what it lacks (e.g. more seeds)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.json")
     ap.add_argument("--cache", type=Path, default=None, help="keep PP weights and pseudo-sample pools here, across "
@@ -326,7 +328,7 @@ def main() -> None:
     done: dict = {}
     if args.reuse and args.reuse.exists():
         for rec in json.loads(args.reuse.read_text())["runs"]:
-            if rec["row"] not in wanted or args.rows is None or rec["pairing"] not in args.pairings:
+            if args.fill or rec["row"] not in wanted or args.rows is None or rec["pairing"] not in args.pairings:
                 done[(rec["pairing"], rec["row"], rec["seed"])] = rec["result"]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
