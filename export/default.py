@@ -22,20 +22,30 @@ def faithful(fmt: str, artifact: dict[str, Any]) -> bool:
     return parity is not None and parity["top1_agreement"] >= MIN_FP16_AGREEMENT and "unchecked" not in artifact
 
 
+def fastest(timed: dict[str, float], artifacts: dict[str, dict[str, Any]], keep: str | None) -> tuple[str | None, str]:
+    """The fastest faithful format of the timed ones (a tie goes to `keep`), and every timing as text."""
+    ok = {f: ms for f, ms in timed.items() if faithful(f, artifacts[f])}
+    best = min(ok, key=lambda f: (ok[f], f != keep)) if ok else None
+    return best, ", ".join(f"{f} {ms:.3f} ms" for f, ms in sorted(timed.items(), key=lambda kv: kv[1]))
+
+
+def batch1_ms(results: list[dict[str, Any]], artifacts: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {r["format"]: r["batch1"]["median_ms"] for r in results if "batch1" in r and r["format"] in artifacts}
+
+
 def choose_default(artifacts: dict[str, dict[str, Any]], results: list[dict[str, Any]],
                    device: DeviceProfile, cpu_int8: list[str] | None = None) -> tuple[str, str]:
     """(format, why) for the bundle's default artifact; `cpu_int8` is this host's 8-bit dot-product instructions
     (edgeppt.cpu_int8; read from this host when not given), named where int8 was timed and lost."""
-    timed = {r["format"]: r["batch1"]["median_ms"] for r in results if "batch1" in r and r["format"] in artifacts}
+    timed = batch1_ms(results, artifacts)
     if device.latency == "measured" and device.runtime == "onnxruntime-cpu" and "onnx" in timed:
-        ok = {f: ms for f, ms in timed.items() if faithful(f, artifacts[f])}
-        best = min(ok, key=lambda f: (ok[f], f != "onnx"))  # a tie keeps FP32
-        measured = ", ".join(f"{f} {ms:.3f} ms" for f, ms in sorted(timed.items(), key=lambda kv: kv[1]))
-        left_out = [f for f in timed if f not in ok]
+        best, measured = fastest(timed, artifacts, keep="onnx")  # FP32 is always faithful, and wins a tie
+        assert best is not None
+        left_out = [f for f in timed if not faithful(f, artifacts[f])]
         why = f"the fastest at batch 1 on this host ({measured})"
         if left_out:
             why += f"; {', '.join(left_out)} left out: outside the accuracy budget"
-        if "int8" in ok and best != "int8":  # within budget, and lost on speed
+        if "int8" in timed and "int8" not in left_out and best != "int8":  # within budget, and lost on speed
             why += f"; {describe(int8_instructions() if cpu_int8 is None else cpu_int8)}"
         return best, why
     default = device.export.default_format
@@ -50,17 +60,14 @@ def on_device(manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any
     """The bundle's default against what the device's own benchmark (runner.py bench, over SSH) measured: the
     fastest artifact there within the accuracy budget, and the device's int8 instructions, as one sentence."""
     artifacts, default = manifest.get("artifacts", {}), manifest.get("default_format")
-    timed = {r["format"]: r["batch1"]["median_ms"] for r in report.get("results", [])
-             if "batch1" in r and r["format"] in artifacts and faithful(r["format"], artifacts[r["format"]])}
+    best, measured = fastest(batch1_ms(report.get("results", []), artifacts), artifacts, keep=default)
     cpu = describe(report.get("int8_instructions"))
-    if not timed:
-        return {"default": default, "fastest": None, "note": f"no artifact within the accuracy budget ran here; {cpu}"}
-    fastest = min(timed, key=lambda f: (timed[f], f != default))  # a tie keeps the default
-    measured = ", ".join(f"{f} {ms:.3f} ms" for f, ms in sorted(timed.items(), key=lambda kv: kv[1]))
-    if fastest == default:
+    if best is None:
+        note = f"no artifact within the accuracy budget ran here; {cpu}"
+    elif best == default:
         note = f"the default ({default}) is the fastest here too ({measured}); {cpu}"
     else:
-        note = (f"{fastest} is the fastest here within the accuracy budget, not the default {default}, which the "
+        note = (f"{best} is the fastest here within the accuracy budget, not the default {default}, which the "
                 f"export host chose ({measured}); {cpu}; run it with runner.py classify --model "
-                f"{artifacts[fastest].get('file', fastest)}")
-    return {"default": default, "fastest": fastest, "note": note}
+                f"{artifacts[best].get('file', best)}")
+    return {"default": default, "fastest": best, "note": note}

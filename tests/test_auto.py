@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +117,11 @@ def _folder(root: Path, n: int, corrupt: int = 0) -> Path:
 
 def test_unlabeled_images_join_the_ssl_phase(tiny_bundle, tmp_path):
     folder = _folder(tmp_path / "u", 24, corrupt=2)
-    report = run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled=str(folder)), tmp_path / "run",
-                          progress=False)
+    report = run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled=str(folder),
+                                pssl={"pool_size": 128, "steps": 20, "real_steps": 20, "real_warm_steps": 7}),
+                          tmp_path / "run", progress=False)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())["phases"]
+    assert [(ph["name"], ph["steps"]) for ph in plan] == [("pretrain", 30), ("pp", 7), ("pp_ssl", 20)]
     assert report["unlabeled"]["count"] == 24 and len(report["unlabeled"]["skipped_files"]) == 2
     assert all("bad" in s for s in report["unlabeled"]["skipped_files"])
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
