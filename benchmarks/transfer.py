@@ -42,6 +42,7 @@ import torch
 from edgeppt.config import TransferConfig
 from edgeppt.data import EXAMPLE_TARGET, ImageSet, load_dataset, train_test_split
 from edgeppt.models import create_model
+from edgeppt.runs import read_jsonl
 from edgeppt.train.evaluate import evaluate
 from edgeppt.transfer import run_transfer
 
@@ -143,6 +144,11 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # chosen after a 200-step warm start; the default is finetune_steps), over every pairing
     **{f"auto, unlabelled pool, {n} warm-start steps": ("auto", {"unlabeled": "rest", "pssl": {"real_warm_steps": n}})
        for n in (200, 400)},
+    # PP toward C's softened outputs as well (data-free distillation through G), and on blends of two source classes
+    **{f"{m}, PP {name}": (m, o) for m in ("pp", "auto") for name, o in (
+        ("distilled from C", {"pretrain_teacher": 1.0}), ("on class blends", {"pretrain_mix": 0.5}))},
+    # propagated labels weighted also by the model's own probability of them (pssl.lp_agree), over every pairing
+    "auto, unlabelled pool, agreement-weighted": ("auto", {"unlabeled": "rest", "pssl": {"lp_agree": 1.0}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -205,8 +211,11 @@ def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pa
     model = create_model(state["arch"], len(state["classes"]), state["in_chans"])
     model.load_state_dict(state["state_dict"])
     val_set = load_dataset(str(files["val"]))
+    agree = [r["lp_agree"] for r in read_jsonl(out / "metrics.jsonl") if "lp_agree" in r]
     return {"test": report["test_accuracy"], "val": evaluate(model, val_set)["accuracy"], "wall_s": wall - once,
-            "once_s": once, "method": report["method"], "auto": report.get("auto")}
+            "once_s": once, "method": report["method"], "auto": report.get("auto"),
+            # label propagation's agreement with the model at the first and the last propagation
+            **({"lp_agree": [agree[0], agree[-1]]} if agree else {})}
 
 
 def _one_thread() -> None:

@@ -120,6 +120,8 @@ class PSSLConfig(Strict):
                             "features")
     lp_consistency: float = Field(0.0, ge=0, description="labelprop: weight of FixMatch's consistency term on real "
                                   "unlabelled images beside the propagated labels")
+    lp_agree: float = Field(0.0, ge=0, description="labelprop: weight each propagated label also by the model's "
+                            "own probability of it, to this power (0: off), so labels the model doubts count less")
 
     def consistency_weight(self) -> float:
         return self.consistency if self.consistency is not None else (0.0 if self.algorithm == "anchor" else 1.0)
@@ -183,6 +185,12 @@ class TransferConfig(SourceTrust):
     pretrain_batch: int = Field(128, ge=2)
     pretrain_pool: int = Field(0, ge=0, description="cache this many generated samples for PP (0 = draw fresh each "
                                                     "step)")
+    pretrain_teacher: float = Field(0.0, ge=0, description="PP: weight of a distillation term toward C's softened "
+                                    "outputs (T = kd_temperature) on the generated samples, beside the cross-entropy "
+                                    "on their conditioning class (0 = off)")
+    pretrain_mix: float = Field(0.0, ge=0, le=0.5, description="PP: condition G on a blend of two source classes, the "
+                                "second's share drawn from [0, pretrain_mix], and train toward that blend (0 = one "
+                                "class per sample; generators conditioned on a class index ignore it)")
     finetune_steps: int = Field(800, ge=1, description="supervised / distillation / SSL steps on the target")
     probe_steps: int = Field(0, ge=0, description="after PP: steps training only the new head on frozen features "
                              "before the whole network is fine-tuned (LP-FT)")

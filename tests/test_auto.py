@@ -206,3 +206,59 @@ def test_labelprop_computes_only_the_views_its_loss_reads():
         objective.setup(model)
         loss, stats = objective.loss(model, torch.Generator().manual_seed(1), 0, 10, Dist())
         assert stats["images"] == images and torch.isfinite(loss)
+
+
+def test_labelprop_agreement_weights_down_labels_the_model_doubts():
+    """pssl.lp_agree multiplies each propagated label's weight by the model's own probability of it, to that power:
+    the same labels, each weight no larger, and the ones the model disagrees with shrunk the most."""
+    g = torch.Generator().manual_seed(0)
+    labelled = ImageSet(torch.rand(10, 1, 8, 8, generator=g), torch.arange(10) % 5, [str(i) for i in range(5)])
+    real = torch.rand(60, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 5, 1)
+    runs = {}
+    for power in (0.0, 1.0, 4.0):
+        objective = ALGORITHMS["labelprop"](labelled, None, 4, PSSLConfig(lp_agree=power, lp_neighbours=5), real=real)
+        objective.setup(model)
+        runs[power] = (objective.lp_label.clone(), objective.lp_weight.clone(), objective.agreement)
+    (label, plain, agree), (_, soft, _), (_, hard, _) = runs[0.0], runs[1.0], runs[4.0]
+    assert torch.equal(label, runs[1.0][0]) and torch.equal(label, runs[4.0][0])
+    model.eval()
+    with torch.no_grad():
+        own = torch.softmax(model(real), 1)
+    expected = plain * own.gather(1, label[:, None]).squeeze(1)
+    assert torch.allclose(soft, expected, rtol=1e-4, atol=1e-7) and (hard <= soft + 1e-7).all()
+    assert agree == pytest.approx((own.argmax(1) == label).float().mean().item())
+    _, stats = objective.loss(model.train(), torch.Generator().manual_seed(1), 0, 10, Dist())
+    assert stats["lp_agree"] == pytest.approx(agree)
+
+
+def test_pp_options_blend_classes_and_distil_from_c(tiny_bundle, tmp_path):
+    """pretrain_mix conditions G on blends of two source classes and trains toward them; pretrain_teacher adds a
+    distillation term toward C; each gets its own PP cache entry, and the default's draws are unchanged."""
+    from edgeppt.bundle import open_source
+    from edgeppt.transfer.objectives import PseudoPretrain
+
+    bundle = open_source(tiny_bundle, small(tiny_bundle))
+    asked: list[torch.Tensor] = []
+    generate = bundle.generate
+    bundle.generate = lambda p, z=None, generator=None: asked.append(p) or generate(p, z, generator)  # type: ignore
+    model = create_model("resnet_xs", 5, 1)
+    for mix, teacher in ((0.0, 0.0), (0.5, 0.0), (0.0, 1.0)):
+        objective = PseudoPretrain(bundle, 16, mix=mix, teacher=teacher)
+        objective.setup(model)
+        loss, stats = objective.loss(model, torch.Generator().manual_seed(0), 0, 10, Dist())
+        p = asked[-1]
+        assert torch.isfinite(loss) and torch.allclose(p.sum(1), torch.ones(16))
+        if mix:
+            second = p.sort(1, descending=True).values[:, 1]
+            assert (second <= 0.5).all() and (second > 0).any() and ((p > 0).sum(1) <= 2).all()
+        else:
+            assert ((p == 1).sum(1) == 1).all() and torch.equal(p, asked[0])  # the same draws as the default
+        assert ("kd" in stats) == bool(teacher) and (not teacher or stats["kd"] >= 0)
+    cache = tmp_path / "cache"
+    for name, kw in (("plain", {}), ("teacher", {"pretrain_teacher": 1.0})):
+        run_transfer(small(tiny_bundle, method="pp", **kw), tmp_path / name, progress=False, pp_cache=cache)
+    assert len(list(cache.glob("pp-*.pt"))) == 2  # distinct settings, distinct PP weights
+    rows = [r for r in read_jsonl(tmp_path / "teacher" / "pretrain" / "metrics.jsonl") if r["phase"] == "pretrain"]
+    assert len(rows) == 30 and all(r["kd"] >= 0 for r in rows)

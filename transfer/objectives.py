@@ -58,12 +58,19 @@ class Distill(Supervised):
 
 
 class PseudoPretrain(Objective):
-    """PP: classify G's samples of the source classes (drawn fresh each step, or from a cached pool)."""
+    """PP: classify G's samples of the source classes (drawn fresh each step, or from a cached pool).
+
+    Options: `mix` conditions each fresh sample on a blend of two classes (the second's share from [0, mix]) and
+    trains toward that blend, so the features also learn the space between source classes; `teacher` adds a
+    distillation term toward C's softened outputs on the same view (data-free distillation through G)."""
 
     def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0,
-                 aug: AugmentConfig = augment.DEFAULT):
+                 aug: AugmentConfig = augment.DEFAULT, mix: float = 0.0, teacher: float = 0.0,
+                 temperature: float = 4.0):
         super().__init__()
         self.bundle, self.batch_size, self.aug = bundle, batch_size, aug
+        self.mix = mix if bundle.manifest.generator.label != "index" else 0.0  # an index has no blend
+        self.teacher, self.t = teacher, temperature
         self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
         if pool:
             g = torch.Generator().manual_seed(seed)
@@ -77,21 +84,35 @@ class PseudoPretrain(Objective):
             model.reset_head(self.bundle.num_classes)
 
     def loss(self, net, g, step, total, dist):
+        k = self.bundle.num_classes
         if self.pool is not None:
             idx = torch.randint(0, len(self.pool[1]), (self.batch_size,), generator=g)
             x, y = self.pool[0][idx], self.pool[1][idx]
+            target = F.one_hot(y, k).float()
         else:
             # Draw the whole batch's labels and latents, then generate only this worker's slice.
-            y = torch.randint(0, self.bundle.num_classes, (self.batch_size,), generator=g)
+            y = torch.randint(0, k, (self.batch_size,), generator=g)
+            target = F.one_hot(y, k).float()
+            if self.mix:
+                other = (y + torch.randint(1, k, (self.batch_size,), generator=g)) % k  # another class
+                share = self.mix * torch.rand(self.batch_size, 1, generator=g)
+                target = (1 - share) * target + share * F.one_hot(other, k).float()
             z = self.bundle.sample_latents(self.batch_size, g)
-            y, z = shard(y, dist), shard(z, dist)
+            y, z, target = shard(y, dist), shard(z, dist), shard(target, dist)
             with torch.no_grad():
-                x = self.bundle.generate(F.one_hot(y, self.bundle.num_classes).float(), z)
+                x = self.bundle.generate(target, z)
         x = augment.weak(x, g, self.aug)
         if self.pool is not None:
-            x, y = shard(x, dist), shard(y, dist)
+            x, y, target = shard(x, dist), shard(y, dist), shard(target, dist)
         dev = next(net.parameters()).device
-        x, y = x.to(dev), y.to(dev)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        return loss, {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+        logits = net(x.to(dev))
+        y, target = y.to(dev), target.to(dev)
+        loss = F.cross_entropy(logits, target if self.mix else y)  # (class indices: the default's exact loss)
+        stats = {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+        if self.teacher:
+            with torch.no_grad():
+                soft = F.softmax(self.bundle.classify(x)[0] / self.t, 1).to(dev)
+            kd = F.kl_div(F.log_softmax(logits / self.t, 1), soft, reduction="batchmean") * self.t**2
+            loss = loss + self.teacher * kd
+            stats["kd"] = kd.item()
+        return loss, stats

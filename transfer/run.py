@@ -104,6 +104,9 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
     key = {"bundle": bundle.manifest.files, "arch": arch_spec(cfg.arch), "seed": cfg.seed, "in": [in_chans, size],
            "steps": cfg.pretrain_steps, "batch": cfg.pretrain_batch, "pool": cfg.pretrain_pool, "lr": cfg.lr,
            "wd": cfg.weight_decay, "augment": pp_augment(cfg, bundle).model_dump(exclude={"labelled_view"})}
+    if cfg.pretrain_mix or cfg.pretrain_teacher:  # (only when set: earlier caches keep their keys)
+        key.update(mix=cfg.pretrain_mix, teacher=cfg.pretrain_teacher,
+                   temperature=cfg.kd_temperature if cfg.pretrain_teacher else None)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -119,7 +122,8 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
     if cfg.pretrain_steps == 0:
         return {"skipped": True}
     trainer = Trainer(model, [Phase("pretrain", cfg.pretrain_steps, PseudoPretrain(
-        bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle)), cfg.lr,
+        bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle), mix=cfg.pretrain_mix,
+        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature), cfg.lr,
         cfg.weight_decay, evaluate=False)],
         out / "pretrain", cfg.seed, dist, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         progress=progress, channels_last=True)

@@ -131,11 +131,16 @@ class SSL(Supervised):
             cons, stats["real_mask"] = self.real_loss(out["real"][0], out["real"][-1], weak_x, shard(ir, dist))
             total_loss = total_loss + cfg.real_weight * ramp * cons
             stats["real"] = cons.item()
+            stats.update(self.loss_stats())
         stats["images"] = sum(len(v) for v in views)
         return total_loss, stats
 
     def unlabeled_loss(self, weak_logits, strong_logits, weights, weak_x) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
+
+    def loss_stats(self) -> dict[str, float]:
+        """Statistics of the real-image term beyond its loss, logged with each step."""
+        return {}
 
     def real_reads_weak(self) -> bool:
         """Whether real_loss reads the weak view of real images; if not, that view is never computed."""
@@ -246,6 +251,7 @@ class LabelProp(FixMatch):
 
     lp_label: torch.Tensor
     lp_weight: torch.Tensor
+    agreement = 0.0  # share of the last propagation's labels that the model's own predictions agree with
 
     def setup(self, model):
         super().setup(model)
@@ -264,15 +270,20 @@ class LabelProp(FixMatch):
         model.eval()
         dev = next(model.parameters()).device
         x = torch.cat([self.data.x, self.real])
-        feats = torch.cat([model.forward_features(x[i:i + 512].to(dev)).cpu() for i in range(0, len(x), 512)])
+        feats = torch.cat([model.forward_features(x[i:i + 512].to(dev)) for i in range(0, len(x), 512)])
+        own = F.softmax(model.head(feats[len(self.data):]), 1).cpu()  # the model's own view of each real image
         model.train(was)
-        label, certainty = propagate(feats, self.data.y, len(self.data.classes), self.cfg.lp_neighbours,
+        label, certainty = propagate(feats.cpu(), self.data.y, len(self.data.classes), self.cfg.lp_neighbours,
                                      self.cfg.lp_alpha)
         label, certainty = label[len(self.data):], certainty[len(self.data):]
         counts = torch.bincount(label, minlength=len(self.data.classes)).clamp_min(1).float()
         balance = len(label) / (len(counts) * counts)  # each class weighs the same in total
+        weight = certainty * balance[label]
+        if self.cfg.lp_agree:  # a propagated label the model itself doubts counts less
+            weight = weight * own.gather(1, label[:, None]).squeeze(1).pow(self.cfg.lp_agree)
+        self.agreement = (own.argmax(1) == label).float().mean().item()  # a statistic, logged per step
         self.lp_label.copy_(label)
-        self.lp_weight.copy_(certainty * balance[label])
+        self.lp_weight.copy_(weight)
 
     def loss(self, net, g, step, total, dist):
         if self.real is not None and step > 0 and step % self.cfg.lp_refresh == 0:
@@ -289,6 +300,9 @@ class LabelProp(FixMatch):
         if self.cfg.lp_consistency > 0:
             term = term + self.cfg.lp_consistency * super().real_loss(lw, ls, weak_x, index)[0]
         return term, self.lp_weight[index].mean().item()
+
+    def loss_stats(self) -> dict[str, float]:
+        return {"lp_agree": self.agreement} if self.real is not None else {}
 
 
 @register("anchor")
