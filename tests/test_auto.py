@@ -242,7 +242,7 @@ def test_pp_options_blend_classes_and_distil_from_c(tiny_bundle, tmp_path):
     bundle = open_source(tiny_bundle, small(tiny_bundle))
     asked: list[torch.Tensor] = []
     generate = bundle.generate
-    bundle.generate = lambda p, z=None, generator=None: asked.append(p) or generate(p, z, generator)  # type: ignore
+    bundle.generate = lambda p, z=None, generator=None: asked.append(p) or generate(p, z, generator)
     model = create_model("resnet_xs", 5, 1)
     for mix, teacher in ((0.0, 0.0), (0.5, 0.0), (0.0, 1.0)):
         objective = PseudoPretrain(bundle, 16, mix=mix, teacher=teacher)
