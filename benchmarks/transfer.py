@@ -88,6 +88,7 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "ft, lr 0.1": ("ft", {"source_ft": {"lr_scale": 0.1}}),  # lr_scale 0.5 and 1 diverged (NaN) on the first seed
     "l2sp, alpha 1e-3": ("l2sp", {"source_ft": {"l2sp_alpha": 1e-3}}),
     "l2sp, alpha 1e-2": ("l2sp", {"source_ft": {"l2sp_alpha": 1e-2}}),
+    "l2sp, alpha 1e-4": ("l2sp", {"source_ft": {"l2sp_alpha": 1e-4}}),  # at 800 target steps
     "l2sp, beta 5e-4": ("l2sp", {"source_ft": {"l2sp_beta": 5e-4}}),  # at lr_scale 0.1, alpha 1e-2
     "l2sp, beta 1e-2": ("l2sp", {"source_ft": {"l2sp_beta": 1e-2}}),
     "tred, weight 0.3": ("tred", {"source_ft": {"tred_weight": 0.3}}),

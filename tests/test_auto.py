@@ -262,3 +262,15 @@ def test_pp_options_blend_classes_and_distil_from_c(tiny_bundle, tmp_path):
     assert len(list(cache.glob("pp-*.pt"))) == 2  # distinct settings, distinct PP weights
     rows = [r for r in read_jsonl(tmp_path / "teacher" / "pretrain" / "metrics.jsonl") if r["phase"] == "pretrain"]
     assert len(rows) == 30 and all(r["kd"] >= 0 for r in rows)
+
+
+def test_every_labels_based_objective_smooths_its_labels(tiny_bundle):
+    """label_smoothing reaches kd, l2sp and tred as it does scratch, pp and ft: baselines under one regulariser."""
+    from edgeppt.bundle import open_source
+    from edgeppt.transfer.methods import METHODS
+
+    cfg = small(tiny_bundle, label_smoothing=0.2)
+    bundle = open_source(tiny_bundle, cfg)
+    labelled = ImageSet(torch.rand(10, 1, 8, 8), torch.arange(10) % 5, [str(i) for i in range(5)])
+    for name in ("scratch", "pp", "ft", "kd", "l2sp", "tred"):
+        assert METHODS[name].target(cfg, labelled, bundle, None, None).label_smoothing == 0.2, name

@@ -35,7 +35,8 @@ class Method:
 
 
 def supervised(cfg: TransferConfig, labelled: ImageSet) -> Supervised:
-    """The labels-only target phase's objective (scratch, pp, and the warm start of the SSL methods)."""
+    """The labels-only target phase's objective (scratch, pp, ft, and the warm start of the SSL methods); kd, l2sp
+    and tred smooth their labels alike, so every labels-based baseline trains under the same regulariser."""
     return Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment, label_smoothing=cfg.label_smoothing,
                       mixup=cfg.mixup)
 
@@ -45,7 +46,8 @@ def _supervised(cfg, labelled, bundle, pool, real):
 
 
 def _distill(cfg, labelled, bundle, pool, real):
-    return Distill(labelled, cfg.batch_size, bundle, cfg.kd_weight, cfg.kd_temperature, aug=cfg.augment)
+    return Distill(labelled, cfg.batch_size, bundle, cfg.kd_weight, cfg.kd_temperature, aug=cfg.augment,
+                   label_smoothing=cfg.label_smoothing)
 
 
 def _ssl(cfg, labelled, bundle, pool, real):
@@ -53,11 +55,13 @@ def _ssl(cfg, labelled, bundle, pool, real):
 
 
 def _l2sp(cfg, labelled, bundle, pool, real):
-    return L2SP(labelled, cfg.batch_size, cfg.source_ft.l2sp_alpha, cfg.source_ft.l2sp_beta, aug=cfg.augment)
+    return L2SP(labelled, cfg.batch_size, cfg.source_ft.l2sp_alpha, cfg.source_ft.l2sp_beta, aug=cfg.augment,
+                label_smoothing=cfg.label_smoothing)
 
 
 def _tred(cfg, labelled, bundle, pool, real):
-    return TRED(labelled, cfg.batch_size, bundle, cfg.source_ft.tred_weight, aug=cfg.augment)
+    return TRED(labelled, cfg.batch_size, bundle, cfg.source_ft.tred_weight, aug=cfg.augment,
+                label_smoothing=cfg.label_smoothing)
 
 
 def _tred_first(cfg: TransferConfig, objective: Objective) -> tuple[int, Objective]:

@@ -31,8 +31,8 @@ class Distill(Supervised):
     (augmented) target images. Labels differ between source and target, hence the separate head."""
 
     def __init__(self, labelled: ImageSet, batch_size: int, bundle: SourceBundle, weight: float, temperature: float,
-                 aug: AugmentConfig = augment.DEFAULT):
-        super().__init__(labelled, batch_size, new_head=True, aug=aug)
+                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0):
+        super().__init__(labelled, batch_size, new_head=True, aug=aug, label_smoothing=label_smoothing)
         self.bundle, self.weight, self.t = bundle, weight, temperature
         self.aux: nn.Linear | None = None
 
@@ -52,7 +52,7 @@ class Distill(Supervised):
         dev = next(net.parameters()).device
         logits, aux = net(x.to(dev))
         y = y.to(dev)
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         kd = F.kl_div(F.log_softmax(aux / self.t, 1), teacher.to(dev), reduction="batchmean") * self.t**2
         return ce + self.weight * kd, {"images": len(x), "ce": ce.item(), "kd": kd.item()}
 

@@ -43,8 +43,8 @@ class L2SP(Supervised):
     The phase runs without plain weight decay (this is its replacement)."""
 
     def __init__(self, labelled: ImageSet, batch_size: int, alpha: float, beta: float,
-                 aug: AugmentConfig = augment.DEFAULT):
-        super().__init__(labelled, batch_size, new_head=True, aug=aug)
+                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0):
+        super().__init__(labelled, batch_size, new_head=True, aug=aug, label_smoothing=label_smoothing)
         self.alpha, self.beta = alpha, beta
         self._model: ClassifierNet | None = None
 
@@ -137,8 +137,8 @@ class TRED(Supervised):
     and frozen here."""
 
     def __init__(self, labelled: ImageSet, batch_size: int, bundle: SourceBundle, weight: float,
-                 aug: AugmentConfig = augment.DEFAULT):
-        super().__init__(labelled, batch_size, new_head=True, aug=aug)
+                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0):
+        super().__init__(labelled, batch_size, new_head=True, aug=aug, label_smoothing=label_smoothing)
         self.bundle, self.weight = bundle, weight
         self.disentangle = _Disentangler(bundle.manifest.classifier.num_features, len(labelled.classes))
 
@@ -157,6 +157,7 @@ class TRED(Supervised):
             r = self.disentangle.split(f_c)[0]
         logits, f = net(x.to(dev))
         y = y.to(dev)
-        ce, reg = F.cross_entropy(logits, y), (f - r).pow(2).mean() / f_c.pow(2).mean().clamp_min(1e-12)
+        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        reg = (f - r).pow(2).mean() / f_c.pow(2).mean().clamp_min(1e-12)
         return ce + self.weight * reg, {"images": len(x), "ce": ce.item(), "tred": reg.item(),
                                         "train_acc": (logits.argmax(1) == y).float().mean().item()}
