@@ -131,16 +131,11 @@ class SSL(Supervised):
             cons, stats["real_mask"] = self.real_loss(out["real"][0], out["real"][-1], weak_x, shard(ir, dist))
             total_loss = total_loss + cfg.real_weight * ramp * cons
             stats["real"] = cons.item()
-            stats.update(self.loss_stats())
         stats["images"] = sum(len(v) for v in views)
         return total_loss, stats
 
     def unlabeled_loss(self, weak_logits, strong_logits, weights, weak_x) -> tuple[torch.Tensor, float]:
         raise NotImplementedError
-
-    def loss_stats(self) -> dict[str, float]:
-        """Statistics of the real-image term beyond its loss, logged with each step."""
-        return {}
 
     def real_reads_weak(self) -> bool:
         """Whether real_loss reads the weak view of real images; if not, that view is never computed."""
@@ -288,7 +283,10 @@ class LabelProp(FixMatch):
     def loss(self, net, g, step, total, dist):
         if self.real is not None and step > 0 and step % self.cfg.lp_refresh == 0:
             self._propagate()
-        return super().loss(net, g, step, total, dist)
+        loss, stats = super().loss(net, g, step, total, dist)
+        if self.real is not None:
+            stats["lp_agree"] = self.agreement
+        return loss, stats
 
     def real_reads_weak(self) -> bool:
         return self.cfg.lp_consistency > 0  # the propagated labels need no guess: one view, a third less compute
@@ -300,9 +298,6 @@ class LabelProp(FixMatch):
         if self.cfg.lp_consistency > 0:
             term = term + self.cfg.lp_consistency * super().real_loss(lw, ls, weak_x, index)[0]
         return term, self.lp_weight[index].mean().item()
-
-    def loss_stats(self) -> dict[str, float]:
-        return {"lp_agree": self.agreement} if self.real is not None else {}
 
 
 @register("anchor")
