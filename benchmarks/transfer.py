@@ -150,6 +150,12 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         ("distilled from C", {"pretrain_teacher": 1.0}), ("on class blends", {"pretrain_mix": 0.5}))},
     # propagated labels weighted also by the model's own probability of them (pssl.lp_agree), over every pairing
     "auto, unlabelled pool, agreement-weighted": ("auto", {"unlabeled": "rest", "pssl": {"lp_agree": 1.0}}),
+    # the SSL phase's labelled cross-entropy smoothed as the warm start's is (pssl.smooth_labels)
+    "auto, unlabelled pool, smoothed SSL labels": ("auto", {"unlabeled": "rest", "pssl": {"smooth_labels": True}}),
+    # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
+    "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
+    "pp+pssl (anchor labels), smoothed SSL labels": ("pp+pssl", {"pssl": {"algorithm": "anchor",
+                                                                           "smooth_labels": True}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -216,7 +222,8 @@ def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pa
     return {"test": report["test_accuracy"], "val": evaluate(model, val_set)["accuracy"], "wall_s": wall - once,
             "once_s": once, "method": report["method"], "auto": report.get("auto"),
             # label propagation's agreement with the model at the first and the last propagation
-            **({"lp_agree": [agree[0], agree[-1]]} if agree else {})}
+            **({"lp_agree": [agree[0], agree[-1]]} if agree else {}),
+            **({"reverse_check": report["reverse_check"]} if report.get("reverse_check") else {})}
 
 
 def _one_thread() -> None:

@@ -94,6 +94,8 @@ class PSSLConfig(Strict):
     real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
     real_warm_steps: int | None = Field(None, ge=1, description="labels-only warm-start steps when real unlabelled "
                                         "images join (default: finetune_steps)")
+    smooth_labels: bool = Field(False, description="the labelled images' cross-entropy in the SSL phase uses "
+                                "label_smoothing too, as the warm start before it does")
     unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped pseudo-sample loss weight")
     real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")
     ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weights ramp up")
@@ -137,6 +139,12 @@ class AutoConfig(Strict):
                              "untrained network's by more than this")
     pseudo_min: float = Field(0.9, description="use pseudo samples when they carry at least this share of the "
                               "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
+    reverse_check: bool = Field(False, description="with real unlabelled images: after the SSL phase, keep its model "
+                                "only if its labels of those images teach a fresh network the k labels about as "
+                                "well as the labels-only warm start's do (reverse validation); else the warm start")
+    reverse_steps: int = Field(300, ge=1, description="reverse check: steps training each fresh network")
+    reverse_margin: float = Field(0.0, ge=0, le=1, description="reverse check: keep the SSL model unless its reverse "
+                                  "accuracy is more than this below the warm start's (1: always keep it)")
 
 
 class SupermaskConfig(Strict):

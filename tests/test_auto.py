@@ -274,3 +274,80 @@ def test_every_labels_based_objective_smooths_its_labels(tiny_bundle):
     labelled = ImageSet(torch.rand(10, 1, 8, 8), torch.arange(10) % 5, [str(i) for i in range(5)])
     for name in ("scratch", "pp", "ft", "kd", "l2sp", "tred"):
         assert METHODS[name].target(cfg, labelled, bundle, None, None).label_smoothing == 0.2, name
+
+
+def test_ssl_phase_smooths_its_labelled_term_when_asked():
+    """pssl.smooth_labels gives the SSL phase's labelled cross-entropy the run's label_smoothing (off: plain)."""
+    from edgeppt.transfer.methods import METHODS
+
+    g = torch.Generator().manual_seed(0)
+    labelled = ImageSet(torch.rand(10, 1, 8, 8, generator=g), torch.arange(10) % 5, [str(i) for i in range(5)])
+    real = torch.rand(40, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 5, 1)
+    sup = {}
+    for smooth in (False, True):
+        cfg = TransferConfig(target=TARGET, label_smoothing=0.3, pssl={"smooth_labels": smooth, "lp_neighbours": 5})
+        objective = METHODS["pp+ssl"].target(cfg, labelled, None, None, real)
+        assert objective.label_smoothing == (0.3 if smooth else 0.0)
+        objective.setup(model)
+        sup[smooth] = objective.loss(model.eval(), torch.Generator().manual_seed(1), 0, 10, Dist())[1]["sup"]
+    # the same batch and logits (same seeds, eval mode): only the smoothing differs
+    assert sup[True] != pytest.approx(sup[False])
+
+
+class _ByIntensity(nn.Module):
+    """Labels an image by its mean intensity (class c is drawn at brightness (c + 0.5) / k), shifted by `shift`."""
+
+    def __init__(self, k: int, shift: int = 0):
+        super().__init__()
+        self.k, self.shift, self.dummy = k, shift, nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        c = (x.mean((1, 2, 3)) * self.k).long().clamp(0, self.k - 1)
+        return nn.functional.one_hot((c + self.shift) % self.k, self.k).float() + 0 * self.dummy
+
+
+def test_reverse_accuracy_tells_right_labels_of_the_unlabelled_images_from_wrong_ones():
+    """A fresh network taught by a model's labels of the unlabelled images recovers the k labels when those
+    labels are right, and fails where the model labels every image as its neighbouring class."""
+    from edgeppt.transfer.reverse import reverse_accuracy
+
+    k, g = 3, torch.Generator().manual_seed(0)
+
+    def images(n):
+        y = torch.arange(n) % k
+        return ((y.float() + 0.5) / k).view(-1, 1, 1, 1) + 0.05 * torch.randn(n, 1, 8, 8, generator=g), y
+
+    xl, yl = images(12)
+    labelled = ImageSet(xl.clamp(0, 1), yl, [str(i) for i in range(k)])
+    real = images(120)[0].clamp(0, 1)
+    cfg = TransferConfig(target=TARGET, batch_size=12)
+    right = reverse_accuracy(_ByIntensity(k), real, labelled, cfg, steps=60)
+    wrong = reverse_accuracy(_ByIntensity(k, shift=1), real, labelled, cfg, steps=60)
+    assert right >= 0.9 and wrong <= 0.1
+
+
+def test_auto_reverse_check_keeps_or_reverts_to_the_warm_start(tiny_bundle, tmp_path, monkeypatch):
+    """With real unlabelled images and auto.reverse_check, auto keeps the SSL model or goes back to the warm start
+    it kept on disk, by the reverse accuracies, and says which; a resumed run takes the same decision."""
+    from edgeppt.transfer import run as run_module
+
+    kw = dict(unlabeled="rest", auto={"reverse_check": True, "reverse_steps": 5})
+    kept = run_transfer(small(tiny_bundle, **kw), tmp_path / "kept", progress=False)
+    rc = kept["reverse_check"]
+    assert set(rc) >= {"ssl", "warm", "kept", "reason"} and 0 <= rc["ssl"] <= 1 and 0 <= rc["warm"] <= 1
+    assert (tmp_path / "kept" / "warm_start.pt").is_file() and kept["method"] == rc["kept"]
+    ssl_name = kept["auto"]["method"]
+    # Force the decision both ways: the SSL model's labels scored below the warm start's by more than the margin.
+    scores = iter([0.2, 0.8, 0.2, 0.8])
+    monkeypatch.setattr(run_module, "reverse_accuracy", lambda *a, **k: next(scores))
+    back = run_transfer(small(tiny_bundle, **kw), tmp_path / "back", progress=False)
+    warm = load_checkpoint(tmp_path / "back" / "warm_start.pt")["model"]
+    model = torch.load(tmp_path / "back" / "model.pt", weights_only=True)["state_dict"]
+    rc = back["reverse_check"]
+    assert back["method"] == rc["kept"] != ssl_name and "went back" in rc["reason"]
+    assert all(torch.equal(model[n], warm[n]) for n in warm)
+    (tmp_path / "back" / "report.json").unlink()  # a run stopped after training: resume decides the same
+    again = run_transfer(small(tiny_bundle, **kw), tmp_path / "back", resume=True, progress=False)
+    assert again["method"] == back["method"] and again["test_accuracy"] == back["test_accuracy"]

@@ -51,7 +51,8 @@ def _distill(cfg, labelled, bundle, pool, real):
 
 
 def _ssl(cfg, labelled, bundle, pool, real):
-    return ALGORITHMS[cfg.pssl.algorithm](labelled, pool, cfg.batch_size, cfg.pssl, aug=cfg.augment, real=real)
+    return ALGORITHMS[cfg.pssl.algorithm](labelled, pool, cfg.batch_size, cfg.pssl, aug=cfg.augment, real=real,
+                                          label_smoothing=cfg.label_smoothing if cfg.pssl.smooth_labels else 0.0)
 
 
 def _l2sp(cfg, labelled, bundle, pool, real):

@@ -58,6 +58,7 @@ class TransferReport(BaseModel):
     pretrain_for_auto: dict[str, Any] | None = None  # auto pre-trained to measure, then chose a method without PP
     pseudo_samples: dict[str, Any] | None = None
     unlabeled: dict[str, Any] | None = None
+    reverse_check: dict[str, Any] | None = None  # auto with unlabelled images: reverse accuracies, the model kept
     source: dict[str, Any] | None = None  # the bundle used: path, provenance (who signed it), runtime
     peak_rss_mib: float | None = None  # the process's peak resident memory
     supermask: dict[str, Any] | None = None  # a supermask model: sparsity, update bytes, base

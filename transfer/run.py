@@ -32,10 +32,12 @@ from .methods import METHODS, supervised
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
+from .reverse import reverse_accuracy
 from .source_ft import source_model
 from .supermask import Supermasked, attach, finish, update_size
 
 CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
+WARM_FILE = "warm_start.pt"  # the SSL methods' labels-only warm start, kept for auto's reverse check
 PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
 
 
@@ -189,6 +191,26 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
     return choice
 
 
+def reverse_check(cfg: TransferConfig, model, ssl_name: str, warm_name: str, real: torch.Tensor,
+                  labelled: ImageSet, out: Path) -> tuple[str, dict]:
+    """Keep the SSL model, or load the warm start back into `model` where its labels of the unlabelled images
+    teach the k labels better by more than the margin. Returns the method kept and the record of the check."""
+    warm = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
+    warm.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
+    acc = {"ssl": reverse_accuracy(model, real, labelled, cfg, cfg.auto.reverse_steps),
+           "warm": reverse_accuracy(warm, real, labelled, cfg, cfg.auto.reverse_steps)}
+    keep = acc["ssl"] >= acc["warm"] - cfg.auto.reverse_margin
+    figures = f"reverse accuracy on the labels {acc['ssl']:.0%} for {ssl_name}, {acc['warm']:.0%} for {warm_name}"
+    if keep:
+        reason = f"kept {ssl_name}: its labels of the unlabelled images teach the labels as well ({figures})"
+    else:
+        model.load_state_dict(warm.state_dict())
+        reason = (f"went back to {warm_name}: the SSL phase's labels of the unlabelled images teach the labels "
+                  f"worse ({figures})")
+    return (ssl_name if keep else warm_name), {**acc, "kept": ssl_name if keep else warm_name,
+                                               "margin": cfg.auto.reverse_margin, "reason": reason}
+
+
 def _needed(bundle: SourceBundle | None, method: str) -> SourceBundle:
     if bundle is None:
         raise EdgepptError(f"method {method!r} needs a source bundle (--source)")
@@ -279,6 +301,13 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                         phases[0].objective,
                         cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
                         cfg.weight_decay)]
+    # auto's reverse check: the warm start is kept on disk (a resumed run still has it) to go back to
+    check = (cfg.method == "auto" and cfg.auto.reverse_check and method.ssl and real is not None
+             and cfg.pssl.warm_start and not cfg.supermask.enabled)
+    if check:
+        def keep_warm(m: torch.nn.Module) -> None:
+            atomic_torch_save(out / WARM_FILE, {"model": m.state_dict()})
+        phases[-2].on_end = keep_warm
     if cfg.probe_steps and method.pretrain:  # LP-FT: the new head first learns the PP features as they are
         first = phases[0].objective
         assert isinstance(first, Supervised), "after PP the target phases start with a supervised one"
@@ -304,6 +333,13 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     timings["total"] = time.perf_counter() - t0
     if not dist.main:
         return {}
+    if check:
+        assert real is not None
+        t = time.perf_counter()
+        name, info["reverse_check"] = reverse_check(cfg, model, name, phases[-2].name, real, labelled, out)
+        timings["reverse_check"] = time.perf_counter() - t
+        if log:
+            log(f"auto: {info['reverse_check']['reason']}")
     update = finish(model, cfg.seed) if cfg.supermask.enabled else None
     if update:
         info["supermask"] = {**cfg.supermask.model_dump(), "base": "seeded" if update["base"] is None else name,

@@ -51,8 +51,9 @@ class SSL(Supervised):
     uses_strong = True  # the student learns on a strong view; False: on the weak view itself
 
     def __init__(self, labelled: ImageSet, pool: PseudoPool | None, batch_size: int, cfg: PSSLConfig,
-                 aug: AugmentConfig = augment.DEFAULT, real: torch.Tensor | None = None):
-        super().__init__(labelled, batch_size, new_head=not cfg.warm_start, aug=aug)
+                 aug: AugmentConfig = augment.DEFAULT, real: torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__(labelled, batch_size, new_head=not cfg.warm_start, aug=aug, label_smoothing=label_smoothing)
         if pool is None and real is None:
             raise ValueError("the SSL phase needs pseudo samples or real unlabelled images")
         self.pool, self.real, self.cfg = pool, real, cfg
@@ -106,7 +107,7 @@ class SSL(Supervised):
         chunks = iter(logits.split([len(v) for v in views]))
         out = {name: [next(chunks) for _ in vs] for name, vs in sized.items()}
 
-        sup = F.cross_entropy(out["labelled"][0], shard(yl, dist).to(dev))
+        sup = F.cross_entropy(out["labelled"][0], shard(yl, dist).to(dev), label_smoothing=self.label_smoothing)
         total_loss, stats = sup, {"sup": sup.item()}
         ramp = self.ramp(step, total)
         if "pseudo" in out:

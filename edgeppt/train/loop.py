@@ -41,6 +41,8 @@ class Phase:
     floor: float = 0.05  # the cosine schedule decays to this share of the rate (1: a constant rate)
     optimizer: Callable[[list[nn.Parameter], float], torch.optim.Optimizer] | None = None  # (params, lr); default
     # SGD with Nesterov momentum and the phase's weight decay
+    on_end: Callable[[nn.Module], None] | None = None  # called (rank 0) with the model the phase ends on, before
+    # its last checkpoint: a later choice can go back to it
 
 
 def ema_update(decay: float):
@@ -233,6 +235,8 @@ class Trainer:
                 done = step + 1
                 if ema is not None and done == ph.steps:  # the phase hands on its average
                     self.model.load_state_dict(ema.module.state_dict())
+                if ph.on_end is not None and done == ph.steps and self.dist.main:
+                    ph.on_end(self.model)
                 self.timings[ph.name] = time.perf_counter() - t_phase
                 record = {"phase": ph.name, "step": done, "global_step": self._global_step(pi, done),
                           "lr": opt.param_groups[0]["lr"], "loss": loss.item(), **stats}
