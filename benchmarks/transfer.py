@@ -150,12 +150,12 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         ("distilled from C", {"pretrain_teacher": 1.0}), ("on class blends", {"pretrain_mix": 0.5}))},
     # propagated labels weighted also by the model's own probability of them (pssl.lp_agree), over every pairing
     "auto, unlabelled pool, agreement-weighted": ("auto", {"unlabeled": "rest", "pssl": {"lp_agree": 1.0}}),
-    # the SSL phase's labelled cross-entropy smoothed as the warm start's is (pssl.smooth_labels)
-    "auto, unlabelled pool, smoothed SSL labels": ("auto", {"unlabeled": "rest", "pssl": {"smooth_labels": True}}),
+    # the SSL phase's labelled cross-entropy left unsmoothed (pssl.smooth_labels off: the former default)
+    "auto, unlabelled pool, SSL labels unsmoothed": ("auto", {"unlabeled": "rest", "pssl": {"smooth_labels": False}}),
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
     "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
-    "pp+pssl (anchor labels), smoothed SSL labels": ("pp+pssl", {"pssl": {"algorithm": "anchor",
-                                                                           "smooth_labels": True}}),
+    "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",
+                                                                             "smooth_labels": False}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {

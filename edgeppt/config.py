@@ -94,8 +94,9 @@ class PSSLConfig(Strict):
     real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
     real_warm_steps: int | None = Field(None, ge=1, description="labels-only warm-start steps when real unlabelled "
                                         "images join (default: finetune_steps)")
-    smooth_labels: bool = Field(False, description="the labelled images' cross-entropy in the SSL phase uses "
-                                "label_smoothing too, as the warm start before it does")
+    smooth_labels: bool = Field(True, description="the labelled images' cross-entropy in the SSL phase uses "
+                                "label_smoothing too, as the warm start before it does (chosen on validation accuracy: "
+                                "docs/transfer.md)")
     unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped pseudo-sample loss weight")
     real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")
     ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weights ramp up")
