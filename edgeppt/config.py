@@ -142,7 +142,8 @@ class AutoConfig(Strict):
                               "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
     reverse_check: bool = Field(False, description="(measured, off: docs/transfer.md) with real unlabelled "
                                 "images: keep the SSL model only if its labels of those images teach a fresh "
-                                "network the k labels about as well as the labels-only warm start's do (reverse validation); else the warm start")
+                                "network the k labels about as well as the warm start's do (reverse "
+                                "validation); else the warm start")
     reverse_steps: int = Field(300, ge=1, description="reverse check: steps training each fresh network")
     reverse_margin: float = Field(0.0, ge=0, le=1, description="reverse check: keep the SSL model unless its reverse "
                                   "accuracy is more than this below the warm start's (1: always keep it)")
