@@ -194,11 +194,16 @@ def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, 
     assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]
 
 
-def test_labelprop_computes_only_the_views_its_loss_reads():
-    """Propagated labels need no weak-view guess: without the consistency term each real image is seen once."""
+def _labels_and_unlabelled(n_real: int) -> tuple[ImageSet, torch.Tensor]:
+    """10 random labelled 8x8 images of 5 classes and n_real unlabelled ones, from a fixed seed."""
     g = torch.Generator().manual_seed(0)
     labelled = ImageSet(torch.rand(10, 1, 8, 8, generator=g), torch.arange(10) % 5, [str(i) for i in range(5)])
-    real = torch.rand(40, 1, 8, 8, generator=g)
+    return labelled, torch.rand(n_real, 1, 8, 8, generator=g)
+
+
+def test_labelprop_computes_only_the_views_its_loss_reads():
+    """Propagated labels need no weak-view guess: without the consistency term each real image is seen once."""
+    labelled, real = _labels_and_unlabelled(40)
     for consistency, images in ((0.0, 4 + 4), (1.0, 4 + 2 * 4)):  # labelled + real (+ their weak view)
         cfg = PSSLConfig(lp_consistency=consistency, lp_neighbours=5)
         objective = ALGORITHMS["labelprop"](labelled, None, 4, cfg, real=real)
@@ -211,9 +216,7 @@ def test_labelprop_computes_only_the_views_its_loss_reads():
 def test_labelprop_agreement_weights_down_labels_the_model_doubts():
     """pssl.lp_agree multiplies each propagated label's weight by the model's own probability of it, to that power:
     the same labels, each weight no larger, and the ones the model disagrees with shrunk the most."""
-    g = torch.Generator().manual_seed(0)
-    labelled = ImageSet(torch.rand(10, 1, 8, 8, generator=g), torch.arange(10) % 5, [str(i) for i in range(5)])
-    real = torch.rand(60, 1, 8, 8, generator=g)
+    labelled, real = _labels_and_unlabelled(60)
     torch.manual_seed(0)
     model = create_model("resnet_xs", 5, 1)
     runs = {}
@@ -280,9 +283,7 @@ def test_ssl_phase_smooths_its_labelled_term_when_asked():
     """pssl.smooth_labels gives the SSL phase's labelled cross-entropy the run's label_smoothing (off: plain)."""
     from edgeppt.transfer.methods import METHODS
 
-    g = torch.Generator().manual_seed(0)
-    labelled = ImageSet(torch.rand(10, 1, 8, 8, generator=g), torch.arange(10) % 5, [str(i) for i in range(5)])
-    real = torch.rand(40, 1, 8, 8, generator=g)
+    labelled, real = _labels_and_unlabelled(40)
     torch.manual_seed(0)
     model = create_model("resnet_xs", 5, 1)
     sup = {}
