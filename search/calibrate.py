@@ -2,8 +2,9 @@
 
 The probes (the space's smallest and largest corners, the registered MobileNet sizes and seeded random
 samples) are exported to ONNX here. One small Python program, with the models embedded, goes to the device
-over a plain `ssh` on stdin; it times each model with ONNX Runtime (warm-up, median of repeats, batch 1, the
-profile's threads and runtime) and prints JSON. A quarter of the probes is held out to report the predictor's
+over a plain `ssh` on stdin; it times the models with ONNX Runtime (batch 1, the profile's threads and runtime;
+every model once per round over several interleaved rounds, each keeping its least disturbed round's median) and
+prints JSON. A quarter of the probes is held out to report the predictor's
 error; the predictor written is then fitted on all probes.
 """
 
@@ -32,7 +33,9 @@ from .predictor import errors, fit, layer_features
 from .space import extreme_sample, random_sample, to_arch
 
 # Runs on the device: only the standard library, numpy and onnxruntime; it times with the core's one timing
-# helper, sent ahead of it as source.
+# helper, sent ahead of it as source. The probes are timed in interleaved rounds (every probe once per round) and
+# each keeps its least disturbed round: a shared or throttled device slows down for seconds at a time, which
+# would otherwise skew a contiguous run of probes (measured here: a stretch of probes at half speed).
 REMOTE = r'''
 import base64, json, platform, sys
 import onnxruntime as ort
@@ -41,12 +44,16 @@ so = ort.SessionOptions(); so.intra_op_num_threads = cfg["threads"]; so.inter_op
 so.log_severity_level = 3
 want = cfg["providers"]; have = ort.get_available_providers()
 providers = [p for p in want if p in have] or ["CPUExecutionProvider"]
-out = []
-for m in cfg["models"]:
-    s = ort.InferenceSession(base64.b64decode(m), so, providers=providers)
-    out.append(time_session(s, cfg["shape"], 1, cfg["repeats"], cfg["warmup"], float("inf"))["median_ms"])
-print(json.dumps({"latency_ms": out, "onnxruntime": ort.__version__, "providers": s.get_providers(),
-                  "machine": platform.machine(), "node": platform.node()}))
+sessions = [ort.InferenceSession(base64.b64decode(m), so, providers=providers) for m in cfg["models"]]
+rounds = max(1, cfg["rounds"]); runs = max(3, cfg["repeats"] // rounds)
+times = [[] for _ in sessions]
+for r in range(rounds):
+    for i, s in enumerate(sessions):
+        warm = cfg["warmup"] if r == 0 else 2
+        times[i].append(time_session(s, cfg["shape"], 1, runs, warm, float("inf"))["median_ms"])
+print(json.dumps({"latency_ms": [min(t) for t in times], "rounds_ms": times, "onnxruntime": ort.__version__,
+                  "providers": sessions[-1].get_providers(), "machine": platform.machine(),
+                  "node": platform.node()}))
 '''
 
 PROVIDERS = {"onnxruntime-cpu": ["CPUExecutionProvider"],
@@ -68,9 +75,9 @@ def probe_archs(space: SpaceConfig, n: int, seed: int = 0) -> list[dict]:
 
 
 def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], threads: int, runtime: str,
-                warmup: int, repeats: int, timeout: float = 1800) -> dict:
+                warmup: int, repeats: int, timeout: float = 1800, rounds: int = 5) -> dict:
     cfg = {"models": [base64.b64encode(m).decode() for m in onnx_models], "shape": shape, "threads": threads,
-           "providers": PROVIDERS[runtime], "warmup": warmup, "repeats": repeats}
+           "providers": PROVIDERS[runtime], "warmup": warmup, "repeats": repeats, "rounds": rounds}
     encoded = base64.b64encode(json.dumps(cfg).encode()).decode()
     program = f"{inspect.getsource(ort_timing)}\nCFG = {encoded!r}\n{REMOTE}"
     try:
