@@ -320,12 +320,25 @@ def few_shot(ds: ImageSet, labels_per_class: int, seed: int) -> tuple[ImageSet, 
     return ds.subset(torch.cat(chosen)), ds.subset(torch.cat(rest))
 
 
-def load_unlabeled(spec: str, image_size: int, channels: int) -> tuple[torch.Tensor, list[str]]:
+def subsample(n: int, limit: int) -> torch.Tensor | None:
+    """Indices of a fixed random subset of `limit` out of n items (None: keep all). Seeded by n alone, so the
+    same data gives the same subset in every run."""
+    if limit <= 0 or n <= limit:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(n))[:limit].sort().values
+
+
+def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) -> tuple[torch.Tensor, list[str], int]:
     """Unlabelled images: a folder (searched recursively, class sub-folders or not), a .npz with `x`
-    (`y` ignored) or a built-in spec. Returns the images, shaped like the labelled set, and the skipped files."""
+    (`y` ignored) or a built-in spec. Returns the images, shaped like the labelled set (at most `limit` of them, a
+    fixed random subset; 0 = all), the skipped files and how many images the spec holds."""
     p = Path(spec)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        total = len(files)
+        keep = subsample(total, limit)
+        if keep is not None:  # choose before reading: a folder of 100,000 images is not read in full
+            files = [files[i] for i in keep.tolist()]
         images, skipped = [], []
         for f in files:
             try:
@@ -335,7 +348,7 @@ def load_unlabeled(spec: str, image_size: int, channels: int) -> tuple[torch.Ten
         if not images:
             raise EdgepptError(f"unlabelled images {spec}: no readable image ({len(skipped)} unreadable, "
                                f"{len(files)} image files)")
-        return torch.from_numpy(np.stack(images)).float() / 255.0, skipped
+        return torch.from_numpy(np.stack(images)).float() / 255.0, skipped, total
     if p.suffix == ".npz" and p.is_file():
         try:
             with np.load(p, allow_pickle=False) as z:
@@ -344,9 +357,13 @@ def load_unlabeled(spec: str, image_size: int, channels: int) -> tuple[torch.Ten
                 x = z["x"]
         except (OSError, ValueError) as e:
             raise EdgepptError(f"{p}: not a readable .npz file ({e})") from e
-        return reshape_images(load_npz_arrays(x, p), image_size, channels), []
+        total = len(x)
+        keep = subsample(total, limit)
+        x = x if keep is None else x[keep.numpy()]
+        return reshape_images(load_npz_arrays(x, p), image_size, channels), [], total
     ds = load_dataset(spec, image_size, channels)
-    return ds.x, ds.skipped
+    keep = subsample(len(ds.x), limit)
+    return (ds.x if keep is None else ds.x[keep]), ds.skipped, len(ds.x)
 
 
 def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:

@@ -110,7 +110,8 @@ def test_a_zip_of_unlabelled_images_unpacks_in_any_layout_and_loads(tmp_path):
 
     root = extract_images(make_zip({f"device/day{i % 2}/{i}.png": png_bytes(10 * i) for i in range(5)}),
                           tmp_path / "u")
-    x, skipped = load_unlabeled(str(root), 8, 1)
+    x, skipped, offered = load_unlabeled(str(root), 8, 1)
+    assert offered == 5
     assert x.shape == (5, 1, 8, 8) and not skipped
     with pytest.raises(UploadError, match="no images"):
         extract_images(make_zip({"empty/": b""}), tmp_path / "u2")

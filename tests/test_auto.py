@@ -123,12 +123,14 @@ def test_unlabeled_images_join_the_ssl_phase(tiny_bundle, tmp_path):
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())["phases"]
     assert [(ph["name"], ph["steps"]) for ph in plan] == [("pretrain", 30), ("pp", 7), ("pp_ssl", 20)]
     assert report["unlabeled"]["count"] == 24 and len(report["unlabeled"]["skipped_files"]) == 2
+    assert report["unlabeled"]["offered"] == 26  # image files found, the unreadable two among them
     assert all("bad" in s for s in report["unlabeled"]["skipped_files"])
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
     assert len(rows) == 20 and all("real" in r and "real_mask" in r for r in rows)
     # 'rest': the target pool's own unlabelled images; with pseudo samples as well in pp+pssl.
-    both = run_transfer(small(tiny_bundle, method="pp+pssl", unlabeled="rest"), tmp_path / "both", progress=False)
-    assert both["unlabeled"]["count"] > 100
+    both = run_transfer(small(tiny_bundle, method="pp+pssl", unlabeled="rest", max_unlabeled=100), tmp_path / "both",
+                        progress=False)
+    assert both["unlabeled"]["count"] == 100 < both["unlabeled"]["offered"]  # a fixed subset, max_unlabeled
     row = [r for r in read_jsonl(tmp_path / "both" / "metrics.jsonl") if r["phase"] == "pp_pssl"][-1]
     assert "real" in row and "pseudo" in row
 

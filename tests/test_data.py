@@ -164,6 +164,28 @@ def test_the_pixel_limit_applies_to_labelled_and_unlabelled_folders(tmp_path, mo
     assert len(ds) == 4 and ds.skipped == [f"{tmp_path / 'b' / 'big.png'}: image too large: 13x13 pixels "
                                            "(0.000169 megapixels), over the limit of 0.00015 megapixels "
                                            "(edgeppt.data.MAX_IMAGE_PIXELS)"]
-    x, skipped = load_unlabeled(str(tmp_path), 10, 1)
+    x, skipped, _ = load_unlabeled(str(tmp_path), 10, 1)
     assert len(x) == 4 and len(skipped) == 1 and "big.png: image too large" in skipped[0]
     assert data.skipped_summary(ds.skipped).startswith("skipped 1 image file(s) that could not be read: ")
+
+
+def test_unlabelled_images_over_the_limit_are_a_fixed_subset_chosen_before_reading(tmp_path, monkeypatch):
+    import edgeppt.data as data
+    from edgeppt.data import load_unlabeled
+
+    for i in range(6):
+        _write(tmp_path / "u" / f"{i}.png")
+    read: list[str] = []
+    real_read = data._read_image
+    monkeypatch.setattr(data, "_read_image", lambda f, c: (read.append(f.name), real_read(f, c))[1])
+    x, skipped, offered = load_unlabeled(str(tmp_path / "u"), 10, 1, limit=4)
+    assert x.shape == (4, 1, 10, 10) and offered == 6 and not skipped
+    assert len(read) == 4  # only the chosen files are read
+    first = sorted(read)
+    read.clear()
+    load_unlabeled(str(tmp_path / "u"), 10, 1, limit=4)
+    assert sorted(read) == first  # the same subset every time
+    np.savez(tmp_path / "u.npz", x=np.arange(7 * 100, dtype=np.uint8).reshape(7, 10, 10))
+    x, _, offered = load_unlabeled(str(tmp_path / "u.npz"), 10, 1, limit=3)
+    assert x.shape == (3, 1, 10, 10) and offered == 7
+    assert len(load_unlabeled(str(tmp_path / "u.npz"), 10, 1, limit=0)[0]) == 7  # 0 keeps all

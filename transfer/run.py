@@ -12,7 +12,16 @@ import torch
 
 from edgeppt.bundle import SourceBundle, open_source
 from edgeppt.config import AugmentConfig, TransferConfig, validate
-from edgeppt.data import DataRecord, ImageSet, few_shot, load_dataset, load_unlabeled, reshape_images, train_test_split
+from edgeppt.data import (
+    DataRecord,
+    ImageSet,
+    few_shot,
+    load_dataset,
+    load_unlabeled,
+    reshape_images,
+    subsample,
+    train_test_split,
+)
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec, create_model
 from edgeppt.runs import (
@@ -81,15 +90,18 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
     return labelled, test, rest, DataRecord.of(cfg.target, cfg.test, target, test, labelled)
 
 
-def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet) -> tuple[torch.Tensor | None, list[str]]:
+def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet
+                     ) -> tuple[torch.Tensor | None, list[str], int]:
+    """The unlabelled images (at most cfg.max_unlabeled of them), the unreadable files, and how many were offered."""
     if cfg.unlabeled is None:
-        return None, []
+        return None, [], 0
     if cfg.unlabeled == "rest":
         if len(rest) == 0:
             raise EdgepptError("--unlabeled rest: the target pool has no images beyond the labelled ones")
-        return rest.x, []
+        keep = subsample(len(rest), cfg.max_unlabeled)
+        return (rest.x if keep is None else rest.x[keep]), [], len(rest)
     try:
-        return load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0])
+        return load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0], cfg.max_unlabeled)
     except EdgepptError as e:
         raise EdgepptError(f"--unlabeled: {e}") from e
 
@@ -238,7 +250,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     bundle = open_source(cfg.source, cfg, dist.device) \
         if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
     labelled, test, rest, record = prepare_splits(cfg, bundle)
-    real, skipped_unlabeled = unlabeled_images(cfg, labelled, rest)
+    real, skipped_unlabeled, offered = unlabeled_images(cfg, labelled, rest)
     if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
         log(f"source {bundle.path}: {bundle.provenance}")
     if dist.main:
@@ -281,7 +293,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
                                   "cached": from_cache}
     if real is not None:
-        info["unlabeled"] = {"count": len(real), "skipped_files": skipped_unlabeled, "used": method.ssl}
+        info["unlabeled"] = {"count": len(real), "offered": offered, "skipped_files": skipped_unlabeled,
+                             "used": method.ssl}
+        if log and 0 < cfg.max_unlabeled < offered:
+            log(f"unlabelled images: a fixed random {len(real):,} of the {offered:,} given (max_unlabeled)")
 
     lr = cfg.lr * cfg.source_ft.lr_scale if method.source_net else cfg.lr
     wd = cfg.weight_decay if method.weight_decay else 0.0
