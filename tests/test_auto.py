@@ -354,3 +354,21 @@ def test_auto_reverse_check_keeps_or_reverts_to_the_warm_start(tiny_bundle, tmp_
     (tmp_path / "back" / "report.json").unlink()  # a run stopped after training: resume decides the same
     again = run_transfer(small(tiny_bundle, **kw), tmp_path / "back", resume=True, progress=False)
     assert again["method"] == back["method"] and again["test_accuracy"] == back["test_accuracy"]
+
+
+def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):
+    """With --image-size other than the bundle's, PP feeds G's samples at the target's size, as fine-tuning and the
+    deployed model see images."""
+    from edgeppt.bundle import open_source
+    from edgeppt.transfer.objectives import PseudoPretrain
+
+    bundle = open_source(tiny_bundle, small(tiny_bundle))
+    side = bundle.image_shape[1] + 6
+    seen: list[tuple[int, ...]] = []
+    model = create_model("resnet_xs", 5, 1)
+    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    for size, want in ((side, side), (None, bundle.image_shape[1])):
+        objective = PseudoPretrain(bundle, 8, image_size=size)
+        objective.setup(model)
+        loss, _ = objective.loss(model, torch.Generator().manual_seed(0), 0, 10, Dist())
+        assert torch.isfinite(loss) and seen[-1][-2:] == (want, want)

@@ -8,7 +8,7 @@ from torch import nn
 
 from edgeppt.bundle import SourceBundle
 from edgeppt.config import AugmentConfig
-from edgeppt.data import ImageSet
+from edgeppt.data import ImageSet, reshape_images
 from edgeppt.models import ClassifierNet
 from edgeppt.train import augment
 from edgeppt.train.objective import Objective, Supervised, sample_batch, shard
@@ -62,13 +62,15 @@ class PseudoPretrain(Objective):
 
     Options: `mix` conditions each fresh sample on a blend of two classes (the second's share from [0, mix]) and
     trains toward that blend, so the features also learn the space between source classes; `teacher` adds a
-    distillation term toward C's softened outputs on the same view (data-free distillation through G)."""
+    distillation term toward C's softened outputs on the same view (data-free distillation through G).
+    `image_size` resizes G's samples to the size the target network is trained and deployed at (--image-size)."""
 
     def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0,
                  aug: AugmentConfig = augment.DEFAULT, mix: float = 0.0, teacher: float = 0.0,
-                 temperature: float = 4.0):
+                 temperature: float = 4.0, image_size: int | None = None):
         super().__init__()
         self.bundle, self.batch_size, self.aug = bundle, batch_size, aug
+        self.image_size = image_size if image_size != bundle.image_shape[1] else None
         self.mix = mix if bundle.manifest.generator.label != "index" else 0.0  # an index has no blend
         self.teacher, self.t = teacher, temperature
         self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -105,7 +107,7 @@ class PseudoPretrain(Objective):
         if self.pool is not None:
             x, y, target = shard(x, dist), shard(y, dist), shard(target, dist)
         dev = next(net.parameters()).device
-        logits = net(x.to(dev))
+        logits = net((x if self.image_size is None else reshape_images(x, self.image_size, None)).to(dev))
         y, target = y.to(dev), target.to(dev)
         loss = F.cross_entropy(logits, target if self.mix else y)  # (class indices: the default's exact loss)
         stats = {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}

@@ -127,7 +127,8 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
 def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path, dist: Dist, resume: bool,
                     cache_dir: Path | None, progress: bool) -> dict:
     """Train `model` on generated source-class samples; reuse cached weights for identical settings."""
-    key = _pp_key(cfg, bundle, bundle.image_shape[0], bundle.image_shape[1])
+    size = cfg.image_size or bundle.image_shape[1]  # PP trains at the size the target network works at
+    key = _pp_key(cfg, bundle, bundle.image_shape[0], size)
     cached = cache_dir / f"pp-{key}.pt" if cache_dir else None
     if cached and cached.exists():
         model.reset_head(bundle.num_classes)
@@ -137,7 +138,7 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
         return {"skipped": True}
     trainer = Trainer(model, [Phase("pretrain", cfg.pretrain_steps, PseudoPretrain(
         bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle), mix=cfg.pretrain_mix,
-        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature), cfg.lr,
+        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size), cfg.lr,
         cfg.weight_decay, evaluate=False)],
         out / "pretrain", cfg.seed, dist, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         progress=progress, channels_last=True)
