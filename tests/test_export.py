@@ -322,6 +322,47 @@ def test_tensorrt_engine_build(bundle, trained_run, tmp_path):
     assert [tuple(s) for s in e.get_tensor_profile_shape("input", 0)] == [(1, 1, 8, 8), (1, 1, 8, 8), (8, 1, 8, 8)]
 
 
+
+def test_tensorrt_api_names_are_read_from_the_build_script_and_looked_up():
+    """tensorrt_api lists every TensorRT name the build script uses (typed through its locals) and finds the ones a
+    module lacks; a local it cannot type is an error, so the list cannot fall behind the script."""
+    from types import SimpleNamespace
+
+    from edgeppt.export.tensorrt_api import Use, check, uses
+
+    used = uses()
+    for name in ("trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED", "trt.Builder.build_serialized_network",
+                 "trt.IBuilderConfig.set_timing_cache(ignore_mismatch=...)", "trt.ITimingCache.serialize",
+                 "trt.OnnxParser.num_errors", "trt.MemoryPoolType.WORKSPACE"):
+        assert name in map(str, used)
+    script = "def f():\n    import tensorrt as trt\n    config = trt.Builder(0).create_builder_config()\n" \
+             "    config.set_flag(trt.BuilderFlag.INT8)\n"
+    assert {str(u) for u in uses(script)} >= {"trt.BuilderFlag.INT8", "trt.IBuilderConfig.set_flag"}
+    with pytest.raises(ValueError, match="'x' from TensorRT"):
+        uses(script.replace("config = trt.Builder(0)", "x = trt.Builder(0)"))
+
+    def set_timing_cache(cache, ignore_mismatch):
+        """set_timing_cache(self: IBuilderConfig, cache: ITimingCache, ignore_mismatch: bool) -> bool"""
+
+    fake = SimpleNamespace(BuilderFlag=SimpleNamespace(FP16=1), IBuilderConfig=SimpleNamespace(
+        set_timing_cache=set_timing_cache))
+    got = dict(check(fake, [Use("BuilderFlag", "FP16"), Use("BuilderFlag", "INT8"), Use("Missing", "x"),
+                            Use("IBuilderConfig", "set_timing_cache", "ignore_mismatch"),
+                            Use("IBuilderConfig", "set_timing_cache", "strict")]))
+    assert list(got.values()) == [True, False, False, True, False]
+
+
+def test_tensorrt_api_exists_in_the_real_bindings():
+    """Every name the build script uses exists in TensorRT's real Python module (no GPU needed: nothing is called).
+    scripts/check-tensorrt-api installs the bindings of TensorRT 10 and 11 from PyPI and runs this check."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        pytest.skip("TensorRT's Python bindings are not installed (an optional check: scripts/check-tensorrt-api)")
+    from edgeppt.export.tensorrt_api import check
+
+    assert [str(u) for u, ok in check(trt) if not ok] == []
+
 # ---------------------------------------------------------------- deploy over SSH (the `sshd` fixture: conftest.py)
 def test_deploy_over_ssh(bundle, sshd, tmp_path):
     path, manifest = bundle
