@@ -256,16 +256,24 @@ def test_remote_training_service_runs_trials_on_ssh_workers(sshd, tmp_path):
         SearchConfig(device=str(prof), trials=1, engine="remote", **FAST)
 
 
-def test_a_lost_trial_is_retried(tmp_path):
-    """The first trial's process (NNI's local training service: one process per trial) is killed (SIGKILL)
-    mid-training: NNI fails that trial, and the search runs the experiment again, which recalls the other candidate
-    from the ledger and trains the lost one."""
+@pytest.mark.parametrize("engine", ["local", "remote"])
+def test_a_lost_trial_is_retried(engine, request, tmp_path):
+    """The first trial's process (NNI's local training service, or a trial process on an SSH worker) is killed
+    (SIGKILL) mid-training: NNI fails that trial, and the search runs the experiment again, which recalls the other
+    candidate from the ledger and trains the lost one."""
+    import getpass
     import os
     import signal
     import threading
 
     prof = predicted_profile(tmp_path, latency_ms=1.0)
     out = tmp_path / "run"
+    where: dict = {}
+    if engine == "remote":
+        sshd = request.getfixturevalue("sshd")
+        where = {"workers": [{"host": "127.0.0.1", "port": sshd.port, "user": getpass.getuser(),
+                              "ssh_key_file": str(sshd.identity), "python_path": str(Path(sys.executable).parent)}],
+                 "manager_ip": "127.0.0.1"}
     killed: list[dict] = []
 
     def kill_first_trial() -> None:
@@ -282,8 +290,8 @@ def test_a_lost_trial_is_retried(tmp_path):
     killer = threading.Thread(target=kill_first_trial, daemon=True)
     killer.start()
     slow = {**FAST, "proxy": {**FAST["proxy"], "finetune_steps": 40}}  # long enough to be killed mid-training
-    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=2, engine="local", concurrency=1,
-                                finalists=0, **slow), out, progress=False)
+    s = run_search(SearchConfig(device=str(prof), strategy="random", trials=2, engine=engine, concurrency=1,
+                                finalists=0, **where, **slow), out, progress=False)
     killer.join(timeout=5)
     assert killed, "no trial was seen training"
     events = [json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines()]
