@@ -357,7 +357,7 @@ def test_auto_reverse_check_keeps_or_reverts_to_the_warm_start(tiny_bundle, tmp_
 
 
 def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):
-    """With --image-size other than the bundle's, PP feeds G's samples at the target's size, as fine-tuning and the
+    """With image_size other than the bundle's, PP feeds G's samples at the target's size, as fine-tuning and the
     deployed model see images."""
     from edgeppt.bundle import open_source
     from edgeppt.transfer.objectives import PseudoPretrain
