@@ -63,7 +63,7 @@ class PseudoPretrain(Objective):
     Options: `mix` conditions each fresh sample on a blend of two classes (the second's share from [0, mix]) and
     trains toward that blend, so the features also learn the space between source classes; `teacher` adds a
     distillation term toward C's softened outputs on the same view (data-free distillation through G).
-    `image_size` resizes G's samples to the size the target network is trained and deployed at (`image_size`)."""
+    `image_size` resizes G's samples to the size the target network is trained and deployed at (the run's setting)."""
 
     def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0,
                  aug: AugmentConfig = augment.DEFAULT, mix: float = 0.0, teacher: float = 0.0,
