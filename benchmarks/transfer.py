@@ -114,6 +114,9 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp, probe 50, ema 0.2": ("pp", {"probe_steps": 50, "ema": 0.2}),
     # the labels-only target phase's length, each against 200 steps (the former default; 800 was chosen)
     **{f"{m}, {n} target steps": (m, {"finetune_steps": n}) for m in ("scratch", "pp") for n in (200, 400, 1600)},
+    # the target phases' learning rate and weight decay (PP keeps its own: pretrain_lr, pretrain_weight_decay)
+    **{f"{m}, {name}": (m, o) for m in ("scratch", "pp") for name, o in (
+        ("lr 0.02", {"lr": 0.02}), ("lr 0.1", {"lr": 0.1}), ("weight decay 5e-3", {"weight_decay": 5e-3}))},
     # a longer pseudo pre-training (3x the default 400 steps)
     "pp, 1200 PP steps": ("pp", {"pretrain_steps": 1200}),
     "auto, 1200 PP steps": ("auto", {"pretrain_steps": 1200}),
@@ -152,6 +155,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, agreement-weighted": ("auto", {"unlabeled": "rest", "pssl": {"lp_agree": 1.0}}),
     # the SSL phase's labelled cross-entropy left unsmoothed (pssl.smooth_labels off: the former default)
     "auto, unlabelled pool, SSL labels unsmoothed": ("auto", {"unlabeled": "rest", "pssl": {"smooth_labels": False}}),
+    # the SSL phase at the full rate when real unlabelled images join (pssl.real_lr_scale 1; the default is 0.5)
+    "auto, unlabelled pool, SSL at the full rate": ("auto", {"unlabeled": "rest", "pssl": {"real_lr_scale": 1.0}}),
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
     "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
     "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",

@@ -192,10 +192,12 @@ class TransferConfig(SourceTrust):
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=512)
     batch_size: int = Field(32, ge=1, description="labelled batch size")
-    lr: float = Field(0.05, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
+    lr: float = Field(0.05, gt=0, description="learning rate of the target phases (SGD, cosine decay)")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay of the target phases")
     pretrain_steps: int = Field(400, ge=0, description="PP: steps classifying generated source-class samples")
     pretrain_batch: int = Field(128, ge=2)
+    pretrain_lr: float = Field(0.05, gt=0, description="PP: learning rate")
+    pretrain_weight_decay: float = Field(5e-4, ge=0, description="PP: weight decay")
     pretrain_pool: int = Field(0, ge=0, description="cache this many generated samples for PP (0 = draw fresh each "
                                                     "step)")
     pretrain_teacher: float = Field(0.0, ge=0, description="PP: weight of a distillation term toward C's softened "

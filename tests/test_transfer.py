@@ -207,6 +207,20 @@ def test_pp_weights_and_pseudo_pools_are_cached_across_runs(tiny_bundle, tmp_pat
         [r["loss"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["phase"] == "pp"]
 
 
+def test_pp_weights_follow_pps_own_rate_not_the_target_phases(tiny_bundle, tmp_path):
+    """lr and weight_decay are the target phases'; PP trains at pretrain_lr and pretrain_weight_decay, so a target
+    rate can change and reuse cached PP weights, and a PP rate cannot."""
+    cache = tmp_path / "cache"
+    base = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "a", progress=False, pp_cache=cache)
+    target = run_transfer(cfg(tiny_bundle, method="pp", lr=0.02, weight_decay=5e-3), tmp_path / "b",
+                          progress=False, pp_cache=cache)
+    pp_rate = run_transfer(cfg(tiny_bundle, method="pp", pretrain_lr=0.02), tmp_path / "c", progress=False,
+                           pp_cache=cache)
+    assert "cached" not in base["pretrain"] and "cached" in target["pretrain"] and "cached" not in pp_rate["pretrain"]
+    assert len(list(cache.glob("pp-*.pt"))) == 2
+    assert target["settings"]["lr"] == 0.02 and target["settings"]["pretrain_lr"] == 0.05
+
+
 def test_torchrun_two_cpu_processes(tiny_bundle, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
            "-m", "edgeppt.cli", "transfer", "--source", str(tiny_bundle), "--target", TARGET, "--arch", "resnet_xs",

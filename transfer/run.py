@@ -116,8 +116,9 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
     """PP weights depend on the bundle, architecture, seed and PP settings, not on the target labels."""
     # PP trains on weak views: the view of labelled images is not part of its key
     key = {"bundle": bundle.manifest.files, "arch": arch_spec(cfg.arch), "seed": cfg.seed, "in": [in_chans, size],
-           "steps": cfg.pretrain_steps, "batch": cfg.pretrain_batch, "pool": cfg.pretrain_pool, "lr": cfg.lr,
-           "wd": cfg.weight_decay, "augment": pp_augment(cfg, bundle).model_dump(exclude={"labelled_view"})}
+           "steps": cfg.pretrain_steps, "batch": cfg.pretrain_batch, "pool": cfg.pretrain_pool,
+           "lr": cfg.pretrain_lr, "wd": cfg.pretrain_weight_decay,
+           "augment": pp_augment(cfg, bundle).model_dump(exclude={"labelled_view"})}
     if cfg.pretrain_mix or cfg.pretrain_teacher:  # (only when set: earlier caches keep their keys)
         key.update(mix=cfg.pretrain_mix, teacher=cfg.pretrain_teacher,
                    temperature=cfg.kd_temperature if cfg.pretrain_teacher else None)
@@ -138,8 +139,8 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
         return {"skipped": True}
     trainer = Trainer(model, [Phase("pretrain", cfg.pretrain_steps, PseudoPretrain(
         bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle), mix=cfg.pretrain_mix,
-        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size), cfg.lr,
-        cfg.weight_decay, evaluate=False)],
+        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size), cfg.pretrain_lr,
+        cfg.pretrain_weight_decay, evaluate=False)],
         out / "pretrain", cfg.seed, dist, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         progress=progress, channels_last=True)
     trainer.run(resume=resume)
