@@ -157,6 +157,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, SSL labels unsmoothed": ("auto", {"unlabeled": "rest", "pssl": {"smooth_labels": False}}),
     # the SSL phase at the full rate when real unlabelled images join (pssl.real_lr_scale 1; the default is 0.5)
     "auto, unlabelled pool, SSL at the full rate": ("auto", {"unlabeled": "rest", "pssl": {"real_lr_scale": 1.0}}),
+    "auto, unlabelled pool, SSL at a quarter of the rate": ("auto", {"unlabeled": "rest",
+                                                                     "pssl": {"real_lr_scale": 0.25}}),
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
     "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
     "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",
