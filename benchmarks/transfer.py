@@ -159,7 +159,7 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, SSL at the full rate": ("auto", {"unlabeled": "rest", "pssl": {"real_lr_scale": 1.0}}),
     "auto, unlabelled pool, SSL at a quarter of the rate": ("auto", {"unlabeled": "rest",
                                                                      "pssl": {"real_lr_scale": 0.25}}),
-    # ten times the weight decay (it leaned ahead for scratch and pp) where it also sets the SSL phase's
+    # ten times the weight decay (it leaned ahead for scratch and pp), which also sets the SSL phase's decay
     "auto, unlabelled pool, weight decay 5e-3": ("auto", {"unlabeled": "rest", "weight_decay": 5e-3}),
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
     "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
