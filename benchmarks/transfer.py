@@ -151,6 +151,10 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # PP toward C's softened outputs as well (data-free distillation through G), and on blends of two source classes
     **{f"{m}, PP {name}": (m, o) for m in ("pp", "auto") for name, o in (
         ("distilled from C", {"pretrain_teacher": 1.0}), ("on class blends", {"pretrain_mix": 0.5}))},
+    # PP with SimCLR's contrastive term on a strong view of each sample (twice the images per PP step), and its
+    # control of equal compute: PP on twice the batch
+    **{f"{m}, PP {name}": (m, o) for m in ("pp", "auto") for name, o in (
+        ("contrastive", {"pretrain_contrastive": 1.0}), ("batch 256", {"pretrain_batch": 256}))},
     # propagated labels weighted also by the model's own probability of them (pssl.lp_agree), over every pairing
     "auto, unlabelled pool, agreement-weighted": ("auto", {"unlabeled": "rest", "pssl": {"lp_agree": 1.0}}),
     # the SSL phase's labelled cross-entropy left unsmoothed (pssl.smooth_labels off: the former default)

@@ -206,6 +206,10 @@ class TransferConfig(SourceTrust):
     pretrain_mix: float = Field(0.0, ge=0, le=0.5, description="PP: condition G on a blend of two source classes, the "
                                 "second's share drawn from [0, pretrain_mix], and train toward that blend (0 = one "
                                 "class per sample; generators conditioned on a class index ignore it)")
+    pretrain_contrastive: float = Field(0.0, ge=0, description="PP: weight of SimCLR's contrastive term between a "
+                                        "weak and a strong view of each generated sample, beside the cross-entropy "
+                                        "(0 = off)")
+    pretrain_contrastive_temperature: float = Field(0.2, gt=0, description="PP: the contrastive term's temperature")
     finetune_steps: int = Field(800, ge=1, description="supervised / distillation / SSL steps on the target")
     probe_steps: int = Field(0, ge=0, description="after PP: steps training only the new head on frozen features "
                              "before the whole network is fine-tuned (LP-FT)")

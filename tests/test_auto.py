@@ -269,6 +269,52 @@ def test_pp_options_blend_classes_and_distil_from_c(tiny_bundle, tmp_path):
     assert len(rows) == 30 and all(r["kd"] >= 0 for r in rows)
 
 
+def test_nt_xent_is_low_when_each_view_finds_its_pair_and_high_when_it_cannot():
+    from edgeppt.transfer.objectives import nt_xent
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(32, 16, generator=g)
+    matched = nt_xent(z, z + 0.01 * torch.randn(32, 16, generator=g), 0.2).item()
+    unmatched = nt_xent(z, torch.randn(32, 16, generator=g), 0.2).item()
+    assert matched < 1.0 < np.log(63) - 1.0 < unmatched  # chance is about log(2N - 1)
+
+
+def test_pp_contrastive_trains_a_projection_beside_the_head_and_keeps_its_own_cache(tiny_bundle, tmp_path,
+                                                                                    monkeypatch):
+    """pretrain_contrastive adds SimCLR's term on a strong view through a projection that PP drops: the model's
+    weights change through it, its PP weights get their own cache entry, and a resumed PP equals an uninterrupted
+    one."""
+    from edgeppt.bundle import open_source
+    from edgeppt.transfer.objectives import PseudoPretrain
+
+    bundle = open_source(tiny_bundle, small(tiny_bundle))
+    model = create_model("resnet_xs", 5, 1)
+    objective = PseudoPretrain(bundle, 16, contrastive=1.0)
+    objective.setup(model)
+    net = objective.trainable(model)
+    assert {n.split(".")[0] for n, _ in net.named_parameters()} == {"model", "projection"}
+    loss, stats = objective.loss(net, torch.Generator().manual_seed(0), 0, 10, Dist())
+    assert stats["images"] == 32 and stats["contrastive"] > 0
+    loss.backward()
+    assert all(p.grad is not None for p in objective.projection.parameters())
+    cache = tmp_path / "cache"
+    for name, kw in (("plain", {}), ("contrastive", {"pretrain_contrastive": 1.0})):
+        run_transfer(small(tiny_bundle, method="pp", **kw), tmp_path / name, progress=False, pp_cache=cache)
+    assert len(list(cache.glob("pp-*.pt"))) == 2
+    rows = [r for r in read_jsonl(tmp_path / "contrastive" / "pretrain" / "metrics.jsonl") if r["phase"] == "pretrain"]
+    assert len(rows) == 30 and all(r["contrastive"] > 0 for r in rows)
+    a, b = (load_checkpoint(tmp_path / n / "model.pt")["state_dict"] for n in ("plain", "contrastive"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    c = small(tiny_bundle, method="pp", pretrain_contrastive=1.0)  # a Ctrl-C inside PP: the projection resumes too
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pretrain" and step == 10)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    run_transfer(c, tmp_path / "cut", resume=True, progress=False)
+    cut = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(b[k], cut[k]) for k in b)
+
+
 def test_every_labels_based_objective_smooths_its_labels(tiny_bundle):
     """label_smoothing reaches kd, l2sp and tred as it does scratch, pp and ft: baselines under one regulariser."""
     from edgeppt.bundle import open_source

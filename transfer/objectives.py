@@ -57,18 +57,43 @@ class Distill(Supervised):
         return ce + self.weight * kd, {"images": len(x), "ce": ce.item(), "kd": kd.item()}
 
 
+class _WithProjection(nn.Module):
+    def __init__(self, model: ClassifierNet, projection: nn.Module):
+        super().__init__()
+        self.model, self.projection = model, projection
+
+    def forward(self, x):
+        f = self.model.forward_features(x)
+        return self.model.head(f), self.projection(f)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss (Chen et al., 2020): each view must pick its own image's other view among the batch's 2N - 1."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    n = len(z1)
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, positives)
+
+
 class PseudoPretrain(Objective):
     """PP: classify G's samples of the source classes (drawn fresh each step, or from a cached pool).
 
     Options: `mix` conditions each fresh sample on a blend of two classes (the second's share from [0, mix]) and
     trains toward that blend, so the features also learn the space between source classes; `teacher` adds a
-    distillation term toward C's softened outputs on the same view (data-free distillation through G).
+    distillation term toward C's softened outputs on the same view (data-free distillation through G); `contrastive`
+    adds SimCLR's instance discrimination between the weak view and a strong view of each sample, through a
+    projection head that PP drops, so the features learn more than the few source classes tell apart.
     `image_size` resizes G's samples to the size the target network is trained and deployed at (the run's setting)."""
 
     def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0,
                  aug: AugmentConfig = augment.DEFAULT, mix: float = 0.0, teacher: float = 0.0,
-                 temperature: float = 4.0, image_size: int | None = None):
+                 temperature: float = 4.0, image_size: int | None = None, contrastive: float = 0.0,
+                 contrastive_temperature: float = 0.2):
         super().__init__()
+        self.contrastive, self.contrastive_t = contrastive, contrastive_temperature
+        self.projection: nn.Module | None = None
         self.bundle, self.batch_size, self.aug = bundle, batch_size, aug
         self.image_size = image_size if image_size != bundle.image_shape[1] else None
         self.mix = mix if bundle.manifest.generator.label != "index" else 0.0  # an index has no blend
@@ -84,6 +109,12 @@ class PseudoPretrain(Objective):
     def setup(self, model):
         if model.head.out_features != self.bundle.num_classes:
             model.reset_head(self.bundle.num_classes)
+        if self.contrastive:
+            d = model.num_features
+            self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, 64))
+
+    def trainable(self, model):
+        return model if self.projection is None else _WithProjection(model, self.projection)
 
     def loss(self, net, g, step, total, dist):
         k = self.bundle.num_classes
@@ -103,14 +134,21 @@ class PseudoPretrain(Objective):
             y, z, target = shard(y, dist), shard(z, dist), shard(target, dist)
             with torch.no_grad():
                 x = self.bundle.generate(target, z)
-        x = augment.weak(x, g, self.aug)
+        x, x_strong = augment.weak(x, g, self.aug), augment.strong(x, g, self.aug) if self.contrastive else None
         if self.pool is not None:
             x, y, target = shard(x, dist), shard(y, dist), shard(target, dist)
+            x_strong = None if x_strong is None else shard(x_strong, dist)
         dev = next(net.parameters()).device
-        logits = net((x if self.image_size is None else reshape_images(x, self.image_size, None)).to(dev))
+        views = x if x_strong is None else torch.cat([x, x_strong])
+        out = net((views if self.image_size is None else reshape_images(views, self.image_size, None)).to(dev))
+        logits, z = (out, None) if x_strong is None else (out[0][:len(x)], out[1])
         y, target = y.to(dev), target.to(dev)
         loss = F.cross_entropy(logits, target if self.mix else y)  # (class indices: the default's exact loss)
-        stats = {"images": len(x), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+        stats = {"images": len(views), "train_acc": (logits.argmax(1) == y).float().mean().item()}
+        if z is not None:
+            con = nt_xent(z[:len(x)], z[len(x):], self.contrastive_t)
+            loss = loss + self.contrastive * con
+            stats["contrastive"] = con.item()
         if self.teacher:
             with torch.no_grad():
                 soft = F.softmax(self.bundle.classify(x)[0] / self.t, 1).to(dev)

@@ -122,6 +122,8 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
     if cfg.pretrain_mix or cfg.pretrain_teacher:  # (only when set: earlier caches keep their keys)
         key.update(mix=cfg.pretrain_mix, teacher=cfg.pretrain_teacher,
                    temperature=cfg.kd_temperature if cfg.pretrain_teacher else None)
+    if cfg.pretrain_contrastive:
+        key.update(contrastive=cfg.pretrain_contrastive, contrastive_t=cfg.pretrain_contrastive_temperature)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -139,8 +141,9 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
         return {"skipped": True}
     trainer = Trainer(model, [Phase("pretrain", cfg.pretrain_steps, PseudoPretrain(
         bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle), mix=cfg.pretrain_mix,
-        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size), cfg.pretrain_lr,
-        cfg.pretrain_weight_decay, evaluate=False)],
+        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size,
+        contrastive=cfg.pretrain_contrastive, contrastive_temperature=cfg.pretrain_contrastive_temperature),
+        cfg.pretrain_lr, cfg.pretrain_weight_decay, evaluate=False)],
         out / "pretrain", cfg.seed, dist, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         progress=progress, channels_last=True)
     trainer.run(resume=resume)
