@@ -2,7 +2,9 @@
 programs for trusted version-1 bundles. Both take and return named torch tensors on one device.
 
 On CUDA, onnxruntime's CUDA provider reads the inputs from and writes the outputs to torch's GPU memory
-through I/O binding, so generation never copies through the CPU.
+through I/O binding, so generation never copies through the CPU. Where onnxruntime has no CUDA provider (the
+plain `onnxruntime` package that edgeppt depends on), the graphs run on the CPU and their outputs move to the GPU:
+training on a GPU works with the default install, and `onnxruntime-gpu` only makes generation faster.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ class Part(Protocol):
 
 
 def providers_for(device: torch.device) -> list[str]:
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise EdgepptError("the source bundle should run on CUDA, but this onnxruntime has no CUDA provider "
-                               "(install onnxruntime-gpu, or run on the CPU with --device cpu)")
+    """CUDA's provider for a CUDA device where this onnxruntime has it, else the CPU's."""
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -41,20 +41,22 @@ class OnnxPart:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()  # share the cores as torch was told to
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=providers_for(device))
+        providers = providers_for(device)
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.inputs = {i.name: _DTYPES.get(i.type, torch.float32) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.on_gpu = device.type == "cuda"
+        self.on_gpu = providers[0] == "CUDAExecutionProvider"
 
     def __call__(self, inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         missing = set(self.inputs) - set(inputs)
         if missing:
             raise EdgepptError(f"the graph needs inputs {sorted(missing)}; the manifest names {sorted(inputs)}")
-        feed = {n: inputs[n].to(device, self.inputs[n]).contiguous() for n in self.inputs}
         if self.on_gpu:
-            return self._run_bound(feed, device)
-        outs = self.session.run(self.outputs, {n: t.numpy() for n, t in feed.items()})
-        return {n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(self.outputs, outs)}
+            return self._run_bound({n: inputs[n].to(device, self.inputs[n]).contiguous() for n in self.inputs},
+                                   device)
+        feed = {n: inputs[n].to("cpu", self.inputs[n]).contiguous().numpy() for n in self.inputs}
+        outs = self.session.run(self.outputs, feed)
+        return {n: torch.from_numpy(np.ascontiguousarray(o)).to(device) for n, o in zip(self.outputs, outs)}
 
     def _run_bound(self, feed: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         """GPU to GPU: bind torch's buffers as inputs; outputs stay in onnxruntime's CUDA memory and are

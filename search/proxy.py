@@ -24,9 +24,10 @@ from edgeppt.data import ImageSet, few_shot, load_dataset, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.train import augment
-from edgeppt.train.evaluate import evaluate
+from edgeppt.train.evaluate import evaluate, predict
 from edgeppt.train.loop import Phase, Trainer
 from edgeppt.train.objective import Supervised
+from edgeppt.train.probe import features, label_probe_soft
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ProxyData:
     labelled: ImageSet  # the few training labels (the same ones transfer uses for this seed)
     folds: list[tuple[ImageSet, ImageSet]]  # (fine-tune on, score on) pairs that rank candidates
     pool: tuple[torch.Tensor, torch.Tensor] | None  # generated source-class images and labels
+    source_val: tuple[torch.Tensor, torch.Tensor] | None  # more of them, held out from PP: its label-free score
     in_shape: tuple[int, int, int]
 
     @property
@@ -60,17 +62,26 @@ def prepare(cfg: SearchConfig) -> ProxyData:
         folds = [(labelled, val)]
     else:
         folds = label_folds(labelled, cfg.folds)
-    pool = None
+    pool = source_val = None
     if bundle is not None and cfg.proxy.pretrain_steps > 0:
         g = torch.Generator().manual_seed(cfg.seed)
-        y = torch.arange(cfg.proxy.pretrain_pool) % bundle.num_classes
-        with torch.no_grad():
-            x = torch.cat([bundle.sample_classes(y[i:i + 512], g) for i in range(0, len(y), 512)])
-        if x.shape[1:] != labelled.x.shape[1:]:
-            x = F.interpolate(x, size=labelled.x.shape[2:], mode="bilinear", align_corners=False)
-        pool = (x.clamp(0, 1), y)
+        pool = _generate(bundle, cfg.proxy.pretrain_pool, g, labelled.x.shape[2:])
+        source_val = _generate(bundle, SOURCE_VAL, g, labelled.x.shape[2:])  # drawn after the pool: it stays the same
     c, h, w = labelled.x.shape[1:]  # ImageSet images are (N, C, H, W)
-    return ProxyData(labelled, folds, pool, (c, h, w))
+    return ProxyData(labelled, folds, pool, source_val, (c, h, w))
+
+
+SOURCE_VAL = 500  # generated images held out from the proxy's PP
+
+
+def _generate(bundle: SourceBundle, n: int, g: torch.Generator, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """n generated images of the source classes in turn, at the target's image size."""
+    y = torch.arange(n) % bundle.num_classes
+    with torch.no_grad():
+        x = torch.cat([bundle.sample_classes(y[i:i + 512], g) for i in range(0, len(y), 512)])
+    if x.shape[2:] != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x.clamp(0, 1), y
 
 
 def label_folds(labelled: ImageSet, k: int) -> list[tuple[ImageSet, ImageSet]]:
@@ -100,15 +111,23 @@ def _train(model, data: ImageSet, steps: int, batch: int, cfg: ProxyConfig, aug:
 def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0,
                   aug: AugmentConfig = augment.DEFAULT) -> dict:
     """Train `arch` under the proxy budget (PP once, then a fine-tune per fold); its mean held-out accuracy over
-    the folds and the seconds it took."""
+    the folds and the seconds it took. After PP, two scores that need no fine-tuning: `pp_source`, the accuracy
+    on generated images held out from PP (no target label), and `pp_probe`, the leave-one-out nearest-class-mean
+    probe of the k labels in the PP features (probability of the right class)."""
     t = time.perf_counter()
     torch.manual_seed(seed)
+    extra: dict[str, float | None] = {}
     if data.pool is not None:
         x, y = data.pool
         k = int(y.max()) + 1
         start = create_model(arch, k, data.in_shape[0])
         _train(start, ImageSet(x, y, [str(c) for c in range(k)]), cfg.pretrain_steps, cfg.pretrain_batch, cfg, aug,
                seed, "pretrain")
+        if data.source_val is not None:
+            xv, yv = data.source_val
+            extra["pp_source"] = (predict(start, xv) == yv).float().mean().item()
+        labelled = data.labelled
+        extra["pp_probe"] = label_probe_soft(features(start, labelled.x), labelled.y, data.num_classes)
     else:
         start = create_model(arch, data.num_classes, data.in_shape[0])
     scores = []
@@ -118,4 +137,4 @@ def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0,
             model.reset_head(data.num_classes)
         _train(model, train, cfg.finetune_steps, cfg.batch_size, cfg, aug, seed, f"fold{f}")
         scores.append(evaluate(model, held)["accuracy"])
-    return {"accuracy": sum(scores) / len(scores), "train_s": time.perf_counter() - t}
+    return {"accuracy": sum(scores) / len(scores), "train_s": time.perf_counter() - t, **extra}

@@ -16,8 +16,8 @@ from .record import BEST_FILE, SearchResult
 
 console = Console(stderr=True)
 
-COLUMNS = ["order", "trial", "status", "accuracy", "final_accuracy", "finalist", "latency_ms", "latency_kind", "macs",
-           "params", "peak_activation_kib", "train_s", "violations", "arch"]
+COLUMNS = ["order", "trial", "status", "accuracy", "final_accuracy", "finalist", "pp_source", "pp_probe", "latency_ms",
+           "latency_kind", "macs", "params", "peak_activation_kib", "train_s", "violations", "arch"]
 
 
 def score(rec: dict) -> float:

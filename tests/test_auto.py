@@ -62,6 +62,22 @@ def test_probes_measure_class_information():
     assert coverage.label_probe(clean[:3], y[:3], k) is None
 
 
+def test_the_soft_probe_grades_what_the_accuracy_cannot():
+    """Two feature sets that both separate the classes perfectly: the tighter one scores higher; noise scores
+    chance, though each image's own class mean leaves it out."""
+    from edgeppt.train.probe import label_probe_soft
+
+    k, y = 3, torch.arange(12) % 3
+    g = torch.Generator().manual_seed(0)
+    tight, loose = (nn.functional.normalize(torch.eye(k)[y] + s * torch.randn(12, k, generator=g), dim=1)
+                    for s in (0.05, 0.3))
+    assert coverage.label_probe(tight, y, k) == coverage.label_probe(loose, y, k) == 1.0
+    assert label_probe_soft(tight, y, k) > label_probe_soft(loose, y, k) > 0.5
+    noise = nn.functional.normalize(torch.randn(300, 16, generator=g), dim=1)
+    assert abs(label_probe_soft(noise, torch.arange(300) % k, k) - 1 / k) < 0.05
+    assert label_probe_soft(tight[:3], y[:3], k) is None
+
+
 def test_auto_picks_scratch_where_the_generator_is_noise(tmp_path):
     torch.manual_seed(0)
     noise = save_bundle(tmp_path / "noise", NoiseGenerator(8), WithFeatures(create_model("resnet_xs", 5, 1)),

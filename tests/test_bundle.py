@@ -325,3 +325,24 @@ def test_the_documented_biggan_example_packs(tmp_path: Path, monkeypatch):
     b = load_bundle(tmp_path / "owner-src")
     assert b.image_shape == (3, 32, 32) and b.manifest.latent.truncation == 2.0
     assert b.manifest.classifier.features is None and b.manifest.generator.output_range == (-1.0, 1.0)
+
+
+def test_a_gpu_without_onnxruntimes_cuda_provider_runs_the_graphs_on_the_cpu(monkeypatch):
+    """torch on a GPU beside the plain `onnxruntime` package (no CUDA provider), as on an H200 with the default
+    install: G and C run on the CPU's provider and their outputs move to torch's device, instead of failing."""
+    import onnxruntime as ort
+
+    from edgeppt.bundle_runtime import OnnxPart, providers_for
+
+    assert providers_for(torch.device("cpu")) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert providers_for(torch.device("cuda")) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert providers_for(torch.device("cuda")) == ["CUDAExecutionProvider"]
+    monkeypatch.undo()
+    # "meta" stands for any device that is not onnxruntime's: the graph runs on the CPU, the output lands there
+    g = OnnxPart(Path(__file__).resolve().parents[1] / "bundles" / "animals-src" / "generator.onnx",
+                 torch.device("meta"))
+    assert not g.on_gpu
+    out = g({"z": torch.randn(3, 64), "p": torch.eye(5)[:3]}, torch.device("meta"))["image"]
+    assert out.device.type == "meta" and out.shape == (3, 1, 28, 28)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from edgeppt.search.space import EdgeCNNSpace, choices, random_sample, to_arch
 
 TINY = {"family": "mobilenet", "config": {"stem": 8, "head_width": 0, "act": "relu", "stages": [
     {"width": 8, "depth": 1, "kernel": 3, "expand": 1, "se": False, "stride": 1}]}}
+ROOT = Path(__file__).resolve().parents[1]
 # Fast settings: 8x8 digits, a few proxy steps, few latency repeats.
 FAST = dict(target="digits", test_fraction=0.3, labels_per_class=3, val_per_class=5, latency_warmup=1,
             latency_repeats=5, proxy=dict(pretrain_steps=0, finetune_steps=4, batch_size=8))
@@ -404,6 +406,25 @@ def test_candidates_can_be_ranked_on_the_training_labels_alone():
     assert sorted(seen) == sorted(map(bytes, data.labelled.x.numpy()))  # the held-out folds are the labels, once each
     with pytest.raises(EdgepptError, match="needs at least 5 labels per class"):
         label_folds(data.labelled, 5)
+
+
+@pytest.mark.slow
+def test_the_proxy_records_its_label_free_scores_after_pp():
+    """After the proxy's PP: accuracy on generated images held out from PP (above chance: PP learnt the source
+    classes, and the held-out images are not PP's), and the k labels' probe in [0, 1]; without PP, neither.
+    The example's bundle: the tiny test generator's classes differ too little to be learnt in a few steps."""
+    from edgeppt.search.proxy import evaluate_arch, prepare
+
+    cfg = SearchConfig(**{**FAST, "target": "digits:0,1,2,3,4", "source": ROOT / "bundles" / "animals-src",
+                          "proxy": dict(pretrain_steps=80, pretrain_pool=256, finetune_steps=4, batch_size=8)})
+    data = prepare(cfg)
+    assert data.pool is not None and data.source_val is not None
+    assert not set(map(bytes, data.pool[0].numpy())) & set(map(bytes, data.source_val[0].numpy()))
+    arch = to_arch(random_sample(cfg.space, random.Random(0)), cfg.space)
+    r = evaluate_arch(arch, data, cfg.proxy)
+    assert r["pp_source"] > 0.5 and 0.0 <= r["pp_probe"] <= 1.0  # 5 source classes: chance is 0.2
+    plain = SearchConfig(**FAST)
+    assert "pp_source" not in evaluate_arch(arch, prepare(plain), plain.proxy)
 
 
 def test_the_source_classifier_is_offered_when_it_fits(tmp_path, tiny_bundle):

@@ -20,6 +20,7 @@ from edgeppt.bundle import SourceBundle
 from edgeppt.config import AutoConfig
 from edgeppt.data import ImageSet
 from edgeppt.models import ClassifierNet
+from edgeppt.train.probe import centroid_distances, features, label_probe
 
 from .pseudo import PseudoPool
 
@@ -41,43 +42,15 @@ class Choice(BaseModel):
     coverage: Coverage
 
 
-@torch.no_grad()
-def features(model: ClassifierNet, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    f = torch.cat([model.forward_features(x[i:i + batch].to(dev)).flatten(1).cpu() for i in range(0, len(x), batch)])
-    model.train(was)
-    return F.normalize(f, dim=1)
-
-
-def _centroid_accuracy(f: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
-                       own_sums: torch.Tensor, own_counts: torch.Tensor) -> float | None:
-    """Nearest class mean, where each image's own class mean leaves out `own_sums` / `own_counts`."""
-    left = counts[y] - own_counts
-    if (left <= 0).any():
-        return None  # a class has nothing left to compare with (1 label per class)
-    means = sums / counts.clamp_min(1).unsqueeze(1)
-    dist = torch.cdist(f, means)
-    own = (sums[y] - own_sums) / left.unsqueeze(1)
-    dist[torch.arange(len(y)), y] = (f - own).norm(dim=1)
-    return (dist.argmin(1) == y).float().mean().item()
-
-
-def label_probe(f: torch.Tensor, y: torch.Tensor, k: int) -> float | None:
-    """Leave-one-out nearest class mean over the labelled images."""
-    sums = torch.zeros(k, f.shape[1]).index_add_(0, y, f)
-    return _centroid_accuracy(f, y, sums, torch.bincount(y, minlength=k).float(), f, torch.ones(len(y)))
-
-
 def pseudo_probe(f_l: torch.Tensor, y_l: torch.Tensor, f_u: torch.Tensor, anchor: torch.Tensor, k: int) -> float | None:
     """Class means of the pseudo samples (labelled by their anchors) classify the labelled images; each image's
     own pseudo samples are left out, so a class is recognised only through the other images' samples."""
     y_u = y_l[anchor]
     sums = torch.zeros(k, f_u.shape[1]).index_add_(0, y_u, f_u)
     own = torch.zeros(len(y_l), f_u.shape[1]).index_add_(0, anchor, f_u)
-    return _centroid_accuracy(f_l, y_l, sums, torch.bincount(y_u, minlength=k).float(), own,
+    dist = centroid_distances(f_l, y_l, sums, torch.bincount(y_u, minlength=k).float(), own,
                               torch.bincount(anchor, minlength=len(y_l)).float())
+    return None if dist is None else (dist.argmin(1) == y_l).float().mean().item()
 
 
 def source_confidence(bundle: SourceBundle, x: torch.Tensor) -> float:
