@@ -35,7 +35,8 @@ def providers_for(device: torch.device) -> list[str]:
 
 
 class OnnxPart:
-    """One ONNX graph in an onnxruntime session; inputs are cast to the graph's declared types."""
+    """One ONNX graph in an onnxruntime session; inputs are cast to the graph's declared types. A graph exported
+    with a fixed batch size (torch.onnx.export's default without dynamic axes) runs in chunks of that size."""
 
     def __init__(self, path: Path, device: torch.device):
         opts = ort.SessionOptions()
@@ -46,15 +47,29 @@ class OnnxPart:
         self.inputs = {i.name: _DTYPES.get(i.type, torch.float32) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.on_gpu = providers[0] == "CUDAExecutionProvider"
+        fixed = {i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in self.session.get_inputs()}
+        self.batch = fixed.pop() if len(fixed) == 1 else None  # every input's first dimension the same number
 
     def __call__(self, inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         missing = set(self.inputs) - set(inputs)
         if missing:
             raise EdgepptError(f"the graph needs inputs {sorted(missing)}; the manifest names {sorted(inputs)}")
+        feed = {n: inputs[n] for n in self.inputs}
+        n, b = len(next(iter(feed.values()))), self.batch
+        if b is None or n == b:
+            return self._run(feed, device)
+        parts = []
+        for i in range(0, n, b):  # the last chunk is padded with copies of its last row, then trimmed
+            chunk = {k: v[i:i + b] for k, v in feed.items()}
+            m = len(next(iter(chunk.values())))
+            chunk = {k: torch.cat([v, v[-1:].expand(b - m, *v.shape[1:])]) for k, v in chunk.items()}
+            parts.append({k: o[:m] for k, o in self._run(chunk, device).items()})
+        return {k: torch.cat([p[k] for p in parts]) for k in self.outputs}
+
+    def _run(self, inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         if self.on_gpu:
-            return self._run_bound({n: inputs[n].to(device, self.inputs[n]).contiguous() for n in self.inputs},
-                                   device)
-        feed = {n: inputs[n].to("cpu", self.inputs[n]).contiguous().numpy() for n in self.inputs}
+            return self._run_bound({n: t.to(device, self.inputs[n]).contiguous() for n, t in inputs.items()}, device)
+        feed = {n: t.to("cpu", self.inputs[n]).contiguous().numpy() for n, t in inputs.items()}
         outs = self.session.run(self.outputs, feed)
         return {n: torch.from_numpy(np.ascontiguousarray(o)).to(device) for n, o in zip(self.outputs, outs)}
 

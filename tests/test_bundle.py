@@ -346,3 +346,31 @@ def test_a_gpu_without_onnxruntimes_cuda_provider_runs_the_graphs_on_the_cpu(mon
     assert not g.on_gpu
     out = g({"z": torch.randn(3, 64), "p": torch.eye(5)[:3]}, torch.device("meta"))["image"]
     assert out.device.type == "meta" and out.shape == (3, 1, 28, 28)
+
+
+def _fix_batch(path: Path, b: int) -> None:
+    """Make every graph input and output's first dimension the number b: an export without dynamic axes."""
+    import onnx
+
+    m = onnx.load(str(path))
+    for v in [*m.graph.input, *m.graph.output]:
+        d = v.type.tensor_type.shape.dim[0]
+        d.Clear()
+        d.dim_value = b
+    onnx.save(m, str(path))
+
+
+@pytest.mark.parametrize("b", [1, 4])
+def test_graphs_exported_with_a_fixed_batch_pack_and_sample_any_batch(tmp_path: Path, b: int):
+    """An owner's G and C exported with a fixed batch size (torch.onnx.export without dynamic axes) are run in
+    chunks of it, the last one padded: any batch gives the images and logits of the dynamic graphs."""
+    g, c = onnx_pair(tmp_path)
+    ref = load_bundle(pack(cfg(tmp_path, g, c, output_range=(-1, 1)))[0])
+    for f in (g, c):
+        _fix_batch(Path(f), b)
+    fixed = load_bundle(pack(PackConfig(generator=g, classifier=c, classes=["a", "b", "c"],
+                                        out=tmp_path / "fixed", output_range=(-1, 1)))[0])
+    z, p = torch.randn(7, LATENT), torch.softmax(torch.randn(7, K), 1)
+    x = fixed.generate(p, z)
+    assert x.shape == (7, 1, 8, 8) and torch.allclose(x, ref.generate(p, z), atol=1e-6)
+    assert torch.allclose(fixed.classify(x)[0], ref.classify(x)[0], atol=1e-5)
