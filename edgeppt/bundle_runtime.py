@@ -35,8 +35,9 @@ def providers_for(device: torch.device) -> list[str]:
 
 
 class OnnxPart:
-    """One ONNX graph in an onnxruntime session; inputs are cast to the graph's declared types. A graph exported
-    with a fixed batch size (torch.onnx.export's default without dynamic axes) runs in chunks of that size."""
+    """One ONNX graph in an onnxruntime session; inputs are cast to the graph's declared types and given trailing
+    ones up to its declared rank. A graph exported with a fixed batch size (torch.onnx.export's default without
+    dynamic axes) runs in chunks of that size."""
 
     def __init__(self, path: Path, device: torch.device):
         opts = ort.SessionOptions()
@@ -47,6 +48,8 @@ class OnnxPart:
         self.inputs = {i.name: _DTYPES.get(i.type, torch.float32) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.on_gpu = providers[0] == "CUDAExecutionProvider"
+        # DCGAN-style inputs, z as (N, size, 1, 1): the bundle's (N, size) gets trailing ones
+        self.ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
         fixed = {i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in self.session.get_inputs()}
         self.batch = fixed.pop() if len(fixed) == 1 else None  # every input's first dimension the same number
 
@@ -54,7 +57,7 @@ class OnnxPart:
         missing = set(self.inputs) - set(inputs)
         if missing:
             raise EdgepptError(f"the graph needs inputs {sorted(missing)}; the manifest names {sorted(inputs)}")
-        feed = {n: inputs[n] for n in self.inputs}
+        feed = {n: inputs[n].reshape(*inputs[n].shape, *[1] * (self.ranks[n] - inputs[n].dim())) for n in self.inputs}
         n, b = len(next(iter(feed.values()))), self.batch
         if b is None or n == b:
             return self._run(feed, device)

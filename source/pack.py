@@ -123,9 +123,14 @@ def _io(path: Path) -> tuple[list[Any], list[str]]:
     return list(s.get_inputs()), [o.name for o in s.get_outputs()]
 
 
+def _width(shape: list[Any]) -> Any:
+    """Values per image of an input (N, width) or (N, width, 1, 1), as DCGAN-style generators take z; else None."""
+    return shape[1] if len(shape) >= 2 and all(d == 1 for d in shape[2:]) else None
+
+
 def _check_width(g: Path, name: str, shape: list[Any], want: int, option: str) -> None:
     """An input whose width is fixed in the graph must match what the owner declared."""
-    width = shape[1] if len(shape) == 2 else None
+    width = _width(shape)
     if isinstance(width, int) and width != want:
         raise EdgepptError(f"{g}: input {name!r} takes {width} values per image, but {option} gives {want}")
 
@@ -143,7 +148,7 @@ def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> 
         for n in (z_name, label_name):
             if n not in by_name:
                 raise EdgepptError(f"{g}: no input named {n!r} (inputs: {sorted(by_name)})")
-        size = by_name[z_name].shape[1] if len(by_name[z_name].shape) == 2 else None
+        size = _width(by_name[z_name].shape)
         latent = cfg.latent_dim or (size if isinstance(size, int) else None)
         if latent is None:
             raise EdgepptError(f"{g}: the size of z is not fixed in the graph; give --latent-dim")

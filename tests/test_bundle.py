@@ -374,3 +374,28 @@ def test_graphs_exported_with_a_fixed_batch_pack_and_sample_any_batch(tmp_path: 
     x = fixed.generate(p, z)
     assert x.shape == (7, 1, 8, 8) and torch.allclose(x, ref.generate(p, z), atol=1e-6)
     assert torch.allclose(fixed.classify(x)[0], ref.classify(x)[0], atol=1e-5)
+
+
+def test_a_dcgan_style_generator_takes_z_as_n_by_size_by_1_by_1(tmp_path: Path):
+    """DCGAN's convention: z is (N, size, 1, 1) and a transposed convolution grows it. The size is read off the
+    graph, and the bundle's (N, size) latents reach it with trailing ones."""
+
+    class DCGANLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(K, 8, bias=False)
+            self.net = nn.ConvTranspose2d(LATENT + 8, 1, 8)  # 1x1 -> 8x8
+
+        def forward(self, z, p):
+            return torch.tanh(self.net(torch.cat([z, self.embed(p)[:, :, None, None]], 1)))
+
+    _, c = onnx_pair(tmp_path)
+    torch.manual_seed(0)
+    g = DCGANLike()
+    export_onnx(g, (torch.randn(2, LATENT, 1, 1), torch.softmax(torch.randn(2, K), 1)), ["z", "p"], ["img"],
+                tmp_path / "dcgan.onnx")
+    b = load_bundle(pack(cfg(tmp_path, str(tmp_path / "dcgan.onnx"), c, output_range=(-1, 1)))[0])
+    assert b.manifest.latent.size == LATENT
+    z, p = b.sample_latents(5, torch.Generator().manual_seed(0)), torch.eye(K)[[0, 1, 2, 0, 1]]
+    with torch.no_grad():
+        assert torch.allclose(b.generate(p, z), (g(z[:, :, None, None], p) + 1) / 2, atol=1e-5)
