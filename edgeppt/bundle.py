@@ -55,6 +55,7 @@ class GeneratorSpec(_Strict):
                                      "(N,) class index, and a soft p is sampled as y ~ p")
     output: str = "image"
     output_range: tuple[float, float] = (0.0, 1.0)
+    channels_last: bool = Field(False, description="the images are (N, H, W, C), as Keras and TensorFlow make them")
 
 
 class ClassifierSpec(_Strict):
@@ -66,6 +67,7 @@ class ClassifierSpec(_Strict):
     mean: list[float] = [0.0]  # C sees (x - mean) / std, per channel, for x in [0, 1]
     std: list[float] = [1.0]
     input_size: int | None = Field(None, gt=0, description="side C expects, when G's images must be resized")
+    channels_last: bool = Field(False, description="C takes (N, H, W, C) images")
 
 
 class Manifest(_Strict):
@@ -139,6 +141,8 @@ class SourceBundle:
         else:
             label = p
         out = self.generator({spec.z_input: z.float(), spec.label_input: label}, self.device)[spec.output]
+        if spec.channels_last:
+            out = out.permute(0, 3, 1, 2)
         lo, hi = spec.output_range
         return ((out - lo) / (hi - lo)).clamp(0, 1)
 
@@ -155,7 +159,8 @@ class SourceBundle:
             x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear", align_corners=False)
         mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
         std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
-        out = self.classifier({spec.input: (x - mean) / std}, self.device)
+        x = (x - mean) / std
+        out = self.classifier({spec.input: x.permute(0, 2, 3, 1) if spec.channels_last else x}, self.device)
         logits = out[spec.logits]
         return logits, out[spec.features].flatten(1) if spec.features else logits
 

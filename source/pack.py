@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +59,7 @@ class PackConfig(BaseModel):
     z_input: str | None = None  # ONNX input names; default: G's first and second inputs
     label_input: str | None = None
     features_output: str | None = None  # default: C's second output, or the logits when it has one
+    layout: Literal["auto", "nchw", "nhwc"] = "auto"  # auto: read off G's output and C's declared input shapes
     trust_code: bool = False
     sign: Path | None = None
 
@@ -170,17 +171,38 @@ def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> 
                          output_range=cfg.output_range), cfg.latent_dim
 
 
-def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: torch.Tensor) -> ClassifierSpec:
-    """Copy or convert C to tmp/classifier.onnx; its features are the named output, or the logits."""
+_CHANNELS = (1, 3, 4)
+
+
+def _channels_last(shape: Sequence[Any]) -> bool | None:
+    """(N, H, W, C) -> True, (N, C, H, W) -> False, read off a 4-D shape (ints or names); None: can't tell."""
+    if len(shape) != 4:
+        return None
+    first, last = (d if isinstance(d, int) else None for d in (shape[1], shape[3]))
+    if last in _CHANNELS and first not in _CHANNELS:
+        return True
+    if first in _CHANNELS and last not in _CHANNELS:
+        return False
+    return None
+
+
+def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: torch.Tensor,
+                     g_channels_last: bool) -> ClassifierSpec:
+    """Copy or convert C to tmp/classifier.onnx; its features are the named output, or the logits. `image` is
+    one of G's, (N, C, H, W). C's layout: declared, else read off its input's shape, else G's."""
     norm = {"mean": cfg.mean, "std": cfg.std, "input_size": cfg.input_size}
     if isinstance(c, Path):
         inputs, outputs = _io(c)
         feats = cfg.features_output or (outputs[1] if len(outputs) > 1 else None)
         if feats is not None and feats not in outputs:
             raise EdgepptError(f"{c}: no output named {feats!r} (outputs: {outputs})")
+        last = cfg.layout == "nhwc" if cfg.layout != "auto" else _channels_last(inputs[0].shape)
         shutil.copyfile(c, tmp / CLASSIFIER_FILE)
         return ClassifierSpec(file=CLASSIFIER_FILE, input=inputs[0].name, logits=outputs[0], features=feats,
-                              num_features=1, **norm)  # num_features is read off a real run below
+                              num_features=1, channels_last=g_channels_last if last is None else last,
+                              **norm)  # num_features is read off a real run below
+    if cfg.layout == "nhwc":
+        raise EdgepptError("--layout nhwc is for ONNX graphs; a torch module's C takes (N, C, H, W) images")
     side = cfg.input_size or image.shape[-1]
     x = torch.rand(2, image.shape[1], side, side)
     with torch.no_grad():
@@ -202,10 +224,13 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
         z = SourceBundle(tmp, probe, part, part).sample_latents(2, torch.Generator().manual_seed(0))
         label = torch.tensor([0, 1 % k]) if gspec.label == "index" else torch.eye(k)[:2]
         image = part({gspec.z_input: z, gspec.label_input: label}, torch.device("cpu"))[gspec.output]
+        last = cfg.layout == "nhwc" if cfg.layout != "auto" else bool(_channels_last(image.shape))
+        if last and image.dim() == 4:
+            gspec.channels_last, image = True, image.permute(0, 3, 1, 2)
         if image.dim() != 4 or image.shape[2] != image.shape[3]:
             raise EdgepptError(f"the generator returned shape {tuple(image.shape)}: expected square images "
-                               "(N, C, H, W)")
-        cspec = _classifier_spec(cfg, c, tmp, image)
+                               "(N, C, H, W), or (N, H, W, C) with --layout nhwc")
+        cspec = _classifier_spec(cfg, c, tmp, image, gspec.channels_last)
         if len(cspec.mean) not in (1, image.shape[1]):
             raise EdgepptError(f"--mean has {len(cspec.mean)} values for {image.shape[1]}-channel images")
         cpart = OnnxPart(tmp / CLASSIFIER_FILE, torch.device("cpu"))

@@ -399,3 +399,51 @@ def test_a_dcgan_style_generator_takes_z_as_n_by_size_by_1_by_1(tmp_path: Path):
     z, p = b.sample_latents(5, torch.Generator().manual_seed(0)), torch.eye(K)[[0, 1, 2, 0, 1]]
     with torch.no_grad():
         assert torch.allclose(b.generate(p, z), (g(z[:, :, None, None], p) + 1) / 2, atol=1e-5)
+
+
+class ImagesLast(nn.Module):
+    """An owner's G in Keras' layout: (N, H, W, C) images."""
+
+    def __init__(self, g: nn.Module):
+        super().__init__()
+        self.g = g
+
+    def forward(self, z, p):
+        return self.g(z, p).permute(0, 2, 3, 1)
+
+
+class InputLast(nn.Module):
+    """An owner's C in Keras' layout: it takes (N, H, W, C) images."""
+
+    def __init__(self, c: nn.Module):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x):
+        return self.c(x.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("layout", ["auto", "nhwc"])
+def test_channels_last_graphs_pack_and_give_nchw_images(tmp_path: Path, layout: str):
+    """G's (N, H, W, C) images and C's (N, H, W, C) input, read off the graphs' shapes (auto) or declared: the
+    bundle hands on (N, C, H, W) images equal to the owner's, transposed, and C scores them as the owner's C."""
+    torch.manual_seed(0)
+    g, c = OwnerGenerator(), LogitsOnly()
+    z, p = torch.randn(2, LATENT), torch.softmax(torch.randn(2, K), 1)
+    export_onnx(ImagesLast(g), (z, p), ["z", "p"], ["img"], tmp_path / "G.onnx")
+    export_onnx(InputLast(c), (torch.rand(2, 8, 8, 1),), ["x"], ["scores"], tmp_path / "C.onnx")
+    b = load_bundle(pack(cfg(tmp_path, str(tmp_path / "G.onnx"), str(tmp_path / "C.onnx"), output_range=(-1, 1),
+                             layout=layout))[0])
+    assert b.manifest.generator.channels_last and b.manifest.classifier.channels_last
+    assert b.image_shape == (1, 8, 8)
+    z, p = torch.randn(5, LATENT), torch.softmax(torch.randn(5, K), 1)
+    x = b.generate(p, z)
+    with torch.no_grad():
+        assert torch.allclose(x, (g(z, p) + 1) / 2, atol=1e-5)
+        assert torch.allclose(b.classify(x)[0], c(x), atol=1e-5)
+
+
+def test_an_nchw_bundle_keeps_its_layout(tmp_path: Path):
+    g, c = onnx_pair(tmp_path)
+    m = load_bundle(pack(cfg(tmp_path, g, c, output_range=(-1, 1)))[0]).manifest
+    assert not m.generator.channels_last and not m.classifier.channels_last
