@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeppt.onnxspec import OPSET
+from edgeppt.onnxspec import IR_VERSION, OPSET
 
 from . import runner
 
@@ -35,7 +35,7 @@ def _graph(node: onnx.NodeProto, x: list[int], y: list[int], w: np.ndarray) -> o
     return helper.make_model(helper.make_graph(
         [node], node.op_type, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)], [numpy_helper.from_array(w, "w")]),
-        opset_imports=[helper.make_opsetid("", OPSET)])
+        opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
 
 def host_peak(threads: int = 1, repeats: int = 20) -> dict[str, float]:

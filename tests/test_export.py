@@ -592,3 +592,19 @@ def test_the_floor_counts_macs_and_measures_the_host(tmp_path):
     cols = floor_columns(row, 10**6, 1.0)  # 1 GMAC/s: 1 M MACs take 1 ms per image
     assert cols["batch1_floor_ms"] == pytest.approx(1.0) and cols["batch1_floor_pct"] == pytest.approx(50.0)
     assert cols["batch32_floor_pct"] == pytest.approx(400.0)
+
+
+def test_graphs_built_here_declare_the_oldest_ir_of_the_opset():
+    """onnx.helper's default IR is the installed onnx's newest (14 with onnx 1.23), which an older onnxruntime
+    refuses (1.30 reads up to 13: the floor's probes failed so on a GPU machine). The probes declare the IR that
+    introduced the opset, one fact in edgeppt.onnxspec."""
+    import onnx
+    from onnx import helper
+
+    from edgeppt.export.floor import _graph
+    from edgeppt.onnxspec import IR_VERSION, OPSET
+
+    assert IR_VERSION == helper.find_min_ir_version_for([helper.make_opsetid("", OPSET)])
+    m = _graph(helper.make_node("MatMul", ["x", "w"], ["y"]), [2, 2], [2, 2], np.eye(2, dtype=np.float32))
+    assert m.ir_version == IR_VERSION < onnx.IR_VERSION
+    onnx.checker.check_model(m)
