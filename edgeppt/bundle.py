@@ -68,6 +68,8 @@ class ClassifierSpec(_Strict):
     std: list[float] = [1.0]
     input_size: int | None = Field(None, gt=0, description="side C expects, when G's images must be resized")
     channels_last: bool = Field(False, description="C takes (N, H, W, C) images")
+    softmax_output: bool = Field(False, description="the logits output holds probabilities (the graph ends in a "
+                                                   "softmax): their logarithms serve as logits")
 
 
 class Manifest(_Strict):
@@ -161,7 +163,7 @@ class SourceBundle:
         std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
         x = (x - mean) / std
         out = self.classifier({spec.input: x.permute(0, 2, 3, 1) if spec.channels_last else x}, self.device)
-        logits = out[spec.logits]
+        logits = out[spec.logits].clamp_min(1e-12).log() if spec.softmax_output else out[spec.logits]
         return logits, out[spec.features].flatten(1) if spec.features else logits
 
 

@@ -135,6 +135,9 @@ def source_pack(
     label_input: Optional[str] = typer.Option(None, help="Name of G's label input (ONNX); default the other."),
     features_output: Optional[str] = typer.Option(None, help="C's output used as features (ONNX); default its "
                                                   "second output, or the logits."),
+    classifier_output: str = typer.Option("auto", help="What C's logits output holds: logits, probabilities (a "
+                                          "graph that ends in a softmax), or auto (probabilities if its rows on "
+                                          "G's images are non-negative and sum to 1)."),
     layout: str = typer.Option("auto", help="Image layout of G's output and C's input: nchw, nhwc (Keras, "
                                "TensorFlow), or auto (read off the graphs' shapes)."),
     sign: Optional[Path] = typer.Option(None, help="Private key (from source keygen) to sign the bundle with."),
@@ -148,7 +151,8 @@ def source_pack(
               "output_range": guarded(_range, input_range), "mean": guarded(_floats, "--mean", mean),
               "std": guarded(_floats, "--std", std),
               "input_size": input_size, "z_input": z_input, "label_input": label_input,
-              "features_output": features_output, "layout": layout, "sign": sign, "trust_code": trust_code}
+              "features_output": features_output, "layout": layout, "classifier_output": classifier_output,
+              "sign": sign, "trust_code": trust_code}
     if from_bundle is not None:
         cfg = guarded(validate, PackConfig, {**fields, "generator": str(from_bundle), "classifier":
                                              str(from_bundle), "classes": ["-", "--"]}, "source pack")

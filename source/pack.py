@@ -60,6 +60,8 @@ class PackConfig(BaseModel):
     label_input: str | None = None
     features_output: str | None = None  # default: C's second output, or the logits when it has one
     layout: Literal["auto", "nchw", "nhwc"] = "auto"  # auto: read off G's output and C's declared input shapes
+    classifier_output: Literal["auto", "logits", "probabilities"] = "auto"  # auto: probabilities if every output
+    # row on G's images is non-negative and sums to 1 (a graph that ends in a softmax)
     trust_code: bool = False
     sign: Path | None = None
 
@@ -237,8 +239,12 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
         m = Manifest(classes=cfg.classes, image_shape=tuple(image.shape[1:]), latent=Latent(
             size=latent, distribution=cfg.latent, truncation=cfg.truncation), generator=gspec, classifier=cspec,
             info=info)
-        _, feats = SourceBundle(tmp, m, part, cpart).classify(torch.rand(2, *m.image_shape))
+        b = SourceBundle(tmp, m, part, cpart)
+        scores, feats = b.classify(b.sample_classes(torch.arange(4 * k) % k, torch.Generator().manual_seed(0)))
         m.classifier.num_features = feats.shape[1]
+        m.classifier.softmax_output = cfg.classifier_output == "probabilities" or (
+            cfg.classifier_output == "auto" and bool((scores >= 0).all())
+            and bool(torch.allclose(scores.sum(1), torch.ones(len(scores)), atol=1e-3)))
         return m
     return stage
 

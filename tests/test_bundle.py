@@ -447,3 +447,24 @@ def test_an_nchw_bundle_keeps_its_layout(tmp_path: Path):
     g, c = onnx_pair(tmp_path)
     m = load_bundle(pack(cfg(tmp_path, g, c, output_range=(-1, 1)))[0]).manifest
     assert not m.generator.channels_last and not m.classifier.channels_last
+
+
+def test_a_classifier_that_ends_in_a_softmax_gives_log_probabilities_as_logits(tmp_path: Path):
+    """Many exported classifiers end in a softmax. Found on G's images (rows >= 0 summing to 1) or declared, their
+    logarithms serve as logits, so softmax(logits / T) is C's own distribution tempered, not a near-uniform one."""
+    g, c = onnx_pair(tmp_path)
+    torch.manual_seed(0)
+    owner_c = nn.Sequential(LogitsOnly(), nn.Softmax(dim=1))
+    export_onnx(owner_c, (torch.rand(2, 1, 8, 8),), ["x"], ["probs"], tmp_path / "Csoft.onnx")
+    soft = load_bundle(pack(cfg(tmp_path, g, str(tmp_path / "Csoft.onnx"), output_range=(-1, 1)))[0])
+    assert soft.manifest.classifier.softmax_output
+    x = torch.rand(6, 1, 8, 8)
+    logits, _ = soft.classify(x)
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(logits, 1), owner_c(x), atol=1e-5)
+    plain = load_bundle(pack(PackConfig(generator=g, classifier=c, classes=["a", "b", "c"], out=tmp_path / "plain",
+                                        output_range=(-1, 1)))[0])
+    assert not plain.manifest.classifier.softmax_output  # logits: rows of any sign and sum
+    forced = PackConfig(generator=g, classifier=str(tmp_path / "Csoft.onnx"), classes=["a", "b", "c"],
+                        out=tmp_path / "forced", output_range=(-1, 1), classifier_output="logits")
+    assert not load_bundle(pack(forced)[0]).manifest.classifier.softmax_output  # the owner's word stands
