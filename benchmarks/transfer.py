@@ -117,6 +117,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # the target phases' learning rate and weight decay (PP keeps its own: pretrain_lr, pretrain_weight_decay)
     **{f"{m}, {name}": (m, o) for m in ("scratch", "pp") for name, o in (
         ("lr 0.02", {"lr": 0.02}), ("lr 0.1", {"lr": 0.1}), ("weight decay 5e-3", {"weight_decay": 5e-3}))},
+    # PP, then kd's target phase: C's soft outputs on the target images beside the labels, after PP
+    "pp+kd": ("pp+kd", {}),
     # a longer pseudo pre-training (3x the default 400 steps)
     "pp, 1200 PP steps": ("pp", {"pretrain_steps": 1200}),
     "auto, 1200 PP steps": ("auto", {"pretrain_steps": 1200}),

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import EdgepptError
 
 # What `edgeppt transfer --method` takes (transfer/methods.py builds each; "auto" chooses among them per task).
-METHODS = ("auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp", "tred")
+METHODS = ("auto", "scratch", "kd", "pp", "pp+kd", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp", "tred")
 # The SSL algorithms of the P-SSL phase (transfer/ssl.py registers one class per name).
 SSL_ALGORITHMS = ("anchor", "fixmatch", "uda", "pseudolabel", "meanteacher", "labelprop")
 
@@ -188,7 +188,8 @@ class TransferConfig(SourceTrust):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     labels_per_class: int = Field(4, ge=1)
     arch: str | dict = "resnet_xs"
-    method: Literal["auto", "scratch", "kd", "pp", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp", "tred"] = "auto"
+    method: Literal["auto", "scratch", "kd", "pp", "pp+kd", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp",
+                    "tred"] = "auto"
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=512)
     batch_size: int = Field(32, ge=1, description="labelled batch size")

@@ -416,7 +416,8 @@ def test_the_proxy_records_its_label_free_scores_after_pp():
     from edgeppt.search.proxy import evaluate_arch, prepare
 
     cfg = SearchConfig(**{**FAST, "target": "digits:0,1,2,3,4", "source": ROOT / "bundles" / "animals-src",
-                          "proxy": dict(pretrain_steps=80, pretrain_pool=256, finetune_steps=4, batch_size=8)})
+                          "proxy": dict(pretrain_steps=80, pretrain_batch=32, pretrain_pool=256, finetune_steps=4,
+                                     batch_size=8)})
     data = prepare(cfg)
     assert data.pool is not None and data.source_val is not None
     assert not set(map(bytes, data.pool[0].numpy())) & set(map(bytes, data.source_val[0].numpy()))

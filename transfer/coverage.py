@@ -28,6 +28,7 @@ from .pseudo import PseudoPool
 class Coverage(BaseModel):
     chance: float
     source_confidence: float | None = None
+    source_probe: float | None = None  # the labels' probe in C's features (reported)
     init_probe: float | None = None
     pp_probe: float | None = None
     pseudo_probe: float | None = None
@@ -64,6 +65,9 @@ def measure(labelled: ImageSet, init_feats: torch.Tensor, pp_model: ClassifierNe
     cov = Coverage(chance=1.0 / k, init_probe=label_probe(init_feats, labelled.y, k))
     if bundle is not None and x_source_shape is not None:
         cov.source_confidence = source_confidence(bundle, x_source_shape)
+        with torch.no_grad():
+            f_c = F.normalize(bundle.classify(x_source_shape)[1].flatten(1).float().cpu(), dim=1)
+        cov.source_probe = label_probe(f_c, labelled.y, k)
     if pp_model is not None:
         f_l = features(pp_model, labelled.x)
         cov.pp_probe = label_probe(f_l, labelled.y, k)

@@ -74,6 +74,7 @@ METHODS: dict[str, Method] = {
     "scratch": Method(pretrain=False, target=_supervised),
     "kd": Method(pretrain=False, target=_distill),
     "pp": Method(pretrain=True, target=_supervised),
+    "pp+kd": Method(pretrain=True, target=_distill),  # PP, then kd's target phase (C's soft outputs as well)
     "pssl": Method(pretrain=False, target=_ssl, needs_pool=True, ssl=True),
     "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True, ssl=True),
     "ssl": Method(pretrain=False, target=_ssl, needs_unlabeled=True, ssl=True),
