@@ -104,6 +104,7 @@ def test_auto_uses_pp_with_the_example_bundle(tmp_path):
     cov = report["auto"]["coverage"]
     assert cov["pp_probe"] > cov["init_probe"] and 0 <= cov["pseudo_share"] <= 1
     assert 0 < cov["source_confidence"] <= 1
+    assert cov["chance"] < cov["source_probe"] <= 1  # C's features separate the example's animals
     assert report["auto"]["pseudo_samples"] == (report["method"] == "pp+pssl")
 
 
@@ -434,3 +435,14 @@ def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):
         objective.setup(model)
         loss, _ = objective.loss(model, torch.Generator().manual_seed(0), 0, 10, Dist())
         assert torch.isfinite(loss) and seen[-1][-2:] == (want, want)
+
+
+def test_the_config_names_every_method_the_transfer_stage_runs():
+    """The CLI, the config and the wizard read the names from edgeppt.config; the recipes live in transfer."""
+    import typing
+
+    from edgeppt.config import METHODS as NAMES
+    from edgeppt.transfer.methods import METHODS
+
+    assert set(NAMES) == {"auto", *METHODS}
+    assert set(typing.get_args(TransferConfig.model_fields["method"].annotation)) == set(NAMES)

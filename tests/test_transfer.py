@@ -33,8 +33,9 @@ ALL_OPTIONS = {"consistency": 1.0, "anchor_weight": 0.5, "mix": 0.5, "align": Tr
                "z_candidates": 2, "warm_start": True}
 
 
-@pytest.mark.parametrize("method,ssl", [("scratch", None), ("kd", None), ("pp", None), ("pssl", "fixmatch"),
-                                        ("pp+pssl", "uda"), ("pp+pssl", "pseudolabel"), ("pp+pssl", "meanteacher"),
+@pytest.mark.parametrize("method,ssl", [("scratch", None), ("kd", None), ("pp", None), ("pp+kd", None),
+                                        ("pssl", "fixmatch"), ("pp+pssl", "uda"), ("pp+pssl", "pseudolabel"),
+                                        ("pp+pssl", "meanteacher"),
                                         ("pp+pssl", {}),  # the defaults: warm start, anchor labels only
                                         ("pp+pssl", {"algorithm": "fixmatch", **ALL_OPTIONS}),
                                         ("pp+pssl", {"algorithm": "uda", "consistency": 1.0, "warm_start": False})])
