@@ -49,7 +49,7 @@ def test_a_typo_or_wrong_type_names_the_field_and_the_allowed_values(tiny_bundle
     assert "unknown field 'transfer.finetune_step'" in msg and "'finetune_steps'" in msg and str(path) in msg
 
     with pytest.raises(EdgepptError,
-                       match=r"transfer\.method: Input should be 'auto', 'scratch', 'kd', 'pp', 'pssl', "
+                       match=r"transfer\.method: Input should be 'auto', 'scratch', 'kd', 'pp', 'pp\+kd', 'pssl', "
                              r"'pp\+pssl', 'ssl', 'pp\+ssl', 'ft', 'l2sp' or 'tred'"):
         parse_config(raw_config(tiny_bundle, transfer={"method": "ppssl"}))
     with pytest.raises(EdgepptError, match=r"unknown field 'exprt'; allowed: \[.*'export'.*\]"):
