@@ -11,9 +11,11 @@ import hashlib
 import json
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,16 +217,34 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     return ImageSet(x, torch.from_numpy(y), classes, skipped)
 
 
+def _open_npz(path: str | Path) -> Any:
+    """numpy's .npz archive, opened without unpickling; a file that is not one gets a plain one-line error (numpy's
+    own message would suggest loading it with pickle)."""
+    if not zipfile.is_zipfile(path):
+        raise EdgepptError(f"{path}: not a .npz file (numpy's zip archive of arrays, as np.savez writes)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise EdgepptError(f"{path}: not a readable .npz file ({e})") from e
+
+
+def _array(z: Any, key: str, path: str | Path) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError as e:  # object arrays: reading them would unpickle
+        raise EdgepptError(f"{path}: array '{key}' holds Python objects, which are never unpickled; save numbers "
+                           "(or strings) only") from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise EdgepptError(f"{path}: array '{key}' cannot be read ({e})") from e
+
+
 def load_npz(path: str | Path) -> ImageSet:
     """A .npz with `x` (N,H,W) or (N,C,H,W) or (N,H,W,C) and integer `y`; optional `classes`."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z or "y" not in z:
-                raise EdgepptError(f"{path}: a .npz dataset needs arrays 'x' and 'y', found {sorted(z.files)}")
-            x, y = z["x"], z["y"]
-            classes = [str(c) for c in z["classes"]] if "classes" in z else None
-    except (OSError, ValueError) as e:
-        raise EdgepptError(f"{path}: not a readable .npz file ({e})") from e
+    with _open_npz(path) as z:
+        if "x" not in z or "y" not in z:
+            raise EdgepptError(f"{path}: a .npz dataset needs arrays 'x' and 'y', found {sorted(z.files)}")
+        x, y = _array(z, "x", path), _array(z, "y", path)
+        classes = [str(c) for c in _array(z, "classes", path)] if "classes" in z else None
     if len(x) != len(y):
         raise EdgepptError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
     xt = load_npz_arrays(x, Path(path))
@@ -350,13 +370,10 @@ def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) ->
                                f"{len(files)} image files)")
         return torch.from_numpy(np.stack(images)).float() / 255.0, skipped, total
     if p.suffix == ".npz" and p.is_file():
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if "x" not in z:
-                    raise EdgepptError(f"{p}: an unlabelled .npz needs an array 'x', found {sorted(z.files)}")
-                x = z["x"]
-        except (OSError, ValueError) as e:
-            raise EdgepptError(f"{p}: not a readable .npz file ({e})") from e
+        with _open_npz(p) as z:
+            if "x" not in z:
+                raise EdgepptError(f"{p}: an unlabelled .npz needs an array 'x', found {sorted(z.files)}")
+            x = _array(z, "x", p)
         total = len(x)
         keep = subsample(total, limit)
         x = x if keep is None else x[keep.numpy()]

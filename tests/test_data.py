@@ -81,8 +81,12 @@ def test_npz_layouts_and_errors(tmp_path):
     with pytest.raises(EdgepptError, match="needs arrays 'x' and 'y'"):
         load_npz(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(EdgepptError, match="not a readable .npz"):
+    with pytest.raises(EdgepptError, match=r"junk\.npz: not a \.npz file \(numpy's zip archive") as e:
         load_npz(tmp_path / "junk.npz")
+    assert "pickle" not in str(e.value)  # numpy's own message suggests loading untrusted files with pickle
+    np.savez(tmp_path / "objects.npz", x=np.array([object()] * 6, dtype=object), y=np.arange(6) % 2)
+    with pytest.raises(EdgepptError, match="array 'x' holds Python objects, which are never unpickled"):
+        load_npz(tmp_path / "objects.npz")
 
 
 def test_unknown_dataset_and_class():
