@@ -167,6 +167,12 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
                                                                      "pssl": {"real_lr_scale": 0.25}}),
     # ten times the weight decay (it leaned ahead for scratch and pp), which also sets the SSL phase's decay
     "auto, unlabelled pool, weight decay 5e-3": ("auto", {"unlabeled": "rest", "weight_decay": 5e-3}),
+    # ... and with the SSL phase's own decay kept at 5e-4 (pssl.weight_decay): only the labels-only warm start at 5e-3
+    "auto, unlabelled pool, weight decay 5e-3, SSL 5e-4": ("auto", {"unlabeled": "rest", "weight_decay": 5e-3,
+                                                                    "pssl": {"weight_decay": 5e-4}}),
+    "pp+pssl (anchor labels), weight decay 5e-3, SSL 5e-4": ("pp+pssl", {"pssl": {"algorithm": "anchor",
+                                                                                   "weight_decay": 5e-4},
+                                                                          "weight_decay": 5e-3}),
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
     "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
     "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",

@@ -92,6 +92,8 @@ class PSSLConfig(Strict):
     real_steps: int = Field(1000, ge=1, description="SSL steps after the warm start when real unlabelled images "
                             "join (chosen on validation accuracy: docs/transfer.md)")
     real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay of the SSL phase (the labels-only warm start "
+                                "before it uses the target phases' weight_decay)")
     real_warm_steps: int | None = Field(None, ge=1, description="labels-only warm-start steps when real unlabelled "
                                         "images join (default: finetune_steps)")
     smooth_labels: bool = Field(True, description="the labelled images' cross-entropy in the SSL phase uses "
@@ -188,8 +190,7 @@ class TransferConfig(SourceTrust):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     labels_per_class: int = Field(4, ge=1)
     arch: str | dict = "resnet_xs"
-    method: Literal["auto", "scratch", "kd", "pp", "pp+kd", "pssl", "pp+pssl", "ssl", "pp+ssl", "ft", "l2sp",
-                    "tred"] = "auto"
+    method: Literal[METHODS] = "auto"  # type: ignore[valid-type]
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=512)
     batch_size: int = Field(32, ge=1, description="labelled batch size")

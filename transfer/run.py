@@ -304,7 +304,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             log(f"unlabelled images: a fixed random {len(real):,} of the {offered:,} given (max_unlabeled)")
 
     lr = cfg.lr * cfg.source_ft.lr_scale if method.source_net else cfg.lr
-    wd = cfg.weight_decay if method.weight_decay else 0.0
+    wd = (cfg.pssl.weight_decay if method.ssl else cfg.weight_decay) if method.weight_decay else 0.0
     phases = [Phase(name.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool,
                                                                              real if method.ssl else None), lr, wd)]
     if method.first_step:
@@ -320,7 +320,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                   Phase(phases[0].name, cfg.pssl.real_steps if real is not None else cfg.pssl.steps,
                         phases[0].objective,
                         cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
-                        cfg.weight_decay)]
+                        cfg.pssl.weight_decay)]
     # auto's reverse check: the warm start is kept on disk (a resumed run still has it) to go back to
     check = (cfg.method == "auto" and cfg.auto.reverse_check and method.ssl and real is not None
              and cfg.pssl.warm_start and not cfg.supermask.enabled)
