@@ -3,7 +3,10 @@
 It sits above the stages (nothing imports it); `python -m edgeppt.cli` and `torchrun -m edgeppt.cli` run it too.
 """
 
+import os
 import sys
+import tempfile
+import traceback
 
 import typer
 from rich.markup import escape
@@ -45,7 +48,27 @@ def main() -> None:
         sys.exit(getattr(e, "exit_code", 1))
     except typer.Abort:
         sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as e:  # anything a stage did not turn into an EdgepptError: one line, the traceback in a file
+        if os.environ.get("EDGEPPT_DEBUG"):
+            raise
+        sys.exit(_unexpected(e))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unexpected(e: Exception) -> int:
+    """An OSError names the file it failed on (a folder that cannot be made, a full disk): that is the message. Any
+    other exception is a fault of ours: the line says where its traceback was written, for a bug report."""
+    if isinstance(e, OSError):
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
+        return 2
+    with tempfile.NamedTemporaryFile("w", prefix="edgeppt-error-", suffix=".log", delete=False) as f:
+        traceback.print_exception(e, file=f)
+    console.print(f"[bold red]error:[/] internal error, {escape(type(e).__name__)}: {escape(str(e))} (traceback in "
+                  f"{escape(f.name)}; EDGEPPT_DEBUG=1 prints it)", soft_wrap=True, highlight=False)
+    return 1
 
 
 __all__ = ["app", "main"]

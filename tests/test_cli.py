@@ -203,3 +203,29 @@ def test_usage_errors_of_the_real_command_are_one_line(argv, message):
                        env={**os.environ, "COLUMNS": "40"})
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_unexpected_errors_are_one_line_with_the_traceback_in_a_file(monkeypatch, tmp_path, capsys):
+    """What no stage turned into an EdgepptError: an OSError is its own message; anything else names the file that
+    holds its traceback (and EDGEPPT_DEBUG=1 raises it)."""
+    import edgeppt.cli as cli
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.delenv("EDGEPPT_DEBUG", raising=False)
+    for error, code, expected in ((PermissionError(13, "Permission denied", "/out/run"), 2,
+                                   "error: [Errno 13] Permission denied: '/out/run'"),
+                                  (RuntimeError("boom"), 1, "error: internal error, RuntimeError: boom")):
+        class Command:
+            def main(self, standalone_mode: bool):
+                raise error
+        monkeypatch.setattr(cli.typer.main, "get_command", lambda app: Command())
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        err = capsys.readouterr().err
+        assert e.value.code == code and expected in err and "Traceback" not in err
+    logs = list(tmp_path.glob("edgeppt-error-*.log"))
+    assert len(logs) == 1 and "RuntimeError: boom" in logs[0].read_text() and str(logs[0]) in err.replace("\n", "")
+    monkeypatch.setenv("EDGEPPT_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main()
