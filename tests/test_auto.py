@@ -135,10 +135,13 @@ def _folder(root: Path, n: int, corrupt: int = 0) -> Path:
 def test_unlabeled_images_join_the_ssl_phase(tiny_bundle, tmp_path):
     folder = _folder(tmp_path / "u", 24, corrupt=2)
     report = run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled=str(folder),
-                                pssl={"pool_size": 128, "steps": 20, "real_steps": 20, "real_warm_steps": 7}),
+                                weight_decay=5e-3, pssl={"pool_size": 128, "steps": 20, "real_steps": 20,
+                                                         "real_warm_steps": 7, "weight_decay": 1e-4}),
                           tmp_path / "run", progress=False)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())["phases"]
     assert [(ph["name"], ph["steps"]) for ph in plan] == [("pretrain", 30), ("pp", 7), ("pp_ssl", 20)]
+    # the warm start decays as the labels-only phases do, the SSL phase by its own setting
+    assert [ph.get("weight_decay") for ph in plan] == [None, 5e-3, 1e-4]
     assert report["unlabeled"]["count"] == 24 and len(report["unlabeled"]["skipped_files"]) == 2
     assert report["unlabeled"]["offered"] == 26  # image files found, the unreadable two among them
     assert all("bad" in s for s in report["unlabeled"]["skipped_files"])

@@ -344,7 +344,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if dist.main:
         pre = [{"name": "pretrain", "steps": cfg.pretrain_steps}] if method.pretrain else []
         atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"),
-                                            "phases": pre + [{"name": ph.name, "steps": ph.steps} for ph in phases]})
+                                            "phases": pre + [{"name": ph.name, "steps": ph.steps, "lr": ph.lr,
+                                                                  "weight_decay": ph.weight_decay} for ph in phases]})
     trainer = Trainer(model, phases, out, cfg.seed, dist, evaluate=lambda m: evaluate(m, test),
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, progress=progress,
                       channels_last=True)
