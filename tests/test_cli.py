@@ -217,7 +217,7 @@ def test_unexpected_errors_are_one_line_with_the_traceback_in_a_file(monkeypatch
                                    "error: [Errno 13] Permission denied: '/out/run'"),
                                   (RuntimeError("boom"), 1, "error: internal error, RuntimeError: boom")):
         class Command:
-            def main(self, standalone_mode: bool):
+            def main(self, standalone_mode: bool, error: Exception = error):
                 raise error
         monkeypatch.setattr(cli.typer.main, "get_command", lambda app: Command())
         with pytest.raises(SystemExit) as e:
