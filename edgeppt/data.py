@@ -15,7 +15,6 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -217,7 +216,7 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     return ImageSet(x, torch.from_numpy(y), classes, skipped)
 
 
-def _open_npz(path: str | Path) -> Any:
+def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
     """numpy's .npz archive, opened without unpickling; a file that is not one gets a plain one-line error (numpy's
     own message would suggest loading it with pickle)."""
     if not zipfile.is_zipfile(path):
@@ -228,7 +227,7 @@ def _open_npz(path: str | Path) -> Any:
         raise EdgepptError(f"{path}: not a readable .npz file ({e})") from e
 
 
-def _array(z: Any, key: str, path: str | Path) -> np.ndarray:
+def _array(z: np.lib.npyio.NpzFile, key: str, path: str | Path) -> np.ndarray:
     try:
         return z[key]
     except ValueError as e:  # object arrays: reading them would unpickle

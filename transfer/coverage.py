@@ -54,20 +54,15 @@ def pseudo_probe(f_l: torch.Tensor, y_l: torch.Tensor, f_u: torch.Tensor, anchor
     return None if dist is None else (dist.argmin(1) == y_l).float().mean().item()
 
 
-def source_confidence(bundle: SourceBundle, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        return F.softmax(bundle.classify(x)[0], 1).max(1).values.mean().item()
-
-
 def measure(labelled: ImageSet, init_feats: torch.Tensor, pp_model: ClassifierNet | None,
             bundle: SourceBundle | None, x_source_shape: torch.Tensor | None, pool: PseudoPool | None) -> Coverage:
     k = len(labelled.classes)
     cov = Coverage(chance=1.0 / k, init_probe=label_probe(init_feats, labelled.y, k))
     if bundle is not None and x_source_shape is not None:
-        cov.source_confidence = source_confidence(bundle, x_source_shape)
-        with torch.no_grad():
-            f_c = F.normalize(bundle.classify(x_source_shape)[1].flatten(1).float().cpu(), dim=1)
-        cov.source_probe = label_probe(f_c, labelled.y, k)
+        with torch.no_grad():  # one pass of C gives both: its confidence and its features
+            logits, f_c = bundle.classify(x_source_shape)
+        cov.source_confidence = F.softmax(logits, 1).max(1).values.mean().item()
+        cov.source_probe = label_probe(F.normalize(f_c.flatten(1).float().cpu(), dim=1), labelled.y, k)
     if pp_model is not None:
         f_l = features(pp_model, labelled.x)
         cov.pp_probe = label_probe(f_l, labelled.y, k)
