@@ -182,6 +182,11 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp+pssl (anchor labels), weight decay 5e-3, SSL 5e-4": ("pp+pssl", {"pssl": {"algorithm": "anchor",
                                                                                    "weight_decay": 5e-4},
                                                                           "weight_decay": 5e-3}),
+    # after PP, only the first blocks keep their PP weights (pretrain_keep); the rest start as scratch does
+    **{f"pp, PP weights kept in the first {name}": ("pp", {"pretrain_keep": v})
+       for name, v in (("half", 0.5), ("three quarters", 0.75))},
+    # the SSL phase with real unlabelled images ends on an EMA of its weights over its last ~30% (pssl.average)
+    "auto, unlabelled pool, SSL weights averaged": ("auto", {"unlabeled": "rest", "pssl": {"average": 0.3}}),
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
     "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
     "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",

@@ -99,6 +99,8 @@ class PSSLConfig(Strict):
     smooth_labels: bool = Field(True, description="the labelled images' cross-entropy in the SSL phase uses "
                                 "label_smoothing too, as the warm start before it does (chosen on validation accuracy: "
                                 "docs/transfer.md)")
+    average: float = Field(0.0, ge=0, le=1, description="the SSL phase ends on an exponential moving average of its "
+                           "weights spanning this share of it, as SSL methods evaluate their EMA model (0 = off)")
     unlabeled_weight: float = Field(0.5, ge=0, description="cap of the ramped pseudo-sample loss weight")
     real_weight: float = Field(1.0, ge=0, description="cap of the ramped loss weight of real unlabelled target images")
     ramp_fraction: float = Field(0.3, ge=0, le=1, description="fraction of SSL steps over which the weights ramp up")
@@ -140,6 +142,10 @@ class AutoConfig(Strict):
     The thresholds were set on validation images held out of the benchmark's target pools (docs/transfer.md)."""
     pp_margin: float = Field(0.0, description="use PP when its features' probe accuracy on the labels beats the "
                              "untrained network's by more than this")
+    keep_margin: float = Field(0.0, description="when PP's probe gain is at most this (but above pp_margin), restart "
+                               "the upper blocks from the initial weights and keep PP's lower ones (keep_share)")
+    keep_share: float = Field(0.5, ge=0, le=1, description="the share of blocks that keep their PP weights where "
+                              "keep_margin applies (pretrain_keep)")
     pseudo_min: float = Field(0.9, description="use pseudo samples when they carry at least this share of the "
                               "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
     reverse_check: bool = Field(False, description="(measured, off: docs/transfer.md) with real unlabelled "
@@ -212,6 +218,9 @@ class TransferConfig(SourceTrust):
                                         "weak and a strong view of each generated sample, beside the cross-entropy "
                                         "(0 = off)")
     pretrain_contrastive_temperature: float = Field(0.2, gt=0, description="PP: the contrastive term's temperature")
+    pretrain_keep: float = Field(1.0, ge=0, le=1, description="after PP: the share of the feature extractor's "
+                                 "layers, counted from the input, that keep their PP weights; the rest start the "
+                                 "target phase from the seed's initial weights, as scratch does (1 = all)")
     finetune_steps: int = Field(800, ge=1, description="supervised / distillation / SSL steps on the target")
     probe_steps: int = Field(0, ge=0, description="after PP: steps training only the new head on frozen features "
                              "before the whole network is fine-tuned (LP-FT)")

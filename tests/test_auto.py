@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from edgeppt.bundle_write import save_bundle
 from edgeppt.cli import app
-from edgeppt.config import PSSLConfig, TransferConfig
+from edgeppt.config import AutoConfig, PSSLConfig, TransferConfig
 from edgeppt.data import EXAMPLE_TARGET, ImageSet
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.runs import load_checkpoint, read_jsonl
 from edgeppt.train.loop import Dist
 from edgeppt.transfer import coverage, run_transfer
+from edgeppt.transfer.run import restart_layers
 from edgeppt.transfer.ssl import ALGORITHMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,3 +450,46 @@ def test_the_config_names_every_method_the_transfer_stage_runs():
 
     assert set(NAMES) == {"auto", *METHODS}
     assert set(typing.get_args(TransferConfig.model_fields["method"].annotation)) == set(NAMES)
+
+
+def test_pp_restarts_its_upper_blocks_from_the_initial_weights():
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 5, 1)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.add_(1)  # stands for PP's weights and statistics
+    assert restart_layers(model, initial, 0.5) == ["blocks.1", "blocks.2"]  # stem, blocks.0 | blocks.1, blocks.2
+    state = model.state_dict()
+    for k, v in state.items():
+        upper = k.startswith(("blocks.1.", "blocks.2."))
+        assert torch.equal(v, initial[k]) == upper, k  # the head is the target phase's own
+    assert restart_layers(model, initial, 1.0) == []
+
+
+def test_auto_keeps_only_pp_s_lower_blocks_where_its_gain_is_doubtful():
+    cfg = AutoConfig(pp_margin=0.0, keep_margin=0.2, keep_share=0.5)
+    def pick(init: float, pp: float) -> coverage.Choice:
+        cov = coverage.Coverage(chance=0.2, init_probe=init, pp_probe=pp, pseudo_share=0.0)
+        return coverage.choose(cov, cfg, has_source=True, has_unlabeled=False)
+    assert pick(0.5, 0.45).method == "scratch"
+    doubtful = pick(0.5, 0.6)
+    assert (doubtful.method, doubtful.pretrain_keep) == ("pp", 0.5) and "lower 50%" in doubtful.reason
+    clear = pick(0.3, 0.9)
+    assert (clear.method, clear.pretrain_keep) == ("pp", 1.0)
+
+
+def test_pp_with_restarted_blocks_and_an_averaged_ssl_phase(tiny_bundle, tmp_path):
+    kept = run_transfer(small(tiny_bundle, method="pp", pretrain_keep=0.5), tmp_path / "kept", progress=False)
+    assert kept["pretrain"]["restarted"] == ["blocks.1", "blocks.2"]
+    # The SSL phase's weight average changes what it ends on, and nothing before it.
+    runs = {}
+    for name, average in (("plain", 0.0), ("averaged", 0.5)):
+        runs[name] = run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled="rest", max_unlabeled=64,
+                                        pssl={"pool_size": 128, "steps": 20, "real_steps": 20, "average": average}),
+                                  tmp_path / name, progress=False)
+    a = load_checkpoint(tmp_path / "plain" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "averaged" / "model.pt")["state_dict"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    losses = {n: [r["loss"] for r in read_jsonl(tmp_path / n / "metrics.jsonl") if r["phase"] == "pp"] for n in runs}
+    assert losses["plain"] == losses["averaged"]  # the warm start is the same run

@@ -40,6 +40,7 @@ class Choice(BaseModel):
     method: str
     pseudo_samples: bool
     reason: str
+    pretrain_keep: float = 1.0  # the share of the feature extractor's blocks that keep their PP weights
     coverage: Coverage
 
 
@@ -88,6 +89,10 @@ def choose(cov: Coverage, cfg: AutoConfig, has_source: bool, has_unlabeled: bool
     if gain <= cfg.pp_margin:
         return Choice(method=own, pseudo_samples=False, coverage=cov,
                       reason=f"the source covers the target poorly: {probes}")
+    if gain <= cfg.keep_margin:  # PP's upper blocks are what transfers least where its gain is doubtful
+        return Choice(method=with_pp, pseudo_samples=False, pretrain_keep=cfg.keep_share, coverage=cov,
+                      reason=f"PP helps a little ({probes}): its lower {cfg.keep_share:.0%} of blocks kept, the "
+                             f"rest trained afresh, pseudo samples off")
     share = cov.pseudo_share if cov.pseudo_share is not None else 0.0
     pseudo = f"pseudo samples carry {share:.0%} of the labels' class information (need {cfg.pseudo_min:.0%})"
     if share >= cfg.pseudo_min:

@@ -152,6 +152,25 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
     return {"seconds": trainer.timings.get("pretrain", 0.0), "images": trainer.images_seen.get("pretrain", 0)}
 
 
+def restart_layers(model: torch.nn.Module, initial: dict[str, torch.Tensor], keep: float) -> list[str]:
+    """Put the feature extractor's last blocks back to their initial weights; the first `keep` share keeps PP's.
+
+    Lower blocks (edges, strokes) carry over to targets the source never saw better than upper ones (the source
+    classes' parts). The units are the stem, each of `blocks`, and any later layer with weights; the head is the
+    target phase's own. Returns the restarted units' names."""
+    units: list[str] = []
+    for name, child in model.named_children():
+        if name == "head" or not any(True for _ in child.parameters()):
+            continue
+        units += [f"{name}.{i}" for i, _ in enumerate(child.children())] if name == "blocks" else [name]
+    restart = units[round(keep * len(units)):]
+    state = model.state_dict()
+    for unit in restart:
+        state.update({k: v.clone() for k, v in initial.items() if k.startswith(unit + ".")})
+    model.load_state_dict(state)
+    return restart
+
+
 def _pool_key(cfg: TransferConfig, bundle: SourceBundle, x_t: torch.Tensor) -> str:
     """A pool depends on the bundle, the conditioning target images, the seed and the sampling settings."""
     p = cfg.pssl
@@ -266,9 +285,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     torch.manual_seed(cfg.seed)
     in_chans, size = labelled.shape[0], labelled.shape[1]
     model = create_model(cfg.arch, len(labelled.classes), in_chans)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}  # what scratch starts from
     timings: dict[str, float] = {}
     info: dict = {}
     name: str = cfg.method
+    choice: coverage.Choice | None = None
     if cfg.method == "auto":
         t = time.perf_counter()
         choice = choose_method(cfg, model, bundle, labelled, real, out, dist, resume, cache, progress, info)
@@ -288,6 +309,9 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         if "pretrain" not in info:  # auto has already pre-trained this model
             info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache, progress)
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
+        keep = choice.pretrain_keep if choice is not None else cfg.pretrain_keep
+        if keep < 1 and not method.source_net:
+            info["pretrain"]["restarted"] = restart_layers(model, initial, keep)
     elif "pretrain" in info:
         info["pretrain_for_auto"] = info.pop("pretrain")
     pool = None
@@ -337,6 +361,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if cfg.ema and not cfg.supermask.enabled:  # (a supermask's scores are not weights to average)
         for ph in phases:
             ph.ema = 0.0 if ph.name.endswith(("_first", "_probe")) else ema_decay(cfg.ema, ph.steps)
+    if method.ssl and cfg.pssl.average and not cfg.supermask.enabled:
+        phases[-1].ema = ema_decay(cfg.pssl.average, phases[-1].steps)
     if cfg.supermask.enabled:  # over seeded weights from scratch, over the PP (or C's) weights otherwise
         attach(model, cfg.supermask, cfg.seed, seeded=not (method.pretrain or method.source_net))
         phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)
