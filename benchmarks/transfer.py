@@ -67,6 +67,7 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 
+KEEP_ROW = "pp, PP weights kept in the first half"  # auto's third choice, measured (auto.keep_margin)
 # label -> (method, TransferConfig overrides); the first rows per (bundle, seed) make what the cache shares.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "scratch": ("scratch", {}),
@@ -183,8 +184,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
                                                                                    "weight_decay": 5e-4},
                                                                           "weight_decay": 5e-3}),
     # after PP, only the first blocks keep their PP weights (pretrain_keep); the rest start as scratch does
-    **{f"pp, PP weights kept in the first {name}": ("pp", {"pretrain_keep": v})
-       for name, v in (("half", 0.5), ("three quarters", 0.75))},
+    KEEP_ROW: ("pp", {"pretrain_keep": 0.5}),
+    "pp, PP weights kept in the first three quarters": ("pp", {"pretrain_keep": 0.75}),
     # the SSL phase with real unlabelled images ends on an EMA of its weights over its last ~30% (pssl.average)
     "auto, unlabelled pool, SSL weights averaged": ("auto", {"unlabeled": "rest", "pssl": {"average": 0.3}}),
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
@@ -356,6 +357,33 @@ def fit_auto(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[fl
     return sorted(rows, key=lambda r: -r[2])
 
 
+def fit_keep(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[float, float, float, float]]:
+    """auto's pp_margin and keep_margin (scratch, pp with PP's lower half kept, or pp) against the VALIDATION
+    accuracy of what they would choose, as fit_auto does. Returns (pp_margin, keep_margin, mean val, mean test)."""
+    from edgeppt.config import AutoConfig
+    from edgeppt.transfer.coverage import Coverage, choose
+
+    grid = [round(0.05 * i, 2) for i in range(-10, 13)]
+    rows = []
+    for margin in grid:
+        for keep in (g for g in grid if g >= margin):
+            val, test = [], []
+            for p in pairings:
+                for s in seeds:
+                    run = done.get((p, "auto", s))
+                    if not run or not run.get("auto"):
+                        continue
+                    c = choose(Coverage(**run["auto"]["coverage"]), AutoConfig(
+                        pp_margin=margin, keep_margin=keep, keep_share=0.5, pseudo_min=1.01), True, False)
+                    pick = done.get((p, KEEP_ROW if c.pretrain_keep < 1 else c.method, s))
+                    if pick:
+                        val.append(100 * pick["val"])
+                        test.append(100 * pick["test"])
+            if val and len(val) == sum((p, "auto", s) in done for p in pairings for s in seeds):
+                rows.append((margin, keep, statistics.mean(val), statistics.mean(test)))
+    return sorted(rows, key=lambda r: -r[2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 seed and a smaller budget: a smoke run")
@@ -444,6 +472,12 @@ def main() -> None:
         print("\nauto's thresholds by the validation accuracy of what they choose (best 8; test only shown):")
         for margin, share, val, test in fits[:8]:
             print(f"  pp_margin {margin:+.2f}, pseudo_min {share:.2f}: val {val:.2f}, test {test:.2f}")
+    fits = fit_keep(done, args.pairings, seeds) if any(k[1] == KEEP_ROW for k in done) else []
+    if fits:
+        print("\nauto's pp_margin and keep_margin by the validation accuracy of what they choose (best 8; test "
+              "only shown):")
+        for margin, keep, val, test in fits[:8]:
+            print(f"  pp_margin {margin:+.2f}, keep_margin {keep:+.2f}: val {val:.2f}, test {test:.2f}")
 
 
 if __name__ == "__main__":
