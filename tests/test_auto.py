@@ -479,9 +479,18 @@ def test_auto_keeps_only_pp_s_lower_blocks_where_its_gain_is_doubtful():
     assert (clear.method, clear.pretrain_keep) == ("pp", 1.0)
 
 
-def test_pp_with_restarted_blocks_and_an_averaged_ssl_phase(tiny_bundle, tmp_path):
-    kept = run_transfer(small(tiny_bundle, method="pp", pretrain_keep=0.5), tmp_path / "kept", progress=False)
+def test_pp_with_restarted_blocks_and_an_averaged_ssl_phase(tiny_bundle, tmp_path, monkeypatch):
+    c = small(tiny_bundle, method="pp", pretrain_keep=0.5)
+    kept = run_transfer(c, tmp_path / "kept", progress=False)
     assert kept["pretrain"]["restarted"] == ["blocks.1", "blocks.2"]
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp" and step == 10)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    run_transfer(c, tmp_path / "cut", resume=True, progress=False)  # a resumed run ends on the same weights
+    a = load_checkpoint(tmp_path / "kept" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
     # The SSL phase's weight average changes what it ends on, and nothing before it.
     runs = {}
     for name, average in (("plain", 0.0), ("averaged", 0.5)):
