@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from edgeppt.bundle import SourceBundle, open_source
 from edgeppt.config import AugmentConfig, ProxyConfig, SearchConfig
-from edgeppt.data import ImageSet, few_shot, load_dataset, train_test_split
+from edgeppt.data import ImageSet, few_shot, load_dataset, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.train import augment
@@ -46,7 +46,7 @@ class ProxyData:
 def prepare(cfg: SearchConfig) -> ProxyData:
     """Split the target exactly as transfer does (test split fixed by seed 0), then hold out a validation set."""
     bundle: SourceBundle | None = open_source(cfg.source, cfg) if cfg.source else None
-    channels = bundle.image_shape[0] if bundle else None
+    channels = None  # the target's own, as transfer loads it
     size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
     target = load_dataset(cfg.target, size, channels)
     if cfg.test:
@@ -65,8 +65,8 @@ def prepare(cfg: SearchConfig) -> ProxyData:
     pool = source_val = None
     if bundle is not None and cfg.proxy.pretrain_steps > 0:
         g = torch.Generator().manual_seed(cfg.seed)
-        pool = _generate(bundle, cfg.proxy.pretrain_pool, g, labelled.x.shape[2:])
-        source_val = _generate(bundle, SOURCE_VAL, g, labelled.x.shape[2:])  # drawn after the pool: it stays the same
+        pool = _generate(bundle, cfg.proxy.pretrain_pool, g, labelled.x.shape[1:])
+        source_val = _generate(bundle, SOURCE_VAL, g, labelled.x.shape[1:])  # drawn after the pool: it stays the same
     c, h, w = labelled.x.shape[1:]  # ImageSet images are (N, C, H, W)
     return ProxyData(labelled, folds, pool, source_val, (c, h, w))
 
@@ -74,13 +74,15 @@ def prepare(cfg: SearchConfig) -> ProxyData:
 SOURCE_VAL = 500  # generated images held out from the proxy's PP
 
 
-def _generate(bundle: SourceBundle, n: int, g: torch.Generator, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-    """n generated images of the source classes in turn, at the target's image size."""
+def _generate(bundle: SourceBundle, n: int, g: torch.Generator, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """n generated images of the source classes in turn, at the target's channels and image size."""
     y = torch.arange(n) % bundle.num_classes
     with torch.no_grad():
         x = torch.cat([bundle.sample_classes(y[i:i + 512], g) for i in range(0, len(y), 512)])
-    if x.shape[2:] != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    if x.shape[1] != shape[0]:
+        x = reshape_images(x, None, shape[0])
+    if x.shape[2:] != shape[1:]:
+        x = F.interpolate(x, size=shape[1:], mode="bilinear", align_corners=False)
     return x.clamp(0, 1), y
 
 

@@ -74,3 +74,28 @@ def test_pack_an_rgb_generator_at_64_px_with_imagenet_normalisation(tmp_path: Pa
         std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
         assert torch.allclose(b.classify(x)[0], c((x - mean) / std)[0], atol=1e-4)
     assert summary["num_features"] == b.manifest.classifier.num_features
+
+
+def test_a_colour_target_stays_in_colour_with_a_grayscale_bundle(tmp_path: Path, tiny_bundle):
+    """Red, green and blue squares have the same gray level: only a network that sees colour can tell them apart.
+    The bundle is grayscale (1x8x8); its samples are widened to colour for PP and pools, and C reads the target in
+    gray."""
+    from edgeppt.config import SearchConfig
+    from edgeppt.search.proxy import prepare
+
+    target = colour_folders(tmp_path / "target", ["red", "green", "blue"], 8, per_class=20, seed=2)
+    cfg = TransferConfig(source=tiny_bundle, target=str(target), labels_per_class=4, pretrain_steps=20,
+                         pretrain_batch=32, finetune_steps=80, batch_size=12, eval_every=10**6,
+                         checkpoint_every=10**6, pssl={"pool_size": 32, "steps": 10},
+                         augment={"hflip": True, "max_shift": 0.0})
+    for method in ("auto", "kd", "pp+pssl"):
+        report = run_transfer(cfg.model_copy(update={"method": method}), tmp_path / method, progress=False)
+        assert report["model"]["in_chans"] == 3, method
+    assert report["test_accuracy"] > 0.8, report["per_class_accuracy"]  # chance is 1/3, gray is blind to them
+    manifest = export_run(tmp_path / "auto", tmp_path / "dist", formats=["onnx", "int8"], source=tiny_bundle,
+                          bench_runs=0, log=lambda s: None)
+    s = ort.InferenceSession(str(tmp_path / "dist" / manifest["artifacts"]["int8"]["file"]))
+    assert s.get_inputs()[0].shape[1:] == [3, 8, 8]
+    proxy = prepare(SearchConfig(target=str(target), source=tiny_bundle, labels_per_class=4, val_per_class=0,
+                                 folds=2))  # the search ranks on the same colour images, PP on widened samples
+    assert proxy.in_shape == (3, 8, 8) and proxy.pool is not None and proxy.pool[0].shape[1] == 3

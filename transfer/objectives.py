@@ -90,12 +90,13 @@ class PseudoPretrain(Objective):
     def __init__(self, bundle: SourceBundle, batch_size: int, pool: int = 0, seed: int = 0,
                  aug: AugmentConfig = augment.DEFAULT, mix: float = 0.0, teacher: float = 0.0,
                  temperature: float = 4.0, image_size: int | None = None, contrastive: float = 0.0,
-                 contrastive_temperature: float = 0.2):
+                 contrastive_temperature: float = 0.2, channels: int | None = None):
         super().__init__()
         self.contrastive, self.contrastive_t = contrastive, contrastive_temperature
         self.projection: nn.Module | None = None
         self.bundle, self.batch_size, self.aug = bundle, batch_size, aug
         self.image_size = image_size if image_size != bundle.image_shape[1] else None
+        self.channels = channels if channels != bundle.image_shape[0] else None  # e.g. gray G, colour target
         self.mix = mix if bundle.manifest.generator.label != "index" else 0.0  # an index has no blend
         self.teacher, self.t = teacher, temperature
         self.pool: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -140,7 +141,9 @@ class PseudoPretrain(Objective):
             x_strong = None if x_strong is None else shard(x_strong, dist)
         dev = next(net.parameters()).device
         views = x if x_strong is None else torch.cat([x, x_strong])
-        out = net((views if self.image_size is None else reshape_images(views, self.image_size, None)).to(dev))
+        if self.image_size is not None or self.channels is not None:
+            views = reshape_images(views, self.image_size, self.channels)
+        out = net(views.to(dev))
         logits, z = (out, None) if x_strong is None else (out[0][:len(x)], out[1])
         y, target = y.to(dev), target.to(dev)
         loss = F.cross_entropy(logits, target if self.mix else y)  # (class indices: the default's exact loss)

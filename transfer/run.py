@@ -72,11 +72,16 @@ def prepare_data(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[Imag
     return labelled, test
 
 
+SOURCE_NET = {name for name, m in METHODS.items() if m.source_net}
+
+
 def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
                    ) -> tuple[ImageSet, ImageSet, ImageSet, DataRecord]:
     """prepare_data, plus the target pool's images that are not labelled (what --unlabeled rest uses) and the
     record of which images these are (later stages rebuild them from it)."""
-    channels = bundle.image_shape[0] if bundle else None
+    # The target keeps its own channels (a colour target stays in colour whatever the bundle's); only a method that
+    # trains C itself needs C's.
+    channels = bundle.image_shape[0] if bundle and cfg.method in SOURCE_NET else None
     size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
     target = load_dataset(cfg.target, size, channels)
     if cfg.test:
@@ -128,10 +133,11 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
 
 
 def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path, dist: Dist, resume: bool,
-                    cache_dir: Path | None, progress: bool) -> dict:
+                    cache_dir: Path | None, progress: bool, channels: int | None = None) -> dict:
     """Train `model` on generated source-class samples; reuse cached weights for identical settings."""
     size = cfg.image_size or bundle.image_shape[1]  # PP trains at the size the target network works at
-    key = _pp_key(cfg, bundle, bundle.image_shape[0], size)
+    channels = channels or bundle.image_shape[0]  # G's samples are converted to the target network's channels
+    key = _pp_key(cfg, bundle, channels, size)
     cached = cache_dir / f"pp-{key}.pt" if cache_dir else None
     if cached and cached.exists():
         model.reset_head(bundle.num_classes)
@@ -141,7 +147,7 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
         return {"skipped": True}
     trainer = Trainer(model, [Phase("pretrain", cfg.pretrain_steps, PseudoPretrain(
         bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle), mix=cfg.pretrain_mix,
-        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size,
+        teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size, channels=channels,
         contrastive=cfg.pretrain_contrastive, contrastive_temperature=cfg.pretrain_contrastive_temperature),
         cfg.pretrain_lr, cfg.pretrain_weight_decay, evaluate=False)],
         out / "pretrain", cfg.seed, dist, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
@@ -214,7 +220,8 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
     init_feats = coverage.features(model, labelled.x)  # before PP: what scratch starts from
     pp_model = pool = x_src = None
     if bundle is not None:
-        info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, cache, progress)
+        info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, cache, progress,
+                                           labelled.shape[0])
         pp_model = model
         pool, from_cache = pseudo_samples(cfg, bundle, labelled, out, dist, cache)
         info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
@@ -307,7 +314,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         model, arch = source_model(_needed(bundle, name), len(labelled.classes))
     if method.pretrain:
         if "pretrain" not in info:  # auto has already pre-trained this model
-            info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache, progress)
+            info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache,
+                                               progress, labelled.shape[0])
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
         keep = choice.pretrain_keep if choice is not None else cfg.pretrain_keep
         if keep < 1 and not method.source_net:
