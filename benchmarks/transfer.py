@@ -188,6 +188,9 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp, PP weights kept in the first three quarters": ("pp", {"pretrain_keep": 0.75}),
     # the SSL phase with real unlabelled images ends on an EMA of its weights over its last ~30% (pssl.average)
     "auto, unlabelled pool, SSL weights averaged": ("auto", {"unlabeled": "rest", "pssl": {"average": 0.3}}),
+    # sharpness-aware minimisation in the labels-only target phase (two passes a step; its control of equal
+    # compute is "{m}, 1600 target steps" above)
+    **{f"{m}, SAM 0.05": (m, {"sam": 0.05}) for m in ("scratch", "pp")},
     # auto's reverse check with real unlabelled images (auto.reverse_check): the SSL model, or back to its warm start
     "auto, unlabelled pool, reverse-checked": ("auto", {"unlabeled": "rest", "auto": {"reverse_check": True}}),
     "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",

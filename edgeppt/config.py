@@ -228,6 +228,8 @@ class TransferConfig(SourceTrust):
                        "weights spanning this share of the phase (0 = off)")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the supervised target phases "
                                    "(chosen on validation accuracy: docs/transfer.md)")
+    sam: float = Field(0.0, ge=0, description="sharpness-aware minimisation in the labels-only target phases: the "
+                       "radius rho of the weight perturbation (0 = off; each step then costs two passes)")
     mixup: float = Field(0.0, ge=0, description="mixup of the labelled images in the supervised target phases: "
                          "Beta(a, a)'s a (0 = off)")
     kd_weight: float = Field(1.0, ge=0)

@@ -67,3 +67,24 @@ def test_the_strong_view_is_a_choice_of_the_augment_config():
     losses = [Supervised(data, 8, aug=AugmentConfig(labelled_view=v)).loss(
         model, torch.Generator().manual_seed(3), 0, 10, ONE)[0].item() for v in ("weak", "strong")]
     assert losses[0] != losses[1]
+
+
+def test_sam_steps_with_the_gradient_at_perturbed_weights_and_counts_batch_statistics_once():
+    data = _blobs()
+    ends = {}
+    for rho in (0.0, 0.05):
+        torch.manual_seed(0)
+        model = create_model("resnet_xs", 2, 1)
+        objective = Supervised(data, 16, sam=rho)
+        objective.setup(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        loss, _ = objective.update(model, opt, torch.Generator().manual_seed(1), 0, 1, ONE)
+        assert torch.isfinite(loss)
+        ends[rho] = model.state_dict()
+        assert any(not torch.equal(before[k], v) for k, v in ends[rho].items() if "weight" in k)  # it stepped
+    plain, sam = ends[0.0], ends[0.05]
+    # the same batch's statistics, taken once: the perturbed second pass leaves them alone
+    assert torch.equal(plain["stem.1.running_mean"], sam["stem.1.running_mean"])
+    # the step itself comes from another point: the weights differ
+    assert not torch.allclose(plain["stem.0.weight"], sam["stem.0.weight"])

@@ -59,16 +59,53 @@ class Supervised(Objective):
     """Cross-entropy on labelled images under weak augmentation (scratch, the fine-tune after PP, source C)."""
 
     def __init__(self, labelled: ImageSet, batch_size: int, new_head: bool = False,
-                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0, mixup: float = 0.0):
+                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0, mixup: float = 0.0,
+                 sam: float = 0.0):
         super().__init__()
         self.data, self.batch_size, self.new_head, self.aug = labelled, batch_size, new_head, aug
-        self.label_smoothing, self.mixup = label_smoothing, mixup
+        self.label_smoothing, self.mixup, self.sam = label_smoothing, mixup, sam
 
     def setup(self, model: ClassifierNet) -> None:
         if self.new_head or model.head.out_features != len(self.data.classes):
             model.reset_head(len(self.data.classes))
 
     def loss(self, net, g, step, total, dist):
+        return self._criterion(net, *self._batch(g, dist, next(net.parameters()).device))
+
+    def update(self, net, opt, g, step, total, dist):
+        """With `sam` > 0, sharpness-aware minimisation (Foret et al., 2021): the step takes the gradient at the
+        weights moved `sam` (rho) along the normalised gradient, on the same batch; batch-norm statistics are
+        updated by the first pass only."""
+        if not self.sam:
+            return super().update(net, opt, g, step, total, dist)
+        batch = self._batch(g, dist, next(net.parameters()).device)
+        loss, stats = self._criterion(net, *batch)
+        if not torch.isfinite(loss):
+            return loss, stats
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in net.parameters() if p.grad is not None]
+        norm = torch.norm(torch.stack([p.grad.norm() for p in params])) + 1e-12
+        with torch.no_grad():
+            moves = [p.grad * (self.sam / norm) for p in params]
+            for p, e in zip(params, moves):
+                p.add_(e)
+        bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.momentum = 0.0
+        opt.zero_grad(set_to_none=True)
+        self._criterion(net, *batch)[0].backward()
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        with torch.no_grad():
+            for p, e in zip(params, moves):
+                p.sub_(e)
+        opt.step()
+        return loss, stats
+
+    def _batch(self, g: torch.Generator, dist, dev: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         x, y = sample_batch(self.data, self.batch_size, g)
         x = (augment.strong if self.aug.labelled_view == "strong" else augment.weak)(x, g, self.aug)
         y2, lam = y, 1.0
@@ -77,8 +114,10 @@ class Supervised(Objective):
                                                                                                self.mixup))
             perm = torch.randperm(len(x), generator=g)
             x, y2 = lam * x + (1 - lam) * x[perm], y[perm]
-        dev = next(net.parameters()).device
-        x, y, y2 = shard(x, dist).to(dev), shard(y, dist).to(dev), shard(y2, dist).to(dev)
+        return shard(x, dist).to(dev), shard(y, dist).to(dev), shard(y2, dist).to(dev), lam
+
+    def _criterion(self, net, x: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, lam: float
+                   ) -> tuple[torch.Tensor, dict]:
         logits = net(x)
         loss = lam * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         if lam < 1.0:
