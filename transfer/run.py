@@ -67,7 +67,8 @@ def _check_resume(cfg: TransferConfig, out: Path) -> None:
 
 
 def prepare_data(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[ImageSet, ImageSet]:
-    """The k-shot labelled set and the fixed test split, in the shape the bundle (if any) works at."""
+    """The k-shot labelled set and the fixed test split, at the bundle's image size (if any) and in the target's own
+    channels (C's, for the methods that train C)."""
     labelled, test, _, _ = prepare_splits(cfg, bundle)
     return labelled, test
 
