@@ -333,28 +333,34 @@ def save(args, mode: str, budget: dict, seeds: list[int], done: dict, total: flo
 CANDIDATES = {"scratch": "scratch", "pp": "pp", "pp+pssl": "pp+pssl (anchor labels)"}
 
 
-def fit_auto(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[float, float, float, float]]:
-    """auto's thresholds against the VALIDATION accuracy of what they would choose, from the coverage each auto
-    run measured (it does not depend on the thresholds). Returns (pp_margin, pseudo_min, mean val, mean test)
-    rows, best validation first; test is printed beside it, never used to choose."""
-    from edgeppt.config import AutoConfig
+def _picked(done: dict, pairings: list[str], seeds: list[int], auto, row_of) -> tuple[list[float], list[float]]:
+    """Validation and test accuracy (%) of what auto's rule `auto` (an AutoConfig) would choose on each auto run,
+    from the coverage that run measured (it does not depend on the thresholds); `row_of` names a Choice's row."""
     from edgeppt.transfer.coverage import Coverage, choose
+
+    val, test = [], []
+    for p in pairings:
+        for s in seeds:
+            run = done.get((p, "auto", s))
+            if not run or not run.get("auto"):
+                continue
+            pick = done.get((p, row_of(choose(Coverage(**run["auto"]["coverage"]), auto, True, False)), s))
+            if pick:
+                val.append(100 * pick["val"])
+                test.append(100 * pick["test"])
+    return val, test
+
+
+def fit_auto(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[float, float, float, float]]:
+    """auto's thresholds against the VALIDATION accuracy of what they would choose. Returns (pp_margin, pseudo_min,
+    mean val, mean test) rows, best validation first; test is printed beside it, never used to choose."""
+    from edgeppt.config import AutoConfig
 
     rows = []
     for margin in (-0.1, -0.05, 0.0, 0.05, 0.1, 0.15):
         for share in (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.01):
-            val, test = [], []
-            for p in pairings:
-                for s in seeds:
-                    run = done.get((p, "auto", s))
-                    if not run or not run.get("auto"):
-                        continue
-                    cov = Coverage(**run["auto"]["coverage"])
-                    m = choose(cov, AutoConfig(pp_margin=margin, pseudo_min=share), True, False).method
-                    pick = done.get((p, CANDIDATES[m], s))
-                    if pick:
-                        val.append(100 * pick["val"])
-                        test.append(100 * pick["test"])
+            val, test = _picked(done, pairings, seeds, AutoConfig(pp_margin=margin, pseudo_min=share),
+                                lambda c: CANDIDATES[c.method])
             if val:
                 rows.append((margin, share, statistics.mean(val), statistics.mean(test)))
     return sorted(rows, key=lambda r: -r[2])
@@ -364,25 +370,16 @@ def fit_keep(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[fl
     """auto's pp_margin and keep_margin (scratch, pp with PP's lower half kept, or pp) against the VALIDATION
     accuracy of what they would choose, as fit_auto does. Returns (pp_margin, keep_margin, mean val, mean test)."""
     from edgeppt.config import AutoConfig
-    from edgeppt.transfer.coverage import Coverage, choose
 
     grid = [round(0.05 * i, 2) for i in range(-10, 13)]
+    runs = sum((p, "auto", s) in done for p in pairings for s in seeds)
     rows = []
     for margin in grid:
         for keep in (g for g in grid if g >= margin):
-            val, test = [], []
-            for p in pairings:
-                for s in seeds:
-                    run = done.get((p, "auto", s))
-                    if not run or not run.get("auto"):
-                        continue
-                    c = choose(Coverage(**run["auto"]["coverage"]), AutoConfig(
-                        pp_margin=margin, keep_margin=keep, keep_share=0.5, pseudo_min=1.01), True, False)
-                    pick = done.get((p, KEEP_ROW if c.pretrain_keep < 1 else c.method, s))
-                    if pick:
-                        val.append(100 * pick["val"])
-                        test.append(100 * pick["test"])
-            if val and len(val) == sum((p, "auto", s) in done for p in pairings for s in seeds):
+            rule = AutoConfig(pp_margin=margin, keep_margin=keep, keep_share=0.5, pseudo_min=1.01)
+            val, test = _picked(done, pairings, seeds, rule,
+                                lambda c: KEEP_ROW if c.pretrain_keep < 1 else c.method)
+            if val and len(val) == runs:  # only rules whose every choice was run
                 rows.append((margin, keep, statistics.mean(val), statistics.mean(test)))
     return sorted(rows, key=lambda r: -r[2])
 

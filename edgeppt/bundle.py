@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import signing
 from .bundle_runtime import OnnxPart, Part, TorchPart, load_program
 from .config import SourceTrust
+from .data import reshape_images
 from .errors import EdgepptError
 from .runs import sha256_file
 
@@ -157,8 +158,7 @@ class SourceBundle:
         """(logits, features) of images in [0, 1], on the bundle's device."""
         spec = self.manifest.classifier
         x = x.to(self.device, torch.float32)
-        if x.shape[1] != self.image_shape[0]:  # a colour target for a grayscale bundle, or the reverse
-            x = x.mean(1, keepdim=True) if self.image_shape[0] == 1 else x.expand(-1, self.image_shape[0], -1, -1)
+        x = reshape_images(x, None, self.image_shape[0])  # a colour target for a grayscale bundle, or the reverse
         if spec.input_size is not None and x.shape[-1] != spec.input_size:
             x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear", align_corners=False)
         mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]

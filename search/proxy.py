@@ -79,8 +79,7 @@ def _generate(bundle: SourceBundle, n: int, g: torch.Generator, shape: torch.Siz
     y = torch.arange(n) % bundle.num_classes
     with torch.no_grad():
         x = torch.cat([bundle.sample_classes(y[i:i + 512], g) for i in range(0, len(y), 512)])
-    if x.shape[1] != shape[0]:
-        x = reshape_images(x, None, shape[0])
+    x = reshape_images(x, None, shape[0])  # e.g. a grayscale G for a colour target
     if x.shape[2:] != shape[1:]:
         x = F.interpolate(x, size=shape[1:], mode="bilinear", align_corners=False)
     return x.clamp(0, 1), y

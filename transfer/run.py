@@ -134,10 +134,10 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
 
 
 def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path, dist: Dist, resume: bool,
-                    cache_dir: Path | None, progress: bool, channels: int | None = None) -> dict:
-    """Train `model` on generated source-class samples; reuse cached weights for identical settings."""
+                    cache_dir: Path | None, progress: bool, channels: int) -> dict:
+    """Train `model` (of `channels` input channels: G's samples are converted to them) on generated source-class
+    samples; reuse cached weights for identical settings."""
     size = cfg.image_size or bundle.image_shape[1]  # PP trains at the size the target network works at
-    channels = channels or bundle.image_shape[0]  # G's samples are converted to the target network's channels
     key = _pp_key(cfg, bundle, channels, size)
     cached = cache_dir / f"pp-{key}.pt" if cache_dir else None
     if cached and cached.exists():
