@@ -88,3 +88,29 @@ def test_sam_steps_with_the_gradient_at_perturbed_weights_and_counts_batch_stati
     assert torch.equal(plain["stem.1.running_mean"], sam["stem.1.running_mean"])
     # the step itself comes from another point: the weights differ
     assert not torch.allclose(plain["stem.0.weight"], sam["stem.0.weight"])
+
+
+def test_the_cosine_head_is_imprinted_trains_as_cosines_and_ships_as_a_plain_linear_head():
+    data = _blobs()
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 2, 1)
+    objective = Supervised(data, 16, new_head=True, cosine=10.0)
+    objective.setup(model)
+    model.eval()
+    f = torch.nn.functional.normalize(model.forward_features(data.x), dim=1)
+    means = torch.stack([f[data.y == c].mean(0) for c in (0, 1)])
+    assert torch.allclose(model.head.weight, torch.nn.functional.normalize(means, dim=1), atol=1e-6)  # imprinted
+    assert not model.head.bias.any() and not model.head.bias.requires_grad
+    phase = Phase("fit", 30, objective, lr=0.05, evaluate=False, warmup=0)
+    Trainer(model, [phase], None, seed=0, progress=False).run()
+    model.eval()
+    with torch.no_grad():
+        f = model.forward_features(data.x)
+        cosine = 10.0 * torch.nn.functional.normalize(f, dim=1) @ torch.nn.functional.normalize(
+            model.head.weight, dim=1).t()
+        plain = model(data.x)
+    # baked: the plain head predicts what the cosine classifier does, at about its scale, with a trainable bias
+    assert torch.equal(plain.argmax(1), cosine.argmax(1))
+    assert (plain.argmax(1) == data.y).float().mean() > 0.9
+    assert abs(plain.abs().mean().item() - cosine.abs().mean().item()) < 0.3 * cosine.abs().mean().item()
+    assert not model.head.bias.any() and model.head.bias.requires_grad

@@ -38,7 +38,7 @@ def supervised(cfg: TransferConfig, labelled: ImageSet) -> Supervised:
     """The labels-only target phase's objective (scratch, pp, ft, and the warm start of the SSL methods); kd, l2sp
     and tred smooth their labels alike, so every labels-based baseline trains under the same regulariser."""
     return Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment, label_smoothing=cfg.label_smoothing,
-                      mixup=cfg.mixup, sam=cfg.sam)
+                      mixup=cfg.mixup, sam=cfg.sam, cosine=cfg.cosine_head)
 
 
 def _supervised(cfg, labelled, bundle, pool, real):

@@ -55,24 +55,76 @@ class Objective(nn.Module):
         """Hook after each optimizer step (e.g. an EMA teacher)."""
 
 
+class _Cosine(nn.Module):
+    """The model with its head read as a cosine classifier: `scale` times the cosine between features and class
+    weights (the bias is not used)."""
+
+    def __init__(self, model: ClassifierNet, scale: float):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(self.model.forward_features(x), dim=1)
+        return self.scale * f @ F.normalize(self.model.head.weight, dim=1).t()
+
+
+@torch.no_grad()
+def _features(model: ClassifierNet, x: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    f = torch.cat([model.forward_features(x[i:i + 256].to(next(model.parameters()).device))
+                   for i in range(0, len(x), 256)])
+    model.train(was)
+    return f
+
+
 class Supervised(Objective):
-    """Cross-entropy on labelled images under weak augmentation (scratch, the fine-tune after PP, source C)."""
+    """Cross-entropy on labelled images under weak augmentation (scratch, the fine-tune after PP, source C).
+
+    With `cosine` > 0 the new head is a cosine classifier at that scale (Baseline++, Chen et al., 2019), its
+    weights imprinted from the labels' class means (Qi et al., 2018) and kept at unit norm with a zero bias, so the
+    plain model predicts as the cosine one does throughout; the last step bakes the scale into the plain linear
+    head (divided by the labels' mean feature norm), so every later phase and stage sees an ordinary head."""
 
     def __init__(self, labelled: ImageSet, batch_size: int, new_head: bool = False,
                  aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0, mixup: float = 0.0,
-                 sam: float = 0.0):
+                 sam: float = 0.0, cosine: float = 0.0):
         super().__init__()
         self.data, self.batch_size, self.new_head, self.aug = labelled, batch_size, new_head, aug
-        self.label_smoothing, self.mixup, self.sam = label_smoothing, mixup, sam
+        self.label_smoothing, self.mixup, self.sam, self.cosine = label_smoothing, mixup, sam, cosine
+        self._model: list[ClassifierNet] = []  # a list: the model is not this objective's submodule
 
     def setup(self, model: ClassifierNet) -> None:
         if self.new_head or model.head.out_features != len(self.data.classes):
             model.reset_head(len(self.data.classes))
+        self._model = [model]
+        model.head.bias.requires_grad_(not self.cosine)  # the cosine head has none (DDP wants no unused parameter)
+        if self.cosine:
+            f = F.normalize(_features(model, self.data.x), dim=1)
+            means = torch.stack([f[self.data.y.to(f.device) == c].mean(0) for c in range(len(self.data.classes))])
+            with torch.no_grad():
+                model.head.weight.copy_(F.normalize(means, dim=1))
+                model.head.bias.zero_()
+
+    def trainable(self, model: ClassifierNet) -> nn.Module:
+        return _Cosine(model, self.cosine) if self.cosine else model
 
     def loss(self, net, g, step, total, dist):
         return self._criterion(net, *self._batch(g, dist, next(net.parameters()).device))
 
     def update(self, net, opt, g, step, total, dist):
+        loss, stats = self._step(net, opt, g, step, total, dist)
+        if self.cosine:
+            head = self._model[0].head
+            with torch.no_grad():
+                head.weight.copy_(F.normalize(head.weight, dim=1))
+                if step == total - 1:  # bake: plain logits ~ the cosine ones for a typical feature norm
+                    norm = _features(self._model[0], self.data.x).norm(dim=1).mean().clamp_min(1e-6)
+                    head.weight.mul_(self.cosine / norm)
+                    head.bias.requires_grad_(True)
+        return loss, stats
+
+    def _step(self, net, opt, g, step, total, dist):
         """With `sam` > 0, sharpness-aware minimisation (Foret et al., 2021): the step takes the gradient at the
         weights moved `sam` (rho) along the normalised gradient, on the same batch; batch-norm statistics are
         updated by the first pass only."""
