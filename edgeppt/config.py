@@ -232,9 +232,10 @@ class TransferConfig(SourceTrust):
                        "radius rho of the weight perturbation (0 = off; each step then costs two passes)")
     mixup: float = Field(0.0, ge=0, description="mixup of the labelled images in the supervised target phases: "
                          "Beta(a, a)'s a (0 = off)")
-    cosine_head: float = Field(0.0, ge=0, description="the labels-only target phases train a cosine classifier at "
-                               "this scale, imprinted from the labels' class means, then baked into the plain linear "
-                               "head (0 = a plain linear head)")
+    cosine_head: float = Field(10.0, ge=0, description="the labels-only target phases (scratch, pp, the SSL warm "
+                               "starts) train a cosine classifier at this scale, imprinted from the labels' class "
+                               "means, then baked into the plain linear head (0 = a plain linear head; chosen on "
+                               "validation accuracy: docs/transfer.md)")
     kd_weight: float = Field(1.0, ge=0)
     kd_temperature: float = Field(4.0, gt=0)
     augment: AugmentConfig = AugmentConfig()

@@ -34,15 +34,20 @@ class Method:
     first_step: Callable[[TransferConfig, Objective], tuple[int, Objective]] | None = None
 
 
-def supervised(cfg: TransferConfig, labelled: ImageSet) -> Supervised:
+def supervised(cfg: TransferConfig, labelled: ImageSet, cosine: bool = True) -> Supervised:
     """The labels-only target phase's objective (scratch, pp, ft, and the warm start of the SSL methods); kd, l2sp
-    and tred smooth their labels alike, so every labels-based baseline trains under the same regulariser."""
+    and tred smooth their labels alike, so every labels-based baseline trains under the same regulariser. The cosine
+    head (cfg.cosine_head) was measured on the target architectures, not on C: ft keeps a plain linear head."""
     return Supervised(labelled, cfg.batch_size, new_head=True, aug=cfg.augment, label_smoothing=cfg.label_smoothing,
-                      mixup=cfg.mixup, sam=cfg.sam, cosine=cfg.cosine_head)
+                      mixup=cfg.mixup, sam=cfg.sam, cosine=cfg.cosine_head if cosine else 0.0)
 
 
 def _supervised(cfg, labelled, bundle, pool, real):
     return supervised(cfg, labelled)
+
+
+def _source_supervised(cfg, labelled, bundle, pool, real):
+    return supervised(cfg, labelled, cosine=False)
 
 
 def _distill(cfg, labelled, bundle, pool, real):
@@ -79,7 +84,7 @@ METHODS: dict[str, Method] = {
     "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True, ssl=True),
     "ssl": Method(pretrain=False, target=_ssl, needs_unlabeled=True, ssl=True),
     "pp+ssl": Method(pretrain=True, target=_ssl, needs_unlabeled=True, ssl=True),
-    "ft": Method(pretrain=False, target=_supervised, source_net=True),
+    "ft": Method(pretrain=False, target=_source_supervised, source_net=True),
     "l2sp": Method(pretrain=False, target=_l2sp, source_net=True, weight_decay=False),
     "tred": Method(pretrain=False, target=_tred, source_net=True, first_step=_tred_first),
 }

@@ -100,10 +100,11 @@ class Supervised(Objective):
         self._model = [model]
         model.head.bias.requires_grad_(not self.cosine)  # the cosine head has none (DDP wants no unused parameter)
         if self.cosine:
-            f = F.normalize(_features(model, self.data.x), dim=1)
-            means = torch.stack([f[self.data.y.to(f.device) == c].mean(0) for c in range(len(self.data.classes))])
+            f, y = F.normalize(_features(model, self.data.x), dim=1), self.data.y
             with torch.no_grad():
-                model.head.weight.copy_(F.normalize(means, dim=1))
+                for c in y.unique().tolist():  # a class without images keeps its random weights
+                    model.head.weight[c] = F.normalize(f[(y == c).to(f.device)].mean(0), dim=0)
+                model.head.weight.copy_(F.normalize(model.head.weight, dim=1))
                 model.head.bias.zero_()
 
     def trainable(self, model: ClassifierNet) -> nn.Module:
