@@ -92,12 +92,12 @@ class Supervised(Objective):
         super().__init__()
         self.data, self.batch_size, self.new_head, self.aug = labelled, batch_size, new_head, aug
         self.label_smoothing, self.mixup, self.sam, self.cosine = label_smoothing, mixup, sam, cosine
-        self._model: list[ClassifierNet] = []  # a list: the model is not this objective's submodule
+        self._head_of: list[ClassifierNet] = []  # the model whose head is cosine (a list: not a submodule)
 
     def setup(self, model: ClassifierNet) -> None:
         if self.new_head or model.head.out_features != len(self.data.classes):
             model.reset_head(len(self.data.classes))
-        self._model = [model]
+        self._head_of = [model]
         model.head.bias.requires_grad_(not self.cosine)  # the cosine head has none (DDP wants no unused parameter)
         if self.cosine:
             f, y = F.normalize(_features(model, self.data.x), dim=1), self.data.y
@@ -116,11 +116,11 @@ class Supervised(Objective):
     def update(self, net, opt, g, step, total, dist):
         loss, stats = self._step(net, opt, g, step, total, dist)
         if self.cosine:
-            head = self._model[0].head
+            head = self._head_of[0].head
             with torch.no_grad():
                 head.weight.copy_(F.normalize(head.weight, dim=1))
                 if step == total - 1:  # bake: plain logits ~ the cosine ones for a typical feature norm
-                    norm = _features(self._model[0], self.data.x).norm(dim=1).mean().clamp_min(1e-6)
+                    norm = _features(self._head_of[0], self.data.x).norm(dim=1).mean().clamp_min(1e-6)
                     head.weight.mul_(self.cosine / norm)
                     head.bias.requires_grad_(True)
         return loss, stats
