@@ -96,6 +96,7 @@ def test_the_cosine_head_is_imprinted_trains_as_cosines_and_ships_as_a_plain_lin
     model = create_model("resnet_xs", 2, 1)
     objective = Supervised(data, 16, new_head=True, cosine=10.0)
     objective.setup(model)
+    objective._imprint_head(model)  # what its first step does
     model.eval()
     f = torch.nn.functional.normalize(model.forward_features(data.x), dim=1)
     means = torch.stack([f[data.y == c].mean(0) for c in (0, 1)])

@@ -93,19 +93,27 @@ class Supervised(Objective):
         self.data, self.batch_size, self.new_head, self.aug = labelled, batch_size, new_head, aug
         self.label_smoothing, self.mixup, self.sam, self.cosine = label_smoothing, mixup, sam, cosine
         self._head_of: list[ClassifierNet] = []  # the model whose head is cosine (a list: not a submodule)
+        self._imprint = False
 
     def setup(self, model: ClassifierNet) -> None:
-        if self.new_head or model.head.out_features != len(self.data.classes):
+        self._imprint = self.new_head or model.head.out_features != len(self.data.classes)
+        if self._imprint:
             model.reset_head(len(self.data.classes))
         self._head_of = [model]
         model.head.bias.requires_grad_(not self.cosine)  # the cosine head has none (DDP wants no unused parameter)
-        if self.cosine:
-            f, y = F.normalize(_features(model, self.data.x), dim=1), self.data.y
+        if self.cosine:  # an inherited head (LP-FT's probe) keeps its directions
             with torch.no_grad():
-                for c in y.unique().tolist():  # a class without images keeps its random weights
-                    model.head.weight[c] = F.normalize(f[(y == c).to(f.device)].mean(0), dim=0)
                 model.head.weight.copy_(F.normalize(model.head.weight, dim=1))
                 model.head.bias.zero_()
+
+    @torch.no_grad()
+    def _imprint_head(self, model: ClassifierNet) -> None:
+        """A new cosine head starts from the labels' normalised class means. Done at the first step, not in setup:
+        the trainer has then put the model in its training memory format, so a run that skipped earlier phases
+        (cached PP weights, a resume) computes the same floats."""
+        f, y = F.normalize(_features(model, self.data.x), dim=1), self.data.y
+        for c in y.unique().tolist():  # a class without images keeps its random weights
+            model.head.weight[c] = F.normalize(f[(y == c).to(f.device)].mean(0), dim=0)
 
     def trainable(self, model: ClassifierNet) -> nn.Module:
         return _Cosine(model, self.cosine) if self.cosine else model
@@ -114,6 +122,8 @@ class Supervised(Objective):
         return self._criterion(net, *self._batch(g, dist, next(net.parameters()).device))
 
     def update(self, net, opt, g, step, total, dist):
+        if self.cosine and self._imprint and step == 0:
+            self._imprint_head(self._head_of[0])
         loss, stats = self._step(net, opt, g, step, total, dist)
         if self.cosine:
             head = self._head_of[0].head
