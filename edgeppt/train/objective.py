@@ -15,6 +15,7 @@ from edgeppt.config import AugmentConfig
 from edgeppt.data import ImageSet
 from edgeppt.models import ClassifierNet
 from edgeppt.train import augment
+from edgeppt.train.probe import features
 
 
 def sample_batch(ds: ImageSet, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,16 +69,6 @@ class _Cosine(nn.Module):
         return self.scale * f @ F.normalize(self.model.head.weight, dim=1).t()
 
 
-@torch.no_grad()
-def _features(model: ClassifierNet, x: torch.Tensor) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    f = torch.cat([model.forward_features(x[i:i + 256].to(next(model.parameters()).device))
-                   for i in range(0, len(x), 256)])
-    model.train(was)
-    return f
-
-
 class Supervised(Objective):
     """Cross-entropy on labelled images under weak augmentation (scratch, the fine-tune after PP, source C).
 
@@ -111,9 +102,9 @@ class Supervised(Objective):
         """A new cosine head starts from the labels' normalised class means. Done at the first step, not in setup:
         the trainer has then put the model in its training memory format, so a run that skipped earlier phases
         (cached PP weights, a resume) computes the same floats."""
-        f, y = F.normalize(_features(model, self.data.x), dim=1), self.data.y
+        f, y = features(model, self.data.x), self.data.y.cpu()
         for c in y.unique().tolist():  # a class without images keeps its random weights
-            model.head.weight[c] = F.normalize(f[(y == c).to(f.device)].mean(0), dim=0)
+            model.head.weight[c] = F.normalize(f[y == c].mean(0), dim=0).to(model.head.weight.device)
 
     def trainable(self, model: ClassifierNet) -> nn.Module:
         return _Cosine(model, self.cosine) if self.cosine else model
@@ -130,7 +121,7 @@ class Supervised(Objective):
             with torch.no_grad():
                 head.weight.copy_(F.normalize(head.weight, dim=1))
                 if step == total - 1:  # bake: plain logits ~ the cosine ones for a typical feature norm
-                    norm = _features(self._head_of[0], self.data.x).norm(dim=1).mean().clamp_min(1e-6)
+                    norm = features(self._head_of[0], self.data.x, normalize=False).norm(dim=1).mean().clamp_min(1e-6)
                     head.weight.mul_(self.cosine / norm)
                     head.bias.requires_grad_(True)
         return loss, stats

@@ -11,14 +11,14 @@ from edgeppt.models import ClassifierNet
 
 
 @torch.no_grad()
-def features(model: ClassifierNet, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """L2-normalised penultimate features, in eval mode."""
+def features(model: ClassifierNet, x: torch.Tensor, batch: int = 256, normalize: bool = True) -> torch.Tensor:
+    """Penultimate features (L2-normalised unless `normalize` is False), in eval mode, on the CPU."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
     f = torch.cat([model.forward_features(x[i:i + batch].to(dev)).flatten(1).cpu() for i in range(0, len(x), batch)])
     model.train(was)
-    return F.normalize(f, dim=1)
+    return F.normalize(f, dim=1) if normalize else f
 
 
 def centroid_distances(f: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
