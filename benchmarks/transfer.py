@@ -201,6 +201,10 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, linear head": ("auto", {"unlabeled": "rest", "cosine_head": 0.0}),
     "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",
                                                                              "smooth_labels": False}}),
+    # label propagation's labels were still improving at the SSL phase's end (their accuracy on the pool, measured
+    # for analysis): propagate twice as often, or train the phase twice as long
+    "auto, unlabelled pool, propagation every 50 steps": ("auto", {"unlabeled": "rest", "pssl": {"lp_refresh": 50}}),
+    "auto, unlabelled pool, 2000 SSL steps": ("auto", {"unlabeled": "rest", "pssl": {"real_steps": 2000}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
