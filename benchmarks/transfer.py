@@ -203,7 +203,10 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
                                                                              "smooth_labels": False}}),
     # label propagation's labels were still improving at the SSL phase's end (their accuracy on the pool, measured
     # for analysis): propagate twice as often, or train the phase twice as long
-    "auto, unlabelled pool, propagation every 50 steps": ("auto", {"unlabeled": "rest", "pssl": {"lp_refresh": 50}}),
+    # (at 1000 steps, the default then; 2000 was taken)
+    "auto, unlabelled pool, 1000 SSL steps": ("auto", {"unlabeled": "rest", "pssl": {"real_steps": 1000}}),
+    "auto, unlabelled pool, propagation every 50 steps": ("auto", {"unlabeled": "rest", "pssl": {
+        "lp_refresh": 50, "real_steps": 1000}}),
     "auto, unlabelled pool, 2000 SSL steps": ("auto", {"unlabeled": "rest", "pssl": {"real_steps": 2000}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).

@@ -89,7 +89,7 @@ class PSSLConfig(Strict):
         "the SSL phase from there, its consistency targets coming from a frozen copy of that model")
     steps: int = Field(100, ge=1, description="SSL steps after the warm start (without a warm start, finetune_steps)")
     lr_scale: float = Field(0.2, gt=0, description="SSL learning rate after the warm start, as a fraction of lr")
-    real_steps: int = Field(1000, ge=1, description="SSL steps after the warm start when real unlabelled images "
+    real_steps: int = Field(2000, ge=1, description="SSL steps after the warm start when real unlabelled images "
                             "join (chosen on validation accuracy: docs/transfer.md)")
     real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay of the SSL phase (the labels-only warm start "

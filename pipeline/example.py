@@ -33,7 +33,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
                    "proxy": {"pretrain_steps": 60, "finetune_steps": 40, "pretrain_batch": 64, "pretrain_pool": 512}},
         "transfer": {"pretrain_steps": 200, "pretrain_batch": 64, "finetune_steps": 400, "eval_every": 50,
                      "checkpoint_every": 50,
-                     "pssl": {"pool_size": 1024, "real_steps": 300}},  # with unlabelled images: 1000 is ~4 min
+                     "pssl": {"pool_size": 1024, "real_steps": 300}},  # unlabelled: the default 2000 is ~8 min
         "export": {"bench_runs": 50},
     },
     "standard": {
