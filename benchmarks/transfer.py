@@ -198,6 +198,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     **{f"{m}, cosine head 10": (m, {"cosine_head": 10.0}) for m in ("scratch", "pp")},
     "auto, unlabelled pool, cosine head 10": ("auto", {"unlabeled": "rest", "cosine_head": 10.0}),
     **{f"{m}, linear head": (m, {"cosine_head": 0.0}) for m in ("scratch", "pp")},
+    # the cosine head's scale (10 was set without a selection), each against 10
+    **{f"{m}, cosine head {v:g}": (m, {"cosine_head": v}) for m in ("scratch", "pp") for v in (5.0, 20.0)},
     "auto, unlabelled pool, linear head": ("auto", {"unlabeled": "rest", "cosine_head": 0.0}),
     "pp+pssl (anchor labels), SSL labels unsmoothed": ("pp+pssl", {"pssl": {"algorithm": "anchor",
                                                                              "smooth_labels": False}}),
