@@ -25,7 +25,9 @@ the rest, per class) and the training pool; the k labelled images per class are 
 Validation accuracy is what the defaults and auto's thresholds were chosen on; test accuracy is only reported.
 `pp, equal compute` is the control of pp+pssl: pp fine-tuned for the P-SSL phase's extra steps too.
 PP weights and pseudo-sample pools are made once per (bundle, seed) and (pairing, seed) and shared through the
-cache; their one-off cost is printed apart.
+cache; their one-off cost is printed apart. So is a labels-only phase that starts from the same weights with the
+same settings: pp's is the warm start of the SSL rows and what auto trains when it picks pp, so those rows load it
+(its time then is printed as "reused") and train only what follows it.
 """
 
 from __future__ import annotations
@@ -273,13 +275,15 @@ def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pa
     once = 0.0 if "cached" in pre else pre.get("seconds", 0.0)  # one-off work shared through the cache
     if report.get("pseudo_samples") and not report["pseudo_samples"]["cached"]:
         once += report["timings_s"].get("pseudo_samples", 0.0)
+    # a labels-only phase another row of the same seed trained (its seconds then, counted apart as once_s is)
+    reused = sum(r["seconds"] for r in (report.get("reused_phases") or {}).values())
     state = torch.load(out / "model.pt", weights_only=True)  # our own run's file
     model = create_model(state["arch"], len(state["classes"]), state["in_chans"])
     model.load_state_dict(state["state_dict"])
     val_set = load_dataset(str(files["val"]))
     agree = [r["lp_agree"] for r in read_jsonl(out / "metrics.jsonl") if "lp_agree" in r]
     return {"test": report["test_accuracy"], "val": evaluate(model, val_set)["accuracy"], "wall_s": wall - once,
-            "once_s": once, "method": report["method"], "auto": report.get("auto"),
+            "once_s": once, "reused_s": reused, "method": report["method"], "auto": report.get("auto"),
             # label propagation's agreement with the model at the first and the last propagation
             **({"lp_agree": [agree[0], agree[-1]]} if agree else {}),
             **({"reverse_check": report["reverse_check"]} if report.get("reverse_check") else {})}
@@ -304,6 +308,7 @@ def summarise(done: dict, pairings: list[str], rows: list[str], seeds: list[int]
             rec = {"pairing": p, "row": r, "seeds": [s for s in seeds if (p, r, s) in done], "test": test,
                    "val": val, "test_mean": statistics.mean(test), "test_std": statistics.pstdev(test),
                    "val_mean": statistics.mean(val), "wall_s": statistics.mean(x["wall_s"] for x in runs),
+                   "reused_s": statistics.mean(x.get("reused_s", 0.0) for x in runs),
                    "chosen": [x["method"] for x in runs]}
             if runs[0].get("auto"):
                 rec["auto"] = [x["auto"] for x in runs]
@@ -450,15 +455,18 @@ def main() -> None:
                 first.append(k)
                 seen.add((b, k[2]))
         first += [k for k in keys if k[1] in ("scratch", "kd")]
-        second = [k for k in keys if k[1] == "pp+pssl (anchor labels)" or (k[1] == "pp" and k not in first)]
-        waves = [first, second, [k for k in keys if k not in first and k not in second]]
+        # Then the other pp rows, whose labels-only phase the SSL rows' warm starts and auto's runs reuse through
+        # the cache (identical weights: tests/test_transfer.py), then the pools, then everything else.
+        second = [k for k in keys if k[1] == "pp" and k not in first]
+        third = [k for k in keys if k[1] == "pp+pssl (anchor labels)"]
+        waves = [first, second, third, [k for k in keys if k not in first + second + third]]
         for wave in waves:
             tasks = [(p, r, s, budget, files[p], args.labels, work, cache) for p, r, s in wave]
             for key, res in zip(wave, pool.map(_task, tasks)):
                 done[key] = res
                 print(f"  {key[0]:14s} {key[1]:36s} seed {key[2]}: test {100 * res['test']:.1f}% "
                       f"val {100 * res['val']:.1f}% ({res['method']}) {res['wall_s']:.0f}s "
-                      f"(+{res['once_s']:.0f}s one-off)", flush=True)
+                      f"(+{res['once_s']:.0f}s one-off, {res.get('reused_s', 0):.0f}s reused)", flush=True)
             save(args, mode, budget, seeds, done, time.perf_counter() - t0, rows)  # a crash keeps finished waves
     total = time.perf_counter() - t0
     results = save(args, mode, budget, seeds, done, total, rows)

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,11 +206,42 @@ def test_pp_weights_and_pseudo_pools_are_cached_across_runs(tiny_bundle, tmp_pat
     assert not third["pseudo_samples"]["cached"]
     assert len(list((tmp_path / "cache").glob("pool-*.pt"))) == 2
     # The warm start of pp+pssl is exactly the pp method: same batches, same weights before the pseudo samples.
-    pp = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "pp", progress=False, pp_cache=tmp_path / "cache")
+    # (Its own cache, so that pp trains its phase instead of reusing the one pp+pssl left in the shared cache.)
+    pp = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "pp", progress=False, pp_cache=tmp_path / "cache2")
     warm = [r for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["phase"] == "pp"][-1]
     assert warm["test_accuracy"] == pp["test_accuracy"]
     assert [r["loss"] for r in read_jsonl(tmp_path / "pp" / "metrics.jsonl")] == \
         [r["loss"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl") if r["phase"] == "pp"]
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "model.pt", weights_only=True)["state_dict"]
+
+
+def test_a_labels_only_phase_is_reused_by_runs_that_start_the_same_way(tiny_bundle, tmp_path):
+    """pp's phase is pp+pssl's warm start and what auto trains when it picks pp: with a cache it is trained once,
+    and every run that reuses it ends on exactly the weights it would have trained to."""
+    cache = tmp_path / "cache"
+    pp = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "pp", progress=False, pp_cache=cache)
+    assert not pp["reused_phases"] and len(list(cache.glob("phase-*.pt"))) == 1
+    reused = run_transfer(cfg(tiny_bundle, method="pp+pssl"), tmp_path / "a", progress=False, pp_cache=cache)
+    fresh = run_transfer(cfg(tiny_bundle, method="pp+pssl"), tmp_path / "b", progress=False)
+    assert set(reused["reused_phases"]) == {"pp"} and reused["reused_phases"]["pp"]["seconds"] > 0
+    assert reused["timings_s"]["target"] < fresh["timings_s"]["target"]
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert reused["test_accuracy"] == fresh["test_accuracy"]
+    # pp itself again: nothing left to train; the model is pp's own.
+    again = run_transfer(cfg(tiny_bundle, method="pp"), tmp_path / "c", progress=False, pp_cache=cache)
+    assert again["reused_phases"]["pp"]["cache"] == reused["reused_phases"]["pp"]["cache"]
+    p, c = _weights(tmp_path / "pp"), _weights(tmp_path / "c")
+    assert all(torch.equal(p[k], c[k]) for k in p)
+    # Anything the phase computes from is in its key: other labels, another rate, another head.
+    for name, kw in (("seed", {"seed": 1}), ("lr", {"lr": 0.02}), ("head", {"cosine_head": 0.0}),
+                     ("smoothing", {"label_smoothing": 0.0}), ("steps", {"finetune_steps": 41})):
+        other = run_transfer(cfg(tiny_bundle, method="pp", **kw), tmp_path / name, progress=False, pp_cache=cache)
+        assert not other["reused_phases"], name
+    assert len(list(cache.glob("phase-*.pt"))) == 6
 
 
 def test_pp_weights_follow_pps_own_rate_not_the_target_phases(tiny_bundle, tmp_path):

@@ -45,7 +45,8 @@ def transfer(
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory (its saved settings are "
                                           "used)."),
     config: Optional[Path] = typer.Option(None, help="YAML with TransferConfig fields."),
-    pp_cache: Optional[Path] = typer.Option(None, help="Folder to reuse pseudo pre-training weights across runs."),
+    pp_cache: Optional[Path] = typer.Option(None, help="Folder to reuse pseudo pre-training weights, pseudo-sample "
+                                            "pools and labels-only phases across runs."),
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set pssl.z_candidates=4."),
     trusted_key: list[Path] = typer.Option([], help=TRUSTED_KEY_HELP),
     trust_code: bool = typer.Option(False, help=TRUST_CODE_HELP),

@@ -34,6 +34,12 @@ class Method:
     first_step: Callable[[TransferConfig, Objective], tuple[int, Objective]] | None = None
 
 
+def supervised_settings(cfg: TransferConfig) -> dict:
+    """Every setting `supervised` reads (the key of a cached labels-only phase: transfer/run.py)."""
+    return {"batch": cfg.batch_size, "augment": cfg.augment.model_dump(mode="json"),
+            "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup, "sam": cfg.sam, "cosine": cfg.cosine_head}
+
+
 def supervised(cfg: TransferConfig, labelled: ImageSet, cosine: bool = True) -> Supervised:
     """The labels-only target phase's objective (scratch, pp, ft, and the warm start of the SSL methods); kd, l2sp
     and tred smooth their labels alike, so every labels-based baseline trains under the same regulariser. The cosine

@@ -57,6 +57,7 @@ class TransferReport(BaseModel):
     pretrain: dict[str, Any] | None = None
     pretrain_for_auto: dict[str, Any] | None = None  # auto pre-trained to measure, then chose a method without PP
     pseudo_samples: dict[str, Any] | None = None
+    reused_phases: dict[str, dict[str, Any]] | None = None  # phases loaded from the cache: {name: cache, seconds}
     unlabeled: dict[str, Any] | None = None
     reverse_check: dict[str, Any] | None = None  # auto with unlabelled images: reverse accuracies, the model kept
     source: dict[str, Any] | None = None  # the bundle used: path, provenance (who signed it), runtime

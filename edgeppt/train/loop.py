@@ -43,6 +43,8 @@ class Phase:
     # SGD with Nesterov momentum and the phase's weight decay
     on_end: Callable[[nn.Module], None] | None = None  # called (rank 0) with the model the phase ends on, before
     # its last checkpoint: a later choice can go back to it
+    cache: Path | None = None  # where the model this phase ends on is kept for reuse: a later run whose phase has
+    # the same key (the caller names the file by everything the phase computes from) loads it instead of training
 
 
 def ema_update(decay: float):
@@ -137,6 +139,7 @@ class Trainer:
     channels_last: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     images_seen: dict[str, int] = field(default_factory=dict)
+    reused: dict[str, dict] = field(default_factory=dict)  # phases loaded from their cache: {name: its record}
 
     @property
     def ckpt_path(self) -> Path:
@@ -210,6 +213,9 @@ class Trainer:
             ema.load_state_dict(state["ema"])
         if start >= ph.steps:
             return
+        if state is None and ph.cache is not None and self.dist.world == 1 and ph.cache.is_file():
+            self._reuse(pi, opt, log)
+            return
         t_phase = time.perf_counter() - self.timings.get(ph.name, 0.0)
         bar = Progress(TextColumn(f"[bold]{ph.name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
@@ -235,9 +241,14 @@ class Trainer:
                 done = step + 1
                 if ema is not None and done == ph.steps:  # the phase hands on its average
                     self.model.load_state_dict(ema.module.state_dict())
+                self.timings[ph.name] = time.perf_counter() - t_phase
                 if ph.on_end is not None and done == ph.steps and self.dist.main:
                     ph.on_end(self.model)
-                self.timings[ph.name] = time.perf_counter() - t_phase
+                if ph.cache is not None and done == ph.steps and self.dist.main and self.dist.world == 1:
+                    atomic_torch_save(ph.cache, {
+                        "model": self.model.state_dict(), "seconds": self.timings[ph.name],
+                        # what the phase leaves frozen (a cosine head's bias until its last step): as it left it
+                        "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad]})
                 record = {"phase": ph.name, "step": done, "global_step": self._global_step(pi, done),
                           "lr": opt.param_groups[0]["lr"], "loss": loss.item(), **stats}
                 if ph.evaluate and self.evaluate and (done % self.eval_every == 0 or done == ph.steps):
@@ -257,3 +268,26 @@ class Trainer:
                     last_good = done
                 if stop["flag"]:
                     raise _Interrupted
+
+    def _reuse(self, pi: int, opt: torch.optim.Optimizer, log: MetricsLog | None) -> None:
+        """The phase's end, loaded from its cache: the same weights, buffers and frozen parameters that training
+        it would leave, so every later phase computes what it would have."""
+        ph = self.phases[pi]
+        assert ph.cache is not None
+        cached = load_checkpoint(ph.cache)
+        self.model.load_state_dict(cached["model"])
+        frozen = set(cached["frozen"])
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(n not in frozen)
+        self.timings[ph.name], self.images_seen[ph.name] = 0.0, 0
+        self.reused[ph.name] = {"cache": str(ph.cache), "seconds": float(cached["seconds"])}
+        if ph.on_end is not None and self.dist.main:
+            ph.on_end(self.model)
+        record: dict = {"phase": ph.name, "step": ph.steps, "global_step": self._global_step(pi, ph.steps),
+                        "reused": str(ph.cache)}
+        if ph.evaluate and self.evaluate and self.dist.main:
+            record.update({f"test_{k}": v for k, v in self.evaluate(self.model).items() if isinstance(v, float)})
+        if log:
+            log.write(record)
+        if self.out is not None:
+            self._save(pi, ph.steps, opt, None)
