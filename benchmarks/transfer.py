@@ -212,6 +212,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, propagation every 50 steps": ("auto", {"unlabeled": "rest", "pssl": {
         "lp_refresh": 50, "real_steps": 1000}}),
     "auto, unlabelled pool, 2000 SSL steps": ("auto", {"unlabeled": "rest", "pssl": {"real_steps": 2000}}),
+    # auto never adding pseudo samples (pseudo_min above 1), where the default's 0.9 added them to real images
+    "auto, unlabelled pool, no pseudo samples": ("auto", {"unlabeled": "rest", "auto": {"pseudo_min": 1.01}}),
 }
 # Real unlabelled target images (the rest of the pool), on the example only (--unlabeled-everywhere: on all).
 UNLABELED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -371,14 +373,14 @@ def _picked(done: dict, pairings: list[str], seeds: list[int], auto, row_of) -> 
     return val, test
 
 
-def fit_auto(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[float, float, float, float]]:
+def fit_auto(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[float, float | None, float, float]]:
     """auto's thresholds against the VALIDATION accuracy of what they would choose. Returns (pp_margin, pseudo_min,
     mean val, mean test) rows, best validation first; test is printed beside it, never used to choose."""
     from edgeppt.config import AutoConfig
 
     rows = []
     for margin in (-0.1, -0.05, 0.0, 0.05, 0.1, 0.15):
-        for share in (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.01):
+        for share in (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, None):  # None: never
             val, test = _picked(done, pairings, seeds, AutoConfig(pp_margin=margin, pseudo_min=share),
                                 lambda c: CANDIDATES[c.method])
             if val:
@@ -396,7 +398,7 @@ def fit_keep(done: dict, pairings: list[str], seeds: list[int]) -> list[tuple[fl
     rows = []
     for margin in grid:
         for keep in (g for g in grid if g >= margin):
-            rule = AutoConfig(pp_margin=margin, keep_margin=keep, keep_share=0.5, pseudo_min=1.01)
+            rule = AutoConfig(pp_margin=margin, keep_margin=keep, keep_share=0.5, pseudo_min=None)
             val, test = _picked(done, pairings, seeds, rule,
                                 lambda c: KEEP_ROW if c.pretrain_keep < 1 else c.method)
             if val and len(val) == runs:  # only rules whose every choice was run
@@ -494,12 +496,13 @@ def main() -> None:
     if fits:
         print("\nauto's thresholds by the validation accuracy of what they choose (best 8; test only shown):")
         for margin, share, val, test in fits[:8]:
-            print(f"  pp_margin {margin:+.2f}, pseudo_min {share:.2f}: val {val:.2f}, test {test:.2f}")
-    fits = fit_keep(done, args.pairings, seeds) if any(k[1] == KEEP_ROW for k in done) else []
-    if fits:
+            shown = "never" if share is None else f"{share:.2f}"
+            print(f"  pp_margin {margin:+.2f}, pseudo_min {shown}: val {val:.2f}, test {test:.2f}")
+    keeps = fit_keep(done, args.pairings, seeds) if any(k[1] == KEEP_ROW for k in done) else []
+    if keeps:
         print("\nauto's pp_margin and keep_margin by the validation accuracy of what they choose (best 8; test "
               "only shown):")
-        for margin, keep, val, test in fits[:8]:
+        for margin, keep, val, test in keeps[:8]:
             print(f"  pp_margin {margin:+.2f}, keep_margin {keep:+.2f}: val {val:.2f}, test {test:.2f}")
 
 

@@ -146,8 +146,10 @@ class AutoConfig(Strict):
                                "the upper blocks from the initial weights and keep PP's lower ones (keep_share)")
     keep_share: float = Field(0.5, ge=0, le=1, description="the share of blocks that keep their PP weights where "
                               "keep_margin applies (pretrain_keep)")
-    pseudo_min: float = Field(0.9, description="use pseudo samples when they carry at least this share of the "
-                              "labels' class information (pseudo-to-real probe, chance = 0, labels = 1)")
+    pseudo_min: float | None = Field(None, description="use pseudo samples when they carry at least this share of "
+                                     "the labels' class information (pseudo-to-real probe, chance = 0, labels = 1); "
+                                     "None, the default: never (they did not pay over pp of equal compute: "
+                                     "docs/transfer.md)")
     reverse_check: bool = Field(False, description="(measured, off: docs/transfer.md) with real unlabelled "
                                 "images: keep the SSL model only if its labels of those images teach a fresh "
                                 "network the k labels about as well as the warm start's do (reverse "

@@ -101,7 +101,7 @@ def test_auto_uses_pp_with_the_example_bundle(tmp_path):
     c = small(ROOT / "bundles" / "animals-src", target=EXAMPLE_TARGET, finetune_steps=10,
               pssl={"pool_size": 256, "steps": 10})
     report = run_transfer(c, tmp_path / "auto", progress=False)
-    assert report["method"] in ("pp", "pp+pssl"), report["auto"]
+    assert report["method"] == "pp", report["auto"]  # pseudo samples only where auto.pseudo_min is set
     cov = report["auto"]["coverage"]
     assert cov["pp_probe"] > cov["init_probe"] and 0 <= cov["pseudo_share"] <= 1
     assert 0 < cov["source_confidence"] <= 1
@@ -477,6 +477,18 @@ def test_auto_keeps_only_pp_s_lower_blocks_where_its_gain_is_doubtful():
     assert (doubtful.method, doubtful.pretrain_keep) == ("pp", 0.5) and "lower 50%" in doubtful.reason
     clear = pick(0.3, 0.9)
     assert (clear.method, clear.pretrain_keep) == ("pp", 1.0)
+
+
+def test_auto_adds_pseudo_samples_only_where_pseudo_min_is_set():
+    cov = coverage.Coverage(chance=0.2, init_probe=0.3, pp_probe=0.9, pseudo_share=1.0)
+    default = coverage.choose(cov, AutoConfig(), has_source=True, has_unlabeled=False)
+    assert (default.method, default.pseudo_samples) == ("pp", False) and "pseudo samples off" in default.reason
+    with_real = coverage.choose(cov, AutoConfig(), has_source=True, has_unlabeled=True)
+    assert (with_real.method, with_real.pseudo_samples) == ("pp+ssl", False)
+    asked = coverage.choose(cov, AutoConfig(pseudo_min=0.9), has_source=True, has_unlabeled=False)
+    assert (asked.method, asked.pseudo_samples) == ("pp+pssl", True)
+    few = coverage.Coverage(chance=0.2, init_probe=0.3, pp_probe=0.9, pseudo_share=0.5)
+    assert coverage.choose(few, AutoConfig(pseudo_min=0.9), has_source=True, has_unlabeled=False).method == "pp"
 
 
 def test_pp_with_restarted_blocks_and_an_averaged_ssl_phase(tiny_bundle, tmp_path, monkeypatch):

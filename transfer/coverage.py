@@ -94,6 +94,10 @@ def choose(cov: Coverage, cfg: AutoConfig, has_source: bool, has_unlabeled: bool
                       reason=f"PP helps a little ({probes}): its lower {cfg.keep_share:.0%} of blocks kept, the "
                              f"rest trained afresh, pseudo samples off")
     share = cov.pseudo_share if cov.pseudo_share is not None else 0.0
+    if cfg.pseudo_min is None:
+        return Choice(method=with_pp, pseudo_samples=False, coverage=cov,
+                      reason=f"PP helps ({probes}); pseudo samples off (they carry {share:.0%} of the labels' class "
+                             "information; auto.pseudo_min turns them on)")
     pseudo = f"pseudo samples carry {share:.0%} of the labels' class information (need {cfg.pseudo_min:.0%})"
     if share >= cfg.pseudo_min:
         return Choice(method="pp+pssl", pseudo_samples=True, coverage=cov,
