@@ -394,8 +394,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)
         phases[-1].steps = max(1, round(phases[-1].steps * cfg.supermask.steps_scale))
     # The labels-only phase that scratch and pp end with and the SSL methods warm-start from: computed once per key
-    # and reused from the cache by every run (and row of a benchmark) that starts the same way.
-    if cache is not None and phases[0].name in ("scratch", "pp") and type(phases[0].objective) is Supervised:
+    # and reused from the cache by every run (and row of a benchmark) that starts the same way. (Not under a
+    # supermask: its settings shape the phase's forward pass, and they are not in the key.)
+    if cache is not None and phases[0].name in ("scratch", "pp") and type(phases[0].objective) is Supervised \
+            and not cfg.supermask.enabled:
         phases[0].cache = cache / f"phase-{_phase_key(cfg, model, labelled, phases[0], dist.device)}.pt"
     if dist.main:
         pre = [{"name": "pretrain", "steps": cfg.pretrain_steps}] if method.pretrain else []
