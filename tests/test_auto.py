@@ -482,7 +482,7 @@ def test_auto_keeps_only_pp_s_lower_blocks_where_its_gain_is_doubtful():
 def test_auto_adds_pseudo_samples_only_where_pseudo_min_is_set():
     cov = coverage.Coverage(chance=0.2, init_probe=0.3, pp_probe=0.9, pseudo_share=1.0)
     default = coverage.choose(cov, AutoConfig(), has_source=True, has_unlabeled=False)
-    assert (default.method, default.pseudo_samples) == ("pp", False) and "pseudo samples off" in default.reason
+    assert (default.method, default.pseudo_samples) == ("pp", False) and "auto.pseudo_min" in default.reason
     with_real = coverage.choose(cov, AutoConfig(), has_source=True, has_unlabeled=True)
     assert (with_real.method, with_real.pseudo_samples) == ("pp+ssl", False)
     asked = coverage.choose(cov, AutoConfig(pseudo_min=0.9), has_source=True, has_unlabeled=False)

@@ -96,8 +96,8 @@ def choose(cov: Coverage, cfg: AutoConfig, has_source: bool, has_unlabeled: bool
     share = cov.pseudo_share if cov.pseudo_share is not None else 0.0
     if cfg.pseudo_min is None:
         return Choice(method=with_pp, pseudo_samples=False, coverage=cov,
-                      reason=f"PP helps ({probes}); pseudo samples off (they carry {share:.0%} of the labels' class "
-                             "information; auto.pseudo_min turns them on)")
+                      reason=f"PP helps ({probes}); pseudo samples carry {share:.0%} of the labels' class "
+                             "information (used only where auto.pseudo_min is set)")
     pseudo = f"pseudo samples carry {share:.0%} of the labels' class information (need {cfg.pseudo_min:.0%})"
     if share >= cfg.pseudo_min:
         return Choice(method="pp+pssl", pseudo_samples=True, coverage=cov,
