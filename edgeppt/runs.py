@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -85,6 +86,24 @@ def peak_rss_mib() -> float:
 def load_checkpoint(path: str | Path) -> dict:
     # weights_only: a checkpoint holds tensors, numbers and strings; never arbitrary objects.
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_cache(path: Path, keys: Iterable[str]) -> dict | None:
+    """A cache entry (PP weights, a pseudo-sample pool, a trained phase: each keyed by what made it), or None where
+    it is missing or cannot be read. The cache only saves time, so an entry that is truncated, not a torch file or
+    lacks `keys` is reported on one line and computed again (the new result replaces it), never a stop."""
+    if not path.is_file():
+        return None
+    try:
+        entry = load_checkpoint(path)
+        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+        if not missing:
+            return entry
+        why = f"no {', '.join(missing)}"
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the answer is to compute it again
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
+    print(f"warning: cache entry {path} is unreadable ({why}); computing it again", file=sys.stderr)
+    return None
 
 
 def resume_conflicts(saved: Mapping[str, Any], now: Mapping[str, Any], free: Iterable[str] = ()) -> dict[str, tuple]:

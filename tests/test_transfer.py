@@ -244,6 +244,25 @@ def test_a_labels_only_phase_is_reused_by_runs_that_start_the_same_way(tiny_bund
     assert len(list(cache.glob("phase-*.pt"))) == 6
 
 
+def test_an_unreadable_cache_entry_is_computed_again_not_a_stop(tiny_bundle, tmp_path, capsys):
+    """The cache only saves time: a truncated PP entry, a phase that is not a torch file and a pool without its
+    tensors each get a one-line warning, are computed again to the same weights, and replaced by good entries."""
+    cache = tmp_path / "cache"
+    run_transfer(cfg(tiny_bundle, method="pp+pssl"), tmp_path / "a", progress=False, pp_cache=cache)
+    (pp,), (phase,), (pool,) = (list(cache.glob(f"{kind}-*.pt")) for kind in ("pp", "phase", "pool"))
+    pp.write_bytes(pp.read_bytes()[:100])
+    phase.write_text("not a checkpoint")
+    torch.save({"x": torch.zeros(1)}, pool)
+    capsys.readouterr()
+    again = run_transfer(cfg(tiny_bundle, method="pp+pssl"), tmp_path / "b", progress=False, pp_cache=cache)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: cache entry")]
+    assert len(warnings) == 3 and all("computing it again" in w for w in warnings)
+    assert "cached" not in again["pretrain"] and not again["reused_phases"]
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    third = run_transfer(cfg(tiny_bundle, method="pp+pssl"), tmp_path / "c", progress=False, pp_cache=cache)
+    assert "cached" in third["pretrain"] and set(third["reused_phases"]) == {"pp"}
+
 def test_pp_weights_follow_pps_own_rate_not_the_target_phases(tiny_bundle, tmp_path):
     """lr and weight_decay are the target phases'; PP trains at pretrain_lr and pretrain_weight_decay, so a target
     rate can change and reuse cached PP weights, and a PP rate cannot."""

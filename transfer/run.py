@@ -30,6 +30,7 @@ from edgeppt.runs import (
     atomic_write_json,
     load_checkpoint,
     peak_rss_mib,
+    read_cache,
     resume_conflicts,
 )
 from edgeppt.train.evaluate import evaluate
@@ -140,9 +141,10 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
     size = cfg.image_size or bundle.image_shape[1]  # PP trains at the size the target network works at
     key = _pp_key(cfg, bundle, channels, size)
     cached = cache_dir / f"pp-{key}.pt" if cache_dir else None
-    if cached and cached.exists():
+    entry = read_cache(cached, ["model"]) if cached else None
+    if cached and entry is not None:
         model.reset_head(bundle.num_classes)
-        model.load_state_dict(load_checkpoint(cached)["model"])
+        model.load_state_dict(entry["model"])
         return {"cached": str(cached), "seconds": 0.0}
     if cfg.pretrain_steps == 0:
         return {"skipped": True}
@@ -194,10 +196,9 @@ def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet
     if dist.main and not path.exists():
         x_t = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
         cached = cache_dir / f"pool-{_pool_key(cfg, bundle, x_t)}.pt" if cache_dir else None
-        from_cache = cached is not None and cached.exists()
-        if cached is not None and from_cache:
-            state = load_checkpoint(cached)
-        else:
+        state = read_cache(cached, ["x", "anchor"]) if cached is not None else None
+        from_cache = state is not None
+        if state is None:
             state = make_pool(bundle, x_t, cfg.pssl, seed=cfg.seed).state()
             if cached:
                 atomic_torch_save(cached, state)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import CHECKPOINT_FILE, MetricsLog, atomic_torch_save, load_checkpoint
+from edgeppt.runs import CHECKPOINT_FILE, MetricsLog, atomic_torch_save, load_checkpoint, read_cache
 from edgeppt.schedule import cosine_lr
 from edgeppt.train.objective import Objective
 
@@ -213,8 +213,10 @@ class Trainer:
             ema.load_state_dict(state["ema"])
         if start >= ph.steps:
             return
-        if state is None and ph.cache is not None and self.dist.world == 1 and ph.cache.is_file():
-            self._reuse(pi, opt, log)
+        cached = read_cache(ph.cache, ["model", "frozen", "seconds"]) \
+            if state is None and ph.cache is not None and self.dist.world == 1 else None
+        if cached is not None:
+            self._reuse(pi, cached, opt, log)
             return
         t_phase = time.perf_counter() - self.timings.get(ph.name, 0.0)
         bar = Progress(TextColumn(f"[bold]{ph.name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -269,12 +271,11 @@ class Trainer:
                 if stop["flag"]:
                     raise _Interrupted
 
-    def _reuse(self, pi: int, opt: torch.optim.Optimizer, log: MetricsLog | None) -> None:
+    def _reuse(self, pi: int, cached: dict, opt: torch.optim.Optimizer, log: MetricsLog | None) -> None:
         """The phase's end, loaded from its cache: the same weights, buffers and frozen parameters that training
         it would leave, so every later phase computes what it would have."""
         ph = self.phases[pi]
         assert ph.cache is not None
-        cached = load_checkpoint(ph.cache)
         self.model.load_state_dict(cached["model"])
         frozen = set(cached["frozen"])
         for n, p in self.model.named_parameters():
