@@ -259,6 +259,33 @@ def test_labelprop_agreement_weights_down_labels_the_model_doubts():
     assert stats["lp_agree"] == pytest.approx(agree)
 
 
+def test_labelprop_seeds_the_graph_with_views_of_each_labelled_image(monkeypatch):
+    """pssl.lp_label_views: that many weak views of each labelled image join it as labelled nodes, with its label,
+    drawn from the step's seed (so a resume propagates the same); the real images' labels come out as before."""
+    import edgeppt.transfer.ssl as ssl_module
+
+    labelled, real = _labels_and_unlabelled(40)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    plain = ssl_module.propagate
+
+    def spy(features, labels, *args, **kwargs):
+        seen.append((features.clone(), labels.clone()))
+        return plain(features, labels, *args, **kwargs)
+
+    monkeypatch.setattr(ssl_module, "propagate", spy)
+    model = create_model("resnet_xs", 5, 1)
+    for views in (0, 3, 3):
+        objective = ALGORITHMS["labelprop"](labelled, None, 4, PSSLConfig(lp_label_views=views, lp_neighbours=5),
+                                            real=real)
+        objective.setup(model)
+        assert objective.lp_label.shape == (40,)
+    (f0, y0), (f3, y3), (f3_again, _) = seen
+    assert len(f0) == 10 + 40 and torch.equal(y0, labelled.y)
+    assert len(f3) == 4 * 10 + 40 and torch.equal(y3, labelled.y.repeat(4))
+    assert torch.equal(f3[:10], f0[:10]) and not torch.allclose(f3[10:20], f0[:10])  # views, not copies
+    assert torch.equal(f3, f3_again)  # the same step draws the same views
+
+
 def test_pp_options_blend_classes_and_distil_from_c(tiny_bundle, tmp_path):
     """pretrain_mix conditions G on blends of two source classes and trains toward them; pretrain_teacher adds a
     distillation term toward C; each gets its own PP cache entry, and the default's draws are unchanged."""

@@ -256,22 +256,27 @@ class LabelProp(FixMatch):
         self.register_buffer("lp_label", torch.zeros(n, dtype=torch.long))
         self.register_buffer("lp_weight", torch.zeros(n))
         if n:
-            self._propagate()
+            self._propagate(0)
 
     @torch.no_grad()
-    def _propagate(self) -> None:
+    def _propagate(self, step: int) -> None:
         assert self.real is not None
         model = self._model[0]
         was = model.training
         model.eval()
         dev = next(model.parameters()).device
-        x = torch.cat([self.data.x, self.real])
+        xl, yl = self.data.x, self.data.y
+        if self.cfg.lp_label_views:  # weak views of each labelled image join it as labelled nodes (seeded by step)
+            g = torch.Generator().manual_seed(step)
+            xl = torch.cat([xl] + [augment.weak(self.data.x, g, self.aug) for _ in range(self.cfg.lp_label_views)])
+            yl = yl.repeat(1 + self.cfg.lp_label_views)
+        x = torch.cat([xl, self.real])
         feats = torch.cat([model.forward_features(x[i:i + 512].to(dev)) for i in range(0, len(x), 512)])
-        own = F.softmax(model.head(feats[len(self.data):]), 1).cpu()  # the model's own view of each real image
+        own = F.softmax(model.head(feats[len(xl):]), 1).cpu()  # the model's own view of each real image
         model.train(was)
-        label, certainty = propagate(feats.cpu(), self.data.y, len(self.data.classes), self.cfg.lp_neighbours,
+        label, certainty = propagate(feats.cpu(), yl, len(self.data.classes), self.cfg.lp_neighbours,
                                      self.cfg.lp_alpha)
-        label, certainty = label[len(self.data):], certainty[len(self.data):]
+        label, certainty = label[len(xl):], certainty[len(xl):]
         counts = torch.bincount(label, minlength=len(self.data.classes)).clamp_min(1).float()
         balance = len(label) / (len(counts) * counts)  # each class weighs the same in total
         weight = certainty * balance[label]
@@ -283,7 +288,7 @@ class LabelProp(FixMatch):
 
     def loss(self, net, g, step, total, dist):
         if self.real is not None and step > 0 and step % self.cfg.lp_refresh == 0:
-            self._propagate()
+            self._propagate(step)
         loss, stats = super().loss(net, g, step, total, dist)
         if self.real is not None:
             stats["lp_agree"] = self.agreement
