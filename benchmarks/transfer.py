@@ -216,7 +216,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # sparser graph (pssl.lp_neighbours 20; 50 came from Iscen et al.'s pools of 50,000 images, these hold 1-4,000)
     **{f"auto, unlabelled pool, {n} labelled views in the graph": ("auto", {"unlabeled": "rest", "pssl": {
         "lp_label_views": n}}) for n in (8,)},
-    "auto, unlabelled pool, 20 neighbours": ("auto", {"unlabeled": "rest", "pssl": {"lp_neighbours": 20}}),
+    **{f"auto, unlabelled pool, {n} neighbours": ("auto", {"unlabeled": "rest", "pssl": {"lp_neighbours": n}})
+       for n in (20, 100)},
     # auto never adding pseudo samples (pseudo_min above 1), where the default's 0.9 added them to real images
     "auto, unlabelled pool, no pseudo samples": ("auto", {"unlabeled": "rest", "auto": {"pseudo_min": 1.01}}),
 }
