@@ -252,7 +252,7 @@ def test_an_unreadable_cache_entry_is_computed_again_not_a_stop(tiny_bundle, tmp
     (pp,), (phase,), (pool,) = (list(cache.glob(f"{kind}-*.pt")) for kind in ("pp", "phase", "pool"))
     pp.write_bytes(pp.read_bytes()[:100])
     phase.write_text("not a checkpoint")
-    torch.save({"x": torch.zeros(1)}, pool)
+    torch.save({"x": torch.zeros(1), "anchor": torch.zeros(1)}, pool)  # a pool lacking p, relevance, weight
     capsys.readouterr()
     again = run_transfer(cfg(tiny_bundle, method="pp+pssl"), tmp_path / "b", progress=False, pp_cache=cache)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: cache entry")]

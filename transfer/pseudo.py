@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from edgeppt.bundle import SourceBundle
 from edgeppt.config import PSSLConfig
 
+POOL_FIELDS = ("x", "p", "anchor", "relevance", "weight")  # what a saved pool holds
+
 
 @dataclass
 class PseudoPool:
@@ -28,7 +30,7 @@ class PseudoPool:
         return len(self.x)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k) for k in ("x", "p", "anchor", "relevance", "weight")}
+        return {k: getattr(self, k) for k in POOL_FIELDS}
 
 
 def condition_probs(bundle: SourceBundle, x_t: torch.Tensor, temperature: float) -> torch.Tensor:

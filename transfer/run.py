@@ -40,7 +40,7 @@ from edgeppt.train.objective import Probe
 from . import coverage
 from .methods import METHODS, supervised, supervised_settings
 from .objectives import PseudoPretrain, Supervised
-from .pseudo import PseudoPool, make_pool
+from .pseudo import POOL_FIELDS, PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
 from .reverse import reverse_accuracy
 from .source_ft import source_model
@@ -196,7 +196,7 @@ def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet
     if dist.main and not path.exists():
         x_t = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
         cached = cache_dir / f"pool-{_pool_key(cfg, bundle, x_t)}.pt" if cache_dir else None
-        state = read_cache(cached, ["x", "anchor"]) if cached is not None else None
+        state = read_cache(cached, POOL_FIELDS) if cached is not None else None
         from_cache = state is not None
         if state is None:
             state = make_pool(bundle, x_t, cfg.pssl, seed=cfg.seed).state()
