@@ -101,7 +101,7 @@ def read_cache(path: Path, keys: Iterable[str]) -> dict | None:
             return entry
         why = f"no {', '.join(missing)}"
     except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the answer is to compute it again
-        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
+        why = f"not a complete torch file: {type(e).__name__}"  # torch's own message runs to paragraphs
     print(f"warning: cache entry {path} is unreadable ({why}); computing it again", file=sys.stderr)
     return None
 
