@@ -218,6 +218,12 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "lp_label_views": n}}) for n in (8,)},
     **{f"auto, unlabelled pool, {n} neighbours": ("auto", {"unlabeled": "rest", "pssl": {"lp_neighbours": n}})
        for n in (20, 100)},
+    # label propagation solved to convergence (conjugate gradients; before, 20 steps of the series stopped short),
+    # with each propagated label's weight as its certainty (the former default) or divided by the pool's mean
+    # weight (pssl.lp_relative, the default chosen: the converged labels are less certain on average, which shrank
+    # the unlabelled term); the latter's runs are the default row's
+    "auto, unlabelled pool, absolute propagation weights": ("auto", {"unlabeled": "rest", "pssl": {
+        "lp_relative": False}}),
     # auto never adding pseudo samples (pseudo_min above 1), where the default's 0.9 added them to real images
     "auto, unlabelled pool, no pseudo samples": ("auto", {"unlabeled": "rest", "auto": {"pseudo_min": 1.01}}),
 }

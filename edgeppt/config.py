@@ -131,6 +131,9 @@ class PSSLConfig(Strict):
                                   "unlabelled images beside the propagated labels")
     lp_agree: float = Field(0.0, ge=0, description="labelprop: weight each propagated label also by the model's "
                             "own probability of it, to this power (0: off), so labels the model doubts count less")
+    lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
+                              "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
+                              "validation accuracy: docs/transfer.md)")
 
     def consistency_weight(self) -> float:
         return self.consistency if self.consistency is not None else (0.0 if self.algorithm == "anchor" else 1.0)

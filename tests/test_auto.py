@@ -201,6 +201,22 @@ def test_label_propagation_spreads_labels_along_clusters():
     assert unsure[3:].mean() < certainty[3:].mean()
 
 
+def test_label_propagation_reaches_the_far_end_of_a_long_chain():
+    """The propagated labels are the solution of the graph's linear system, not a few steps toward it: on two long
+    chains of images (each linked only to its nearest neighbours), labelled at one end, every image gets its chain's
+    label. Twenty steps of the series left the far half of each chain at zero, which read as class 0."""
+    from edgeppt.transfer.ssl import propagate
+
+    n = 60  # images per chain: its far end lies 30 hops from the labelled one (two neighbours on each side)
+    angles = torch.cat([torch.linspace(0.0, 1.4, n), torch.linspace(3.14, 4.54, n)])  # two arcs, far apart
+    feats = torch.stack([angles.cos(), angles.sin()], 1)
+    truth = (torch.arange(2 * n) >= n).long()
+    order = torch.cat([torch.tensor([0, n]), torch.arange(1, n), torch.arange(n + 1, 2 * n)])  # labelled first
+    label, certainty = propagate(feats[order], truth[[0, n]], 2, neighbours=4, alpha=0.99)
+    assert torch.equal(label, truth[order])
+    assert certainty.min() > 0.99  # the chains do not touch: nothing of the other class reaches either
+
+
 def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, tmp_path, monkeypatch):
     c = small(tiny_bundle, method="pp+ssl", unlabeled="rest",
               pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5})

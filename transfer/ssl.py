@@ -16,8 +16,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import sparse
+from scipy.sparse.linalg import cg
 
 from edgeppt.config import SSL_ALGORITHMS, AugmentConfig, PSSLConfig
 from edgeppt.data import ImageSet
@@ -206,10 +209,14 @@ class MeanTeacher(SSL):
 
 @torch.no_grad()
 def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: int, alpha: float,
-              iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+              rtol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Label propagation (Zhou et al., 2004, as Iscen et al., 2019 use it for deep SSL): the first len(labels) rows
     of `features` are labelled. Returns each row's propagated class and its certainty (1 - entropy / log k).
-    The graph is a symmetric k-nearest-neighbour one over cosine similarities cubed, kept sparse (N x neighbours)."""
+
+    The graph is a symmetric k-nearest-neighbour one over cosine similarities cubed, kept sparse (N x neighbours);
+    the labels spread as the solution z of (I - alpha W) z = y, solved by conjugate gradients to `rtol` (the matrix
+    is symmetric positive definite). A fixed number of steps of z <- alpha W z + y would stop short: at alpha
+    0.99 the series needs hundreds of steps, and labels would not reach images many hops from a labelled one."""
     f = F.normalize(features.float(), dim=1)
     n, m = len(f), min(neighbours, len(f) - 1)
     rows, cols, vals = [], [], []
@@ -220,18 +227,15 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
         rows.append(torch.arange(i, i + len(sim)).repeat_interleave(m))
         cols.append(j.flatten())
         vals.append(v.clamp_min(0).pow(3).flatten())
-    r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    w = torch.sparse_coo_tensor(torch.stack([torch.cat([r, c]), torch.cat([c, r])]), torch.cat([v, v]) / 2,
-                                (n, n), check_invariants=True).coalesce()
-    d = torch.sparse.sum(w, 1).to_dense().clamp_min(1e-12).rsqrt()
-    idx = w.indices()
-    wn = torch.sparse_coo_tensor(idx, w.values() * d[idx[0]] * d[idx[1]], (n, n), check_invariants=True)
-    y = torch.zeros(n, k)
-    y[torch.arange(len(labels)), labels] = 1.0
-    z = y.clone()
-    for _ in range(iterations):  # z = (1 - alpha) y + alpha W z converges to the closed form's direction
-        z = alpha * torch.sparse.mm(wn, z) + y
-    p = F.normalize(z.clamp_min(0), p=1, dim=1)
+    r, c, v = (torch.cat(t).double().numpy() for t in (rows, cols, vals))
+    w = sparse.coo_matrix((np.concatenate([v, v]) / 2, (np.concatenate([r, c]), np.concatenate([c, r]))),
+                          shape=(n, n)).tocsr()  # W + W^T over 2 (coinciding pairs are summed)
+    d = sparse.diags(1 / np.sqrt(np.maximum(np.asarray(w.sum(1)).ravel(), 1e-12)))
+    system = sparse.identity(n, format="csr") - alpha * (d @ w @ d)
+    y = np.zeros((n, k))
+    y[np.arange(len(labels)), labels.numpy()] = 1.0
+    z = torch.from_numpy(np.stack([cg(system, y[:, i], rtol=rtol, maxiter=10 * n)[0] for i in range(k)], 1))
+    p = F.normalize(z.float().clamp_min(0), p=1, dim=1)
     certainty = 1 + (p * p.clamp_min(1e-12).log()).sum(1) / torch.log(torch.tensor(float(k)))
     return p.argmax(1), certainty.clamp(0, 1)
 
@@ -282,6 +286,8 @@ class LabelProp(FixMatch):
         weight = certainty * balance[label]
         if self.cfg.lp_agree:  # a propagated label the model itself doubts counts less
             weight = weight * own.gather(1, label[:, None]).squeeze(1).pow(self.cfg.lp_agree)
+        if self.cfg.lp_relative:
+            weight = weight / weight.mean().clamp_min(1e-12)
         self.agreement = (own.argmax(1) == label).float().mean().item()  # a statistic, logged per step
         self.lp_label.copy_(label)
         self.lp_weight.copy_(weight)
