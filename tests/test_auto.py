@@ -222,7 +222,9 @@ def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, 
               pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5})
     whole = run_transfer(c, tmp_path / "whole", progress=False)
     rows = [r for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
-    assert len(rows) == 20 and all(0 < r["real_mask"] <= 1 for r in rows)  # the mean certainty-and-balance weight
+    # real_mask: the batch's mean weight, certainty times class balance over the pool's mean (pssl.lp_relative)
+    assert len(rows) == 20 and all(r["real_mask"] > 0 for r in rows)
+    assert 0.7 < sum(r["real_mask"] for r in rows) / len(rows) < 1.3, [r["real_mask"] for r in rows]
     ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp_ssl" and step == 10)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(c, tmp_path / "cut", progress=False)
@@ -260,7 +262,8 @@ def test_labelprop_agreement_weights_down_labels_the_model_doubts():
     model = create_model("resnet_xs", 5, 1)
     runs = {}
     for power in (0.0, 1.0, 4.0):
-        objective = ALGORITHMS["labelprop"](labelled, None, 4, PSSLConfig(lp_agree=power, lp_neighbours=5), real=real)
+        cfg = PSSLConfig(lp_agree=power, lp_neighbours=5, lp_relative=False)  # the weights as computed, unscaled
+        objective = ALGORITHMS["labelprop"](labelled, None, 4, cfg, real=real)
         objective.setup(model)
         runs[power] = (objective.lp_label.clone(), objective.lp_weight.clone(), objective.agreement)
     (label, plain, agree), (_, soft, _), (_, hard, _) = runs[0.0], runs[1.0], runs[4.0]
@@ -271,6 +274,11 @@ def test_labelprop_agreement_weights_down_labels_the_model_doubts():
     expected = plain * own.gather(1, label[:, None]).squeeze(1)
     assert torch.allclose(soft, expected, rtol=1e-4, atol=1e-7) and (hard <= soft + 1e-7).all()
     assert agree == pytest.approx((own.argmax(1) == label).float().mean().item())
+    # pssl.lp_relative (the default) divides the weights by their mean: the same labels and order, mean 1
+    relative = ALGORITHMS["labelprop"](labelled, None, 4, PSSLConfig(lp_neighbours=5), real=real)
+    relative.setup(model)
+    assert torch.equal(relative.lp_label, label) and plain.mean() < 0.9
+    assert torch.allclose(relative.lp_weight, plain / plain.mean(), rtol=1e-5)
     _, stats = objective.loss(model.train(), torch.Generator().manual_seed(1), 0, 10, Dist())
     assert stats["lp_agree"] == pytest.approx(agree)
 
