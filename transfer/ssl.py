@@ -223,11 +223,11 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
     for i in range(0, n, 1024):  # top-k similarities in row blocks: memory O(N x neighbours)
         sim = f[i:i + 1024] @ f.T
         sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = -1.0  # no self-loops
-        v, j = sim.topk(m, dim=1)
+        top, j = sim.topk(m, dim=1)
         rows.append(torch.arange(i, i + len(sim)).repeat_interleave(m))
         cols.append(j.flatten())
-        vals.append(v.clamp_min(0).pow(3).flatten())
-    r, c, v = (torch.cat(t).double().numpy() for t in (rows, cols, vals))
+        vals.append(top.clamp_min(0).pow(3).flatten())
+    r, c, v = torch.cat(rows).numpy(), torch.cat(cols).numpy(), torch.cat(vals).double().numpy()
     w = sparse.coo_matrix((np.concatenate([v, v]) / 2, (np.concatenate([r, c]), np.concatenate([c, r]))),
                           shape=(n, n)).tocsr()  # W + W^T over 2 (coinciding pairs are summed)
     d = sparse.diags(1 / np.sqrt(np.maximum(np.asarray(w.sum(1)).ravel(), 1e-12)))
