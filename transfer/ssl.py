@@ -245,8 +245,8 @@ class LabelProp(FixMatch):
     """Unlabelled images learn labels spread from the labelled ones over a feature graph; pseudo samples as FixMatch.
 
     Real unlabelled images are taught, on their strong view, the labels that label propagation spreads from the
-    labelled images over a graph of the model's features, weighted by each label's certainty and balanced over
-    classes (Iscen et al., CVPR 2019). Propagated once at the start (the warm-started model's features) and every
+    labelled images over a graph of the model's features, weighted by each label's certainty (over the pool's mean
+    certainty, with `lp_relative`) and balanced over classes (Iscen et al., CVPR 2019). Propagated once at the start (the warm-started model's features) and every
     `lp_refresh` steps; the labels are checkpointed, so a resume repeats them. Pseudo samples: as FixMatch."""
 
     lp_label: torch.Tensor
