@@ -246,8 +246,9 @@ class LabelProp(FixMatch):
 
     Real unlabelled images are taught, on their strong view, the labels that label propagation spreads from the
     labelled images over a graph of the model's features, weighted by each label's certainty (over the pool's mean
-    certainty, with `lp_relative`) and balanced over classes (Iscen et al., CVPR 2019). Propagated once at the start (the warm-started model's features) and every
-    `lp_refresh` steps; the labels are checkpointed, so a resume repeats them. Pseudo samples: as FixMatch."""
+    certainty, with `lp_relative`) and balanced over classes (Iscen et al., CVPR 2019). Propagated once at the
+    start (the warm-started model's features) and every `lp_refresh` steps; the labels are checkpointed, so a
+    resume repeats them. Pseudo samples: as FixMatch."""
 
     lp_label: torch.Tensor
     lp_weight: torch.Tensor
