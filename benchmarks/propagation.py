@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from edgeppt.models import create_model
 from edgeppt.transfer import run_transfer
 from edgeppt.transfer.run import prepare_splits
-from edgeppt.transfer.ssl import propagate
+from edgeppt.transfer.ssl import label_weights, propagate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,8 +54,7 @@ def series(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: int
 
 def score(label: torch.Tensor, certainty: torch.Tensor, truth: torch.Tensor, k: int) -> dict[str, float]:
     right = (label == truth).float()
-    counts = torch.bincount(label, minlength=k).clamp_min(1).float()
-    weight = certainty * (len(label) / (k * counts))[label]  # as the SSL phase weighs each label
+    weight = label_weights(label, certainty, k)  # as the SSL phase weighs each label
     return {"accuracy": 100 * right.mean().item(), "mean_weight": weight.mean().item(),
             "weighted": 100 * (right * weight).sum().item() / weight.sum().item()}
 

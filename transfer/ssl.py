@@ -240,6 +240,13 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
     return p.argmax(1), certainty.clamp(0, 1)
 
 
+def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int) -> torch.Tensor:
+    """Each propagated label's weight: its certainty times its class's balance (each class weighs the same in
+    total), as Iscen et al. weigh them."""
+    counts = torch.bincount(label, minlength=k).clamp_min(1).float()
+    return certainty * (len(label) / (k * counts))[label]
+
+
 @register("labelprop")
 class LabelProp(FixMatch):
     """Unlabelled images learn labels spread from the labelled ones over a feature graph; pseudo samples as FixMatch.
@@ -282,9 +289,7 @@ class LabelProp(FixMatch):
         label, certainty = propagate(feats.cpu(), yl, len(self.data.classes), self.cfg.lp_neighbours,
                                      self.cfg.lp_alpha)
         label, certainty = label[len(xl):], certainty[len(xl):]
-        counts = torch.bincount(label, minlength=len(self.data.classes)).clamp_min(1).float()
-        balance = len(label) / (len(counts) * counts)  # each class weighs the same in total
-        weight = certainty * balance[label]
+        weight = label_weights(label, certainty, len(self.data.classes))
         if self.cfg.lp_agree:  # a propagated label the model itself doubts counts less
             weight = weight * own.gather(1, label[:, None]).squeeze(1).pow(self.cfg.lp_agree)
         if self.cfg.lp_relative:
