@@ -224,6 +224,12 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # the unlabelled term); the latter's runs are the default row's
     "auto, unlabelled pool, absolute propagation weights": ("auto", {"unlabeled": "rest", "pssl": {
         "lp_relative": False}}),
+    # the propagated labels weighed by certainty alone, without Iscen et al.'s class balance (which assumes the
+    # unlabelled images hold every class equally, and costs up to 10 points where they do not)
+    "auto, unlabelled pool, propagated labels unbalanced": ("auto", {"unlabeled": "rest", "pssl": {
+        "lp_balance": "none"}}),
+    "auto, unlabelled pool, propagated labels balanced as predicted": ("auto", {"unlabeled": "rest", "pssl": {
+        "lp_balance": "predicted"}}),
     # auto never adding pseudo samples (pseudo_min above 1), where the default's 0.9 added them to real images
     "auto, unlabelled pool, no pseudo samples": ("auto", {"unlabeled": "rest", "auto": {"pseudo_min": 1.01}}),
 }

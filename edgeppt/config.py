@@ -131,6 +131,9 @@ class PSSLConfig(Strict):
                                   "unlabelled images beside the propagated labels")
     lp_agree: float = Field(0.0, ge=0, description="labelprop: weight each propagated label also by the model's "
                             "own probability of it, to this power (0: off), so labels the model doubts count less")
+    lp_balance: Literal["equal", "predicted", "none"] = Field("equal", description="labelprop: the class shares "
+        "the propagated labels are weighed toward: 'equal' (Iscen et al.: every class the same total), 'predicted' "
+        "(the shares the model predicts over the unlabelled images), 'none' (each label its certainty alone)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
                               "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
                               "validation accuracy: docs/transfer.md)")

@@ -217,6 +217,21 @@ def test_label_propagation_reaches_the_far_end_of_a_long_chain():
     assert certainty.min() > 0.99  # the chains do not touch: nothing of the other class reaches either
 
 
+def test_propagated_labels_are_balanced_toward_the_shares_given():
+    """Each class's propagated labels weigh their share of the total: by default equal shares (Iscen et al.), so
+    where one class holds most unlabelled images each of its labels counts less; with the labels' own shares given
+    (as `pssl.lp_balance predicted` gives the model's), each label weighs its certainty alone."""
+    from edgeppt.transfer.ssl import label_weights
+
+    label, certainty = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2]), torch.linspace(0.5, 1.0, 10)
+    balanced = label_weights(label, certainty, 3)
+    totals = torch.stack([(balanced / certainty)[label == c].sum() for c in range(3)])
+    assert torch.allclose(totals, torch.full((3,), 10 / 3))
+    assert balanced[0] < certainty[0] and balanced[-1] > certainty[-1]
+    shares = torch.tensor([0.6, 0.2, 0.2])  # the labels' own shares: no rebalancing
+    assert torch.allclose(label_weights(label, certainty, 3, shares), certainty)
+
+
 def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, tmp_path, monkeypatch):
     c = small(tiny_bundle, method="pp+ssl", unlabeled="rest",
               pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5})

@@ -240,11 +240,14 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
     return p.argmax(1), certainty.clamp(0, 1)
 
 
-def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int) -> torch.Tensor:
-    """Each propagated label's weight: its certainty times its class's balance (each class weighs the same in
-    total), as Iscen et al. weigh them."""
+def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int,
+                  shares: torch.Tensor | None = None) -> torch.Tensor:
+    """Each propagated label's weight: its certainty times its class's balance, so that each class's labels weigh
+    `shares` of the total (default: equal shares, as Iscen et al. weigh them, which is right only where the
+    unlabelled images hold every class equally)."""
     counts = torch.bincount(label, minlength=k).clamp_min(1).float()
-    return certainty * (len(label) / (k * counts))[label]
+    shares = torch.full((k,), 1.0 / k) if shares is None else shares / shares.sum()
+    return certainty * (len(label) * shares / counts)[label]
 
 
 @register("labelprop")
@@ -253,9 +256,9 @@ class LabelProp(FixMatch):
 
     Real unlabelled images are taught, on their strong view, the labels that label propagation spreads from the
     labelled images over a graph of the model's features, weighted by each label's certainty (over the pool's mean
-    certainty, with `lp_relative`) and balanced over classes (Iscen et al., CVPR 2019). Propagated once at the
-    start (the warm-started model's features) and every `lp_refresh` steps; the labels are checkpointed, so a
-    resume repeats them. Pseudo samples: as FixMatch."""
+    certainty, with `lp_relative`) and, with `lp_balance`, balanced over classes (Iscen et al., CVPR 2019).
+    Propagated once at the start (the warm-started model's features) and every `lp_refresh` steps; the labels are
+    checkpointed, so a resume repeats them. Pseudo samples: as FixMatch."""
 
     lp_label: torch.Tensor
     lp_weight: torch.Tensor
@@ -289,7 +292,9 @@ class LabelProp(FixMatch):
         label, certainty = propagate(feats.cpu(), yl, len(self.data.classes), self.cfg.lp_neighbours,
                                      self.cfg.lp_alpha)
         label, certainty = label[len(xl):], certainty[len(xl):]
-        weight = label_weights(label, certainty, len(self.data.classes))
+        k, balance = len(self.data.classes), self.cfg.lp_balance
+        weight = certainty if balance == "none" else \
+            label_weights(label, certainty, k, own.mean(0) if balance == "predicted" else None)
         if self.cfg.lp_agree:  # a propagated label the model itself doubts counts less
             weight = weight * own.gather(1, label[:, None]).squeeze(1).pow(self.cfg.lp_agree)
         if self.cfg.lp_relative:
