@@ -133,7 +133,8 @@ class PSSLConfig(Strict):
                             "own probability of it, to this power (0: off), so labels the model doubts count less")
     lp_balance: Literal["equal", "predicted", "none"] = Field("equal", description="labelprop: the class shares "
         "the propagated labels are weighed toward: 'equal' (Iscen et al.: every class the same total), 'predicted' "
-        "(the shares the model predicts over the unlabelled images), 'none' (each label its certainty alone)")
+        "(the shares the warm-started model predicts over the unlabelled images), 'none' (each label its "
+        "certainty alone); equal was kept on validation accuracy (docs/transfer.md)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
                               "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
                               "validation accuracy: docs/transfer.md)")

@@ -235,7 +235,14 @@ def test_propagated_labels_are_balanced_toward_the_shares_given():
 def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, tmp_path, monkeypatch):
     c = small(tiny_bundle, method="pp+ssl", unlabeled="rest",
               pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5})
-    whole = run_transfer(c, tmp_path / "whole", progress=False)
+    lines: list[str] = []
+    whole = run_transfer(c, tmp_path / "whole", progress=False, log=lines.append)
+    # the warm start's predicted class shares of the unlabelled images are recorded, and a run says when they are
+    # far from the equal shares that the default class balance assumes
+    shares = whole["unlabeled"]["predicted_shares"]
+    assert list(shares) == whole["classes"] and sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+    warned = [line for line in lines if "lp_balance=none" in line]
+    assert len(warned) == (max(shares.values()) > 2 / len(shares)), (shares, lines)
     rows = [r for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
     # real_mask: the batch's mean weight, certainty times class balance over the pool's mean (pssl.lp_relative)
     assert len(rows) == 20 and all(r["real_mask"] > 0 for r in rows)
@@ -296,6 +303,42 @@ def test_labelprop_agreement_weights_down_labels_the_model_doubts():
     assert torch.allclose(relative.lp_weight, plain / plain.mean(), rtol=1e-5)
     _, stats = objective.loss(model.train(), torch.Generator().manual_seed(1), 0, 10, Dist())
     assert stats["lp_agree"] == pytest.approx(agree)
+
+
+def test_uneven_shares_warning_names_the_class_and_the_way_out():
+    from edgeppt.transfer.ssl import uneven_shares_warning
+
+    line = uneven_shares_warning(torch.tensor([0.1, 0.7, 0.2]), ["cat", "dog", "cow"])
+    assert "70% of the unlabelled images are 'dog'" in line and "33% each" in line
+    assert "--set pssl.lp_balance=none" in line and "without --unlabeled" in line
+
+
+def test_labelprop_balances_toward_the_shares_the_warm_start_predicts():
+    """pssl.lp_balance predicted: the classes' shares of the unlabelled images are the warm-started model's mean
+    prediction over them, taken at the first propagation and kept (a later model has learnt the propagated labels,
+    so its shares would only echo them); each class's labels then weigh its share of the total."""
+    from edgeppt.transfer.ssl import label_weights
+
+    labelled, real = _labels_and_unlabelled(60)
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 5, 1).eval()
+    cfg = PSSLConfig(lp_neighbours=5, lp_balance="predicted", lp_relative=False)
+    objective = ALGORITHMS["labelprop"](labelled, None, 4, cfg, real=real)
+    objective.setup(model)
+    with torch.no_grad():
+        shares = torch.softmax(model(real), 1).mean(0)
+    assert torch.allclose(objective.lp_shares, shares, atol=1e-6)
+    label = objective.lp_label
+    plain = ALGORITHMS["labelprop"](labelled, None, 4, cfg.model_copy(update={"lp_balance": "none"}), real=real)
+    plain.setup(model)  # the same labels, each weighing its certainty alone
+    assert torch.equal(plain.lp_label, label)
+    assert torch.allclose(objective.lp_weight, label_weights(label, plain.lp_weight, 5, shares), atol=1e-6)
+    with torch.no_grad():  # another model later in the phase: the shares stay the warm start's
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    objective._propagate(100)
+    assert torch.allclose(objective.lp_shares, shares, atol=1e-6)
+    assert "lp_shares" in objective.state_dict()  # checkpointed with the labels: a resume keeps them
 
 
 def test_labelprop_seeds_the_graph_with_views_of_each_labelled_image(monkeypatch):

@@ -44,6 +44,7 @@ from .pseudo import POOL_FIELDS, PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
 from .reverse import reverse_accuracy
 from .source_ft import source_model
+from .ssl import uneven_shares_warning
 from .supermask import Supermasked, attach, finish, update_size
 
 CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
@@ -412,6 +413,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     timings["target"] = sum(trainer.timings.get(ph.name, 0.0) for ph in phases)
     if trainer.reused:
         info["reused_phases"] = trainer.reused
+    shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
+    if real is not None and method.ssl and isinstance(shares, torch.Tensor):
+        info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
+        if log and dist.main and cfg.pssl.lp_balance == "equal" and shares.max() > 2 / len(shares):
+            log(uneven_shares_warning(shares, labelled.classes))
     timings["total"] = time.perf_counter() - t0
     if not dist.main:
         return {}

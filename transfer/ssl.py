@@ -250,6 +250,16 @@ def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int,
     return certainty * (len(label) * shares / counts)[label]
 
 
+def uneven_shares_warning(shares: torch.Tensor, classes: list[str]) -> str:
+    """The line a run prints when the warm start predicts the unlabelled images' classes far from equal shares:
+    there, learning their propagated labels has cost accuracy (benchmarks/imbalanced.py)."""
+    top = int(shares.argmax())
+    return (f"warning: the model predicts {shares[top].item():.0%} of the unlabelled images are {classes[top]!r} "
+            f"(equal classes would be {1 / len(shares):.0%} each); where one class was most of them, label "
+            "propagation cost accuracy, less with --set pssl.lp_balance=none, and a run without --unlabeled may be "
+            "better (docs/transfer.md)")
+
+
 @register("labelprop")
 class LabelProp(FixMatch):
     """Unlabelled images learn labels spread from the labelled ones over a feature graph; pseudo samples as FixMatch.
@@ -262,6 +272,7 @@ class LabelProp(FixMatch):
 
     lp_label: torch.Tensor
     lp_weight: torch.Tensor
+    lp_shares: torch.Tensor  # the classes' shares of the unlabelled images, as the warm start predicts them
     agreement = 0.0  # share of the last propagation's labels that the model's own predictions agree with
 
     def setup(self, model):
@@ -270,6 +281,7 @@ class LabelProp(FixMatch):
         n = 0 if self.real is None else len(self.real)
         self.register_buffer("lp_label", torch.zeros(n, dtype=torch.long))
         self.register_buffer("lp_weight", torch.zeros(n))
+        self.register_buffer("lp_shares", torch.full((len(self.data.classes),), 1.0 / len(self.data.classes)))
         if n:
             self._propagate(0)
 
@@ -292,9 +304,11 @@ class LabelProp(FixMatch):
         label, certainty = propagate(feats.cpu(), yl, len(self.data.classes), self.cfg.lp_neighbours,
                                      self.cfg.lp_alpha)
         label, certainty = label[len(xl):], certainty[len(xl):]
-        k, balance = len(self.data.classes), self.cfg.lp_balance
-        weight = certainty if balance == "none" else \
-            label_weights(label, certainty, k, own.mean(0) if balance == "predicted" else None)
+        if step == 0:  # estimated once, by the model the labels alone trained: later ones learnt the propagation's
+            self.lp_shares.copy_(own.mean(0))
+        balance = self.cfg.lp_balance
+        weight = certainty if balance == "none" else label_weights(
+            label, certainty, len(self.data.classes), self.lp_shares if balance == "predicted" else None)
         if self.cfg.lp_agree:  # a propagated label the model itself doubts counts less
             weight = weight * own.gather(1, label[:, None]).squeeze(1).pow(self.cfg.lp_agree)
         if self.cfg.lp_relative:
