@@ -512,7 +512,7 @@ def test_auto_reverse_check_keeps_or_reverts_to_the_warm_start(tiny_bundle, tmp_
     it kept on disk, by the reverse accuracies, and says which; a resumed run takes the same decision."""
     from edgeppt.transfer import run as run_module
 
-    kw = dict(unlabeled="rest", auto={"reverse_check": True, "reverse_steps": 5})
+    kw = dict(unlabeled="rest", auto={"reverse_check": True, "reverse_steps": 5, "uneven_shares": 0})
     kept = run_transfer(small(tiny_bundle, **kw), tmp_path / "kept", progress=False)
     rc = kept["reverse_check"]
     assert set(rc) >= {"ssl", "warm", "kept", "reason"} and 0 <= rc["ssl"] <= 1 and 0 <= rc["warm"] <= 1
@@ -530,6 +530,25 @@ def test_auto_reverse_check_keeps_or_reverts_to_the_warm_start(tiny_bundle, tmp_
     (tmp_path / "back" / "report.json").unlink()  # a run stopped after training: resume decides the same
     again = run_transfer(small(tiny_bundle, **kw), tmp_path / "back", resume=True, progress=False)
     assert again["method"] == back["method"] and again["test_accuracy"] == back["test_accuracy"]
+
+
+def test_auto_goes_back_to_the_warm_start_where_one_class_dominates_the_unlabelled_images(tiny_bundle, tmp_path):
+    """auto.uneven_shares: where the warm start predicts one class at more than that many times its equal share of
+    the unlabelled images, auto keeps the labels-only warm start and says so; under the limit it keeps the SSL model.
+    (Every model predicts some class at its equal share at least, so a limit below 1 always fires.)"""
+    lines: list[str] = []
+    back = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0.5}), tmp_path / "back",
+                        progress=False, log=lines.append)
+    rec, shares = back["uneven_shares"], back["unlabeled"]["predicted_shares"]
+    assert rec["largest_over_equal"] == pytest.approx(max(shares.values()) * len(shares), rel=1e-5)
+    assert back["method"] == rec["kept"] in ("pp", "scratch") != back["auto"]["method"]
+    assert any(line.startswith(f"auto: went back to {rec['kept']}") for line in lines), lines
+    warm = load_checkpoint(tmp_path / "back" / "warm_start.pt")["model"]
+    model = torch.load(tmp_path / "back" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(model[n], warm[n]) for n in warm)
+    kept = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 1e6}), tmp_path / "kept",
+                        progress=False)
+    assert kept["uneven_shares"] is None and kept["method"] == kept["auto"]["method"] == back["auto"]["method"]
 
 
 def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):

@@ -373,10 +373,12 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                         phases[0].objective,
                         cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
                         cfg.pssl.weight_decay)]
-    # auto's reverse check: the warm start is kept on disk (a resumed run still has it) to go back to
-    check = (cfg.method == "auto" and cfg.auto.reverse_check and method.ssl and real is not None
-             and cfg.pssl.warm_start and not cfg.supermask.enabled)
-    if check:
+    # auto's way back (uneven classes, the reverse check): the warm start is kept on disk (a resumed run still has
+    # it) to go back to
+    back = (cfg.method == "auto" and method.ssl and real is not None and cfg.pssl.warm_start
+            and not cfg.supermask.enabled)
+    check = back and cfg.auto.reverse_check
+    if back and (check or cfg.auto.uneven_shares):
         def keep_warm(m: torch.nn.Module) -> None:
             atomic_torch_save(out / WARM_FILE, {"model": m.state_dict()})
         phases[-2].on_end = keep_warm
@@ -416,7 +418,16 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
     if real is not None and method.ssl and isinstance(shares, torch.Tensor):
         info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
-        if log and dist.main and cfg.pssl.lp_balance == "equal" and shares.max() > 2 / len(shares):
+        uneven = shares.max().item() * len(shares)  # the largest share over the equal one
+        if back and cfg.auto.uneven_shares and uneven > cfg.auto.uneven_shares:
+            model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
+            name, check = phases[-2].name, False
+            info["uneven_shares"] = {"largest_over_equal": uneven, "limit": cfg.auto.uneven_shares, "kept": name}
+            if log and dist.main:
+                log(f"auto: went back to {name}, the labels-only warm start: the model predicts "
+                    f"{shares.max().item():.0%} of the unlabelled images are one class ({uneven:.1f} times an equal "
+                    "share), where learning them cost accuracy (auto.uneven_shares)")
+        elif log and dist.main and cfg.pssl.lp_balance == "equal" and uneven > 2:
             log(uneven_shares_warning(shares, labelled.classes))
     timings["total"] = time.perf_counter() - t0
     if not dist.main:
