@@ -66,6 +66,9 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # on shifts nobody tuned for.
     "rotated": ("animals-src", EXAMPLE_TARGET, "rot90", {}),
     "noisy camera": ("grazers-src", OTHER_CLASSES, "noise", {}),
+    # Two-class targets (benchmarks/imbalanced.py: a skewed pool of two classes), also never used to choose.
+    "two classes": ("grazers-src", "animals:cat,dog", None, {}),
+    "two of the example's": ("animals-src", "animals:elephant,giraffe", None, {}),
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 

@@ -163,10 +163,10 @@ class AutoConfig(Strict):
                                 "images: keep the SSL model only if its labels of those images teach a fresh "
                                 "network the k labels about as well as the warm start's do (reverse "
                                 "validation); else the warm start")
-    uneven_shares: float = Field(2.0, ge=0, description="with real unlabelled images: go back to the warm start "
-                                 "(the labels-only model) where it predicts one class at more than this many times "
-                                 "its equal share of those images, where learning them cost accuracy "
-                                 "(docs/transfer.md; 0: never)")
+    uneven_shares: float = Field(2.2, ge=0, description="with real unlabelled images: go back to the warm start "
+                                 "(the labels-only model) where it predicts its commonest class more than this many "
+                                 "times as often as an average other class, where learning them cost accuracy; "
+                                 "methods asked by name warn there (docs/transfer.md; 0: never)")
     reverse_steps: int = Field(300, ge=1, description="reverse check: steps training each fresh network")
     reverse_margin: float = Field(0.0, ge=0, le=1, description="reverse check: keep the SSL model unless its reverse "
                                   "accuracy is more than this below the warm start's (1: always keep it)")

@@ -23,7 +23,7 @@ from edgeppt.runs import load_checkpoint, read_jsonl
 from edgeppt.train.loop import Dist
 from edgeppt.transfer import coverage, run_transfer
 from edgeppt.transfer.run import restart_layers
-from edgeppt.transfer.ssl import ALGORITHMS
+from edgeppt.transfer.ssl import ALGORITHMS, commonest_over_others
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "digits:0,1,2,3,4"
@@ -242,7 +242,8 @@ def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, 
     shares = whole["unlabeled"]["predicted_shares"]
     assert list(shares) == whole["classes"] and sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
     warned = [line for line in lines if "lp_balance=none" in line]
-    assert len(warned) == (max(shares.values()) > 2 / len(shares)), (shares, lines)
+    limit = AutoConfig().uneven_shares  # auto's way back's limit, the warning's too
+    assert len(warned) == (commonest_over_others(torch.tensor(list(shares.values()))) > limit), (shares, lines)
     rows = [r for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
     # real_mask: the batch's mean weight, certainty times class balance over the pool's mean (pssl.lp_relative)
     assert len(rows) == 20 and all(r["real_mask"] > 0 for r in rows)
@@ -309,7 +310,7 @@ def test_uneven_shares_warning_names_the_class_and_the_way_out():
     from edgeppt.transfer.ssl import uneven_shares_warning
 
     line = uneven_shares_warning(torch.tensor([0.1, 0.7, 0.2]), ["cat", "dog", "cow"])
-    assert "70% of the unlabelled images are 'dog'" in line and "33% each" in line
+    assert "70% of the unlabelled images are 'dog', 4.7 times as many as an average other class" in line
     assert "--set pssl.lp_balance=none" in line and "without --unlabeled" in line
 
 
@@ -533,15 +534,21 @@ def test_auto_reverse_check_keeps_or_reverts_to_the_warm_start(tiny_bundle, tmp_
 
 
 def test_auto_goes_back_to_the_warm_start_where_one_class_dominates_the_unlabelled_images(tiny_bundle, tmp_path):
-    """auto.uneven_shares: where the warm start predicts one class at more than that many times its equal share of
-    the unlabelled images, auto keeps the labels-only warm start and says so; under the limit it keeps the SSL model.
-    (Every model predicts some class at its equal share at least, so a limit below 1 always fires.)"""
+    """auto.uneven_shares: where the warm start predicts its commonest class more than that many times as often as
+    an average other class among the unlabelled images, auto keeps the labels-only warm start and says so; under the
+    limit it keeps the SSL model. (The commonest class is at least as common as the others' mean, so a limit below
+    1 always fires.)"""
     lines: list[str] = []
     back = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0.5}), tmp_path / "back",
                         progress=False, log=lines.append)
     rec, shares = back["uneven_shares"], back["unlabeled"]["predicted_shares"]
-    assert rec["largest_over_equal"] == pytest.approx(max(shares.values()) * len(shares), rel=1e-5)
+    top = max(shares.values())
+    assert rec["commonest_over_others"] == pytest.approx(top * (len(shares) - 1) / (1 - top), rel=1e-4)
     assert back["method"] == rec["kept"] in ("pp", "scratch") != back["auto"]["method"]
+    # decided before the SSL phase, on the warm start's predictions: that phase is never trained
+    ssl_phase = json.loads((tmp_path / "back" / "plan.json").read_text())["phases"][-1]["name"]
+    assert rec["ssl_phase_skipped"] and ssl_phase not in {r["phase"] for r in read_jsonl(tmp_path / "back" /
+                                                                                        "metrics.jsonl")}
     assert any(line.startswith(f"auto: went back to {rec['kept']}") for line in lines), lines
     warm = load_checkpoint(tmp_path / "back" / "warm_start.pt")["model"]
     model = torch.load(tmp_path / "back" / "model.pt", weights_only=True)["state_dict"]
@@ -549,6 +556,7 @@ def test_auto_goes_back_to_the_warm_start_where_one_class_dominates_the_unlabell
     kept = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 1e6}), tmp_path / "kept",
                         progress=False)
     assert kept["uneven_shares"] is None and kept["method"] == kept["auto"]["method"] == back["auto"]["method"]
+    assert ssl_phase in {r["phase"] for r in read_jsonl(tmp_path / "kept" / "metrics.jsonl")}
 
 
 def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):
@@ -642,3 +650,13 @@ def test_pp_with_restarted_blocks_and_an_averaged_ssl_phase(tiny_bundle, tmp_pat
     assert any(not torch.equal(a[k], b[k]) for k in a)
     losses = {n: [r["loss"] for r in read_jsonl(tmp_path / n / "metrics.jsonl") if r["phase"] == "pp"] for n in runs}
     assert losses["plain"] == losses["averaged"]  # the warm start is the same run
+
+
+def test_uneven_shares_mean_the_same_at_every_number_of_classes():
+    """The way back's measure: the commonest class over an average other class. At two classes a 90/10 split
+    reads 9 (the largest share over the equal one could never pass 2 there); equal shares read 1 at any k."""
+    assert commonest_over_others(torch.tensor([0.9, 0.1])) == pytest.approx(9.0)
+    assert commonest_over_others(torch.tensor([0.6, 0.1, 0.1, 0.1, 0.1])) == pytest.approx(6.0)
+    for k in (2, 3, 10):
+        assert commonest_over_others(torch.full((k,), 1.0 / k)) == pytest.approx(1.0)
+    assert commonest_over_others(torch.tensor([1.0, 0.0])) > AutoConfig().uneven_shares  # one class only

@@ -44,7 +44,7 @@ from .pseudo import POOL_FIELDS, PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
 from .reverse import reverse_accuracy
 from .source_ft import source_model
-from .ssl import uneven_shares_warning
+from .ssl import commonest_over_others, uneven_shares_warning
 from .supermask import Supermasked, attach, finish, update_size
 
 CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
@@ -382,6 +382,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         def keep_warm(m: torch.nn.Module) -> None:
             atomic_torch_save(out / WARM_FILE, {"model": m.state_dict()})
         phases[-2].on_end = keep_warm
+    if back and cfg.auto.uneven_shares:  # decided on the warm start's predictions, before the SSL phase trains
+        limit = cfg.auto.uneven_shares
+        phases[-1].skip = lambda o: isinstance(s := getattr(o, "lp_shares", None), torch.Tensor) \
+            and commonest_over_others(s) > limit
     if cfg.probe_steps and method.pretrain:  # LP-FT: the new head first learns the PP features as they are
         first = phases[0].objective
         assert isinstance(first, Supervised), "after PP the target phases start with a supervised one"
@@ -418,16 +422,19 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
     if real is not None and method.ssl and isinstance(shares, torch.Tensor):
         info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
-        uneven = shares.max().item() * len(shares)  # the largest share over the equal one
+        uneven = commonest_over_others(shares)
         if back and cfg.auto.uneven_shares and uneven > cfg.auto.uneven_shares:
             model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
             name, check = phases[-2].name, False
-            info["uneven_shares"] = {"largest_over_equal": uneven, "limit": cfg.auto.uneven_shares, "kept": name}
+            info["uneven_shares"] = {"commonest_over_others": uneven, "limit": cfg.auto.uneven_shares, "kept": name,
+                                     # untrained where decided before it (one process), else trained for nothing
+                                     "ssl_phase_skipped": phases[-1].name in trainer.skipped}
             if log and dist.main:
                 log(f"auto: went back to {name}, the labels-only warm start: the model predicts "
-                    f"{shares.max().item():.0%} of the unlabelled images are one class ({uneven:.1f} times an equal "
-                    "share), where learning them cost accuracy (auto.uneven_shares)")
-        elif log and dist.main and cfg.pssl.lp_balance == "equal" and uneven > 2:
+                    f"{shares.max().item():.0%} of the unlabelled images are one class ({uneven:.1f} times as many "
+                    "as an average other class), where learning them cost accuracy (auto.uneven_shares)")
+        elif log and dist.main and cfg.pssl.lp_balance == "equal" and cfg.auto.uneven_shares \
+                and uneven > cfg.auto.uneven_shares:  # auto's limit, as a warning for the methods asked by name
             log(uneven_shares_warning(shares, labelled.classes))
     timings["total"] = time.perf_counter() - t0
     if not dist.main:

@@ -250,12 +250,21 @@ def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int,
     return certainty * (len(label) * shares / counts)[label]
 
 
+def commonest_over_others(shares: torch.Tensor) -> float:
+    """How many times as common the commonest class is as an average other class (1 where all are equal). Unlike
+    the largest share over 1/k, it means the same at every k: at two classes the largest share over the equal one
+    cannot pass 2."""
+    top = shares.max().item()
+    return top * (len(shares) - 1) / max(1.0 - top, 1e-12)
+
+
 def uneven_shares_warning(shares: torch.Tensor, classes: list[str]) -> str:
     """The line a run prints when the warm start predicts the unlabelled images' classes far from equal shares:
     there, learning their propagated labels has cost accuracy (benchmarks/imbalanced.py)."""
     top = int(shares.argmax())
-    return (f"warning: the model predicts {shares[top].item():.0%} of the unlabelled images are {classes[top]!r} "
-            f"(equal classes would be {1 / len(shares):.0%} each); where one class was most of them, label "
+    return (f"warning: the model predicts {shares[top].item():.0%} of the unlabelled images are {classes[top]!r}, "
+            f"{commonest_over_others(shares):.1f} times as many as an average other class; where one class was most "
+            "of them, label "
             "propagation cost accuracy, less with --set pssl.lp_balance=none, and a run without --unlabeled may be "
             "better (docs/transfer.md)")
 

@@ -45,6 +45,8 @@ class Phase:
     # its last checkpoint: a later choice can go back to it
     cache: Path | None = None  # where the model this phase ends on is kept for reuse: a later run whose phase has
     # the same key (the caller names the file by everything the phase computes from) loads it instead of training
+    skip: Callable[[Objective], bool] | None = None  # asked once the phase's objective is set up (single process,
+    # not on a resume inside the phase): True leaves the model as the phase found it, untrained
 
 
 def ema_update(decay: float):
@@ -140,6 +142,7 @@ class Trainer:
     timings: dict[str, float] = field(default_factory=dict)
     images_seen: dict[str, int] = field(default_factory=dict)
     reused: dict[str, dict] = field(default_factory=dict)  # phases loaded from their cache: {name: its record}
+    skipped: list[str] = field(default_factory=list)  # phases whose `skip` said so
 
     @property
     def ckpt_path(self) -> Path:
@@ -212,6 +215,9 @@ class Trainer:
         if ema is not None and state is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         if start >= ph.steps:
+            return
+        if state is None and ph.skip is not None and self.dist.world == 1 and ph.skip(ph.objective):
+            self.skipped.append(ph.name)
             return
         cached = read_cache(ph.cache, ["model", "frozen", "seconds"]) \
             if state is None and ph.cache is not None and self.dist.world == 1 else None
