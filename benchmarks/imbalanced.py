@@ -1,6 +1,7 @@
 """Real unlabelled images whose classes are not equally many: the device's images rarely are.
 
-    python benchmarks/imbalanced.py --cache DIR     # example and other classes, seeds 0-2 (about 40 minutes)
+    python benchmarks/imbalanced.py --cache DIR     # example and other classes, seeds 0-2 (about 50 minutes)
+    python benchmarks/imbalanced.py --cache DIR --pairings "two classes" "two of the example's"   # two classes
 
 For each (pairing, seed) the unlabelled images are the training pool less its labels, as `--unlabeled rest` gives,
 but with the first class in full and every other class cut to `--share` of its images (0.1: about 720 against
@@ -8,7 +9,9 @@ but with the first class in full and every other class cut to `--share` of its i
 size and equal classes are the control of pool size. Rows: auto without unlabelled images, and auto with them,
 the propagated labels weighed (`pssl.lp_balance`) with Iscen et al.'s class balance (each class the same total
 weight, as if the images held every class equally), toward the class shares the model predicts over the images,
-or by certainty alone. Accuracy is given over equal classes (the split as it is) and with each class's
+or by certainty alone; and the default without its way back (`auto.uneven_shares 0`), which shows what the way
+back keeps from happening and, with `--share`, where it fires (each run records the warm start's predicted shares
+and the way back's measure of them). Accuracy is given over equal classes (the split as it is) and with each class's
 accuracy weighed by its share of the skewed pool: where the unlabelled images are the device's own, their classes
 come as the device will see them. Validation accuracy chooses; test only reports. The result: docs/transfer.md
 ("Unlabelled images whose classes are not equally many").
@@ -32,6 +35,7 @@ from edgeppt.models import create_model
 from edgeppt.train.evaluate import evaluate
 from edgeppt.transfer import run_transfer
 from edgeppt.transfer.run import prepare_splits
+from edgeppt.transfer.ssl import commonest_over_others
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,10 +44,13 @@ from benchmarks.transfer import config, write_pairing  # noqa: E402
 BALANCE = {"class-balanced labels": "equal", "labels balanced as predicted": "predicted",
            "labels by certainty": "none"}  # pssl.lp_balance
 POOLS = {"equal classes": "equal", "one class in full": "skewed"}
-# row -> (unlabelled pool, pssl settings)
-ROWS: dict[str, tuple[str | None, dict[str, str]]] = {"auto, no unlabelled images": (None, {})} | {
-    f"auto, {pool}, {how}": (kind, {"lp_balance": balance}) for pool, kind in POOLS.items()
-    for how, balance in BALANCE.items()}
+# row -> (unlabelled pool, pssl settings, auto settings)
+ROWS: dict[str, tuple[str | None, dict[str, str], dict[str, float]]] = {
+    "auto, no unlabelled images": (None, {}, {})} | {
+    f"auto, {pool}, {how}": (kind, {"lp_balance": balance}, {}) for pool, kind in POOLS.items()
+    for how, balance in BALANCE.items()} | {
+    # what the default's way back keeps from happening: the skew's cost, where it fires and where it does not
+    "auto, one class in full, class-balanced labels, no way back": ("skewed", {}, {"uneven_shares": 0.0})}
 
 
 def pool_index(y: np.ndarray, share: float, kind: str) -> np.ndarray:
@@ -59,11 +66,11 @@ def pool_index(y: np.ndarray, share: float, kind: str) -> np.ndarray:
 
 def one(pairing: str, row: str, seed: int, share: float, cache: Path, work: Path) -> dict:
     torch.set_num_threads(1)
-    kind, pssl = ROWS[row]
+    kind, pssl, auto = ROWS[row]
     work = Path(tempfile.mkdtemp(dir=work))  # one folder per run: runs in parallel write their own files
     files = write_pairing(pairing, work)
     cfg = config(pairing, "auto", seed, {}, files, 4)
-    update: dict = {"pssl": cfg.pssl.model_copy(update=pssl)}
+    update: dict = {"pssl": cfg.pssl.model_copy(update=pssl), "auto": cfg.auto.model_copy(update=auto)}
     _, _, rest, _ = prepare_splits(cfg, None)
     y = rest.y.numpy()
     skew = np.bincount(y[pool_index(y, share, "skewed")], minlength=len(rest.classes))
@@ -80,10 +87,15 @@ def one(pairing: str, row: str, seed: int, share: float, cache: Path, work: Path
     model.load_state_dict(state["state_dict"])
     val = list(evaluate(model, load_dataset(str(files["val"])))["per_class_accuracy"].values())
     test = list(report["per_class_accuracy"].values())
+    shares = (report.get("unlabeled") or {}).get("predicted_shares")
     rec = {"pairing": pairing, "row": row, "seed": seed, "method": report["method"],
            "test": 100 * report["test_accuracy"], "val": 100 * float(np.mean(val)),
            # accuracy where the classes come as the skewed pool's do: each class's accuracy weighed by its share
            "test_skewed": 100 * float(np.dot(skew, test)), "val_skewed": 100 * float(np.dot(skew, val)),
+           # the warm start's predicted shares of the pool, and the way back's measure of them (auto.uneven_shares)
+           "predicted_shares": shares,
+           "commonest_over_others": commonest_over_others(torch.tensor(list(shares.values()))) if shares else None,
+           "went_back": report.get("uneven_shares") is not None,
            "per_class_val": val, "per_class_test": test}
     print(json.dumps({k: v for k, v in rec.items() if not k.startswith("per_class")}), flush=True)
     return rec
