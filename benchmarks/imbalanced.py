@@ -44,13 +44,14 @@ from benchmarks.transfer import config, write_pairing  # noqa: E402
 BALANCE = {"class-balanced labels": "equal", "labels balanced as predicted": "predicted",
            "labels by certainty": "none"}  # pssl.lp_balance
 POOLS = {"equal classes": "equal", "one class in full": "skewed"}
+NO_WAY_BACK = "auto, one class in full, class-balanced labels, no way back"
 # row -> (unlabelled pool, pssl settings, auto settings)
 ROWS: dict[str, tuple[str | None, dict[str, str], dict[str, float]]] = {
     "auto, no unlabelled images": (None, {}, {})} | {
     f"auto, {pool}, {how}": (kind, {"lp_balance": balance}, {}) for pool, kind in POOLS.items()
     for how, balance in BALANCE.items()} | {
     # what the default's way back keeps from happening: the skew's cost, where it fires and where it does not
-    "auto, one class in full, class-balanced labels, no way back": ("skewed", {}, {"uneven_shares": 0.0})}
+    NO_WAY_BACK: ("skewed", {}, {"uneven_shares": 0.0})}
 
 
 def pool_index(y: np.ndarray, share: float, kind: str) -> np.ndarray:
@@ -112,6 +113,28 @@ def paired(runs: list[dict], a: str, b: str, key: str) -> str:
            f"{sum(x < 0 for x in d)} down)" if len(d) > 1 else "n/a"
 
 
+LIMITS = (2.2, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, float("inf"))
+
+
+def fit_limit(files: list[Path]) -> None:
+    """auto.uneven_shares on validation: over the skewed pools of `files` (runs of the row without the way back
+    beside auto without unlabelled images), what auto would gain over the labels-only model at each limit (where the
+    run's measure passes the limit it goes back: +0)."""
+    pairs = []
+    for f in files:  # paired within a file: its share weighs the labels-only run's classes too
+        runs = json.loads(f.read_text())["runs"]
+        alone = {(r["pairing"], r["seed"]): r for r in runs if r["row"] == "auto, no unlabelled images"}
+        pairs += [(r, alone[(r["pairing"], r["seed"])]) for r in runs if r["row"] == NO_WAY_BACK]
+    print(f"\n{len(pairs)} skewed pools: validation gain over auto without unlabelled images, mean over the runs:\n"
+          "| auto.uneven_shares | goes back on | equal classes | as the pool | both |\n|---|---:|---:|---:|---:|")
+    for limit in LIMITS:
+        gain = [(0.0, 0.0) if r["commonest_over_others"] > limit else
+                (r["val"] - b["val"], r["val_skewed"] - b["val_skewed"]) for r, b in pairs]
+        eq, pool = statistics.mean(g[0] for g in gain), statistics.mean(g[1] for g in gain)
+        print(f"| {limit} | {sum(r['commonest_over_others'] > limit for r, _ in pairs)} | {eq:+.2f} | {pool:+.2f} | "
+              f"{(eq + pool) / 2:+.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairings", nargs="+", default=["example", "other classes"])
@@ -122,7 +145,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=None, help="shared with benchmarks/transfer.py's --cache")
     ap.add_argument("--reuse", type=Path, default=None, help="keep the runs of an earlier result; run the rest")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "imbalanced.json")
+    ap.add_argument("--fit", type=Path, nargs="+", default=None,
+                    help="only print auto.uneven_shares's fit over these results (the row without the way back)")
     args = ap.parse_args()
+    if args.fit:
+        fit_limit(args.fit)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp) / "cache"
         cache.mkdir(parents=True, exist_ok=True)
