@@ -1,20 +1,21 @@
 """Real unlabelled images whose classes are not equally many: the device's images rarely are.
 
-    python benchmarks/imbalanced.py --cache DIR     # example and other classes, seeds 0-2 (about 50 minutes)
+    python benchmarks/imbalanced.py --cache DIR     # example and other classes, seeds 0-2, every row (about 70 minutes)
     python benchmarks/imbalanced.py --cache DIR --pairings "two classes" "two of the example's"   # two classes
 
 For each (pairing, seed) the unlabelled images are the training pool less its labels, as `--unlabeled rest` gives,
-but with the first class in full and every other class cut to `--share` of its images (0.1: about 720 against
-72 each, 1,000 in all), written as an .npz and read as a user's would be. The same runs with a pool of the same
-size and equal classes are the control of pool size. Rows: auto without unlabelled images, and auto with them,
-the propagated labels weighed (`pssl.lp_balance`) with Iscen et al.'s class balance (each class the same total
-weight, as if the images held every class equally), toward the class shares the model predicts over the images,
-or by certainty alone; and the default without its way back (`auto.uneven_shares 0`), which shows what the way
-back keeps from happening and, with `--share`, where it fires (each run records the warm start's predicted shares
-and the way back's measure of them). Accuracy is given over equal classes (the split as it is) and with each class's
-accuracy weighed by its share of the skewed pool: where the unlabelled images are the device's own, their classes
-come as the device will see them. Validation accuracy chooses; test only reports. The result: docs/transfer.md
-("Unlabelled images whose classes are not equally many").
+but with the first class in full and every other class cut to `--share` of its images (0.1: about 720 against 72
+each, 1,000 in all), written as an .npz and read as a user's would be. The same runs with a pool of the same size
+and equal classes are the control of pool size. Rows: auto without unlabelled images, and auto with them, the
+propagated labels weighed (`pssl.lp_balance`) with Iscen et al.'s class balance (each class the same total weight,
+as if the images held every class equally), toward the class shares the model predicts over the images, or by
+certainty alone; and the default without its way back (`auto.uneven_shares 0`), which shows what the way back keeps
+from happening and, with `--share`, where it fires (each run records the warm start's predicted shares and the way
+back's measure of them); and the whole pool less its labels, alone and with as many images of the dataset's other
+classes (a device sees more than its classes). Accuracy is given over equal classes (the split as it is) and with
+each class's accuracy weighed by its share of the skewed pool: where the unlabelled images are the device's own,
+their classes come as the device will see them. Validation accuracy chooses; test only reports. The result:
+docs/transfer.md ("Unlabelled images whose classes are not equally many").
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from edgeppt.transfer.ssl import commonest_over_others
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.transfer import config, write_pairing  # noqa: E402
+from benchmarks.transfer import PAIRINGS, config, write_pairing  # noqa: E402
 
 BALANCE = {"class-balanced labels": "equal", "labels balanced as predicted": "predicted",
            "labels by certainty": "none"}  # pssl.lp_balance
@@ -51,7 +52,11 @@ ROWS: dict[str, tuple[str | None, dict[str, str], dict[str, float]]] = {
     f"auto, {pool}, {how}": (kind, {"lp_balance": balance}, {}) for pool, kind in POOLS.items()
     for how, balance in BALANCE.items()} | {
     # what the default's way back keeps from happening: the skew's cost, where it fires and where it does not
-    NO_WAY_BACK: ("skewed", {}, {"uneven_shares": 0.0})}
+    NO_WAY_BACK: ("skewed", {}, {"uneven_shares": 0.0}),
+    # A device sees more than its classes: the whole pool less its labels, alone and with as many images of the
+    # dataset's other classes (images no label covers)
+    "auto, the rest": ("rest", {}, {}),
+    "auto, the rest and as many images of other classes": ("outsiders", {}, {})}
 
 
 def pool_index(y: np.ndarray, share: float, kind: str) -> np.ndarray:
@@ -63,6 +68,17 @@ def pool_index(y: np.ndarray, share: float, kind: str) -> np.ndarray:
         total = len(np.flatnonzero(y == 0)) + sum(int(share * (y == c).sum()) for c in range(1, k))
         keep = [total // k] * k
     return np.concatenate([np.flatnonzero(y == c)[:keep[c]] for c in range(k)])
+
+
+def outsiders(pairing: str, n: int) -> torch.Tensor:
+    """`n` images of the target dataset's classes that are not the pairing's, in a fixed random order."""
+    _, spec, transform, _ = PAIRINGS[pairing]
+    name, _, classes = spec.partition(":")
+    if transform is not None or not classes:
+        raise SystemExit(f"{pairing!r}: images of other classes need a target that is a class subset, untransformed")
+    others = [c for c in load_dataset(name, 28, 1).classes if c not in classes.split(",")]
+    x = load_dataset(f"{name}:{','.join(others)}", 28, 1).x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
 
 
 def one(pairing: str, row: str, seed: int, share: float, cache: Path, work: Path) -> dict:
@@ -78,7 +94,9 @@ def one(pairing: str, row: str, seed: int, share: float, cache: Path, work: Path
     skew = skew / skew.sum()  # the classes' shares where one class is most images (a device's, say)
     if kind is not None:
         path = work / "unlabelled.npz"
-        np.savez(path, x=(rest.x[pool_index(y, share, kind)].numpy() * 255).round().astype(np.uint8))
+        x = rest.x if kind == "rest" else torch.cat([rest.x, outsiders(pairing, len(rest.x))]) \
+            if kind == "outsiders" else rest.x[pool_index(y, share, kind)]
+        np.savez(path, x=(x.numpy() * 255).round().astype(np.uint8))
         update["unlabeled"] = str(path)
     cfg = cfg.model_copy(update=update)
     out = work / "run"
