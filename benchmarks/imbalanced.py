@@ -27,6 +27,7 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ BALANCE = {"class-balanced labels": "equal", "labels balanced as predicted": "pr
 POOLS = {"equal classes": "equal", "one class in full": "skewed"}
 NO_WAY_BACK = "auto, one class in full, class-balanced labels, no way back"
 # row -> (unlabelled pool, pssl settings, auto settings)
-ROWS: dict[str, tuple[str | None, dict[str, str], dict[str, float]]] = {
+ROWS: dict[str, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
     "auto, no unlabelled images": (None, {}, {})} | {
     f"auto, {pool}, {how}": (kind, {"lp_balance": balance}, {}) for pool, kind in POOLS.items()
     for how, balance in BALANCE.items()} | {
@@ -56,7 +57,11 @@ ROWS: dict[str, tuple[str | None, dict[str, str], dict[str, float]]] = {
     # A device sees more than its classes: the whole pool less its labels, alone and with as many images of the
     # dataset's other classes (images no label covers)
     "auto, the rest": ("rest", {}, {}),
-    "auto, the rest and as many images of other classes": ("outsiders", {}, {})}
+    "auto, the rest and as many images of other classes": ("outsiders", {}, {}),
+    # the least certain half of the propagated labels left out (pssl.lp_drop), where the outsiders gather
+    "auto, the rest, least certain half left out": ("rest", {"lp_drop": 0.5}, {}),
+    "auto, the rest and as many images of other classes, least certain half left out": ("outsiders",
+                                                                                         {"lp_drop": 0.5}, {})}
 
 
 def pool_index(y: np.ndarray, share: float, kind: str) -> np.ndarray:

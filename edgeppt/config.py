@@ -135,6 +135,9 @@ class PSSLConfig(Strict):
         "the propagated labels are weighed toward: 'equal' (Iscen et al.: every class the same total), 'predicted' "
         "(the shares the warm-started model predicts over the unlabelled images), 'none' (each label its "
         "certainty alone); equal was kept on validation accuracy (docs/transfer.md)")
+    lp_drop: float = Field(0.0, ge=0, lt=1, description="labelprop: leave out this share of the unlabelled images "
+                           "at each propagation, those whose labels are least certain, where images of no target "
+                           "class gather (measured, off: docs/transfer.md)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
                               "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
                               "validation accuracy: docs/transfer.md)")

@@ -306,6 +306,30 @@ def test_labelprop_agreement_weights_down_labels_the_model_doubts():
     assert stats["lp_agree"] == pytest.approx(agree)
 
 
+def test_labelprop_leaves_out_the_least_certain_share_of_the_unlabelled_images():
+    """pssl.lp_drop: the least certain share of the propagated labels weighs 0 (where images of no target class
+    gather); the same labels, and the kept ones class-balanced among themselves."""
+    labelled, real = _labels_and_unlabelled(60)
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 5, 1)
+    runs = {}
+    for drop in (0.0, 0.5):
+        objective = ALGORITHMS["labelprop"](labelled, None, 4, PSSLConfig(lp_drop=drop, lp_neighbours=5,
+                                                                          lp_relative=False), real=real)
+        objective.setup(model)
+        runs[drop] = (objective.lp_label.clone(), objective.lp_weight.clone())
+    (label, every), (same, half) = runs[0.0], runs[0.5]
+    assert torch.equal(label, same) and (every > 0).all()
+    assert int((half == 0).sum()) == len(real) // 2  # 60 images, no ties in certainty
+    kept = half > 0
+    # the class balance is recounted over the kept images: each kept label's weight is its weight over all images
+    # times (kept / all images) x (the class's labels over all / kept)
+    for c in label[kept].unique():
+        mine, alone = kept & (label == c), label == c
+        ratio = (kept.sum() / len(label)) * (alone.sum() / mine.sum())
+        assert torch.allclose(half[mine], every[mine] * ratio, rtol=1e-4), c
+
+
 def test_uneven_shares_warning_names_the_class_and_the_way_out():
     from edgeppt.transfer.ssl import uneven_shares_warning
 

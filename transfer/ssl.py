@@ -316,8 +316,10 @@ class LabelProp(FixMatch):
         if step == 0:  # estimated once, by the model the labels alone trained: later ones learnt the propagation's
             self.lp_shares.copy_(own.mean(0))
         balance = self.cfg.lp_balance
-        weight = certainty if balance == "none" else label_weights(
-            label, certainty, len(self.data.classes), self.lp_shares if balance == "predicted" else None)
+        keep = certainty >= (certainty.quantile(self.cfg.lp_drop) if self.cfg.lp_drop else certainty.min())
+        weight = torch.zeros_like(certainty)  # left-out images weigh 0; the balance counts the kept ones
+        weight[keep] = certainty[keep] if balance == "none" else label_weights(
+            label[keep], certainty[keep], len(self.data.classes), self.lp_shares if balance == "predicted" else None)
         if self.cfg.lp_agree:  # a propagated label the model itself doubts counts less
             weight = weight * own.gather(1, label[:, None]).squeeze(1).pow(self.cfg.lp_agree)
         if self.cfg.lp_relative:
