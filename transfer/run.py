@@ -382,10 +382,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         def keep_warm(m: torch.nn.Module) -> None:
             atomic_torch_save(out / WARM_FILE, {"model": m.state_dict()})
         phases[-2].on_end = keep_warm
-    if back and cfg.auto.uneven_shares:  # decided on the warm start's predictions, before the SSL phase trains
-        limit = cfg.auto.uneven_shares
-        phases[-1].skip = lambda o: isinstance(s := getattr(o, "lp_shares", None), torch.Tensor) \
-            and commonest_over_others(s) > limit
+    def too_uneven(shares: object) -> bool:  # auto's limit on the warm start's predicted class shares
+        return isinstance(shares, torch.Tensor) and bool(cfg.auto.uneven_shares) \
+            and commonest_over_others(shares) > cfg.auto.uneven_shares
+    if back:  # decided on the warm start's predictions, before the SSL phase trains
+        phases[-1].skip = lambda o: too_uneven(getattr(o, "lp_shares", None))
     if cfg.probe_steps and method.pretrain:  # LP-FT: the new head first learns the PP features as they are
         first = phases[0].objective
         assert isinstance(first, Supervised), "after PP the target phases start with a supervised one"
@@ -423,7 +424,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if real is not None and method.ssl and isinstance(shares, torch.Tensor):
         info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
         uneven = commonest_over_others(shares)
-        if back and cfg.auto.uneven_shares and uneven > cfg.auto.uneven_shares:
+        if back and too_uneven(shares):
             model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
             name, check = phases[-2].name, False
             info["uneven_shares"] = {"commonest_over_others": uneven, "limit": cfg.auto.uneven_shares, "kept": name,
@@ -433,8 +434,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                 log(f"auto: went back to {name}, the labels-only warm start: the model predicts "
                     f"{shares.max().item():.0%} of the unlabelled images are one class ({uneven:.1f} times as many "
                     "as an average other class), where learning them cost accuracy (auto.uneven_shares)")
-        elif log and dist.main and cfg.pssl.lp_balance == "equal" and cfg.auto.uneven_shares \
-                and uneven > cfg.auto.uneven_shares:  # auto's limit, as a warning for the methods asked by name
+        elif log and dist.main and cfg.pssl.lp_balance == "equal" and too_uneven(shares):  # as a warning
             log(uneven_shares_warning(shares, labelled.classes))
     timings["total"] = time.perf_counter() - t0
     if not dist.main:

@@ -264,9 +264,8 @@ def uneven_shares_warning(shares: torch.Tensor, classes: list[str]) -> str:
     top = int(shares.argmax())
     return (f"warning: the model predicts {shares[top].item():.0%} of the unlabelled images are {classes[top]!r}, "
             f"{commonest_over_others(shares):.1f} times as many as an average other class; where one class was most "
-            "of them, label "
-            "propagation cost accuracy, less with --set pssl.lp_balance=none, and a run without --unlabeled may be "
-            "better (docs/transfer.md)")
+            "of them, label propagation cost accuracy, less with --set pssl.lp_balance=none, and a run without "
+            "--unlabeled may be better (docs/transfer.md)")
 
 
 @register("labelprop")
