@@ -6,7 +6,7 @@ For each (pairing, seed) the warm start of the SSL phase (pp's labels-only model
 it; shared through the cache) gives features for the labelled images and the rest of the training pool, whose
 labels the product never sees. The labels propagated over them are scored against those labels: plainly, and
 weighted by certainty and class balance as the SSL phase weighs them. Neither the test nor the validation split is
-read. The result: docs/transfer.md ("Label propagation solved, not truncated").
+read. The result: docs/transfer-selection.md ("Label propagation solved, not truncated").
 """
 
 from __future__ import annotations

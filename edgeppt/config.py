@@ -90,7 +90,7 @@ class PSSLConfig(Strict):
     steps: int = Field(100, ge=1, description="SSL steps after the warm start (without a warm start, finetune_steps)")
     lr_scale: float = Field(0.2, gt=0, description="SSL learning rate after the warm start, as a fraction of lr")
     real_steps: int = Field(2000, ge=1, description="SSL steps after the warm start when real unlabelled images "
-                            "join (chosen on validation accuracy: docs/transfer.md)")
+                            "join (chosen on validation accuracy: docs/transfer-selection.md)")
     real_lr_scale: float = Field(0.5, gt=0, description="lr_scale when real unlabelled images join")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay of the SSL phase (the labels-only warm start "
                                 "before it uses the target phases' weight_decay)")
@@ -137,10 +137,10 @@ class PSSLConfig(Strict):
         "certainty alone); equal was kept on validation accuracy (docs/transfer.md)")
     lp_drop: float = Field(0.0, ge=0, lt=1, description="labelprop: leave out this share of the unlabelled images "
                            "at each propagation, those whose labels are least certain, where images of no target "
-                           "class gather (measured, off: docs/transfer.md)")
+                           "class gather (measured, off: docs/transfer-selection.md)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
                               "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
-                              "validation accuracy: docs/transfer.md)")
+                              "validation accuracy: docs/transfer-selection.md)")
 
     def consistency_weight(self) -> float:
         return self.consistency if self.consistency is not None else (0.0 if self.algorithm == "anchor" else 1.0)
@@ -162,7 +162,7 @@ class AutoConfig(Strict):
                                      "the labels' class information (pseudo-to-real probe, chance = 0, labels = 1); "
                                      "None, the default: never (they did not pay over pp of equal compute: "
                                      "docs/transfer.md)")
-    reverse_check: bool = Field(False, description="(measured, off: docs/transfer.md) with real unlabelled "
+    reverse_check: bool = Field(False, description="(measured, off: docs/transfer-selection.md) with real unlabelled "
                                 "images: keep the SSL model only if its labels of those images teach a fresh "
                                 "network the k labels about as well as the warm start's do (reverse "
                                 "validation); else the warm start")
@@ -245,7 +245,7 @@ class TransferConfig(SourceTrust):
     ema: float = Field(0.0, ge=0, le=1, description="each target phase ends on an exponential moving average of its "
                        "weights spanning this share of the phase (0 = off)")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the supervised target phases "
-                                   "(chosen on validation accuracy: docs/transfer.md)")
+                                   "(chosen on validation accuracy: docs/transfer-selection.md)")
     sam: float = Field(0.0, ge=0, description="sharpness-aware minimisation in the labels-only target phases: the "
                        "radius rho of the weight perturbation (0 = off; each step then costs two passes)")
     mixup: float = Field(0.0, ge=0, description="mixup of the labelled images in the supervised target phases: "
@@ -253,7 +253,7 @@ class TransferConfig(SourceTrust):
     cosine_head: float = Field(10.0, ge=0, description="the labels-only target phases (scratch, pp, the SSL warm "
                                "starts) train a cosine classifier at this scale, imprinted from the labels' class "
                                "means, then baked into the plain linear head (0 = a plain linear head; chosen on "
-                               "validation accuracy: docs/transfer.md)")
+                               "validation accuracy: docs/transfer-selection.md)")
     kd_weight: float = Field(1.0, ge=0)
     kd_temperature: float = Field(4.0, gt=0)
     augment: AugmentConfig = AugmentConfig()

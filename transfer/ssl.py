@@ -353,7 +353,7 @@ class Anchor(LabelProp):
 
     Pseudo samples as label-conditioned augmentation: each is trained toward its anchor's label
     (PSSLConfig.anchor_loss_weight); a consistency term on them, when asked for, is FixMatch's. Real unlabelled
-    images learn propagated labels, as in `labelprop` (chosen on validation accuracy: docs/transfer.md)."""
+    images learn propagated labels, as in `labelprop` (chosen on validation accuracy: docs/transfer-selection.md)."""
 
 
 assert set(ALGORITHMS) == set(SSL_ALGORITHMS), "every listed SSL algorithm has a registered class"

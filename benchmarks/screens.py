@@ -1,0 +1,194 @@
+"""Screens of ideas for transfer, measured without the long SSL phase, before any of them is built into a default.
+
+    python benchmarks/screens.py --cache DIR graph        # six pairings, seeds 0-2, ~1 minute with PP cached
+    python benchmarks/screens.py --cache DIR outsiders    # example and other classes, seeds 0-2, ~1 minute
+    python benchmarks/screens.py --cache DIR ensemble     # six pairings, seeds 0-2, ~8 minutes (trains scratch)
+
+- `graph`: label propagation's first labels (the warm start's features, as the SSL phase starts from them) scored
+  against the unlabelled pool's true labels, with the warm start's batch-norm statistics (what the default uses) and
+  with statistics re-estimated over the labels and the whole pool (AdaBN, Li et al., 2016): 20 labelled images set
+  the warm start's statistics, 3,580 images could set them better.
+- `outsiders`: the pool less its labels, alone and with as many images of the dataset's other classes: how well
+  label-free scores (propagation certainty, nearest label's cosine, maximum softmax) tell the outsiders apart
+  (AUROC), and whether the certainty's distribution shows them as a mode of their own (a two-component Gaussian
+  mixture against one: BIC gain per image and Ashman's D), which a filter could be gated on.
+- `ensemble`: scratch, pp, and the average of their softmax outputs (what a distilled ensemble could at best reach),
+  validation and test accuracy: a hedge between the two choices auto makes from the labels alone.
+
+Validation accuracy (or the pool's labels, which a run never sees) judges; test only reports. The result:
+docs/transfer-selection.md ("Screened and not built").
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.mixture import GaussianMixture
+
+from edgeppt.data import load_dataset
+from edgeppt.models import ClassifierNet, create_model
+from edgeppt.transfer import run_transfer
+from edgeppt.transfer.run import prepare_splits
+from edgeppt.transfer.ssl import propagate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.imbalanced import outsiders  # noqa: E402
+from benchmarks.transfer import config, write_pairing  # noqa: E402
+
+SIX = ["example", "other classes", "style shift", "other dataset", "rotated", "noisy camera"]
+
+
+def trained(pairing: str, row: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> ClassifierNet:
+    out = work / f"{pairing.replace(' ', '-')}-{seed}-{row}"
+    run_transfer(config(pairing, row, seed, {}, files, 4), out, progress=False, pp_cache=cache)
+    state = torch.load(out / "model.pt", weights_only=True)  # our own run's file
+    model = create_model(state["arch"], len(state["classes"]), state["in_chans"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+@torch.no_grad()
+def features(model: ClassifierNet, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model.forward_features(x[i:i + 512]) for i in range(0, len(x), 512)])
+
+
+@torch.no_grad()
+def adabn(model: ClassifierNet, x: torch.Tensor) -> ClassifierNet:
+    """A copy whose batch-norm statistics are re-estimated over x (a cumulative average over batches of 256)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    for i in range(0, len(x), 256):
+        model.forward_features(x[i:i + 256])
+    return model.eval()
+
+
+def graph(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    model = trained(pairing, "pp", seed, files, cache, work)
+    labelled, _, rest, _ = prepare_splits(cfg, None)
+    x, k, out = torch.cat([labelled.x, rest.x]), len(labelled.classes), {"pairing": pairing, "seed": seed}
+    for name, m in (("warm_start", model), ("adabn", adabn(model, x))):
+        f = features(m, x)
+        label, _ = propagate(f, labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha)
+        out[f"{name}_propagated"] = (label[len(labelled):] == rest.y).float().mean().item()
+        out[f"{name}_head"] = (m.head(f[len(labelled):]).argmax(1) == rest.y).float().mean().item()
+    return out
+
+
+def auroc(inside: torch.Tensor, outside: torch.Tensor) -> float:
+    """P(an image of the target scores above an outsider)."""
+    r = torch.cat([inside, outside]).argsort().argsort().double() + 1
+    n, m = len(inside), len(outside)
+    return ((r[:n].sum() - n * (n + 1) / 2) / (n * m)).item()
+
+
+def modes(v: np.ndarray) -> dict:
+    one, two = (GaussianMixture(c, random_state=0).fit(v[:, None]) for c in (1, 2))
+    mu, sd = two.means_.ravel(), np.sqrt(two.covariances_.ravel())
+    return {"bic_gain_per_image": float((one.bic(v[:, None]) - two.bic(v[:, None])) / len(v)),
+            "ashman_d": float(abs(mu[0] - mu[1]) / np.sqrt((sd[0] ** 2 + sd[1] ** 2) / 2))}
+
+
+def outsider_scores(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    model = trained(pairing, "pp", seed, files, cache, work)
+    labelled, _, rest, _ = prepare_splits(cfg, None)
+    k, n, out = len(labelled.classes), len(rest), {"pairing": pairing, "seed": seed}
+    fl = features(model, labelled.x)
+    for pool, x in (("clean", rest.x), ("mixed", torch.cat([rest.x, outsiders(pairing, n)]))):
+        f = features(model, x)
+        _, certainty = propagate(torch.cat([fl, f]), labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha)
+        certainty = certainty[len(labelled):]
+        out[pool] = modes(certainty.numpy())
+        if pool == "mixed":
+            near = (F.normalize(f, dim=1) @ F.normalize(fl, dim=1).T).max(1).values
+            with torch.no_grad():
+                top = F.softmax(model.head(f), 1).max(1).values
+            out["auroc"] = {name: auroc(s[:n], s[n:]) for name, s in
+                            (("certainty", certainty), ("nearest_label_cosine", near), ("max_softmax", top))}
+    return out
+
+
+def ensemble(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    models = {row: trained(pairing, row, seed, files, cache, work) for row in ("scratch", "pp")}
+    out = {"pairing": pairing, "seed": seed}
+    for split in ("val", "test"):
+        data = load_dataset(str(files[split]))
+        with torch.no_grad():
+            p = {row: torch.cat([F.softmax(m(data.x[i:i + 512]), 1) for i in range(0, len(data), 512)])
+                 for row, m in models.items()}
+        p["ensemble"] = (p["scratch"] + p["pp"]) / 2
+        out |= {f"{split}_{row}": 100 * (q.argmax(1) == data.y).float().mean().item() for row, q in p.items()}
+    return out
+
+
+SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "other classes"]),
+           "ensemble": (ensemble, SIX)}
+
+
+def report(screen: str, rows: list[dict], summary: bool = True) -> None:
+    for r in rows:
+        if screen == "graph":
+            print(f"{r['pairing']:14s} {r['seed']}  propagated labels right: warm start "
+                  f"{r['warm_start_propagated']:.3f}, AdaBN {r['adabn_propagated']:.3f}  "
+                  f"(head {r['warm_start_head']:.3f} / {r['adabn_head']:.3f})")
+        elif screen == "outsiders":
+            a, c, m = r["auroc"], r["clean"], r["mixed"]
+            print(f"{r['pairing']:14s} {r['seed']}  AUROC certainty {a['certainty']:.2f} cosine "
+                  f"{a['nearest_label_cosine']:.2f} softmax {a['max_softmax']:.2f} | two modes, clean pool: BIC gain "
+                  f"{c['bic_gain_per_image']:.2f} D {c['ashman_d']:.2f}; with outsiders: "
+                  f"{m['bic_gain_per_image']:.2f} D {m['ashman_d']:.2f}")
+        else:
+            print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
+                  f"ensemble {r['val_ensemble']:.1f}  (test {r['test_scratch']:.1f} / {r['test_pp']:.1f} / "
+                  f"{r['test_ensemble']:.1f})")
+    if summary and screen == "graph":
+        d = [r["adabn_propagated"] - r["warm_start_propagated"] for r in rows]
+        print(f"AdaBN - warm start: {100 * np.mean(d):+.2f} ± {100 * np.std(d):.2f} points "
+              f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
+    elif summary and screen == "ensemble":
+        for base in ("scratch", "pp"):
+            d = [r["val_ensemble"] - r[f"val_{base}"] for r in rows]
+            print(f"ensemble - {base}, validation: {np.mean(d):+.2f} ± {np.std(d):.2f}")
+        d = [r["val_ensemble"] - max(r["val_scratch"], r["val_pp"]) for r in rows]
+        print(f"ensemble - the better of the two, validation: {np.mean(d):+.2f} ± {np.std(d):.2f} "
+              f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("screen", choices=sorted(SCREENS))
+    ap.add_argument("--cache", type=Path, required=True, help="PP weights, shared with benchmarks/transfer.py")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/screen-SCREEN.json")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    fn, pairings = SCREENS[args.screen]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pairing in pairings:
+            files = write_pairing(pairing, Path(tmp))
+            for seed in range(args.seeds):
+                rows.append(fn(pairing, seed, files, args.cache, Path(tmp)))
+                report(args.screen, rows[-1:], summary=False)
+    print()
+    report(args.screen, rows)
+    out = args.out or ROOT / f"benchmarks/results/screen-{args.screen}.json"
+    out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
