@@ -3,6 +3,7 @@
     python benchmarks/screens.py --cache DIR graph        # six pairings, seeds 0-2, ~1 minute with PP cached
     python benchmarks/screens.py --cache DIR outsiders    # example and other classes, seeds 0-2, ~1 minute
     python benchmarks/screens.py --cache DIR ensemble     # six pairings, seeds 0-2, ~8 minutes (trains scratch)
+    python benchmarks/screens.py --cache DIR distill      # the four tuned pairings, seeds 0-2, ~20 minutes
 
 - `graph`: label propagation's first labels (the warm start's features, as the SSL phase starts from them) scored
   against the unlabelled pool's true labels, with the warm start's batch-norm statistics (what the default uses) and
@@ -14,6 +15,9 @@
   mixture against one: BIC gain per image and Ashman's D), which a filter could be gated on.
 - `ensemble`: scratch, pp, and the average of their softmax outputs (what a distilled ensemble could at best reach),
   validation and test accuracy: a hedge between the two choices auto makes from the labels alone.
+- `distill`: one network distilled from that ensemble, as a device could run it: starting from pp's (or scratch's)
+  fine-tuned weights, 400 steps toward the ensemble's outputs on strong views of the labelled images, half of them
+  mixed in pairs, beside the labels' cross-entropy: the labels are the only target images there are.
 
 Validation accuracy (or the pool's labels, which a run never sees) judges; test only reports. The result:
 docs/transfer-selection.md ("Screened and not built").
@@ -24,9 +28,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,6 +41,7 @@ from sklearn.mixture import GaussianMixture
 
 from edgeppt.data import load_dataset
 from edgeppt.models import ClassifierNet, create_model
+from edgeppt.train import augment
 from edgeppt.transfer import run_transfer
 from edgeppt.transfer.run import prepare_splits
 from edgeppt.transfer.ssl import propagate
@@ -135,8 +142,51 @@ def ensemble(pairing: str, seed: int, files: dict[str, Path], cache: Path, work:
     return out
 
 
+def distill_from(student: ClassifierNet, teachers: list[ClassifierNet], cfg, labelled, steps: int = 400,
+                 lr: float = 0.01) -> ClassifierNet:
+    """student, trained toward the teachers' mean softmax on strong views of the labels (half of each batch mixed in
+    pairs) and on the labels' cross-entropy (weak views, smoothed as the target phase smooths them)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(0, len(labelled), (64,), generator=g)
+        x = augment.strong(labelled.x[idx], g, cfg.augment)
+        lam, perm = torch.rand(64, 1, 1, 1, generator=g), torch.randperm(64, generator=g)
+        x = torch.where((torch.arange(64) < 32)[:, None, None, None], lam * x + (1 - lam) * x[perm], x)
+        with torch.no_grad():
+            target = cast(torch.Tensor, sum(F.softmax(t(x), 1) for t in teachers)) / len(teachers)
+        weak = augment.weak(labelled.x[idx[:32]], g, cfg.augment)
+        student.train()
+        out = student(torch.cat([x, weak]))
+        loss = (F.kl_div(F.log_softmax(out[:64], 1), target, reduction="batchmean")
+                + F.cross_entropy(out[64:], labelled.y[idx[:32]], label_smoothing=cfg.label_smoothing))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return student.eval()
+
+
+def distill(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    models = {row: trained(pairing, row, seed, files, cache, work) for row in ("scratch", "pp")}
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    labelled = prepare_splits(cfg, None)[0]
+    nets = models | {f"distilled from {init}": distill_from(copy.deepcopy(models[init]), list(models.values()), cfg,
+                                                            labelled) for init in ("pp", "scratch")}
+    out = {"pairing": pairing, "seed": seed}
+    for split in ("val", "test"):
+        data = load_dataset(str(files[split]))
+        with torch.no_grad():
+            p = {row: torch.cat([F.softmax(m(data.x[i:i + 512]), 1) for i in range(0, len(data), 512)])
+                 for row, m in nets.items()}
+        p["ensemble"] = (p["scratch"] + p["pp"]) / 2
+        out |= {f"{split}_{row}": 100 * (q.argmax(1) == data.y).float().mean().item() for row, q in p.items()}
+    return out
+
+
 SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "other classes"]),
-           "ensemble": (ensemble, SIX)}
+           "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4])}
 
 
 def report(screen: str, rows: list[dict], summary: bool = True) -> None:
@@ -151,6 +201,10 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
                   f"{a['nearest_label_cosine']:.2f} softmax {a['max_softmax']:.2f} | two modes, clean pool: BIC gain "
                   f"{c['bic_gain_per_image']:.2f} D {c['ashman_d']:.2f}; with outsiders: "
                   f"{m['bic_gain_per_image']:.2f} D {m['ashman_d']:.2f}")
+        elif screen == "distill":
+            print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
+                  f"ensemble {r['val_ensemble']:.1f} distilled from pp {r['val_distilled from pp']:.1f}, from scratch "
+                  f"{r['val_distilled from scratch']:.1f}")
         else:
             print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
                   f"ensemble {r['val_ensemble']:.1f}  (test {r['test_scratch']:.1f} / {r['test_pp']:.1f} / "
@@ -159,6 +213,12 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
         d = [r["adabn_propagated"] - r["warm_start_propagated"] for r in rows]
         print(f"AdaBN - warm start: {100 * np.mean(d):+.2f} ± {100 * np.std(d):.2f} points "
               f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
+    elif summary and screen == "distill":
+        for init in ("pp", "scratch"):
+            for base in (init, "ensemble"):
+                d = [r[f"val_distilled from {init}"] - r[f"val_{base}"] for r in rows]
+                print(f"distilled from {init} - {base}, validation: {np.mean(d):+.2f} ± {np.std(d):.2f} "
+                      f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
     elif summary and screen == "ensemble":
         for base in ("scratch", "pp"):
             d = [r["val_ensemble"] - r[f"val_{base}"] for r in rows]
