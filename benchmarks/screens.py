@@ -41,7 +41,7 @@ from sklearn.mixture import GaussianMixture
 
 from edgeppt.data import load_dataset
 from edgeppt.models import ClassifierNet, create_model
-from edgeppt.train import augment
+from edgeppt.train import augment, probe
 from edgeppt.transfer import run_transfer
 from edgeppt.transfer.run import prepare_splits
 from edgeppt.transfer.ssl import propagate
@@ -63,9 +63,8 @@ def trained(pairing: str, row: str, seed: int, files: dict[str, Path], cache: Pa
     return model.eval()
 
 
-@torch.no_grad()
 def features(model: ClassifierNet, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model.forward_features(x[i:i + 512]) for i in range(0, len(x), 512)])
+    return probe.features(model, x, normalize=False)
 
 
 @torch.no_grad()
@@ -129,17 +128,22 @@ def outsider_scores(pairing: str, seed: int, files: dict[str, Path], cache: Path
     return out
 
 
-def ensemble(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
-    models = {row: trained(pairing, row, seed, files, cache, work) for row in ("scratch", "pp")}
-    out = {"pairing": pairing, "seed": seed}
+def accuracies(nets: dict[str, ClassifierNet], files: dict[str, Path]) -> dict[str, float]:
+    """Validation and test accuracy % of each network and of the scratch + pp ensemble (their mean softmax)."""
+    out: dict[str, float] = {}
     for split in ("val", "test"):
         data = load_dataset(str(files[split]))
         with torch.no_grad():
             p = {row: torch.cat([F.softmax(m(data.x[i:i + 512]), 1) for i in range(0, len(data), 512)])
-                 for row, m in models.items()}
+                 for row, m in nets.items()}
         p["ensemble"] = (p["scratch"] + p["pp"]) / 2
         out |= {f"{split}_{row}": 100 * (q.argmax(1) == data.y).float().mean().item() for row, q in p.items()}
     return out
+
+
+def ensemble(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    models = {row: trained(pairing, row, seed, files, cache, work) for row in ("scratch", "pp")}
+    return {"pairing": pairing, "seed": seed} | accuracies(models, files)
 
 
 def distill_from(student: ClassifierNet, teachers: list[ClassifierNet], cfg, labelled, steps: int = 400,
@@ -174,15 +178,7 @@ def distill(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: 
     labelled = prepare_splits(cfg, None)[0]
     nets = models | {f"distilled from {init}": distill_from(copy.deepcopy(models[init]), list(models.values()), cfg,
                                                             labelled) for init in ("pp", "scratch")}
-    out = {"pairing": pairing, "seed": seed}
-    for split in ("val", "test"):
-        data = load_dataset(str(files[split]))
-        with torch.no_grad():
-            p = {row: torch.cat([F.softmax(m(data.x[i:i + 512]), 1) for i in range(0, len(data), 512)])
-                 for row, m in nets.items()}
-        p["ensemble"] = (p["scratch"] + p["pp"]) / 2
-        out |= {f"{split}_{row}": 100 * (q.argmax(1) == data.y).float().mean().item() for row, q in p.items()}
-    return out
+    return {"pairing": pairing, "seed": seed} | accuracies(nets, files)
 
 
 SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "other classes"]),
