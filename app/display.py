@@ -50,7 +50,8 @@ def trial_rows(trials: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The search ledger as a table: readable column names, rounded values, empty cells where nothing applies
     (a rejected candidate has no accuracy, a non-finalist no mean of seeds)."""
     return [dict(zip(TRIAL_COLUMNS, (
-        "" if r.get("trial") is None else str(r["trial"]), str(r.get("status") or ""),
+        str(r["reference"]) if r.get("reference") else "" if r.get("trial") is None else str(r["trial"]),
+        str(r.get("status") or ""),
         percent(r.get("accuracy")), percent(r.get("final_accuracy")), number(r.get("latency_ms"), 3),
         str(r.get("latency_kind") or ""), count(r.get("params")), count(r.get("macs")),
         number(r.get("peak_activation_kib"), 1), number(r.get("train_s"), 1)))) for r in trials]

@@ -408,7 +408,7 @@ def search_trials(folder: Path) -> list[dict[str, Any]]:
     from edgeppt.search.ledger import read_trials
 
     cols = ("order", "trial", "status", "accuracy", "final_accuracy", "latency_ms", "latency_kind", "params", "macs",
-            "peak_activation_kib", "train_s")
+            "peak_activation_kib", "train_s", "reference")
     return [{k: r.get(k) for k in cols} for r in read_trials(folder)]
 
 
@@ -418,8 +418,9 @@ def show_search(run: Path, status: dict[str, Any]) -> None:
     cfg = read_json(folder / "search_config.json") or {}
     trained = [r for r in rows if r.get("status") == "trained"]
     if cfg:
-        st.progress(min(len(trained) / max(cfg.get("trials", 1), 1), 1.0),
-                    text=f"trained {len(trained)} / {cfg.get('trials')} candidates; "
+        done = sum(not r.get("reference") for r in trained)  # the hand-designed reference is not one of the trials
+        st.progress(min(done / max(cfg.get("trials", 1), 1), 1.0),
+                    text=f"trained {done} / {cfg.get('trials')} candidates; "
                          f"{sum(r.get('status') == 'rejected' for r in rows)} rejected as over budget")
     if trained:
         from edgeppt.devices import load_profile

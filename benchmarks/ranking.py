@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scipy.stats import kendalltau
+from scipy.stats import kendalltau, rankdata, spearmanr
 
 from edgeppt.config import SearchConfig, SpaceConfig, TransferConfig
 from edgeppt.data import EXAMPLE_TARGET, ImageSet, few_shot, load_dataset, train_test_split
@@ -111,6 +111,14 @@ def table(rows: list[dict]) -> dict[str, Any]:
         secs = {"cv": "cv_s", "pp_probe": "cv_s", "pp_source": "cv_s", "val20": "val20_s"}.get(name)
         cost = f"{sum(r[secs] for r in rows) / len(rows):.1f}" if secs else "0"
         print(f"| {name} | {labels} | {tau:.3f} | {p:.3f} | {cost} |")
+    # Is a proxy's ranking error tied to size? Spearman of (rank by reference - rank by proxy) against MACs and
+    # parameters: positive where the proxy under-rates the larger networks (search/report.py's tie rule).
+    print("\n| proxy | its rank error vs MACs (Spearman, p) | vs parameters |\n|---|---:|---:|")
+    for name in ("val20", "cv", "pp_probe", "pp_source", "init_probe"):
+        err = rankdata(ref_acc) - rankdata([r[name] for r in rows])
+        by = {k: spearmanr(err, [r[k] for r in rows]) for k in ("macs", "params")}
+        out[name]["rank_error_vs"] = {k: {"rho": v[0], "p": v[1]} for k, v in by.items()}
+        print(f"| {name} | " + " | ".join(f"{by[k][0]:+.2f} ({by[k][1]:.3f})" for k in ("macs", "params")) + " |")
     seeds = len(rows[0]["reference_seeds"])
     pairs = [kendalltau([r["reference_seeds"][a] for r in rows], [r["reference_seeds"][b] for r in rows])[0]
              for a in range(seeds) for b in range(a + 1, seeds)]

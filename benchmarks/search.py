@@ -33,19 +33,19 @@ from edgeppt.models.mobilenet import mbv2_config
 from edgeppt.search import run_search
 from edgeppt.search.costs import count_costs
 from edgeppt.search.latency import measure_latency
+from edgeppt.search.reference import WIDTHS, reference_arch
 from edgeppt.transfer import run_transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLE = ROOT / "bundles" / "animals-src"
-WIDTHS = [2.0, 1.75, 1.5, 1.25, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25]
 
 
 def baseline(budget_ms: float, in_shape, threads: int, classes: int) -> tuple[dict, float, float]:
     """The widest MobileNet-like baseline whose measured latency fits (the hand-designed choice)."""
     t = time.perf_counter()
     for w in WIDTHS:
-        arch = {"family": "mobilenet", "config": mbv2_config(w)}
+        arch = reference_arch(w)
         lat = measure_latency(create_model(arch, classes, in_shape[0]), in_shape, threads)
         if lat <= budget_ms:
             return {**arch, "width_mult": w}, lat, time.perf_counter() - t
@@ -125,9 +125,13 @@ def main() -> None:
             run_dir = tmp / f"{strategy}-{search_seed}"
             s = run_search(cfg, run_dir, resume=(run_dir / "search_config.json").exists(), progress=True)
             rows[label] = {"arch": s["best"]["arch"], "search_s": time.perf_counter() - t,
-                           "proxy_accuracy": s["best"]["proxy_accuracy"], "rejected": s["rejected"]}
+                           "proxy_accuracy": s["best"]["proxy_accuracy"], "rejected": s["rejected"],
+                           "why": s["why"], "reference": s["reference"]}
             print(f"{label}: search {rows[label]['search_s']:.0f}s, proxy acc {s['best']['proxy_accuracy']:.3f}, "
-                  f"latency {s['best']['latency_ms']:.3f} ms, {s['rejected']} rejected", flush=True)
+                  f"latency {s['best']['latency_ms']:.3f} ms, {s['rejected']} rejected; chosen: {s['why']}"
+                  + (f"; the search's own reference {s['reference']['name']} scored "
+                     f"{s['reference']['proxy_accuracy']:.3f}" + (" and is the pick" if s["reference"]["chosen"]
+                                                                  else "") if s["reference"] else ""), flush=True)
         in_shape, classes = (1, 28, 28), 5
         if not any(k.startswith("hand-designed") for k in rows):
             arch, lat, t_base = baseline(args.latency_ms, in_shape, profile.threads, classes)

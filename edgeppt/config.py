@@ -368,8 +368,8 @@ class SearchConfig(SourceTrust):
     """`edgeppt search`: find the most accurate architecture of the space within a device's budgets."""
     # May change on resume (edgeppt.runs.resume_conflicts): more trials or finalists continue the same search.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "trials", "engine", "concurrency", "finalists",
-                                                       "final_seeds", "workers", "manager_ip", "latency_cache",
-                                                       "trial_retries"}) \
+                                                       "final_seeds", "reference", "workers", "manager_ip",
+                                                       "latency_cache", "trial_retries"}) \
         | SourceTrust.TRUST_FIELDS
     source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
     target: str
@@ -400,6 +400,8 @@ class SearchConfig(SourceTrust):
     finalists: int = Field(3, ge=0, description="after the trials, the best this many are re-trained with "
                                                 "final_seeds more proxy seeds and the winner is the best mean (0: off)")
     final_seeds: int = Field(2, ge=1, description="extra proxy seeds per finalist")
+    reference: bool = Field(True, description="also train the hand-designed MobileNet-like layout at the widest "
+                            "width that fits the budgets, and re-rank it with the finalists (needs finalists > 0)")
     engine: Literal["sequential", "local", "remote"] = Field("sequential", description="NNI execution: in this "
         "process; NNI's local training service (a process per trial); or its remote one (trials on the SSH `workers`)")
     concurrency: int = Field(1, ge=1, description="trials at once (training-service engines)")

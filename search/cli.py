@@ -110,7 +110,7 @@ def search(
     cfg = guarded(merged, SearchConfig, config, overrides, set_)
     s = guarded(run_search, cfg, out, resume=resume is not None, progress=not quiet)
     b = s["best"]
-    table = Table(title=f"best of {s['trained']} trials on {s['device']} ({s['rejected']} rejected over budget)")
+    table = Table(title=f"best of {s['trained']} candidates on {s['device']} ({s['rejected']} rejected over budget)")
     for col in ("proxy accuracy", "latency ms", "MACs", "params", "peak activation KiB"):
         table.add_column(col, justify="right")
     seeds = len(b.get("proxy_seed_accuracies") or [0])
@@ -118,6 +118,11 @@ def search(
                   f"{b['latency_ms']:.3f} ({b['latency_kind']})", f"{b['macs']:,}",
                   f"{b['params']:,}", f"{b['peak_activation_kib']:.1f}")
     Console().print(table)
+    console.print(f"chosen: {s['why']}", soft_wrap=True)
+    if (ref := s.get("reference")) is not None:
+        console.print(f"{ref['name']} (trained as a candidate): proxy accuracy {100 * ref['proxy_accuracy']:.1f}%, "
+                      f"{ref['latency_ms']:.3f} ms, {ref['macs']:,} MACs"
+                      + ("; it is the pick" if ref["chosen"] else ""), soft_wrap=True)
     ranked = (f"{cfg.folds}-fold cross-validation over the {cfg.labels_per_class} training labels per class" if not
               cfg.val_per_class else f"{cfg.val_per_class} extra validation labels per class")
     console.print(f"labels used: {cfg.labels_per_class + cfg.val_per_class} per class; candidates ranked by {ranked}",

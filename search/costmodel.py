@@ -42,6 +42,9 @@ class CostModel:
             if "int8" in profile.export.formats else None
         self._seen: list[tuple[dict, float]] = []  # (layer features, measured ms) of this search's candidates
 
+    def model(self, arch: dict):
+        return create_model(arch, self.num_classes, self.in_shape[0])
+
     def costs(self, arch: dict, screen: bool = False) -> dict:
         """MACs, params, peak activation and latency (`latency_kind` says how it was obtained).
 
@@ -49,7 +52,7 @@ class CostModel:
         or one whose latency a predictor fitted on this search's own measurements puts above SCREEN_MARGIN x the
         budget. Such candidates are rejected on that evidence; a candidate is never admitted without a measurement.
         """
-        model = create_model(arch, self.num_classes, self.in_shape[0])
+        model = self.model(arch)
         c = count_costs(model, self.in_shape).dict()
         if self.predictor is not None:
             c.update(latency_ms=self.predictor.predict_model(model, self.in_shape), latency_kind="predicted")

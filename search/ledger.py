@@ -64,7 +64,12 @@ class Ledger:
         return merged
 
     def trained(self) -> list[dict]:
+        """Every trained candidate, the hand-designed reference included."""
         return [r for r in self.records.values() if r.get("status") == "trained"]
+
+    def trials(self) -> list[dict]:
+        """The trained candidates the strategy proposed (what `trials` counts): the reference is not one."""
+        return [r for r in self.trained() if not r.get("reference")]
 
     def lost(self) -> list[dict]:
         """Candidates whose training started but never ended: their trial process (or worker) died."""

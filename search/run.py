@@ -25,7 +25,7 @@ from edgeppt.devices import Budgets, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_json, resume_conflicts
 
-from . import report
+from . import reference, report
 from .costmodel import CostModel
 from .latency_cache import LatencyCache
 from .ledger import Ledger
@@ -95,7 +95,7 @@ class SearchContext:
         except KeyboardInterrupt:
             self.interrupted = True
             raise
-        n = len(self.ledger.trained()) + 1
+        n = len(self.ledger.trials()) + 1
         rec = self.ledger.add({"key": key, "status": "trained", "trial": n, "pid": os.getpid(), **result})
         if self.progress:
             best = max(r["accuracy"] for r in self.ledger.trained())
@@ -105,8 +105,29 @@ class SearchContext:
                                  f"train {rec['train_s']:.0f}s; best {best:.3f}")
         return rec["accuracy"]
 
+    def train_reference(self) -> None:
+        """Train the hand-designed reference (search/reference.py) once, as a candidate outside the strategy."""
+        cfg = self.cfg
+        if not (cfg.reference and cfg.finalists) or self.ledger.get(reference.KEY):
+            return
+        found = reference.widest_fitting(self.cost)
+        if found is None:  # recorded, so a resumed search does not scan again
+            self.ledger.add({"key": reference.KEY, "order": len(self.ledger.records), "status": "unfit",
+                             "reference": "none of x0.25-x2.0 fits", "arch": None, "latency_ms": None})
+            return
+        width, arch, costs = found
+        result = evaluate_arch(arch, self.data, cfg.proxy, seed=cfg.seed, aug=cfg.augment)
+        rec = self.ledger.add({"key": reference.KEY, "order": len(self.ledger.records), "sample": None, "arch": arch,
+                               **costs, "violations": [], "reference": f"hand-designed x{width:g}",
+                               "status": "trained", "trial": 0, "pid": os.getpid(), **result})
+        if self.progress:
+            report.console.print(f"hand-designed reference (MobileNet-like x{width:g}): accuracy "
+                                 f"{rec['accuracy']:.3f}, latency {rec['latency_ms']:.3f} ms, "
+                                 f"{rec['macs'] / 1e6:.2f} M MACs")
+
     def rerank(self) -> None:
-        """Re-train the `finalists` best candidates with `final_seeds` more proxy seeds; store each one's mean.
+        """Re-train the `finalists` best candidates, and the reference, with `final_seeds` more proxy seeds; store
+        each one's mean.
 
         One proxy run's seed noise (initialisation, batch order, 4 labels per class) is as large as the gaps
         between good candidates, so the single-seed best is partly luck: the winner's curse. Finalists are chosen
@@ -115,7 +136,9 @@ class SearchContext:
         cfg = self.cfg
         if cfg.finalists == 0:
             return
-        top = sorted(self.ledger.trained(), key=lambda r: (-r["accuracy"], r["order"]))[:cfg.finalists]
+        trained = self.ledger.trained()
+        top = sorted(trained, key=lambda r: (-r["accuracy"], r["order"]))[:cfg.finalists]
+        top += [r for r in trained if r.get("reference") and r not in top]  # the bar every search must clear
         for rank, rec in enumerate(top, 1):
             accs = list(rec.get("seed_accuracies") or [rec["accuracy"]])
             for s in range(len(accs), 1 + cfg.final_seeds):
@@ -288,14 +311,14 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         smallest = check_feasible(ctx)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
-        done = len(ctx.ledger.trained())
+        done = len(ctx.ledger.trials())
         if progress:
             report.console.print(f"search on {ctx.profile.name} ({ctx.profile.latency} latency), budgets "
                                  f"{ctx.cost.budgets.model_dump(exclude_none=True)}; strategy {cfg.strategy}, "
                                  f"{cfg.trials} trials" + (f"; {done} already done" if done else ""))
         logging.getLogger("nni").setLevel(logging.WARNING)
         for attempt in range(1 + cfg.trial_retries):
-            if len(ctx.ledger.trained()) >= cfg.trials:
+            if len(ctx.ledger.trials()) >= cfg.trials:
                 break
             exp = _experiment(cfg, ctx, out)
             try:
@@ -317,6 +340,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         ctx.ledger.reload()
         if not ctx.interrupted and ctx.ledger.trained():
             try:
+                ctx.train_reference()
                 ctx.rerank()  # in this process, after the trials (threads already set above)
             except KeyboardInterrupt:
                 ctx.interrupted = True  # reported below, with what is done so far

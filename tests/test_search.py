@@ -27,6 +27,8 @@ from edgeppt.search.latency import measure_latency
 from edgeppt.search.ledger import Ledger
 from edgeppt.search.predictor import FEATURES, LatencyPredictor
 from edgeppt.search.record import read_best
+from edgeppt.search.reference import WIDTHS, reference_arch
+from edgeppt.search.report import choose_best, noise_margin
 from edgeppt.search.run import budgets_of
 from edgeppt.search.space import EdgeCNNSpace, choices, random_sample, to_arch
 
@@ -161,8 +163,9 @@ def test_filter_never_admits_an_over_budget_candidate(tmp_path):
     s = run_search(SearchConfig(device=str(prof), strategy="random", trials=3, **FAST), tmp_path / "run",
                    progress=False)
     rows = json.loads((tmp_path / "run" / "trials.json").read_text())
-    trained = [r for r in rows if r["status"] == "trained"]
-    assert len(trained) == 3 and s["rejected"] == len([r for r in rows if r["status"] == "rejected"]) > 0
+    trained = [r for r in rows if r["status"] == "trained"]  # the 3 trials and the hand-designed reference
+    assert len([r for r in trained if not r["reference"]]) == 3
+    assert s["rejected"] == len([r for r in rows if r["status"] == "rejected"]) > 0
     for r in trained:
         assert r["latency_ms"] <= 0.8 and r["params"] <= 150_000 and r["peak_activation_kib"] <= 30.0
     for r in rows:
@@ -176,7 +179,7 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
     out = tmp_path / "run"
     run_search(cfg, out, progress=False)
     lines = (out / "trials.jsonl").read_text().splitlines()
-    first = [json.loads(ln) for ln in lines if '"trained"' in ln]
+    first = [json.loads(ln) for ln in lines if '"trained"' in ln and '"reference"' not in ln]
     assert [r["trial"] for r in first] == [1, 2, 3]
     # Simulate a kill during trial 3: keep the ledger up to trial 2 plus half a line.
     cut = lines.index(next(ln for ln in lines if '"trial": 3' in ln))
@@ -185,10 +188,10 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
         run_search(cfg, out, progress=False)
     s = run_search(cfg.model_copy(update={"trials": 4}), out, resume=True, progress=False)
     recs = [json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines()]
-    trained = [r for r in recs if r.get("status") == "trained"]
+    trained = [r for r in recs if r.get("status") == "trained" and not r.get("reference")]
     assert [r["trial"] for r in trained] == [1, 2, 3, 4]  # 1 and 2 kept (not re-run), 3 redone, 4 new
     assert trained[:2] == first[:2] and len({r["key"] for r in trained}) == 4
-    assert s["trained"] == 4
+    assert s["trained"] == 5  # and the hand-designed reference, trained once more (its line came after the cut)
     with pytest.raises(EdgepptError, match="other settings"):
         run_search(cfg.model_copy(update={"seed": 5}), out, resume=True, progress=False)
 
@@ -200,7 +203,8 @@ def test_finalists_are_retrained_with_more_seeds_and_the_best_mean_wins(tmp_path
     real = search_run.evaluate_arch
     monkeypatch.setattr(search_run, "evaluate_arch", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
     prof = predicted_profile(tmp_path, latency_ms=1.0)
-    cfg = SearchConfig(device=str(prof), strategy="random", trials=4, finalists=2, final_seeds=2, **FAST)
+    cfg = SearchConfig(device=str(prof), strategy="random", trials=4, finalists=2, final_seeds=2, reference=False,
+                       **FAST)
     out = tmp_path / "run"
     s = run_search(cfg, out, progress=False)
     assert sorted(calls) == [0, 0, 0, 0, 1, 1, 2, 2]  # 4 trials at seed 0, then 2 finalists x 2 more seeds
@@ -212,7 +216,8 @@ def test_finalists_are_retrained_with_more_seeds_and_the_best_mean_wins(tmp_path
     for f in finalists:
         seeds = recs[next(k for k, r in recs.items() if r.get("trial") == f["trial"])]["seed_accuracies"]
         assert len(seeds) == 3 and seeds[0] == f["accuracy"] and f["final_accuracy"] == pytest.approx(np.mean(seeds))
-    winner = max(finalists, key=lambda r: (r["final_accuracy"], -r["latency_ms"]))  # ties: the faster
+    winner, _ = choose_best([recs[k] for k in recs if recs[k].get("status") == "trained"])
+    winner = next(f for f in finalists if f["trial"] == winner["trial"])
     best = json.loads((out / "best.json").read_text())
     assert best["search"]["proxy_accuracy"] == pytest.approx(winner["final_accuracy"]) == s["best"]["proxy_accuracy"]
     assert best["search"]["trial"] == winner["trial"]
@@ -303,6 +308,45 @@ def test_a_lost_trial_is_retried(engine, request, tmp_path):
     assert s["trained"] == 2 and not Ledger(out).lost()
 
 
+def test_within_the_proxys_noise_the_finalist_with_more_macs_wins():
+    def fin(seeds, macs, lat=0.1):
+        return {"key": str(macs), "accuracy": seeds[0], "seed_accuracies": seeds, "final_accuracy": np.mean(seeds),
+                "macs": macs, "latency_ms": lat}
+    small, large, far = fin([0.78, 0.80, 0.82], 1_000_000), fin([0.77, 0.79, 0.81], 5_000_000), \
+        fin([0.69, 0.70, 0.71], 9_000_000)
+    margin = noise_margin([small, large, far])  # one standard error of a difference of two means of 3 seeds
+    assert margin == pytest.approx(np.sqrt(2 * np.mean([4e-4, 4e-4, 1e-4]) / 3))
+    best, why = choose_best([small, large, far])
+    assert best is large and "within one standard error" in why  # 0.01 below the best mean: a tie; far is not
+    lower = fin([0.74, 0.76, 0.78], 5_000_000)  # 0.04 below the best mean: the proxy tells them apart
+    assert choose_best([small, lower, far])[0] is small
+    single = {"key": "a", "accuracy": 0.9, "macs": 1, "latency_ms": 0.2}  # no finalists: the best single run
+    assert choose_best([single, {**single, "key": "b", "accuracy": 0.8, "macs": 9}])[0] is single
+
+
+def test_the_hand_designed_reference_is_trained_and_always_re_ranked(tmp_path):
+    prof = predicted_profile(tmp_path, latency_ms=0.5)
+    cfg = SearchConfig(device=str(prof), strategy="random", trials=2, finalists=1, final_seeds=1, **FAST)
+    out = tmp_path / "run"
+    s = run_search(cfg, out, progress=False)
+    rows = json.loads((out / "trials.json").read_text())
+    ref = [r for r in rows if r["reference"]]
+    assert len(ref) == 1 and ref[0]["status"] == "trained" and ref[0]["finalist"]  # a finalist whatever its score
+    assert len([r for r in rows if r["finalist"]]) == 2  # the one finalist of the trials, and the reference
+    # The widest member of the family that fits: every wider one breaks the budget.
+    width = float(ref[0]["reference"].removeprefix("hand-designed x"))
+    ctx_cost = CostModel(load_profile(prof), budgets_of(cfg, load_profile(prof)), (1, 8, 8), 10)
+    assert ref[0]["arch"] == reference_arch(width) and ref[0]["latency_ms"] <= 0.5
+    wider = [w for w in WIDTHS if w > width]
+    assert wider and all(ctx_cost.violations(ctx_cost.costs(reference_arch(w))) for w in wider)
+    assert s["reference"]["name"] == ref[0]["reference"] and s["reference"]["proxy_accuracy"] == \
+        pytest.approx(ref[0]["final_accuracy"])
+    assert s["reference"]["chosen"] == (s["best"]["arch"] == ref[0]["arch"]) and s["why"]
+    # Off: no reference is trained.
+    s = run_search(cfg.model_copy(update={"reference": False}), tmp_path / "off", progress=False)
+    assert s["reference"] is None and s["trained"] == 2
+
+
 def test_cli_devices_search_and_resume(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["devices", "list"])
@@ -387,7 +431,7 @@ def test_ctrl_c_during_a_trial_keeps_finished_trials_and_says_so(tmp_path, monke
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["trained"] == 1  # partial outputs written
     monkeypatch.setattr(run_mod, "evaluate_arch", real)
     s = run_search(cfg, tmp_path / "run", resume=True, progress=False)
-    assert s["trained"] == 3 and len(calls) == 2
+    assert s["trained"] == 4 and len(calls) == 2  # 3 trials and the hand-designed reference
 
 
 def test_candidates_can_be_ranked_on_the_training_labels_alone():
