@@ -16,6 +16,11 @@ METHODS = ("auto", "scratch", "kd", "pp", "pp+kd", "pssl", "pp+pssl", "ssl", "pp
 SSL_ALGORITHMS = ("anchor", "fixmatch", "uda", "pseudolabel", "meanteacher", "labelprop")
 
 
+# The labels-only target phase's recipe, shared by transfer and the search's proxy (which mirrors it in short).
+TARGET_BATCH = 32
+LABEL_SMOOTHING = 0.1
+COSINE_HEAD = 10.0
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -217,7 +222,7 @@ class TransferConfig(SourceTrust):
     method: Literal[METHODS] = "auto"  # type: ignore[valid-type]
     seed: int = 0
     image_size: int | None = Field(None, ge=8, le=512)
-    batch_size: int = Field(32, ge=1, description="labelled batch size")
+    batch_size: int = Field(TARGET_BATCH, ge=1, description="labelled batch size")
     lr: float = Field(0.05, gt=0, description="learning rate of the target phases (SGD, cosine decay)")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay of the target phases")
     pretrain_steps: int = Field(400, ge=0, description="PP: steps classifying generated source-class samples")
@@ -244,14 +249,14 @@ class TransferConfig(SourceTrust):
                              "before the whole network is fine-tuned (LP-FT)")
     ema: float = Field(0.0, ge=0, le=1, description="each target phase ends on an exponential moving average of its "
                        "weights spanning this share of the phase (0 = off)")
-    label_smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the supervised target phases "
-                                   "(chosen on validation accuracy: docs/transfer-selection.md)")
+    label_smoothing: float = Field(LABEL_SMOOTHING, ge=0, lt=1, description="label smoothing of the supervised "
+                                   "target phases (chosen on validation accuracy: docs/transfer-selection.md)")
     sam: float = Field(0.0, ge=0, description="sharpness-aware minimisation in the labels-only target phases: the "
                        "radius rho of the weight perturbation (0 = off; each step then costs two passes)")
     mixup: float = Field(0.0, ge=0, description="mixup of the labelled images in the supervised target phases: "
                          "Beta(a, a)'s a (0 = off)")
-    cosine_head: float = Field(10.0, ge=0, description="the labels-only target phases (scratch, pp, the SSL warm "
-                               "starts) train a cosine classifier at this scale, imprinted from the labels' class "
+    cosine_head: float = Field(COSINE_HEAD, ge=0, description="the labels-only target phases (scratch, pp, the SSL "
+                               "warm starts) train a cosine classifier at this scale, imprinted from the labels' class "
                                "means, then baked into the plain linear head (0 = a plain linear head; chosen on "
                                "validation accuracy: docs/transfer-selection.md)")
     kd_weight: float = Field(1.0, ge=0)
@@ -347,7 +352,12 @@ class ProxyConfig(Strict):
     pretrain_batch: int = Field(64, ge=2)
     pretrain_pool: int = Field(2048, ge=16, description="generated source samples drawn once and shared by all trials")
     finetune_steps: int = Field(100, ge=1)
-    batch_size: int = Field(20, ge=1)
+    # The fine-tune trains as transfer's labels-only phase does (its batch, label smoothing and imprinted cosine
+    # head, warm-up and schedule floor): with a plain head and no smoothing the proxy ranked the wide hand-designed
+    # network below small searched ones that transfer 2-4 points worse (docs/search.md).
+    batch_size: int = Field(TARGET_BATCH, ge=1)
+    label_smoothing: float = Field(LABEL_SMOOTHING, ge=0, lt=1)
+    cosine_head: float = Field(COSINE_HEAD, ge=0, description="cosine classifier scale of the fine-tune (0: plain)")
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
 

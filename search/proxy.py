@@ -99,10 +99,16 @@ def label_folds(labelled: ImageSet, k: int) -> list[tuple[ImageSet, ImageSet]]:
 
 
 def _train(model, data: ImageSet, steps: int, batch: int, cfg: ProxyConfig, aug: AugmentConfig, seed: int,
-           name: str) -> None:
-    """One phase of the core's trainer, in memory: no checkpoint, log or progress bar."""
-    phase = Phase(name, steps, Supervised(data, batch, aug=aug), cfg.lr, cfg.weight_decay, evaluate=False,
-                  warmup=0, floor=0.0)
+           name: str, target: bool = False) -> None:
+    """One phase of the core's trainer, in memory: no checkpoint, log or progress bar. The `target` fine-tune
+    trains as transfer's labels-only phase does (a new imprinted cosine head, label smoothing, its schedule)."""
+    if target:
+        objective = Supervised(data, batch, new_head=True, aug=aug, label_smoothing=cfg.label_smoothing,
+                               cosine=cfg.cosine_head)
+        phase = Phase(name, steps, objective, cfg.lr, cfg.weight_decay, evaluate=False)
+    else:
+        phase = Phase(name, steps, Supervised(data, batch, aug=aug), cfg.lr, cfg.weight_decay, evaluate=False,
+                      warmup=0, floor=0.0)
     try:
         Trainer(model, [phase], None, seed, progress=False, channels_last=True).run()
     except EdgepptError as e:
@@ -133,9 +139,7 @@ def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0,
         start = create_model(arch, data.num_classes, data.in_shape[0])
     scores = []
     for f, (train, held) in enumerate(data.folds):
-        model = copy.deepcopy(start)
-        if data.pool is not None:
-            model.reset_head(data.num_classes)
-        _train(model, train, cfg.finetune_steps, cfg.batch_size, cfg, aug, seed, f"fold{f}")
+        model = copy.deepcopy(start)  # the fine-tune puts a new head over the target classes on it
+        _train(model, train, cfg.finetune_steps, cfg.batch_size, cfg, aug, seed, f"fold{f}", target=True)
         scores.append(evaluate(model, held)["accuracy"])
     return {"accuracy": sum(scores) / len(scores), "train_s": time.perf_counter() - t, **extra}
