@@ -224,7 +224,8 @@ def test_search_feeds_its_architecture_to_transfer(tiny_bundle, tmp_path, calls)
     best = json.loads((run / "search" / "best.json").read_text())
     trained = json.loads((run / "transfer" / "report.json").read_text())["model"]["arch"]
     assert trained == {"family": best["family"], "config": best["config"]}
-    assert state["stages"]["search"]["summary"]["trained"] == 1
+    summary = state["stages"]["search"]["summary"]
+    assert summary["trained"] == 2 and summary["reference"] is not None  # one trial and the hand-designed reference
     run_pipeline(cfg, run, until="transfer", progress=False, log=quiet)
     assert calls == {"search": 1, "transfer": 1}
     assert "![Pareto front](pareto.png)" in (run / "report" / "index.md").read_text()
