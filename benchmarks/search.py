@@ -29,7 +29,6 @@ from edgeppt.config import SearchConfig, TransferConfig
 from edgeppt.data import EXAMPLE_TARGET
 from edgeppt.devices import load_profile
 from edgeppt.models import create_model
-from edgeppt.models.mobilenet import mbv2_config
 from edgeppt.search import run_search
 from edgeppt.search.costs import count_costs
 from edgeppt.search.latency import measure_latency
@@ -140,7 +139,7 @@ def main() -> None:
                                                                      "proxy_accuracy": None, "rejected": 0}
         for w in args.reference_widths:
             rows.setdefault(f"reference: MobileNet-like width x{w:g}", {
-                "arch": {"family": "mobilenet", "config": mbv2_config(w)}, "search_s": 0.0, "proxy_accuracy": None,
+                "arch": reference_arch(w), "search_s": 0.0, "proxy_accuracy": None,
                 "rejected": 0})
         for label, r in rows.items():
             if len(r.get("test_accs", [])) == seeds:

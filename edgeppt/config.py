@@ -21,6 +21,7 @@ TARGET_BATCH = 32
 LABEL_SMOOTHING = 0.1
 COSINE_HEAD = 10.0
 
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
