@@ -89,6 +89,10 @@ def plot(rows: list[dict], rejected: list[dict], budget_ms: float | None, best: 
     front = pareto_front(rows)
     xs = [r["latency_ms"] for r in front] + [max(r["latency_ms"] for r in rows)]
     ax.step(xs, [score(r) for r in front] + [score(front[-1])], where="post", c="tab:orange", label="Pareto front")
+    for r in rows:
+        if r.get("reference"):  # the hand-designed network, named where it sits
+            ax.annotate(r["reference"], (r["latency_ms"], score(r)), xytext=(6, -10), textcoords="offset points",
+                        fontsize=7)
     if best:
         ax.scatter([best["latency_ms"]], [score(best)], marker="*", s=160, c="tab:red", label="best", zorder=3)
     if budget_ms:
@@ -138,7 +142,8 @@ def write_outputs(ctx, out: Path, smallest: dict, wall_s: float, source_classifi
         "device": ctx.profile.name, "budgets": budgets, **proxy, "costs": costs, "trial": best["trial"]}})
     atomic_write_json(out / BEST_FILE, result.model_dump(mode="json"))
     plot(trained, rejected, budgets.get("latency_ms"), best, out / "pareto.png",
-         f"{ctx.profile.name}: {ctx.cfg.strategy} search, {len(trained)} trials")
+         f"{ctx.profile.name}: {ctx.cfg.strategy} search, {len(ctx.ledger.trials())} trials"
+         + (" and the hand-designed reference" if len(trained) > len(ctx.ledger.trials()) else ""))
     summary = {"device": ctx.profile.name, "strategy": ctx.cfg.strategy, "budgets": budgets,
                "trained": len(trained), "rejected": len(rejected), "best": {"arch": best["arch"], **proxy, **costs},
                "why": why, "reference": reference_summary(trained, best),
