@@ -4,6 +4,7 @@
     python benchmarks/screens.py --cache DIR outsiders    # example and other classes, seeds 0-2, ~1 minute
     python benchmarks/screens.py --cache DIR ensemble     # six pairings, seeds 0-2, ~8 minutes (trains scratch)
     python benchmarks/screens.py --cache DIR distill      # the four tuned pairings, seeds 0-2, ~20 minutes
+    python benchmarks/screens.py --cache DIR soup         # the four tuned pairings, seeds 0-2, ~25 minutes
 
 - `graph`: label propagation's first labels (the warm start's features, as the SSL phase starts from them) scored
   against the unlabelled pool's true labels, with the warm start's batch-norm statistics (what the default uses) and
@@ -18,6 +19,9 @@
 - `distill`: one network distilled from that ensemble, as a device could run it: starting from pp's (or scratch's)
   fine-tuned weights, 400 steps toward the ensemble's outputs on strong views of the labelled images, half of them
   mixed in pairs, beside the labels' cross-entropy: the labels are the only target images there are.
+- `soup`: pp's labels-only phase run 4 times from the same PP weights with other trainer seeds, and the average of
+  their weights (a uniform model soup, Wortsman et al., 2022): one network, so no latency cost, where an ensemble
+  pays one inference per member.
 
 Validation accuracy (or the pool's labels, which a run never sees) judges; test only reports. The result:
 docs/transfer-selection.md ("Screened and not built").
@@ -39,11 +43,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture
 
+from edgeppt.bundle import open_source
 from edgeppt.data import load_dataset
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.train import augment, probe
+from edgeppt.train.loop import Dist, Phase, Trainer
 from edgeppt.transfer import run_transfer
-from edgeppt.transfer.run import prepare_splits
+from edgeppt.transfer.methods import supervised
+from edgeppt.transfer.run import prepare_splits, pseudo_pretrain
 from edgeppt.transfer.ssl import propagate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,8 +188,42 @@ def distill(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: 
     return {"pairing": pairing, "seed": seed} | accuracies(nets, files)
 
 
+SOUP = 4  # members of a soup
+
+
+def soup(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    """pp's labels-only phase run SOUP times from the same PP weights (the trainer's seed varies batch order, views
+    and the new head), each member alone, their weights averaged (a uniform soup: one network), and their mean
+    softmax (an ensemble of SOUP networks, for scale)."""
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    assert cfg.source is not None
+    bundle = open_source(cfg.source, cfg)
+    labelled = prepare_splits(cfg, bundle)[0]
+    members = []
+    for m in range(SOUP):
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
+        pseudo_pretrain(cfg, model, bundle, work / "soup-pp", Dist(), False, cache, False, labelled.shape[0])
+        Trainer(model, [Phase("pp", cfg.finetune_steps, supervised(cfg, labelled), cfg.lr, cfg.weight_decay)], None,
+                cfg.seed + 7919 * m, progress=False, channels_last=True).run()
+        members.append(model.eval())
+    avg = copy.deepcopy(members[0])
+    avg.load_state_dict({k: (sum(m.state_dict()[k].double() for m in members) / SOUP).to(v.dtype)
+                         for k, v in avg.state_dict().items()})
+    out: dict = {"pairing": pairing, "seed": seed}
+    for split in ("val", "test"):
+        data = load_dataset(str(files[split]))
+        with torch.no_grad():
+            p = [torch.cat([F.softmax(m(data.x[i:i + 512]), 1) for i in range(0, len(data), 512)])
+                 for m in [*members, avg]]
+        acc = [100 * (q.argmax(1) == data.y).float().mean().item() for q in p]
+        out |= {f"{split}_members": acc[:-1], f"{split}_soup": acc[-1],
+                f"{split}_ensemble": 100 * (torch.stack(p[:-1]).mean(0).argmax(1) == data.y).float().mean().item()}
+    return out
+
+
 SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "other classes"]),
-           "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4])}
+           "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4]), "soup": (soup, SIX[:4])}
 
 
 def report(screen: str, rows: list[dict], summary: bool = True) -> None:
@@ -197,6 +238,9 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
                   f"{a['nearest_label_cosine']:.2f} softmax {a['max_softmax']:.2f} | two modes, clean pool: BIC gain "
                   f"{c['bic_gain_per_image']:.2f} D {c['ashman_d']:.2f}; with outsiders: "
                   f"{m['bic_gain_per_image']:.2f} D {m['ashman_d']:.2f}")
+        elif screen == "soup":
+            print(f"{r['pairing']:14s} {r['seed']}  validation members {' '.join(f'{a:.1f}' for a in r['val_members'])}"
+                  f"  soup {r['val_soup']:.1f}  ensemble {r['val_ensemble']:.1f}")
         elif screen == "distill":
             print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
                   f"ensemble {r['val_ensemble']:.1f} distilled from pp {r['val_distilled from pp']:.1f}, from scratch "
@@ -215,6 +259,13 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
                 d = [r[f"val_distilled from {init}"] - r[f"val_{base}"] for r in rows]
                 print(f"distilled from {init} - {base}, validation: {np.mean(d):+.2f} ± {np.std(d):.2f} "
                       f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
+    elif summary and screen == "soup":
+        for base, f in (("its first member", lambda r: r["val_members"][0]),
+                        ("the mean member", lambda r: float(np.mean(r["val_members"]))),
+                        ("the ensemble", lambda r: r["val_ensemble"])):
+            d = [r["val_soup"] - f(r) for r in rows]
+            print(f"soup - {base}, validation: {np.mean(d):+.2f} ± {np.std(d):.2f} "
+                  f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
     elif summary and screen == "ensemble":
         for base in ("scratch", "pp"):
             d = [r["val_ensemble"] - r[f"val_{base}"] for r in rows]
