@@ -13,7 +13,8 @@
 - `outsiders`: the pool less its labels, alone and with as many images of the dataset's other classes: how well
   label-free scores (propagation certainty, nearest label's cosine, maximum softmax) tell the outsiders apart
   (AUROC), and whether the certainty's distribution shows them as a mode of their own (a two-component Gaussian
-  mixture against one: BIC gain per image and Ashman's D), which a filter could be gated on.
+  mixture against one: BIC gain per image and Ashman's D), which a filter could be gated on; and how often the
+  first propagation's labels agree with the warm start's predictions on each pool (what auto.agreement_min reads).
 - `ensemble`: scratch, pp, and the average of their softmax outputs (what a distilled ensemble could at best reach),
   validation and test accuracy: a hedge between the two choices auto makes from the labels alone.
 - `distill`: one network distilled from that ensemble, as a device could run it: starting from pp's (or scratch's)
@@ -123,9 +124,11 @@ def outsider_scores(pairing: str, seed: int, files: dict[str, Path], cache: Path
     fl = features(model, labelled.x)
     for pool, x in (("clean", rest.x), ("mixed", torch.cat([rest.x, outsiders(pairing, n)]))):
         f = features(model, x)
-        _, certainty = propagate(torch.cat([fl, f]), labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha)
-        certainty = certainty[len(labelled):]
-        out[pool] = modes(certainty.numpy())
+        label, certainty = propagate(torch.cat([fl, f]), labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha)
+        label, certainty = label[len(labelled):], certainty[len(labelled):]
+        with torch.no_grad():  # what auto.agreement_min reads
+            agree = (model.head(f).argmax(1) == label).float().mean().item()
+        out[pool] = modes(certainty.numpy()) | {"first_agreement": agree}
         if pool == "mixed":
             near = (F.normalize(f, dim=1) @ F.normalize(fl, dim=1).T).max(1).values
             with torch.no_grad():

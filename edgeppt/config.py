@@ -176,6 +176,10 @@ class AutoConfig(Strict):
                                  "(the labels-only model) where it predicts its commonest class more than this many "
                                  "times as often as an average other class, where learning them cost accuracy; "
                                  "methods asked by name warn there (docs/transfer.md; 0: never)")
+    agreement_min: float = Field(0.8, ge=0, le=1, description="with real unlabelled images: go back to the warm "
+                                 "start where label propagation's first labels agree with the warm start's own "
+                                 "predictions on less than this share of them: its features do not group the images "
+                                 "as the labels do (docs/transfer.md; 0: never)")
     reverse_steps: int = Field(300, ge=1, description="reverse check: steps training each fresh network")
     reverse_margin: float = Field(0.0, ge=0, le=1, description="reverse check: keep the SSL model unless its reverse "
                                   "accuracy is more than this below the warm start's (1: always keep it)")

@@ -537,7 +537,8 @@ def test_auto_reverse_check_keeps_or_reverts_to_the_warm_start(tiny_bundle, tmp_
     it kept on disk, by the reverse accuracies, and says which; a resumed run takes the same decision."""
     from edgeppt.transfer import run as run_module
 
-    kw = dict(unlabeled="rest", auto={"reverse_check": True, "reverse_steps": 5, "uneven_shares": 0})
+    kw = dict(unlabeled="rest",
+              auto={"reverse_check": True, "reverse_steps": 5, "uneven_shares": 0, "agreement_min": 0})
     kept = run_transfer(small(tiny_bundle, **kw), tmp_path / "kept", progress=False)
     rc = kept["reverse_check"]
     assert set(rc) >= {"ssl", "warm", "kept", "reason"} and 0 <= rc["ssl"] <= 1 and 0 <= rc["warm"] <= 1
@@ -563,8 +564,8 @@ def test_auto_goes_back_to_the_warm_start_where_one_class_dominates_the_unlabell
     limit it keeps the SSL model. (The commonest class is at least as common as the others' mean, so a limit below
     1 always fires.)"""
     lines: list[str] = []
-    back = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0.5}), tmp_path / "back",
-                        progress=False, log=lines.append)
+    back = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0.5, "agreement_min": 0}),
+                        tmp_path / "back", progress=False, log=lines.append)
     rec, shares = back["uneven_shares"], back["unlabeled"]["predicted_shares"]
     top = max(shares.values())
     assert rec["commonest_over_others"] == pytest.approx(top * (len(shares) - 1) / (1 - top), rel=1e-4)
@@ -577,10 +578,39 @@ def test_auto_goes_back_to_the_warm_start_where_one_class_dominates_the_unlabell
     warm = load_checkpoint(tmp_path / "back" / "warm_start.pt")["model"]
     model = torch.load(tmp_path / "back" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(model[n], warm[n]) for n in warm)
-    kept = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 1e6}), tmp_path / "kept",
-                        progress=False)
+    kept = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 1e6, "agreement_min": 0}),
+                        tmp_path / "kept", progress=False)
     assert kept["uneven_shares"] is None and kept["method"] == kept["auto"]["method"] == back["auto"]["method"]
     assert ssl_phase in {r["phase"] for r in read_jsonl(tmp_path / "kept" / "metrics.jsonl")}
+
+
+def test_auto_goes_back_to_the_warm_start_where_propagation_disagrees_with_it(tiny_bundle, tmp_path):
+    """auto.agreement_min: where label propagation's first labels agree with the warm start's own predictions on
+    less than that share of the unlabelled images, auto keeps the labels-only warm start, untrained SSL phase and
+    all, and says so; at the limit's floor (0) it keeps the SSL model and still records the agreement."""
+    kept = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0, "agreement_min": 0}),
+                        tmp_path / "kept", progress=False)
+    agree = kept["unlabeled"]["first_agreement"]
+    assert 0 < agree < 1 and kept["low_agreement"] is None and kept["method"] == kept["auto"]["method"]
+    ssl_phase = json.loads((tmp_path / "kept" / "plan.json").read_text())["phases"][-1]["name"]
+    assert ssl_phase in {r["phase"] for r in read_jsonl(tmp_path / "kept" / "metrics.jsonl")}
+    lines: list[str] = []
+    limit = (agree + 1) / 2
+    back = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0, "agreement_min": limit}),
+                        tmp_path / "back", progress=False, log=lines.append)
+    rec = back["low_agreement"]
+    assert rec["agreement"] == pytest.approx(agree) and rec["limit"] == limit and rec["ssl_phase_skipped"]
+    assert back["method"] == rec["kept"] in ("pp", "scratch") != back["auto"]["method"]
+    assert ssl_phase not in {r["phase"] for r in read_jsonl(tmp_path / "back" / "metrics.jsonl")}
+    assert any(line.startswith(f"auto: went back to {rec['kept']}") and "auto.agreement_min" in line
+               for line in lines), lines
+    warm = load_checkpoint(tmp_path / "back" / "warm_start.pt")["model"]
+    model = torch.load(tmp_path / "back" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(model[n], warm[n]) for n in warm)
+    (tmp_path / "back" / "report.json").unlink()  # a run stopped after training: resume decides the same
+    again = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0, "agreement_min": limit}),
+                         tmp_path / "back", resume=True, progress=False)
+    assert again["low_agreement"] == rec and again["test_accuracy"] == back["test_accuracy"]
 
 
 def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):

@@ -378,15 +378,18 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     back = (cfg.method == "auto" and method.ssl and real is not None and cfg.pssl.warm_start
             and not cfg.supermask.enabled)
     check = back and cfg.auto.reverse_check
-    if back and (check or cfg.auto.uneven_shares):
+    if back and (check or cfg.auto.uneven_shares or cfg.auto.agreement_min):
         def keep_warm(m: torch.nn.Module) -> None:
             atomic_torch_save(out / WARM_FILE, {"model": m.state_dict()})
         phases[-2].on_end = keep_warm
     def too_uneven(shares: object) -> bool:  # auto's limit on the warm start's predicted class shares
         return isinstance(shares, torch.Tensor) and bool(cfg.auto.uneven_shares) \
             and commonest_over_others(shares) > cfg.auto.uneven_shares
+    def disagrees(first: object) -> bool:  # auto's limit on how well propagation and warm start agree at first
+        return isinstance(first, torch.Tensor) and first.item() < cfg.auto.agreement_min
     if back:  # decided on the warm start's predictions, before the SSL phase trains
-        phases[-1].skip = lambda o: too_uneven(getattr(o, "lp_shares", None))
+        phases[-1].skip = lambda o: too_uneven(getattr(o, "lp_shares", None)) \
+            or disagrees(getattr(o, "lp_first_agree", None))
     if cfg.probe_steps and method.pretrain:  # LP-FT: the new head first learns the PP features as they are
         first = phases[0].objective
         assert isinstance(first, Supervised), "after PP the target phases start with a supervised one"
@@ -421,8 +424,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if trainer.reused:
         info["reused_phases"] = trainer.reused
     shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
+    agree0 = getattr(phases[-1].objective, "lp_first_agree", None)
     if real is not None and method.ssl and isinstance(shares, torch.Tensor):
         info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
+        if isinstance(agree0, torch.Tensor):
+            info["unlabeled"]["first_agreement"] = agree0.item()
         uneven = commonest_over_others(shares)
         if back and too_uneven(shares):
             model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
@@ -434,6 +440,17 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                 log(f"auto: went back to {name}, the labels-only warm start: the model predicts "
                     f"{shares.max().item():.0%} of the unlabelled images are one class ({uneven:.1f} times as many "
                     "as an average other class), where learning them cost accuracy (auto.uneven_shares)")
+        elif back and disagrees(agree0):
+            assert isinstance(agree0, torch.Tensor)
+            model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
+            name, check = phases[-2].name, False
+            info["low_agreement"] = {"agreement": agree0.item(), "limit": cfg.auto.agreement_min, "kept": name,
+                                     "ssl_phase_skipped": phases[-1].name in trainer.skipped}
+            if log and dist.main:
+                log(f"auto: went back to {name}, the labels-only warm start: label propagation's labels agree with "
+                    f"its own predictions on only {agree0.item():.0%} of the unlabelled images (limit "
+                    f"{cfg.auto.agreement_min:.0%}): its features do not group them as the labels do "
+                    "(auto.agreement_min)")
         elif log and dist.main and cfg.pssl.lp_balance == "equal" and too_uneven(shares):  # as a warning
             log(uneven_shares_warning(shares, labelled.classes))
     timings["total"] = time.perf_counter() - t0

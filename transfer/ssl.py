@@ -281,6 +281,7 @@ class LabelProp(FixMatch):
     lp_label: torch.Tensor
     lp_weight: torch.Tensor
     lp_shares: torch.Tensor  # the classes' shares of the unlabelled images, as the warm start predicts them
+    lp_first_agree: torch.Tensor  # that share at the first propagation: the warm start's predictions against it
     agreement = 0.0  # share of the last propagation's labels that the model's own predictions agree with
 
     def setup(self, model):
@@ -290,6 +291,7 @@ class LabelProp(FixMatch):
         self.register_buffer("lp_label", torch.zeros(n, dtype=torch.long))
         self.register_buffer("lp_weight", torch.zeros(n))
         self.register_buffer("lp_shares", torch.full((len(self.data.classes),), 1.0 / len(self.data.classes)))
+        self.register_buffer("lp_first_agree", torch.tensor(1.0))
         if n:
             self._propagate(0)
 
@@ -324,6 +326,8 @@ class LabelProp(FixMatch):
         if self.cfg.lp_relative:
             weight = weight / weight.mean().clamp_min(1e-12)
         self.agreement = (own.argmax(1) == label).float().mean().item()  # a statistic, logged per step
+        if step == 0:
+            self.lp_first_agree.fill_(self.agreement)
         self.lp_label.copy_(label)
         self.lp_weight.copy_(weight)
 
