@@ -99,6 +99,8 @@ REGULARISERS: list[tuple[str, dict[str, Any]]] = [
 # Settings of C's fine-tuning tried on the validation split (3 seeds) before the defaults were set; run with
 # --rows, never by default.
 SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pp, gain jitter 0.5": ("pp", {"augment": {"jitter": 0.5}}),  # each channel's gain within 1 ± 0.5
+    "scratch, gain jitter 0.5": ("scratch", {"augment": {"jitter": 0.5}}),
     "ft, lr 0.2": ("ft", {"source_ft": {"lr_scale": 0.2}}),
     "ft, lr 0.1": ("ft", {"source_ft": {"lr_scale": 0.1}}),  # lr_scale 0.5 and 1 diverged (NaN) on the first seed
     "l2sp, alpha 1e-3": ("l2sp", {"source_ft": {"l2sp_alpha": 1e-3}}),

@@ -74,6 +74,13 @@ class AugmentConfig(Strict):
     strong_rotation: float = Field(20.0, ge=0, le=180, description="rotation of the strong view (SSL)")
     labelled_view: Literal["weak", "strong"] = Field("weak", description="the view labelled images are trained "
                                                      "on in supervised phases")
+    jitter: float = Field(0.0, ge=0, le=1, description="scale each channel of an image by a random gain within "
+                          "1 ± this (a camera's exposure and white balance); target phases only: PP sees G's samples "
+                          "as their owner trained on them")
+
+    def key(self) -> dict:
+        """The settings as a cache key; jitter only where set, so that earlier keys stay valid."""
+        return self.model_dump(mode="json", exclude=set() if self.jitter else {"jitter"})
 
 
 class PSSLConfig(Strict):

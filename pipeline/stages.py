@@ -66,7 +66,7 @@ def file_hash(path: Path) -> str | None:
 def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
     return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test),
             "test_fraction": cfg.test_fraction, "labels_per_class": cfg.labels_per_class, "seed": cfg.seed,
-            "augment": cfg.augment.model_dump(mode="json")}
+            "augment": cfg.augment.key()}
 
 
 def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:

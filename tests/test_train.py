@@ -69,6 +69,24 @@ def test_the_strong_view_is_a_choice_of_the_augment_config():
     assert losses[0] != losses[1]
 
 
+def test_gain_jitter_scales_each_channel_within_its_bounds_and_draws_nothing_when_off():
+    from edgeppt.train import augment
+
+    x = torch.full((64, 3, 8, 8), 0.5)
+    still = AugmentConfig(max_shift=0, hflip=False)
+    g, h = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(augment.weak(x, g, still), x)
+    augment._affine(x, h, max_shift=0, max_rot=0, scale=(1.0, 1.0), flip=False)
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=h))  # jitter 0 draws nothing more
+    y = augment.weak(x, torch.Generator().manual_seed(0), still.model_copy(update={"jitter": 0.5}))
+    gain = y[:, :, 0, 0] / 0.5
+    assert gain.min() >= 0.5 - 1e-6 and gain.max() <= 1.5 + 1e-6 and gain.max() - gain.min() > 0.8
+    assert torch.equal(y, y[:, :, :1, :1].expand_as(y))  # one gain per image and channel
+    assert (gain[:, 0] != gain[:, 1]).all()  # colour images get a tint, not only a brightness
+    assert AugmentConfig().key() == AugmentConfig(jitter=0).key() != AugmentConfig(jitter=0.5).key()
+    assert "jitter" not in AugmentConfig().key()  # caches keyed before it existed stay valid
+
+
 def test_sam_steps_with_the_gradient_at_perturbed_weights_and_counts_batch_statistics_once():
     data = _blobs()
     ends = {}

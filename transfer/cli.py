@@ -70,8 +70,9 @@ def transfer(
 
 def _print_report(report: dict, out: Path) -> None:
     # The target spec can be a long path: on its own line (never wrapped), not in the table's narrow title.
+    k = report["settings"]["labels_per_class"]
     Console().print(f"[bold]{report['method']}[/] on {report['settings']['target']} "
-                    f"({report['settings']['labels_per_class']} labels/class)", soft_wrap=True, highlight=False)
+                    f"({k} label{'' if k == 1 else 's'} per class)", soft_wrap=True, highlight=False)
     table = Table()
     table.add_column("class")
     table.add_column("test accuracy", justify="right")

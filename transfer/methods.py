@@ -36,7 +36,7 @@ class Method:
 
 def supervised_settings(cfg: TransferConfig) -> dict:
     """Every setting `supervised` reads (the key of a cached labels-only phase: transfer/run.py)."""
-    return {"batch": cfg.batch_size, "augment": cfg.augment.model_dump(mode="json"),
+    return {"batch": cfg.batch_size, "augment": cfg.augment.key(),
             "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup, "sam": cfg.sam, "cosine": cfg.cosine_head}
 
 

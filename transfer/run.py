@@ -117,7 +117,7 @@ def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet
 def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
     """PP trains on source-class samples: flips follow the owner's source training where the bundle says."""
     hflip = bundle.manifest.info.get("config", {}).get("hflip", cfg.augment.hflip)
-    return cfg.augment.model_copy(update={"hflip": bool(hflip)})
+    return cfg.augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0})
 
 
 def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int) -> str:
@@ -126,7 +126,7 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
     key = {"bundle": bundle.manifest.files, "arch": arch_spec(cfg.arch), "seed": cfg.seed, "in": [in_chans, size],
            "steps": cfg.pretrain_steps, "batch": cfg.pretrain_batch, "pool": cfg.pretrain_pool,
            "lr": cfg.pretrain_lr, "wd": cfg.pretrain_weight_decay,
-           "augment": pp_augment(cfg, bundle).model_dump(exclude={"labelled_view"})}
+           "augment": {k: v for k, v in pp_augment(cfg, bundle).key().items() if k != "labelled_view"}}
     if cfg.pretrain_mix or cfg.pretrain_teacher:  # (only when set: earlier caches keep their keys)
         key.update(mix=cfg.pretrain_mix, teacher=cfg.pretrain_teacher,
                    temperature=cfg.kd_temperature if cfg.pretrain_teacher else None)

@@ -29,15 +29,26 @@ def _affine(x: torch.Tensor, g: torch.Generator, max_shift: float, max_rot: floa
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
 
+def _jitter(x: torch.Tensor, g: torch.Generator, amount: float) -> torch.Tensor:
+    """Each channel of each image times a gain in [1 - amount, 1 + amount]: brightness for grey images, a tint for
+    colour ones. No draw at 0, so runs without it keep their random streams."""
+    if not amount:
+        return x
+    gain = 1 + (torch.rand(len(x), x.shape[1], 1, 1, generator=g) * 2 - 1) * amount
+    return (x * gain.to(x)).clamp(0, 1)
+
+
 def weak(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig = DEFAULT) -> torch.Tensor:
-    """Flip (where allowed) and shift by up to 1/8 of the image."""
-    return _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.max_rotation, scale=(1.0, 1.0), flip=cfg.hflip)
+    """Flip (where allowed), shift, rotate as configured, and jitter each channel's gain where set."""
+    x = _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.max_rotation, scale=(1.0, 1.0), flip=cfg.hflip)
+    return _jitter(x, g, cfg.jitter)
 
 
 def strong(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig = DEFAULT) -> torch.Tensor:
     """Weak plus rotation, scaling, contrast change and a cut-out square (RandAugment-like for silhouettes)."""
     n = len(x)
     x = _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.strong_rotation, scale=(0.8, 1.15), flip=cfg.hflip)
+    x = _jitter(x, g, cfg.jitter)
     contrast = (0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)).to(x)
     mean = x.mean((1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean).clamp(0, 1)
