@@ -99,6 +99,7 @@ REGULARISERS: list[tuple[str, dict[str, Any]]] = [
 # Settings of C's fine-tuning tried on the validation split (3 seeds) before the defaults were set; run with
 # --rows, never by default.
 SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pp, PP rotated up to 180 degrees": ("pp", {"pretrain_rotation": 180.0}),
     "pp, gain jitter 0.5": ("pp", {"augment": {"jitter": 0.5}}),  # each channel's gain within 1 ± 0.5
     "scratch, gain jitter 0.5": ("scratch", {"augment": {"jitter": 0.5}}),
     "ft, lr 0.2": ("ft", {"source_ft": {"lr_scale": 0.2}}),

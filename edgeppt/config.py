@@ -246,6 +246,9 @@ class TransferConfig(SourceTrust):
     pretrain_teacher: float = Field(0.0, ge=0, description="PP: weight of a distillation term toward C's softened "
                                     "outputs (T = kd_temperature) on the generated samples, beside the cross-entropy "
                                     "on their conditioning class (0 = off)")
+    pretrain_rotation: float = Field(0.0, ge=0, le=180, description="PP: rotate G's samples by up to this many "
+                                     "degrees (0: as the target's weak view), for targets seen in poses the source "
+                                     "never drew")
     pretrain_mix: float = Field(0.0, ge=0, le=0.5, description="PP: condition G on a blend of two source classes, the "
                                 "second's share drawn from [0, pretrain_mix], and train toward that blend (0 = one "
                                 "class per sample; generators conditioned on a class index ignore it)")

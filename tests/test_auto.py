@@ -613,6 +613,22 @@ def test_auto_goes_back_to_the_warm_start_where_propagation_disagrees_with_it(ti
     assert again["low_agreement"] == rec and again["test_accuracy"] == back["test_accuracy"]
 
 
+def test_pp_views_take_the_pretrain_rotation_and_never_the_target_jitter(tiny_bundle):
+    """PP's augmentation: pretrain_rotation rotates G's samples (and keys the PP cache only when set), the target's
+    gain jitter never reaches them."""
+    from edgeppt.bundle import open_source
+    from edgeppt.transfer.run import _pp_key, pp_augment
+
+    bundle = open_source(tiny_bundle, small(tiny_bundle))
+    plain, rotated = small(tiny_bundle), small(tiny_bundle, pretrain_rotation=90.0)
+    jittered = small(tiny_bundle, augment={"jitter": 0.5})
+    assert pp_augment(plain, bundle).max_rotation == 0 and pp_augment(rotated, bundle).max_rotation == 90
+    assert pp_augment(jittered, bundle).jitter == 0 and jittered.augment.jitter == 0.5
+    keys = {name: _pp_key(cfg, bundle, 1, 8) for name, cfg in
+            (("plain", plain), ("rotated", rotated), ("jittered", jittered))}
+    assert keys["plain"] == keys["jittered"] != keys["rotated"]
+
+
 def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):
     """With image_size other than the bundle's, PP feeds G's samples at the target's size, as fine-tuning and the
     deployed model see images."""

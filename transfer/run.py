@@ -117,7 +117,8 @@ def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet
 def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
     """PP trains on source-class samples: flips follow the owner's source training where the bundle says."""
     hflip = bundle.manifest.info.get("config", {}).get("hflip", cfg.augment.hflip)
-    return cfg.augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0})
+    rotation = {"max_rotation": cfg.pretrain_rotation} if cfg.pretrain_rotation else {}
+    return cfg.augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0, **rotation})
 
 
 def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int) -> str:
