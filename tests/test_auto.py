@@ -611,6 +611,14 @@ def test_auto_goes_back_to_the_warm_start_where_propagation_disagrees_with_it(ti
     again = run_transfer(small(tiny_bundle, unlabeled="rest", auto={"uneven_shares": 0, "agreement_min": limit}),
                          tmp_path / "back", resume=True, progress=False)
     assert again["low_agreement"] == rec and again["test_accuracy"] == back["test_accuracy"]
+    # asked by name, the SSL method is trained and kept, with a warning
+    lines.clear()
+    named = run_transfer(small(tiny_bundle, method=kept["method"], unlabeled="rest",
+                               pssl={"pool_size": 128, "steps": 20, "real_steps": 20, "algorithm": "labelprop"},
+                               auto={"uneven_shares": 0, "agreement_min": limit}),
+                         tmp_path / "named", progress=False, log=lines.append)
+    assert named["low_agreement"] is None and named["method"] == kept["method"]
+    assert any(line.startswith("warning: label propagation's first labels agree") for line in lines), lines
 
 
 def test_pp_views_take_the_pretrain_rotation_and_never_the_target_jitter(tiny_bundle):

@@ -454,6 +454,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                     "(auto.agreement_min)")
         elif log and dist.main and cfg.pssl.lp_balance == "equal" and too_uneven(shares):  # as a warning
             log(uneven_shares_warning(shares, labelled.classes))
+        if log and dist.main and not back and disagrees(agree0):  # a method asked by name: a warning
+            assert isinstance(agree0, torch.Tensor)
+            log(f"warning: label propagation's first labels agree with the warm start's own predictions on only "
+                f"{agree0.item():.0%} of the unlabelled images (auto goes back to the warm start below "
+                f"{cfg.auto.agreement_min:.0%}): the features may not group them as the labels do")
     timings["total"] = time.perf_counter() - t0
     if not dist.main:
         return {}
