@@ -187,6 +187,11 @@ class AutoConfig(Strict):
                                  "start where label propagation's first labels agree with the warm start's own "
                                  "predictions on less than this share of them: its features do not group the images "
                                  "as the labels do (docs/transfer.md; 0: never)")
+    gain_spread: float = Field(0.2, ge=0, description="turn augment.jitter on (at jitter_amount) where the "
+                               "brightest pixels of the target images vary from image to image by more than this "
+                               "(coefficient of variation per channel): a camera whose exposure or colour balance "
+                               "varies (docs/transfer.md; 0: never)")
+    jitter_amount: float = Field(0.5, ge=0, le=1, description="the augment.jitter that gain_spread turns on")
     reverse_steps: int = Field(300, ge=1, description="reverse check: steps training each fresh network")
     reverse_margin: float = Field(0.0, ge=0, le=1, description="reverse check: keep the SSL model unless its reverse "
                                   "accuracy is more than this below the warm start's (1: always keep it)")

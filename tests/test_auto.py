@@ -621,6 +621,35 @@ def test_auto_goes_back_to_the_warm_start_where_propagation_disagrees_with_it(ti
     assert any(line.startswith("warning: label propagation's first labels agree") for line in lines), lines
 
 
+def test_gain_spread_tells_a_varying_camera_from_fixed_exposure():
+    from edgeppt.train.augment import gain_spread
+
+    g = torch.Generator().manual_seed(0)
+    shapes = (torch.rand(40, 3, 16, 16, generator=g) > 0.7).float()  # every image peaks at 1
+    assert gain_spread(shapes) < 0.05
+    tinted = shapes * torch.empty(40, 3, 1, 1).uniform_(0.25, 1.0, generator=g)
+    assert gain_spread(tinted) > 0.2 == AutoConfig().gain_spread
+
+
+def test_auto_turns_the_gain_jitter_on_where_the_images_gain_varies(tiny_bundle, tmp_path):
+    """auto.gain_spread: measured on the labelled (and unlabelled) images before training; above the limit auto
+    trains with augment.jitter at jitter_amount, says so and records it; config.json keeps the settings as given, so
+    a resume decides the same."""
+    lines: list[str] = []
+    on = run_transfer(small(tiny_bundle, auto={"gain_spread": 1e-9, "jitter_amount": 0.3}), tmp_path / "on",
+                      progress=False, log=lines.append)
+    assert on["gain"]["spread"] > 1e-9 and on["gain"]["jitter"] == 0.3 and on["settings"]["augment"]["jitter"] == 0.3
+    assert any(line.startswith("auto: gain jitter 0.3 on") for line in lines), lines
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["augment"]["jitter"] == 0
+    (tmp_path / "on" / "report.json").unlink()
+    again = run_transfer(small(tiny_bundle, auto={"gain_spread": 1e-9, "jitter_amount": 0.3}), tmp_path / "on",
+                         resume=True, progress=False)
+    assert again["gain"] == on["gain"] and again["test_accuracy"] == on["test_accuracy"]
+    off = run_transfer(small(tiny_bundle, auto={"gain_spread": 100.0}), tmp_path / "off", progress=False)
+    assert off["gain"]["jitter"] == 0 and off["settings"]["augment"]["jitter"] == 0
+    assert run_transfer(small(tiny_bundle, auto={"gain_spread": 0}), tmp_path / "never", progress=False)["gain"] is None
+
+
 def test_pp_views_take_the_pretrain_rotation_and_never_the_target_jitter(tiny_bundle):
     """PP's augmentation: pretrain_rotation rotates G's samples (and keys the PP cache only when set), the target's
     gain jitter never reaches them."""

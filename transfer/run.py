@@ -33,6 +33,7 @@ from edgeppt.runs import (
     read_cache,
     resume_conflicts,
 )
+from edgeppt.train.augment import gain_spread
 from edgeppt.train.evaluate import evaluate
 from edgeppt.train.loop import Dist, Phase, Trainer, elastic_restarts, ema_decay, setup_distributed
 from edgeppt.train.objective import Probe
@@ -309,13 +310,24 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
     cache = Path(pp_cache) if pp_cache else None
+    info: dict = {}
+    if cfg.method == "auto" and cfg.auto.gain_spread and not cfg.augment.jitter:  # decided on the data, so a
+        # resume decides the same; config.json keeps the settings as given
+        spread = gain_spread(labelled.x if real is None else torch.cat([labelled.x, real]))
+        on = spread > cfg.auto.gain_spread
+        info["gain"] = {"spread": spread, "limit": cfg.auto.gain_spread, "jitter": cfg.auto.jitter_amount if on else 0}
+        if on:
+            cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"jitter": cfg.auto.jitter_amount})})
+            if log and dist.main:
+                log(f"auto: gain jitter {cfg.auto.jitter_amount} on: the images' brightest pixels vary by "
+                    f"{spread:.2f} from image to image (limit {cfg.auto.gain_spread}), as a camera's exposure or "
+                    "colour balance does (auto.gain_spread)")
 
     torch.manual_seed(cfg.seed)
     in_chans, size = labelled.shape[0], labelled.shape[1]
     model = create_model(cfg.arch, len(labelled.classes), in_chans)
     initial = {k: v.clone() for k, v in model.state_dict().items()}  # what scratch starts from
     timings: dict[str, float] = {}
-    info: dict = {}
     name: str = cfg.method
     choice: coverage.Choice | None = None
     if cfg.method == "auto":

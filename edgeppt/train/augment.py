@@ -38,6 +38,14 @@ def _jitter(x: torch.Tensor, g: torch.Generator, amount: float) -> torch.Tensor:
     return (x * gain.to(x)).clamp(0, 1)
 
 
+def gain_spread(x: torch.Tensor) -> float:
+    """How much images' gain varies: the coefficient of variation across images of each channel's 99th-percentile
+    pixel, averaged over channels. Near 0 where every image peaks alike (silhouettes, scans); large where exposure or
+    colour balance changes from image to image."""
+    peak = torch.quantile(x.float().flatten(2), 0.99, dim=2)  # (N, C)
+    return (peak.std(0) / peak.mean(0).clamp_min(1e-6)).mean().item() if len(x) > 1 else 0.0
+
+
 def weak(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig = DEFAULT) -> torch.Tensor:
     """Flip (where allowed), shift, rotate as configured, and jitter each channel's gain where set."""
     x = _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.max_rotation, scale=(1.0, 1.0), flip=cfg.hflip)
