@@ -96,8 +96,8 @@ EXTRA_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 REGULARISERS: list[tuple[str, dict[str, Any]]] = [
     *((f"label smoothing {v}", {"label_smoothing": v}) for v in (0, 0.05, 0.1, 0.2, 0.3)),
     ("mixup 0.4", {"mixup": 0.4}), ("strong view", {"augment": {"labelled_view": "strong"}})]
-# Settings of C's fine-tuning tried on the validation split (3 seeds) before the defaults were set; run with
-# --rows, never by default.
+# Settings tried on the validation split (3 seeds) before the defaults were set (PP rotation, gain jitter, C's
+# fine-tuning); run with --rows, never by default.
 SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp, PP rotated up to 180 degrees": ("pp", {"pretrain_rotation": 180.0}),
     "pp, gain jitter 0.5": ("pp", {"augment": {"jitter": 0.5}}),  # each channel's gain within 1 ± 0.5
