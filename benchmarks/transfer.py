@@ -15,10 +15,12 @@ generic file path, exactly as a user's data would be):
   transformation the source never saw;
 - other dataset: scikit-learn's handwritten digits (8x8, upscaled to 28x28) from the animals bundle; flips
   are off (they change digits).
-Two more are held out: no default or threshold was chosen on them (`--pairings rotated "noisy camera"`):
+Four more are held out: no default or threshold was chosen on them (`--pairings rotated "noisy camera"`):
 - rotated: the example's target turned 90 degrees (G draws the shapes upright);
 - noisy camera: the "other classes" target at half the contrast with Gaussian noise (sigma 0.15), fixed per
-  image, from the grazers bundle.
+  image, from the grazers bundle;
+- turned at random, upside down: the example's target with each image turned by its own random angle, or by 180
+  degrees (held out from auto.pose_score's limit as well).
 
 The protocol: each target set is split once into test (the fixed 20% the product holds out), validation (10% of
 the rest, per class) and the training pool; the k labelled images per class are drawn from the pool per seed.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -44,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edgeppt.config import TransferConfig
 from edgeppt.data import EXAMPLE_TARGET, ImageSet, load_dataset, train_test_split
@@ -65,6 +69,9 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # Held out: never used to choose a default or a threshold, run with --pairings to check that auto's rule holds
     # on shifts nobody tuned for.
     "rotated": ("animals-src", EXAMPLE_TARGET, "rot90", {}),
+    # Held out from auto.pose_score's limit too: each image turned by its own random angle, and upside down.
+    "turned at random": ("animals-src", EXAMPLE_TARGET, "turn", {}),
+    "upside down": ("animals-src", EXAMPLE_TARGET, "rot180", {}),
     "noisy camera": ("grazers-src", OTHER_CLASSES, "noise", {}),
     # Two-class targets (benchmarks/imbalanced.py: a skewed pool of two classes), also never used to choose.
     "two classes": ("grazers-src", "animals:cat,dog", None, {}),
@@ -100,6 +107,8 @@ REGULARISERS: list[tuple[str, dict[str, Any]]] = [
 # fine-tuning); run with --rows, never by default.
 SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp, PP rotated up to 180 degrees": ("pp", {"pretrain_rotation": 180.0}),
+    "auto, pose rule off": ("auto", {"auto": {"pose_score": 0}}),  # auto before auto.pose_score
+    "auto, unlabelled pool, pose rule off": ("auto", {"unlabeled": "rest", "auto": {"pose_score": 0}}),
     "pp, gain jitter 0.5": ("pp", {"augment": {"jitter": 0.5}}),  # each channel's gain within 1 ± 0.5
     "scratch, gain jitter 0.5": ("scratch", {"augment": {"jitter": 0.5}}),
     "ft, lr 0.2": ("ft", {"source_ft": {"lr_scale": 0.2}}),
@@ -266,6 +275,15 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
         ds = ImageSet(1.0 - ds.x, ds.y, ds.classes)
     elif transform == "rot90":  # the shapes lie on their side: G draws them upright
         ds = ImageSet(torch.rot90(ds.x, 1, (2, 3)).contiguous(), ds.y, ds.classes)
+    elif transform == "rot180":
+        ds = ImageSet(torch.rot90(ds.x, 2, (2, 3)).contiguous(), ds.y, ds.classes)
+    elif transform == "turn":  # each image turned by its own angle in [-180, 180), fixed per image
+        g = torch.Generator().manual_seed(0)
+        angle = (torch.rand(len(ds.x), generator=g) * 2 - 1) * math.pi
+        theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), torch.zeros_like(angle)], 1),
+                             torch.stack([angle.sin(), angle.cos(), torch.zeros_like(angle)], 1)], 1)
+        grid = F.affine_grid(theta, list(ds.x.shape), align_corners=False)
+        ds = ImageSet(F.grid_sample(ds.x, grid, align_corners=False), ds.y, ds.classes)
     elif transform == "noise":  # low contrast and sensor noise, fixed per image
         g = torch.Generator().manual_seed(0)
         ds = ImageSet((0.25 + 0.5 * ds.x + 0.15 * torch.randn(ds.x.shape, generator=g)).clamp(0, 1), ds.y, ds.classes)
@@ -310,6 +328,7 @@ def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pa
     agree = [r["lp_agree"] for r in read_jsonl(out / "metrics.jsonl") if "lp_agree" in r]
     return {"test": report["test_accuracy"], "val": evaluate(model, val_set)["accuracy"], "wall_s": wall - once,
             "once_s": once, "reused_s": reused, "method": report["method"], "auto": report.get("auto"),
+            "pose": report.get("pose"), "gain": report.get("gain"),
             # label propagation's agreement with the model at the first and the last propagation
             **({"lp_agree": [agree[0], agree[-1]]} if agree else {}),
             **({"reverse_check": report["reverse_check"]} if report.get("reverse_check") else {})}

@@ -192,6 +192,11 @@ class AutoConfig(Strict):
                                "(coefficient of variation per channel): a camera whose exposure or colour balance "
                                "varies (docs/transfer.md; 0: never)")
     jitter_amount: float = Field(0.5, ge=0, le=1, description="the augment.jitter that gain_spread turns on")
+    pose_score: float = Field(1.0, ge=0, description="turn pretrain_rotation on (at rotation_amount) where the target "
+                              "images sit, in C's features, nearer G's samples turned by up to 180 degrees than the "
+                              "upright ones, at least this far along the line from upright (-1) to turned (+1): "
+                              "objects seen in poses the source drew upright (docs/transfer.md; 0: never)")
+    rotation_amount: float = Field(180.0, ge=0, le=180, description="the pretrain_rotation that pose_score turns on")
     reverse_steps: int = Field(300, ge=1, description="reverse check: steps training each fresh network")
     reverse_margin: float = Field(0.0, ge=0, le=1, description="reverse check: keep the SSL model unless its reverse "
                                   "accuracy is more than this below the warm start's (1: always keep it)")
@@ -253,7 +258,7 @@ class TransferConfig(SourceTrust):
                                     "on their conditioning class (0 = off)")
     pretrain_rotation: float = Field(0.0, ge=0, le=180, description="PP: rotate G's samples by up to this many "
                                      "degrees (0: as the target's weak view), for targets seen in poses the source "
-                                     "never drew")
+                                     "never drew; --method auto sets it where the images say so (auto.pose_score)")
     pretrain_mix: float = Field(0.0, ge=0, le=0.5, description="PP: condition G on a blend of two source classes, the "
                                 "second's share drawn from [0, pretrain_mix], and train toward that blend (0 = one "
                                 "class per sample; generators conditioned on a class index ignore it)")

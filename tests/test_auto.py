@@ -41,6 +41,12 @@ class NoiseGenerator(nn.Module):
         return torch.sigmoid(4 * self.net(z) + 0 * p.sum(1, keepdim=True)).view(-1, *self.shape)
 
 
+def open_source_for(bundle_path):
+    from edgeppt.bundle import open_source
+
+    return open_source(bundle_path, small(bundle_path))
+
+
 def small(bundle, **kw) -> TransferConfig:
     base = dict(source=bundle, target=TARGET, labels_per_class=4, pretrain_steps=30, pretrain_batch=64,
                 finetune_steps=20, batch_size=20, eval_every=10**6, checkpoint_every=10,
@@ -648,6 +654,53 @@ def test_auto_turns_the_gain_jitter_on_where_the_images_gain_varies(tiny_bundle,
     off = run_transfer(small(tiny_bundle, auto={"gain_spread": 100.0}), tmp_path / "off", progress=False)
     assert off["gain"]["jitter"] == 0 and off["settings"]["augment"]["jitter"] == 0
     assert run_transfer(small(tiny_bundle, auto={"gain_spread": 0}), tmp_path / "never", progress=False)["gain"] is None
+
+
+def _turn(x: torch.Tensor, degrees: float, seed: int) -> torch.Tensor:
+    from edgeppt.config import AugmentConfig
+    from edgeppt.train.augment import weak
+
+    return weak(x, torch.Generator().manual_seed(seed), AugmentConfig(hflip=False, max_shift=0, max_rotation=degrees))
+
+
+def _generated_target(bundle, path: Path, degrees: float, seed: int) -> str:
+    """A target of G's own samples (40 per source class, labelled by it), each turned by up to `degrees`."""
+    y = torch.arange(200) % bundle.num_classes
+    x = _turn(bundle.sample_classes(y, generator=torch.Generator().manual_seed(seed)), degrees, seed)
+    np.savez(path, x=(x.numpy() * 255).round().astype(np.uint8), y=y.numpy(), classes=bundle.classes)
+    return str(path)
+
+
+def test_pose_score_places_upright_targets_near_minus_one_and_turned_ones_near_plus_one(tiny_bundle, tmp_path):
+    from edgeppt.bundle import open_source
+    from edgeppt.transfer.run import pp_augment
+
+    bundle = open_source(tiny_bundle, small(tiny_bundle))
+    aug = pp_augment(small(tiny_bundle), bundle)
+    g = torch.Generator().manual_seed(7)
+    x = bundle.sample_classes(torch.arange(20) % bundle.num_classes, generator=g)  # twenty, as 4 labels of 5 classes
+    upright = coverage.pose_score(bundle, x, aug, seed=0)
+    turned = coverage.pose_score(bundle, _turn(x, 180, seed=7), aug, seed=0)
+    assert upright < -0.5 and turned >= AutoConfig().pose_score, (upright, turned)
+
+
+def test_auto_rotates_pp_where_the_target_lies_turned(tiny_bundle, tmp_path):
+    """auto.pose_score: measured before PP; at or above the limit PP trains on samples turned by up to
+    rotation_amount degrees (its own cache entry), auto says so and records it; upright targets keep upright PP."""
+    bundle = open_source_for(tiny_bundle)
+    lines: list[str] = []
+    turned = run_transfer(small(tiny_bundle, target=_generated_target(bundle, tmp_path / "turned.npz", 180, 1)),
+                          tmp_path / "turned", progress=False, log=lines.append)
+    assert turned["pose"]["score"] >= 1 and turned["pose"]["rotation"] == 180
+    assert turned["settings"]["pretrain_rotation"] == 180
+    assert any(line.startswith("auto: PP rotation 180 on") for line in lines), lines
+    assert json.loads((tmp_path / "turned" / "config.json").read_text())["pretrain_rotation"] == 0
+    upright = run_transfer(small(tiny_bundle, target=_generated_target(bundle, tmp_path / "upright.npz", 0, 1)),
+                           tmp_path / "upright", progress=False)
+    assert upright["pose"]["score"] < 0 and upright["pose"]["rotation"] == 0
+    assert upright["settings"]["pretrain_rotation"] == 0
+    never = run_transfer(small(tiny_bundle, auto={"pose_score": 0}), tmp_path / "never", progress=False)
+    assert never["pose"] is None
 
 
 def test_pp_views_take_the_pretrain_rotation_and_never_the_target_jitter(tiny_bundle):

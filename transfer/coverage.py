@@ -7,7 +7,8 @@ each labelled image classified by centroids that leave it out):
 - `pseudo_probe`: centroids of the pseudo samples G(z, p) labelled by their anchors, leaving out the samples
   the image itself conditioned, in the PP features: do the pseudo samples carry the target classes?
 `pseudo_share` puts the last on the scale chance = 0, the labels themselves (`pp_probe`) = 1.
-Plus a label-free one: the source classifier's mean confidence on the target images.
+Plus label-free ones: the source classifier's mean confidence on the target images, and `pose_score`: whether
+the target shows its objects turned where G draws them upright (auto then rotates PP's samples).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from edgeppt.bundle import SourceBundle
-from edgeppt.config import AutoConfig
-from edgeppt.data import ImageSet
+from edgeppt.config import AugmentConfig, AutoConfig
+from edgeppt.data import ImageSet, reshape_images, subsample
 from edgeppt.models import ClassifierNet
+from edgeppt.train.augment import weak
 from edgeppt.train.probe import centroid_distances, features, label_probe
 
 from .pseudo import PseudoPool
@@ -53,6 +55,31 @@ def pseudo_probe(f_l: torch.Tensor, y_l: torch.Tensor, f_u: torch.Tensor, anchor
     dist = centroid_distances(f_l, y_l, sums, torch.bincount(y_u, minlength=k).float(), own,
                               torch.bincount(anchor, minlength=len(y_l)).float())
     return None if dist is None else (dist.argmin(1) == y_l).float().mean().item()
+
+
+def pose_score(bundle: SourceBundle, x_t: torch.Tensor, aug: AugmentConfig, seed: int, samples: int = 500,
+               max_targets: int = 1000) -> float:
+    """Where the target images sit between G's samples of the source classes seen as PP sees them (-1) and the same
+    samples turned by up to 180 degrees (+1), in C's features.
+
+    Each set is its kernel mean embedding (a Gaussian kernel whose width is the median squared distance between
+    target images and upright samples); the score projects the target's on the line between the two sample sets':
+    (MMD²(target, upright) - MMD²(target, turned)) / MMD²(upright, turned). The target's own spread cancels out of
+    it, so twenty labelled images give about the reading a thousand do. Label-free."""
+    g = torch.Generator().manual_seed(seed)
+    keep = subsample(len(x_t), max_targets)
+    x_t = reshape_images(x_t if keep is None else x_t[keep], bundle.image_shape[1], bundle.image_shape[0])
+    x_s = bundle.sample_classes(torch.arange(samples) % bundle.num_classes, generator=g).cpu()
+    views = [weak(x_s, g, aug.model_copy(update={"max_rotation": r, "jitter": 0.0})) for r in (0.0, 180.0)]
+    f_t, f_u, f_r = (F.normalize(bundle.classify(x)[1].flatten(1).float().cpu(), dim=1) for x in (x_t, *views))
+    width = torch.cdist(f_t, f_u).square().median().clamp_min(1e-8)
+
+    def k(a: torch.Tensor, b: torch.Tensor, same: bool = False) -> torch.Tensor:  # the mean kernel between two sets
+        m = torch.exp(-torch.cdist(a, b).square() / width)
+        return (m.sum() - m.diagonal().sum()) / (len(a) * (len(a) - 1)) if same else m.mean()
+
+    uu, rr, ur = k(f_u, f_u, True), k(f_r, f_r, True), k(f_u, f_r)
+    return ((2 * k(f_t, f_r) - 2 * k(f_t, f_u) + uu - rr) / (uu + rr - 2 * ur).clamp_min(1e-8)).item()
 
 
 def measure(labelled: ImageSet, init_feats: torch.Tensor, pp_model: ClassifierNet | None,

@@ -282,6 +282,35 @@ def _needed(bundle: SourceBundle | None, method: str) -> SourceBundle:
     return bundle
 
 
+def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, info: dict, log=None
+                     ) -> TransferConfig:
+    """auto's label-free augmentation rules, measured on the target images (labelled and unlabelled) before any
+    training: gain jitter where the images' gain varies, PP's rotation where their objects lie turned. Decided on
+    the data, so a resume decides the same; config.json keeps the settings as given."""
+    a = cfg.auto
+    if a.gain_spread and not cfg.augment.jitter:
+        spread = gain_spread(x)
+        on = spread > a.gain_spread
+        info["gain"] = {"spread": spread, "limit": a.gain_spread, "jitter": a.jitter_amount if on else 0}
+        if on:
+            cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"jitter": a.jitter_amount})})
+            if log:
+                log(f"auto: gain jitter {a.jitter_amount} on: the images' brightest pixels vary by {spread:.2f} from "
+                    f"image to image (limit {a.gain_spread}), as a camera's exposure or colour balance does "
+                    "(auto.gain_spread)")
+    if a.pose_score and not cfg.pretrain_rotation and bundle is not None and cfg.pretrain_steps:
+        score = coverage.pose_score(bundle, x, pp_augment(cfg, bundle), cfg.seed)
+        on = score >= a.pose_score
+        info["pose"] = {"score": score, "limit": a.pose_score, "rotation": a.rotation_amount if on else 0}
+        if on:
+            cfg = cfg.model_copy(update={"pretrain_rotation": a.rotation_amount})
+            if log:
+                log(f"auto: PP rotation {a.rotation_amount:g} on: in the source classifier's features the target "
+                    f"images lie nearer G's samples turned than upright ({score:+.2f} from upright -1 to turned +1, "
+                    f"limit {a.pose_score:+.2f}): objects in poses the source drew upright (auto.pose_score)")
+    return cfg
+
+
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
                  pp_cache: str | Path | None = None, log=None) -> dict:
     """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
@@ -311,17 +340,9 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
     cache = Path(pp_cache) if pp_cache else None
     info: dict = {}
-    if cfg.method == "auto" and cfg.auto.gain_spread and not cfg.augment.jitter:  # decided on the data, so a
-        # resume decides the same; config.json keeps the settings as given
-        spread = gain_spread(labelled.x if real is None else torch.cat([labelled.x, real]))
-        on = spread > cfg.auto.gain_spread
-        info["gain"] = {"spread": spread, "limit": cfg.auto.gain_spread, "jitter": cfg.auto.jitter_amount if on else 0}
-        if on:
-            cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"jitter": cfg.auto.jitter_amount})})
-            if log and dist.main:
-                log(f"auto: gain jitter {cfg.auto.jitter_amount} on: the images' brightest pixels vary by "
-                    f"{spread:.2f} from image to image (limit {cfg.auto.gain_spread}), as a camera's exposure or "
-                    "colour balance does (auto.gain_spread)")
+    if cfg.method == "auto":
+        cfg = fit_augmentation(cfg, bundle, labelled.x if real is None else torch.cat([labelled.x, real]), info,
+                               log if dist.main else None)
 
     torch.manual_seed(cfg.seed)
     in_chans, size = labelled.shape[0], labelled.shape[1]
