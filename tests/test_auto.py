@@ -673,7 +673,7 @@ def _generated_target(bundle, path: Path, degrees: float, seed: int) -> str:
 
 def test_pose_score_places_upright_targets_near_minus_one_and_turned_ones_near_plus_one(tiny_bundle, tmp_path):
     from edgeppt.bundle import open_source
-    from edgeppt.transfer.run import pp_augment
+    from edgeppt.transfer.methods import pp_augment
 
     bundle = open_source(tiny_bundle, small(tiny_bundle))
     aug = pp_augment(small(tiny_bundle), bundle)
@@ -707,7 +707,8 @@ def test_pp_views_take_the_pretrain_rotation_and_never_the_target_jitter(tiny_bu
     """PP's augmentation: pretrain_rotation rotates G's samples (and keys the PP cache only when set), the target's
     gain jitter never reaches them."""
     from edgeppt.bundle import open_source
-    from edgeppt.transfer.run import _pp_key, pp_augment
+    from edgeppt.transfer.methods import pp_augment
+    from edgeppt.transfer.run import _pp_key
 
     bundle = open_source(tiny_bundle, small(tiny_bundle))
     plain, rotated = small(tiny_bundle), small(tiny_bundle, pretrain_rotation=90.0)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from edgeppt.bundle import SourceBundle
-from edgeppt.config import TransferConfig
+from edgeppt.config import AugmentConfig, TransferConfig
 from edgeppt.data import ImageSet
 
-from .objectives import Distill, Objective, Supervised
+from .objectives import Distill, JointSupervised, Objective, Supervised
 from .pseudo import PseudoPool
 from .source_ft import L2SP, TRED
 from .ssl import ALGORITHMS
@@ -34,10 +34,18 @@ class Method:
     first_step: Callable[[TransferConfig, Objective], tuple[int, Objective]] | None = None
 
 
+def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
+    """PP trains on source-class samples: flips follow the owner's source training where the bundle says."""
+    hflip = bundle.manifest.info.get("config", {}).get("hflip", cfg.augment.hflip)
+    rotation = {"max_rotation": cfg.pretrain_rotation} if cfg.pretrain_rotation else {}
+    return cfg.augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0, **rotation})
+
+
 def supervised_settings(cfg: TransferConfig) -> dict:
     """Every setting `supervised` reads (the key of a cached labels-only phase: transfer/run.py)."""
     return {"batch": cfg.batch_size, "augment": cfg.augment.key(),
-            "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup, "sam": cfg.sam, "cosine": cfg.cosine_head}
+            "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup, "sam": cfg.sam, "cosine": cfg.cosine_head,
+            **({"pp_joint": cfg.pp_joint} if cfg.pp_joint else {})}
 
 
 def supervised(cfg: TransferConfig, labelled: ImageSet, cosine: bool = True) -> Supervised:
@@ -50,6 +58,14 @@ def supervised(cfg: TransferConfig, labelled: ImageSet, cosine: bool = True) -> 
 
 def _supervised(cfg, labelled, bundle, pool, real):
     return supervised(cfg, labelled)
+
+
+def _pp_supervised(cfg, labelled, bundle, pool, real):
+    if not cfg.pp_joint or bundle is None:
+        return supervised(cfg, labelled)
+    return JointSupervised(labelled, cfg.batch_size, bundle, cfg.pp_joint, seed=cfg.seed,
+                           pp_aug=pp_augment(cfg, bundle), aug=cfg.augment, label_smoothing=cfg.label_smoothing,
+                           cosine=cfg.cosine_head)
 
 
 def _source_supervised(cfg, labelled, bundle, pool, real):
@@ -84,7 +100,7 @@ def _tred_first(cfg: TransferConfig, objective: Objective) -> tuple[int, Objecti
 METHODS: dict[str, Method] = {
     "scratch": Method(pretrain=False, target=_supervised),
     "kd": Method(pretrain=False, target=_distill),
-    "pp": Method(pretrain=True, target=_supervised),
+    "pp": Method(pretrain=True, target=_pp_supervised),
     "pp+kd": Method(pretrain=True, target=_distill),  # PP, then kd's target phase (C's soft outputs as well)
     "pssl": Method(pretrain=False, target=_ssl, needs_pool=True, ssl=True),
     "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True, ssl=True),

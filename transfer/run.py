@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from edgeppt.bundle import SourceBundle, open_source
-from edgeppt.config import AugmentConfig, TransferConfig, validate
+from edgeppt.config import TransferConfig, validate
 from edgeppt.data import (
     DataRecord,
     ImageSet,
@@ -39,7 +39,7 @@ from edgeppt.train.loop import Dist, Phase, Trainer, elastic_restarts, ema_decay
 from edgeppt.train.objective import Probe
 
 from . import coverage
-from .methods import METHODS, supervised, supervised_settings
+from .methods import METHODS, pp_augment, supervised, supervised_settings
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import POOL_FIELDS, PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
@@ -113,13 +113,6 @@ def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet
         return load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0], cfg.max_unlabeled)
     except EdgepptError as e:
         raise EdgepptError(f"--unlabeled: {e}") from e
-
-
-def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
-    """PP trains on source-class samples: flips follow the owner's source training where the bundle says."""
-    hflip = bundle.manifest.info.get("config", {}).get("hflip", cfg.augment.hflip)
-    rotation = {"max_rotation": cfg.pretrain_rotation} if cfg.pretrain_rotation else {}
-    return cfg.augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0, **rotation})
 
 
 def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int) -> str:
