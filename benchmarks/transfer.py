@@ -108,8 +108,6 @@ REGULARISERS: list[tuple[str, dict[str, Any]]] = [
 SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp, PP rotated up to 180 degrees": ("pp", {"pretrain_rotation": 180.0}),
     "auto, pose rule off": ("auto", {"auto": {"pose_score": 0}}),  # auto before auto.pose_score
-    "pp, PP's task kept 1.0": ("pp", {"pp_joint": 1.0}),  # G's source-class samples through PP's head, beside the labels
-    "pp, PP's task kept 0.3": ("pp", {"pp_joint": 0.3}),
     "auto, unlabelled pool, pose rule off": ("auto", {"unlabeled": "rest", "auto": {"pose_score": 0}}),
     # the target phases' views turned too (PP follows them), where the pose rule fires
     "auto, every view turned": ("auto", {"augment": {"max_rotation": 180.0, "strong_rotation": 180.0}}),

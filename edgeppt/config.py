@@ -259,8 +259,6 @@ class TransferConfig(SourceTrust):
     pretrain_rotation: float = Field(0.0, ge=0, le=180, description="PP: rotate G's samples by up to this many "
                                      "degrees (0: as the target's weak view), for targets seen in poses the source "
                                      "never drew; --method auto sets it where the images say so (auto.pose_score)")
-    pp_joint: float = Field(0.0, ge=0, description="pp's target phase: weight of PP's own task (G's source-class "
-                            "samples through PP's head) kept beside the labels (0 = off)")
     pretrain_mix: float = Field(0.0, ge=0, le=0.5, description="PP: condition G on a blend of two source classes, the "
                                 "second's share drawn from [0, pretrain_mix], and train toward that blend (0 = one "
                                 "class per sample; generators conditioned on a class index ignore it)")

@@ -12,7 +12,7 @@ from edgeppt.bundle import SourceBundle
 from edgeppt.config import AugmentConfig, TransferConfig
 from edgeppt.data import ImageSet
 
-from .objectives import Distill, JointSupervised, Objective, Supervised
+from .objectives import Distill, Objective, Supervised
 from .pseudo import PseudoPool
 from .source_ft import L2SP, TRED
 from .ssl import ALGORITHMS
@@ -44,8 +44,7 @@ def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
 def supervised_settings(cfg: TransferConfig) -> dict:
     """Every setting `supervised` reads (the key of a cached labels-only phase: transfer/run.py)."""
     return {"batch": cfg.batch_size, "augment": cfg.augment.key(),
-            "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup, "sam": cfg.sam, "cosine": cfg.cosine_head,
-            **({"pp_joint": cfg.pp_joint} if cfg.pp_joint else {})}
+            "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup, "sam": cfg.sam, "cosine": cfg.cosine_head}
 
 
 def supervised(cfg: TransferConfig, labelled: ImageSet, cosine: bool = True) -> Supervised:
@@ -58,14 +57,6 @@ def supervised(cfg: TransferConfig, labelled: ImageSet, cosine: bool = True) -> 
 
 def _supervised(cfg, labelled, bundle, pool, real):
     return supervised(cfg, labelled)
-
-
-def _pp_supervised(cfg, labelled, bundle, pool, real):
-    if not cfg.pp_joint or bundle is None:
-        return supervised(cfg, labelled)
-    return JointSupervised(labelled, cfg.batch_size, bundle, cfg.pp_joint, seed=cfg.seed,
-                           pp_aug=pp_augment(cfg, bundle), aug=cfg.augment, label_smoothing=cfg.label_smoothing,
-                           cosine=cfg.cosine_head)
 
 
 def _source_supervised(cfg, labelled, bundle, pool, real):
@@ -100,7 +91,7 @@ def _tred_first(cfg: TransferConfig, objective: Objective) -> tuple[int, Objecti
 METHODS: dict[str, Method] = {
     "scratch": Method(pretrain=False, target=_supervised),
     "kd": Method(pretrain=False, target=_distill),
-    "pp": Method(pretrain=True, target=_pp_supervised),
+    "pp": Method(pretrain=True, target=_supervised),
     "pp+kd": Method(pretrain=True, target=_distill),  # PP, then kd's target phase (C's soft outputs as well)
     "pssl": Method(pretrain=False, target=_ssl, needs_pool=True, ssl=True),
     "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True, ssl=True),

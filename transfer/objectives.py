@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +13,7 @@ from edgeppt.models import ClassifierNet
 from edgeppt.train import augment
 from edgeppt.train.objective import Objective, Supervised, sample_batch, shard
 
-__all__ = ["Distill", "JointSupervised", "Objective", "PseudoPretrain", "Supervised"]
+__all__ = ["Distill", "Objective", "PseudoPretrain", "Supervised"]
 
 
 class _WithAux(nn.Module):
@@ -162,59 +160,3 @@ class PseudoPretrain(Objective):
             stats["kd"] = kd.item()
         return loss, stats
 
-
-class _Joint(nn.Module):
-    """One forward pass over labelled and generated images: the target head (plain or cosine) on the first n, PP's
-    source head on the rest."""
-
-    def __init__(self, model: ClassifierNet, source_head: nn.Linear, cosine: float):
-        super().__init__()
-        self.model, self.source_head, self.cosine = model, source_head, cosine
-
-    def forward(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.model.forward_features(x)
-        ft, fs = f[:n], f[n:]
-        w = self.model.head.weight
-        t = self.cosine * F.normalize(ft, dim=1) @ F.normalize(w, dim=1).t() if self.cosine else self.model.head(ft)
-        return t, self.source_head(fs)
-
-
-class JointSupervised(Supervised):
-    """pp's target phase with PP's own task kept beside the labels: each step also classifies a batch of G's
-    source-class samples through PP's head, so twenty labels do not pull the features away from what PP taught
-    (joint fine-tuning with source data, Ge & Yu, 2017; G stands in for the source data)."""
-
-    def __init__(self, labelled: ImageSet, batch_size: int, bundle: SourceBundle, weight: float, pool: int = 2048,
-                 seed: int = 0, pp_aug: AugmentConfig = augment.DEFAULT, **kw):
-        super().__init__(labelled, batch_size, new_head=True, **kw)
-        self.bundle, self.weight, self.pp_aug = bundle, weight, pp_aug
-        g = torch.Generator().manual_seed(seed)
-        y = torch.arange(pool) % bundle.num_classes
-        with torch.no_grad():
-            x = torch.cat([bundle.sample_classes(y[i:i + 512], g).cpu() for i in range(0, pool, 512)])
-        self.pool = (reshape_images(x, labelled.shape[1], labelled.shape[0]), y)
-        self.source_head: nn.Linear | None = None
-
-    def setup(self, model):
-        head = model.head
-        super().setup(model)
-        keep = head is not model.head and head.out_features == self.bundle.num_classes
-        self.source_head = copy.deepcopy(head) if keep else nn.Linear(model.num_features, self.bundle.num_classes)
-
-    def trainable(self, model):
-        assert self.source_head is not None
-        return _Joint(model, self.source_head, self.cosine)
-
-    def loss(self, net, g, step, total, dist):
-        dev = next(net.parameters()).device
-        x, y = sample_batch(self.data, self.batch_size, g)
-        x = augment.weak(x, g, self.aug)
-        idx = torch.randint(0, len(self.pool[1]), (self.batch_size,), generator=g)
-        xs, ys = augment.weak(self.pool[0][idx], g, self.pp_aug), self.pool[1][idx]
-        x, y, xs, ys = shard(x, dist), shard(y, dist), shard(xs, dist), shard(ys, dist)
-        logits, source = net(torch.cat([x, xs]).to(dev), len(x))
-        y, ys = y.to(dev), ys.to(dev)
-        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        src = F.cross_entropy(source, ys)
-        return ce + self.weight * src, {"images": len(x) + len(xs), "ce": ce.item(), "source_ce": src.item(),
-                                        "train_acc": (logits.argmax(1) == y).float().mean().item()}
