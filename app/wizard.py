@@ -468,6 +468,8 @@ def show_transfer(run: Path, status: dict[str, Any]) -> None:
         st.progress(min(done / max(total, 1), 1.0), text=f"{plan['method']}: training step {done} / {total}")
         if plan.get("auto"):
             st.info(f"auto chose **{plan['method']}**: {plan['auto']['reason']}")
+        for note in plan.get("notes", []):  # auto's augmentation rules that fired (gain jitter, PP rotation)
+            st.info(note)
     fig = training_curves(run)
     if fig is not None:
         st.pyplot(fig)

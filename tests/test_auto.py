@@ -694,6 +694,8 @@ def test_auto_rotates_pp_where_the_target_lies_turned(tiny_bundle, tmp_path):
     assert turned["pose"]["score"] >= 1 and turned["pose"]["rotation"] == 180
     assert turned["settings"]["pretrain_rotation"] == 180
     assert any(line.startswith("auto: PP rotation 180 on") for line in lines), lines
+    notes = json.loads((tmp_path / "turned" / "plan.json").read_text())["notes"]  # what the wizard shows
+    assert len(notes) == 1 and notes[0] in lines and notes[0].startswith("auto: PP rotation 180 on")
     assert json.loads((tmp_path / "turned" / "config.json").read_text())["pretrain_rotation"] == 0
     upright = run_transfer(small(tiny_bundle, target=_generated_target(bundle, tmp_path / "upright.npz", 0, 1)),
                            tmp_path / "upright", progress=False)

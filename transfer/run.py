@@ -275,33 +275,34 @@ def _needed(bundle: SourceBundle | None, method: str) -> SourceBundle:
     return bundle
 
 
-def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, info: dict, log=None
-                     ) -> TransferConfig:
+def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, info: dict
+                     ) -> tuple[TransferConfig, list[str]]:
     """auto's label-free augmentation rules, measured on the target images (labelled and unlabelled) before any
     training: gain jitter where the images' gain varies, PP's rotation where their objects lie turned. Decided on
-    the data, so a resume decides the same; config.json keeps the settings as given."""
+    the data, so a resume decides the same; config.json keeps the settings as given. Returns the settings to train
+    with and a line for each rule that changed them."""
     a = cfg.auto
+    notes: list[str] = []
     if a.gain_spread and not cfg.augment.jitter:
         spread = gain_spread(x)
         on = spread > a.gain_spread
         info["gain"] = {"spread": spread, "limit": a.gain_spread, "jitter": a.jitter_amount if on else 0}
         if on:
             cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"jitter": a.jitter_amount})})
-            if log:
-                log(f"auto: gain jitter {a.jitter_amount} on: the images' brightest pixels vary by {spread:.2f} from "
-                    f"image to image (limit {a.gain_spread}), as a camera's exposure or colour balance does "
-                    "(auto.gain_spread)")
+            notes.append(f"auto: gain jitter {a.jitter_amount} on: the images' brightest pixels vary by {spread:.2f} "
+                         f"from image to image (limit {a.gain_spread}), as a camera's exposure or colour balance does "
+                         "(auto.gain_spread)")
     if a.pose_score and not cfg.pretrain_rotation and bundle is not None and cfg.pretrain_steps:
         score = coverage.pose_score(bundle, x, pp_augment(cfg, bundle), cfg.seed)
         on = score >= a.pose_score
         info["pose"] = {"score": score, "limit": a.pose_score, "rotation": a.rotation_amount if on else 0}
         if on:
             cfg = cfg.model_copy(update={"pretrain_rotation": a.rotation_amount})
-            if log:
-                log(f"auto: PP rotation {a.rotation_amount:g} on: in the source classifier's features the target "
-                    f"images lie nearer G's samples turned than upright ({score:+.2f} from upright -1 to turned +1, "
-                    f"limit {a.pose_score:+.2f}): objects in poses the source drew upright (auto.pose_score)")
-    return cfg
+            notes.append(f"auto: PP rotation {a.rotation_amount:g} on: in the source classifier's features the "
+                         f"target images lie nearer G's samples turned than upright ({score:+.2f} from upright -1 to "
+                         f"turned +1, limit {a.pose_score:+.2f}): objects in poses the source drew upright "
+                         "(auto.pose_score)")
+    return cfg, notes
 
 
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -333,9 +334,13 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
     cache = Path(pp_cache) if pp_cache else None
     info: dict = {}
+    notes: list[str] = []  # what auto's augmentation rules changed (printed, and shown by the wizard from plan.json)
     if cfg.method == "auto":
-        cfg = fit_augmentation(cfg, bundle, labelled.x if real is None else torch.cat([labelled.x, real]), info,
-                               log if dist.main else None)
+        cfg, notes = fit_augmentation(cfg, bundle, labelled.x if real is None else torch.cat([labelled.x, real]),
+                                      info)
+        if log and dist.main:
+            for line in notes:
+                log(line)
 
     torch.manual_seed(cfg.seed)
     in_chans, size = labelled.shape[0], labelled.shape[1]
@@ -440,7 +445,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         phases[0].cache = cache / f"phase-{_phase_key(cfg, model, labelled, phases[0], dist.device)}.pt"
     if dist.main:
         pre = [{"name": "pretrain", "steps": cfg.pretrain_steps}] if method.pretrain else []
-        atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"),
+        atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"), "notes": notes,
                                             "phases": pre + [{"name": ph.name, "steps": ph.steps, "lr": ph.lr,
                                                                   "weight_decay": ph.weight_decay} for ph in phases]})
     trainer = Trainer(model, phases, out, cfg.seed, dist, evaluate=lambda m: evaluate(m, test),
