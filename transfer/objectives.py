@@ -159,4 +159,3 @@ class PseudoPretrain(Objective):
             loss = loss + self.teacher * kd
             stats["kd"] = kd.item()
         return loss, stats
-
