@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -47,12 +46,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from edgeppt.config import TransferConfig
+from edgeppt.config import AugmentConfig, TransferConfig
 from edgeppt.data import EXAMPLE_TARGET, ImageSet, load_dataset, train_test_split
 from edgeppt.models import create_model
 from edgeppt.runs import read_jsonl
+from edgeppt.train import augment
 from edgeppt.train.evaluate import evaluate
 from edgeppt.transfer import run_transfer
 
@@ -282,12 +281,8 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
     elif transform == "rot180":
         ds = ImageSet(torch.rot90(ds.x, 2, (2, 3)).contiguous(), ds.y, ds.classes)
     elif transform == "turn":  # each image turned by its own angle in [-180, 180), fixed per image
-        g = torch.Generator().manual_seed(0)
-        angle = (torch.rand(len(ds.x), generator=g) * 2 - 1) * math.pi
-        theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), torch.zeros_like(angle)], 1),
-                             torch.stack([angle.sin(), angle.cos(), torch.zeros_like(angle)], 1)], 1)
-        grid = F.affine_grid(theta, list(ds.x.shape), align_corners=False)
-        ds = ImageSet(F.grid_sample(ds.x, grid, align_corners=False), ds.y, ds.classes)
+        turn = AugmentConfig(hflip=False, max_shift=0, max_rotation=180)
+        ds = ImageSet(augment.weak(ds.x, torch.Generator().manual_seed(0), turn), ds.y, ds.classes)
     elif transform == "noise":  # low contrast and sensor noise, fixed per image
         g = torch.Generator().manual_seed(0)
         ds = ImageSet((0.25 + 0.5 * ds.x + 0.15 * torch.randn(ds.x.shape, generator=g)).clamp(0, 1), ds.y, ds.classes)

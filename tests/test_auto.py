@@ -671,11 +671,10 @@ def _generated_target(bundle, path: Path, degrees: float, seed: int) -> str:
     return str(path)
 
 
-def test_pose_score_places_upright_targets_near_minus_one_and_turned_ones_near_plus_one(tiny_bundle, tmp_path):
-    from edgeppt.bundle import open_source
+def test_pose_score_places_upright_targets_near_minus_one_and_turned_ones_near_plus_one(tiny_bundle):
     from edgeppt.transfer.methods import pp_augment
 
-    bundle = open_source(tiny_bundle, small(tiny_bundle))
+    bundle = open_source_for(tiny_bundle)
     aug = pp_augment(small(tiny_bundle), bundle)
     g = torch.Generator().manual_seed(7)
     x = bundle.sample_classes(torch.arange(20) % bundle.num_classes, generator=g)  # twenty, as 4 labels of 5 classes
