@@ -4,6 +4,11 @@ against QDQ with per-channel or per-tensor weights. Batch 1 (and `--batch N`), o
 (the best of 3).
 
     python benchmarks/int8_recipes.py runs/demo/export/bundle/model.onnx [--threads 1] [--batch 32] [--json out.json]
+    python benchmarks/int8_recipes.py MODEL --batch 32 --layers     # where the time goes, layer by layer
+
+`--layers` profiles the float32 graph and the x86-cpu int8 recipe with onnxruntime's own profiler (the kernels
+onnxruntime runs after its graph optimisations: NCHWc convolutions in float32, QLinearConv in int8) and prints
+each convolution's kernel time in both, and what the layout and quantize steps around them cost.
 
 A model exported with a static batch of 1 (the export's default) is given a dynamic batch first: its input and
 output batch dimensions become symbolic and a Reshape's leading 1 becomes -1 (inferred: the batch).
@@ -49,6 +54,78 @@ def dynamic_batch(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _kind(group: int, kernel: list[int], cin: int) -> str:
+    return "depthwise" if group > 1 else "1x1" if kernel == [1, 1] else f"full {kernel[0]}x{kernel[1]}, {cin} in"
+
+
+def _profile(path: Path, shape: list[int], batch: int, threads: int, runs: int = 20) -> tuple[list, dict]:
+    """(convolutions in graph order as (kind, weight dims, kernel us per call), other ops' us per call by type)
+    after onnxruntime's optimisations, from its profiler."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    so.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])  # writes the graph that will run
+    graph = onnx.load(so.optimized_model_filepath).graph
+    inits = {t.name: list(t.dims) for t in graph.initializer}
+    so.optimized_model_filepath, so.enable_profiling = "", True
+    so.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((batch, *shape), dtype=np.float32)}
+    for _ in range(runs):
+        session.run(None, feed)
+    us: dict[str, float] = {}
+    op_of: dict[str, str] = {}
+    for e in json.loads(Path(session.end_profiling()).read_text()):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = e["name"].removesuffix("_kernel_time")
+            us[name] = us.get(name, 0.0) + e["dur"] / runs
+            op_of[name] = e["args"]["op_name"]
+    convs: list[tuple[str, list[int], float]] = []
+    other: dict[str, float] = {}
+    for node in graph.node:
+        if node.op_type in ("Conv", "QLinearConv"):
+            w = inits[node.input[3] if node.op_type == "QLinearConv" else node.input[1]]
+            kernel = next(list(a.ints) for a in node.attribute if a.name == "kernel_shape")
+            convs.append((_kind(_group(node), kernel, w[1]), w, us.get(node.name, 0.0)))
+    conv_names = {n.name for n in graph.node if n.op_type in ("Conv", "QLinearConv")}
+    for name, t in us.items():
+        if name not in conv_names:
+            other[op_of[name]] = other.get(op_of[name], 0.0) + t
+    return convs, other
+
+
+def layers(pre: Path, int8: Path, shape: list[int], batch: int, threads: int) -> dict:
+    """Each convolution's kernel time in float32 and in int8 (matched in graph order, checked by weight shape),
+    summed by kind, and the other ops of each graph."""
+    f_convs, f_other = _profile(pre, shape, batch, threads)
+    q_convs, q_other = _profile(int8, shape, batch, threads)
+    if [c[:2] for c in f_convs] != [c[:2] for c in q_convs]:
+        raise SystemExit("the float32 and int8 graphs' convolutions do not line up; no per-layer table")
+    rows = [{"kind": k, "weight": w, "fp32_us": f, "int8_us": q} for (k, w, f), (_, _, q) in zip(f_convs, q_convs)]
+    return {"batch": batch, "layers": rows, "fp32_other_us": f_other, "int8_other_us": q_other}
+
+
+def print_layers(res: dict) -> None:
+    print(f"batch {res['batch']}, kernel us per call (onnxruntime's profiler)\n")
+    print("| layer | kind | weight | float32 us | int8 us | int8 vs float32 |\n|---:|---|---|---:|---:|---:|")
+    for i, r in enumerate(res["layers"]):
+        print(f"| {i} | {r['kind']} | {'x'.join(map(str, r['weight']))} | {r['fp32_us']:.0f} | {r['int8_us']:.0f} "
+              f"| {r['fp32_us'] / max(r['int8_us'], 1e-9):.2f}x |")
+    print("\n| kind | layers | float32 us | int8 us | int8 vs float32 |\n|---|---:|---:|---:|---:|")
+    kinds: dict[str, list[dict]] = {}
+    for r in res["layers"]:
+        kinds.setdefault(r["kind"], []).append(r)
+    for k, rs in kinds.items():
+        f, q = sum(r["fp32_us"] for r in rs), sum(r["int8_us"] for r in rs)
+        print(f"| {k} | {len(rs)} | {f:.0f} | {q:.0f} | {f / q:.2f}x |")
+    f_o, q_o = sum(res["fp32_other_us"].values()), sum(res["int8_other_us"].values())
+    print(f"| other ops (float32: {', '.join(res['fp32_other_us'])}; int8: {', '.join(res['int8_other_us'])}) | - "
+          f"| {f_o:.0f} | {q_o:.0f} | {f_o / q_o:.2f}x |")
+    f = sum(r["fp32_us"] for r in res["layers"]) + f_o
+    q = sum(r["int8_us"] for r in res["layers"]) + q_o
+    print(f"| all | - | {f:.0f} | {q:.0f} | {f / q:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("onnx", type=Path)
@@ -56,6 +133,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1, help="also time this batch size (throughput)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--layers", action="store_true", help="profile float32 and int8 layer by layer instead")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="int8-recipes-"))
     source = dynamic_batch(args.onnx, tmp / "dynamic.onnx") if args.batch > 1 else args.onnx
@@ -70,6 +148,12 @@ def main() -> None:
     calib = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
     paths: dict[str, Path] = {"float32": pre}
     x86 = QuantConfig(symmetric_activations=False)  # the x86-cpu profile's recipe: asymmetric u8 activations
+    if args.layers:
+        res = layers(pre, quantize_int8(pre, tmp / "int8.onnx", calib, x86), shape, args.batch, args.threads)
+        print_layers(res)
+        if args.json:
+            args.json.write_text(json.dumps({"model": str(args.onnx), "threads": args.threads, **res}, indent=1))
+        return
     for name, cfg in (("int8 QDQ, every node (the x86-cpu recipe)", x86),
                       ("int8 QDQ, depthwise convolutions in float", replace(x86, float_nodes=tuple(depthwise))),
                       ("int8 QDQ, only 1x1 convolutions and Gemm", replace(x86, float_nodes=tuple(keep_float)))):
