@@ -75,6 +75,9 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # Two-class targets (benchmarks/imbalanced.py: a skewed pool of two classes), also never used to choose.
     "two classes": ("grazers-src", "animals:cat,dog", None, {}),
     "two of the example's": ("animals-src", "animals:elephant,giraffe", None, {}),
+    # A source of another kind: a bundle trained on scikit-learn's 8x8 digits (bundles/digits-src), the example's
+    # animal target; G draws strokes, not shapes, so PP should not pay (held out).
+    "digits source": ("digits-src", EXAMPLE_TARGET, None, {}),
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 
@@ -113,6 +116,10 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, every view turned": ("auto", {"unlabeled": "rest", "augment": {
         "max_rotation": 180.0, "strong_rotation": 180.0}}),
     "pp, gain jitter 0.5": ("pp", {"augment": {"jitter": 0.5}}),  # each channel's gain within 1 ± 0.5
+    # at the target images' own size where the bundle's differs (the digits source draws 8x8)
+    **{f"{m}, at 28 px": (m, {"image_size": 28}) for m in ("scratch", "pp", "auto")},
+    # mirroring on where the pairing turns it off (the digits: a mirrored 2, 3, 7 is no digit)
+    **{f"{m}, flips on": (m, {"augment": {"hflip": True}}) for m in ("scratch", "pp")},
     "scratch, gain jitter 0.5": ("scratch", {"augment": {"jitter": 0.5}}),
     "ft, lr 0.2": ("ft", {"source_ft": {"lr_scale": 0.2}}),
     "ft, lr 0.1": ("ft", {"source_ft": {"lr_scale": 0.1}}),  # lr_scale 0.5 and 1 diverged (NaN) on the first seed
@@ -323,7 +330,7 @@ def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pa
     state = torch.load(out / "model.pt", weights_only=True)  # our own run's file
     model = create_model(state["arch"], len(state["classes"]), state["in_chans"])
     model.load_state_dict(state["state_dict"])
-    val_set = load_dataset(str(files["val"]))
+    val_set = load_dataset(str(files["val"]), state["image_size"], state["in_chans"])  # as the run saw its test
     agree = [r["lp_agree"] for r in read_jsonl(out / "metrics.jsonl") if "lp_agree" in r]
     return {"test": report["test_accuracy"], "val": evaluate(model, val_set)["accuracy"], "wall_s": wall - once,
             "once_s": once, "reused_s": reused, "method": report["method"], "auto": report.get("auto"),

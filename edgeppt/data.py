@@ -170,6 +170,10 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
     return b[None] if b.ndim == 2 else b.transpose(2, 0, 1)
 
 
+class NeedsImageSize(EdgepptError):
+    """A folder whose images have no one square size: a side must be given to resize them to."""
+
+
 def load_folder(root: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:
     """A folder of class sub-folders. Unreadable files are skipped and listed in `skipped`."""
     root = Path(root)
@@ -200,10 +204,10 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     if image_size is None:
         if len(sizes) > 1:
             listed = "; ".join(f"{h}x{w} (e.g. {p})" for (h, w), p in list(sizes.items())[:3])
-            raise EdgepptError(f"{root}: images have mixed sizes: {listed}. Pass an image size to resize them all.")
+            raise NeedsImageSize(f"{root}: images have mixed sizes: {listed}. Pass an image size to resize them all.")
         (h, w), = sizes.keys() if sizes else [(0, 0)]
         if h != w:
-            raise EdgepptError(f"{root}: images are {h}x{w}, not square. Pass an image size to resize them.")
+            raise NeedsImageSize(f"{root}: images are {h}x{w}, not square. Pass an image size to resize them.")
         image_size = h
     images = [_resize(a, image_size) for a in images]
     y = np.asarray(labels, np.int64)
@@ -280,6 +284,24 @@ def load_dataset(spec: str, image_size: int | None = None, channels: int | None 
     if cls:
         ds = select_classes(ds, [c.strip() for c in cls.split(",") if c.strip()])
     return conform(ds, image_size, channels, spec)
+
+
+def load_target(spec: str, image_size: int | None, channels: int | None, source_side: int | None) -> ImageSet:
+    """The target set at the side every stage trains and exports at: `image_size` where given; otherwise the
+    images' own side, raised to the source bundle's where they are smaller (PP learns its features at G's scale,
+    so small images are upscaled to it, as they always were) but never lowered to it: a bundle drawn at 8x8 must
+    not shrink 28x28 targets (that cost 7.8 points in docs/transfer.md). Images of mixed or non-square sizes go
+    to the bundle's side. The same rule for every method, so auto's scratch is `--method scratch`."""
+    if image_size is not None or source_side is None:
+        return load_dataset(spec, image_size, channels)
+    try:
+        ds = load_dataset(spec, None, channels)
+    except NeedsImageSize:
+        return load_dataset(spec, source_side, channels)
+    h, w = ds.shape[1:]
+    side = max(h, w, source_side)
+    # resized by loading again at that side: the path a later stage rebuilds the set through (same fingerprint)
+    return ds if (h, w) == (side, side) else load_dataset(spec, side, channels)
 
 
 def conform(ds: ImageSet, image_size: int | None, channels: int | None, what: str = "dataset") -> ImageSet:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from edgeppt.bundle import SourceBundle, open_source
 from edgeppt.config import AugmentConfig, ProxyConfig, SearchConfig
-from edgeppt.data import ImageSet, few_shot, load_dataset, reshape_images, train_test_split
+from edgeppt.data import ImageSet, few_shot, load_target, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.train import augment
@@ -46,9 +46,8 @@ class ProxyData:
 def prepare(cfg: SearchConfig) -> ProxyData:
     """Split the target exactly as transfer does (test split fixed by seed 0), then hold out a validation set."""
     bundle: SourceBundle | None = open_source(cfg.source, cfg) if cfg.source else None
-    channels = None  # the target's own, as transfer loads it
-    size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
-    target = load_dataset(cfg.target, size, channels)
+    # the target's own channels and side, by the rule transfer loads it with
+    target = load_target(cfg.target, cfg.image_size, None, bundle.image_shape[1] if bundle else None)
     if cfg.test:
         train = target
     else:

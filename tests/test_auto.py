@@ -739,6 +739,22 @@ def test_pp_trains_at_the_size_the_target_network_works_at(tiny_bundle):
         assert torch.isfinite(loss) and seen[-1][-2:] == (want, want)
 
 
+def test_a_bundle_drawn_smaller_than_the_target_does_not_shrink_it(tiny_bundle, tmp_path):
+    """The model works at the target images' own side whatever the bundle's (8 px here), for pp as for scratch;
+    PP's samples are raised to it."""
+    from edgeppt.data import load_dataset, reshape_images
+
+    ds = load_dataset(TARGET)
+    path = tmp_path / "target12.npz"
+    np.savez(path, x=(reshape_images(ds.x, 12, None).numpy() * 255).round().astype(np.uint8), y=ds.y.numpy(),
+             classes=ds.classes)
+    for method in ("pp", "scratch"):
+        report = run_transfer(small(tiny_bundle, target=str(path), method=method, finetune_steps=5,
+                                    pretrain_steps=5), tmp_path / method, progress=False)
+        assert report["model"]["image_size"] == 12 and report["data_record"]["image_size"] == 12
+    assert load_checkpoint(tmp_path / "pp" / "model.pt")["image_size"] == 12
+
+
 def test_the_config_names_every_method_the_transfer_stage_runs():
     """The CLI, the config and the wizard read the names from edgeppt.config; the recipes live in transfer."""
     import typing

@@ -3,7 +3,17 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeppt.data import ANIMAL_CLASSES, few_shot, load_dataset, load_folder, load_npz, train_test_split
+from edgeppt.data import (
+    ANIMAL_CLASSES,
+    DataRecord,
+    few_shot,
+    fingerprint,
+    load_dataset,
+    load_folder,
+    load_npz,
+    load_target,
+    train_test_split,
+)
 from edgeppt.errors import EdgepptError
 
 
@@ -70,6 +80,34 @@ def test_mixed_sizes_are_refused_unless_a_size_is_given(tmp_path):
     with pytest.raises(EdgepptError, match="mixed sizes"):
         load_folder(tmp_path)
     assert load_folder(tmp_path, image_size=10).shape == (1, 10, 10)
+
+
+def test_the_target_keeps_its_own_side_and_is_raised_to_the_bundles_but_never_lowered(tmp_path):
+    # the built-in digits are 8x8: a 28-px bundle upscales them; a 4-px one leaves them; image_size decides over both
+    assert load_target("digits:0,1", None, None, 28).shape == (1, 28, 28)
+    assert load_target("digits:0,1", None, None, 4).shape == (1, 8, 8)
+    assert load_target("digits:0,1", None, None, None).shape == (1, 8, 8)
+    assert load_target("digits:0,1", 6, None, 28).shape == (1, 6, 6)
+    # a folder of one size: its side, not a smaller bundle's
+    for c in "ab":
+        _write(tmp_path / "one" / c / "0.png", size=(12, 12))
+    assert load_target(str(tmp_path / "one"), None, None, 8).shape == (1, 12, 12)
+    # mixed sizes and non-square images have no side of their own: the bundle's
+    _write(tmp_path / "mixed" / "a" / "0.png", size=(10, 10))
+    _write(tmp_path / "mixed" / "b" / "0.png", size=(12, 12))
+    _write(tmp_path / "wide" / "a" / "0.png", size=(16, 10))
+    _write(tmp_path / "wide" / "b" / "0.png", size=(16, 10))
+    assert load_target(str(tmp_path / "mixed"), None, None, 8).shape == (1, 8, 8)
+    assert load_target(str(tmp_path / "wide"), None, None, 8).shape == (1, 8, 8)
+    with pytest.raises(EdgepptError, match="mixed sizes"):
+        load_target(str(tmp_path / "mixed"), None, None, None)
+    # a resized target is rebuilt from its record (export) with the same fingerprint
+    for c in "ab":
+        _write(tmp_path / "small" / c / "0.png", size=(6, 6), value=40 if c == "a" else 200)
+    ds = load_target(str(tmp_path / "small"), None, None, 9)
+    assert ds.shape == (1, 9, 9)
+    rec = DataRecord.of(str(tmp_path / "small"), None, ds, ds, ds.subset([0]))
+    assert fingerprint(rec.target_set()) == fingerprint(ds)
 
 
 def test_npz_layouts_and_errors(tmp_path):

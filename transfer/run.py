@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from edgeppt.bundle import SourceBundle, open_source
+from edgeppt.bundle import SourceBundle, open_source, read_manifest
 from edgeppt.config import TransferConfig, validate
 from edgeppt.data import (
     DataRecord,
     ImageSet,
     few_shot,
     load_dataset,
+    load_target,
     load_unlabeled,
     reshape_images,
     subsample,
@@ -86,8 +87,8 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
     # The target keeps its own channels (a colour target stays in colour whatever the bundle's); only a method that
     # trains C itself needs C's.
     channels = bundle.image_shape[0] if bundle and cfg.method in SOURCE_NET else None
-    size = cfg.image_size or (bundle.image_shape[1] if bundle else None)
-    target = load_dataset(cfg.target, size, channels)
+    source_side = bundle.image_shape[1] if bundle else read_manifest(cfg.source).image_shape[1] if cfg.source else None
+    target = load_target(cfg.target, cfg.image_size, channels, source_side)
     if cfg.test:
         test = load_dataset(cfg.test, target.shape[1], target.shape[0])
         if test.classes != target.classes:
@@ -131,10 +132,9 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
 
 
 def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path, dist: Dist, resume: bool,
-                    cache_dir: Path | None, progress: bool, channels: int) -> dict:
-    """Train `model` (of `channels` input channels: G's samples are converted to them) on generated source-class
-    samples; reuse cached weights for identical settings."""
-    size = cfg.image_size or bundle.image_shape[1]  # PP trains at the size the target network works at
+                    cache_dir: Path | None, progress: bool, channels: int, size: int) -> dict:
+    """Train `model` (of `channels` input channels and `size` square images, the target's: G's samples are
+    converted to them) on generated source-class samples; reuse cached weights for identical settings."""
     key = _pp_key(cfg, bundle, channels, size)
     cached = cache_dir / f"pp-{key}.pt" if cache_dir else None
     entry = read_cache(cached, ["model"]) if cached else None
@@ -236,7 +236,7 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
     pp_model = pool = x_src = None
     if bundle is not None:
         info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, cache, progress,
-                                           labelled.shape[0])
+                                           labelled.shape[0], labelled.shape[1])
         pp_model = model
         pool, from_cache = pseudo_samples(cfg, bundle, labelled, out, dist, cache)
         info["pseudo_samples"] = {"count": len(pool), "mean_relevance": pool.relevance.mean().item(),
@@ -367,7 +367,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if method.pretrain:
         if "pretrain" not in info:  # auto has already pre-trained this model
             info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache,
-                                               progress, labelled.shape[0])
+                                               progress, labelled.shape[0], labelled.shape[1])
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
         keep = choice.pretrain_keep if choice is not None else cfg.pretrain_keep
         if keep < 1 and not method.source_net:
