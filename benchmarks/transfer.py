@@ -78,6 +78,8 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # A source of another kind: a bundle trained on scikit-learn's 8x8 digits (bundles/digits-src), the example's
     # animal target; G draws strokes, not shapes, so PP should not pay (held out).
     "digits source": ("digits-src", EXAMPLE_TARGET, None, {}),
+    # The tuned "other dataset" as a user who leaves flips at their default runs it (auto.mirror_share; held out)
+    "other dataset, flips as given": ("animals-src", "digits", None, {}),
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 
@@ -111,6 +113,7 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "pp, PP rotated up to 180 degrees": ("pp", {"pretrain_rotation": 180.0}),
     "auto, pose rule off": ("auto", {"auto": {"pose_score": 0}}),  # auto before auto.pose_score
     "auto, unlabelled pool, pose rule off": ("auto", {"unlabeled": "rest", "auto": {"pose_score": 0}}),
+    "auto, flip rule off": ("auto", {"auto": {"mirror_share": 0}}),  # auto before auto.mirror_share
     # the target phases' views turned too (PP follows them), where the pose rule fires
     "auto, every view turned": ("auto", {"augment": {"max_rotation": 180.0, "strong_rotation": 180.0}}),
     "auto, unlabelled pool, every view turned": ("auto", {"unlabeled": "rest", "augment": {

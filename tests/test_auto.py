@@ -95,8 +95,11 @@ def test_auto_picks_scratch_where_the_generator_is_noise(tmp_path):
     assert "covers the target poorly" in report["auto"]["reason"] and lines and "scratch" in lines[0]
     cov = report["auto"]["coverage"]
     assert cov["pp_probe"] <= cov["init_probe"]
-    # What auto trains is exactly the method it chose: the same weights as an explicit scratch run.
-    explicit = run_transfer(small(noise, method="scratch"), tmp_path / "scratch", progress=False)
+    # What auto trains is exactly the method it chose: the same weights as an explicit scratch run with the
+    # augmentation auto's label-free rules set (here: no flips, the digits look unlike their mirror images).
+    assert report["mirror"]["hflip"] is False
+    explicit = run_transfer(small(noise, method="scratch", augment=report["settings"]["augment"]),
+                            tmp_path / "scratch", progress=False)
     assert explicit["test_accuracy"] == report["test_accuracy"]
     a = load_checkpoint(tmp_path / "auto" / "model.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "scratch" / "model.pt")["state_dict"]
@@ -656,6 +659,42 @@ def test_auto_turns_the_gain_jitter_on_where_the_images_gain_varies(tiny_bundle,
     assert run_transfer(small(tiny_bundle, auto={"gain_spread": 0}), tmp_path / "never", progress=False)["gain"] is None
 
 
+def test_mirror_share_tells_digits_from_objects_that_face_either_way():
+    """About half the images' nearest neighbours are unmirrored where mirroring keeps the distribution (each image
+    flipped or not at random), nearly all where mirrored images look like none of them (the digits)."""
+    from edgeppt.data import load_dataset
+
+    digits = load_dataset("digits").x[:200]
+    assert coverage.mirror_share(digits) >= coverage.mirror_limit(AutoConfig().mirror_share, 200)
+    either = torch.where(torch.rand(200, 1, 1, 1, generator=torch.Generator().manual_seed(0)) < 0.5, digits,
+                         digits.flip(-1))
+    assert abs(coverage.mirror_share(either) - 0.5) < 0.1
+    assert coverage.mirror_limit(0.75, 20) > 0.75 and coverage.mirror_limit(0.75, 1000) == 0.75
+
+
+def test_auto_leaves_flips_out_where_the_target_looks_unlike_its_mirror_images(tiny_bundle, tmp_path):
+    """auto.mirror_share: flips go where the images are not mirror-symmetric as a set (the digits), with a line and a
+    record; where half of them are mirrored at random they stay; 0 turns the rule off."""
+    from edgeppt.data import load_dataset
+
+    lines: list[str] = []
+    digits = run_transfer(small(tiny_bundle, labels_per_class=8), tmp_path / "digits", progress=False,
+                          log=lines.append)
+    assert digits["mirror"]["share"] >= digits["mirror"]["limit"] and digits["mirror"]["hflip"] is False
+    assert digits["settings"]["augment"]["hflip"] is False
+    assert any(line.startswith("auto: flips off") for line in lines), lines
+    assert json.loads((tmp_path / "digits" / "config.json").read_text())["augment"]["hflip"] is True
+    ds = load_dataset(TARGET)
+    flip = torch.rand(len(ds), 1, 1, 1, generator=torch.Generator().manual_seed(0)) < 0.5
+    np.savez(tmp_path / "either.npz", x=(torch.where(flip, ds.x.flip(-1), ds.x).numpy() * 255).astype(np.uint8),
+             y=ds.y.numpy(), classes=ds.classes)
+    either = run_transfer(small(tiny_bundle, target=str(tmp_path / "either.npz"), labels_per_class=8),
+                          tmp_path / "either", progress=False)
+    assert either["mirror"]["hflip"] is True and either["settings"]["augment"]["hflip"] is True
+    never = run_transfer(small(tiny_bundle, auto={"mirror_share": 0}), tmp_path / "never", progress=False)
+    assert never["mirror"] is None and never["settings"]["augment"]["hflip"] is True
+
+
 def _turn(x: torch.Tensor, degrees: float, seed: int) -> torch.Tensor:
     from edgeppt.config import AugmentConfig
     from edgeppt.train.augment import weak
@@ -748,7 +787,7 @@ def test_a_bundle_drawn_smaller_than_the_target_does_not_shrink_it(tiny_bundle, 
     path = tmp_path / "target12.npz"
     np.savez(path, x=(reshape_images(ds.x, 12, None).numpy() * 255).round().astype(np.uint8), y=ds.y.numpy(),
              classes=ds.classes)
-    for method in ("pp", "scratch"):
+    for method in ("pp", "scratch", "pp+pssl"):  # (P-SSL's pseudo samples are raised to the side too)
         report = run_transfer(small(tiny_bundle, target=str(path), method=method, finetune_steps=5,
                                     pretrain_steps=5), tmp_path / method, progress=False)
         assert report["model"]["image_size"] == 12 and report["data_record"]["image_size"] == 12

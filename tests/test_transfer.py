@@ -168,9 +168,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bundle, tmp_path
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
-def test_target_images_keep_their_colour_and_take_the_bundles_size(tiny_bundle, tmp_path):
-    """RGB 12x12 target images meet a grayscale 8x8 bundle: resized, and kept in colour, except for the methods
-    that train C itself, which need C's channels."""
+def test_target_images_keep_their_colour_and_side_except_where_c_itself_trains(tiny_bundle, tmp_path):
+    """RGB 12x12 target images meet a grayscale 8x8 bundle: kept in colour and at 12x12 (a bundle drawn smaller
+    never shrinks the target), except for the methods that train C itself, which need C's channels and side."""
     from PIL import Image
 
     from edgeppt.transfer.run import prepare_data
@@ -180,7 +180,7 @@ def test_target_images_keep_their_colour_and_take_the_bundles_size(tiny_bundle, 
             Image.new("RGB", (12, 12), (40 * i, 200 if c == "a" else 0, 0)).save(tmp_path / "d" / c / f"{i}.png")
     labelled, test = prepare_data(cfg(tiny_bundle, target=str(tmp_path / "d"), labels_per_class=2),
                                   load_bundle(tiny_bundle))
-    assert labelled.shape == test.shape == (3, 8, 8) and labelled.counts() == [2, 2]
+    assert labelled.shape == test.shape == (3, 12, 12) and labelled.counts() == [2, 2]
     labelled, test = prepare_data(cfg(tiny_bundle, target=str(tmp_path / "d"), labels_per_class=2, method="ft"),
                                   load_bundle(tiny_bundle))
     assert labelled.shape == test.shape == (1, 8, 8)

@@ -62,6 +62,7 @@ class TransferReport(BaseModel):
     reverse_check: dict[str, Any] | None = None  # auto with unlabelled images: reverse accuracies, the model kept
     gain: dict[str, Any] | None = None  # auto: how much the target images' gain varies, and the jitter it set
     pose: dict[str, Any] | None = None  # auto: whether the target's objects lie turned, and the PP rotation it set
+    mirror: dict[str, Any] | None = None  # auto: whether the images look unlike their mirror images, flips kept or not
     low_agreement: dict[str, Any] | None = None  # auto went back to the warm start: propagation and it disagree
     uneven_shares: dict[str, Any] | None = None  # auto went back to the warm start: one class dominates them
     source: dict[str, Any] | None = None  # the bundle used: path, provenance (who signed it), runtime

@@ -84,11 +84,14 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
                    ) -> tuple[ImageSet, ImageSet, ImageSet, DataRecord]:
     """prepare_data, plus the target pool's images that are not labelled (what --unlabeled rest uses) and the
     record of which images these are (later stages rebuild them from it)."""
-    # The target keeps its own channels (a colour target stays in colour whatever the bundle's); only a method that
-    # trains C itself needs C's.
-    channels = bundle.image_shape[0] if bundle and cfg.method in SOURCE_NET else None
-    source_side = bundle.image_shape[1] if bundle else read_manifest(cfg.source).image_shape[1] if cfg.source else None
-    target = load_target(cfg.target, cfg.image_size, channels, source_side)
+    # The target keeps its own channels (a colour target stays in colour whatever the bundle's) and side (raised to
+    # the bundle's where smaller); only a method that trains C itself needs C's channels and side.
+    if bundle and cfg.method in SOURCE_NET:
+        target = load_dataset(cfg.target, cfg.image_size or bundle.image_shape[1], bundle.image_shape[0])
+    else:
+        source_side = bundle.image_shape[1] if bundle else read_manifest(cfg.source).image_shape[1] if cfg.source \
+            else None
+        target = load_target(cfg.target, cfg.image_size, None, source_side)
     if cfg.test:
         test = load_dataset(cfg.test, target.shape[1], target.shape[0])
         if test.classes != target.classes:
@@ -278,7 +281,8 @@ def _needed(bundle: SourceBundle | None, method: str) -> SourceBundle:
 def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, info: dict
                      ) -> tuple[TransferConfig, list[str]]:
     """auto's label-free augmentation rules, measured on the target images (labelled and unlabelled) before any
-    training: gain jitter where the images' gain varies, PP's rotation where their objects lie turned. Decided on
+    training: gain jitter where the images' gain varies, PP's rotation where their objects lie turned, no flips
+    where the images look unlike their mirror images. Decided on
     the data, so a resume decides the same; config.json keeps the settings as given. Returns the settings to train
     with and a line for each rule that changed them."""
     a = cfg.auto
@@ -302,6 +306,15 @@ def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.
                          f"target images lie nearer G's samples turned than upright ({score:+.2f} from upright -1 to "
                          f"turned +1, limit {a.pose_score:+.2f}): objects in poses the source drew upright "
                          "(auto.pose_score)")
+    if a.mirror_share and cfg.augment.hflip:
+        share, limit = coverage.mirror_share(x), coverage.mirror_limit(a.mirror_share, min(len(x), 1000))
+        off = share >= limit
+        info["mirror"] = {"share": share, "limit": limit, "hflip": not off}
+        if off:
+            cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"hflip": False})})
+            notes.append(f"auto: flips off: {share:.0%} of the target images have an unmirrored nearest neighbour "
+                         f"among them and their mirror images (about 50% where objects face either way; limit "
+                         f"{limit:.0%}): mirrored, they look like none of them (auto.mirror_share)")
     return cfg, notes
 
 
