@@ -423,6 +423,9 @@ class SearchConfig(SourceTrust):
                                                      "training labels alone")
     augment: AugmentConfig = Field(AugmentConfig(), description="the proxy's augmentation (flips off for digits, "
                                    "text); transfer's `augment` settings, shared in pipeline.yaml")
+    auto: AutoConfig = Field(AutoConfig(), description="auto's label-free augmentation rules, which fit the proxy's "
+                             "augmentation to the target as transfer's auto does (the pipeline passes transfer's "
+                             "settings, and turns the rules off where transfer's method is not auto)")
     folds: int = Field(2, ge=2, description="cross-validation folds over the training labels when val_per_class "
                                             "is 0 (each fold fine-tunes on the others' labels, scores on its own)")
     image_size: int | None = Field(None, ge=8, le=512)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from edgeppt.config import AugmentConfig, ProxyConfig, SearchConfig
 from edgeppt.data import ImageSet, few_shot, load_target, reshape_images, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
-from edgeppt.train import augment
+from edgeppt.train import augment_rules
 from edgeppt.train.evaluate import evaluate, predict
 from edgeppt.train.loop import Phase, Trainer
 from edgeppt.train.objective import Supervised
@@ -37,6 +37,9 @@ class ProxyData:
     pool: tuple[torch.Tensor, torch.Tensor] | None  # generated source-class images and labels
     source_val: tuple[torch.Tensor, torch.Tensor] | None  # more of them, held out from PP: its label-free score
     in_shape: tuple[int, int, int]
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the fine-tune's views, fitted as transfer's auto
+    pp_augment: AugmentConfig = field(default_factory=AugmentConfig)  # PP's views of the generated pool
+    augment_notes: list[str] = field(default_factory=list)  # what auto's augmentation rules changed
 
     @property
     def num_classes(self) -> int:
@@ -61,13 +64,17 @@ def prepare(cfg: SearchConfig) -> ProxyData:
         folds = [(labelled, val)]
     else:
         folds = label_folds(labelled, cfg.folds)
+    pretrain = bundle is not None and cfg.proxy.pretrain_steps > 0
+    fitted = augment_rules.fit_augmentation(cfg.augment, 0.0, cfg.auto, labelled.x, bundle if pretrain else None,
+                                            pretrain=pretrain, seed=cfg.seed)
     pool = source_val = None
     if bundle is not None and cfg.proxy.pretrain_steps > 0:
         g = torch.Generator().manual_seed(cfg.seed)
         pool = _generate(bundle, cfg.proxy.pretrain_pool, g, labelled.x.shape[1:])
         source_val = _generate(bundle, SOURCE_VAL, g, labelled.x.shape[1:])  # drawn after the pool: it stays the same
     c, h, w = labelled.x.shape[1:]  # ImageSet images are (N, C, H, W)
-    return ProxyData(labelled, folds, pool, source_val, (c, h, w))
+    pp_aug = augment_rules.pp_augment(fitted.augment, fitted.pretrain_rotation, bundle) if bundle else fitted.augment
+    return ProxyData(labelled, folds, pool, source_val, (c, h, w), fitted.augment, pp_aug, fitted.notes)
 
 
 SOURCE_VAL = 500  # generated images held out from the proxy's PP
@@ -114,8 +121,7 @@ def _train(model, data: ImageSet, steps: int, batch: int, cfg: ProxyConfig, aug:
         raise EdgepptError(f"proxy training diverged ({e}); lower proxy.lr") from e
 
 
-def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0,
-                  aug: AugmentConfig = augment.DEFAULT) -> dict:
+def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0) -> dict:
     """Train `arch` under the proxy budget (PP once, then a fine-tune per fold); its mean held-out accuracy over
     the folds and the seconds it took. After PP, two scores that need no fine-tuning: `pp_source`, the accuracy
     on generated images held out from PP (no target label), and `pp_probe`, the leave-one-out nearest-class-mean
@@ -127,8 +133,8 @@ def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0,
         x, y = data.pool
         k = int(y.max()) + 1
         start = create_model(arch, k, data.in_shape[0])
-        _train(start, ImageSet(x, y, [str(c) for c in range(k)]), cfg.pretrain_steps, cfg.pretrain_batch, cfg, aug,
-               seed, "pretrain")
+        _train(start, ImageSet(x, y, [str(c) for c in range(k)]), cfg.pretrain_steps, cfg.pretrain_batch, cfg,
+               data.pp_augment, seed, "pretrain")
         if data.source_val is not None:
             xv, yv = data.source_val
             extra["pp_source"] = (predict(start, xv) == yv).float().mean().item()
@@ -139,6 +145,6 @@ def evaluate_arch(arch: dict, data: ProxyData, cfg: ProxyConfig, seed: int = 0,
     scores = []
     for f, (train, held) in enumerate(data.folds):
         model = copy.deepcopy(start)  # the fine-tune puts a new head over the target classes on it
-        _train(model, train, cfg.finetune_steps, cfg.batch_size, cfg, aug, seed, f"fold{f}", target=True)
+        _train(model, train, cfg.finetune_steps, cfg.batch_size, cfg, data.augment, seed, f"fold{f}", target=True)
         scores.append(evaluate(model, held)["accuracy"])
     return {"accuracy": sum(scores) / len(scores), "train_s": time.perf_counter() - t, **extra}

@@ -148,6 +148,7 @@ def write_outputs(ctx, out: Path, smallest: dict, wall_s: float, source_classifi
                "trained": len(trained), "rejected": len(rejected), "best": {"arch": best["arch"], **proxy, **costs},
                "why": why, "reference": reference_summary(trained, best),
                "smallest_in_space": smallest, "source_classifier": source_classifier,
+               "augment_notes": ctx.data.augment_notes,
                "train_s_total": sum(r.get("train_s", 0.0) for r in trained), "wall_s": wall_s,
                "files": {k: str(out / k) for k in (BEST_FILE, "trials.csv", "trials.json", "pareto.png")}}
     atomic_write_json(out / "summary.json", summary)

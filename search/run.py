@@ -90,8 +90,7 @@ class SearchContext:
         # Marked before training: a record left "training" is a trial that died (run_search retries it).
         self.ledger.add({"key": key, "status": "training", "pid": os.getpid()})
         try:
-            result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed,
-                                    aug=self.cfg.augment)
+            result = evaluate_arch(rec["arch"], self.data, self.cfg.proxy, seed=self.cfg.seed)
         except KeyboardInterrupt:
             self.interrupted = True
             raise
@@ -116,7 +115,7 @@ class SearchContext:
                              "reference": "none of x0.25-x2.0 fits", "arch": None, "latency_ms": None})
             return
         width, arch, costs = found
-        result = evaluate_arch(arch, self.data, cfg.proxy, seed=cfg.seed, aug=cfg.augment)
+        result = evaluate_arch(arch, self.data, cfg.proxy, seed=cfg.seed)
         rec = self.ledger.add({"key": reference.KEY, "order": len(self.ledger.records), "sample": None, "arch": arch,
                                **costs, "violations": [], "reference": f"hand-designed x{width:g}",
                                "status": "trained", "trial": 0, "pid": os.getpid(), **result})
@@ -142,7 +141,7 @@ class SearchContext:
         for rank, rec in enumerate(top, 1):
             accs = list(rec.get("seed_accuracies") or [rec["accuracy"]])
             for s in range(len(accs), 1 + cfg.final_seeds):
-                res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s, aug=cfg.augment)
+                res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s)
                 accs.append(res["accuracy"])
                 rec = self.ledger.add({"key": rec["key"], "seed_accuracies": accs, "finalist": rank,
                                        "final_accuracy": sum(accs) / len(accs),
@@ -316,6 +315,8 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
             report.console.print(f"search on {ctx.profile.name} ({ctx.profile.latency} latency), budgets "
                                  f"{ctx.cost.budgets.model_dump(exclude_none=True)}; strategy {cfg.strategy}, "
                                  f"{cfg.trials} trials" + (f"; {done} already done" if done else ""))
+            for line in ctx.data.augment_notes:
+                report.console.print(line.replace("auto: ", "proxy (as transfer's auto): ", 1))
         logging.getLogger("nni").setLevel(logging.WARNING)
         for attempt in range(1 + cfg.trial_retries):
             if len(ctx.ledger.trials()) >= cfg.trials:

@@ -20,6 +20,7 @@ from edgeppt.data import EXAMPLE_TARGET, ImageSet
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.runs import load_checkpoint, read_jsonl
+from edgeppt.train import augment_rules
 from edgeppt.train.loop import Dist
 from edgeppt.transfer import coverage, run_transfer
 from edgeppt.transfer.run import restart_layers
@@ -665,11 +666,11 @@ def test_mirror_share_tells_digits_from_objects_that_face_either_way():
     from edgeppt.data import load_dataset
 
     digits = load_dataset("digits").x[:200]
-    assert coverage.mirror_share(digits) >= coverage.mirror_limit(AutoConfig().mirror_share, 200)
+    assert augment_rules.mirror_share(digits) >= augment_rules.mirror_limit(AutoConfig().mirror_share, 200)
     either = torch.where(torch.rand(200, 1, 1, 1, generator=torch.Generator().manual_seed(0)) < 0.5, digits,
                          digits.flip(-1))
-    assert abs(coverage.mirror_share(either) - 0.5) < 0.1
-    assert coverage.mirror_limit(0.75, 20) > 0.75 and coverage.mirror_limit(0.75, 1000) == 0.75
+    assert abs(augment_rules.mirror_share(either) - 0.5) < 0.1
+    assert augment_rules.mirror_limit(0.75, 20) > 0.75 and augment_rules.mirror_limit(0.75, 1000) == 0.75
 
 
 def test_auto_leaves_flips_out_where_the_target_looks_unlike_its_mirror_images(tiny_bundle, tmp_path):
@@ -717,8 +718,8 @@ def test_pose_score_places_upright_targets_near_minus_one_and_turned_ones_near_p
     aug = pp_augment(small(tiny_bundle), bundle)
     g = torch.Generator().manual_seed(7)
     x = bundle.sample_classes(torch.arange(20) % bundle.num_classes, generator=g)  # twenty, as 4 labels of 5 classes
-    upright = coverage.pose_score(bundle, x, aug, seed=0)
-    turned = coverage.pose_score(bundle, _turn(x, 180, seed=7), aug, seed=0)
+    upright = augment_rules.pose_score(bundle, x, aug, seed=0)
+    turned = augment_rules.pose_score(bundle, _turn(x, 180, seed=7), aug, seed=0)
     assert upright < -0.5 and turned >= AutoConfig().pose_score, (upright, turned)
 
 

@@ -210,6 +210,18 @@ def test_demo_writes_the_example_config(tmp_path, monkeypatch):
     assert load_config(path) == example_config("demo")  # the written YAML reads back to the same config
 
 
+def test_the_search_fits_its_augmentation_with_the_rules_transfer_will_use(tiny_bundle, tmp_path):
+    """The search's proxy gets transfer's auto rules where transfer runs auto, none otherwise; they key the stage."""
+    from edgeppt.pipeline.stages import _search_inputs, search_config
+
+    auto = parse_config(raw_config(tiny_bundle, transfer={"method": "auto", "auto": {"mirror_share": 0.9}}))
+    named = parse_config(raw_config(tiny_bundle, transfer={"method": "pp"}))
+    assert search_config(auto, tmp_path).auto.mirror_share == 0.9
+    rules = search_config(named, tmp_path).auto
+    assert rules.mirror_share == rules.pose_score == rules.gain_spread == 0
+    assert _search_inputs(auto, tmp_path) != _search_inputs(named, tmp_path)
+
+
 def test_search_feeds_its_architecture_to_transfer(tiny_bundle, tmp_path, calls):
     """The search stage plugs in as one row of the table: transfer trains its best.json and is cached by its hash."""
     run = tmp_path / "run"

@@ -472,6 +472,18 @@ def test_the_proxy_records_its_label_free_scores_after_pp():
     assert "pp_source" not in evaluate_arch(arch, prepare(plain), plain.proxy)
 
 
+def test_the_proxy_fits_its_augmentation_as_transfers_auto_does():
+    """auto's label-free rules (edgeppt/train/augment_rules.py) fit the proxy's views too, so candidates are ranked
+    as transfer will train them: the digits look unlike their mirror images, so the proxy fine-tunes without flips;
+    with the rule off (the pipeline turns the rules off where transfer's method is not auto) flips stay."""
+    from edgeppt.search.proxy import prepare
+
+    data = prepare(SearchConfig(**{**FAST, "labels_per_class": 8}))
+    assert data.augment.hflip is False and any(n.startswith("auto: flips off") for n in data.augment_notes)
+    off = prepare(SearchConfig(**{**FAST, "labels_per_class": 8, "auto": {"mirror_share": 0}}))
+    assert off.augment.hflip is True and off.augment_notes == []
+
+
 def test_the_source_classifier_is_offered_when_it_fits(tmp_path, tiny_bundle):
     """C's costs on the device under the same budgets: within them it is offered (transfer --method tred trains
     it), over them it is not."""

@@ -7,9 +7,9 @@ each labelled image classified by centroids that leave it out):
 - `pseudo_probe`: centroids of the pseudo samples G(z, p) labelled by their anchors, leaving out the samples
   the image itself conditioned, in the PP features: do the pseudo samples carry the target classes?
 `pseudo_share` puts the last on the scale chance = 0, the labels themselves (`pp_probe`) = 1.
-Plus label-free ones: the source classifier's mean confidence on the target images, `pose_score`: whether
-the target shows its objects turned where G draws them upright (auto then rotates PP's samples), and
-`mirror_share`: whether the target images look unlike their mirror images (auto then leaves flips out).
+Plus a label-free one: the source classifier's mean confidence on the target images. auto's label-free
+augmentation rules (gain, pose, mirror) are in the core, `edgeppt/train/augment_rules.py`: the search's proxy
+applies them too.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from edgeppt.bundle import SourceBundle
-from edgeppt.config import AugmentConfig, AutoConfig
-from edgeppt.data import ImageSet, reshape_images, subsample
+from edgeppt.config import AutoConfig
+from edgeppt.data import ImageSet
 from edgeppt.models import ClassifierNet
-from edgeppt.train.augment import weak
 from edgeppt.train.probe import centroid_distances, features, label_probe
 
 from .pseudo import PseudoPool
@@ -56,56 +55,6 @@ def pseudo_probe(f_l: torch.Tensor, y_l: torch.Tensor, f_u: torch.Tensor, anchor
     dist = centroid_distances(f_l, y_l, sums, torch.bincount(y_u, minlength=k).float(), own,
                               torch.bincount(anchor, minlength=len(y_l)).float())
     return None if dist is None else (dist.argmin(1) == y_l).float().mean().item()
-
-
-def pose_score(bundle: SourceBundle, x_t: torch.Tensor, aug: AugmentConfig, seed: int, samples: int = 500,
-               max_targets: int = 1000) -> float:
-    """Where the target images sit between G's samples of the source classes seen as PP sees them (-1) and the same
-    samples turned by up to 180 degrees (+1), in C's features.
-
-    Each set is its kernel mean embedding (a Gaussian kernel whose width is the median squared distance between
-    target images and upright samples); the score projects the target's on the line between the two sample sets':
-    (MMD²(target, upright) - MMD²(target, turned)) / MMD²(upright, turned). The target's own spread cancels out of
-    it, so twenty labelled images give about the reading a thousand do. Label-free."""
-    g = torch.Generator().manual_seed(seed)
-    keep = subsample(len(x_t), max_targets)
-    x_t = reshape_images(x_t if keep is None else x_t[keep], bundle.image_shape[1], bundle.image_shape[0])
-    x_s = bundle.sample_classes(torch.arange(samples) % bundle.num_classes, generator=g).cpu()
-    views = [weak(x_s, g, aug.model_copy(update={"max_rotation": r, "jitter": 0.0})) for r in (0.0, 180.0)]
-    f_t, f_u, f_r = (F.normalize(bundle.classify(x)[1].flatten(1).float().cpu(), dim=1) for x in (x_t, *views))
-    width = torch.cdist(f_t, f_u).square().median().clamp_min(1e-8)
-
-    def k(a: torch.Tensor, b: torch.Tensor, same: bool = False) -> torch.Tensor:  # the mean kernel between two sets
-        m = torch.exp(-torch.cdist(a, b).square() / width)
-        return (m.sum() - m.diagonal().sum()) / (len(a) * (len(a) - 1)) if same else m.mean()
-
-    uu, rr, ur = k(f_u, f_u, True), k(f_r, f_r, True), k(f_u, f_r)
-    return ((2 * k(f_t, f_r) - 2 * k(f_t, f_u) + uu - rr) / (uu + rr - 2 * ur).clamp_min(1e-8)).item()
-
-
-def mirror_share(x: torch.Tensor, max_images: int = 1000) -> float:
-    """The share of target images whose nearest neighbour, among the other images and every image mirrored (its own
-    mirror left out), is unmirrored: about 0.5 where mirroring keeps the images' distribution (objects face either
-    way), near 1 where mirrored images look like none of them (digits, text). Pixels, each image centred and
-    L2-normalised; a two-sample nearest-neighbour test (Schilling 1986) of the images against their mirrors."""
-    keep = subsample(len(x), max_images)
-    x = x if keep is None else x[keep]
-
-    def flat(v: torch.Tensor) -> torch.Tensor:
-        v = v.flatten(1).float()
-        return F.normalize(v - v.mean(1, keepdim=True), dim=1)
-
-    f, m = flat(x), flat(x.flip(-1))
-    same, mirrored = torch.cdist(f, f), torch.cdist(f, m)
-    same.fill_diagonal_(float("inf"))
-    mirrored.fill_diagonal_(float("inf"))
-    return (same.min(1).values < mirrored.min(1).values).float().mean().item()
-
-
-def mirror_limit(share: float, n: int) -> float:
-    """The share above which flips go: the set effect size, and far enough above 0.5 for n images that chance
-    does not reach it (one-sided, z = 2.33: 0.76 for 20 images, 0.68 for 40)."""
-    return max(share, 0.5 + 2.33 * 0.5 / n ** 0.5)
 
 
 def measure(labelled: ImageSet, init_feats: torch.Tensor, pp_model: ClassifierNet | None,

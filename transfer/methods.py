@@ -11,6 +11,7 @@ import torch
 from edgeppt.bundle import SourceBundle
 from edgeppt.config import AugmentConfig, TransferConfig
 from edgeppt.data import ImageSet
+from edgeppt.train import augment_rules
 
 from .objectives import Distill, Objective, Supervised
 from .pseudo import PseudoPool
@@ -35,10 +36,8 @@ class Method:
 
 
 def pp_augment(cfg: TransferConfig, bundle: SourceBundle) -> AugmentConfig:
-    """PP trains on source-class samples: flips follow the owner's source training where the bundle says."""
-    hflip = bundle.manifest.info.get("config", {}).get("hflip", cfg.augment.hflip)
-    rotation = {"max_rotation": cfg.pretrain_rotation} if cfg.pretrain_rotation else {}
-    return cfg.augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0, **rotation})
+    """PP's views of G's samples (edgeppt/train/augment_rules.py: the owner's flips, `pretrain_rotation`)."""
+    return augment_rules.pp_augment(cfg.augment, cfg.pretrain_rotation, bundle)
 
 
 def supervised_settings(cfg: TransferConfig) -> dict:

@@ -34,7 +34,7 @@ from edgeppt.runs import (
     read_cache,
     resume_conflicts,
 )
-from edgeppt.train.augment import gain_spread
+from edgeppt.train import augment_rules
 from edgeppt.train.evaluate import evaluate
 from edgeppt.train.loop import Dist, Phase, Trainer, elastic_restarts, ema_decay, setup_distributed
 from edgeppt.train.objective import Probe
@@ -280,42 +280,14 @@ def _needed(bundle: SourceBundle | None, method: str) -> SourceBundle:
 
 def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, info: dict
                      ) -> tuple[TransferConfig, list[str]]:
-    """auto's label-free augmentation rules, measured on the target images (labelled and unlabelled) before any
-    training: gain jitter where the images' gain varies, PP's rotation where their objects lie turned, no flips
-    where the images look unlike their mirror images. Decided on
-    the data, so a resume decides the same; config.json keeps the settings as given. Returns the settings to train
-    with and a line for each rule that changed them."""
-    a = cfg.auto
-    notes: list[str] = []
-    if a.gain_spread and not cfg.augment.jitter:
-        spread = gain_spread(x)
-        on = spread > a.gain_spread
-        info["gain"] = {"spread": spread, "limit": a.gain_spread, "jitter": a.jitter_amount if on else 0}
-        if on:
-            cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"jitter": a.jitter_amount})})
-            notes.append(f"auto: gain jitter {a.jitter_amount} on: the images' brightest pixels vary by {spread:.2f} "
-                         f"from image to image (limit {a.gain_spread}), as a camera's exposure or colour balance does "
-                         "(auto.gain_spread)")
-    if a.pose_score and not cfg.pretrain_rotation and bundle is not None and cfg.pretrain_steps:
-        score = coverage.pose_score(bundle, x, pp_augment(cfg, bundle), cfg.seed)
-        on = score >= a.pose_score
-        info["pose"] = {"score": score, "limit": a.pose_score, "rotation": a.rotation_amount if on else 0}
-        if on:
-            cfg = cfg.model_copy(update={"pretrain_rotation": a.rotation_amount})
-            notes.append(f"auto: PP rotation {a.rotation_amount:g} on: in the source classifier's features the "
-                         f"target images lie nearer G's samples turned than upright ({score:+.2f} from upright -1 to "
-                         f"turned +1, limit {a.pose_score:+.2f}): objects in poses the source drew upright "
-                         "(auto.pose_score)")
-    if a.mirror_share and cfg.augment.hflip:
-        share, limit = coverage.mirror_share(x), coverage.mirror_limit(a.mirror_share, min(len(x), 1000))
-        off = share >= limit
-        info["mirror"] = {"share": share, "limit": limit, "hflip": not off}
-        if off:
-            cfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"hflip": False})})
-            notes.append(f"auto: flips off: {share:.0%} of the target images have an unmirrored nearest neighbour "
-                         f"among them and their mirror images (about 50% where objects face either way; limit "
-                         f"{limit:.0%}): mirrored, they look like none of them (auto.mirror_share)")
-    return cfg, notes
+    """auto's label-free augmentation rules (edgeppt/train/augment_rules.py) on the target images, labelled and
+    unlabelled, before any training. Decided on the data, so a resume decides the same; config.json keeps the
+    settings as given. Returns the settings to train with and a line for each rule that changed them."""
+    fitted = augment_rules.fit_augmentation(cfg.augment, cfg.pretrain_rotation, cfg.auto, x, bundle,
+                                            pretrain=bool(cfg.pretrain_steps), seed=cfg.seed)
+    info.update(fitted.records)
+    update = {"augment": fitted.augment, "pretrain_rotation": fitted.pretrain_rotation}
+    return cfg.model_copy(update=update), fitted.notes
 
 
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,

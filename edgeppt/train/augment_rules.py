@@ -1,0 +1,125 @@
+"""auto's label-free augmentation rules: measured on the target images before any training, so that the search's
+proxy and transfer fit the augmentation alike (the search ranks candidates as transfer will train them).
+
+- gain jitter where the images' gain varies from image to image (`AutoConfig.gain_spread`);
+- PP on turned samples where the target lies nearer G's samples turned than upright, in C's features
+  (`AutoConfig.pose_score`);
+- no flips where the images look unlike their mirror images (`AutoConfig.mirror_share`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgeppt.bundle import SourceBundle
+from edgeppt.config import AugmentConfig, AutoConfig
+from edgeppt.data import reshape_images, subsample
+from edgeppt.train.augment import gain_spread, weak
+
+
+def pp_augment(augment: AugmentConfig, pretrain_rotation: float, bundle: SourceBundle) -> AugmentConfig:
+    """PP trains on source-class samples: flips follow the owner's source training where the bundle says, turns
+    follow `pretrain_rotation`, and the target's gain jitter never reaches them."""
+    hflip = bundle.manifest.info.get("config", {}).get("hflip", augment.hflip)
+    rotation = {"max_rotation": pretrain_rotation} if pretrain_rotation else {}
+    return augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0, **rotation})
+
+
+def pose_score(bundle: SourceBundle, x_t: torch.Tensor, aug: AugmentConfig, seed: int, samples: int = 500,
+               max_targets: int = 1000) -> float:
+    """Where the target images sit between G's samples of the source classes seen as PP sees them (-1) and the same
+    samples turned by up to 180 degrees (+1), in C's features.
+
+    Each set is its kernel mean embedding (a Gaussian kernel whose width is the median squared distance between
+    target images and upright samples); the score projects the target's on the line between the two sample sets':
+    (MMD²(target, upright) - MMD²(target, turned)) / MMD²(upright, turned). The target's own spread cancels out of
+    it, so twenty labelled images give about the reading a thousand do. Label-free."""
+    g = torch.Generator().manual_seed(seed)
+    keep = subsample(len(x_t), max_targets)
+    x_t = reshape_images(x_t if keep is None else x_t[keep], bundle.image_shape[1], bundle.image_shape[0])
+    x_s = bundle.sample_classes(torch.arange(samples) % bundle.num_classes, generator=g).cpu()
+    views = [weak(x_s, g, aug.model_copy(update={"max_rotation": r, "jitter": 0.0})) for r in (0.0, 180.0)]
+    f_t, f_u, f_r = (F.normalize(bundle.classify(x)[1].flatten(1).float().cpu(), dim=1) for x in (x_t, *views))
+    width = torch.cdist(f_t, f_u).square().median().clamp_min(1e-8)
+
+    def k(a: torch.Tensor, b: torch.Tensor, same: bool = False) -> torch.Tensor:  # the mean kernel between two sets
+        m = torch.exp(-torch.cdist(a, b).square() / width)
+        return (m.sum() - m.diagonal().sum()) / (len(a) * (len(a) - 1)) if same else m.mean()
+
+    uu, rr, ur = k(f_u, f_u, True), k(f_r, f_r, True), k(f_u, f_r)
+    return ((2 * k(f_t, f_r) - 2 * k(f_t, f_u) + uu - rr) / (uu + rr - 2 * ur).clamp_min(1e-8)).item()
+
+
+def mirror_share(x: torch.Tensor, max_images: int = 1000) -> float:
+    """The share of target images whose nearest neighbour, among the other images and every image mirrored (its own
+    mirror left out), is unmirrored: about 0.5 where mirroring keeps the images' distribution (objects face either
+    way), near 1 where mirrored images look like none of them (digits, text). Pixels, each image centred and
+    L2-normalised; a two-sample nearest-neighbour test (Schilling 1986) of the images against their mirrors."""
+    keep = subsample(len(x), max_images)
+    x = x if keep is None else x[keep]
+
+    def flat(v: torch.Tensor) -> torch.Tensor:
+        v = v.flatten(1).float()
+        return F.normalize(v - v.mean(1, keepdim=True), dim=1)
+
+    f, m = flat(x), flat(x.flip(-1))
+    same, mirrored = torch.cdist(f, f), torch.cdist(f, m)
+    same.fill_diagonal_(float("inf"))
+    mirrored.fill_diagonal_(float("inf"))
+    return (same.min(1).values < mirrored.min(1).values).float().mean().item()
+
+
+def mirror_limit(share: float, n: int) -> float:
+    """The share above which flips go: the set effect size, and far enough above 0.5 for n images that chance
+    does not reach it (one-sided, z = 2.33: 0.76 for 20 images, 0.68 for 40)."""
+    return max(share, 0.5 + 2.33 * 0.5 / n ** 0.5)
+
+
+@dataclass
+class Fitted:
+    """The augmentation to train with, what each rule measured (for report.json), and a line per change."""
+    augment: AugmentConfig
+    pretrain_rotation: float
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_augmentation(augment: AugmentConfig, pretrain_rotation: float, rules: AutoConfig, x: torch.Tensor,
+                     bundle: SourceBundle | None, pretrain: bool, seed: int) -> Fitted:
+    """Apply each rule that is on (its threshold not 0) and whose setting is still at its default, to the target
+    images `x` (labelled, and any unlabelled)."""
+    out = Fitted(augment, pretrain_rotation)
+    if rules.gain_spread and not augment.jitter:
+        spread = gain_spread(x)
+        on = spread > rules.gain_spread
+        out.records["gain"] = {"spread": spread, "limit": rules.gain_spread, "jitter": rules.jitter_amount if on else 0}
+        if on:
+            out.augment = out.augment.model_copy(update={"jitter": rules.jitter_amount})
+            out.notes.append(f"auto: gain jitter {rules.jitter_amount} on: the images' brightest pixels vary by "
+                             f"{spread:.2f} from image to image (limit {rules.gain_spread}), as a camera's exposure or "
+                             "colour balance does (auto.gain_spread)")
+    if rules.pose_score and not pretrain_rotation and bundle is not None and pretrain:
+        score = pose_score(bundle, x, pp_augment(augment, pretrain_rotation, bundle), seed)
+        on = score >= rules.pose_score
+        out.records["pose"] = {"score": score, "limit": rules.pose_score,
+                               "rotation": rules.rotation_amount if on else 0}
+        if on:
+            out.pretrain_rotation = rules.rotation_amount
+            out.notes.append(f"auto: PP rotation {rules.rotation_amount:g} on: in the source classifier's features the "
+                             f"target images lie nearer G's samples turned than upright ({score:+.2f} from upright -1 "
+                             f"to turned +1, limit {rules.pose_score:+.2f}): objects in poses the source drew upright "
+                             "(auto.pose_score)")
+    if rules.mirror_share and augment.hflip:
+        share, limit = mirror_share(x), mirror_limit(rules.mirror_share, min(len(x), 1000))
+        off = share >= limit
+        out.records["mirror"] = {"share": share, "limit": limit, "hflip": not off}
+        if off:
+            out.augment = out.augment.model_copy(update={"hflip": False})
+            out.notes.append(f"auto: flips off: {share:.0%} of the target images have an unmirrored nearest neighbour "
+                             f"among them and their mirror images (about 50% where objects face either way; limit "
+                             f"{limit:.0%}): mirrored, they look like none of them (auto.mirror_share)")
+    return out
