@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from edgeppt.config import AugmentConfig, TransferConfig
-from edgeppt.data import EXAMPLE_TARGET, ImageSet, load_dataset, train_test_split
+from edgeppt.data import EXAMPLE_TARGET, ImageSet, load_dataset, reshape_images, train_test_split
 from edgeppt.models import create_model
 from edgeppt.runs import read_jsonl
 from edgeppt.train import augment
@@ -78,6 +78,8 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # A source of another kind: a bundle trained on scikit-learn's 8x8 digits (bundles/digits-src), the example's
     # animal target; G draws strokes, not shapes, so PP should not pay (held out).
     "digits source": ("digits-src", EXAMPLE_TARGET, None, {}),
+    # The example's target at 56 px, twice the bundle's side: trained at 56 now ("The image side"; held out)
+    "example at 56 px": ("animals-src", EXAMPLE_TARGET, "up2", {}),
     # The tuned "other dataset" as a user who leaves flips at their default runs it (auto.mirror_share; held out)
     "other dataset, flips as given": ("animals-src", "digits", None, {}),
 }
@@ -293,6 +295,8 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
     elif transform == "turn":  # each image turned by its own angle in [-180, 180), fixed per image
         turn = AugmentConfig(hflip=False, max_shift=0, max_rotation=180)
         ds = ImageSet(augment.weak(ds.x, torch.Generator().manual_seed(0), turn), ds.y, ds.classes)
+    elif transform == "up2":  # a camera of twice the bundle's resolution (no new detail: upscaled)
+        ds = ImageSet(reshape_images(ds.x, 56, None), ds.y, ds.classes)
     elif transform == "noise":  # low contrast and sensor noise, fixed per image
         g = torch.Generator().manual_seed(0)
         ds = ImageSet((0.25 + 0.5 * ds.x + 0.15 * torch.randn(ds.x.shape, generator=g)).clamp(0, 1), ds.y, ds.classes)

@@ -77,6 +77,8 @@ def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- search
 def search_config(cfg: PipelineConfig, out: Path) -> SearchConfig:
+    from edgeppt.train import augment_rules
+
     settings = cfg.search.model_dump(exclude={"enabled"})
     shared = {"source": cfg.source, "target": cfg.target, "test": cfg.test, "test_fraction": cfg.test_fraction,
               "labels_per_class": cfg.labels_per_class, "augment": cfg.augment,
@@ -84,14 +86,17 @@ def search_config(cfg: PipelineConfig, out: Path) -> SearchConfig:
               "trusted_keys": cfg.trusted_keys, "trust_code": cfg.trust_code,
               # auto's augmentation rules: the proxy trains as transfer will (none where transfer is not auto)
               "auto": cfg.transfer.auto if cfg.transfer.method == "auto" else
-              cfg.transfer.auto.model_copy(update={"gain_spread": 0, "pose_score": 0, "mirror_share": 0})}
+              cfg.transfer.auto.model_copy(update=augment_rules.OFF)}
     settings.update({k: v for k, v in shared.items() if k in SearchConfig.model_fields})
     return SearchConfig(**settings)
 
 
 def _search_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
+    from edgeppt.train import augment_rules
+
     return {"search": cfg.search.model_dump(mode="json"), "device": _device_inputs(cfg), **_data_inputs(cfg),
-            "augment_rules": search_config(cfg, run / "search").auto.model_dump(mode="json")}
+            "augment_rules": search_config(cfg, run / "search").auto.model_dump(
+                mode="json", include=set(augment_rules.RULE_FIELDS))}
 
 
 def _search_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:

@@ -220,6 +220,9 @@ def test_the_search_fits_its_augmentation_with_the_rules_transfer_will_use(tiny_
     rules = search_config(named, tmp_path).auto
     assert rules.mirror_share == rules.pose_score == rules.gain_spread == 0
     assert _search_inputs(auto, tmp_path) != _search_inputs(named, tmp_path)
+    margin = parse_config(raw_config(tiny_bundle, transfer={"method": "auto", "auto": {"mirror_share": 0.9,
+                                                                                        "pp_margin": 0.2}}))
+    assert _search_inputs(margin, tmp_path) == _search_inputs(auto, tmp_path)  # a setting the proxy does not read
 
 
 def test_search_feeds_its_architecture_to_transfer(tiny_bundle, tmp_path, calls):

@@ -20,6 +20,10 @@ from edgeppt.config import AugmentConfig, AutoConfig
 from edgeppt.data import reshape_images, subsample
 from edgeppt.train.augment import gain_spread, weak
 
+# The AutoConfig fields these rules read (what a search's result depends on) and the thresholds that turn them off.
+RULE_FIELDS = ("gain_spread", "jitter_amount", "pose_score", "rotation_amount", "mirror_share")
+OFF = {"gain_spread": 0.0, "pose_score": 0.0, "mirror_share": 0.0}
+
 
 def pp_augment(augment: AugmentConfig, pretrain_rotation: float, bundle: SourceBundle) -> AugmentConfig:
     """PP trains on source-class samples: flips follow the owner's source training where the bundle says, turns
