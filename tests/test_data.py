@@ -5,7 +5,9 @@ from PIL import Image
 
 from edgeppt.data import (
     ANIMAL_CLASSES,
+    DETAIL_LOST_MAX,
     DataRecord,
+    detail_lost,
     few_shot,
     fingerprint,
     load_dataset,
@@ -82,16 +84,25 @@ def test_mixed_sizes_are_refused_unless_a_size_is_given(tmp_path):
     assert load_folder(tmp_path, image_size=10).shape == (1, 10, 10)
 
 
-def test_the_target_keeps_its_own_side_and_is_raised_to_the_bundles_but_never_lowered(tmp_path):
+def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_where_no_detail_is_lost(tmp_path):
     # the built-in digits are 8x8: a 28-px bundle upscales them; a 4-px one leaves them; image_size decides over both
     assert load_target("digits:0,1", None, None, 28).shape == (1, 28, 28)
     assert load_target("digits:0,1", None, None, 4).shape == (1, 8, 8)
     assert load_target("digits:0,1", None, None, None).shape == (1, 8, 8)
     assert load_target("digits:0,1", 6, None, 28).shape == (1, 6, 6)
-    # a folder of one size: its side, not a smaller bundle's
+    # a folder of one size whose images hold finer detail than a smaller bundle's side: their side
+    rng = np.random.default_rng(0)
     for c in "ab":
-        _write(tmp_path / "one" / c / "0.png", size=(12, 12))
+        (tmp_path / "one" / c).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), "L").save(tmp_path / "one" / c / "0.png")
+    assert detail_lost(load_folder(tmp_path / "one").x, 8) > DETAIL_LOST_MAX
     assert load_target(str(tmp_path / "one"), None, None, 8).shape == (1, 12, 12)
+    # ... and images with none (8x8 digits upscaled to 24): the bundle's side, where they lose nothing
+    big = load_dataset("digits:0,1", 24)
+    np.savez(tmp_path / "up.npz", x=(big.x.numpy() * 255).round().astype(np.uint8), y=big.y.numpy(),
+             classes=big.classes)
+    assert detail_lost(big.x, 12) <= DETAIL_LOST_MAX
+    assert load_target(str(tmp_path / "up.npz"), None, None, 12).shape == (1, 12, 12)
     # mixed sizes and non-square images have no side of their own: the bundle's
     _write(tmp_path / "mixed" / "a" / "0.png", size=(10, 10))
     _write(tmp_path / "mixed" / "b" / "0.png", size=(12, 12))
