@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ctrl_c_after_checkpoint
@@ -169,20 +170,27 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bundle, tmp_path
 
 
 def test_target_images_keep_their_colour_and_side_except_where_c_itself_trains(tiny_bundle, tmp_path):
-    """RGB 12x12 target images meet a grayscale 8x8 bundle: kept in colour and at 12x12 (a bundle drawn smaller
-    never shrinks the target), except for the methods that train C itself, which need C's channels and side."""
+    """RGB 12x12 target images meet a grayscale 8x8 bundle: kept in colour, and at 12x12 where they hold finer detail
+    than 8 px (flat colours hold none: shrunk to 8), except for the methods that train C itself, which need C's
+    channels and side."""
     from PIL import Image
 
     from edgeppt.transfer.run import prepare_data
+    rng = np.random.default_rng(0)
     for c in ("a", "b"):
-        (tmp_path / "d" / c).mkdir(parents=True)
+        for kind in ("detail", "flat"):
+            (tmp_path / kind / c).mkdir(parents=True)
         for i in range(6):
-            Image.new("RGB", (12, 12), (40 * i, 200 if c == "a" else 0, 0)).save(tmp_path / "d" / c / f"{i}.png")
-    labelled, test = prepare_data(cfg(tiny_bundle, target=str(tmp_path / "d"), labels_per_class=2),
-                                  load_bundle(tiny_bundle))
-    assert labelled.shape == test.shape == (3, 12, 12) and labelled.counts() == [2, 2]
-    labelled, test = prepare_data(cfg(tiny_bundle, target=str(tmp_path / "d"), labels_per_class=2, method="ft"),
-                                  load_bundle(tiny_bundle))
+            colour = np.array([40 * i, 200 if c == "a" else 0, 0], np.uint8)
+            Image.new("RGB", (12, 12), tuple(int(v) for v in colour)).save(tmp_path / "flat" / c / f"{i}.png")
+            speckle = rng.integers(0, 56, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(colour + speckle, "RGB").save(tmp_path / "detail" / c / f"{i}.png")
+    for kind, side in (("detail", 12), ("flat", 8)):
+        labelled, test = prepare_data(cfg(tiny_bundle, target=str(tmp_path / kind), labels_per_class=2),
+                                      load_bundle(tiny_bundle))
+        assert labelled.shape == test.shape == (3, side, side) and labelled.counts() == [2, 2]
+    labelled, test = prepare_data(cfg(tiny_bundle, target=str(tmp_path / "detail"), labels_per_class=2,
+                                      method="ft"), load_bundle(tiny_bundle))
     assert labelled.shape == test.shape == (1, 8, 8)
 
 

@@ -77,10 +77,10 @@ def mirror_share(x: torch.Tensor, max_images: int = 1000) -> float:
     return (same.min(1).values < mirrored.min(1).values).float().mean().item()
 
 
-def mirror_limit(share: float, n: int) -> float:
-    """The share above which flips go: the set effect size, and far enough above 0.5 for n images that chance
-    does not reach it (one-sided, z = 2.33: 0.76 for 20 images, 0.68 for 40)."""
-    return max(share, 0.5 + 2.33 * 0.5 / n ** 0.5)
+def mirror_limit(effect: float, n: int) -> float:
+    """The share at which flips go: the set effect size (`AutoConfig.mirror_share`), and far enough above 0.5 for
+    n images that chance does not reach it (one-sided, z = 2.33: 0.76 for 20 images, 0.68 for 40)."""
+    return max(effect, 0.5 + 2.33 * 0.5 / n ** 0.5)
 
 
 @dataclass
