@@ -78,7 +78,8 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # A source of another kind: a bundle trained on scikit-learn's 8x8 digits (bundles/digits-src), the example's
     # animal target; G draws strokes, not shapes, so PP should not pay (held out).
     "digits source": ("digits-src", EXAMPLE_TARGET, None, {}),
-    # The example's target at 56 px, twice the bundle's side: trained at 56 now ("The image side"; held out)
+    # The example's target upscaled to 56 px, twice the bundle's side with no finer detail: the default trains it
+    # at the bundle's 28 ("The image side"; held out)
     "example at 56 px": ("animals-src", EXAMPLE_TARGET, "up2", {}),
     # The tuned "other dataset" as a user who leaves flips at their default runs it (auto.mirror_share; held out)
     "other dataset, flips as given": ("animals-src", "digits", None, {}),
@@ -121,7 +122,7 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, every view turned": ("auto", {"unlabeled": "rest", "augment": {
         "max_rotation": 180.0, "strong_rotation": 180.0}}),
     "pp, gain jitter 0.5": ("pp", {"augment": {"jitter": 0.5}}),  # each channel's gain within 1 ± 0.5
-    # at the target images' own size where the bundle's differs (the digits source draws 8x8)
+    # at 28 px whatever the side rule picks (the digits source: the target's side; the example at 56 px: the bundle's)
     **{f"{m}, at 28 px": (m, {"image_size": 28}) for m in ("scratch", "pp", "auto")},
     # mirroring on where the pairing turns it off (the digits: a mirrored 2, 3, 7 is no digit)
     **{f"{m}, flips on": (m, {"augment": {"hflip": True}}) for m in ("scratch", "pp")},
