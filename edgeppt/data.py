@@ -22,8 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from .errors import EdgepptError
+from .image_io import full_scale, read_pixels
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # The largest image read, in pixels (checked from the file header, before decoding): 64 MP is an 8000x8000 photo,
 # about 200 MB decoded as RGB. Larger files are skipped and named, so a decompression bomb costs no memory.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -142,11 +143,7 @@ def open_image(path: Path) -> Image.Image:
 def _read_image(path: Path, channels: int | None) -> np.ndarray:
     with open_image(path) as im:
         im.load()
-        if channels is None:
-            channels = 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
-        im = im.convert("L" if channels == 1 else "RGB")
-        a = np.asarray(im, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return read_pixels(im, channels)
 
 
 def _skip_entry(path: Path, e: Exception) -> str:
@@ -433,11 +430,12 @@ def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
         raise EdgepptError(f"{where}: x has shape {x.shape} ({x.dtype}); expected numbers of shape (N,H,W), "
                            "(N,C,H,W) or (N,H,W,C) with C in 1 or 3")
     xt = torch.from_numpy(np.ascontiguousarray(x)).float()
-    if x.dtype == np.uint8 or xt.max() > 1.0:
-        xt = xt / 255.0
     if not torch.isfinite(xt).all():
         raise EdgepptError(f"{where}: images contain NaN or infinite values")
-    return xt
+    if xt.min() < 0:
+        raise EdgepptError(f"{where}: x holds negative values (down to {xt.min().item():.3g}); expected pixel values: "
+                           "8 or 16 bits, or floats in [0, 1]")
+    return xt / full_scale(x.dtype, xt.max().item())
 
 
 def fingerprint(ds: ImageSet) -> str:

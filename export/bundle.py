@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edgeppt import cpu_int8, ort_timing
+from edgeppt import cpu_int8, image_io, ort_timing
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
@@ -28,6 +28,7 @@ MANIFEST = runner.MANIFEST
 RUNNER_FILE, BUILD_SCRIPT, BUILD_SHELL = "runner.py", "build_engine.py", "build_engine.sh"
 TIMING_FILE = "ort_timing.py"  # edgeppt.ort_timing, which the runner times with
 CPU_FILE = "cpu_int8.py"  # edgeppt.cpu_int8, with which the runner names the device's int8 instructions
+IMAGE_FILE = "image_io.py"  # edgeppt.image_io, with which the runner reads an image file as training read it
 
 
 def check_replaceable(path: Path) -> None:
@@ -67,6 +68,7 @@ def write_support_files(root: Path, classes: list[str], spec: dict[str, Any]) ->
     atomic_write_bytes(root / RUNNER_FILE, (here / "runner.py").read_bytes())
     atomic_write_bytes(root / TIMING_FILE, Path(ort_timing.__file__).read_bytes())
     atomic_write_bytes(root / CPU_FILE, Path(cpu_int8.__file__).read_bytes())
+    atomic_write_bytes(root / IMAGE_FILE, Path(image_io.__file__).read_bytes())
     atomic_write_bytes(root / BUILD_SCRIPT, (here / "tensorrt.py").read_bytes())
 
 

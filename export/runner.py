@@ -37,6 +37,11 @@ except ImportError:
         def int8_instructions(cpuinfo: str | None = None) -> list[str] | None:
             return None
 
+try:  # and the one way an image file is read into pixels, as training read it
+    from edgeppt.image_io import to_8bit
+except ImportError:
+    from image_io import to_8bit  # type: ignore[no-redef]  # on the device: the copy shipped beside this file
+
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
@@ -121,7 +126,7 @@ def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
 
     size, channels = int(spec["image_size"]), int(spec["channels"])
     with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
+        im = to_8bit(im).convert("L" if channels == 1 else "RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BILINEAR)
         a = np.asarray(im, dtype=np.float32)

@@ -45,6 +45,37 @@ def test_folder_rgb_gray_and_resize(tmp_path):
     assert ds.classes == ["cat", "dog"] and len(ds) == 6 and ds.shape[1:] == (8, 8)
 
 
+def _gradient(bits: int) -> np.ndarray:
+    return np.linspace(0, 2 ** bits - 1, 16 * 16).reshape(16, 16)
+
+
+def test_deep_and_turned_images_read_as_their_pixels(tmp_path):
+    """A 16-bit image is scaled to 8 bits, not clipped white; a float one in [0, 1] not clipped black; a photo's
+    EXIF orientation is applied; a .npz of 16-bit pixels is scaled by its type, and negative pixels are refused."""
+    eight = _gradient(8).astype(np.uint8)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(eight).save(tmp_path / "a" / "eight.png")
+    Image.fromarray(_gradient(16).astype(np.uint16)).save(tmp_path / "a" / "sixteen.png")
+    Image.fromarray(_gradient(16).astype(np.uint16)).save(tmp_path / "a" / "sixteen.tif")
+    Image.fromarray((_gradient(8) / 255).astype(np.float32)).save(tmp_path / "a" / "float.tif")
+    ds = load_folder(tmp_path)
+    assert ds.shape == (1, 16, 16) and not ds.skipped and len(ds) == 4
+    for x in ds.x:  # every file holds the same picture at another depth
+        assert (x[0] * 255 - torch.from_numpy(eight).float()).abs().max() <= 1.0
+    turned = Image.fromarray(np.tile(np.arange(8, dtype=np.uint8) * 30, (4, 1)))  # 4 high, 8 wide
+    exif = turned.getexif()
+    exif[0x0112] = 6  # EXIF Orientation: the camera was turned; a viewer turns the picture 90 degrees clockwise
+    (tmp_path / "photos" / "b").mkdir(parents=True)
+    turned.save(tmp_path / "photos" / "b" / "turned.jpg", exif=exif, quality=100)
+    upright = load_folder(tmp_path / "photos", image_size=8).x[0, 0]
+    assert upright[-1, 0] > upright[0, 0] + 0.5 and (upright[:, 0] - upright[:, -1]).abs().max() < 0.1  # top dark
+    np.savez(tmp_path / "deep.npz", x=_gradient(16).astype(np.uint16)[None].repeat(2, 0), y=np.array([0, 1]))
+    assert (load_npz(tmp_path / "deep.npz").x[0, 0] * 255 - torch.from_numpy(eight).float()).abs().max() <= 1.0
+    np.savez(tmp_path / "neg.npz", x=np.full((2, 4, 4), -0.5, np.float32), y=np.array([0, 1]))
+    with pytest.raises(EdgepptError, match=r"neg\.npz: x holds negative values \(down to -0\.5\)"):
+        load_npz(tmp_path / "neg.npz")
+
+
 def test_corrupt_image_is_skipped_and_reported(tmp_path):
     for c in ("a", "b"):
         for i in range(2):

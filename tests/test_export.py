@@ -204,7 +204,7 @@ def test_manifest_hashes_every_file_and_a_tampered_file_is_refused(bundle, tmp_p
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(manifest["files"]) == files
     assert {"model.onnx", "model.int8.onnx", "model.fp16.onnx", "labels.txt", "preprocess.json", "runner.py",
-            "ort_timing.py", "cpu_int8.py", "build_engine.py", "build_engine.sh"} <= files
+            "ort_timing.py", "cpu_int8.py", "image_io.py", "build_engine.py", "build_engine.sh"} <= files
     assert manifest["preprocess"]["image_size"] == 8 and manifest["preprocess"]["channels"] == 1
     assert (path / "labels.txt").read_text().split() == ["0", "1", "2", "3", "4"]
     verify_bundle(path)
@@ -252,6 +252,18 @@ def test_runner_classifies_image_files(bundle, tmp_path):
     r = subprocess.run([sys.executable, "runner.py", "classify", str(big), "--top", "2"], cwd=path, capture_output=True,
                        text=True)
     assert r.returncode == 0 and len(json.loads(r.stdout)["top"]) == 2
+    # A 16-bit camera file of the same picture, on a device without edgeppt (the bundle's own image_io.py reads
+    # it): the same input as the 8-bit file, not one clipped white.
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.asarray(Image.open(images[0]).convert("L")).astype(np.uint16) * 257).save(deep)
+    assert np.array_equal(runner.preprocess(deep, manifest["preprocess"]), x_png)
+    (tmp_path / "no" / "edgeppt").mkdir(parents=True)
+    (tmp_path / "no" / "edgeppt" / "__init__.py").write_text("raise ImportError('edgeppt is not on the device')\n")
+    r = subprocess.run([sys.executable, "runner.py", "classify", str(images[0]), str(deep)], cwd=path,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "no")})
+    assert r.returncode == 0, r.stderr
+    same, deep_line = (json.loads(ln) for ln in r.stdout.splitlines())
+    assert deep_line["top"] == same["top"]
 
 
 def test_runner_and_bench_measure_every_onnx_model(bundle, tmp_path):
