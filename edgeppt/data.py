@@ -362,6 +362,20 @@ def train_test_split(ds: ImageSet, test_fraction: float = 0.2, seed: int = 0) ->
     return ds.subset(torch.cat(train_idx)), ds.subset(torch.cat(test_idx))
 
 
+def held_out_split(target: ImageSet, test_fraction: float, labels_per_class: int) -> tuple[ImageSet, ImageSet]:
+    """The target's fixed test split (the same for every run seed), refused with the way out where the images a
+    class has would give its labels, and only the held-out share leaves too few."""
+    train, test = train_test_split(target, test_fraction, seed=0)
+    short = [c for c in range(len(target.classes))
+             if (train.y == c).sum() < labels_per_class <= (target.y == c).sum()]
+    if short:
+        has = int((target.y == short[0]).sum())
+        raise EdgepptError(f"class {target.classes[short[0]]!r} has {has} images, and the "
+                           f"{test_fraction:.0%} held out for testing leaves fewer than labels-per-class="
+                           f"{labels_per_class}: give test images with --test, or lower --labels-per-class")
+    return train, test
+
+
 def few_shot(ds: ImageSet, labels_per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
     """k labelled images per class (seeded); the rest is returned as the unlabelled remainder."""
     g = torch.Generator().manual_seed(10_000 + seed)

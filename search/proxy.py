@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from edgeppt.bundle import SourceBundle, open_source
 from edgeppt.config import AugmentConfig, ProxyConfig, SearchConfig
-from edgeppt.data import ImageSet, few_shot, load_target, reshape_images, train_test_split
+from edgeppt.data import ImageSet, few_shot, held_out_split, load_target, reshape_images
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.train import augment_rules
@@ -54,7 +54,7 @@ def prepare(cfg: SearchConfig) -> ProxyData:
     if cfg.test:
         train = target
     else:
-        train, _test = train_test_split(target, cfg.test_fraction, seed=0)
+        train, _test = held_out_split(target, cfg.test_fraction, cfg.labels_per_class)
     labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
     if cfg.val_per_class:
         try:

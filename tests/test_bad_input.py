@@ -112,6 +112,12 @@ def one_class_folder(w: World) -> None:
         gray_png(w.tmp / "target" / "only" / f"{i}.png", i)
 
 
+def two_labels_per_class_folder(w: World) -> None:
+    for c in ("cat", "dog"):
+        for i in range(2):
+            gray_png(w.tmp / "target" / c / f"{i}.png", 100 * (c == "dog") + i)
+
+
 def corrupt_class_folder(w: World) -> None:
     for i in range(4):
         gray_png(w.tmp / "target" / "good" / f"{i}.png", i)
@@ -196,6 +202,9 @@ CASES = [
          r"report\.json: not a folder of class folders"),
     Case("transfer-corrupt-npz", lambda w: transfer(w, target=str(w.tmp / "x.npz")),
          r"x\.npz: not a \.npz file", lambda w: (w.tmp / "x.npz").write_bytes(b"PK not a zip")),
+    Case("transfer-only-the-test-share-takes-the-labels", lambda w: transfer(w, target=str(w.tmp / "target")),
+         r"class 'cat' has 2 images, and the 20% held out for testing leaves fewer than labels-per-class=2: give "
+         r"test images with --test", two_labels_per_class_folder),
     Case("transfer-labels-per-class-over-the-class", lambda w: [*transfer(w), "--labels-per-class", "500"],
          r"class '0' has \d+ training images, fewer than labels-per-class=500"),
     Case("transfer-unknown-arch", lambda w: [*transfer(w), "--arch", "resnet_xxl"],

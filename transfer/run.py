@@ -16,12 +16,12 @@ from edgeppt.data import (
     DataRecord,
     ImageSet,
     few_shot,
+    held_out_split,
     load_dataset,
     load_target,
     load_unlabeled,
     reshape_images,
     subsample,
-    train_test_split,
 )
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec, create_model
@@ -98,7 +98,7 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
             raise EdgepptError(f"test classes {test.classes} differ from target classes {target.classes}")
         train = target
     else:
-        train, test = train_test_split(target, cfg.test_fraction, seed=0)  # fixed: the same for every run seed
+        train, test = held_out_split(target, cfg.test_fraction, cfg.labels_per_class)
     labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
     return labelled, test, rest, DataRecord.of(cfg.target, cfg.test, target, test, labelled)
 
