@@ -109,9 +109,14 @@ def _search_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
 
 # ---------------------------------------------------------------- transfer
 def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
+    from edgeppt.devices import load_profile
+
     settings = cfg.transfer.model_dump()
     if cfg.search.enabled:
         settings["arch"] = str(run / "search" / "best.json")
+    if settings["image_size"] is None:  # the side the search costed the network at, and the device receives
+        settings["image_size"] = (cfg.search.image_size if cfg.search.enabled else None) or \
+            load_profile(cfg.device).input_size
     settings.update(source=cfg.source, target=cfg.target, test=cfg.test, test_fraction=cfg.test_fraction,
                     labels_per_class=cfg.labels_per_class, augment=cfg.augment,
                     seed=cfg.seed, threads=cfg.threads, trusted_keys=cfg.trusted_keys, trust_code=cfg.trust_code)
@@ -120,7 +125,8 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
 
 def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
     arch = file_hash(run / "search" / "best.json") if cfg.search.enabled else cfg.transfer.arch
-    return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch"}), "arch": arch,
+    return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size"}), "arch": arch,
+            "image_size": transfer_config(cfg, run).image_size,
             "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg)}
 
 

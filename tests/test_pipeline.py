@@ -225,6 +225,23 @@ def test_the_search_fits_its_augmentation_with_the_rules_transfer_will_use(tiny_
     assert _search_inputs(margin, tmp_path) == _search_inputs(auto, tmp_path)  # a setting the proxy does not read
 
 
+def test_transfer_trains_at_the_side_the_search_costed_and_the_device_receives(tiny_bundle, tmp_path):
+    """A device profile's input_size (or the search's image_size) is the side transfer trains and export ships."""
+    from edgeppt.pipeline.stages import _transfer_inputs, transfer_config
+
+    board = tmp_path / "board.yaml"
+    board.write_text("name: board\nruntime: onnxruntime-cpu\nlatency: measured\ninput_size: 12\n")
+    plain = parse_config(raw_config(tiny_bundle))
+    on_board = parse_config(raw_config(tiny_bundle, device=str(board)))
+    assert transfer_config(plain, tmp_path).image_size is None  # the target's own side, by load_target's rule
+    assert transfer_config(on_board, tmp_path).image_size == 12
+    assert _transfer_inputs(on_board, tmp_path) != _transfer_inputs(plain, tmp_path)
+    searched = parse_config(raw_config(tiny_bundle, search={"enabled": True, "image_size": 16}))
+    assert transfer_config(searched, tmp_path).image_size == 16
+    own = parse_config(raw_config(tiny_bundle, device=str(board), transfer={"image_size": 10}))
+    assert transfer_config(own, tmp_path).image_size == 10  # set for transfer itself: kept
+
+
 def test_search_feeds_its_architecture_to_transfer(tiny_bundle, tmp_path, calls):
     """The search stage plugs in as one row of the table: transfer trains its best.json and is cached by its hash."""
     run = tmp_path / "run"
