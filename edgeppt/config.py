@@ -198,9 +198,10 @@ class AutoConfig(Strict):
                               "objects seen in poses the source drew upright (docs/transfer.md; 0: never)")
     rotation_amount: float = Field(180.0, ge=0, le=180, description="the pretrain_rotation that pose_score turns on")
     mirror_share: float = Field(0.75, ge=0, le=1, description="turn augment.hflip off where at least this share of "
-                                "the target images (and a share chance would not reach with so few) have an "
-                                "unmirrored nearest neighbour among the images and their mirror images: mirrored, "
-                                "they look like none of them (digits, text; docs/transfer.md; 0: never)")
+                                "the target images (and a share the same images mirrored at random reach under 1% "
+                                "of the time) have an unmirrored nearest neighbour among the images and their mirror "
+                                "images: mirrored, they look like none of them (digits, text; docs/transfer.md; 0: "
+                                "never)")
     reverse_steps: int = Field(300, ge=1, description="reverse check: steps training each fresh network")
     reverse_margin: float = Field(0.0, ge=0, le=1, description="reverse check: keep the SSL model unless its reverse "
                                   "accuracy is more than this below the warm start's (1: always keep it)")

@@ -58,29 +58,69 @@ def pose_score(bundle: SourceBundle, x_t: torch.Tensor, aug: AugmentConfig, seed
     return ((2 * k(f_t, f_r) - 2 * k(f_t, f_u) + uu - rr) / (uu + rr - 2 * ur).clamp_min(1e-8)).item()
 
 
-def mirror_share(x: torch.Tensor, max_images: int = 1000) -> float:
-    """The share of target images whose nearest neighbour, among the other images and every image mirrored (its own
-    mirror left out), is unmirrored: about 0.5 where mirroring keeps the images' distribution (objects face either
-    way), near 1 where mirrored images look like none of them (digits, text). Pixels, each image centred and
-    L2-normalised; a two-sample nearest-neighbour test (Schilling 1986) of the images against their mirrors."""
+def centred(x: torch.Tensor) -> torch.Tensor:
+    """Each image moved sideways (whole pixels, edges repeated) so that its contrast against its border's median
+    has its centroid in the middle column: where every object sits a little to one side, its mirror image sits
+    on the other, and the mirror test would read that placement as a class that mirroring changes."""
+    n, c, h, w = x.shape
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], -1).median(-1).values
+    mass = (x - border[..., None, None]).abs().sum((1, 2))  # (N, W): each column's contrast
+    centroid = (mass * torch.arange(w, dtype=mass.dtype)).sum(1) / mass.sum(1).clamp_min(1e-8)
+    pad = w // 4
+    move = ((w - 1) / 2 - centroid).round().long().clamp(-pad, pad)
+    cols = (pad - move)[:, None] + torch.arange(w)[None, :]  # (N, W): the padded columns each image keeps
+    return F.pad(x, (pad, pad, 0, 0), mode="replicate").gather(-1, cols[:, None, None, :].expand(n, c, h, w))
+
+
+MIRROR_P = 0.01  # flips go only where images facing either way would read the share this high less often
+MIRROR_DRAWS = 2000  # random mirrorings of the images that estimate how often (at most: see mirror_test)
+
+
+@dataclass
+class MirrorTest:
+    share: float  # of images whose nearest neighbour is unmirrored: ~0.5 where mirroring keeps the distribution
+    p: float | None  # how often the same images, each mirrored or not at random, read at least `share` (None: not
+    # drawn, the share being under the effect the rule needs)
+
+
+def mirror_test(x: torch.Tensor, effect: float = 0.0, max_images: int = 1000, seed: int = 0) -> MirrorTest:
+    """A two-sample nearest-neighbour test (Schilling 1986) of the target images against their mirror images: the
+    share of images whose nearest neighbour, among the other images and every image mirrored (its own mirror left
+    out), is unmirrored. About 0.5 where objects face either way, near 1 where mirrored images look like none of
+    them (digits, text). Pixels, each image moved to its centroid (`centred`), its mean taken out and
+    L2-normalised.
+
+    Its p-value is a randomisation test: where mirroring keeps the images' distribution, each image is as likely
+    as its mirror, so the share the images read is one draw among those they read with each one mirrored or not at
+    random. Neighbours among few images are not independent, so chance reaches far above binomial spread: 0.8 in
+    some draws of 20 animals that face either way. Drawn only where the share reaches `effect`, and only until
+    the draws have reached it more than MIRROR_P of MIRROR_DRAWS times."""
     keep = subsample(len(x), max_images)
-    x = x if keep is None else x[keep]
+    c = centred((x if keep is None else x[keep]).float())
 
     def flat(v: torch.Tensor) -> torch.Tensor:
-        v = v.flatten(1).float()
+        v = v.flatten(1)
         return F.normalize(v - v.mean(1, keepdim=True), dim=1)
 
-    f, m = flat(x), flat(x.flip(-1))
-    same, mirrored = torch.cdist(f, f), torch.cdist(f, m)
-    same.fill_diagonal_(float("inf"))
-    mirrored.fill_diagonal_(float("inf"))
-    return (same.min(1).values < mirrored.min(1).values).float().mean().item()
+    # Mirroring is an isometry, so every distance among the images and their mirrors is one of these two.
+    same, mirrored = torch.cdist(flat(c), flat(c)), torch.cdist(flat(c), flat(c.flip(-1)))
+    own = torch.eye(len(c), dtype=torch.bool)
 
+    def read(s: torch.Tensor, m: torch.Tensor) -> float:
+        s, m = s.masked_fill(own, float("inf")), m.masked_fill(own, float("inf"))
+        return (s.min(1).values < m.min(1).values).float().mean().item()
 
-def mirror_limit(effect: float, n: int) -> float:
-    """The share at which flips go: the set effect size (`AutoConfig.mirror_share`), and far enough above 0.5 for
-    n images that chance does not reach it (one-sided, z = 2.33: 0.76 for 20 images, 0.68 for 40)."""
-    return max(effect, 0.5 + 2.33 * 0.5 / n ** 0.5)
+    share = read(same, mirrored)
+    if share < effect:  # the rule cannot fire: no draws
+        return MirrorTest(share, None)
+    g = torch.Generator().manual_seed(seed)
+    hits = draws = 0
+    while draws < MIRROR_DRAWS and hits <= MIRROR_P * MIRROR_DRAWS:  # past that, p is at least MIRROR_P
+        side = torch.randint(0, 2, (len(c),), generator=g).bool()  # each image mirrored or not
+        level = side[:, None] == side[None, :]  # pairs on the same side keep their distance
+        hits += read(torch.where(level, same, mirrored), torch.where(level, mirrored, same)) >= share
+        draws += 1
+    return MirrorTest(share, (hits + 1) / (draws + 1))
 
 
 @dataclass
@@ -118,12 +158,15 @@ def fit_augmentation(augment: AugmentConfig, pretrain_rotation: float, rules: Au
                              f"to turned +1, limit {rules.pose_score:+.2f}): objects in poses the source drew upright "
                              "(auto.pose_score)")
     if rules.mirror_share and augment.hflip:
-        share, limit = mirror_share(x), mirror_limit(rules.mirror_share, min(len(x), 1000))
-        off = share >= limit
-        out.records["mirror"] = {"share": share, "limit": limit, "hflip": not off}
+        test = mirror_test(x, rules.mirror_share, seed=seed)
+        off = test.p is not None and test.p < MIRROR_P
+        out.records["mirror"] = {"share": test.share, "limit": rules.mirror_share, "p": test.p, "p_limit": MIRROR_P,
+                                 "hflip": not off}
         if off:
             out.augment = out.augment.model_copy(update={"hflip": False})
-            out.notes.append(f"auto: flips off: {share:.0%} of the target images have an unmirrored nearest neighbour "
-                             f"among them and their mirror images (about 50% where objects face either way; limit "
-                             f"{limit:.0%}): mirrored, they look like none of them (auto.mirror_share)")
+            out.notes.append(f"auto: flips off: {test.share:.0%} of the target images have an unmirrored nearest "
+                             f"neighbour among them and their mirror images (about 50% where objects face either way; "
+                             f"limit {rules.mirror_share:.0%}; the same images mirrored at random read as high "
+                             f"{test.p or 0:.1%} of the time): mirrored, they look like none of them "
+                             "(auto.mirror_share)")
     return out
