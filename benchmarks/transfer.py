@@ -23,6 +23,7 @@ Four more are held out: no default or threshold was chosen on them (`--pairings 
   degrees (held out from auto.pose_score's limit as well).
 - blurred, zoomed out: the example's target out of focus (Gaussian blur, sigma 1.5 px), or with each shape at 60%
   of its size, centred (a camera further away).
+- dim camera, off centre: the example's target at 40% of its brightness, or with every shape 3 px to the left.
 
 The protocol: each target set is split once into test (the fixed 20% the product holds out), validation (10% of
 the rest, per class) and the training pool; the k labelled images per class are drawn from the pool per seed.
@@ -89,6 +90,10 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # (each shape at 60% of its size, centred: G draws them frame-filling)
     "blurred": ("animals-src", EXAMPLE_TARGET, "blur", {}),
     "zoomed out": ("animals-src", EXAMPLE_TARGET, "zoom_out", {}),
+    # ... and two more, made after the mirror test's centring (held out): a dim camera (every image at 40% of its
+    # brightness) and one aimed off centre (every shape 3 px to the left, its left edge cut)
+    "dim camera": ("animals-src", EXAMPLE_TARGET, "dim", {}),
+    "off centre": ("animals-src", EXAMPLE_TARGET, "left3", {}),
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 
@@ -312,6 +317,10 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
     elif transform == "zoom_out":  # further away: each shape at 60% of its size (17 px), centred on the background
         small = reshape_images(ds.x, 17, None)
         ds = ImageSet(torch.nn.functional.pad(small, (5, 6, 5, 6)), ds.y, ds.classes)
+    elif transform == "dim":  # underexposed: every pixel at 40%
+        ds = ImageSet(0.4 * ds.x, ds.y, ds.classes)
+    elif transform == "left3":  # aimed off centre: every shape 3 px to the left, the columns it leaves black
+        ds = ImageSet(torch.nn.functional.pad(ds.x[..., 3:], (0, 3)), ds.y, ds.classes)
     elif transform == "noise":  # low contrast and sensor noise, fixed per image
         g = torch.Generator().manual_seed(0)
         ds = ImageSet((0.25 + 0.5 * ds.x + 0.15 * torch.randn(ds.x.shape, generator=g)).clamp(0, 1), ds.y, ds.classes)

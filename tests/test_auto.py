@@ -731,6 +731,20 @@ def test_pose_score_places_upright_targets_near_minus_one_and_turned_ones_near_p
     assert upright < -0.5 and turned >= AutoConfig().pose_score, (upright, turned)
 
 
+def test_a_dim_camera_is_not_read_as_turned():
+    """The shipped bundle and twenty of the example's target images at 40% of their brightness: upright, as they
+    are at full brightness. G's turned samples hold less of the object (empty corners), and without each image's
+    levels stretched first the dim target read +2.4, far past the limit."""
+    from edgeppt.bundle import load_bundle
+    from edgeppt.data import few_shot, load_dataset
+
+    bundle = load_bundle(ROOT / "bundles" / "animals-src")
+    aug = augment_rules.pp_augment(TransferConfig(target="x").augment, 0.0, bundle)
+    x = few_shot(load_dataset(EXAMPLE_TARGET), 4, 0)[0].x
+    upright, dim = (augment_rules.pose_score(bundle, v, aug, seed=0) for v in (x, 0.4 * x))
+    assert upright < -0.5 and dim < -0.5, (upright, dim)
+
+
 def test_auto_rotates_pp_where_the_target_lies_turned(tiny_bundle, tmp_path):
     """auto.pose_score: measured before PP; at or above the limit PP trains on samples turned by up to
     rotation_amount degrees (its own cache entry), auto says so and records it; upright targets keep upright PP."""
