@@ -368,6 +368,10 @@ def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pa
             "pose": report.get("pose"), "gain": report.get("gain"),
             # label propagation's agreement with the model at the first and the last propagation
             **({"lp_agree": [agree[0], agree[-1]]} if agree else {}),
+            # the class shares the warm start and the SSL model predict for the unlabelled images, as how many times
+            # as common the commonest class is as an average other (recorded for study)
+            **({"shares_uneven": report["unlabeled"]["commonest_over_others"]}
+               if (report.get("unlabeled") or {}).get("commonest_over_others") else {}),
             **({"reverse_check": report["reverse_check"]} if report.get("reverse_check") else {})}
 
 

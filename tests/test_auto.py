@@ -251,6 +251,10 @@ def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, 
     # far from the equal shares that the default class balance assumes
     shares = whole["unlabeled"]["predicted_shares"]
     assert list(shares) == whole["classes"] and sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+    # ... and the SSL model's own, where it is kept (a signal recorded for study, not used)
+    final = whole["unlabeled"]["final_shares"]
+    assert list(final) == whole["classes"] and sum(final.values()) == pytest.approx(1.0, abs=1e-5)
+    assert whole["unlabeled"]["commonest_over_others"]["final"] >= 1.0
     warned = [line for line in lines if "lp_balance=none" in line]
     limit = AutoConfig().uneven_shares  # auto's way back's limit, the warning's too
     assert len(warned) == (commonest_over_others(torch.tensor(list(shares.values()))) > limit), (shares, lines)

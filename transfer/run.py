@@ -278,6 +278,19 @@ def _needed(bundle: SourceBundle | None, method: str) -> SourceBundle:
     return bundle
 
 
+@torch.no_grad()
+def _predicted_shares(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's mean softmax over the images: the class shares it predicts for them."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    total = torch.zeros(())
+    for i in range(0, len(x), 512):
+        total = total + torch.softmax(model(x[i:i + 512].to(dev)), 1).sum(0).cpu()
+    model.train(was)
+    return total / len(x)
+
+
 def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, info: dict
                      ) -> tuple[TransferConfig, list[str]]:
     """auto's label-free augmentation rules (edgeppt/train/augment_rules.py) on the target images, labelled and
@@ -470,6 +483,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                     "(auto.agreement_min)")
         elif log and dist.main and cfg.pssl.lp_balance == "equal" and too_uneven(shares):  # as a warning
             log(uneven_shares_warning(shares, labelled.classes))
+        if not {"uneven_shares", "low_agreement"} & info.keys():  # the SSL model kept: its own shares beside its
+            # warm start's (recorded for study, not used)
+            final = _predicted_shares(model, real)
+            info["unlabeled"]["final_shares"] = dict(zip(labelled.classes, final.tolist()))
+            info["unlabeled"]["commonest_over_others"] = {"warm_start": uneven, "final": commonest_over_others(final)}
         if log and dist.main and not back and disagrees(agree0):  # a method asked by name: a warning
             assert isinstance(agree0, torch.Tensor)
             log(f"warning: label propagation's first labels agree with the warm start's own predictions on only "
