@@ -134,6 +134,11 @@ def mirror_test(x: torch.Tensor, effect: float = 0.0, max_images: int = 1000, se
     return MirrorTest(share, (hits + 1) / (draws + 1))
 
 
+def _share_of_draws(p: float) -> str:
+    """A p-value as a share of the draws; the smallest estimable one (1 in MIRROR_DRAWS + 1) as "under 0.1%"."""
+    return "under 0.1%" if p < 0.001 else f"{p:.1%}"
+
+
 @dataclass
 class Fitted:
     """The augmentation to train with, what each rule measured (for report.json), and a line per change."""
@@ -178,6 +183,6 @@ def fit_augmentation(augment: AugmentConfig, pretrain_rotation: float, rules: Au
             out.notes.append(f"auto: flips off: {test.share:.0%} of the target images have an unmirrored nearest "
                              f"neighbour among them and their mirror images (about 50% where objects face either way; "
                              f"limit {rules.mirror_share:.0%}; the same images mirrored at random read as high "
-                             f"{test.p or 0:.1%} of the time): mirrored, they look like none of them "
+                             f"{_share_of_draws(test.p or 0)} of the time): mirrored, they look like none of them "
                              "(auto.mirror_share)")
     return out
