@@ -762,6 +762,13 @@ def test_auto_rotates_pp_where_the_target_lies_turned(tiny_bundle, tmp_path):
     notes = json.loads((tmp_path / "turned" / "plan.json").read_text())["notes"]  # what the wizard shows
     assert len(notes) == 1 and notes[0] in lines and notes[0].startswith("auto: PP rotation 180 on")
     assert json.loads((tmp_path / "turned" / "config.json").read_text())["pretrain_rotation"] == 0
+    # where auto then trains from scratch, the line says the rotation went unused
+    said: list[str] = []
+    scratch = run_transfer(small(tiny_bundle, target=str(tmp_path / "turned.npz"), auto={"pp_margin": 1.0}),
+                           tmp_path / "scratch", progress=False, log=said.append)
+    assert scratch["method"] == "scratch"
+    assert [line for line in said if line.startswith("auto: PP rotation 180 on")][0].endswith(
+        "(unused: scratch does not pre-train)"), said
     upright = run_transfer(small(tiny_bundle, target=_generated_target(bundle, tmp_path / "upright.npz", 0, 1)),
                            tmp_path / "upright", progress=False)
     assert upright["pose"]["score"] < 0 and upright["pose"]["rotation"] == 0

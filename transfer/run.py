@@ -336,9 +336,6 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if cfg.method == "auto":
         cfg, notes = fit_augmentation(cfg, bundle, labelled.x if real is None else torch.cat([labelled.x, real]),
                                       info)
-        if log and dist.main:
-            for line in notes:
-                log(line)
 
     torch.manual_seed(cfg.seed)
     in_chans, size = labelled.shape[0], labelled.shape[1]
@@ -353,6 +350,12 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         timings["auto"] = time.perf_counter() - t
         name = choice.method
         info["auto"] = choice.model_dump(mode="json")
+        if not METHODS[name].pretrain:  # the rules' lines print after the choice, which may leave PP's unused
+            unused = f" (unused: {name} does not pre-train)"
+            notes = [line + unused if line.startswith(augment_rules.PP_ROTATION_NOTE) else line for line in notes]
+        if log and dist.main:
+            for line in notes:
+                log(line)
         if log:
             log(f"auto: {name}, pseudo samples {'on' if choice.pseudo_samples else 'off'}: {choice.reason}")
         if not METHODS[name].pretrain:  # start again from the initial weights, exactly as that method does

@@ -148,6 +148,9 @@ class Fitted:
     notes: list[str] = field(default_factory=list)
 
 
+PP_ROTATION_NOTE = "auto: PP rotation"  # how the pose rule's line starts (a run marks it where nothing pre-trains)
+
+
 def fit_augmentation(augment: AugmentConfig, pretrain_rotation: float, rules: AutoConfig, x: torch.Tensor,
                      bundle: SourceBundle | None, pretrain: bool, seed: int) -> Fitted:
     """Apply each rule that is on (its threshold not 0) and whose setting is still at its default, to the target
@@ -169,10 +172,10 @@ def fit_augmentation(augment: AugmentConfig, pretrain_rotation: float, rules: Au
                                "rotation": rules.rotation_amount if on else 0}
         if on:
             out.pretrain_rotation = rules.rotation_amount
-            out.notes.append(f"auto: PP rotation {rules.rotation_amount:g} on: in the source classifier's features the "
-                             f"target images lie nearer G's samples turned than upright ({score:+.2f} from upright -1 "
-                             f"to turned +1, limit {rules.pose_score:+.2f}): objects in poses the source drew upright "
-                             "(auto.pose_score)")
+            out.notes.append(f"{PP_ROTATION_NOTE} {rules.rotation_amount:g} on: in the source classifier's features "
+                             f"the target images lie nearer G's samples turned than upright ({score:+.2f} from "
+                             f"upright -1 to turned +1, limit {rules.pose_score:+.2f}): objects in poses the source "
+                             "drew upright (auto.pose_score)")
     if rules.mirror_share and augment.hflip:
         test = mirror_test(x, rules.mirror_share, seed=seed)
         off = test.p is not None and test.p < MIRROR_P
