@@ -31,14 +31,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.transfer import PAIRINGS, config, write_pairing  # noqa: E402
 from edgeppt.bundle import open_source  # noqa: E402
-from edgeppt.models import create_model  # noqa: E402
+from edgeppt.models import ClassifierNet, create_model  # noqa: E402
 from edgeppt.train import augment  # noqa: E402
 from edgeppt.train.loop import Dist  # noqa: E402
 from edgeppt.train.probe import features, label_probe, label_probe_soft  # noqa: E402
 from edgeppt.transfer.run import prepare_splits, pseudo_pretrain  # noqa: E402
 
 
-def views_probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, aug, views: int = 16) -> float:
+def views_probe(model: ClassifierNet, x: torch.Tensor, y: torch.Tensor, k: int, aug, views: int = 16) -> float:
     """auto's leave-one-out class-mean probe over weak views: each view of an image is classified by the class
     means of the other images' views."""
     g = torch.Generator().manual_seed(0)
@@ -53,7 +53,7 @@ def views_probe(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int
     return (dist.argmin(1) == ys).float().mean().item()
 
 
-def probes(model: torch.nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, k: int, aug) -> dict:
+def probes(model: ClassifierNet, name: str, x: torch.Tensor, y: torch.Tensor, k: int, aug) -> dict:
     f = features(model, x)
     return {f"{name}_probe": label_probe(f, y, k), f"{name}_soft": label_probe_soft(f, y, k),
             f"{name}_views": views_probe(model, x, y, k, aug)}

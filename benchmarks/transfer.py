@@ -272,6 +272,9 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "lp_balance": "none"}}),
     "auto, unlabelled pool, propagated labels balanced as predicted": ("auto", {"unlabeled": "rest", "pssl": {
         "lp_balance": "predicted"}}),
+    # label propagation's graph on the model's features beside those of the PP weights before fine-tuning
+    "auto, unlabelled pool, graph with PP's features": ("auto", {"unlabeled": "rest", "pssl": {
+        "lp_graph": "model+pp"}}),
     # auto never adding pseudo samples (pseudo_min above 1), where the default's 0.9 added them to real images
     "auto, unlabelled pool, no pseudo samples": ("auto", {"unlabeled": "rest", "auto": {"pseudo_min": 1.01}}),
 }
@@ -517,6 +520,9 @@ def main() -> None:
     budget = BUDGETS[mode]
     rows = list(ROWS) + ([] if args.no_unlabeled else list(UNLABELED_ROWS)) + (list(EXTRA_ROWS) if args.extra else [])
     wanted = set(args.rows or rows)
+    unknown = wanted - set(ROWS | UNLABELED_ROWS | EXTRA_ROWS | SELECTION_ROWS)
+    if unknown:
+        ap.error(f"unknown rows: {sorted(unknown)}")
     rows += [r for r in (EXTRA_ROWS | SELECTION_ROWS) if r in wanted and r not in rows]
     done: dict = {}
     if args.reuse and args.reuse.exists():

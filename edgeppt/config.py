@@ -138,6 +138,9 @@ class PSSLConfig(Strict):
     lp_alpha: float = Field(0.99, gt=0, lt=1, description="labelprop: how far labels spread along the graph")
     lp_refresh: int = Field(100, ge=1, description="labelprop: steps between re-propagations with the current "
                             "features")
+    lp_graph: Literal["model", "model+pp"] = Field("model", description="labelprop: the features the graph is "
+        "built on: the model's own, or beside them (each L2-normalised, side by side) those of the PP weights before "
+        "any fine-tuning, which no label has shaped (after PP only; docs/transfer.md)")
     lp_label_views: int = Field(0, ge=0, le=64, description="labelprop: weak views of each labelled image that "
                                 "join it as labelled nodes of the graph (0: the labelled images alone)")
     lp_consistency: float = Field(0.0, ge=0, description="labelprop: weight of FixMatch's consistency term on real "

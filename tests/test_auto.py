@@ -272,6 +272,43 @@ def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, 
     assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]
 
 
+def test_labelprop_graph_beside_the_pp_weights_features_resumes_exactly(tiny_bundle, tmp_path, monkeypatch):
+    """pssl.lp_graph model+pp: every propagation's graph is built on the model's features beside those of the PP
+    weights as PP left them (each L2-normalised), frozen through the SSL phase; a resumed run takes the same
+    weights from PP again and ends with the weights of an uninterrupted one."""
+    import edgeppt.transfer.ssl as ssl_module
+
+    c = small(tiny_bundle, method="pp+ssl", unlabeled="rest",
+              pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5,
+                    "lp_graph": "model+pp"})
+    widths: list[int] = []
+    graphs: list[torch.Tensor] = []
+    plain = ssl_module.propagate
+
+    def spy(features, labels, *args, **kwargs):
+        widths.append(features.shape[1])
+        graphs.append(features.clone())
+        return plain(features, labels, *args, **kwargs)
+
+    monkeypatch.setattr(ssl_module, "propagate", spy)
+    whole = run_transfer(c, tmp_path / "whole", progress=False)
+    width = create_model(c.arch, 5, 1).forward_features(torch.zeros(1, 1, 8, 8)).flatten(1).shape[1]
+    assert widths == [2 * width] * 4  # propagations at steps 0, 5, 10 and 15
+    pp_half = [g[:, width:] for g in graphs]
+    assert all(torch.allclose(h, pp_half[0]) for h in pp_half)  # the PP weights' half never moves
+    assert not torch.allclose(graphs[0][:, :width], graphs[-1][:, :width])  # the model's own half does
+    assert torch.allclose(pp_half[0].norm(dim=1), torch.ones(len(pp_half[0])), atol=1e-5)
+    monkeypatch.undo()
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp_ssl" and step == 10)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]
+
+
 def _labels_and_unlabelled(n_real: int) -> tuple[ImageSet, torch.Tensor]:
     """10 random labelled 8x8 images of 5 classes and n_real unlabelled ones, from a fixed seed."""
     g = torch.Generator().manual_seed(0)

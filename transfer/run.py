@@ -3,6 +3,7 @@ target training -> report.json."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -24,7 +25,7 @@ from edgeppt.data import (
     subsample,
 )
 from edgeppt.errors import EdgepptError
-from edgeppt.models import arch_spec, create_model
+from edgeppt.models import ClassifierNet, arch_spec, create_model
 from edgeppt.runs import (
     CHECKPOINT_FILE,
     atomic_torch_save,
@@ -46,7 +47,7 @@ from .pseudo import POOL_FIELDS, PseudoPool, make_pool
 from .record import REPORT_FILE, TransferReport
 from .reverse import reverse_accuracy
 from .source_ft import source_model
-from .ssl import commonest_over_others, uneven_shares_warning
+from .ssl import LabelProp, commonest_over_others, uneven_shares_warning
 from .supermask import Supermasked, attach, finish, update_size
 
 CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
@@ -363,6 +364,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             model = create_model(cfg.arch, len(labelled.classes), in_chans)
     method = METHODS[name]
     arch = arch_spec(cfg.arch)
+    pp_weights: ClassifierNet | None = None
     if method.source_net:  # C itself, made trainable, in place of --arch
         model, arch = source_model(_needed(bundle, name), len(labelled.classes))
     if method.pretrain:
@@ -370,6 +372,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache,
                                                progress, labelled.shape[0], labelled.shape[1])
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
+        if method.ssl and real is not None and cfg.pssl.lp_graph == "model+pp":  # before any layer restarts
+            pp_weights = copy.deepcopy(model).requires_grad_(False)
         keep = choice.pretrain_keep if choice is not None else cfg.pretrain_keep
         if keep < 1 and not method.source_net:
             info["pretrain"]["restarted"] = restart_layers(model, initial, keep)
@@ -392,6 +396,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     wd = (cfg.pssl.weight_decay if method.ssl else cfg.weight_decay) if method.weight_decay else 0.0
     phases = [Phase(name.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool,
                                                                              real if method.ssl else None), lr, wd)]
+    if pp_weights is not None and isinstance(phases[0].objective, LabelProp):
+        phases[0].objective.graph_model = (pp_weights,)
     if method.first_step:
         steps, first = method.first_step(cfg, phases[0].objective)
         phases.insert(0, Phase(f"{name}_first", steps, first, cfg.lr, cfg.weight_decay, evaluate=False))

@@ -24,6 +24,7 @@ from scipy.sparse.linalg import cg
 
 from edgeppt.config import SSL_ALGORITHMS, AugmentConfig, PSSLConfig
 from edgeppt.data import ImageSet
+from edgeppt.models import ClassifierNet
 from edgeppt.train import augment
 from edgeppt.train.loop import ema_model
 from edgeppt.train.objective import Supervised, sample_batch, shard
@@ -283,6 +284,8 @@ class LabelProp(FixMatch):
     lp_shares: torch.Tensor  # the classes' shares of the unlabelled images, as the warm start predicts them
     lp_first_agree: torch.Tensor  # that share at the first propagation: the warm start's predictions against it
     agreement = 0.0  # share of the last propagation's labels that the model's own predictions agree with
+    graph_model: tuple[ClassifierNet, ...] = ()  # lp_graph model+pp: the PP weights, frozen (a tuple: no submodule)
+    _pp_cache: torch.Tensor | None = None  # their features of the labelled and unlabelled images
 
     def setup(self, model):
         super().setup(model)
@@ -311,8 +314,10 @@ class LabelProp(FixMatch):
         feats = torch.cat([model.forward_features(x[i:i + 512].to(dev)) for i in range(0, len(x), 512)])
         own = F.softmax(model.head(feats[len(xl):]), 1).cpu()  # the model's own view of each real image
         model.train(was)
-        label, certainty = propagate(feats.cpu(), yl, len(self.data.classes), self.cfg.lp_neighbours,
-                                     self.cfg.lp_alpha)
+        graph = feats.cpu()
+        if self.graph_model:  # the model's features (fitted to the k labels) beside PP's, which no label shaped
+            graph = torch.cat([F.normalize(graph.flatten(1), dim=1), self._pp_features(x, dev)], 1)
+        label, certainty = propagate(graph, yl, len(self.data.classes), self.cfg.lp_neighbours, self.cfg.lp_alpha)
         label, certainty = label[len(xl):], certainty[len(xl):]
         if step == 0:  # estimated once, by the model the labels alone trained: later ones learnt the propagation's
             self.lp_shares.copy_(own.mean(0))
@@ -330,6 +335,16 @@ class LabelProp(FixMatch):
             self.lp_first_agree.fill_(self.agreement)
         self.lp_label.copy_(label)
         self.lp_weight.copy_(weight)
+
+    def _pp_features(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        """The frozen PP weights' L2-normalised features of `x`; kept after the first call where `x` is always the
+        same images (no labelled views, which each propagation draws afresh)."""
+        if self._pp_cache is not None and len(self._pp_cache) == len(x) and not self.cfg.lp_label_views:
+            return self._pp_cache
+        pp = self.graph_model[0].to(dev).eval()
+        f = torch.cat([pp.forward_features(x[i:i + 512].to(dev)) for i in range(0, len(x), 512)]).cpu()
+        self._pp_cache = F.normalize(f.flatten(1), dim=1)
+        return self._pp_cache
 
     def loss(self, net, g, step, total, dist):
         if self.real is not None and step > 0 and step % self.cfg.lp_refresh == 0:
