@@ -242,6 +242,19 @@ def test_propagated_labels_are_balanced_toward_the_shares_given():
     assert torch.allclose(label_weights(label, certainty, 3, shares), certainty)
 
 
+def _cut_at_ssl_step_10_resumes_to(c: TransferConfig, whole: dict, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C after the SSL phase's checkpoint at step 10, then --resume: the weights and accuracy of `whole`
+    (an uninterrupted run of `c` in tmp_path / "whole")."""
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp_ssl" and step == 10)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(c, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]
+
+
 def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, tmp_path, monkeypatch):
     c = small(tiny_bundle, method="pp+ssl", unlabeled="rest",
               pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5})
@@ -262,14 +275,7 @@ def test_labelprop_trains_on_propagated_labels_and_resumes_exactly(tiny_bundle, 
     # real_mask: the batch's mean weight, certainty times class balance over the pool's mean (pssl.lp_relative)
     assert len(rows) == 20 and all(r["real_mask"] > 0 for r in rows)
     assert 0.7 < sum(r["real_mask"] for r in rows) / len(rows) < 1.3, [r["real_mask"] for r in rows]
-    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp_ssl" and step == 10)
-    with pytest.raises(KeyboardInterrupt):
-        run_transfer(c, tmp_path / "cut", progress=False)
-    monkeypatch.undo()
-    resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
-    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]
+    _cut_at_ssl_step_10_resumes_to(c, whole, tmp_path, monkeypatch)
 
 
 def test_labelprop_graph_beside_the_pp_weights_features_resumes_exactly(tiny_bundle, tmp_path, monkeypatch):
@@ -299,14 +305,7 @@ def test_labelprop_graph_beside_the_pp_weights_features_resumes_exactly(tiny_bun
     assert not torch.allclose(graphs[0][:, :width], graphs[-1][:, :width])  # the model's own half does
     assert torch.allclose(pp_half[0].norm(dim=1), torch.ones(len(pp_half[0])), atol=1e-5)
     monkeypatch.undo()
-    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pp_ssl" and step == 10)
-    with pytest.raises(KeyboardInterrupt):
-        run_transfer(c, tmp_path / "cut", progress=False)
-    monkeypatch.undo()
-    resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
-    a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "cut" / "model.pt")["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a) and resumed["test_accuracy"] == whole["test_accuracy"]
+    _cut_at_ssl_step_10_resumes_to(c, whole, tmp_path, monkeypatch)
 
 
 def _labels_and_unlabelled(n_real: int) -> tuple[ImageSet, torch.Tensor]:
