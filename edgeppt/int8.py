@@ -13,11 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from .errors import EdgepptError
 from .runs import atomic_write_bytes
 
 PERCENTILE = 99.999
+# onnxruntime's fast int8 convolution (MLAS's "ConvSym" kernels, u8 activations x s8 weights) takes only input
+# channels in multiples of 4; a 1- or 3-channel stem falls back to im2col and a slow small-K GEMM (docs/export.md).
+CHANNEL_ALIGN = 4
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class QuantConfig:
     # int32 bias Q/DQ: onnxruntime's QLinearConv fusion uses it; TensorRT's DequantizeLinear takes only int8/fp8
     # inputs and quantizes biases itself, so the TensorRT recipe (symmetric activations) keeps biases float.
     quantize_bias: bool | None = None  # None: not for symmetric (TensorRT) recipes, yes otherwise
+    pad_channels: bool = True  # asymmetric (x86) recipes: a stem's input channels padded to CHANNEL_ALIGN
 
     @property
     def bias_quantized(self) -> bool:
@@ -67,8 +72,40 @@ def preprocess(fp32: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
+def pad_input_channels(model: onnx.ModelProto, align: int = CHANNEL_ALIGN) -> int:
+    """Give each plain convolution that reads the graph input a multiple of `align` input channels: a Pad of the
+    input's channels with zeros and zero weights for them, so its outputs are unchanged. The graph input keeps its
+    shape. Returns how many convolutions changed."""
+    g = model.graph
+    name = g.input[0].name
+    inits = {t.name: t for t in g.initializer}
+    changed = 0
+    for node in list(g.node):
+        if node.op_type != "Conv" or node.input[0] != name or node.input[1] not in inits \
+                or next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        extra = -w.shape[1] % align
+        if not extra:
+            continue
+        padded = np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], 1)
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(padded, node.input[1]))
+        stale = [v for v in g.value_info if v.name == node.input[1]]  # the weight's recorded shape
+        for v in stale:
+            g.value_info.remove(v)
+        base = f"{node.name or 'conv'}_input_channels"
+        pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{base}_pads")
+        g.initializer.append(pads)
+        g.node.insert(list(g.node).index(node), helper.make_node("Pad", [name, pads.name], [f"{base}_padded"],
+                                                                 mode="constant", name=f"{base}_pad"))
+        node.input[0] = f"{base}_padded"
+        changed += 1
+    return changed
+
+
 def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: QuantConfig = QuantConfig()) -> Path:
-    """Static PTQ to QDQ with per-channel symmetric int8 weights."""
+    """Static PTQ to QDQ with per-channel symmetric int8 weights. For onnxruntime's x86 kernels (asymmetric u8
+    activations) the stem's input channels are first padded to a multiple of 4 (`pad_input_channels`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -80,6 +117,11 @@ def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: Quan
     batch = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else 16  # a static batch stays
     with tempfile.TemporaryDirectory(prefix=".edgeppt-quant-") as tmp:
         q = Path(tmp) / "q.onnx"
+        if cfg.pad_channels and not cfg.symmetric_activations:  # TensorRT pads channels itself
+            model = onnx.load(str(pre))
+            if pad_input_channels(model):
+                pre = Path(tmp) / "padded.onnx"
+                onnx.save(model, str(pre))
         quantize_static(str(pre), str(q), _Reader(graph_input.name, calib, batch), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=cfg.reduce_range,
                         activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,

@@ -143,6 +143,33 @@ def test_x86_recipe_uses_uint8_activations_and_is_not_tensorrt_ready(bundle, tes
         Q.quantize_int8(pre, tmp_path / "u8.onnx", x[:32], Q.QuantConfig(symmetric_activations=False))
     props = Q.qdq_properties(tmp_path / "u8.onnx")
     assert {"uint8", "int8", "int32"} <= set(props["quantized_types"]) and not props["tensorrt_ready"]
+    # the 1-channel stem reads 4 channels (onnxruntime's fast u8s8 convolution kernel needs multiples of 4)
+    m = onnx.load(str(tmp_path / "u8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    made = {n.output[0]: n for n in m.graph.node}
+    stem = next(n for n in m.graph.node if n.op_type == "Conv")
+    assert inits[made[stem.input[1]].input[0]].shape[1] == 4
+    assert m.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 1  # what the device feeds is unchanged
+
+
+def test_padding_the_input_channels_leaves_the_outputs_unchanged(bundle, test_split, tmp_path):
+    """pad_input_channels: zero channels and zero weights for them, so the float graph computes what it did."""
+    import onnxruntime as ort
+
+    from edgeppt.int8 import pad_input_channels
+
+    path, _ = bundle
+    x, _ = test_split
+    m = onnx.load(str(path / "model.onnx"))
+    assert pad_input_channels(m) == 1 and pad_input_channels(m) == 0  # the second call finds nothing to pad
+    onnx.checker.check_model(m, full_check=True)
+    padded = tmp_path / "padded.onnx"
+    onnx.save(m, str(padded))
+    outs = []
+    for f in (path / "model.onnx", padded):
+        s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+        outs.append(np.concatenate([s.run(None, {s.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(16)]))
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
 
 
 def test_int8_accuracy_is_reported_and_within_the_threshold(bundle, test_split):
