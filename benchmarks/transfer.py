@@ -272,9 +272,12 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "lp_balance": "none"}}),
     "auto, unlabelled pool, propagated labels balanced as predicted": ("auto", {"unlabeled": "rest", "pssl": {
         "lp_balance": "predicted"}}),
-    # label propagation's graph on the model's features beside those of the PP weights before fine-tuning
+    # label propagation's graph on the model's features beside those of the PP weights before fine-tuning: always
+    # (the default adds them only where, alone, they spread the labels as the model's do: lp_graph auto), or never
     "auto, unlabelled pool, graph with PP's features": ("auto", {"unlabeled": "rest", "pssl": {
         "lp_graph": "model+pp"}}),
+    "auto, unlabelled pool, graph on the model's features alone": ("auto", {"unlabeled": "rest", "pssl": {
+        "lp_graph": "model"}}),
     # auto never adding pseudo samples (pseudo_min above 1), where the default's 0.9 added them to real images
     "auto, unlabelled pool, no pseudo samples": ("auto", {"unlabeled": "rest", "auto": {"pseudo_min": 1.01}}),
 }
@@ -375,7 +378,10 @@ def run_one(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pa
             # as common the commonest class is as an average other (recorded for study)
             **({"shares_uneven": report["unlabeled"]["commonest_over_others"]}
                if (report.get("unlabeled") or {}).get("commonest_over_others") else {}),
-            **({"reverse_check": report["reverse_check"]} if report.get("reverse_check") else {})}
+            **({"reverse_check": report["reverse_check"]} if report.get("reverse_check") else {}),
+            # lp_graph auto: how PP's features alone and the model's spread the labels alike, and whether PP's joined
+            **({"pp_graph": report["unlabeled"]["pp_graph"]} if (report.get("unlabeled") or {}).get("pp_graph")
+               else {})}
 
 
 def _one_thread() -> None:

@@ -138,9 +138,14 @@ class PSSLConfig(Strict):
     lp_alpha: float = Field(0.99, gt=0, lt=1, description="labelprop: how far labels spread along the graph")
     lp_refresh: int = Field(100, ge=1, description="labelprop: steps between re-propagations with the current "
                             "features")
-    lp_graph: Literal["model", "model+pp"] = Field("model", description="labelprop: the features the graph is "
-        "built on: the model's own, or beside them (each L2-normalised, side by side) those of the PP weights before "
-        "any fine-tuning, which no label has shaped (after PP only; docs/transfer.md)")
+    lp_graph: Literal["model", "model+pp", "auto"] = Field("auto", description="labelprop: the features the graph "
+        "is built on: the model's own, or beside them (each L2-normalised, side by side) those of the PP weights "
+        "before any fine-tuning, which no label has shaped (after PP only), or 'auto': beside them where PP's "
+        "features alone spread the labels as the model's do (lp_graph_agree; docs/transfer.md)")
+    lp_graph_agree: float = Field(0.8, ge=0, le=1, description="labelprop, lp_graph auto: PP's features join the "
+                                  "graph where the labels propagated over them alone and over the model's features "
+                                  "alone agree on at least this share of the unlabelled images (at the first "
+                                  "propagation): a sign that PP's features group the target as its labels do")
     lp_label_views: int = Field(0, ge=0, le=64, description="labelprop: weak views of each labelled image that "
                                 "join it as labelled nodes of the graph (0: the labelled images alone)")
     lp_consistency: float = Field(0.0, ge=0, description="labelprop: weight of FixMatch's consistency term on real "

@@ -308,6 +308,41 @@ def test_labelprop_graph_beside_the_pp_weights_features_resumes_exactly(tiny_bun
     _cut_at_ssl_step_10_resumes_to(c, whole, tmp_path, monkeypatch)
 
 
+@pytest.mark.parametrize("limit", [0.0, 1.0])
+def test_labelprop_graph_auto_adds_the_pp_features_where_they_agree_and_resumes_exactly(limit, tiny_bundle, tmp_path,
+                                                                                        monkeypatch):
+    """pssl.lp_graph auto: at the first propagation the labels are propagated over the model's features alone and
+    over PP's alone; PP's join every graph of the phase where the two agree on at least lp_graph_agree of the
+    unlabelled images, and never otherwise. The run reports and records the decision, and a resumed run keeps it."""
+    import edgeppt.transfer.ssl as ssl_module
+
+    c = small(tiny_bundle, method="pp+ssl", unlabeled="rest",
+              pssl={"pool_size": 128, "real_steps": 20, "algorithm": "labelprop", "lp_refresh": 5,
+                    "lp_graph": "auto", "lp_graph_agree": limit})
+    widths: list[int] = []
+    plain = ssl_module.propagate
+
+    def spy(features, labels, *args, **kwargs):
+        widths.append(features.shape[1])
+        return plain(features, labels, *args, **kwargs)
+
+    monkeypatch.setattr(ssl_module, "propagate", spy)
+    lines: list[str] = []
+    whole = run_transfer(c, tmp_path / "whole", progress=False, log=lines.append)
+    graph = whole["unlabeled"]["pp_graph"]
+    assert 0 <= graph["agreement"] <= 1 and graph["limit"] == limit
+    assert graph["used"] == (graph["agreement"] >= limit), graph
+    if limit == 0.0:
+        assert graph["used"]
+    width = create_model(c.arch, 5, 1).forward_features(torch.zeros(1, 1, 8, 8)).flatten(1).shape[1]
+    # step 0: the model's features alone, PP's alone, then (where PP's join) both; then steps 5, 10 and 15
+    assert widths == ([width, width, 2 * width] + [2 * width] * 3 if graph["used"] else [width, width] + [width] * 3)
+    assert any(("joined" if graph["used"] else "stayed out of") in line and "pssl.lp_graph_agree" in line
+               for line in lines)
+    monkeypatch.undo()
+    _cut_at_ssl_step_10_resumes_to(c, whole, tmp_path, monkeypatch)
+
+
 def _labels_and_unlabelled(n_real: int) -> tuple[ImageSet, torch.Tensor]:
     """10 random labelled 8x8 images of 5 classes and n_real unlabelled ones, from a fixed seed."""
     g = torch.Generator().manual_seed(0)

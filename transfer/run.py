@@ -372,7 +372,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             info["pretrain"] = pseudo_pretrain(cfg, model, _needed(bundle, name), out, dist, resume, cache,
                                                progress, labelled.shape[0], labelled.shape[1])
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
-        if method.ssl and real is not None and cfg.pssl.lp_graph == "model+pp":  # before any layer restarts
+        if method.ssl and real is not None and cfg.pssl.lp_graph != "model":  # before any layer restarts
             pp_weights = copy.deepcopy(model).requires_grad_(False)
         keep = choice.pretrain_keep if choice is not None else cfg.pretrain_keep
         if keep < 1 and not method.source_net:
@@ -464,6 +464,15 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         info["reused_phases"] = trainer.reused
     shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
     agree0 = getattr(phases[-1].objective, "lp_first_agree", None)
+    pp_agree = getattr(phases[-1].objective, "lp_pp_agree", None)
+    if real is not None and method.ssl and isinstance(pp_agree, torch.Tensor) and pp_agree.item() >= 0:
+        used = bool(getattr(phases[-1].objective, "lp_pp_used", False))
+        info["unlabeled"]["pp_graph"] = {"agreement": pp_agree.item(), "limit": cfg.pssl.lp_graph_agree,
+                                         "used": used}
+        if log and dist.main:
+            log(f"label propagation: PP's features {'joined' if used else 'stayed out of'} the graph: alone they "
+                f"spread the labels as the model's own features do on {pp_agree.item():.0%} of the unlabelled images "
+                f"({'at least' if used else 'under'} {cfg.pssl.lp_graph_agree:.0%}, pssl.lp_graph_agree)")
     if real is not None and method.ssl and isinstance(shares, torch.Tensor):
         info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
         if isinstance(agree0, torch.Tensor):

@@ -284,7 +284,9 @@ class LabelProp(FixMatch):
     lp_shares: torch.Tensor  # the classes' shares of the unlabelled images, as the warm start predicts them
     lp_first_agree: torch.Tensor  # that share at the first propagation: the warm start's predictions against it
     agreement = 0.0  # share of the last propagation's labels that the model's own predictions agree with
-    graph_model: tuple[ClassifierNet, ...] = ()  # lp_graph model+pp: the PP weights, frozen (a tuple: no submodule)
+    lp_pp_agree: torch.Tensor  # lp_graph auto: labels over PP's features against the model's (-1: unmeasured)
+    lp_pp_used: torch.Tensor  # whether PP's features joined the graph (lp_graph auto decides at the first propagation)
+    graph_model: tuple[ClassifierNet, ...] = ()  # lp_graph model+pp or auto: the PP weights, frozen (no submodule)
     _pp_cache: torch.Tensor | None = None  # their features of the labelled and unlabelled images
 
     def setup(self, model):
@@ -295,6 +297,8 @@ class LabelProp(FixMatch):
         self.register_buffer("lp_weight", torch.zeros(n))
         self.register_buffer("lp_shares", torch.full((len(self.data.classes),), 1.0 / len(self.data.classes)))
         self.register_buffer("lp_first_agree", torch.tensor(1.0))
+        self.register_buffer("lp_pp_agree", torch.tensor(-1.0))
+        self.register_buffer("lp_pp_used", torch.tensor(self.cfg.lp_graph == "model+pp"))
         if n:
             self._propagate(0)
 
@@ -315,9 +319,18 @@ class LabelProp(FixMatch):
         own = F.softmax(model.head(feats[len(xl):]), 1).cpu()  # the model's own view of each real image
         model.train(was)
         graph = feats.cpu()
-        if self.graph_model:  # the model's features (fitted to the k labels) beside PP's, which no label shaped
-            graph = torch.cat([F.normalize(graph.flatten(1), dim=1), self._pp_features(x, dev)], 1)
-        label, certainty = propagate(graph, yl, len(self.data.classes), self.cfg.lp_neighbours, self.cfg.lp_alpha)
+        k, neighbours, alpha = len(self.data.classes), self.cfg.lp_neighbours, self.cfg.lp_alpha
+        alone = None
+        if self.graph_model and step == 0 and self.cfg.lp_graph == "auto":
+            # PP's features join where, alone, they spread the labels as the model's own do: they group the target
+            # as its labels do, and can correct a graph that a few atypical labels have shaped
+            alone = propagate(graph, yl, k, neighbours, alpha)
+            pp_alone = propagate(self._pp_features(x, dev), yl, k, neighbours, alpha)[0]
+            self.lp_pp_agree.fill_((alone[0][len(xl):] == pp_alone[len(xl):]).float().mean().item())
+            self.lp_pp_used.fill_(bool(self.lp_pp_agree >= self.cfg.lp_graph_agree))
+        if self.graph_model and self.lp_pp_used:  # the model's features (fitted to the k labels) beside PP's
+            graph, alone = torch.cat([F.normalize(graph.flatten(1), dim=1), self._pp_features(x, dev)], 1), None
+        label, certainty = alone if alone is not None else propagate(graph, yl, k, neighbours, alpha)
         label, certainty = label[len(xl):], certainty[len(xl):]
         if step == 0:  # estimated once, by the model the labels alone trained: later ones learnt the propagation's
             self.lp_shares.copy_(own.mean(0))
