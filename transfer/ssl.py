@@ -28,6 +28,7 @@ from edgeppt.models import ClassifierNet
 from edgeppt.train import augment
 from edgeppt.train.loop import ema_model
 from edgeppt.train.objective import Supervised, sample_batch, shard
+from edgeppt.train.probe import features
 
 from .pseudo import PseudoPool
 
@@ -354,9 +355,7 @@ class LabelProp(FixMatch):
         same images (no labelled views, which each propagation draws afresh)."""
         if self._pp_cache is not None and len(self._pp_cache) == len(x) and not self.cfg.lp_label_views:
             return self._pp_cache
-        pp = self.graph_model[0].to(dev).eval()
-        f = torch.cat([pp.forward_features(x[i:i + 512].to(dev)) for i in range(0, len(x), 512)]).cpu()
-        self._pp_cache = F.normalize(f.flatten(1), dim=1)
+        self._pp_cache = features(self.graph_model[0].to(dev), x, batch=512)
         return self._pp_cache
 
     def loss(self, net, g, step, total, dist):
