@@ -1,9 +1,11 @@
 """One image file -> 8-bit pixels, the same way in training and on the device (copied into every export bundle as
 `image_io.py`, beside the runner). Pillow and numpy only, for that reason.
 
-Two things a plain `Image.convert("L")` gets wrong on images from real cameras: it clips pixels of more than 8
-bits at 255 (a 16-bit image turns white, a float one in [0, 1] black), and it ignores the EXIF orientation tag that
-phones write instead of turning the pixels (the photo is read on its side).
+Three things a plain `Image.convert("L")` gets wrong on real images: it clips pixels of more than 8 bits at 255 (a
+16-bit image turns white, a float one in [0, 1] black), it ignores the EXIF orientation tag that phones write
+instead of turning the pixels (the photo is read on its side), and it drops transparency, keeping whatever colour
+the encoder left under transparent pixels (often black, sometimes white or leftovers of an edit). Transparent
+pixels are composited over black here: the background that padding, shifts and turns give in training.
 """
 
 from __future__ import annotations
@@ -24,9 +26,22 @@ def full_scale(dtype: np.dtype, top: float) -> float:
     return next((s for s in (1.0, 255.0, 65535.0) if top <= s), float(top))
 
 
+def over_black(im: Image.Image) -> Image.Image:
+    """`im` without transparency: an alpha channel (RGBA, LA, PA) or a palette's or a gray level's transparent entry
+    is composited over black (each pixel weighted by its opacity); other images are returned as they are."""
+    if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
+        return im
+    gray = im.mode in ("LA", "La", "L", "1", "I", "I;16") or (im.mode == "P" and im.palette.mode == "L")
+    rgba = im.convert("RGBA")
+    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return flat.convert("L") if gray else flat
+
+
 def to_8bit(im: Image.Image) -> Image.Image:
-    """`im` upright and in an 8-bit mode, its deeper pixels scaled (not clipped) by their full scale."""
+    """`im` upright, opaque and in an 8-bit mode, its deeper pixels scaled (not clipped) by their full scale."""
     im = ImageOps.exif_transpose(im)
+    if not (im.mode.startswith("I") or im.mode == "F"):  # deeper modes carry no alpha in Pillow
+        im = over_black(im)
     if im.mode.startswith("I") or im.mode == "F":
         a = np.asarray(im)
         if a.dtype.byteorder == ">":  # I;16B

@@ -4,6 +4,7 @@ import torch
 
 from edgeppt.config import AugmentConfig
 from edgeppt.data import ImageSet
+from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.train.loop import Dist, Phase, Trainer, ema_decay, ema_update, lr_at
 from edgeppt.train.objective import Supervised
@@ -133,3 +134,36 @@ def test_the_cosine_head_is_imprinted_trains_as_cosines_and_ships_as_a_plain_lin
     assert (plain.argmax(1) == data.y).float().mean() > 0.9
     assert abs(plain.abs().mean().item() - cosine.abs().mean().item()) < 0.3 * cosine.abs().mean().item()
     assert not model.head.bias.any() and model.head.bias.requires_grad
+
+
+def test_a_checkpoint_that_is_not_this_runs_is_one_line_and_kept(tmp_path):
+    data = _blobs()
+
+    def trainer(steps: int) -> Trainer:
+        torch.manual_seed(0)
+        phase = Phase("fit", steps, Supervised(data, 16), lr=0.05, evaluate=False, warmup=0, floor=0.0)
+        return Trainer(create_model("resnet_xs", 2, 1), [phase], tmp_path, seed=0, progress=False,
+                       checkpoint_every=5)
+
+    stopped = trainer(10)
+    stopped.run()
+    ckpt = stopped.ckpt_path
+    state = torch.load(ckpt, weights_only=True)
+    state["step"] = 5  # a run cut before its end, ...
+    state["model"].pop(next(iter(state["model"])))  # ... whose weights lack a tensor this version has
+    torch.save(state, ckpt)
+    before = ckpt.read_bytes()
+    try:
+        trainer(10).run(resume=True)
+    except EdgepptError as e:
+        assert "does not fit phase 'fit'" in str(e) and "\n" not in str(e), e
+    else:
+        raise AssertionError("a checkpoint without a tensor of the model resumed")
+    assert ckpt.read_bytes() == before  # nothing lost
+    ckpt.write_bytes(before[: len(before) // 2])  # truncated (copied half-way)
+    try:
+        trainer(10).run(resume=True)
+    except EdgepptError as e:
+        assert "not a complete checkpoint" in str(e) and "\n" not in str(e), e
+    else:
+        raise AssertionError("a truncated checkpoint resumed")

@@ -169,8 +169,17 @@ class Trainer:
     def run(self, resume: bool = False) -> None:
         start_phase, start_step, state = 0, 0, None
         if resume and self.out is not None and self.ckpt_path.exists():
-            state = load_checkpoint(self.ckpt_path)
-            start_phase, start_step = int(state["phase"]), int(state["step"])
+            try:
+                state = load_checkpoint(self.ckpt_path)
+                start_phase, start_step = int(state["phase"]), int(state["step"])
+            except Exception as e:  # noqa: BLE001 - whatever is wrong, the file is kept and the user told in a line
+                raise EdgepptError(f"{self.ckpt_path} cannot be resumed from: not a complete checkpoint of this "
+                                   f"run ({type(e).__name__}). It is left as it is; start again with a new --out."
+                                   ) from None
+            if not 0 <= start_phase < len(self.phases):
+                raise EdgepptError(f"{self.ckpt_path} is at phase {start_phase}, but this run has "
+                                   f"{len(self.phases)}: it was written by other settings or another version. "
+                                   "It is left as it is; start again with a new --out.")
             self.timings.update(state.get("timings", {}))
             self.images_seen.update(state.get("images_seen", {}))
         log = MetricsLog(self.out / "metrics.jsonl",
@@ -191,6 +200,18 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
+    def _load(self, ph: Phase, state: dict, parts: list[tuple[nn.Module | torch.optim.Optimizer, str]]) -> None:
+        """Load each part from the checkpoint, or say in one line that it is not this run's (another version's
+        objective buffers, another architecture): torch's own message runs to paragraphs."""
+        try:
+            for part, key in parts:
+                part.load_state_dict(state[key])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise EdgepptError(f"{self.ckpt_path} does not fit phase {ph.name!r} of this run ({first}): it was "
+                               "written by other settings or another version. It is left as it is; start again "
+                               "with a new --out.") from None
+
     def _run_phase(self, pi: int, start: int, state: dict | None, log: MetricsLog | None, stop: dict) -> None:
         ph = self.phases[pi]
         torch.manual_seed(step_seed(self.seed, ph.name, -1))  # seeded head init etc. in setup
@@ -208,12 +229,10 @@ class Trainer:
         opt = ph.optimizer(params, ph.lr) if ph.optimizer else \
             torch.optim.SGD(params, lr=ph.lr, momentum=0.9, nesterov=True, weight_decay=ph.weight_decay)
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            ph.objective.load_state_dict(state["objective"])
-            opt.load_state_dict(state["optimizer"])
-        ema = ema_model(self.model, ph.ema) if ph.ema > 0 else None
+            self._load(ph, state, [(self.model, "model"), (ph.objective, "objective"), (opt, "optimizer")])
+        ema = ema_model(self.model, ph.ema) if ph.ema > 0 else None  # from the resumed weights
         if ema is not None and state is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+            self._load(ph, state, [(ema, "ema")])
         if start >= ph.steps:
             return
         if state is None and ph.skip is not None and self.dist.world == 1 and ph.skip(ph.objective):
