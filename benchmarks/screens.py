@@ -5,6 +5,7 @@
     python benchmarks/screens.py --cache DIR ensemble     # six pairings, seeds 0-2, ~8 minutes (trains scratch)
     python benchmarks/screens.py --cache DIR distill      # the four tuned pairings, seeds 0-2, ~20 minutes
     python benchmarks/screens.py --cache DIR soup         # the four tuned pairings, seeds 0-2, ~25 minutes
+    python benchmarks/screens.py --cache DIR cv           # six pairings, seeds 0-2, ~4 minutes each with PP cached
 
 - `graph`: label propagation's first labels (the warm start's features, as the SSL phase starts from them) scored
   against the unlabelled pool's true labels, with the warm start's batch-norm statistics (what the default uses) and
@@ -23,6 +24,9 @@
 - `soup`: pp's labels-only phase run 4 times from the same PP weights with other trainer seeds, and the average of
   their weights (a uniform model soup, Wortsman et al., 2022): one network, so no latency cost, where an ensemble
   pays one inference per member.
+- `cv`: auto's choice between scratch and pp made by 2-fold cross-validation over the k labels (each method
+  fine-tuned on half of each class's labels and scored on the other half, both ways), beside the probe that auto
+  uses: how often each picks the method that validates better with all k labels, and what the picks are worth.
 
 Validation accuracy (or the pool's labels, which a run never sees) judges; test only reports. The result:
 docs/transfer-selection.md ("Screened and not built").
@@ -206,7 +210,7 @@ def soup(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pat
     for m in range(SOUP):
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
-        pseudo_pretrain(cfg, model, bundle, work / "soup-pp", Dist(), False, cache, False, labelled.shape[0])
+        pseudo_pretrain(cfg, model, bundle, work / "soup-pp", Dist(), False, cache, False, *labelled.shape[:2])
         Trainer(model, [Phase("pp", cfg.finetune_steps, supervised(cfg, labelled), cfg.lr, cfg.weight_decay)], None,
                 cfg.seed + 7919 * m, progress=False, channels_last=True).run()
         members.append(model.eval())
@@ -225,8 +229,59 @@ def soup(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pat
     return out
 
 
+FOLDS = 2
+
+
+def cv(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    """scratch and pp with all k labels (validation and test), auto's labels-only choice, and each method's
+    FOLDS-fold cross-validation over the k labels: fine-tuned as the method's target phase is (same steps and
+    settings) on the other folds, scored on the fold's own labels (accuracy, and the mean probability of the true
+    class, a finer score where 10-20 images decide)."""
+    out: dict = {"pairing": pairing, "seed": seed}
+    for row in ("scratch", "pp", "auto"):
+        run = work / f"{pairing.replace(' ', '-')}-{seed}-cv-{row}"
+        report = run_transfer(config(pairing, row, seed, {}, files, 4), run, progress=False, pp_cache=cache)
+        state = torch.load(run / "model.pt", weights_only=True)  # our own run's file
+        model = create_model(state["arch"], len(state["classes"]), state["in_chans"])
+        model.load_state_dict(state["state_dict"])
+        val = load_dataset(str(files["val"]), state["image_size"], state["in_chans"])
+        with torch.no_grad():
+            out[f"val_{row}"] = 100 * (model.eval()(val.x).argmax(1) == val.y).float().mean().item()
+        out[f"test_{row}"] = report["test_accuracy"]
+        if row == "auto":
+            out["auto_chose"] = report["method"]
+            out["auto_probe"] = {k: (report.get("auto") or {}).get("coverage", {}).get(k)
+                                 for k in ("init_probe", "pp_probe")}
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    assert cfg.source is not None
+    bundle = open_source(cfg.source, cfg)
+    labelled = prepare_splits(cfg, bundle)[0]
+    g = torch.Generator().manual_seed(seed)
+    fold = torch.empty(len(labelled), dtype=torch.long)
+    for c in range(len(labelled.classes)):
+        idx = (labelled.y == c).nonzero().ravel()
+        fold[idx[torch.randperm(len(idx), generator=g)]] = torch.arange(len(idx)) % FOLDS
+    for row in ("scratch", "pp"):
+        right = prob = 0.0
+        for f in range(FOLDS):
+            train, held = labelled.subset((fold != f).nonzero().ravel()), labelled.subset((fold == f).nonzero().ravel())
+            torch.manual_seed(cfg.seed)
+            model = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
+            if row == "pp":
+                pseudo_pretrain(cfg, model, bundle, work / "cv-pp", Dist(), False, cache, False, *labelled.shape[:2])
+            Trainer(model, [Phase(row, cfg.finetune_steps, supervised(cfg, train), cfg.lr, cfg.weight_decay)], None,
+                    cfg.seed, progress=False, channels_last=True).run()
+            with torch.no_grad():
+                p = F.softmax(model.eval()(held.x), 1)
+            right += (p.argmax(1) == held.y).sum().item()
+            prob += p[torch.arange(len(held)), held.y].sum().item()
+        out[f"cv_{row}"] = 100 * right / len(labelled)
+        out[f"cv_prob_{row}"] = prob / len(labelled)
+    return out
+
+
 SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "other classes"]),
-           "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4]), "soup": (soup, SIX[:4])}
+           "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4]), "soup": (soup, SIX[:4]), "cv": (cv, SIX)}
 
 
 def report(screen: str, rows: list[dict], summary: bool = True) -> None:
@@ -244,6 +299,10 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
         elif screen == "soup":
             print(f"{r['pairing']:14s} {r['seed']}  validation members {' '.join(f'{a:.1f}' for a in r['val_members'])}"
                   f"  soup {r['val_soup']:.1f}  ensemble {r['val_ensemble']:.1f}")
+        elif screen == "cv":
+            print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
+                  f"(auto chose {r['auto_chose']}) | cross-validated scratch {r['cv_scratch']:.1f} "
+                  f"({r['cv_prob_scratch']:.3f}) pp {r['cv_pp']:.1f} ({r['cv_prob_pp']:.3f})")
         elif screen == "distill":
             print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
                   f"ensemble {r['val_ensemble']:.1f} distilled from pp {r['val_distilled from pp']:.1f}, from scratch "
@@ -284,9 +343,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True, help="PP weights, shared with benchmarks/transfer.py")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/screen-SCREEN.json")
+    ap.add_argument("--pairings", nargs="+", help="default: the screen's own")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     fn, pairings = SCREENS[args.screen]
+    pairings = args.pairings or pairings
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for pairing in pairings:

@@ -31,7 +31,7 @@ def over_black(im: Image.Image) -> Image.Image:
     is composited over black (each pixel weighted by its opacity); other images are returned as they are."""
     if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
         return im
-    gray = im.mode in ("LA", "La", "L", "1", "I", "I;16") or (im.mode == "P" and im.palette.mode == "L")
+    gray = im.mode in ("LA", "La", "L", "1", "I", "I;16") or (im.mode == "P" and getattr(im.palette, "mode", "") == "L")
     rgba = im.convert("RGBA")
     flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
     return flat.convert("L") if gray else flat
