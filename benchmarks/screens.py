@@ -53,7 +53,7 @@ from edgeppt.data import load_dataset
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.train import augment, probe
 from edgeppt.train.loop import Dist, Phase, Trainer
-from edgeppt.transfer import run_transfer
+from edgeppt.transfer import crossval, run_transfer
 from edgeppt.transfer.methods import supervised
 from edgeppt.transfer.run import prepare_splits, pseudo_pretrain
 from edgeppt.transfer.ssl import propagate
@@ -256,27 +256,15 @@ def cv(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path)
     assert cfg.source is not None
     bundle = open_source(cfg.source, cfg)
     labelled = prepare_splits(cfg, bundle)[0]
-    g = torch.Generator().manual_seed(seed)
-    fold = torch.empty(len(labelled), dtype=torch.long)
-    for c in range(len(labelled.classes)):
-        idx = (labelled.y == c).nonzero().ravel()
-        fold[idx[torch.randperm(len(idx), generator=g)]] = torch.arange(len(idx)) % FOLDS
+    fold = crossval.folds(labelled.y, FOLDS, seed)
+    assert fold is not None
     for row in ("scratch", "pp"):
-        right = prob = 0.0
-        for f in range(FOLDS):
-            train, held = labelled.subset((fold != f).nonzero().ravel()), labelled.subset((fold == f).nonzero().ravel())
-            torch.manual_seed(cfg.seed)
-            model = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
-            if row == "pp":
-                pseudo_pretrain(cfg, model, bundle, work / "cv-pp", Dist(), False, cache, False, *labelled.shape[:2])
-            Trainer(model, [Phase(row, cfg.finetune_steps, supervised(cfg, train), cfg.lr, cfg.weight_decay)], None,
-                    cfg.seed, progress=False, channels_last=True).run()
-            with torch.no_grad():
-                p = F.softmax(model.eval()(held.x), 1)
-            right += (p.argmax(1) == held.y).sum().item()
-            prob += p[torch.arange(len(held)), held.y].sum().item()
-        out[f"cv_{row}"] = 100 * right / len(labelled)
-        out[f"cv_prob_{row}"] = prob / len(labelled)
+        torch.manual_seed(cfg.seed)
+        start = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
+        if row == "pp":
+            pseudo_pretrain(cfg, start, bundle, work / "cv-pp", Dist(), False, cache, False, *labelled.shape[:2])
+        score = crossval.score(cfg, start, row, labelled, fold)
+        out[f"cv_{row}"], out[f"cv_prob_{row}"] = 100 * score["accuracy"], score["prob"]
     return out
 
 

@@ -128,6 +128,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, pose rule off": ("auto", {"auto": {"pose_score": 0}}),  # auto before auto.pose_score
     "auto, unlabelled pool, pose rule off": ("auto", {"unlabeled": "rest", "auto": {"pose_score": 0}}),
     "auto, flip rule off": ("auto", {"auto": {"mirror_share": 0}}),  # auto before auto.mirror_share
+    # auto choosing between scratch and pp by 2-fold cross-validation over the k labels (auto.cv_folds)
+    "auto, labels cross-validated": ("auto", {"auto": {"cv_folds": 2}}),
     # the target phases' views turned too (PP follows them), where the pose rule fires
     "auto, every view turned": ("auto", {"augment": {"max_rotation": 180.0, "strong_rotation": 180.0}}),
     "auto, unlabelled pool, every view turned": ("auto", {"unlabeled": "rest", "augment": {

@@ -983,3 +983,59 @@ def test_uneven_shares_mean_the_same_at_every_number_of_classes():
     for k in (2, 3, 10):
         assert commonest_over_others(torch.full((k,), 1.0 / k)) == pytest.approx(1.0)
     assert commonest_over_others(torch.tensor([1.0, 0.0])) > AutoConfig().uneven_shares  # one class only
+
+
+def test_cross_validation_folds_deal_each_class_out_evenly_and_need_enough_labels():
+    from edgeppt.transfer.crossval import folds
+
+    y = torch.arange(20) % 5  # 4 labels per class
+    f = folds(y, 2, seed=3)
+    assert f is not None and torch.equal(f, folds(y, 2, seed=3)) and not torch.equal(f, folds(y, 2, seed=4))
+    for c in range(5):
+        assert torch.bincount(f[y == c], minlength=2).tolist() == [2, 2]
+    assert folds(y, 5, seed=0) is None and folds(y, 1, seed=0) is None  # a fold would train without a class
+
+
+def test_auto_chooses_by_the_cross_validated_labels_where_asked_and_by_the_probes_otherwise():
+    """The probes measure where fine-tuning starts; with cv_folds the cross-validated score of where it ends
+    decides, and the reason says so. Here the two disagree in both directions."""
+    def pick(cv_scratch: float | None, cv_pp: float | None, init: float = 0.4, pp: float = 0.8,
+             **kw) -> coverage.Choice:
+        cov = coverage.Coverage(chance=0.2, init_probe=init, pp_probe=pp, cv_scratch=cv_scratch, cv_pp=cv_pp)
+        return coverage.choose(cov, AutoConfig(cv_folds=2, **kw), has_source=True, has_unlabeled=False)
+
+    assert pick(None, None).method == "pp"  # not measured (too few labels): the probes decide
+    against = pick(0.70, 0.60)
+    assert against.method == "scratch" and "cross-validated" in against.reason and "0.60" in against.reason
+    assert pick(0.60, 0.70, init=0.8, pp=0.4).method == "pp"
+    assert pick(0.60, 0.70, init=0.8, pp=0.4).pretrain_keep == 1.0  # keep_margin reads the probes' own gain
+    assert pick(0.60, 0.65, cv_margin=0.1).method == "scratch"
+    with_real = pick(0.70, 0.60)
+    assert coverage.choose(with_real.coverage, AutoConfig(cv_folds=2), True, True).method == "ssl"
+
+
+def test_auto_cross_validation_trains_copies_fold_by_fold_then_the_chosen_method_itself(tiny_bundle, tmp_path,
+                                                                                              monkeypatch):
+    from edgeppt.transfer import crossval
+
+    seen: list[tuple[str, int]] = []
+    score = crossval.score
+
+    def spy(cfg, start, name, labelled, fold, device=None):
+        seen.append((name, len(labelled)))
+        before = {k: v.clone() for k, v in start.state_dict().items()}
+        out = score(cfg, start, name, labelled, fold, device)
+        assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())  # copies train, not the start
+        return out
+
+    monkeypatch.setattr(crossval, "score", spy)
+    c = small(tiny_bundle, auto={"cv_folds": 2})
+    report = run_transfer(c, tmp_path / "cv", progress=False)
+    cov = report["auto"]["coverage"]
+    assert seen == [("scratch", 20), ("pp", 20)] and 0 < cov["cv_scratch"] < 1 and 0 < cov["cv_pp"] < 1
+    assert report["method"] == ("pp" if cov["cv_pp"] > cov["cv_scratch"] else "scratch")
+    assert "cross-validated" in report["auto"]["reason"]
+    # What it then trains is the chosen method itself, from the same weights as without cross-validation.
+    plain = run_transfer(small(tiny_bundle, method=report["method"], augment=report["settings"]["augment"]),
+                         tmp_path / "plain", progress=False)
+    assert plain["test_accuracy"] == report["test_accuracy"]

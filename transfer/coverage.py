@@ -35,6 +35,10 @@ class Coverage(BaseModel):
     pp_probe: float | None = None
     pseudo_probe: float | None = None
     pseudo_share: float | None = None
+    # auto.cv_folds: the labels cross-validated (transfer/crossval.py): the mean probability a held-out label's class
+    # gets after fine-tuning from the untrained network and from the PP weights
+    cv_scratch: float | None = None
+    cv_pp: float | None = None
 
 
 class Choice(BaseModel):
@@ -88,10 +92,16 @@ def choose(cov: Coverage, cfg: AutoConfig, has_source: bool, has_unlabeled: bool
                              "the safer use of the source")
     gain = cov.pp_probe - cov.init_probe
     probes = f"probe accuracy on the labels {cov.pp_probe:.0%} with PP features vs {cov.init_probe:.0%} untrained"
-    if gain <= cfg.pp_margin:
+    if cov.cv_pp is not None and cov.cv_scratch is not None:  # where fine-tuning ends, not where it starts
+        probes = (f"the labels cross-validated: a held-out label's class gets {cov.cv_pp:.2f} fine-tuned from PP vs "
+                  f"{cov.cv_scratch:.2f} from scratch; {probes}")
+        helps = cov.cv_pp - cov.cv_scratch > cfg.cv_margin
+    else:
+        helps = gain > cfg.pp_margin
+    if not helps:
         return Choice(method=own, pseudo_samples=False, coverage=cov,
                       reason=f"the source covers the target poorly: {probes}")
-    if gain <= cfg.keep_margin:  # PP's upper blocks are what transfers least where its gain is doubtful
+    if cfg.pp_margin < gain <= cfg.keep_margin:  # PP's upper blocks transfer least where its gain is doubtful
         return Choice(method=with_pp, pseudo_samples=False, pretrain_keep=cfg.keep_share, coverage=cov,
                       reason=f"PP helps a little ({probes}): its lower {cfg.keep_share:.0%} of blocks kept, the "
                              f"rest trained afresh, pseudo samples off")

@@ -40,7 +40,7 @@ from edgeppt.train.evaluate import evaluate
 from edgeppt.train.loop import Dist, Phase, Trainer, elastic_restarts, ema_decay, setup_distributed
 from edgeppt.train.objective import Probe
 
-from . import coverage
+from . import coverage, crossval
 from .methods import METHODS, pp_augment, supervised, supervised_settings
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import POOL_FIELDS, PseudoPool, make_pool
@@ -237,6 +237,8 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
     if resume and path.is_file():
         return coverage.Choice.model_validate_json(path.read_text())
     init_feats = coverage.features(model, labelled.x)  # before PP: what scratch starts from
+    fold = crossval.folds(labelled.y, cfg.auto.cv_folds, cfg.seed) if bundle is not None else None
+    untrained = copy.deepcopy(model) if fold is not None else None
     pp_model = pool = x_src = None
     if bundle is not None:
         info["pretrain"] = pseudo_pretrain(cfg, model, bundle, out, dist, resume, cache, progress,
@@ -247,6 +249,9 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
                                   "cached": from_cache}
         x_src = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
     cov = coverage.measure(labelled, init_feats, pp_model, bundle, x_src, pool)
+    if fold is not None and untrained is not None and pp_model is not None:
+        cov.cv_scratch = crossval.score(cfg, untrained, "scratch", labelled, fold, dist.device)["prob"]
+        cov.cv_pp = crossval.score(cfg, pp_model, "pp", labelled, fold, dist.device)["prob"]
     choice = coverage.choose(cov, cfg.auto, bundle is not None, real is not None)
     if dist.main:
         atomic_write_json(path, choice.model_dump(mode="json"))
