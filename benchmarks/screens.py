@@ -40,6 +40,8 @@ import json
 import math
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -272,6 +274,45 @@ SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "ot
            "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4]), "soup": (soup, SIX[:4]), "cv": (cv, SIX)}
 
 
+def _cv_pick(r: dict, margin: float = 0.0) -> str:
+    return "pp" if r["cv_prob_pp"] - r["cv_prob_scratch"] > margin else "scratch"
+
+
+def _probe_pick(r: dict) -> str:
+    return "pp" if r["auto_chose"].startswith("pp") else "scratch"
+
+
+CV_RULES: dict[str, Callable[[dict], str]] = {
+    "probes (auto's default)": _probe_pick,
+    "cross-validated accuracy (ties: the probes)": lambda r: {1: "pp", -1: "scratch"}.get(
+        int(np.sign(r["cv_pp"] - r["cv_scratch"])), _probe_pick(r)),
+    **{f"cross-validated probability, margin {m:+.2f}": partial(_cv_pick, margin=m) for m in (-0.02, 0.0, 0.02)},
+    "pp where both favour it (auto.cv_folds 2)": lambda r: "pp" if _probe_pick(r) == _cv_pick(r) == "pp"
+    else "scratch",
+    "pp where either favours it": lambda r: "pp" if "pp" in (_probe_pick(r), _cv_pick(r)) else "scratch",
+    "always pp": lambda r: "pp",
+    "the better with all k labels (validation; no rule can know it)": lambda r: "pp" if r["val_pp"] >= r["val_scratch"]
+    else "scratch"}
+
+
+def cv_summary(rows: list[dict]) -> None:
+    """Each rule's pick between scratch and pp, scored by that method's accuracy with all k labels: the mean, and
+    the paired difference against the probes' pick (what auto does by default), on the tuned and the held-out
+    pairings."""
+    for part, names in (("tuned", SIX[:4]), ("held out", SIX[4:])):
+        sub = [r for r in rows if r["pairing"] in names]
+        if not sub:
+            continue
+        print(f"{part} pairings, {len(sub)} runs: validation % of the pick, paired against the probes' pick "
+              "(test, reported)")
+        for name, rule in CV_RULES.items():
+            val = [r[f"val_{rule(r)}"] for r in sub]
+            d = [v - r[f"val_{_probe_pick(r)}"] for v, r in zip(val, sub)]
+            t = [100 * (r[f"test_{rule(r)}"] - r[f"test_{_probe_pick(r)}"]) for r in sub]
+            print(f"  {name:62s} {np.mean(val):6.2f}  {np.mean(d):+.2f} ± {np.std(d):.2f} "
+                  f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)  (test {np.mean(t):+.2f})")
+
+
 def report(screen: str, rows: list[dict], summary: bool = True) -> None:
     for r in rows:
         if screen == "graph":
@@ -316,6 +357,8 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
             d = [r["val_soup"] - f(r) for r in rows]
             print(f"soup - {base}, validation: {np.mean(d):+.2f} ± {np.std(d):.2f} "
                   f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
+    elif summary and screen == "cv":
+        cv_summary(rows)
     elif summary and screen == "ensemble":
         for base in ("scratch", "pp"):
             d = [r["val_ensemble"] - r[f"val_{base}"] for r in rows]

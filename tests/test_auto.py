@@ -996,9 +996,9 @@ def test_cross_validation_folds_deal_each_class_out_evenly_and_need_enough_label
     assert folds(y, 5, seed=0) is None and folds(y, 1, seed=0) is None  # a fold would train without a class
 
 
-def test_auto_chooses_by_the_cross_validated_labels_where_asked_and_by_the_probes_otherwise():
-    """The probes measure where fine-tuning starts; with cv_folds the cross-validated score of where it ends
-    decides, and the reason says so. Here the two disagree in both directions."""
+def test_auto_uses_pp_only_where_the_probes_and_the_cross_validated_labels_both_favour_it():
+    """The probes measure where fine-tuning starts; with cv_folds, PP must also win where fine-tuning ends, on
+    held-out labels, and the reason says so."""
     def pick(cv_scratch: float | None, cv_pp: float | None, init: float = 0.4, pp: float = 0.8,
              **kw) -> coverage.Choice:
         cov = coverage.Coverage(chance=0.2, init_probe=init, pp_probe=pp, cv_scratch=cv_scratch, cv_pp=cv_pp)
@@ -1007,11 +1007,11 @@ def test_auto_chooses_by_the_cross_validated_labels_where_asked_and_by_the_probe
     assert pick(None, None).method == "pp"  # not measured (too few labels): the probes decide
     against = pick(0.70, 0.60)
     assert against.method == "scratch" and "cross-validated" in against.reason and "0.60" in against.reason
-    assert pick(0.60, 0.70, init=0.8, pp=0.4).method == "pp"
-    assert pick(0.60, 0.70, init=0.8, pp=0.4).pretrain_keep == 1.0  # keep_margin reads the probes' own gain
+    both = pick(0.60, 0.70)
+    assert both.method == "pp" and "cross-validated" in both.reason and both.pretrain_keep == 1.0
+    assert pick(0.60, 0.70, init=0.8, pp=0.4).method == "scratch"  # the probes alone already say no
     assert pick(0.60, 0.65, cv_margin=0.1).method == "scratch"
-    with_real = pick(0.70, 0.60)
-    assert coverage.choose(with_real.coverage, AutoConfig(cv_folds=2), True, True).method == "ssl"
+    assert coverage.choose(against.coverage, AutoConfig(cv_folds=2), True, True).method == "ssl"
 
 
 def test_auto_cross_validation_trains_copies_fold_by_fold_then_the_chosen_method_itself(tiny_bundle, tmp_path,
@@ -1029,13 +1029,15 @@ def test_auto_cross_validation_trains_copies_fold_by_fold_then_the_chosen_method
         return out
 
     monkeypatch.setattr(crossval, "score", spy)
-    c = small(tiny_bundle, auto={"cv_folds": 2})
+    never = run_transfer(small(tiny_bundle, auto={"cv_folds": 2, "pp_margin": 1.0}), tmp_path / "no", progress=False)
+    assert never["method"] == "scratch" and seen == []  # the probes cannot favour PP: nothing to check
+    c = small(tiny_bundle, auto={"cv_folds": 2, "pp_margin": -1.0, "keep_margin": -1.0})  # the probes favour PP
     report = run_transfer(c, tmp_path / "cv", progress=False)
     cov = report["auto"]["coverage"]
     assert seen == [("scratch", 20), ("pp", 20)] and 0 < cov["cv_scratch"] < 1 and 0 < cov["cv_pp"] < 1
     assert report["method"] == ("pp" if cov["cv_pp"] > cov["cv_scratch"] else "scratch")
     assert "cross-validated" in report["auto"]["reason"]
     # What it then trains is the chosen method itself, from the same weights as without cross-validation.
-    plain = run_transfer(small(tiny_bundle, method=report["method"], augment=report["settings"]["augment"]),
-                         tmp_path / "plain", progress=False)
+    fitted = {k: report["settings"][k] for k in ("augment", "pretrain_rotation")}  # auto's augmentation rules
+    plain = run_transfer(small(tiny_bundle, method=report["method"], **fitted), tmp_path / "plain", progress=False)
     assert plain["test_accuracy"] == report["test_accuracy"]

@@ -92,12 +92,11 @@ def choose(cov: Coverage, cfg: AutoConfig, has_source: bool, has_unlabeled: bool
                              "the safer use of the source")
     gain = cov.pp_probe - cov.init_probe
     probes = f"probe accuracy on the labels {cov.pp_probe:.0%} with PP features vs {cov.init_probe:.0%} untrained"
-    if cov.cv_pp is not None and cov.cv_scratch is not None:  # where fine-tuning ends, not where it starts
-        probes = (f"the labels cross-validated: a held-out label's class gets {cov.cv_pp:.2f} fine-tuned from PP vs "
-                  f"{cov.cv_scratch:.2f} from scratch; {probes}")
+    helps = gain > cfg.pp_margin
+    if helps and cov.cv_pp is not None and cov.cv_scratch is not None:  # and where fine-tuning ends, held out
+        probes += (f"; the labels cross-validated: a held-out label's class gets {cov.cv_pp:.2f} fine-tuned from PP "
+                   f"vs {cov.cv_scratch:.2f} from scratch")
         helps = cov.cv_pp - cov.cv_scratch > cfg.cv_margin
-    else:
-        helps = gain > cfg.pp_margin
     if not helps:
         return Choice(method=own, pseudo_samples=False, coverage=cov,
                       reason=f"the source covers the target poorly: {probes}")

@@ -249,7 +249,9 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
                                   "cached": from_cache}
         x_src = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
     cov = coverage.measure(labelled, init_feats, pp_model, bundle, x_src, pool)
-    if fold is not None and untrained is not None and pp_model is not None:
+    # PP must pass both tests: the cross-validation runs only where the probes favour it
+    if fold is not None and untrained is not None and pp_model is not None and cov.pp_probe is not None \
+            and cov.init_probe is not None and cov.pp_probe - cov.init_probe > cfg.auto.pp_margin:
         cov.cv_scratch = crossval.score(cfg, untrained, "scratch", labelled, fold, dist.device)["prob"]
         cov.cv_pp = crossval.score(cfg, pp_model, "pp", labelled, fold, dist.device)["prob"]
     choice = coverage.choose(cov, cfg.auto, bundle is not None, real is not None)
