@@ -92,14 +92,15 @@ def choose(cov: Coverage, cfg: AutoConfig, has_source: bool, has_unlabeled: bool
                              "the safer use of the source")
     gain = cov.pp_probe - cov.init_probe
     probes = f"probe accuracy on the labels {cov.pp_probe:.0%} with PP features vs {cov.init_probe:.0%} untrained"
-    helps = gain > cfg.pp_margin
-    if helps and cov.cv_pp is not None and cov.cv_scratch is not None:  # and where fine-tuning ends, held out
-        probes += (f"; the labels cross-validated: a held-out label's class gets {cov.cv_pp:.2f} fine-tuned from PP "
-                   f"vs {cov.cv_scratch:.2f} from scratch")
-        helps = cov.cv_pp - cov.cv_scratch > cfg.cv_margin
-    if not helps:
+    if gain <= cfg.pp_margin:
         return Choice(method=own, pseudo_samples=False, coverage=cov,
                       reason=f"the source covers the target poorly: {probes}")
+    if cov.cv_pp is not None and cov.cv_scratch is not None:  # and where fine-tuning ends, on held-out labels
+        probes += (f"; the labels cross-validated: a held-out label's class gets {cov.cv_pp:.2f} fine-tuned from PP "
+                   f"vs {cov.cv_scratch:.2f} from scratch")
+        if cov.cv_pp - cov.cv_scratch <= cfg.cv_margin:
+            return Choice(method=own, pseudo_samples=False, coverage=cov,
+                          reason=f"PP's features start ahead but its fine-tuning does not end ahead: {probes}")
     if cfg.pp_margin < gain <= cfg.keep_margin:  # PP's upper blocks transfer least where its gain is doubtful
         return Choice(method=with_pp, pseudo_samples=False, pretrain_keep=cfg.keep_share, coverage=cov,
                       reason=f"PP helps a little ({probes}): its lower {cfg.keep_share:.0%} of blocks kept, the "
