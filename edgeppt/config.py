@@ -180,10 +180,9 @@ class AutoConfig(Strict):
     keep_share: float = Field(0.5, ge=0, le=1, description="the share of blocks that keep their PP weights where "
                               "keep_margin applies (pretrain_keep)")
     cv_folds: int = Field(0, ge=0, description="(measured, off: docs/transfer-selection.md) where the probes favour "
-                          "PP, check it by fine-tuning from PP and "
-                          "from scratch on all folds of the labels but one and scoring the one left out; PP only "
-                          "where it wins that too (transfer/crossval.py; 0: the probes alone; needs this many labels "
-                          "per class, else the probes alone)")
+                          "PP, check it by fine-tuning from PP and from scratch on all folds of the labels but one and "
+                          "scoring the one left out; PP only where it wins that too (transfer/crossval.py; 0: the "
+                          "probes alone; needs this many labels per class, else the probes alone)")
     cv_margin: float = Field(0.0, description="with cv_folds: use PP where its cross-validated score (the mean "
                              "probability of a held-out label's class) beats the untrained network's by more than "
                              "this")

@@ -31,7 +31,7 @@ def over_black(im: Image.Image) -> Image.Image:
     is composited over black (each pixel weighted by its opacity); other images are returned as they are."""
     if im.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in im.info:
         return im
-    gray = im.mode in ("LA", "La", "L", "1", "I", "I;16") or (im.mode == "P" and getattr(im.palette, "mode", "") == "L")
+    gray = im.mode in ("LA", "La", "L", "1") or (im.mode == "P" and getattr(im.palette, "mode", "") == "L")
     rgba = im.convert("RGBA")
     flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
     return flat.convert("L") if gray else flat
@@ -40,15 +40,13 @@ def over_black(im: Image.Image) -> Image.Image:
 def to_8bit(im: Image.Image) -> Image.Image:
     """`im` upright, opaque and in an 8-bit mode, its deeper pixels scaled (not clipped) by their full scale."""
     im = ImageOps.exif_transpose(im)
-    if not (im.mode.startswith("I") or im.mode == "F"):  # deeper modes carry no alpha in Pillow
-        im = over_black(im)
-    if im.mode.startswith("I") or im.mode == "F":
-        a = np.asarray(im)
-        if a.dtype.byteorder == ">":  # I;16B
-            a = a.astype(a.dtype.newbyteorder("="))
-        scale = full_scale(np.dtype(np.uint16) if im.mode.startswith("I;16") else a.dtype, float(a.max(initial=0)))
-        im = Image.fromarray(np.clip(np.rint(a.astype(np.float64) * (255.0 / scale)), 0, 255).astype(np.uint8), "L")
-    return im
+    if not (im.mode.startswith("I") or im.mode == "F"):  # 8-bit modes; Pillow's deeper ones carry no alpha
+        return over_black(im)
+    a = np.asarray(im)
+    if a.dtype.byteorder == ">":  # I;16B
+        a = a.astype(a.dtype.newbyteorder("="))
+    scale = full_scale(np.dtype(np.uint16) if im.mode.startswith("I;16") else a.dtype, float(a.max(initial=0)))
+    return Image.fromarray(np.clip(np.rint(a.astype(np.float64) * (255.0 / scale)), 0, 255).astype(np.uint8), "L")
 
 
 def read_pixels(im: Image.Image, channels: int | None) -> np.ndarray:
