@@ -207,7 +207,8 @@ class Trainer:
             for part, key in parts:
                 part.load_state_dict(state[key])
         except (KeyError, RuntimeError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            first = next((line for line in lines if not line.startswith("Error(s) in loading")), lines[0])[:160]
             raise EdgepptError(f"{self.ckpt_path} does not fit phase {ph.name!r} of this run ({first}): it was "
                                "written by other settings or another version. It is left as it is; start again "
                                "with a new --out.") from None
