@@ -45,6 +45,7 @@ from benchmarks.transfer import PAIRINGS, config, write_pairing  # noqa: E402
 
 BALANCE = {"class-balanced labels": "equal", "labels balanced as predicted": "predicted",
            "labels by certainty": "none"}  # pssl.lp_balance
+REACH = 0.3  # pssl.lp_reach measured (benchmarks/screens.py reach: no clean pool loses an image below it)
 POOLS = {"equal classes": "equal", "one class in full": "skewed"}
 NO_WAY_BACK = "auto, one class in full, class-balanced labels, no way back"
 # row -> (unlabelled pool, pssl settings, auto settings)
@@ -61,7 +62,13 @@ ROWS: dict[str, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
     # the least certain half of the propagated labels left out (pssl.lp_drop), where the outsiders gather
     "auto, the rest, least certain half left out": ("rest", {"lp_drop": 0.5}, {}),
     "auto, the rest and as many images of other classes, least certain half left out": ("outsiders",
-                                                                                         {"lp_drop": 0.5}, {})}
+                                                                                         {"lp_drop": 0.5}, {}),
+    # ... and with images of another dataset (scikit-learn's 1,797 digits: a third of the pool), which look like
+    # nothing of the target's; each outsider pool with the images little label mass reaches left out (pssl.lp_reach)
+    "auto, the rest and the digits": ("digits", {}, {})} | {
+    f"{row}, unreached left out": (kind, {"lp_reach": REACH}, {}) for row, kind in (
+        ("auto, the rest", "rest"), ("auto, the rest and as many images of other classes", "outsiders"),
+        ("auto, the rest and the digits", "digits"))}
 
 
 def pool_index(y: np.ndarray, share: float, kind: str) -> np.ndarray:
@@ -100,7 +107,8 @@ def one(pairing: str, row: str, seed: int, share: float, cache: Path, work: Path
     if kind is not None:
         path = work / "unlabelled.npz"
         x = rest.x if kind == "rest" else torch.cat([rest.x, outsiders(pairing, len(rest.x))]) \
-            if kind == "outsiders" else rest.x[pool_index(y, share, kind)]
+            if kind == "outsiders" else torch.cat([rest.x, load_dataset("digits", 28, 1).x]) if kind == "digits" \
+            else rest.x[pool_index(y, share, kind)]
         np.savez(path, x=(x.numpy() * 255).round().astype(np.uint8))
         update["unlabeled"] = str(path)
     cfg = cfg.model_copy(update=update)

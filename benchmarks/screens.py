@@ -6,6 +6,7 @@
     python benchmarks/screens.py --cache DIR distill      # the four tuned pairings, seeds 0-2, ~20 minutes
     python benchmarks/screens.py --cache DIR soup         # the four tuned pairings, seeds 0-2, ~25 minutes
     python benchmarks/screens.py --cache DIR cv           # six pairings, seeds 0-2, ~4 minutes each with PP cached
+    python benchmarks/screens.py --cache DIR reach        # six pairings, seeds 0-2, ~6 minutes (PP partly cached)
 
 - `graph`: label propagation's first labels (the warm start's features, as the SSL phase starts from them) scored
   against the unlabelled pool's true labels, with the warm start's batch-norm statistics (what the default uses) and
@@ -16,6 +17,9 @@
   (AUROC), and whether the certainty's distribution shows them as a mode of their own (a two-component Gaussian
   mixture against one: BIC gain per image and Ashman's D), which a filter could be gated on; and how often the
   first propagation's labels agree with the warm start's predictions on each pool (what auto.agreement_min reads).
+- `reach`: how much propagated label mass reaches each image of the pool (`Propagation.reach`), over the pool's 90th
+  percentile, on the clean pool and with images of no target class beside it (the dataset's other classes; another
+  dataset's images): what share of each a limit leaves out (`pssl.lp_reach`), and AUROCs beside certainty's.
 - `ensemble`: scratch, pp, and the average of their softmax outputs (what a distilled ensemble could at best reach),
   validation and test accuracy: a hedge between the two choices auto makes from the labels alone.
 - `distill`: one network distilled from that ensemble, as a device could run it: starting from pp's (or scratch's)
@@ -51,7 +55,7 @@ import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture
 
 from edgeppt.bundle import open_source
-from edgeppt.data import load_dataset
+from edgeppt.data import load_dataset, reshape_images
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.train import augment, probe
 from edgeppt.train.loop import Dist, Phase, Trainer
@@ -102,7 +106,7 @@ def graph(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pa
     x, k, out = torch.cat([labelled.x, rest.x]), len(labelled.classes), {"pairing": pairing, "seed": seed}
     for name, m in (("warm_start", model), ("adabn", adabn(model, x))):
         f = features(m, x)
-        label, _ = propagate(f, labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha)
+        label = propagate(f, labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha).label
         out[f"{name}_propagated"] = (label[len(labelled):] == rest.y).float().mean().item()
         out[f"{name}_head"] = (m.head(f[len(labelled):]).argmax(1) == rest.y).float().mean().item()
     return out
@@ -130,7 +134,7 @@ def outsider_scores(pairing: str, seed: int, files: dict[str, Path], cache: Path
     fl = features(model, labelled.x)
     for pool, x in (("clean", rest.x), ("mixed", torch.cat([rest.x, outsiders(pairing, n)]))):
         f = features(model, x)
-        label, certainty = propagate(torch.cat([fl, f]), labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha)
+        label, certainty, _ = propagate(torch.cat([fl, f]), labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha)
         label, certainty = label[len(labelled):], certainty[len(labelled):]
         with torch.no_grad():  # what auto.agreement_min reads
             agree = (model.head(f).argmax(1) == label).float().mean().item()
@@ -141,6 +145,47 @@ def outsider_scores(pairing: str, seed: int, files: dict[str, Path], cache: Path
                 top = F.softmax(model.head(f), 1).max(1).values
             out["auroc"] = {name: auroc(s[:n], s[n:]) for name, s in
                             (("certainty", certainty), ("nearest_label_cosine", near), ("max_softmax", top))}
+    return out
+
+
+def digits_outsiders(n: int) -> torch.Tensor:
+    """Up to `n` of scikit-learn's digits at 28 px (1,797 in all), in a fixed random order."""
+    x = load_dataset("digits", 28, 1).x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
+
+
+REACH_LIMITS = (0.2, 0.3, 0.4, 0.5)  # reach over the pool's 90th percentile
+
+
+def reach(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    """How much propagated label mass reaches each pool image (`Propagation.reach`), on the clean pool and, where
+    the target is a class subset, with as many images of the dataset's other classes, and with scikit-learn's
+    digits (another dataset; for the digits target, the animals' other classes): the share of each kind left
+    below each limit, and how well reach and certainty tell outsiders apart (AUROC)."""
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    model = trained(pairing, "pp", seed, files, cache, work)
+    labelled, _, rest, _ = prepare_splits(cfg, None)
+    k, n, out = len(labelled.classes), len(rest), {"pairing": pairing, "seed": seed}
+    pools = {"clean": rest.x}
+    try:
+        pools["other classes"] = torch.cat([rest.x, outsiders(pairing, n)])
+    except SystemExit:  # a transformed target: its dataset's other classes would not look like its images
+        pass
+    far = outsiders("example", n) if pairing == "other dataset" else digits_outsiders(n)
+    pools["another dataset"] = torch.cat([rest.x, reshape_images(far, labelled.shape[1], labelled.shape[0])])
+    fl = features(model, labelled.x)
+    for pool, x in pools.items():
+        prop = propagate(torch.cat([fl, features(model, x)]), labelled.y, k, cfg.pssl.lp_neighbours,
+                         cfg.pssl.lp_alpha)
+        r, cert = prop.reach[len(labelled):], prop.certainty[len(labelled):]
+        r = r / r.quantile(0.9)
+        q: dict = {"target_quantiles": r[:n].quantile(torch.tensor([0.001, 0.01, 0.05, 0.5])).tolist()}
+        for t in REACH_LIMITS:
+            q[f"below_{t}"] = [(r[:n] < t).float().mean().item(), (r[n:] < t).float().mean().item() if len(x) > n
+                               else None]
+        if len(x) > n:
+            q["auroc"] = {"reach": auroc(r[:n], r[n:]), "certainty": auroc(cert[:n], cert[n:])}
+        out[pool] = q
     return out
 
 
@@ -271,7 +316,8 @@ def cv(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path)
 
 
 SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "other classes"]),
-           "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4]), "soup": (soup, SIX[:4]), "cv": (cv, SIX)}
+           "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4]), "soup": (soup, SIX[:4]), "cv": (cv, SIX),
+           "reach": (reach, SIX)}
 
 
 def _cv_pick(r: dict, margin: float = 0.0) -> str:
@@ -336,6 +382,15 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
             print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
                   f"ensemble {r['val_ensemble']:.1f} distilled from pp {r['val_distilled from pp']:.1f}, from scratch "
                   f"{r['val_distilled from scratch']:.1f}")
+        elif screen == "reach":
+            for pool, q in r.items():
+                if isinstance(q, dict):
+                    print(f"{r['pairing']:14s} {r['seed']} {pool:15s} target q.001/.01/.05/.5 "
+                          + " ".join(f"{v:.2f}" for v in q["target_quantiles"]) + " | below "
+                          + " ".join(f"{t}: {a:.3f}/{b if b is None else round(b, 3)}" for t in REACH_LIMITS
+                                     for a, b in [q[f"below_{t}"]])
+                          + (f" | AUROC reach {q['auroc']['reach']:.2f} certainty {q['auroc']['certainty']:.2f}"
+                             if "auroc" in q else ""))
         else:
             print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
                   f"ensemble {r['val_ensemble']:.1f}  (test {r['test_scratch']:.1f} / {r['test_pp']:.1f} / "

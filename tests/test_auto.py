@@ -203,11 +203,11 @@ def test_label_propagation_spreads_labels_along_clusters():
     truth = torch.arange(300) % 3
     feats = centres[truth] + torch.randn(300, 16, generator=g)
     order = torch.cat([torch.tensor([0, 1, 2]), torch.arange(3, 300)])  # one labelled image per class first
-    label, certainty = propagate(feats[order], truth[:3], 3, neighbours=10, alpha=0.99)
+    label, certainty, _ = propagate(feats[order], truth[:3], 3, neighbours=10, alpha=0.99)
     assert (label == truth[order]).float().mean() > 0.95
     assert certainty.min() >= 0 and certainty.max() <= 1 and certainty[3:].mean() > 0.2
     noise = torch.randn(300, 16, generator=g)  # no structure: far less certain
-    _, unsure = propagate(noise, truth[:3], 3, neighbours=10, alpha=0.99)
+    _, unsure, _ = propagate(noise, truth[:3], 3, neighbours=10, alpha=0.99)
     assert unsure[3:].mean() < certainty[3:].mean()
 
 
@@ -222,7 +222,7 @@ def test_label_propagation_reaches_the_far_end_of_a_long_chain():
     feats = torch.stack([angles.cos(), angles.sin()], 1)
     truth = (torch.arange(2 * n) >= n).long()
     order = torch.cat([torch.tensor([0, n]), torch.arange(1, n), torch.arange(n + 1, 2 * n)])  # labelled first
-    label, certainty = propagate(feats[order], truth[[0, n]], 2, neighbours=4, alpha=0.99)
+    label, certainty, _ = propagate(feats[order], truth[[0, n]], 2, neighbours=4, alpha=0.99)
     assert torch.equal(label, truth[order])
     assert certainty.min() > 0.99  # the chains do not touch: nothing of the other class reaches either
 
@@ -413,6 +413,42 @@ def test_labelprop_leaves_out_the_least_certain_share_of_the_unlabelled_images()
         mine, alone = kept & (label == c), label == c
         ratio = (kept.sum() / len(label)) * (alone.sum() / mine.sum())
         assert torch.allclose(half[mine], every[mine] * ratio, rtol=1e-4), c
+
+
+def test_labelprop_leaves_out_the_images_little_label_mass_reaches(monkeypatch):
+    """pssl.lp_reach: images whose reach is under the limit times the pool's 90th percentile weigh 0; the rest keep
+    their labels, balanced among themselves; the warm start's class shares and the agreement are taken over the
+    reached images only, and the share left out is kept (checkpointed) for the report."""
+    from edgeppt.transfer import ssl
+
+    labelled, real = _labels_and_unlabelled(60)
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 5, 1).eval()
+    true = ssl.propagate
+    far = torch.arange(60) >= 45  # the last 15 unlabelled images: reached by a twentieth of the others' mass
+
+    def fewer(*args, **kwargs):
+        prop = true(*args, **kwargs)
+        reach = torch.ones_like(prop.reach)
+        reach[10:][far] = 0.05
+        return ssl.Propagation(prop.label, prop.certainty, reach)
+
+    monkeypatch.setattr(ssl, "propagate", fewer)
+    runs = {}
+    for limit in (0.0, 0.3):
+        cfg = PSSLConfig(lp_reach=limit, lp_neighbours=5, lp_relative=False)
+        runs[limit] = objective = ALGORITHMS["labelprop"](labelled, None, 4, cfg, real=real)
+        objective.setup(model)
+    every, kept = runs[0.0], runs[0.3]
+    assert torch.equal(every.lp_label, kept.lp_label)
+    assert (kept.lp_weight[far] == 0).all() and (kept.lp_weight[~far] > 0).all() and (every.lp_weight > 0).all()
+    assert every.lp_unreached.item() == 0.0 and kept.lp_unreached.item() == pytest.approx(0.25)
+    assert "lp_unreached" in kept.state_dict()
+    with torch.no_grad():
+        own = torch.softmax(model(real), 1)
+    assert torch.allclose(kept.lp_shares, own[~far].mean(0), atol=1e-6)
+    assert torch.allclose(every.lp_shares, own.mean(0), atol=1e-6)
+    assert kept.agreement == pytest.approx((own.argmax(1) == kept.lp_label)[~far].float().mean().item())
 
 
 def test_uneven_shares_warning_names_the_class_and_the_way_out():
@@ -1041,3 +1077,26 @@ def test_auto_cross_validation_trains_copies_fold_by_fold_then_the_chosen_method
     fitted = {k: report["settings"][k] for k in ("augment", "pretrain_rotation")}  # auto's augmentation rules
     plain = run_transfer(small(tiny_bundle, method=report["method"], **fitted), tmp_path / "plain", progress=False)
     assert plain["test_accuracy"] == report["test_accuracy"]
+
+
+def test_label_propagation_reach_marks_images_of_no_labelled_class():
+    """Three labelled clusters and a fourth that no label belongs to. Tied to class 0 by a bridge of a few images,
+    the fourth is as certain as any cluster (all the mass that arrives is class 0's), yet little arrives: reach tells
+    it apart. With no bridge no mass arrives at all: certainty 0, not class 0 at 1.0."""
+    from edgeppt.transfer.ssl import propagate
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 4
+    truth = torch.arange(400) % 4  # one label for each of classes 0-2 first; class 3 has none
+    feats = centres[truth] + torch.randn(400, 16, generator=g) * 0.3
+    for bridged in (True, False):
+        bridge = centres[0] + torch.linspace(0.1, 0.9, 12)[:, None] * (centres[3] - centres[0])
+        prop = propagate(torch.cat([feats, bridge]) if bridged else feats, truth[:3], 3, neighbours=10, alpha=0.99)
+        outside, inside = truth[3:] == 3, truth[3:] != 3
+        reach, certainty = prop.reach[3:400] / prop.reach[3:400].quantile(0.9), prop.certainty[3:400]
+        assert reach[outside].max() < 0.3 <= reach[inside].min()
+        if bridged:
+            assert certainty[outside].min() > 0.99  # certainty alone cannot tell them apart
+            assert (prop.label[3:400][outside] == 0).all()
+        else:
+            assert (certainty[outside] == 0).all() and (prop.reach[3:400][outside] == 0).all()

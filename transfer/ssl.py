@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -209,16 +210,26 @@ class MeanTeacher(SSL):
         self.teacher.update_parameters(model)
 
 
+class Propagation(NamedTuple):
+    label: torch.Tensor  # each row's propagated class
+    certainty: torch.Tensor  # 1 - entropy / log k of its propagated distribution
+    reach: torch.Tensor  # the propagated mass that reaches it (all classes, over the square root of its degree)
+
+
 @torch.no_grad()
 def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: int, alpha: float,
-              rtol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+              rtol: float = 1e-6) -> Propagation:
     """Label propagation (Zhou et al., 2004, as Iscen et al., 2019 use it for deep SSL): the first len(labels) rows
-    of `features` are labelled. Returns each row's propagated class and its certainty (1 - entropy / log k).
+    of `features` are labelled.
 
     The graph is a symmetric k-nearest-neighbour one over cosine similarities cubed, kept sparse (N x neighbours);
     the labels spread as the solution z of (I - alpha W) z = y, solved by conjugate gradients to `rtol` (the matrix
     is symmetric positive definite). A fixed number of steps of z <- alpha W z + y would stop short: at alpha
-    0.99 the series needs hundreds of steps, and labels would not reach images many hops from a labelled one."""
+    0.99 the series needs hundreds of steps, and labels would not reach images many hops from a labelled one.
+
+    Certainty compares the classes at a row; reach says how much of any label arrives there at all. An image of
+    none of the labels' classes can be certain (a cluster of its own, tied to one class by a few edges) and still
+    be reached by little: the D^-1/2 z form takes out the degree, so reach is comparable across rows."""
     f = F.normalize(features.float(), dim=1)
     n, m = len(f), min(neighbours, len(f) - 1)
     rows, cols, vals = [], [], []
@@ -232,14 +243,18 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
     r, c, v = torch.cat(rows).numpy(), torch.cat(cols).numpy(), torch.cat(vals).double().numpy()
     w = sparse.coo_matrix((np.concatenate([v, v]) / 2, (np.concatenate([r, c]), np.concatenate([c, r]))),
                           shape=(n, n)).tocsr()  # W + W^T over 2 (coinciding pairs are summed)
-    d = sparse.diags(1 / np.sqrt(np.maximum(np.asarray(w.sum(1)).ravel(), 1e-12)))
+    degree = np.maximum(np.asarray(w.sum(1)).ravel(), 1e-12)
+    d = sparse.diags(1 / np.sqrt(degree))
     system = sparse.identity(n, format="csr") - alpha * (d @ w @ d)
     y = np.zeros((n, k))
     y[np.arange(len(labels)), labels.numpy()] = 1.0
     z = torch.from_numpy(np.stack([cg(system, y[:, i], rtol=rtol, maxiter=10 * n)[0] for i in range(k)], 1))
-    p = F.normalize(z.float().clamp_min(0), p=1, dim=1)
+    z = z.float().clamp_min(0)
+    p = F.normalize(z, p=1, dim=1)
     certainty = 1 + (p * p.clamp_min(1e-12).log()).sum(1) / torch.log(torch.tensor(float(k)))
-    return p.argmax(1), certainty.clamp(0, 1)
+    reach = z.sum(1) / torch.from_numpy(np.sqrt(degree)).float()
+    certainty[reach == 0] = 0.0  # no label reaches it (a component of the graph without one): no class, not class 0
+    return Propagation(p.argmax(1), certainty.clamp(0, 1), reach)
 
 
 def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int,
@@ -287,6 +302,7 @@ class LabelProp(FixMatch):
     agreement = 0.0  # share of the last propagation's labels that the model's own predictions agree with
     lp_pp_agree: torch.Tensor  # lp_graph auto: labels over PP's features against the model's (-1: unmeasured)
     lp_pp_used: torch.Tensor  # whether PP's features joined the graph (lp_graph auto decides at the first propagation)
+    lp_unreached: torch.Tensor  # share of the unlabelled images lp_reach left out at the first propagation
     graph_model: tuple[ClassifierNet, ...] = ()  # lp_graph model+pp or auto: the PP weights, frozen (no submodule)
     _pp_cache: torch.Tensor | None = None  # their features of the labelled and unlabelled images
 
@@ -300,6 +316,7 @@ class LabelProp(FixMatch):
         self.register_buffer("lp_first_agree", torch.tensor(1.0))
         self.register_buffer("lp_pp_agree", torch.tensor(-1.0))
         self.register_buffer("lp_pp_used", torch.tensor(self.cfg.lp_graph == "model+pp"))
+        self.register_buffer("lp_unreached", torch.tensor(0.0))
         if n:
             self._propagate(0)
 
@@ -326,17 +343,22 @@ class LabelProp(FixMatch):
             # PP's features join where, alone, they spread the labels as the model's own do: they group the target
             # as its labels do, and can correct a graph that a few atypical labels have shaped
             alone = propagate(graph, yl, k, neighbours, alpha)
-            pp_alone = propagate(self._pp_features(x, dev), yl, k, neighbours, alpha)[0]
-            self.lp_pp_agree.fill_((alone[0][len(xl):] == pp_alone[len(xl):]).float().mean().item())
+            pp_alone = propagate(self._pp_features(x, dev), yl, k, neighbours, alpha).label
+            self.lp_pp_agree.fill_((alone.label[len(xl):] == pp_alone[len(xl):]).float().mean().item())
             self.lp_pp_used.fill_(bool(self.lp_pp_agree >= self.cfg.lp_graph_agree))
         if self.graph_model and self.lp_pp_used:  # the model's features (fitted to the k labels) beside PP's
             graph, alone = torch.cat([F.normalize(graph.flatten(1), dim=1), self._pp_features(x, dev)], 1), None
-        label, certainty = alone if alone is not None else propagate(graph, yl, k, neighbours, alpha)
-        label, certainty = label[len(xl):], certainty[len(xl):]
+        label, certainty, reach = alone if alone is not None else propagate(graph, yl, k, neighbours, alpha)
+        label, certainty, reach = label[len(xl):], certainty[len(xl):], reach[len(xl):]
+        # images of no target class: the graph ties them to the labels by few edges, so little label mass arrives
+        reached = reach >= self.cfg.lp_reach * reach.quantile(0.9) if self.cfg.lp_reach else \
+            torch.ones_like(reach, dtype=torch.bool)
         if step == 0:  # estimated once, by the model the labels alone trained: later ones learnt the propagation's
-            self.lp_shares.copy_(own.mean(0))
+            self.lp_shares.copy_(own[reached].mean(0))
+            self.lp_unreached.fill_(1.0 - reached.float().mean().item())
         balance = self.cfg.lp_balance
-        keep = certainty >= (certainty.quantile(self.cfg.lp_drop) if self.cfg.lp_drop else certainty.min())
+        keep = reached & (certainty >= (certainty.quantile(self.cfg.lp_drop) if self.cfg.lp_drop
+                                        else certainty.min()))
         weight = torch.zeros_like(certainty)  # left-out images weigh 0; the balance counts the kept ones
         weight[keep] = certainty[keep] if balance == "none" else label_weights(
             label[keep], certainty[keep], len(self.data.classes), self.lp_shares if balance == "predicted" else None)
@@ -344,7 +366,7 @@ class LabelProp(FixMatch):
             weight = weight * own.gather(1, label[:, None]).squeeze(1).pow(self.cfg.lp_agree)
         if self.cfg.lp_relative:
             weight = weight / weight.mean().clamp_min(1e-12)
-        self.agreement = (own.argmax(1) == label).float().mean().item()  # a statistic, logged per step
+        self.agreement = (own.argmax(1) == label)[reached].float().mean().item()  # a statistic, logged per step
         if step == 0:
             self.lp_first_agree.fill_(self.agreement)
         self.lp_label.copy_(label)
