@@ -159,9 +159,10 @@ class PSSLConfig(Strict):
     lp_drop: float = Field(0.0, ge=0, lt=1, description="labelprop: leave out this share of the unlabelled images "
                            "at each propagation, those whose labels are least certain, where images of no target "
                            "class gather (measured, off: docs/transfer-selection.md)")
-    lp_reach: float = Field(0.0, ge=0, lt=1, description="labelprop: leave out the unlabelled images that little "
+    lp_reach: float = Field(0.3, ge=0, lt=1, description="labelprop: leave out the unlabelled images that little "
                             "propagated label mass reaches, under this share of the pool's 90th percentile: images "
-                            "of no target class, which the graph ties to the labels by few edges (0: off)")
+                            "of no target class, which the graph ties to the labels by few edges (0: keep every "
+                            "image; set where no clean pool loses an image: docs/transfer.md)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
                               "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
                               "validation accuracy: docs/transfer-selection.md)")
