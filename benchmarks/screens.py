@@ -17,9 +17,10 @@
   (AUROC), and whether the certainty's distribution shows them as a mode of their own (a two-component Gaussian
   mixture against one: BIC gain per image and Ashman's D), which a filter could be gated on; and how often the
   first propagation's labels agree with the warm start's predictions on each pool (what auto.agreement_min reads).
-- `reach`: how much propagated label mass reaches each image of the pool (`Propagation.reach`), over the pool's 90th
-  percentile, on the clean pool and with images of no target class beside it (the dataset's other classes; another
-  dataset's images): what share of each a limit leaves out (`pssl.lp_reach`), and AUROCs beside certainty's.
+- `reach`: how much propagated label mass reaches each image of the pool (`Propagation.reach`), over the 90th
+  percentile of the images propagated the same label, on the clean pool, on one whose first class is in full and the
+  others at a tenth, and with images of no target class beside it (the dataset's other classes; another dataset's
+  images): what share of each a limit leaves out (`pssl.lp_reach`), and AUROCs beside certainty's.
 - `ensemble`: scratch, pp, and the average of their softmax outputs (what a distilled ensemble could at best reach),
   validation and test accuracy: a hedge between the two choices auto makes from the labels alone.
 - `distill`: one network distilled from that ensemble, as a device could run it: starting from pp's (or scratch's)
@@ -62,11 +63,11 @@ from edgeppt.train.loop import Dist, Phase, Trainer
 from edgeppt.transfer import crossval, run_transfer
 from edgeppt.transfer.methods import supervised
 from edgeppt.transfer.run import prepare_splits, pseudo_pretrain
-from edgeppt.transfer.ssl import propagate
+from edgeppt.transfer.ssl import propagate, within_reach
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.imbalanced import outsiders  # noqa: E402
+from benchmarks.imbalanced import outsiders, pool_index  # noqa: E402
 from benchmarks.transfer import config, write_pairing  # noqa: E402
 
 SIX = ["example", "other classes", "style shift", "other dataset", "rotated", "noisy camera"]
@@ -154,37 +155,46 @@ def digits_outsiders(n: int) -> torch.Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
 
 
-REACH_LIMITS = (0.2, 0.3, 0.4, 0.5)  # reach over the pool's 90th percentile
+REACH_LIMITS = (0.2, 0.3, 0.4, 0.5)  # reach over the 90th percentile of the images propagated the same label
 
 
 def reach(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
-    """How much propagated label mass reaches each pool image (`Propagation.reach`), on the clean pool and, where
-    the target is a class subset, with as many images of the dataset's other classes, and with scikit-learn's
-    digits (another dataset; for the digits target, the animals' other classes): the share of each kind left
-    below each limit, and how well reach and certainty tell outsiders apart (AUROC)."""
+    """How much propagated label mass reaches each pool image (`Propagation.reach`), on the clean pool, on a pool
+    whose first class is in full and the others at a tenth (a device's commonest class), and, where the target is a
+    class subset, with as many images of the dataset's other classes, and with scikit-learn's digits (another
+    dataset; for the digits target, the animals' other classes): the share of each kind that each limit leaves out
+    (`within_reach`), the pool-wide percentile's share beside it, and how well reach and certainty tell outsiders
+    apart (AUROC)."""
     cfg = config(pairing, "pp", seed, {}, files, 4)
     model = trained(pairing, "pp", seed, files, cache, work)
     labelled, _, rest, _ = prepare_splits(cfg, None)
     k, n, out = len(labelled.classes), len(rest), {"pairing": pairing, "seed": seed}
-    pools = {"clean": rest.x}
+    skew = torch.from_numpy(pool_index(rest.y.numpy(), 0.1, "skewed"))
+    pools = {"clean": (rest.x, rest.y), "one class in full": (rest.x[skew], rest.y[skew])}
     try:
-        pools["other classes"] = torch.cat([rest.x, outsiders(pairing, n)])
+        pools["other classes"] = (torch.cat([rest.x, outsiders(pairing, n)]), rest.y)
     except SystemExit:  # a transformed target: its dataset's other classes would not look like its images
         pass
     far = outsiders("example", n) if pairing == "other dataset" else digits_outsiders(n)
-    pools["another dataset"] = torch.cat([rest.x, reshape_images(far, labelled.shape[1], labelled.shape[0])])
+    pools["another dataset"] = (torch.cat([rest.x, reshape_images(far, labelled.shape[1], labelled.shape[0])]),
+                                rest.y)
     fl = features(model, labelled.x)
-    for pool, x in pools.items():
+    for pool, (x, y) in pools.items():
         prop = propagate(torch.cat([fl, features(model, x)]), labelled.y, k, cfg.pssl.lp_neighbours,
                          cfg.pssl.lp_alpha)
-        r, cert = prop.reach[len(labelled):], prop.certainty[len(labelled):]
-        r = r / r.quantile(0.9)
-        q: dict = {"target_quantiles": r[:n].quantile(torch.tensor([0.001, 0.01, 0.05, 0.5])).tolist()}
+        label, r, cert = (v[len(labelled):] for v in prop)
+        m = len(y)  # the pool's target images come first
+        q: dict = {"target_quantiles": (r[:m] / r.quantile(0.9)).quantile(torch.tensor([0.001, 0.01, 0.05, 0.5]))
+                   .tolist()}
         for t in REACH_LIMITS:
-            q[f"below_{t}"] = [(r[:n] < t).float().mean().item(), (r[n:] < t).float().mean().item() if len(x) > n
+            kept, pooled = within_reach(label, r, t), r >= t * r.quantile(0.9)
+            q[f"below_{t}"] = [(~kept[:m]).float().mean().item(), (~kept[m:]).float().mean().item() if len(x) > m
                                else None]
-        if len(x) > n:
-            q["auroc"] = {"reach": auroc(r[:n], r[n:]), "certainty": auroc(cert[:n], cert[n:])}
+            q[f"below_{t}_pool_wide"] = [(~pooled[:m]).float().mean().item(),
+                                         (~pooled[m:]).float().mean().item() if len(x) > m else None]
+            q[f"below_{t}_per_class"] = [(~kept[:m][y == c]).float().mean().item() for c in range(k)]
+        if len(x) > m:
+            q["auroc"] = {"reach": auroc(r[:m], r[m:]), "certainty": auroc(cert[:m], cert[m:])}
         out[pool] = q
     return out
 

@@ -160,7 +160,8 @@ class PSSLConfig(Strict):
                            "at each propagation, those whose labels are least certain, where images of no target "
                            "class gather (measured, off: docs/transfer-selection.md)")
     lp_reach: float = Field(0.3, ge=0, lt=1, description="labelprop: leave out the unlabelled images that little "
-                            "propagated label mass reaches, under this share of the pool's 90th percentile: images "
+                            "propagated label mass reaches, under this share of the 90th percentile among the images "
+                            "propagated the same label: images "
                             "of no target class, which the graph ties to the labels by few edges (0: keep every "
                             "image; set where no clean pool loses an image: docs/transfer.md)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "

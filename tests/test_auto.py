@@ -1100,3 +1100,18 @@ def test_label_propagation_reach_marks_images_of_no_labelled_class():
             assert (prop.label[3:400][outside] == 0).all()
         else:
             assert (certainty[outside] == 0).all() and (prop.reach[3:400][outside] == 0).all()
+
+
+def test_within_reach_keeps_a_class_ten_times_as_common_as_the_others():
+    """A class's labels spread their mass over all of its images, so each image of a common class gets less: the
+    limit is taken per propagated class. A pool-wide percentile would leave the whole commonest class out here."""
+    from edgeppt.transfer.ssl import propagate, within_reach
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 4
+    truth = torch.cat([torch.arange(3), torch.zeros(600, dtype=torch.long), torch.full((60,), 1), torch.full((60,), 2)])
+    prop = propagate(centres[truth] + torch.randn(len(truth), 16, generator=g) * 0.3, truth[:3], 3, neighbours=10,
+                     alpha=0.99)
+    reach, label = prop.reach[3:], prop.label[3:]
+    assert (reach[truth[3:] == 0] < 0.3 * reach.quantile(0.9)).all()  # what a pool-wide limit would do
+    assert within_reach(label, reach, 0.3).all() and within_reach(label, reach, 0.0).all()

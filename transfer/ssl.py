@@ -257,6 +257,19 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
     return Propagation(p.argmax(1), certainty.clamp(0, 1), reach)
 
 
+def within_reach(label: torch.Tensor, reach: torch.Tensor, limit: float) -> torch.Tensor:
+    """The images whose reach is at least `limit` times the 90th percentile of reach among the images propagated
+    the same label. Per class, because a class's labels spread their mass over all of its images: each image of a
+    class ten times as common as the others gets about a tenth as much, and a pool-wide percentile would leave a
+    device's commonest class out."""
+    keep = torch.ones_like(reach, dtype=torch.bool)
+    if limit:
+        for c in label.unique():
+            mine = label == c
+            keep[mine] = reach[mine] >= limit * reach[mine].quantile(0.9)
+    return keep
+
+
 def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int,
                   shares: torch.Tensor | None = None) -> torch.Tensor:
     """Each propagated label's weight: its certainty times its class's balance, so that each class's labels weigh
@@ -351,8 +364,7 @@ class LabelProp(FixMatch):
         label, certainty, reach = alone if alone is not None else propagate(graph, yl, k, neighbours, alpha)
         label, certainty, reach = label[len(xl):], certainty[len(xl):], reach[len(xl):]
         # images of no target class: the graph ties them to the labels by few edges, so little label mass arrives
-        reached = reach >= self.cfg.lp_reach * reach.quantile(0.9) if self.cfg.lp_reach else \
-            torch.ones_like(reach, dtype=torch.bool)
+        reached = within_reach(label, reach, self.cfg.lp_reach)
         if step == 0:  # estimated once, by the model the labels alone trained: later ones learnt the propagation's
             self.lp_shares.copy_(own[reached].mean(0))
             self.lp_unreached.fill_(1.0 - reached.float().mean().item())
