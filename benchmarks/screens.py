@@ -182,7 +182,7 @@ def reach(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pa
     for pool, (x, y) in pools.items():
         prop = propagate(torch.cat([fl, features(model, x)]), labelled.y, k, cfg.pssl.lp_neighbours,
                          cfg.pssl.lp_alpha)
-        label, r, cert = (v[len(labelled):] for v in prop)
+        label, cert, r = (v[len(labelled):] for v in prop)
         m = len(y)  # the pool's target images come first
         q: dict = {"target_quantiles": (r[:m] / r.quantile(0.9)).quantile(torch.tensor([0.001, 0.01, 0.05, 0.5]))
                    .tolist()}

@@ -166,6 +166,32 @@ def test_unlabeled_images_join_the_ssl_phase(tiny_bundle, tmp_path):
     assert "real" in row and "pseudo" in row
 
 
+def test_a_run_reports_and_says_what_share_no_label_reached(tiny_bundle, tmp_path, monkeypatch):
+    """report.json records the share of unlabelled images pssl.lp_reach left out at the first propagation, and the
+    run says so; with lp_reach 0 nothing is left out and nothing is recorded."""
+    from edgeppt.transfer import ssl
+
+    true = ssl.propagate
+
+    def half_unreached(*args, **kwargs):  # every other image reached by a hundredth of the others' mass
+        prop = true(*args, **kwargs)
+        reach = torch.ones_like(prop.reach)
+        reach[1::2] = 0.01
+        return ssl.Propagation(prop.label, prop.certainty, reach)
+
+    monkeypatch.setattr(ssl, "propagate", half_unreached)
+    lines: list[str] = []
+    c = small(tiny_bundle, method="pp+ssl", unlabeled="rest", max_unlabeled=40, pssl={"real_steps": 5,
+                                                                                      "real_warm_steps": 5})
+    report = run_transfer(c, tmp_path / "r", progress=False, log=lines.append)
+    unreached = report["unlabeled"]["unreached"]
+    assert unreached["limit"] == 0.3 and 0.3 < unreached["share"] < 0.7  # per class: about half of each
+    assert any("of the unlabelled images left out: little of any label reaches them" in ln for ln in lines)
+    off = run_transfer(c.model_copy(update={"pssl": c.pssl.model_copy(update={"lp_reach": 0.0})}), tmp_path / "o",
+                       progress=False)
+    assert "unreached" not in off["unlabeled"]
+
+
 def test_bad_unlabeled_input_is_one_line(tiny_bundle, tmp_path):
     with pytest.raises(EdgepptError, match="no readable image"):
         run_transfer(small(tiny_bundle, method="pp+ssl", unlabeled=str(_folder(tmp_path / "bad", 0, corrupt=3))),

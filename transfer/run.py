@@ -485,8 +485,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         info["unlabeled"]["unreached"] = {"share": unreached.item(), "limit": cfg.pssl.lp_reach}
         if log and dist.main and unreached.item() > 0:
             log(f"label propagation: {unreached.item():.1%} of the unlabelled images left out: little of any label "
-                f"reaches them over the graph (under {cfg.pssl.lp_reach:.0%} of the pool's 90th percentile, "
-                "pssl.lp_reach), as it does images of none of the target's classes")
+                f"reaches them over the graph (under {cfg.pssl.lp_reach:.0%} of the 90th percentile of the images "
+                "given the same label, pssl.lp_reach), as it does images of none of the target's classes")
     if real is not None and method.ssl and isinstance(shares, torch.Tensor):
         info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
         if isinstance(agree0, torch.Tensor):
