@@ -161,9 +161,9 @@ class PSSLConfig(Strict):
                            "class gather (measured, off: docs/transfer-selection.md)")
     lp_reach: float = Field(0.3, ge=0, lt=1, description="labelprop: leave out the unlabelled images that little "
                             "propagated label mass reaches, under this share of the 90th percentile among the images "
-                            "propagated the same label: images "
-                            "of no target class, which the graph ties to the labels by few edges (0: keep every "
-                            "image; set where no clean pool loses an image: docs/transfer.md)")
+                            "propagated the same label: images of no target class, which the graph ties to the labels "
+                            "by few edges (0: keep every image; set where no clean or skewed pool loses an image: "
+                            "docs/transfer.md)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
                               "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
                               "validation accuracy: docs/transfer-selection.md)")
