@@ -93,6 +93,12 @@ def outsiders(pairing: str, n: int) -> torch.Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
 
 
+def digits(n: int) -> torch.Tensor:
+    """The first `n` of scikit-learn's digits at 28 px (1,797 in all): images of another dataset, which look like
+    nothing of the animals'."""
+    return load_dataset("digits", 28, 1).x[:n]
+
+
 def one(pairing: str, row: str, seed: int, share: float, cache: Path, work: Path) -> dict:
     torch.set_num_threads(1)
     kind, pssl, auto = ROWS[row]
@@ -107,7 +113,7 @@ def one(pairing: str, row: str, seed: int, share: float, cache: Path, work: Path
     if kind is not None:
         path = work / "unlabelled.npz"
         x = rest.x if kind == "rest" else torch.cat([rest.x, outsiders(pairing, len(rest.x))]) \
-            if kind == "outsiders" else torch.cat([rest.x, load_dataset("digits", 28, 1).x]) if kind == "digits" \
+            if kind == "outsiders" else torch.cat([rest.x, digits(len(rest.x))]) if kind == "digits" \
             else rest.x[pool_index(y, share, kind)]
         np.savez(path, x=(x.numpy() * 255).round().astype(np.uint8))
         update["unlabeled"] = str(path)

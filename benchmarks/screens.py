@@ -67,7 +67,7 @@ from edgeppt.transfer.ssl import propagate, within_reach
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.imbalanced import outsiders, pool_index  # noqa: E402
+from benchmarks.imbalanced import digits, outsiders, pool_index  # noqa: E402
 from benchmarks.transfer import config, write_pairing  # noqa: E402
 
 SIX = ["example", "other classes", "style shift", "other dataset", "rotated", "noisy camera"]
@@ -149,12 +149,6 @@ def outsider_scores(pairing: str, seed: int, files: dict[str, Path], cache: Path
     return out
 
 
-def digits_outsiders(n: int) -> torch.Tensor:
-    """Up to `n` of scikit-learn's digits at 28 px (1,797 in all), in a fixed random order."""
-    x = load_dataset("digits", 28, 1).x
-    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
-
-
 REACH_LIMITS = (0.2, 0.3, 0.4, 0.5)  # reach over the 90th percentile of the images propagated the same label
 
 
@@ -175,7 +169,7 @@ def reach(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pa
         pools["other classes"] = (torch.cat([rest.x, outsiders(pairing, n)]), rest.y)
     except SystemExit:  # a transformed target: its dataset's other classes would not look like its images
         pass
-    far = outsiders("example", n) if pairing == "other dataset" else digits_outsiders(n)
+    far = outsiders("example", n) if pairing == "other dataset" else digits(n)
     pools["another dataset"] = (torch.cat([rest.x, reshape_images(far, labelled.shape[1], labelled.shape[0])]),
                                 rest.y)
     fl = features(model, labelled.x)
