@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from .errors import EdgepptError
 from .image_io import full_scale, read_pixels
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
 # The largest image read, in pixels (checked from the file header, before decoding): 64 MP is an 8000x8000 photo,
 # about 200 MB decoded as RGB. Larger files are skipped and named, so a decompression bomb costs no memory.
 MAX_IMAGE_PIXELS = 64_000_000

@@ -77,8 +77,9 @@ def test_deep_and_turned_images_read_as_their_pixels(tmp_path):
 
 
 def test_transparent_pixels_read_as_black_whatever_the_encoder_left_under_them(tmp_path):
-    """RGBA, gray + alpha, a palette with a transparent entry: the same shape on black, and half-transparent white
-    as mid gray, in training (load_folder) as on the device (the runner reads through image_io.to_8bit)."""
+    """RGBA, gray + alpha, a palette with a transparent entry (PNG, and an animated GIF's first frame): the same shape
+    on black, and half-transparent white as mid gray, in training (load_folder) as on the device (the runner reads
+    through image_io.to_8bit)."""
     shape = np.zeros((8, 8), bool)
     shape[2:6, 2:6] = True
     alpha = np.where(shape, 255, 0).astype(np.uint8)
@@ -90,12 +91,14 @@ def test_transparent_pixels_read_as_black_whatever_the_encoder_left_under_them(t
     palette = Image.fromarray(np.where(shape, 1, 0).astype(np.uint8), "P")
     palette.putpalette([255, 255, 255, 255, 255, 255])  # both entries white; entry 0 is transparent
     palette.save(tmp_path / "a" / "palette.png", transparency=0)
+    later = Image.fromarray(np.ones((8, 8), np.uint8), "P")  # a GIF is read as its first frame
+    palette.save(tmp_path / "a" / "palette.gif", transparency=0, save_all=True, append_images=[later])
     expected = np.where(shape, 255, 0)
     expected[0, 0] = 128
     for channels in (1, 3):
         ds = load_folder(tmp_path, channels=channels)
-        assert ds.shape == (channels, 8, 8) and not ds.skipped and len(ds) == 3
-        for name, x in zip(("la", "palette", "rgba"), ds.x):
+        assert ds.shape == (channels, 8, 8) and not ds.skipped and len(ds) == 4
+        for name, x in zip(("la", "palette", "palette", "rgba"), ds.x):
             want = expected if name != "palette" else np.where(shape, 255, 0)
             assert (x * 255 - torch.from_numpy(want).float()).abs().max() <= 1.0, name
 
