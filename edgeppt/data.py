@@ -238,19 +238,46 @@ def _array(z: np.lib.npyio.NpzFile, key: str, path: str | Path) -> np.ndarray:
         raise EdgepptError(f"{path}: array '{key}' cannot be read ({e})") from e
 
 
+# the names other tools save under (np.savez's own default included), tried in this order
+IMAGE_KEYS = ("x", "images", "X", "imgs", "data", "arr_0")
+LABEL_KEYS = ("y", "labels", "Y", "targets", "label", "arr_1")
+
+
+def _key(z: np.lib.npyio.NpzFile, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in z), None)
+
+
 def load_npz(path: str | Path) -> ImageSet:
-    """A .npz with `x` (N,H,W) or (N,C,H,W) or (N,H,W,C) and integer `y`; optional `classes`."""
+    """A .npz with images `x` (N,H,W) or (N,C,H,W) or (N,H,W,C) and labels `y` (integers, or class names as strings);
+    optional `classes` (the names of integer labels). `images`/`labels` and the other names in IMAGE_KEYS and
+    LABEL_KEYS are read too."""
     with _open_npz(path) as z:
-        if "x" not in z or "y" not in z:
-            raise EdgepptError(f"{path}: a .npz dataset needs arrays 'x' and 'y', found {sorted(z.files)}")
-        x, y = _array(z, "x", path), _array(z, "y", path)
+        kx, ky = _key(z, IMAGE_KEYS), _key(z, LABEL_KEYS)
+        if kx is None or ky is None:
+            raise EdgepptError(f"{path}: a .npz dataset needs arrays 'x' (images) and 'y' (labels), found "
+                               f"{sorted(z.files)}")
+        x, y = _array(z, kx, path), _array(z, ky, path)
         classes = [str(c) for c in _array(z, "classes", path)] if "classes" in z else None
     if len(x) != len(y):
-        raise EdgepptError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
+        raise EdgepptError(f"{path}: '{kx}' has {len(x)} images but '{ky}' has {len(y)} labels")
     xt = load_npz_arrays(x, Path(path))
-    y = np.asarray(y).astype(np.int64)
+    y = np.asarray(y).ravel() if np.ndim(y) == 2 and np.shape(y)[1] == 1 else np.asarray(y)
+    if y.dtype.kind in "US":  # class names: classes in sorted order, as class folders are
+        names, y = np.unique(y.astype(str), return_inverse=True)
+        if classes is not None:
+            raise EdgepptError(f"{path}: '{ky}' holds class names, so 'classes' is not needed; drop one of them")
+        classes = [str(n) for n in names]
+    elif y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+        raise EdgepptError(f"{path}: '{ky}' holds {y.dtype} values; labels are integers or class names")
+    elif y.ndim != 1:
+        raise EdgepptError(f"{path}: '{ky}' has shape {y.shape}; labels are one number (or name) per image")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise EdgepptError(f"{path}: '{ky}' holds negative labels ({int(y.min())})")
     if classes is None:
         classes = [str(c) for c in range(int(y.max()) + 1)] if len(y) else []
+    elif len(y) and y.max() >= len(classes):
+        raise EdgepptError(f"{path}: label {int(y.max())} in '{ky}' but only {len(classes)} names in 'classes'")
     return ImageSet(xt, torch.from_numpy(y), classes)
 
 
@@ -422,9 +449,10 @@ def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) ->
         return torch.from_numpy(np.stack(images)).float() / 255.0, skipped, total
     if p.suffix == ".npz" and p.is_file():
         with _open_npz(p) as z:
-            if "x" not in z:
-                raise EdgepptError(f"{p}: an unlabelled .npz needs an array 'x', found {sorted(z.files)}")
-            x = _array(z, "x", p)
+            kx = _key(z, IMAGE_KEYS)
+            if kx is None:
+                raise EdgepptError(f"{p}: an unlabelled .npz needs an array 'x' (images), found {sorted(z.files)}")
+            x = _array(z, kx, p)
         total = len(x)
         keep = subsample(total, limit)
         x = x if keep is None else x[keep.numpy()]

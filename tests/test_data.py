@@ -185,8 +185,23 @@ def test_npz_layouts_and_errors(tmp_path):
     ds = load_npz(tmp_path / "d.npz")
     assert ds.shape == (3, 9, 9) and ds.classes == ["0", "1"]
     np.savez(tmp_path / "bad.npz", images=x)
-    with pytest.raises(EdgepptError, match="needs arrays 'x' and 'y'"):
+    with pytest.raises(EdgepptError, match=r"needs arrays 'x' \(images\) and 'y' \(labels\), found \['images'\]"):
         load_npz(tmp_path / "bad.npz")
+    # other tools' names: images/labels with class names (sorted, as class folders are), np.savez's positional names
+    np.savez(tmp_path / "named.npz", images=x, labels=np.array(["dog", "cat", "dog", "cat", "eel", "cat"]))
+    ds = load_npz(tmp_path / "named.npz")
+    assert ds.classes == ["cat", "dog", "eel"] and ds.y.tolist() == [1, 0, 1, 0, 2, 0]
+    np.savez(tmp_path / "positional.npz", x, np.array([[0.0], [1.0], [0.0], [1.0], [0.0], [1.0]]))
+    assert load_npz(tmp_path / "positional.npz").y.tolist() == [0, 1, 0, 1, 0, 1]  # a column of whole floats
+    for y, why in ((np.full(6, 0.5), r"'y' holds float64 values; labels are integers or class names"),
+                   (np.array([0, 1, -1, 0, 1, 0]), r"'y' holds negative labels \(-1\)"),
+                   (np.eye(6), r"'y' has shape \(6, 6\); labels are one number")):
+        np.savez(tmp_path / "odd.npz", x=x, y=y)
+        with pytest.raises(EdgepptError, match=why):
+            load_npz(tmp_path / "odd.npz")
+    np.savez(tmp_path / "few.npz", x=x, y=np.arange(6) % 3, classes=np.array(["a", "b"]))
+    with pytest.raises(EdgepptError, match=r"label 2 in 'y' but only 2 names in 'classes'"):
+        load_npz(tmp_path / "few.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(EdgepptError, match=r"junk\.npz: not a \.npz file \(numpy's zip archive") as e:
         load_npz(tmp_path / "junk.npz")
