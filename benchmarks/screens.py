@@ -20,7 +20,9 @@
 - `reach`: how much propagated label mass reaches each image of the pool (`Propagation.reach`), over the 90th
   percentile of the images propagated the same label, on the clean pool, on one whose first class is in full and the
   others at a tenth, and with images of no target class beside it (the dataset's other classes; another dataset's
-  images): what share of each a limit leaves out (`pssl.lp_reach`), and AUROCs beside certainty's.
+  images): what share of each a limit leaves out (`pssl.lp_reach`), and AUROCs beside certainty's; and an adaptive
+  cut, screened and not built: below the widest gap in each label's log reach, where the gap is wide against the
+  spread above it.
 - `ensemble`: scratch, pp, and the average of their softmax outputs (what a distilled ensemble could at best reach),
   validation and test accuracy: a hedge between the two choices auto makes from the labels alone.
 - `distill`: one network distilled from that ensemble, as a device could run it: starting from pp's (or scratch's)
@@ -56,6 +58,7 @@ import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture
 
 from edgeppt.bundle import open_source
+from edgeppt.config import PSSLConfig
 from edgeppt.data import load_dataset, reshape_images
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.train import augment, probe
@@ -63,11 +66,11 @@ from edgeppt.train.loop import Dist, Phase, Trainer
 from edgeppt.transfer import crossval, run_transfer
 from edgeppt.transfer.methods import supervised
 from edgeppt.transfer.run import prepare_splits, pseudo_pretrain
-from edgeppt.transfer.ssl import propagate, within_reach
+from edgeppt.transfer.ssl import propagate, widest_gap, within_reach
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.imbalanced import digits, outsiders, pool_index  # noqa: E402
+from benchmarks.imbalanced import another_dataset, outsiders, pool_index  # noqa: E402
 from benchmarks.transfer import config, write_pairing  # noqa: E402
 
 SIX = ["example", "other classes", "style shift", "other dataset", "rotated", "noisy camera"]
@@ -150,6 +153,7 @@ def outsider_scores(pairing: str, seed: int, files: dict[str, Path], cache: Path
 
 
 REACH_LIMITS = (0.2, 0.3, 0.4, 0.5)  # reach over the 90th percentile of the images propagated the same label
+GAP_SCORES = (1.0, 2.0, 4.0, 8.0)  # beside the limit: a label's widest gap in log reach over the spread above it
 
 
 def reach(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
@@ -169,7 +173,7 @@ def reach(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pa
         pools["other classes"] = (torch.cat([rest.x, outsiders(pairing, n)]), rest.y)
     except SystemExit:  # a transformed target: its dataset's other classes would not look like its images
         pass
-    far = outsiders("example", n) if pairing == "other dataset" else digits(n)
+    far = another_dataset(pairing, n)
     pools["another dataset"] = (torch.cat([rest.x, reshape_images(far, labelled.shape[1], labelled.shape[0])]),
                                 rest.y)
     fl = features(model, labelled.x)
@@ -189,6 +193,11 @@ def reach(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pa
             q[f"below_{t}_per_class"] = [(~kept[:m][y == c]).float().mean().item() for c in range(k)]
         if len(x) > m:
             q["auroc"] = {"reach": auroc(r[:m], r[m:]), "certainty": auroc(cert[:m], cert[m:])}
+        q["gap_max"] = max((widest_gap(r[label == c])[0] for c in label.unique()), default=0.0)
+        for t in GAP_SCORES:  # the default limit, and each label's images below its widest gap where it scores t
+            kept = within_reach(label, r, PSSLConfig().lp_reach, t)
+            q[f"gap_{t}"] = [(~kept[:m]).float().mean().item(), (~kept[m:]).float().mean().item() if len(x) > m
+                             else None]
         out[pool] = q
     return out
 
@@ -394,7 +403,10 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
                           + " ".join(f"{t}: {a:.3f}/{b if b is None else round(b, 3)}" for t in REACH_LIMITS
                                      for a, b in [q[f"below_{t}"]])
                           + (f" | AUROC reach {q['auroc']['reach']:.2f} certainty {q['auroc']['certainty']:.2f}"
-                             if "auroc" in q else ""))
+                             if "auroc" in q else "")
+                          + f" | widest gap {q['gap_max']:.2f}, cut at "
+                          + " ".join(f"{t:g}: {a:.3f}/{b if b is None else round(b, 3)}" for t in GAP_SCORES
+                                     for a, b in [q[f"gap_{t}"]]))
         else:
             print(f"{r['pairing']:14s} {r['seed']}  validation scratch {r['val_scratch']:.1f} pp {r['val_pp']:.1f} "
                   f"ensemble {r['val_ensemble']:.1f}  (test {r['test_scratch']:.1f} / {r['test_pp']:.1f} / "
@@ -418,6 +430,14 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
                   f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
     elif summary and screen == "cv":
         cv_summary(rows)
+    elif summary and screen == "reach":
+        pools = sorted({k for r in rows for k, v in r.items() if isinstance(v, dict)})
+        for key in [f"below_{t}" for t in REACH_LIMITS] + [f"gap_{t}" for t in GAP_SCORES]:
+            print(f"{key:10s} " + " | ".join(
+                f"{pool}: target images left out, worst run {max(r[pool][key][0] for r in rows if pool in r):.3f}"
+                + (f", outsiders mean {np.mean([r[pool][key][1] for r in rows if pool in r]):.3f}"
+                   if any(r[pool][key][1] is not None for r in rows if pool in r) else "")
+                for pool in pools))
     elif summary and screen == "ensemble":
         for base in ("scratch", "pp"):
             d = [r["val_ensemble"] - r[f"val_{base}"] for r in rows]

@@ -164,6 +164,10 @@ class PSSLConfig(Strict):
                             "propagated the same label: images of no target class, which the graph ties to the labels "
                             "by few edges (0: keep every image; set where no clean or skewed pool loses an image: "
                             "docs/transfer.md)")
+    lp_reach_gap: float = Field(8.0, ge=0, description="labelprop: also leave out a label's images below the widest "
+                                "gap in their reach, where the gap is at least this many times the spread of the "
+                                "reach above it: outsiders that a strong bridge ties to one label (0: off; set where "
+                                "no clean or skewed pool loses an image: docs/transfer.md)")
     lp_relative: bool = Field(True, description="labelprop: divide the propagated labels' weights by their mean, so "
                               "certainty ranks the labels without setting the size of the unlabelled term (chosen on "
                               "validation accuracy: docs/transfer-selection.md)")

@@ -185,7 +185,8 @@ def test_a_run_reports_and_says_what_share_no_label_reached(tiny_bundle, tmp_pat
                                                                                       "real_warm_steps": 5})
     report = run_transfer(c, tmp_path / "r", progress=False, log=lines.append)
     unreached = report["unlabeled"]["unreached"]
-    assert unreached["limit"] == 0.3 and 0.3 < unreached["share"] < 0.7  # per class: about half of each
+    assert unreached["limit"] == 0.3 and unreached["gap"] == 8.0
+    assert 0.3 < unreached["share"] < 0.7  # per class: about half of each
     assert any("of the unlabelled images left out: little of any label reaches them" in ln for ln in lines)
     off = run_transfer(c.model_copy(update={"pssl": c.pssl.model_copy(update={"lp_reach": 0.0})}), tmp_path / "o",
                        progress=False)
@@ -1141,3 +1142,38 @@ def test_within_reach_keeps_a_class_ten_times_as_common_as_the_others():
     reach, label = prop.reach[3:], prop.label[3:]
     assert (reach[truth[3:] == 0] < 0.3 * reach.quantile(0.9)).all()  # what a pool-wide limit would do
     assert within_reach(label, reach, 0.3).all() and within_reach(label, reach, 0.0).all()
+
+
+def test_widest_gap_is_the_brute_force_one():
+    """widest_gap's vectorised suffix quantiles give what torch.quantile gives over each suffix."""
+    from edgeppt.transfer.ssl import widest_gap
+
+    g = torch.Generator().manual_seed(0)
+    reach = torch.cat([torch.rand(70, generator=g) * 0.1 + 0.6, torch.rand(30, generator=g) * 0.2 + 0.2])
+    v = reach.log().sort().values
+    best = max((((v[i] - v[i - 1]) / (v[i:].quantile(0.75) - v[i:].quantile(0.25)).clamp_min(0.01)).item(), i)
+               for i in range(10, 90))
+    score, at = widest_gap(reach)
+    assert score == pytest.approx(best[0], rel=1e-4)
+    assert v[best[1] - 1].exp() < at < v[best[1]].exp() and 0.4 < at < 0.6
+    assert widest_gap(reach[:20]) == (0.0, 0.0)  # too few images for 10 on each side
+
+
+def test_within_reach_leaves_out_outsiders_below_a_gap_that_the_limit_keeps():
+    """pssl.lp_reach_gap: seen on a hand-made folder, a label's own images all reached alike (0.61-0.63) and
+    outsiders tied to it by a strong bridge at 0.26-0.52, above the limit (0.3 of 0.63). The gap leaves them out;
+    a class whose reach spreads without a gap (log-normal) and a class of near-identical images lose nothing."""
+    from edgeppt.transfer.ssl import within_reach
+
+    g = torch.Generator().manual_seed(0)
+    own = 0.61 + 0.02 * torch.rand(60, generator=g)
+    outsiders = 0.26 + 0.26 * torch.rand(200, generator=g)
+    spread = (0.2 * torch.randn(500, generator=g)).exp()
+    same = torch.cat([torch.ones(50), torch.full((12,), 0.995)])
+    reach = torch.cat([own, outsiders, spread, same])
+    label = torch.cat([torch.zeros(260), torch.ones(500), torch.full((62,), 2)]).long()
+    outside = torch.arange(len(reach)).ge(60) & torch.arange(len(reach)).lt(260)
+    assert within_reach(label, reach, 0.3).all()  # the limit alone keeps every outsider
+    kept = within_reach(label, reach, 0.3, 8.0)
+    assert not kept[outside].any() and kept[~outside].all()
+    assert within_reach(label, reach, 0.0, 8.0).all()  # lp_reach 0 keeps every image, whatever the gap

@@ -482,11 +482,13 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                 f"({'at least' if used else 'under'} {cfg.pssl.lp_graph_agree:.0%}, pssl.lp_graph_agree)")
     unreached = getattr(phases[-1].objective, "lp_unreached", None)
     if real is not None and method.ssl and cfg.pssl.lp_reach and isinstance(unreached, torch.Tensor):
-        info["unlabeled"]["unreached"] = {"share": unreached.item(), "limit": cfg.pssl.lp_reach}
+        info["unlabeled"]["unreached"] = {"share": unreached.item(), "limit": cfg.pssl.lp_reach,
+                                          "gap": cfg.pssl.lp_reach_gap}
         if log and dist.main and unreached.item() > 0:
             log(f"label propagation: {unreached.item():.1%} of the unlabelled images left out: little of any label "
                 f"reaches them over the graph (under {cfg.pssl.lp_reach:.0%} of the 90th percentile of the images "
-                "given the same label, pssl.lp_reach), as it does images of none of the target's classes")
+                "given the same label, pssl.lp_reach, or below a wide gap in it, pssl.lp_reach_gap), as it does images "
+                "of none of the target's classes")
     if real is not None and method.ssl and isinstance(shares, torch.Tensor):
         info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
         if isinstance(agree0, torch.Tensor):

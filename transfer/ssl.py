@@ -14,6 +14,7 @@ labels propagated from the labelled images over a graph of the model's features.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -257,16 +258,45 @@ def propagate(features: torch.Tensor, labels: torch.Tensor, k: int, neighbours: 
     return Propagation(p.argmax(1), certainty.clamp(0, 1), reach)
 
 
-def within_reach(label: torch.Tensor, reach: torch.Tensor, limit: float) -> torch.Tensor:
+def widest_gap(reach: torch.Tensor, side: int = 10) -> tuple[float, float]:
+    """Among one label's images: the widest gap between neighbouring values of log reach that leaves at least `side`
+    images (and a twentieth) on each side, over the interquartile range of the values above it, and the reach at
+    the gap's middle; (0, 0) where there are too few images. Images of no target class that a strong bridge ties to
+    the label sit below such a gap; a class's own images spread without one."""
+    v = reach.clamp_min(1e-12).log().sort().values
+    n = len(v)
+    lo = max(side, n // 20)
+    if n < 2 * lo + 1:
+        return 0.0, 0.0
+    i = torch.arange(lo, n - lo)
+
+    def above(q: float) -> torch.Tensor:  # the q-quantile of v[i:], for every i at once (linear interpolation)
+        at = i + q * (n - 1 - i)
+        w = at - at.floor()
+        return v[at.floor().long()] * (1 - w) + v[at.ceil().long()] * w
+
+    # spread floored at 1% of reach: a class of near-identical images has no spread for a gap to be set against
+    score = (v[i] - v[i - 1]) / (above(0.75) - above(0.25)).clamp_min(0.01)
+    j = int(score.argmax())
+    return score[j].item(), math.exp((v[i[j]] + v[i[j] - 1]).item() / 2)
+
+
+def within_reach(label: torch.Tensor, reach: torch.Tensor, limit: float, gap: float = 0.0) -> torch.Tensor:
     """The images whose reach is at least `limit` times the 90th percentile of reach among the images propagated
-    the same label. Per class, because a class's labels spread their mass over all of its images: each image of a
-    class ten times as common as the others gets about a tenth as much, and a pool-wide percentile would leave a
-    device's commonest class out."""
+    the same label (0: every image). Per class, because a class's labels spread their mass over all of its images:
+    each image of a class ten times as common as the others gets about a tenth as much, and a pool-wide percentile
+    would leave a device's commonest class out. Where `gap` is set, a label's images below its widest gap in reach
+    are left out too when the gap scores at least `gap` (`widest_gap`): outsiders that a strong bridge ties to one
+    label get less of its mass than its own images, but more than the fixed limit."""
     keep = torch.ones_like(reach, dtype=torch.bool)
     if limit:
         for c in label.unique():
             mine = label == c
             keep[mine] = reach[mine] >= limit * reach[mine].quantile(0.9)
+            if gap:
+                score, at = widest_gap(reach[mine])
+                if score >= gap:
+                    keep[mine] &= reach[mine] >= at
     return keep
 
 
@@ -364,7 +394,7 @@ class LabelProp(FixMatch):
         label, certainty, reach = alone if alone is not None else propagate(graph, yl, k, neighbours, alpha)
         label, certainty, reach = label[len(xl):], certainty[len(xl):], reach[len(xl):]
         # images of no target class: the graph ties them to the labels by few edges, so little label mass arrives
-        reached = within_reach(label, reach, self.cfg.lp_reach)
+        reached = within_reach(label, reach, self.cfg.lp_reach, self.cfg.lp_reach_gap)
         if step == 0:  # estimated once, by the model the labels alone trained: later ones learnt the propagation's
             self.lp_shares.copy_(own[reached].mean(0))
             self.lp_unreached.fill_(1.0 - reached.float().mean().item())
