@@ -100,7 +100,7 @@ def kill_in(config: Path, out: Path, stage: str, offset: float) -> str | None:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    saved = torch.load(run / "transfer" / "model.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(run / "transfer" / "model.pt", map_location="cpu", weights_only=True)
     state = saved["state_dict"] if "state_dict" in saved else saved["model"]
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
