@@ -155,6 +155,7 @@ def test_unlabeled_images_join_the_ssl_phase(tiny_bundle, tmp_path):
     assert [ph.get("weight_decay") for ph in plan] == [None, 5e-3, 1e-4]
     assert report["unlabeled"]["count"] == 24 and len(report["unlabeled"]["skipped_files"]) == 2
     assert report["unlabeled"]["offered"] == 26  # image files found, the unreadable two among them
+    assert report["unlabeled"]["own_images_left_out"] == {}
     assert all("bad" in s for s in report["unlabeled"]["skipped_files"])
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "pp_ssl"]
     assert len(rows) == 20 and all("real" in r and "real_mask" in r for r in rows)
@@ -1177,3 +1178,33 @@ def test_within_reach_leaves_out_outsiders_below_a_gap_that_the_limit_keeps():
     kept = within_reach(label, reach, 0.3, 8.0)
     assert not kept[outside].any() and kept[~outside].all()
     assert within_reach(label, reach, 0.0, 8.0).all()  # lp_reach 0 keeps every image, whatever the gap
+
+
+def test_the_targets_own_test_and_labelled_images_never_join_as_unlabelled(tmp_path):
+    """--unlabeled pointed at the very folder the target's classes are in: its test-split and labelled images are
+    left out of the unlabelled ones (the test split only reports), the others join; an --unlabeled that holds
+    nothing else is a one-line error."""
+    from edgeppt.data import load_dataset
+    from edgeppt.transfer.run import prepare_splits, unlabeled_images
+
+    digits = load_dataset("digits:0,1,2", 8, 1)
+    def save(img: torch.Tensor, path: Path) -> None:
+        Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8)).save(path)
+
+    for c, name in enumerate(digits.classes):
+        (tmp_path / "target" / name).mkdir(parents=True)
+        for i, img in enumerate(digits.x[digits.y == c][:30]):
+            save(img, tmp_path / "target" / name / f"{i}.png")
+    cfg = TransferConfig(target=str(tmp_path / "target"), unlabeled=str(tmp_path / "target"), method="scratch",
+                         labels_per_class=4, test_fraction=0.2)
+    labelled, test, rest, _ = prepare_splits(cfg, None)
+    got = unlabeled_images(cfg, labelled, test, rest)
+    assert got.offered == 90 and got.dropped == {"test": len(test), "labelled": 12}
+    assert got.images is not None and len(got.images) == 90 - len(test) - 12 == len(rest)
+    pixels = {bytes((t * 255).round().byte().flatten().numpy()) for t in got.images}
+    assert pixels == {bytes((t * 255).round().byte().flatten().numpy()) for t in rest.x}
+    (tmp_path / "only").mkdir()
+    for i, img in enumerate(test.x):
+        save(img, tmp_path / "only" / f"{i}.png")
+    with pytest.raises(EdgepptError, match="every image is one of the target's own test or labelled images"):
+        unlabeled_images(cfg.model_copy(update={"unlabeled": str(tmp_path / "only")}), labelled, test, rest)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -104,20 +105,41 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
     return labelled, test, rest, DataRecord.of(cfg.target, cfg.test, target, test, labelled)
 
 
-def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, rest: ImageSet
-                     ) -> tuple[torch.Tensor | None, list[str], int]:
-    """The unlabelled images (at most cfg.max_unlabeled of them), the unreadable files, and how many were offered."""
+class Unlabelled(NamedTuple):
+    images: torch.Tensor | None  # at most cfg.max_unlabeled of them
+    skipped: list[str]  # the unreadable files
+    offered: int  # how many the spec holds
+    dropped: dict[str, int]  # the target's own test and labelled images found among them, left out
+
+
+def _pixels(x: torch.Tensor) -> list[bytes]:
+    """Each image's 8-bit pixels: a file read twice by the same loader gives the same bytes."""
+    return [bytes(t) for t in (x * 255).round().to(torch.uint8).flatten(1).numpy()]
+
+
+def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, test: ImageSet, rest: ImageSet) -> Unlabelled:
+    """The unlabelled images, less any that are the target's test or labelled images: a user may point
+    --unlabeled at the very folder the target's classes are in. The test split reports, it never trains; a
+    labelled image is labelled already."""
     if cfg.unlabeled is None:
-        return None, [], 0
-    if cfg.unlabeled == "rest":
+        return Unlabelled(None, [], 0, {})
+    if cfg.unlabeled == "rest":  # the pool less the labels, never the test split
         if len(rest) == 0:
             raise EdgepptError("--unlabeled rest: the target pool has no images beyond the labelled ones")
         keep = subsample(len(rest), cfg.max_unlabeled)
-        return (rest.x if keep is None else rest.x[keep]), [], len(rest)
+        return Unlabelled(rest.x if keep is None else rest.x[keep], [], len(rest), {})
     try:
-        return load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0], cfg.max_unlabeled)
+        x, skipped, offered = load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0], cfg.max_unlabeled)
     except EdgepptError as e:
         raise EdgepptError(f"--unlabeled: {e}") from e
+    own = {"test": set(_pixels(test.x)), "labelled": set(_pixels(labelled.x))}
+    pixels = _pixels(x)
+    dropped = {name: sum(p in seen for p in pixels) for name, seen in own.items()}
+    keep = torch.tensor([p not in own["test"] and p not in own["labelled"] for p in pixels])
+    if not keep.any():
+        raise EdgepptError(f"--unlabeled {cfg.unlabeled}: every image is one of the target's own test or labelled "
+                           "images; give images beyond them, or --unlabeled rest for the target's other images")
+    return Unlabelled(x[keep], skipped, offered, {k: v for k, v in dropped.items() if v})
 
 
 def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int) -> str:
@@ -332,7 +354,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     bundle = open_source(cfg.source, cfg, dist.device) \
         if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
     labelled, test, rest, record = prepare_splits(cfg, bundle)
-    real, skipped_unlabeled, offered = unlabeled_images(cfg, labelled, rest)
+    real, skipped_unlabeled, offered, dropped = unlabeled_images(cfg, labelled, test, rest)
     if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
         log(f"source {bundle.path}: {bundle.provenance}")
     if dist.main:
@@ -395,7 +417,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                                   "cached": from_cache}
     if real is not None:
         info["unlabeled"] = {"count": len(real), "offered": offered, "skipped_files": skipped_unlabeled,
-                             "used": method.ssl}
+                             "used": method.ssl, "own_images_left_out": dropped}
+        if log and dropped:
+            log("unlabelled images: left out " + " and ".join(f"{n:,} of the target's {k} images" for k, n in
+                                                             dropped.items())
+                + " found among them (the test split only reports; a labelled image is labelled already)")
         if log and 0 < cfg.max_unlabeled < offered:
             log(f"unlabelled images: a fixed random {len(real):,} of the {offered:,} given (max_unlabeled)")
 
