@@ -403,6 +403,22 @@ def held_out_split(target: ImageSet, test_fraction: float, labels_per_class: int
     return train, test
 
 
+def pixel_keys(x: torch.Tensor) -> list[bytes]:
+    """Each image's 8-bit pixels: the same file read twice by the same loader gives the same bytes, so these find
+    an image given twice (a target folder given again as the test set, or as unlabelled images)."""
+    return [bytes(t) for t in (x * 255).round().to(torch.uint8).flatten(1).numpy()]
+
+
+def without_test_images(target: ImageSet, test: ImageSet, spec: str) -> ImageSet:
+    """The target less any image that is also one of the separate test set's: the test split only reports."""
+    seen = set(pixel_keys(test.x))
+    keep = [i for i, k in enumerate(pixel_keys(target.x)) if k not in seen]
+    if not keep:
+        raise EdgepptError(f"--test {spec}: every target image is also a test image; give test images apart from "
+                           "the target's, or leave --test out to hold out a share of the target")
+    return target if len(keep) == len(target) else target.subset(keep)
+
+
 def few_shot(ds: ImageSet, labels_per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
     """k labelled images per class (seeded); the rest is returned as the unlabelled remainder."""
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -500,12 +516,16 @@ class DataRecord(BaseModel):
     test_fingerprint: str | None = None
     labelled: list[int]  # positions of the labelled images in the target set
     test_split: list[int] | None = None  # positions of the test images in the target set (None: `test` is its own set)
+    test_copies: list[int] = []  # positions of target images that the separate test set holds too (never trained on)
 
     @classmethod
-    def of(cls, target: str, test: str | None, full: ImageSet, test_set: ImageSet, labelled: ImageSet) -> DataRecord:
+    def of(cls, target: str, test: str | None, full: ImageSet, test_set: ImageSet, labelled: ImageSet,
+           train: ImageSet | None = None) -> DataRecord:
+        kept = set(train.positions()) if train is not None and test else set(range(len(full)))
         return cls(target=target, test=test, image_size=full.shape[1], channels=full.shape[0],
                    target_fingerprint=fingerprint(full), test_fingerprint=fingerprint(test_set) if test else None,
-                   labelled=labelled.positions(), test_split=None if test else test_set.positions())
+                   labelled=labelled.positions(), test_split=None if test else test_set.positions(),
+                   test_copies=[i for i in range(len(full)) if i not in kept])
 
     def _load(self, spec: str, printed: str | None) -> ImageSet:
         ds = load_dataset(spec, self.image_size, self.channels)
@@ -526,5 +546,5 @@ class DataRecord(BaseModel):
     def pool(self) -> ImageSet:
         """The target set less its test split (all of it when the test set is separate)."""
         full = self.target_set()
-        held = set(self.test_split or [])
+        held = set(self.test_split or []) | set(self.test_copies)
         return full.subset([i for i in range(len(full)) if i not in held])

@@ -1180,21 +1180,28 @@ def test_within_reach_leaves_out_outsiders_below_a_gap_that_the_limit_keeps():
     assert within_reach(label, reach, 0.0, 8.0).all()  # lp_reach 0 keeps every image, whatever the gap
 
 
+def _save_png(img: torch.Tensor, path: Path) -> None:
+    Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def _digit_folders(root: Path, per_class: int) -> Path:
+    """Class folders of the first `per_class` 8x8 digits of 0, 1 and 2, as PNG files."""
+    from edgeppt.data import load_dataset
+
+    digits = load_dataset("digits:0,1,2", 8, 1)
+    for c, name in enumerate(digits.classes):
+        (root / name).mkdir(parents=True)
+        for i, img in enumerate(digits.x[digits.y == c][:per_class]):
+            _save_png(img, root / name / f"{i}.png")
+    return root
+
 def test_the_targets_own_test_and_labelled_images_never_join_as_unlabelled(tmp_path):
     """--unlabeled pointed at the very folder the target's classes are in: its test-split and labelled images are
     left out of the unlabelled ones (the test split only reports), the others join; an --unlabeled that holds
     nothing else is a one-line error."""
-    from edgeppt.data import load_dataset
     from edgeppt.transfer.run import prepare_splits, unlabeled_images
 
-    digits = load_dataset("digits:0,1,2", 8, 1)
-    def save(img: torch.Tensor, path: Path) -> None:
-        Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8)).save(path)
-
-    for c, name in enumerate(digits.classes):
-        (tmp_path / "target" / name).mkdir(parents=True)
-        for i, img in enumerate(digits.x[digits.y == c][:30]):
-            save(img, tmp_path / "target" / name / f"{i}.png")
+    _digit_folders(tmp_path / "target", 30)
     cfg = TransferConfig(target=str(tmp_path / "target"), unlabeled=str(tmp_path / "target"), method="scratch",
                          labels_per_class=4, test_fraction=0.2)
     labelled, test, rest, _ = prepare_splits(cfg, None)
@@ -1205,6 +1212,26 @@ def test_the_targets_own_test_and_labelled_images_never_join_as_unlabelled(tmp_p
     assert pixels == {bytes((t * 255).round().byte().flatten().numpy()) for t in rest.x}
     (tmp_path / "only").mkdir()
     for i, img in enumerate(test.x):
-        save(img, tmp_path / "only" / f"{i}.png")
+        _save_png(img, tmp_path / "only" / f"{i}.png")
     with pytest.raises(EdgepptError, match="every image is one of the target's own test or labelled images"):
         unlabeled_images(cfg.model_copy(update={"unlabeled": str(tmp_path / "only")}), labelled, test, rest)
+
+
+def test_a_separate_test_set_is_never_trained_on_even_where_the_target_holds_it_too(tmp_path):
+    """--test given as images the --target folder also holds: those are left out of the target's pool (never
+    labelled, never in the pool a later stage calibrates on), and --test equal to --target is a one-line error."""
+    from edgeppt.data import pixel_keys
+    from edgeppt.transfer.run import prepare_splits
+
+    _digit_folders(tmp_path / "target", 30)
+    _digit_folders(tmp_path / "test", 10)  # the first 10 of each of the target's classes
+    cfg = TransferConfig(target=str(tmp_path / "target"), test=str(tmp_path / "test"), method="scratch",
+                         labels_per_class=4)
+    labelled, test, rest, record = prepare_splits(cfg, None)
+    held = set(pixel_keys(test.x))
+    assert len(test) == 30 and len(labelled) + len(rest) == 60
+    assert not held & set(pixel_keys(labelled.x)) and not held & set(pixel_keys(rest.x))
+    assert len(record.test_copies) == 30 and not held & set(pixel_keys(record.pool().x))
+    assert len(record.pool()) == 60 and record.splits()[0].positions() == labelled.positions()
+    with pytest.raises(EdgepptError, match="every target image is also a test image"):
+        prepare_splits(cfg.model_copy(update={"test": str(tmp_path / "target")}), None)

@@ -22,8 +22,10 @@ from edgeppt.data import (
     load_dataset,
     load_target,
     load_unlabeled,
+    pixel_keys,
     reshape_images,
     subsample,
+    without_test_images,
 )
 from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, arch_spec, create_model
@@ -98,11 +100,11 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
         test = load_dataset(cfg.test, target.shape[1], target.shape[0])
         if test.classes != target.classes:
             raise EdgepptError(f"test classes {test.classes} differ from target classes {target.classes}")
-        train = target
+        train = without_test_images(target, test, cfg.test)
     else:
         train, test = held_out_split(target, cfg.test_fraction, cfg.labels_per_class)
     labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
-    return labelled, test, rest, DataRecord.of(cfg.target, cfg.test, target, test, labelled)
+    return labelled, test, rest, DataRecord.of(cfg.target, cfg.test, target, test, labelled, train)
 
 
 class Unlabelled(NamedTuple):
@@ -110,11 +112,6 @@ class Unlabelled(NamedTuple):
     skipped: list[str]  # the unreadable files
     offered: int  # how many the spec holds
     dropped: dict[str, int]  # the target's own test and labelled images found among them, left out
-
-
-def _pixels(x: torch.Tensor) -> list[bytes]:
-    """Each image's 8-bit pixels: a file read twice by the same loader gives the same bytes."""
-    return [bytes(t) for t in (x * 255).round().to(torch.uint8).flatten(1).numpy()]
 
 
 def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, test: ImageSet, rest: ImageSet) -> Unlabelled:
@@ -132,8 +129,8 @@ def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, test: ImageSet, re
         x, skipped, offered = load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0], cfg.max_unlabeled)
     except EdgepptError as e:
         raise EdgepptError(f"--unlabeled: {e}") from e
-    own = {"test": set(_pixels(test.x)), "labelled": set(_pixels(labelled.x))}
-    pixels = _pixels(x)
+    own = {"test": set(pixel_keys(test.x)), "labelled": set(pixel_keys(labelled.x))}
+    pixels = pixel_keys(x)
     dropped = {name: sum(p in seen for p in pixels) for name, seen in own.items()}
     keep = torch.tensor([p not in own["test"] and p not in own["labelled"] for p in pixels])
     if not keep.any():
