@@ -1220,7 +1220,9 @@ def test_the_targets_own_test_and_labelled_images_never_join_as_unlabelled(tmp_p
 def test_a_separate_test_set_is_never_trained_on_even_where_the_target_holds_it_too(tmp_path):
     """--test given as images the --target folder also holds: those are left out of the target's pool (never
     labelled, never in the pool a later stage calibrates on), and --test equal to --target is a one-line error."""
+    from edgeppt.config import SearchConfig
     from edgeppt.data import pixel_keys
+    from edgeppt.search.proxy import prepare
     from edgeppt.transfer.run import prepare_splits
 
     _digit_folders(tmp_path / "target", 30)
@@ -1233,5 +1235,8 @@ def test_a_separate_test_set_is_never_trained_on_even_where_the_target_holds_it_
     assert not held & set(pixel_keys(labelled.x)) and not held & set(pixel_keys(rest.x))
     assert len(record.test_copies) == 30 and not held & set(pixel_keys(record.pool().x))
     assert len(record.pool()) == 60 and record.splits()[0].positions() == labelled.positions()
+    searched = prepare(  # the search draws the labels exactly as transfer does
+        SearchConfig(target=cfg.target, test=cfg.test, labels_per_class=4, val_per_class=0))
+    assert searched.labelled.positions() == labelled.positions()
     with pytest.raises(EdgepptError, match="every target image is also a test image"):
         prepare_splits(cfg.model_copy(update={"test": str(tmp_path / "target")}), None)
