@@ -404,9 +404,9 @@ def held_out_split(target: ImageSet, test_fraction: float, labels_per_class: int
 
 
 def pixel_keys(x: torch.Tensor) -> list[bytes]:
-    """Each image's 8-bit pixels: the same file read twice by the same loader gives the same bytes, so these find
-    an image given twice (a target folder given again as the test set, or as unlabelled images)."""
-    return [bytes(t) for t in (x * 255).round().to(torch.uint8).flatten(1).numpy()]
+    """A digest of each image's 8-bit pixels: the same file read twice by the same loader gives the same pixels, so
+    these find an image given twice (a target folder given again as the test set, or as unlabelled images)."""
+    return [hashlib.blake2b((t * 255).round().to(torch.uint8).numpy().tobytes(), digest_size=16).digest() for t in x]
 
 
 def without_test_images(target: ImageSet, test: ImageSet, spec: str) -> ImageSet:
