@@ -1161,9 +1161,10 @@ def test_widest_gap_is_the_brute_force_one():
 
 
 def test_within_reach_leaves_out_outsiders_below_a_gap_that_the_limit_keeps():
-    """pssl.lp_reach_gap: seen on a hand-made folder, a label's own images all reached alike (0.61-0.63) and
-    outsiders tied to it by a strong bridge at 0.26-0.52, above the limit (0.3 of 0.63). The gap leaves them out;
-    a class whose reach spreads without a gap (log-normal) and a class of near-identical images lose nothing."""
+    """pssl.lp_reach_gap, on reach shaped as a hand-made folder showed it: a label's own images reached alike
+    (here 0.61-0.63) and outsiders tied to it by a strong bridge reached about half as much (0.26-0.52), above the
+    limit (0.3 of 0.63). The gap leaves them out; a class whose reach spreads without a gap (log-normal) and a class
+    of near-identical images lose nothing."""
     from edgeppt.transfer.ssl import within_reach
 
     g = torch.Generator().manual_seed(0)
