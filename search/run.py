@@ -254,6 +254,9 @@ def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
                                    max_trial_number=cfg.trials)
         if cfg.engine == "remote":
             conf.training_service = remote_service(cfg)
+            # NNI's trial dispatcher tells each worker's runner the manager's address from the experiment-level
+            # field, not the training service's; unset, it guesses an interface the workers may not reach.
+            conf.nni_manager_ip = cfg.manager_ip
 
     conf.experiment_working_directory = str((out / "nni").resolve())
     conf.experiment_name = out.name

@@ -259,6 +259,9 @@ def test_remote_training_service_runs_trials_on_ssh_workers(sshd, tmp_path):
     assert s["trained"] == 2 and len(trained) == 2
     assert all(r["pid"] != os.getpid() for r in trained)  # trained in the worker's trial processes
     assert "remote" in (out / "nni").rglob("nnimanager.log").__next__().read_text().lower()
+    # the workers' runners were told manager_ip, not an address NNI guessed from this machine's interfaces
+    settings = [json.loads(p.read_text()) for p in (out / "nni").rglob("envs/*/settings.json")]
+    assert settings and {st["nniManagerIP"] for st in settings} == {"127.0.0.1"}
     with pytest.raises(ValueError, match="needs at least one SSH worker"):
         SearchConfig(device=str(prof), trials=1, engine="remote", **FAST)
 
