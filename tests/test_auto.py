@@ -1218,11 +1218,72 @@ def test_the_targets_own_test_and_labelled_images_never_join_as_unlabelled(tmp_p
         unlabeled_images(cfg.model_copy(update={"unlabeled": str(tmp_path / "only")}), labelled, test, rest)
 
 
+def test_near_copies_finds_every_image_within_the_limits_and_no_other():
+    """near_copies against a brute-force comparison of every pair (every window's brightness, every pixel): sides
+    with windows of 1, 3 and 4 pixels, one that the windows do not divide, colour and gray; copies with noise and
+    a brightness shift around the limits, copies with one small region changed or colours swapped (distinct
+    pictures)."""
+    import torch.nn.functional as F
+
+    from edgeppt.data import COPY_FLOOR_DB, COPY_LEVELS, near_copies
+
+    g = torch.Generator().manual_seed(0)
+    for side, chans in ((28, 1), (37, 3), (64, 3), (8, 1)):
+        ref = torch.rand(30, chans, side, side, generator=g)
+        n = torch.arange(60)
+        noise = (n % 5).float().view(-1, 1, 1, 1) * 0.004 * torch.randn(60, chans, side, side, generator=g)
+        shift = ((n // 5) % 4).float().view(-1, 1, 1, 1) * 2.5 / 255  # 0-7.5 levels: across COPY_LEVELS
+        copies = (ref[n % 30] + noise + shift).clamp(0, 1)
+        copies[::7, :, :side // 4, :side // 4] = 0.5  # a region changed: no longer a copy
+        copies[3::7] = copies[3::7].flip(1)  # colours swapped: the same brightness, other pixels (no copy in colour)
+        x = torch.cat([copies, torch.rand(20, chans, side, side, generator=g)])
+        w = min(4, max(1, side // 8))
+        win = [F.adaptive_avg_pool2d(t.mean(1, keepdim=True), side // w).flatten(1) for t in (x, ref)]
+        windows = (win[0][:, None] - win[1][None]).abs().amax(2) <= COPY_LEVELS / 255
+        pixels = (x[:, None] - ref[None]).square().flatten(2).mean(2) <= 10 ** (-COPY_FLOOR_DB / 10)
+        want = (windows & pixels).any(1)
+        assert 10 < int(want.sum()) < 60  # the limits fall inside the copies' range
+        assert chans == 1 or (windows.any(1) & ~want).sum() >= 5  # and the pixels' floor decides some
+        assert torch.equal(near_copies(x, ref), want), side
+
+
+def test_a_test_image_saved_again_as_jpeg_never_joins_as_unlabelled(tmp_path):
+    """The target's test images re-saved as JPEG (quality 75 or 90), in an --unlabeled folder beside other images:
+    exactly those copies are left out."""
+    from edgeppt.data import load_builtin
+    from edgeppt.transfer.run import prepare_splits, unlabeled_images
+
+    animals = load_builtin("animals")
+    x = animals.x[:, None] if animals.x.ndim == 3 else animals.x
+    picked: list[int] = []  # images at least 25 dB apart from one another, so that no two are copies
+    for i in range(len(x)):
+        if all((x[i] - x[j]).square().mean() > 10 ** -2.5 for j in picked):
+            picked.append(i)
+        if len(picked) == 60:
+            break
+    (tmp_path / "target" / "a").mkdir(parents=True)
+    (tmp_path / "target" / "b").mkdir()
+    for n, i in enumerate(picked[:40]):
+        _save_png(x[i], tmp_path / "target" / "ab"[n % 2] / f"{n}.png")
+    cfg = TransferConfig(target=str(tmp_path / "target"), unlabeled=str(tmp_path / "unl"), method="scratch",
+                         labels_per_class=4, test_fraction=0.25)
+    labelled, test, rest, _ = prepare_splits(cfg, None)
+    (tmp_path / "unl").mkdir()
+    for n, img in enumerate(test.x):
+        a = Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8))
+        a.save(tmp_path / "unl" / f"t{n}.jpg", quality=(75, 90)[n % 2])
+    for n, i in enumerate(picked[40:]):
+        _save_png(x[i], tmp_path / "unl" / f"o{n}.png")
+    got = unlabeled_images(cfg, labelled, test, rest)
+    assert got.offered == len(test) + 20 and got.dropped == {"test": len(test)}
+    assert got.images is not None and len(got.images) == 20
+
+
 def test_a_separate_test_set_is_never_trained_on_even_where_the_target_holds_it_too(tmp_path):
     """--test given as images the --target folder also holds: those are left out of the target's pool (never
     labelled, never in the pool a later stage calibrates on), and --test equal to --target is a one-line error."""
     from edgeppt.config import SearchConfig
-    from edgeppt.data import pixel_keys
+    from edgeppt.data import near_copies
     from edgeppt.search.proxy import prepare
     from edgeppt.transfer.run import prepare_splits
 
@@ -1231,10 +1292,9 @@ def test_a_separate_test_set_is_never_trained_on_even_where_the_target_holds_it_
     cfg = TransferConfig(target=str(tmp_path / "target"), test=str(tmp_path / "test"), method="scratch",
                          labels_per_class=4)
     labelled, test, rest, record = prepare_splits(cfg, None)
-    held = set(pixel_keys(test.x))
     assert len(test) == 30 and len(labelled) + len(rest) == 60
-    assert not held & set(pixel_keys(labelled.x)) and not held & set(pixel_keys(rest.x))
-    assert len(record.test_copies) == 30 and not held & set(pixel_keys(record.pool().x))
+    assert not near_copies(labelled.x, test.x).any() and not near_copies(rest.x, test.x).any()
+    assert len(record.test_copies) == 30 and not near_copies(record.pool().x, test.x).any()
     assert len(record.pool()) == 60 and record.splits()[0].positions() == labelled.positions()
     searched = prepare(  # the search draws the labels exactly as transfer does
         SearchConfig(target=cfg.target, test=cfg.test, labels_per_class=4, val_per_class=0))

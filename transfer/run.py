@@ -22,7 +22,7 @@ from edgeppt.data import (
     load_dataset,
     load_target,
     load_unlabeled,
-    pixel_keys,
+    near_copies,
     reshape_images,
     subsample,
     without_test_images,
@@ -129,10 +129,9 @@ def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, test: ImageSet, re
         x, skipped, offered = load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0], cfg.max_unlabeled)
     except EdgepptError as e:
         raise EdgepptError(f"--unlabeled: {e}") from e
-    own = {"test": set(pixel_keys(test.x)), "labelled": set(pixel_keys(labelled.x))}
-    pixels = pixel_keys(x)
-    dropped = {name: sum(p in seen for p in pixels) for name, seen in own.items()}
-    keep = torch.tensor([p not in own["test"] and p not in own["labelled"] for p in pixels])
+    copies = {"test": near_copies(x, test.x), "labelled": near_copies(x, labelled.x)}
+    dropped = {name: int(c.sum()) for name, c in copies.items()}
+    keep = ~(copies["test"] | copies["labelled"])
     if not keep.any():
         raise EdgepptError(f"--unlabeled {cfg.unlabeled}: every image is one of the target's own test or labelled "
                            "images; give images beyond them, or --unlabeled rest for the target's other images")
