@@ -106,12 +106,44 @@ def read_cache(path: Path, keys: Iterable[str]) -> dict | None:
     return None
 
 
+def _flat(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {"pssl.lp_reach_gap": 8, ...}."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def resume_conflicts(saved: Mapping[str, Any], now: Mapping[str, Any], free: Iterable[str] = ()) -> dict[str, tuple]:
     """The rule for what may change on resume, for every stage: the settings named in `free` (the config's
-    RESUME_FREE) may; any other setting that differs between the run as started and as resumed is a conflict,
-    returned as {name: (saved, now)}."""
+    RESUME_FREE, with everything under them) may; any other setting that the run as started names and that differs
+    as resumed is a conflict, returned as {dotted name: (saved, now)}. Settings the saved run does not name are
+    `added_settings`, not conflicts. `saved` is the run's file as written, not re-validated (which would fill
+    them in)."""
     free = set(free)
-    return {k: (saved.get(k), now.get(k)) for k in sorted({*saved, *now} - free) if saved.get(k) != now.get(k)}
+    a, b = _flat(saved), _flat(now)
+
+    def value_now(k: str) -> Any:  # a setting that was empty (None) when saved may be a section now
+        under = {n[len(k) + 1:]: v for n, v in b.items() if n.startswith(f"{k}.")}
+        return b[k] if k in b else (under or None)
+
+    return {k: (a[k], value_now(k)) for k in sorted(a) if k.split(".")[0] not in free and a[k] != value_now(k)}
+
+
+def added_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings that a run's saved file does not name, as resumed now: a later edgeppt added them, and the run goes
+    on with their values now (its defaults, or what is given), which the caller says."""
+    a = _flat(saved)
+    return {k: v for k, v in _flat(now).items() if k not in a and not any(k.startswith(f"{p}.") for p in a)}
+
+
+def added_settings_warning(out: Path | str, added: Mapping[str, Any]) -> str:
+    named = ", ".join(f"{k}={v!r}" for k, v in added.items())
+    return (f"warning: {out} was started by an earlier edgeppt, without the settings {named}; the resumed run uses "
+            "these values (give them with --set to choose others)")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from edgeppt.config import SearchConfig, validate
 from edgeppt.devices import Budgets, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import atomic_write_json, resume_conflicts
+from edgeppt.runs import added_settings, added_settings_warning, atomic_write_json, resume_conflicts
 
 from . import reference, report
 from .costmodel import CostModel
@@ -296,11 +297,14 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
     """Search `cfg.space` for `cfg.device`; write trials.jsonl/.csv/.json, pareto.png, best.json, summary.json."""
     out = Path(out)
     if resume:
-        diff = resume_conflicts(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json"),
-                                SearchConfig.RESUME_FREE)
+        load_run_config(out)  # a damaged file is a one-line error
+        saved, now = json.loads((out / CONFIG_FILE).read_text()), cfg.model_dump(mode="json")
+        diff = resume_conflicts(saved, now, SearchConfig.RESUME_FREE)
         if diff:
             raise EdgepptError(f"{out} was started with other settings ({', '.join(diff)} differ); resume with the "
                                "same settings or use a new --out")
+        if added := added_settings(saved, now):
+            print(added_settings_warning(out, added), file=sys.stderr)
     elif (out / CONFIG_FILE).exists():
         raise EdgepptError(f"{out} already holds a search; pass --resume {out} to continue it, or choose another --out")
     if cfg.threads:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.runs import (
     CHECKPOINT_FILE,
+    added_settings,
+    added_settings_warning,
     atomic_write_text,
     load_checkpoint,
     resume_conflicts,
@@ -72,11 +75,14 @@ def check_resumable(cfg: SourceTrainConfig, work: Path) -> None:
     if not path.is_file():
         atomic_write_text(path, cfg.model_dump_json())
         return
-    changed = resume_conflicts(json.loads(path.read_text()), cfg.model_dump(mode="json"), SourceTrainConfig.RESUME_FREE)
+    saved, now = json.loads(path.read_text()), cfg.model_dump(mode="json")
+    changed = resume_conflicts(saved, now, SourceTrainConfig.RESUME_FREE)
     if changed:
         diffs = ", ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in changed.items())
         raise EdgepptError(f"{work} holds an unfinished run with a different config ({diffs}); "
                            f"rerun with its settings to resume, or delete {work} to start over")
+    if added := added_settings(saved, now):
+        print(added_settings_warning(work, added), file=sys.stderr)
     atomic_write_text(path, cfg.model_dump_json())  # the free settings as now
 
 

@@ -25,6 +25,28 @@ def test_transfer_through_the_cli_then_resume_is_a_no_op(tiny_bundle, tmp_path):
     assert json.loads((out / "report.json").read_text())["test_accuracy"] == report["test_accuracy"]
 
 
+def test_resume_of_a_run_an_earlier_version_started_names_the_settings_it_lacked(tiny_bundle, tmp_path):
+    """A run whose config.json lacks settings a later edgeppt added (one nested, one top-level) resumes with their
+    values now, says which, and records them; a changed setting it does name is still refused."""
+    out = tmp_path / "run"
+    args = ["transfer", "--source", str(tiny_bundle), "--target", "digits:0,1,2", "--method", "scratch",
+            "--arch", "resnet_xs", "--labels-per-class", "3", "--out", str(out), "--quiet",
+            "--set", "finetune_steps=10"]
+    assert runner.invoke(app, args).exit_code == 0
+    saved = json.loads((out / "config.json").read_text())
+    del saved["pssl"]["lp_reach_gap"], saved["max_unlabeled"]
+    (out / "config.json").write_text(json.dumps(saved))
+    res = runner.invoke(app, ["transfer", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())  # as wrapped at any terminal width
+    assert "started by an earlier edgeppt, without the settings max_unlabeled=10000, pssl.lp_reach_gap=8.0" in said
+    report = json.loads((out / "report.json").read_text())
+    assert report["added_on_resume"] == {"pssl.lp_reach_gap": 8.0, "max_unlabeled": 10000}
+    assert json.loads((out / "config.json").read_text())["pssl"]["lp_reach_gap"] == 8.0  # named from now on
+    res = runner.invoke(app, ["transfer", "--resume", str(out), "--quiet", "--set", "pssl.lp_reach=0.5"])
+    assert res.exit_code == 2 and "pssl.lp_reach: run has 0.3, now 0.5" in " ".join(res.output.split())
+
+
 def test_cli_errors_are_one_clear_line(tiny_bundle, tmp_path):
     res = runner.invoke(app, ["transfer", "--target", "digits", "--out", str(tmp_path / "a"),
                               "--set", "pssl.tempreature=2"])

@@ -160,6 +160,21 @@ def test_resume_with_other_settings_or_into_a_used_dir_is_refused(tiny_bundle, t
         run_transfer(c, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_the_resume_rule_compares_nested_settings_and_tells_added_ones_apart():
+    """One rule for every stage: a nested setting that differs is a conflict by its dotted name, a free one (and all
+    under it) is not, a setting the saved run lacks is added, not a conflict, and a section that was empty when
+    saved and is set now is a conflict."""
+    from edgeppt.runs import added_settings, resume_conflicts
+
+    saved = {"seed": 0, "threads": 1, "pssl": {"lp_reach": 0.3}, "teacher": None, "device": {"kind": "cpu"}}
+    now = {"seed": 0, "threads": 2, "pssl": {"lp_reach": 0.5, "lp_reach_gap": 8.0}, "teacher": {"t": 2},
+           "device": {"kind": "cuda"}, "max_unlabeled": 10}
+    assert resume_conflicts(saved, now, {"threads", "device"}) == {"pssl.lp_reach": (0.3, 0.5),
+                                                                   "teacher": (None, {"t": 2})}
+    assert added_settings(saved, now) == {"pssl.lp_reach_gap": 8.0, "max_unlabeled": 10}
+    assert resume_conflicts(now, now) == {} and added_settings(now, now) == {}
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bundle, tmp_path):
     c = cfg(tiny_bundle, method="scratch", lr=1e12, checkpoint_every=1, finetune_steps=200)
     with pytest.raises(EdgepptError, match="(loss became nan|weights became NaN).*last good checkpoint"):

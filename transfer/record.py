@@ -52,6 +52,7 @@ class TransferReport(BaseModel):
     images_per_s: dict[str, float]
     world_size: int
     restarts: int = 0  # torchrun's restarts of the worker group after a failure (each resumed from a checkpoint)
+    added_on_resume: dict[str, Any] | None = None  # settings the run as started did not have (an earlier edgeppt)
     device: str
     auto: Choice | None = None
     pretrain: dict[str, Any] | None = None

@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,6 +31,8 @@ from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, arch_spec, create_model
 from edgeppt.runs import (
     CHECKPOINT_FILE,
+    added_settings,
+    added_settings_warning,
     atomic_torch_save,
     atomic_write_json,
     load_checkpoint,
@@ -65,13 +67,16 @@ def load_run_config(out: Path) -> TransferConfig:
     return validate(TransferConfig, json.loads(path.read_text()), str(path))
 
 
-def _check_resume(cfg: TransferConfig, out: Path) -> None:
-    diff = resume_conflicts(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json"),
-                            TransferConfig.RESUME_FREE)
+def _check_resume(cfg: TransferConfig, out: Path) -> dict[str, Any]:
+    """A conflict with the settings the run was started with is an error; returns the settings it did not have."""
+    load_run_config(out)  # a damaged file is a one-line error
+    saved, now = json.loads((out / CONFIG_FILE).read_text()), cfg.model_dump(mode="json")
+    diff = resume_conflicts(saved, now, TransferConfig.RESUME_FREE)
     if diff:
         listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise EdgepptError(f"{out} was started with other settings ({listed}). Resume with the same settings, "
                            "or use a new --out.")
+    return added_settings(saved, now)
 
 
 def prepare_data(cfg: TransferConfig, bundle: SourceBundle | None) -> tuple[ImageSet, ImageSet]:
@@ -339,9 +344,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     dist = setup_distributed(cfg.device)
     restarts = elastic_restarts()
     resume = resume or (restarts > 0 and (out / CONFIG_FILE).is_file())  # torchrun restarted us: go on
-    if resume:
-        _check_resume(cfg, out)
-    elif (out / REPORT_FILE).exists() or (out / CHECKPOINT_FILE).exists():
+    added = _check_resume(cfg, out) if resume else {}
+    if added and log and dist.main:
+        log(added_settings_warning(out, added))
+    if not resume and ((out / REPORT_FILE).exists() or (out / CHECKPOINT_FILE).exists()):
         raise EdgepptError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if cfg.needs_source() and cfg.source is None:
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
@@ -578,7 +584,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         data={"labelled": len(labelled), "test": len(test),
               "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
         data_record=record, model=model_info, settings=cfg.model_dump(mode="json"), timings_s=timings,
-        images_per_s=rates, world_size=dist.world, restarts=restarts, device=str(dist.device),
+        images_per_s=rates, world_size=dist.world, restarts=restarts, added_on_resume=added or None,
+        device=str(dist.device),
         peak_rss_mib=peak_rss_mib(),
         source=None if bundle is None else {"path": str(bundle.path), "provenance": bundle.provenance,
                                             "runtime": bundle.manifest.runtime}, **info,
