@@ -60,7 +60,14 @@ def test_train_writes_bundle(trained: Path):
     b = load_bundle(trained)
     assert b.classes == [str(i) for i in range(10)] and b.image_shape == (1, 8, 8) and b.latent_dim == 8
     info = b.manifest.info
-    assert 0 <= info["classifier_test_accuracy"] <= 1
+    # the recorded held-out accuracy is the shipped classifier's on the same split, recomputed here
+    from edgeppt.data import load_dataset, train_test_split
+    cfg = tiny_cfg(trained)
+    _, test = train_test_split(load_dataset(cfg.data, cfg.image_size), cfg.test_fraction, cfg.seed)
+    logits, _ = b.classify(test.x)
+    assert info["classifier_test_size"] == len(test)
+    assert info["classifier_test_accuracy"] == pytest.approx((logits.argmax(1) == test.y).float().mean().item(),
+                                                             abs=1e-4)
     assert info["command"].startswith("edgeppt source train --data digits")
     assert set(b.manifest.files) == {"generator.onnx", "classifier.onnx", "samples.png", "README.md"}
     assert (trained / "samples.png").is_file() and (trained / "README.md").is_file()
