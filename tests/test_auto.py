@@ -1279,6 +1279,32 @@ def test_a_test_image_saved_again_as_jpeg_never_joins_as_unlabelled(tmp_path):
     assert got.images is not None and len(got.images) == 20
 
 
+def test_test_images_that_copy_a_trained_image_are_counted_and_reported_apart(tmp_path):
+    """A target folder that holds every picture twice: the held-out split puts some twins of the labelled images
+    in the test split. report.json counts them and gives the test accuracy without them, recomputed here from
+    the saved model; a folder without twins reports none."""
+    from edgeppt.export.onnx_export import load_run, run_data
+    from edgeppt.train.evaluate import evaluate
+    from edgeppt.transfer.run import run_transfer
+
+    _digit_folders(tmp_path / "target", 15)
+    for f in list((tmp_path / "target").rglob("*.png")):
+        (f.parent / f"twin-{f.name}").write_bytes(f.read_bytes())
+    cfg = TransferConfig(target=str(tmp_path / "target"), method="scratch", labels_per_class=4, test_fraction=0.5,
+                         finetune_steps=20, arch="resnet_xs")
+    data = run_transfer(cfg, tmp_path / "run", progress=False)["data"]
+    run = load_run(tmp_path / "run")
+    labelled, test = run_data(run)
+    twin = (test.x[:, None] - labelled.x[None]).abs().flatten(2).amax(2).min(1).values == 0
+    assert data["test_copies_of_training"] == int(twin.sum()) > 0
+    kept = test.subset((~twin).nonzero().flatten().tolist())
+    assert data["test_accuracy_without_copies"] == pytest.approx(evaluate(run.model, kept)["accuracy"])
+    _digit_folders(tmp_path / "plain", 15)
+    data = run_transfer(cfg.model_copy(update={"target": str(tmp_path / "plain")}), tmp_path / "run2",
+                        progress=False)["data"]
+    assert data["test_copies_of_training"] == 0 and data["test_accuracy_without_copies"] is None
+
+
 def test_a_separate_test_set_is_never_trained_on_even_where_the_target_holds_it_too(tmp_path):
     """--test given as images the --target folder also holds: those are left out of the target's pool (never
     labelled, never in the pool a later stage calibrates on), and --test equal to --target is a one-line error."""

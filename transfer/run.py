@@ -334,6 +334,18 @@ def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.
     return cfg.model_copy(update=update), fitted.notes
 
 
+def _copies_of_training(model, test: ImageSet, trained: torch.Tensor) -> dict[str, Any]:
+    """How many test images copy one the model trained on (a target folder may hold a picture twice, and the
+    held-out split can put one copy on each side), and the test accuracy without them: reported, never used."""
+    copies = near_copies(test.x, trained)
+    n = int(copies.sum())
+    if not n:
+        return {"test_copies_of_training": 0}
+    kept = (~copies).nonzero().flatten().tolist()
+    return {"test_copies_of_training": n,
+            "test_accuracy_without_copies": evaluate(model, test.subset(kept))["accuracy"] if kept else None}
+
+
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
                  pp_cache: str | Path | None = None, log=None) -> dict:
     """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
@@ -570,6 +582,13 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         info["supermask"] = {**cfg.supermask.model_dump(), "base": "seeded" if update["base"] is None else name,
                              "update_bytes": update_size(update["update"])}
     result = evaluate(model, test)
+    twins = _copies_of_training(model, test, labelled.x if real is None or not method.ssl else
+                                torch.cat([labelled.x, real]))
+    if twins["test_copies_of_training"] and log and dist.main:
+        alone = twins["test_accuracy_without_copies"]
+        log(f"note: {twins['test_copies_of_training']} of the {len(test)} test images copy an image the model "
+            "trained on (the target holds them twice); test accuracy without them: "
+            + (f"{alone:.1%}" if alone is not None else "none are left"))
     model_info = {"arch": arch, "classes": labelled.classes, "in_chans": in_chans, "image_size": size,
                   "params": sum(p.numel() for p in model.parameters())}
     atomic_torch_save(out / MODEL_FILE, {**model_info, "state_dict": model.state_dict(),
@@ -582,7 +601,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         confusion_matrix=result["confusion_matrix"], classes=labelled.classes, method=name,
         phases=[{"name": ph.name, "steps": ph.steps} for ph in phases],
         data={"labelled": len(labelled), "test": len(test),
-              "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped))},
+              "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped)), **twins},
         data_record=record, model=model_info, settings=cfg.model_dump(mode="json"), timings_s=timings,
         images_per_s=rates, world_size=dist.world, restarts=restarts, added_on_resume=added or None,
         device=str(dist.device),
