@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeppt.runs import atomic_write_text, read_jsonl
 from edgeppt.search.record import read_best
-from edgeppt.transfer.record import read_report
+from edgeppt.transfer.record import copies_note, read_report
 
 from .config import PipelineConfig, dump_yaml
 from .state import read_state
@@ -218,6 +218,8 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
                   f"images, {report['data']['test']} test images), method **{report['method']}**.\n")
         if report.get("auto"):
             md.append(f"`--method auto` chose it: {report['auto']['reason']}.\n")
+        if note := copies_note(report):
+            md.append(f"{note[0].upper()}{note[1:]}.\n")
         md.append(markdown_table([{"class": c, "accuracy %": round(100 * a, 1)}
                                   for c, a in report["per_class_accuracy"].items()]))
         md.append("\n![confusion matrix](confusion.png)\n")

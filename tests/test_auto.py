@@ -1292,13 +1292,16 @@ def test_test_images_that_copy_a_trained_image_are_counted_and_reported_apart(tm
         (f.parent / f"twin-{f.name}").write_bytes(f.read_bytes())
     cfg = TransferConfig(target=str(tmp_path / "target"), method="scratch", labels_per_class=4, test_fraction=0.5,
                          finetune_steps=20, arch="resnet_xs")
-    data = run_transfer(cfg, tmp_path / "run", progress=False)["data"]
+    lines: list[str] = []
+    data = run_transfer(cfg, tmp_path / "run", progress=False, log=lines.append)["data"]
     run = load_run(tmp_path / "run")
     labelled, test = run_data(run)
     twin = (test.x[:, None] - labelled.x[None]).abs().flatten(2).amax(2).min(1).values == 0
     assert data["test_copies_of_training"] == int(twin.sum()) > 0
     kept = test.subset((~twin).nonzero().flatten().tolist())
     assert data["test_accuracy_without_copies"] == pytest.approx(evaluate(run.model, kept)["accuracy"])
+    said = f"note: {int(twin.sum())} of the {len(test)} test images copy an image the model trained on"
+    assert any(line.startswith(said) for line in lines)
     _digit_folders(tmp_path / "plain", 15)
     data = run_transfer(cfg.model_copy(update={"target": str(tmp_path / "plain")}), tmp_path / "run2",
                         progress=False)["data"]

@@ -78,3 +78,14 @@ class TransferReport(BaseModel):
 def read_report(run_dir: str | Path) -> TransferReport | None:
     """The run's record; None when it has not finished. A file that is not one is a one-line error."""
     return read_record(Path(run_dir) / REPORT_FILE, TransferReport, "a transfer report", "re-run transfer")
+
+
+def copies_note(report: dict[str, Any]) -> str | None:
+    """The line that says how many test images copy an image the model trained on, where any do."""
+    data = report.get("data", {})
+    n = data.get("test_copies_of_training", 0)
+    if not n:
+        return None
+    alone = data.get("test_accuracy_without_copies")
+    return (f"{n} of the {data['test']} test images copy an image the model trained on (the target holds them "
+            "twice); test accuracy without them: " + (f"{alone:.1%}" if alone is not None else "none are left"))

@@ -49,7 +49,7 @@ from . import coverage, crossval
 from .methods import METHODS, pp_augment, supervised, supervised_settings
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import POOL_FIELDS, PseudoPool, make_pool
-from .record import REPORT_FILE, TransferReport
+from .record import REPORT_FILE, TransferReport, copies_note
 from .reverse import reverse_accuracy
 from .source_ft import source_model
 from .ssl import LabelProp, commonest_over_others, uneven_shares_warning
@@ -584,11 +584,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     result = evaluate(model, test)
     twins = _copies_of_training(model, test, labelled.x if real is None or not method.ssl else
                                 torch.cat([labelled.x, real]))
-    if twins["test_copies_of_training"] and log and dist.main:
-        alone = twins["test_accuracy_without_copies"]
-        log(f"note: {twins['test_copies_of_training']} of the {len(test)} test images copy an image the model "
-            "trained on (the target holds them twice); test accuracy without them: "
-            + (f"{alone:.1%}" if alone is not None else "none are left"))
+    if log and dist.main and (note := copies_note({"data": {"test": len(test), **twins}})):
+        log(f"note: {note}")
     model_info = {"arch": arch, "classes": labelled.classes, "in_chans": in_chans, "image_size": size,
                   "params": sum(p.numel() for p in model.parameters())}
     atomic_torch_save(out / MODEL_FILE, {**model_info, "state_dict": model.state_dict(),
