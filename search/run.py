@@ -32,6 +32,7 @@ from .latency_cache import LatencyCache
 from .ledger import Ledger
 from .proxy import ProxyData, evaluate_arch, prepare
 from .space import extreme_sample, sample_key, to_arch
+from .workers import check_workers, manager_ip, remote_service
 
 CONFIG_FILE = "search_config.json"
 
@@ -223,21 +224,6 @@ def _strategy(cfg: SearchConfig, ctx: SearchContext):
                                                            patience=cfg.max_rejections))
 
 
-def remote_service(cfg: SearchConfig):
-    """NNI's remote training service over `cfg.workers`: NNI's manager logs in over SSH and runs each trial there
-    (`search.run.nni_trial`, which reads the shared run directory); a trial lost with its worker is failed by NNI
-    and the search goes on with the others."""
-    from nni.experiment.config import RemoteConfig, RemoteMachineConfig
-
-    machines = [RemoteMachineConfig(host=w.host, port=w.port, user=w.user,
-                                    ssh_key_file=str(w.ssh_key_file.expanduser()), python_path=w.python_path)
-                for w in cfg.workers]
-    svc = RemoteConfig(machine_list=machines, reuse_mode=True)
-    if cfg.manager_ip:
-        svc.nni_manager_ip = cfg.manager_ip
-    return svc
-
-
 def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
     from nni.nas.evaluator import FunctionalEvaluator
     from nni.nas.experiment import NasExperiment, NasExperimentConfig
@@ -256,8 +242,8 @@ def _experiment(cfg: SearchConfig, ctx: SearchContext, out: Path):
         if cfg.engine == "remote":
             conf.training_service = remote_service(cfg)
             # NNI's trial dispatcher tells each worker's runner the manager's address from the experiment-level
-            # field, not the training service's; unset, it guesses an interface the workers may not reach.
-            conf.nni_manager_ip = cfg.manager_ip
+            # field, not the training service's (which NNI's remote service itself reads).
+            conf.nni_manager_ip = manager_ip(cfg)
 
     conf.experiment_working_directory = str((out / "nni").resolve())
     conf.experiment_name = out.name
@@ -285,10 +271,13 @@ def _run(exp, cfg: SearchConfig, out: Path) -> None:
     code.mkdir(parents=True, exist_ok=True)
     (code / "README").write_text("The trial code folder NNI copies to its workers: the trial is edgeppt's own "
                                  "(edgeppt.search.run.nni_trial), installed there.\n")  # NNI refuses an empty one
+    port = _free_port()
+    if cfg.engine == "remote":
+        check_workers(cfg, port, (out / "nni").resolve())
     here = os.getcwd()
     os.chdir(code)
     try:
-        exp.run(port=_free_port())
+        exp.run(port=port)
     finally:
         os.chdir(here)
 
@@ -387,8 +376,17 @@ def source_candidate(ctx: SearchContext) -> dict | None:
 
 
 def _free_port() -> int:
+    """A port p with p + 1 free too: NNI's manager serves on p and its trials' command channel on p + 1."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as s:
+                s.bind(("", port + 1))
+            return port
+        except OSError:
+            continue
+    raise EdgepptError("no two free neighbouring ports on this machine for NNI's manager")

@@ -266,6 +266,31 @@ def test_remote_training_service_runs_trials_on_ssh_workers(sshd, tmp_path):
         SearchConfig(device=str(prof), trials=1, engine="remote", **FAST)
 
 
+def test_a_worker_that_cannot_log_in_or_reach_this_machine_is_a_one_line_error_before_nni_starts(sshd, tmp_path):
+    """Before the experiment every worker logs in over SSH and connects back to NNI's two ports (held open here
+    meanwhile): a worker that cannot would leave NNI waiting for it forever. A manager_ip the worker cannot reach,
+    and a key the worker refuses, each stop the search with a line naming the worker, before NNI starts."""
+    import getpass
+
+    from edgeppt.search.workers import check_workers
+
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    worker = {"host": "127.0.0.1", "port": sshd.port, "user": getpass.getuser(), "ssh_key_file": str(sshd.identity),
+              "python_path": str(Path(sys.executable).parent)}
+    cfg = SearchConfig(device=str(prof), strategy="random", trials=1, engine="remote", workers=[worker],
+                       manager_ip="127.0.0.1", finalists=0, **FAST)
+    check_workers(cfg, 40123, tmp_path)  # reachable: no error
+    assert (tmp_path / "known_hosts").read_text().strip()  # the worker's host key, kept here, not in ~/.ssh
+    with pytest.raises(EdgepptError, match=r"worker .*127\.0\.0\.1.* cannot reach this machine at 203\.0\.113\.1:"):
+        run_search(cfg.model_copy(update={"manager_ip": "203.0.113.1"}), tmp_path / "far", progress=False)
+    assert not list((tmp_path / "far").rglob("nnimanager.log"))  # NNI never started
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    stranger = cfg.model_copy(update={"workers": [cfg.workers[0].model_copy(update={"ssh_key_file": other})]})
+    with pytest.raises(EdgepptError, match="the SSH login or its python3 failed"):
+        check_workers(stranger, 40123, tmp_path)
+
+
 @pytest.mark.parametrize("engine", ["local", "remote"])
 def test_a_lost_trial_is_retried(engine, request, tmp_path):
     """The first trial's process (NNI's local training service, or a trial process on an SSH worker) is killed
