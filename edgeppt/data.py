@@ -202,10 +202,12 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     if image_size is None:
         if len(sizes) > 1:
             listed = "; ".join(f"{h}x{w} (e.g. {p})" for (h, w), p in list(sizes.items())[:3])
-            raise NeedsImageSize(f"{root}: images have mixed sizes: {listed}. Pass an image size to resize them all.")
+            raise NeedsImageSize(f"{root}: images have mixed sizes: {listed}. Pass an image size to resize them "
+                                 "all (--set image_size=N)")
         (h, w), = sizes.keys() if sizes else [(0, 0)]
         if h != w:
-            raise NeedsImageSize(f"{root}: images are {h}x{w}, not square. Pass an image size to resize them.")
+            raise NeedsImageSize(f"{root}: images are {h}x{w}, not square. Pass an image size to resize them "
+                                 "(--set image_size=N)")
         image_size = h
     images = [_resize(a, image_size) for a in images]
     y = np.asarray(labels, np.int64)
