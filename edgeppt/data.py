@@ -515,11 +515,13 @@ def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) ->
 
 def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
     """Images from an array of (N,H,W), (N,C,H,W) or (N,H,W,C), as floats in [0, 1]."""
+    if x.ndim >= 1 and len(x) == 0:
+        raise EdgepptError(f"{where}: x holds no images (shape {x.shape})")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0 or not np.issubdtype(x.dtype, np.number):
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or not np.issubdtype(x.dtype, np.number):
         raise EdgepptError(f"{where}: x has shape {x.shape} ({x.dtype}); expected numbers of shape (N,H,W), "
                            "(N,C,H,W) or (N,H,W,C) with C in 1 or 3")
     xt = torch.from_numpy(np.ascontiguousarray(x)).float()

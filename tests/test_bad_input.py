@@ -202,6 +202,9 @@ CASES = [
          r"report\.json: not a folder of class folders"),
     Case("transfer-corrupt-npz", lambda w: transfer(w, target=str(w.tmp / "x.npz")),
          r"x\.npz: not a \.npz file", lambda w: (w.tmp / "x.npz").write_bytes(b"PK not a zip")),
+    Case("transfer-unlabeled-npz-of-no-images", lambda w: transfer(w, "--unlabeled", str(w.tmp / "u.npz")),
+         r"--unlabeled: .*u\.npz: x holds no images \(shape \(0, 28, 28\)\)",
+         lambda w: np.savez(w.tmp / "u.npz", x=np.zeros((0, 28, 28)))),
     Case("transfer-only-the-test-share-takes-the-labels", lambda w: transfer(w, target=str(w.tmp / "target")),
          r"class 'cat' has 2 images, and the 20% held out for testing leaves fewer than labels-per-class=2: give "
          r"test images with --test", two_labels_per_class_folder),
