@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -346,6 +347,146 @@ def _copies_of_training(model, test: ImageSet, trained: torch.Tensor) -> dict[st
             "test_accuracy_without_copies": evaluate(model, test.subset(kept))["accuracy"] if kept else None}
 
 
+def too_uneven(cfg: TransferConfig, shares: object) -> bool:
+    """auto's limit on the class shares the warm start predicts for the unlabelled images."""
+    return isinstance(shares, torch.Tensor) and bool(cfg.auto.uneven_shares) \
+        and commonest_over_others(shares) > cfg.auto.uneven_shares
+
+
+def disagrees(cfg: TransferConfig, first: object) -> bool:
+    """auto's limit on how well label propagation's first labels and the warm start's predictions agree."""
+    return isinstance(first, torch.Tensor) and first.item() < cfg.auto.agreement_min
+
+
+def build_phases(cfg: TransferConfig, name: str, model: ClassifierNet, labelled: ImageSet,
+                 bundle: SourceBundle | None, pool: PseudoPool | None, real: torch.Tensor | None,
+                 pp_weights: ClassifierNet | None, out: Path, device: torch.device, cache: Path | None,
+                 back: bool) -> list[Phase]:
+    """The target phases of method `name` after any pre-training: its labels-only or SSL phase (an SSL one after a
+    labels-only warm start), with the options that add a phase or change one (a first step, LP-FT's probe, EMA,
+    a supermask, the labels-only phase's cache). `back`: auto may go back to the warm start after the SSL phase."""
+    method = METHODS[name]
+    lr = cfg.lr * cfg.source_ft.lr_scale if method.source_net else cfg.lr
+    wd = (cfg.pssl.weight_decay if method.ssl else cfg.weight_decay) if method.weight_decay else 0.0
+    phases = [Phase(name.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool,
+                                                                             real if method.ssl else None), lr, wd)]
+    if pp_weights is not None and isinstance(phases[0].objective, LabelProp):
+        phases[0].objective.graph_model = (pp_weights,)
+    if method.first_step:
+        steps, first = method.first_step(cfg, phases[0].objective)
+        phases.insert(0, Phase(f"{name}_first", steps, first, cfg.lr, cfg.weight_decay, evaluate=False))
+    if method.ssl and cfg.pssl.warm_start:
+        # Warm start: the labels-only phase is named after the method it reproduces (scratch, or pp after PP),
+        # so its steps draw exactly what that method draws; the SSL phase then refines it at a lower rate.
+        warm = cfg.pssl.real_warm_steps if real is not None and cfg.pssl.real_warm_steps else cfg.finetune_steps
+        phases = [Phase("pp" if method.pretrain else "scratch", warm, supervised(cfg, labelled), cfg.lr,
+                        cfg.weight_decay),
+                  Phase(phases[0].name, cfg.pssl.real_steps if real is not None else cfg.pssl.steps,
+                        phases[0].objective,
+                        cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
+                        cfg.pssl.weight_decay)]
+    if back and (cfg.auto.reverse_check or cfg.auto.uneven_shares or cfg.auto.agreement_min):
+        # auto's way back (uneven classes, low agreement, the reverse check): the warm start is kept on disk (a
+        # resumed run still has it) to go back to
+        def keep_warm(m: torch.nn.Module) -> None:
+            atomic_torch_save(out / WARM_FILE, {"model": m.state_dict()})
+        phases[-2].on_end = keep_warm
+    if back:  # decided on the warm start's predictions, before the SSL phase trains
+        phases[-1].skip = lambda o: too_uneven(cfg, getattr(o, "lp_shares", None)) \
+            or disagrees(cfg, getattr(o, "lp_first_agree", None))
+    if cfg.probe_steps and method.pretrain:  # LP-FT: the new head first learns the PP features as they are
+        first = phases[0].objective
+        assert isinstance(first, Supervised), "after PP the target phases start with a supervised one"
+        first.new_head = False
+        phases.insert(0, Phase(f"{phases[0].name}_probe", cfg.probe_steps,
+                               Probe(labelled, cfg.batch_size, aug=cfg.augment), cfg.lr, cfg.weight_decay))
+    if cfg.ema and not cfg.supermask.enabled:  # (a supermask's scores are not weights to average)
+        for ph in phases:
+            ph.ema = 0.0 if ph.name.endswith(("_first", "_probe")) else ema_decay(cfg.ema, ph.steps)
+    if method.ssl and cfg.pssl.average and not cfg.supermask.enabled:
+        phases[-1].ema = ema_decay(cfg.pssl.average, phases[-1].steps)
+    if cfg.supermask.enabled:  # over seeded weights from scratch, over the PP (or C's) weights otherwise
+        attach(model, cfg.supermask, cfg.seed, seeded=not (method.pretrain or method.source_net))
+        phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)
+        phases[-1].steps = max(1, round(phases[-1].steps * cfg.supermask.steps_scale))
+    # The labels-only phase that scratch and pp end with and the SSL methods warm-start from: computed once per key
+    # and reused from the cache by every run (and row of a benchmark) that starts the same way. (Not under a
+    # supermask: its settings shape the phase's forward pass, and they are not in the key.)
+    if cache is not None and phases[0].name in ("scratch", "pp") and type(phases[0].objective) is Supervised \
+            and not cfg.supermask.enabled:
+        phases[0].cache = cache / f"phase-{_phase_key(cfg, model, labelled, phases[0], device)}.pt"
+    return phases
+
+
+def review_unlabelled(cfg: TransferConfig, phases: list[Phase], skipped: Collection[str], model: torch.nn.Module,
+                      real: torch.Tensor, classes: list[str], back: bool, info: dict, out: Path,
+                      log: Callable[[str], None] | None) -> str | None:
+    """After an SSL phase over real unlabelled images: record in `info["unlabeled"]` (and say to `log`) what label
+    propagation measured. Where auto may go back (`back`) and the warm start's predicted shares or agreement cross
+    auto's limits, load the warm start back into `model` and return its phase's name."""
+    went_back: str | None = None
+    shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
+    agree0 = getattr(phases[-1].objective, "lp_first_agree", None)
+    pp_agree = getattr(phases[-1].objective, "lp_pp_agree", None)
+    if isinstance(pp_agree, torch.Tensor) and pp_agree.item() >= 0:
+        used = bool(getattr(phases[-1].objective, "lp_pp_used", False))
+        info["unlabeled"]["pp_graph"] = {"agreement": pp_agree.item(), "limit": cfg.pssl.lp_graph_agree,
+                                         "used": used}
+        if log:
+            log(f"label propagation: PP's features {'joined' if used else 'stayed out of'} the graph: alone they "
+                f"spread the labels as the model's own features do on {pp_agree.item():.0%} of the unlabelled images "
+                f"({'at least' if used else 'under'} {cfg.pssl.lp_graph_agree:.0%}, pssl.lp_graph_agree)")
+    unreached = getattr(phases[-1].objective, "lp_unreached", None)
+    if cfg.pssl.lp_reach and isinstance(unreached, torch.Tensor):
+        info["unlabeled"]["unreached"] = {"share": unreached.item(), "limit": cfg.pssl.lp_reach,
+                                          "gap": cfg.pssl.lp_reach_gap}
+        if log and unreached.item() > 0:
+            log(f"label propagation: {unreached.item():.1%} of the unlabelled images left out: little of any label "
+                f"reaches them over the graph (under {cfg.pssl.lp_reach:.0%} of the 90th percentile of the images "
+                "given the same label, pssl.lp_reach, or below a wide gap in it, pssl.lp_reach_gap), as it does images "
+                "of none of the target's classes")
+    if isinstance(shares, torch.Tensor):
+        info["unlabeled"]["predicted_shares"] = dict(zip(classes, shares.tolist()))
+        if isinstance(agree0, torch.Tensor):
+            info["unlabeled"]["first_agreement"] = agree0.item()
+        uneven = commonest_over_others(shares)
+        if back and too_uneven(cfg, shares):
+            model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
+            went_back = phases[-2].name
+            info["uneven_shares"] = {"commonest_over_others": uneven, "limit": cfg.auto.uneven_shares,
+                                     "kept": went_back,
+                                     # untrained where decided before it (one process), else trained for nothing
+                                     "ssl_phase_skipped": phases[-1].name in skipped}
+            if log:
+                log(f"auto: went back to {went_back}, the labels-only warm start: the model predicts "
+                    f"{shares.max().item():.0%} of the unlabelled images are one class ({uneven:.1f} times as many "
+                    "as an average other class), where learning them cost accuracy (auto.uneven_shares)")
+        elif back and disagrees(cfg, agree0):
+            assert isinstance(agree0, torch.Tensor)
+            model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
+            went_back = phases[-2].name
+            info["low_agreement"] = {"agreement": agree0.item(), "limit": cfg.auto.agreement_min, "kept": went_back,
+                                     "ssl_phase_skipped": phases[-1].name in skipped}
+            if log:
+                log(f"auto: went back to {went_back}, the labels-only warm start: label propagation's labels agree "
+                    f"with its own predictions on only {agree0.item():.0%} of the unlabelled images (limit "
+                    f"{cfg.auto.agreement_min:.0%}): its features do not group them as the labels do "
+                    "(auto.agreement_min)")
+        elif log and cfg.pssl.lp_balance == "equal" and too_uneven(cfg, shares):  # as a warning
+            log(uneven_shares_warning(shares, classes))
+        if not {"uneven_shares", "low_agreement"} & info.keys():  # the SSL model kept: its own shares beside its
+            # warm start's (recorded for study, not used)
+            final = _predicted_shares(model, real)
+            info["unlabeled"]["final_shares"] = dict(zip(classes, final.tolist()))
+            info["unlabeled"]["commonest_over_others"] = {"warm_start": uneven, "final": commonest_over_others(final)}
+        if log and not back and disagrees(cfg, agree0):  # a method asked by name: a warning
+            assert isinstance(agree0, torch.Tensor)
+            log(f"warning: label propagation's first labels agree with the warm start's own predictions on only "
+                f"{agree0.item():.0%} of the unlabelled images (auto goes back to the warm start below "
+                f"{cfg.auto.agreement_min:.0%}): the features may not group them as the labels do")
+    return went_back
+
+
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
                  pp_cache: str | Path | None = None, log=None) -> dict:
     """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
@@ -439,64 +580,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         if log and 0 < cfg.max_unlabeled < offered:
             log(f"unlabelled images: a fixed random {len(real):,} of the {offered:,} given (max_unlabeled)")
 
-    lr = cfg.lr * cfg.source_ft.lr_scale if method.source_net else cfg.lr
-    wd = (cfg.pssl.weight_decay if method.ssl else cfg.weight_decay) if method.weight_decay else 0.0
-    phases = [Phase(name.replace("+", "_"), cfg.finetune_steps, method.target(cfg, labelled, bundle, pool,
-                                                                             real if method.ssl else None), lr, wd)]
-    if pp_weights is not None and isinstance(phases[0].objective, LabelProp):
-        phases[0].objective.graph_model = (pp_weights,)
-    if method.first_step:
-        steps, first = method.first_step(cfg, phases[0].objective)
-        phases.insert(0, Phase(f"{name}_first", steps, first, cfg.lr, cfg.weight_decay, evaluate=False))
-    if method.ssl and cfg.pssl.warm_start:
-        # Warm start: the labels-only phase is named after the method it reproduces (scratch, or pp after PP),
-        # so its steps draw exactly what that method draws; the SSL phase then refines it at a lower rate.
-        warm = cfg.pssl.real_warm_steps if real is not None and cfg.pssl.real_warm_steps else cfg.finetune_steps
-        phases = [Phase("pp" if method.pretrain else "scratch", warm,
-                        supervised(cfg, labelled), cfg.lr,
-                        cfg.weight_decay),
-                  Phase(phases[0].name, cfg.pssl.real_steps if real is not None else cfg.pssl.steps,
-                        phases[0].objective,
-                        cfg.lr * (cfg.pssl.real_lr_scale if real is not None else cfg.pssl.lr_scale),
-                        cfg.pssl.weight_decay)]
-    # auto's way back (uneven classes, the reverse check): the warm start is kept on disk (a resumed run still has
-    # it) to go back to
     back = (cfg.method == "auto" and method.ssl and real is not None and cfg.pssl.warm_start
-            and not cfg.supermask.enabled)
+            and not cfg.supermask.enabled)  # auto may go back to the labels-only warm start after the SSL phase
     check = back and cfg.auto.reverse_check
-    if back and (check or cfg.auto.uneven_shares or cfg.auto.agreement_min):
-        def keep_warm(m: torch.nn.Module) -> None:
-            atomic_torch_save(out / WARM_FILE, {"model": m.state_dict()})
-        phases[-2].on_end = keep_warm
-    def too_uneven(shares: object) -> bool:  # auto's limit on the warm start's predicted class shares
-        return isinstance(shares, torch.Tensor) and bool(cfg.auto.uneven_shares) \
-            and commonest_over_others(shares) > cfg.auto.uneven_shares
-    def disagrees(first: object) -> bool:  # auto's limit on how well propagation and warm start agree at first
-        return isinstance(first, torch.Tensor) and first.item() < cfg.auto.agreement_min
-    if back:  # decided on the warm start's predictions, before the SSL phase trains
-        phases[-1].skip = lambda o: too_uneven(getattr(o, "lp_shares", None)) \
-            or disagrees(getattr(o, "lp_first_agree", None))
-    if cfg.probe_steps and method.pretrain:  # LP-FT: the new head first learns the PP features as they are
-        first = phases[0].objective
-        assert isinstance(first, Supervised), "after PP the target phases start with a supervised one"
-        first.new_head = False
-        phases.insert(0, Phase(f"{phases[0].name}_probe", cfg.probe_steps,
-                               Probe(labelled, cfg.batch_size, aug=cfg.augment), cfg.lr, cfg.weight_decay))
-    if cfg.ema and not cfg.supermask.enabled:  # (a supermask's scores are not weights to average)
-        for ph in phases:
-            ph.ema = 0.0 if ph.name.endswith(("_first", "_probe")) else ema_decay(cfg.ema, ph.steps)
-    if method.ssl and cfg.pssl.average and not cfg.supermask.enabled:
-        phases[-1].ema = ema_decay(cfg.pssl.average, phases[-1].steps)
-    if cfg.supermask.enabled:  # over seeded weights from scratch, over the PP (or C's) weights otherwise
-        attach(model, cfg.supermask, cfg.seed, seeded=not (method.pretrain or method.source_net))
-        phases[-1].objective = Supermasked(phases[-1].objective, cfg.supermask, cfg.seed)
-        phases[-1].steps = max(1, round(phases[-1].steps * cfg.supermask.steps_scale))
-    # The labels-only phase that scratch and pp end with and the SSL methods warm-start from: computed once per key
-    # and reused from the cache by every run (and row of a benchmark) that starts the same way. (Not under a
-    # supermask: its settings shape the phase's forward pass, and they are not in the key.)
-    if cache is not None and phases[0].name in ("scratch", "pp") and type(phases[0].objective) is Supervised \
-            and not cfg.supermask.enabled:
-        phases[0].cache = cache / f"phase-{_phase_key(cfg, model, labelled, phases[0], dist.device)}.pt"
+    phases = build_phases(cfg, name, model, labelled, bundle, pool, real, pp_weights, out, dist.device, cache, back)
     if dist.main:
         pre = [{"name": "pretrain", "steps": cfg.pretrain_steps}] if method.pretrain else []
         atomic_write_json(out / PLAN_FILE, {"method": name, "auto": info.get("auto"), "notes": notes,
@@ -509,64 +596,11 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     timings["target"] = sum(trainer.timings.get(ph.name, 0.0) for ph in phases)
     if trainer.reused:
         info["reused_phases"] = trainer.reused
-    shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
-    agree0 = getattr(phases[-1].objective, "lp_first_agree", None)
-    pp_agree = getattr(phases[-1].objective, "lp_pp_agree", None)
-    if real is not None and method.ssl and isinstance(pp_agree, torch.Tensor) and pp_agree.item() >= 0:
-        used = bool(getattr(phases[-1].objective, "lp_pp_used", False))
-        info["unlabeled"]["pp_graph"] = {"agreement": pp_agree.item(), "limit": cfg.pssl.lp_graph_agree,
-                                         "used": used}
-        if log and dist.main:
-            log(f"label propagation: PP's features {'joined' if used else 'stayed out of'} the graph: alone they "
-                f"spread the labels as the model's own features do on {pp_agree.item():.0%} of the unlabelled images "
-                f"({'at least' if used else 'under'} {cfg.pssl.lp_graph_agree:.0%}, pssl.lp_graph_agree)")
-    unreached = getattr(phases[-1].objective, "lp_unreached", None)
-    if real is not None and method.ssl and cfg.pssl.lp_reach and isinstance(unreached, torch.Tensor):
-        info["unlabeled"]["unreached"] = {"share": unreached.item(), "limit": cfg.pssl.lp_reach,
-                                          "gap": cfg.pssl.lp_reach_gap}
-        if log and dist.main and unreached.item() > 0:
-            log(f"label propagation: {unreached.item():.1%} of the unlabelled images left out: little of any label "
-                f"reaches them over the graph (under {cfg.pssl.lp_reach:.0%} of the 90th percentile of the images "
-                "given the same label, pssl.lp_reach, or below a wide gap in it, pssl.lp_reach_gap), as it does images "
-                "of none of the target's classes")
-    if real is not None and method.ssl and isinstance(shares, torch.Tensor):
-        info["unlabeled"]["predicted_shares"] = dict(zip(labelled.classes, shares.tolist()))
-        if isinstance(agree0, torch.Tensor):
-            info["unlabeled"]["first_agreement"] = agree0.item()
-        uneven = commonest_over_others(shares)
-        if back and too_uneven(shares):
-            model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
-            name, check = phases[-2].name, False
-            info["uneven_shares"] = {"commonest_over_others": uneven, "limit": cfg.auto.uneven_shares, "kept": name,
-                                     # untrained where decided before it (one process), else trained for nothing
-                                     "ssl_phase_skipped": phases[-1].name in trainer.skipped}
-            if log and dist.main:
-                log(f"auto: went back to {name}, the labels-only warm start: the model predicts "
-                    f"{shares.max().item():.0%} of the unlabelled images are one class ({uneven:.1f} times as many "
-                    "as an average other class), where learning them cost accuracy (auto.uneven_shares)")
-        elif back and disagrees(agree0):
-            assert isinstance(agree0, torch.Tensor)
-            model.load_state_dict(load_checkpoint(out / WARM_FILE)["model"])
-            name, check = phases[-2].name, False
-            info["low_agreement"] = {"agreement": agree0.item(), "limit": cfg.auto.agreement_min, "kept": name,
-                                     "ssl_phase_skipped": phases[-1].name in trainer.skipped}
-            if log and dist.main:
-                log(f"auto: went back to {name}, the labels-only warm start: label propagation's labels agree with "
-                    f"its own predictions on only {agree0.item():.0%} of the unlabelled images (limit "
-                    f"{cfg.auto.agreement_min:.0%}): its features do not group them as the labels do "
-                    "(auto.agreement_min)")
-        elif log and dist.main and cfg.pssl.lp_balance == "equal" and too_uneven(shares):  # as a warning
-            log(uneven_shares_warning(shares, labelled.classes))
-        if not {"uneven_shares", "low_agreement"} & info.keys():  # the SSL model kept: its own shares beside its
-            # warm start's (recorded for study, not used)
-            final = _predicted_shares(model, real)
-            info["unlabeled"]["final_shares"] = dict(zip(labelled.classes, final.tolist()))
-            info["unlabeled"]["commonest_over_others"] = {"warm_start": uneven, "final": commonest_over_others(final)}
-        if log and dist.main and not back and disagrees(agree0):  # a method asked by name: a warning
-            assert isinstance(agree0, torch.Tensor)
-            log(f"warning: label propagation's first labels agree with the warm start's own predictions on only "
-                f"{agree0.item():.0%} of the unlabelled images (auto goes back to the warm start below "
-                f"{cfg.auto.agreement_min:.0%}): the features may not group them as the labels do")
+    if real is not None and method.ssl:
+        went_back = review_unlabelled(cfg, phases, trainer.skipped, model, real, labelled.classes, back, info, out,
+                                      log if dist.main else None)
+        if went_back:
+            name, check = went_back, False
     timings["total"] = time.perf_counter() - t0
     if not dist.main:
         return {}
