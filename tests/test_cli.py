@@ -43,6 +43,9 @@ def test_resume_of_a_run_an_earlier_version_started_names_the_settings_it_lacked
     report = json.loads((out / "report.json").read_text())
     assert report["added_on_resume"] == {"pssl.lp_reach_gap": 8.0, "max_unlabeled": 10000}
     assert json.loads((out / "config.json").read_text())["pssl"]["lp_reach_gap"] == 8.0  # named from now on
+    res = runner.invoke(app, ["transfer", "--resume", str(out), "--quiet"])  # resumed again: still recorded
+    assert res.exit_code == 0 and "earlier edgeppt" not in res.output
+    assert json.loads((out / "report.json").read_text())["added_on_resume"] == report["added_on_resume"]
     res = runner.invoke(app, ["transfer", "--resume", str(out), "--quiet", "--set", "pssl.lp_reach=0.5"])
     assert res.exit_code == 2 and "pssl.lp_reach: run has 0.3, now 0.5" in " ".join(res.output.split())
 

@@ -58,6 +58,7 @@ from .supermask import Supermasked, attach, finish, update_size
 
 CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
 WARM_FILE = "warm_start.pt"  # the SSL methods' labels-only warm start, kept for auto's reverse check
+ADDED_FILE = "added_on_resume.json"  # settings an earlier edgeppt's run lacked, kept across resumes for the report
 PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
 
 
@@ -500,6 +501,13 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     added = _check_resume(cfg, out) if resume else {}
     if added and log and dist.main:
         log(added_settings_warning(out, added))
+    if resume and (out / ADDED_FILE).is_file():  # added at an earlier resume (config.json names them since)
+        try:
+            added = {**json.loads((out / ADDED_FILE).read_text()), **added}
+        except (OSError, ValueError, TypeError):  # damaged: only the report's record of them is lost
+            pass
+    if added and dist.main:
+        atomic_write_json(out / ADDED_FILE, added)
     if not resume and ((out / REPORT_FILE).exists() or (out / CHECKPOINT_FILE).exists()):
         raise EdgepptError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if cfg.needs_source() and cfg.source is None:
