@@ -1300,7 +1300,8 @@ def test_test_images_that_copy_a_trained_image_are_counted_and_reported_apart(tm
     assert data["test_copies_of_training"] == int(twin.sum()) > 0
     kept = test.subset((~twin).nonzero().flatten().tolist())
     assert data["test_accuracy_without_copies"] == pytest.approx(evaluate(run.model, kept)["accuracy"])
-    said = f"note: {int(twin.sum())} of the {len(test)} test images copy an image the model trained on"
+    n = int(twin.sum())
+    said = f"note: {n} of the {len(test)} test images {'copies' if n == 1 else 'copy'} an image the model trained on"
     assert any(line.startswith(said) for line in lines)
     _digit_folders(tmp_path / "plain", 15)
     data = run_transfer(cfg.model_copy(update={"target": str(tmp_path / "plain")}), tmp_path / "run2",

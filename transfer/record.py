@@ -87,5 +87,6 @@ def copies_note(report: dict[str, Any]) -> str | None:
     if not n:
         return None
     alone = data.get("test_accuracy_without_copies")
-    return (f"{n} of the {data['test']} test images copy an image the model trained on (the target holds them "
-            "twice); test accuracy without them: " + (f"{alone:.1%}" if alone is not None else "none are left"))
+    return (f"{n} of the {data['test']} test images {'copies' if n == 1 else 'copy'} an image the model trained on "
+            f"(the target holds {'it' if n == 1 else 'them'} twice); test accuracy without "
+            f"{'it' if n == 1 else 'them'}: " + (f"{alone:.1%}" if alone is not None else "none are left"))
