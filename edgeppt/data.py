@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
@@ -406,48 +405,23 @@ def held_out_split(target: ImageSet, test_fraction: float, labels_per_class: int
     return train, test
 
 
-COPY_LEVELS = 6  # at most this many 8-bit levels apart in every window's brightness: a copy (benchmarks/copies.py)
-COPY_FLOOR_DB = 20.0  # and at least this close over all pixels (colour and texture included)
+def pixel_keys(x: torch.Tensor) -> list[bytes]:
+    """A digest of each image's 8-bit pixels: the same picture read from any file format gives the same key."""
+    return [hashlib.blake2b((t * 255).round().to(torch.uint8).numpy().tobytes(), digest_size=16).digest() for t in x]
 
 
-def _brightness_windows(x: torch.Tensor) -> torch.Tensor:
-    """Each image's mean brightness over windows of w x w pixels, w = side // 8 (at most 4). A re-encoded or
-    rescaled copy moves single pixels, but hardly any window's mean; a distinct picture moves some window's,
-    however small the object that differs (docs/transfer.md, "Unlabelled target images")."""
-    side = x.shape[-1]
-    w = min(4, max(1, side // 8))
-    return F.adaptive_avg_pool2d(x.float().mean(1, keepdim=True), side // w).flatten(1)
-
-
-def near_copies(x: torch.Tensor, ref: torch.Tensor, levels: float = COPY_LEVELS, floor_db: float = COPY_FLOOR_DB,
-                checked: int = 8) -> torch.Tensor:
-    """Which of the images `x` (N, C, H, W in [0, 1]) are a copy of one of `ref` (same shape): the same picture
-    re-encoded, rescaled or saved twice. Within `levels` / 255 of it in every window's brightness, and within
-    `floor_db` PSNR over all pixels. The `checked` nearest candidates by window brightness are compared."""
-    found = torch.zeros(len(x), dtype=torch.bool)
-    if len(x) == 0 or len(ref) == 0:
-        return found
-    wx, wr = _brightness_windows(x), _brightness_windows(ref)
-    limit, floor = levels / 255, 10 ** (-floor_db / 10)
-    chunk = max(16, min(512, 2 ** 24 // x[0].numel()))  # rows at a time: bounds the full-pixel comparison's memory
-    for i in range(0, len(x), chunk):
-        # a window apart by more than `limit` puts the mean squared difference above limit^2 / windows
-        d = torch.cdist(wx[i:i + chunk], wr).square()
-        near, idx = d.topk(min(checked, len(ref)), dim=1, largest=False)
-        xs = x[i:i + chunk].float()
-        for k in range(idx.shape[1]):
-            maybe = near[:, k] <= limit ** 2 * wx.shape[1]
-            if not maybe.any():
-                break
-            windows = (wx[i:i + chunk] - wr[idx[:, k]]).abs().amax(1) <= limit
-            full = (xs - ref[idx[:, k]].float()).square().flatten(1).mean(1) <= floor
-            found[i:i + chunk] |= maybe & windows & full
-    return found
+def exact_copies(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Which of the images `x` have the same 8-bit pixels as one of `ref`: the same picture, whatever file held it
+    (PNG, BMP, lossless WebP, ...). Only exact copies count. A re-encoded copy (JPEG) differs from its picture by as
+    much as a device camera's distinct frames differ from one another, so a looser rule would take a dim fixed
+    camera's own pictures for copies and drop them (benchmarks/copies.py, docs/transfer.md)."""
+    seen = set(pixel_keys(ref))
+    return torch.tensor([k in seen for k in pixel_keys(x)], dtype=torch.bool)
 
 
 def without_test_images(target: ImageSet, test: ImageSet, spec: str) -> ImageSet:
     """The target less any image that is also one of the separate test set's: the test split only reports."""
-    keep = (~near_copies(target.x, test.x)).nonzero().flatten().tolist()
+    keep = (~exact_copies(target.x, test.x)).nonzero().flatten().tolist()
     if not keep:
         raise EdgepptError(f"--test {spec}: every target image is also a test image; give test images apart from "
                            "the target's, or leave --test out to hold out a share of the target")

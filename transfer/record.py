@@ -25,7 +25,7 @@ class DataSummary(BaseModel):
     labelled: int
     test: int
     skipped_files: list[str] = []
-    # test images that copy an image the model trained on (the target's own twins: edgeppt.data.near_copies), and
+    # test images that copy an image the model trained on (the same pixels: edgeppt.data.exact_copies), and
     # the test accuracy without them
     test_copies_of_training: int = 0
     test_accuracy_without_copies: float | None = None

@@ -18,12 +18,12 @@ from edgeppt.config import TransferConfig, validate
 from edgeppt.data import (
     DataRecord,
     ImageSet,
+    exact_copies,
     few_shot,
     held_out_split,
     load_dataset,
     load_target,
     load_unlabeled,
-    near_copies,
     reshape_images,
     subsample,
     without_test_images,
@@ -136,7 +136,7 @@ def unlabeled_images(cfg: TransferConfig, labelled: ImageSet, test: ImageSet, re
         x, skipped, offered = load_unlabeled(cfg.unlabeled, labelled.shape[1], labelled.shape[0], cfg.max_unlabeled)
     except EdgepptError as e:
         raise EdgepptError(f"--unlabeled: {e}") from e
-    copies = {"test": near_copies(x, test.x), "labelled": near_copies(x, labelled.x)}
+    copies = {"test": exact_copies(x, test.x), "labelled": exact_copies(x, labelled.x)}
     dropped = {name: int(c.sum()) for name, c in copies.items()}
     keep = ~(copies["test"] | copies["labelled"])
     if not keep.any():
@@ -339,7 +339,7 @@ def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.
 def _copies_of_training(model, test: ImageSet, trained: torch.Tensor) -> dict[str, Any]:
     """How many test images copy one the model trained on (a target folder may hold a picture twice, and the
     held-out split can put one copy on each side), and the test accuracy without them: reported, never used."""
-    copies = near_copies(test.x, trained)
+    copies = exact_copies(test.x, trained)
     n = int(copies.sum())
     if not n:
         return {"test_copies_of_training": 0}
