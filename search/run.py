@@ -387,6 +387,6 @@ def _free_port() -> int:
             with socket.socket() as s:
                 s.bind(("", port + 1))
             return port
-        except OSError:
+        except (OSError, OverflowError):  # taken, or port 65535 (no neighbour)
             continue
     raise EdgepptError("no two free neighbouring ports on this machine for NNI's manager")

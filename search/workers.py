@@ -13,13 +13,15 @@ from edgeppt.config import RemoteWorker, SearchConfig
 from edgeppt.errors import EdgepptError
 from edgeppt.remote import ssh_command
 
-# Run on the worker by its python: connect to each port, print what failed (nothing when all connect).
+# Run on the worker by its python: connect to each port, print a marked line for each that fails (a login shell's
+# own output, e.g. from ~/.bashrc, is not mistaken for one).
+_MARK = "edgeppt-unreachable "
 _PROBE = ("import socket, sys\n"
           "for port in sys.argv[2:]:\n"
           "    try:\n"
           "        socket.create_connection((sys.argv[1], int(port)), timeout=10).close()\n"
           "    except OSError as e:\n"
-          "        print(f'{sys.argv[1]}:{port}: {e.strerror or type(e).__name__}')\n")
+          f"        print('{_MARK}' + f'{{sys.argv[1]}}:{{port}}: {{e.strerror or type(e).__name__}}')\n")
 
 
 def manager_ip(cfg: SearchConfig) -> str:
@@ -28,7 +30,11 @@ def manager_ip(cfg: SearchConfig) -> str:
         return cfg.manager_ip
     from nni.experiment.config.utils import get_ipv4_address  # NNI's own guess: the check tests what NNI uses
 
-    return get_ipv4_address()
+    try:
+        return get_ipv4_address()
+    except OSError as e:
+        raise EdgepptError(f"engine remote: cannot tell this machine's address ({e.strerror or e}); set manager_ip "
+                           "to the address the workers reach it at") from None
 
 
 def remote_service(cfg: SearchConfig):
@@ -46,10 +52,12 @@ def remote_service(cfg: SearchConfig):
 
 
 def _probe_command(w: RemoteWorker, known_hosts: Path, ip: str, ports: list[int]) -> list[str]:
-    # NNI's own SSH client checks no host key; this check keeps the keys it meets in the run directory, not in
-    # the user's ~/.ssh/known_hosts.
+    # Log in as NNI's own SSH client does: this key only, no ~/.ssh/config (no agent keys, aliases or jump hosts).
+    # NNI checks no host key; the keys met here are kept in the run directory, not in ~/.ssh/known_hosts.
     ssh = ssh_command(f"{w.user}@{w.host}", w.port, w.ssh_key_file.expanduser(),
-                      ["StrictHostKeyChecking=accept-new", f"UserKnownHostsFile={known_hosts}"])
+                      ["IdentitiesOnly=yes", "IdentityAgent=none", "StrictHostKeyChecking=accept-new",
+                       f'UserKnownHostsFile="{known_hosts}"'])
+    ssh[1:1] = ["-F", "/dev/null"]
     path = f"PATH={shlex.quote(w.python_path)}:$PATH " if w.python_path else ""
     return [*ssh, f"{path}python3 -c {shlex.quote(_PROBE)} {shlex.quote(ip)} " + " ".join(map(str, ports))]
 
@@ -61,10 +69,13 @@ def check_workers(cfg: SearchConfig, port: int, run_dir: Path) -> None:
     ip = manager_ip(cfg)
     ports = [port, port + 1]
     known_hosts = run_dir / "known_hosts"
+    run_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         for p in ports:
-            s = stack.enter_context(socket.create_server(("", p)))
-            s.listen()
+            try:
+                stack.enter_context(socket.create_server(("", p)))
+            except OSError as e:
+                raise EdgepptError(f"engine remote: cannot listen on port {p} ({e.strerror or e})") from None
         for w in cfg.workers:
             who = f"worker {w.user}@{w.host}:{w.port}"
             try:
@@ -75,6 +86,7 @@ def check_workers(cfg: SearchConfig, port: int, run_dir: Path) -> None:
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
                 raise EdgepptError(f"{who}: the SSH login or its python3 failed ({last})")
-            if done.stdout.strip():
-                raise EdgepptError(f"{who} cannot reach this machine at {done.stdout.strip().splitlines()[0]}; set "
-                                   "manager_ip to this machine's address as the workers reach it")
+            failed = [ln[len(_MARK):] for ln in done.stdout.splitlines() if ln.startswith(_MARK)]
+            if failed:
+                raise EdgepptError(f"{who} cannot reach this machine at {failed[0]}; set manager_ip to this "
+                                   "machine's address as the workers reach it")

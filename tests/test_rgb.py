@@ -49,11 +49,11 @@ def test_rgb_source_train_transfer_and_export(tmp_path: Path, side: int):
     cfg = TransferConfig(source=bundle, target=str(target), method="pp+pssl", arch="resnet_xs", labels_per_class=3,
                          pretrain_steps=3, finetune_steps=3, pretrain_batch=8, batch_size=8,
                          eval_every=100, checkpoint_every=100, pssl={"pool_size": 16, "real_steps": 2})
-    import resource
+    from edgeppt.runs import peak_rss_mib
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mib()
     report = run_transfer(cfg, tmp_path / "run", progress=False)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after = peak_rss_mib()
     assert report["model"]["in_chans"] == 3 and report["model"]["image_size"] == side
     assert before - 0.1 <= report["peak_rss_mib"] <= after + 0.1  # this process's peak as the run ended
     assert report["source"]["runtime"] == "onnx"

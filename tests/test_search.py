@@ -272,6 +272,7 @@ def test_a_worker_that_cannot_log_in_or_reach_this_machine_is_a_one_line_error_b
     and a key the worker refuses, each stop the search with a line naming the worker, before NNI starts."""
     import getpass
 
+    from edgeppt.search.run import _free_port
     from edgeppt.search.workers import check_workers
 
     prof = predicted_profile(tmp_path, latency_ms=1.0)
@@ -279,8 +280,17 @@ def test_a_worker_that_cannot_log_in_or_reach_this_machine_is_a_one_line_error_b
               "python_path": str(Path(sys.executable).parent)}
     cfg = SearchConfig(device=str(prof), strategy="random", trials=1, engine="remote", workers=[worker],
                        manager_ip="127.0.0.1", finalists=0, **FAST)
-    check_workers(cfg, 40123, tmp_path)  # reachable: no error
+    check_workers(cfg, _free_port(), tmp_path)  # reachable: no error
     assert (tmp_path / "known_hosts").read_text().strip()  # the worker's host key, kept here, not in ~/.ssh
+    # a login that prints its own lines (a greeting in the worker's shell setup), into a folder with a space
+    chatty = tmp_path / "chatty bin"
+    chatty.mkdir()
+    (chatty / "python3").write_text(f'#!/bin/sh\necho "welcome to the worker"\nexec "{sys.executable}" "$@"\n')
+    (chatty / "python3").chmod(0o755)
+    talker = cfg.model_copy(update={"workers": [cfg.workers[0].model_copy(update={"python_path": str(chatty)})]})
+    (tmp_path / "run dir").mkdir()
+    check_workers(talker, _free_port(), tmp_path / "run dir")
+    assert (tmp_path / "run dir" / "known_hosts").is_file()
     with pytest.raises(EdgepptError, match=r"worker .*127\.0\.0\.1.* cannot reach this machine at 203\.0\.113\.1:"):
         run_search(cfg.model_copy(update={"manager_ip": "203.0.113.1"}), tmp_path / "far", progress=False)
     assert not list((tmp_path / "far").rglob("nnimanager.log"))  # NNI never started
@@ -288,7 +298,7 @@ def test_a_worker_that_cannot_log_in_or_reach_this_machine_is_a_one_line_error_b
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     stranger = cfg.model_copy(update={"workers": [cfg.workers[0].model_copy(update={"ssh_key_file": other})]})
     with pytest.raises(EdgepptError, match="the SSH login or its python3 failed"):
-        check_workers(stranger, 40123, tmp_path)
+        check_workers(stranger, _free_port(), tmp_path)
 
 
 @pytest.mark.parametrize("engine", ["local", "remote"])

@@ -66,8 +66,9 @@ def test_train_writes_bundle(trained: Path):
     _, test = train_test_split(load_dataset(cfg.data, cfg.image_size), cfg.test_fraction, cfg.seed)
     logits, _ = b.classify(test.x)
     assert info["classifier_test_size"] == len(test)
+    # (recorded from the torch classifier, recomputed from the shipped ONNX one: one image may fall either way)
     assert info["classifier_test_accuracy"] == pytest.approx((logits.argmax(1) == test.y).float().mean().item(),
-                                                             abs=1e-4)
+                                                             abs=1 / len(test) + 1e-4)
     assert info["command"].startswith("edgeppt source train --data digits")
     assert set(b.manifest.files) == {"generator.onnx", "classifier.onnx", "samples.png", "README.md"}
     assert (trained / "samples.png").is_file() and (trained / "README.md").is_file()

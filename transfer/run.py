@@ -508,6 +508,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             pass
     if added and dist.main:
         atomic_write_json(out / ADDED_FILE, added)
+    elif not resume and dist.main:
+        (out / ADDED_FILE).unlink(missing_ok=True)  # a new run in a folder an unfinished one left: not its record
     if not resume and ((out / REPORT_FILE).exists() or (out / CHECKPOINT_FILE).exists()):
         raise EdgepptError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if cfg.needs_source() and cfg.source is None:
