@@ -343,7 +343,7 @@ def read_yaml(path: str | Path, what: str) -> object:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise EdgepptError(f"cannot read {what} {path}: {e.problem or e.context}{where}") from e
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise EdgepptError(f"cannot read {what} {path}: {' '.join(str(e).split())}") from e
 
 

@@ -43,13 +43,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def check_writable(out: str | Path) -> None:
+    """Fail at once, in one line, where `out` cannot be written (a read-only place), before minutes of work."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise EdgepptError(f"cannot write {out}: {e.strerror or e}") from None
+
+
 @contextmanager
 def staged_folder(out: str | Path) -> Iterator[Path]:
     """A temporary folder beside `out` that replaces `out` whole when the block finishes without an error, so a
     failed write never leaves half a folder and a folder never mixes with an earlier one's files."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise EdgepptError(f"cannot write {out}: {e.strerror or e}") from None
     try:
         yield tmp
         if out.exists():

@@ -39,9 +39,10 @@ def check_replaceable(path: Path) -> None:
 
 def _is_bundle(path: Path) -> bool:
     try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError):
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return False
+    return isinstance(m, dict) and m.get("format") == FORMAT
 
 
 @contextmanager
@@ -111,13 +112,18 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise EdgepptError(f"{path}: not an export bundle (no {MANIFEST})")
     try:
         m = json.loads((path / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not UTF-8
         raise EdgepptError(f"{path / MANIFEST}: not valid JSON ({e})") from e
+    if not isinstance(m, dict):
+        raise EdgepptError(f"{path / MANIFEST}: not a JSON object")
     if m.get("format") != FORMAT:
         raise EdgepptError(f"{path / MANIFEST}: format is {m.get('format')!r}, expected {FORMAT!r}")
     if m.get("version") != VERSION:
         raise EdgepptError(f"{path / MANIFEST}: bundle version {m.get('version')} is not supported "
                            f"(this edgeppt reads {VERSION})")
+    missing = [k for k in runner.MANIFEST_KEYS if k not in m]
+    if missing:
+        raise EdgepptError(f"{path / MANIFEST}: lacks {', '.join(missing)}")
     return m
 
 

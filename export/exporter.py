@@ -22,7 +22,7 @@ from edgeppt.cpu_int8 import int8_instructions
 from edgeppt.devices import DEFAULT_DEVICE, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.macs import onnx_macs
-from edgeppt.runs import atomic_write_bytes
+from edgeppt.runs import atomic_write_bytes, check_writable
 from edgeppt.signing import public_key_beside, sign_folder
 
 from . import bundle as B
@@ -229,6 +229,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
     opts = validate(ExportOptions, settings, "export settings")
     run = load_run(run_dir)
     out = Path(out) if out else Path("dist") / run.path.resolve().name
+    B.check_replaceable(out)  # before minutes of work, as the staging below will
+    check_writable(out)
     if calibration_images is not None:
         Q.check_calibration(calibration_images, run.input_shape)  # fail before minutes of work
     labelled, test = run_data(run)

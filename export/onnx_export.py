@@ -63,13 +63,17 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         ckpt = load_checkpoint(ckpt_path)
     except Exception as e:  # torch raises assorted types for a truncated or foreign file
         raise EdgepptError(f"{ckpt_path}: cannot load the model checkpoint: {e}") from e
+    if not isinstance(ckpt, dict):
+        raise EdgepptError(f"{ckpt_path}: not an edgeppt model (holds a {type(ckpt).__name__}, not a dict)")
     missing = [k for k in ("arch", "classes", "in_chans", "image_size", "state_dict") if k not in ckpt]
     if missing:
         raise EdgepptError(f"{ckpt_path}: not an edgeppt model (lacks {missing})")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise EdgepptError(f"{ckpt_path}: its state_dict is a {type(ckpt['state_dict']).__name__}, not a dict")
     model = create_model(ckpt["arch"], len(ckpt["classes"]), int(ckpt["in_chans"]))
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError) as e:
         raise EdgepptError(f"{ckpt_path}: weights do not fit the saved architecture: {e}") from e
     record = read_report(run_dir)  # transfer's published record of the run
     report: dict[str, Any] = record.model_dump(mode="json") if record else {}

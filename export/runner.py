@@ -58,6 +58,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+MANIFEST_KEYS = ("files", "artifacts", "classes", "preprocess")  # what verify requires: classify and bench read them
+
+
 def load_manifest(root: Path = HERE) -> dict[str, Any]:
     return json.loads((Path(root) / MANIFEST).read_text())
 
@@ -69,8 +72,13 @@ def verify(root: Path = HERE, trusted_keys: list[Path] | None = None) -> list[st
     root = Path(root)
     try:
         manifest = load_manifest(root)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         return [f"cannot read {MANIFEST}: {e}"]
+    if not isinstance(manifest, dict):
+        return [f"{MANIFEST} is not a JSON object"]
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        return [f"{MANIFEST} lacks {', '.join(missing)}"]
     problems = verify_signature(root, list(trusted_keys or []), sorted(KEYRING.glob("*.pub")))
     for name, digest in manifest.get("files", {}).items():
         f = root / name

@@ -26,7 +26,7 @@ from edgeppt.runs import atomic_write_json, atomic_write_text, resume_conflicts
 
 from .config import STAGE_NAMES, PipelineConfig, dump_yaml
 from .report import write_report
-from .stages import STAGE_BY_NAME, bundle_fingerprint, data_fingerprint, input_key
+from .stages import STAGE_BY_NAME, bundle_fingerprint, data_fingerprint, input_key, search_config, transfer_config
 from .state import CONFIG_FILE, LOCK_FILE, STATE_FILE, read_state
 
 __all__ = ["CONFIG_FILE", "STATE_FILE", "is_locked", "preflight", "read_state", "run_lock", "run_pipeline"]
@@ -108,10 +108,14 @@ def _recorded(record: dict, state: dict, run: Path) -> Iterator[None]:
 
 
 def preflight(cfg: PipelineConfig) -> None:
-    """Fail in a second, before any run directory is made, on inputs that cannot be read."""
+    """Fail in a second, before any run directory is made, on inputs that cannot be read, and on stage settings
+    that their stage would refuse (its rules across fields, e.g. engine remote needs workers)."""
     bundle_fingerprint(cfg.source)
     data_fingerprint(cfg.target)
     data_fingerprint(cfg.test)
+    if cfg.search.enabled:
+        search_config(cfg, Path("search"))
+    transfer_config(cfg, Path("."))
 
 
 def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bool, progress: bool,

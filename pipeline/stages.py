@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeppt.config import SearchConfig, TransferConfig
+from edgeppt.config import SearchConfig, TransferConfig, validate
 from edgeppt.data import BUILTIN
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, sha256_file
@@ -88,7 +88,7 @@ def search_config(cfg: PipelineConfig, out: Path) -> SearchConfig:
               "auto": cfg.transfer.auto if cfg.transfer.method == "auto" else
               cfg.transfer.auto.model_copy(update=augment_rules.OFF)}
     settings.update({k: v for k, v in shared.items() if k in SearchConfig.model_fields})
-    return SearchConfig(**settings)
+    return validate(SearchConfig, settings, "pipeline.yaml search")
 
 
 def _search_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
     settings.update(source=cfg.source, target=cfg.target, test=cfg.test, test_fraction=cfg.test_fraction,
                     labels_per_class=cfg.labels_per_class, augment=cfg.augment,
                     seed=cfg.seed, threads=cfg.threads, trusted_keys=cfg.trusted_keys, trust_code=cfg.trust_code)
-    return TransferConfig(**settings)
+    return validate(TransferConfig, settings, "pipeline.yaml transfer")
 
 
 def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:

@@ -17,6 +17,8 @@ def read_state(run: str | Path) -> dict[str, Any]:
     """Per stage: its input key, the settings it ran with, status, seconds and summary (empty before any run)."""
     p = Path(run) / STATE_FILE
     try:
-        return json.loads(p.read_text()) if p.is_file() else {"stages": {}}
-    except json.JSONDecodeError:  # never half-written (atomic), but a hand edit could break it
-        return {"stages": {}}
+        state = json.loads(p.read_text()) if p.is_file() else {}
+    except ValueError:  # never half-written (atomic), but a hand edit could break it
+        state = {}
+    ok = isinstance(state, dict) and isinstance(state.get("stages"), dict)
+    return state if ok else {"stages": {}}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -186,6 +187,16 @@ def ssh_wrong_key(w: World) -> list[str]:
             "--remote-dir", str(w.tmp / "device")]
 
 
+def bundle_copy(w: World, change: Callable[[Path], object]) -> None:
+    shutil.copytree(w.dist, w.tmp / "b")
+    change(w.tmp / "b")
+
+
+def model_file(w: World, content: object) -> None:
+    (w.tmp / "r").mkdir()
+    torch.save(content, w.tmp / "r" / "model.pt")
+
+
 def pipeline_outputs(w: World) -> list[Path]:
     return [w.pipeline / "transfer", w.pipeline / "export"]
 
@@ -297,6 +308,18 @@ CASES = [
     Case("bench-tampered-bundle", lambda w: ["bench", str(w.tmp / "b"), "--runs", "1"],
          r"labels\.txt: sha256 differs from the manifest",
          lambda w: shutil.copytree(w.dist, w.tmp / "b") and (w.tmp / "b" / "labels.txt").write_text("x\n")),
+    Case("bench-manifest-not-an-object", lambda w: ["bench", str(w.tmp / "b"), "--runs", "1"],
+         r"manifest\.json: not a JSON object",
+         lambda w: bundle_copy(w, lambda b: (b / "manifest.json").write_text("[]"))),
+    Case("bench-manifest-without-preprocess", lambda w: ["bench", str(w.tmp / "b"), "--runs", "1"],
+         r"manifest\.json: lacks preprocess",
+         lambda w: bundle_copy(w, lambda b: w.manifest(b, drop="preprocess"))),
+    Case("export-model-pt-not-a-dict", lambda w: ["export", str(w.tmp / "r"), "--out", str(w.tmp / "e")],
+         r"model\.pt: not an edgeppt model \(holds a Tensor, not a dict\)",
+         lambda w: model_file(w, torch.zeros(3))),
+    Case("export-out-cannot-be-written",
+         lambda w: ["export", str(w.run), "--formats", "onnx", "--out", "/proc/edgeppt-dist"],
+         r"cannot write /proc/edgeppt-dist: ", keep=lambda w: [w.run]),
     Case("deploy-nothing-listens", lambda w: deploy(w, w.closed_port), r"copying to .* failed .*Connection refused",
          process=True),
     Case("deploy-host-drops-the-connection", lambda w: deploy(w, w.drop_port),
@@ -325,6 +348,14 @@ CASES = [
          lambda w: ["run", str(w.pipeline_config(transfer={**w.pipeline_yaml["transfer"], "arch": "resnet_zz"})),
                     "--out", str(w.pipeline), "--quiet"],
          r"unknown architecture 'resnet_zz'", keep=pipeline_outputs),
+    Case("run-remote-search-without-workers",
+         lambda w: ["run", str(w.pipeline_config(search={"enabled": True, "engine": "remote"})), "--out",
+                    str(w.pipeline)],
+         r"pipeline\.yaml search: .*engine remote needs at least one SSH worker", keep=pipeline_outputs),
+    Case("run-profile-not-utf8", lambda w: ["run", str(w.pipeline_config(device=str(w.tmp / "board.yaml"))), "--out",
+                                            str(w.pipeline)],
+         r"cannot read device profile .*board\.yaml: .*codec can't decode",
+         lambda w: (w.tmp / "board.yaml").write_bytes(b"\xff\xfename: board\n"), keep=pipeline_outputs),
     Case("run-unknown-until-stage",
          lambda w: ["run", str(w.pipeline_config()), "--out", str(w.pipeline), "--until", "trasnfer"],
          r"unknown stage 'trasnfer'; choose one of", keep=pipeline_outputs),

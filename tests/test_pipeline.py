@@ -341,3 +341,15 @@ def test_the_run_table_shows_whole_result_items_one_per_line():
     lines = out.getvalue().splitlines()
     for item in summary_items(search) + summary_items(export):
         assert any(item in line for line in lines), (item, out.getvalue())
+
+
+def test_a_hand_edited_state_file_reads_as_a_fresh_one(tmp_path):
+    """state.json is written atomically, but a hand edit can leave valid JSON of another shape: it reads as no
+    stages run yet (every stage then checks its own folder), never as an error deep in the runner."""
+    from edgeppt.pipeline.state import STATE_FILE, read_state
+
+    for text in ("[]", "{}", '{"stages": []}', "\xff", "{oops"):
+        (tmp_path / STATE_FILE).write_text(text, encoding="latin-1")
+        assert read_state(tmp_path) == {"stages": {}}
+    (tmp_path / STATE_FILE).write_text('{"stages": {"search": {"status": "done"}}, "pid": 1}')
+    assert read_state(tmp_path)["stages"] == {"search": {"status": "done"}}
