@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import signing
 from .bundle_runtime import OnnxPart, Part, TorchPart, load_program
@@ -84,6 +84,13 @@ class Manifest(_Strict):
     classifier: ClassifierSpec
     info: dict[str, Any] = {}
     files: dict[str, str] = {}  # sha256 of every other file in the bundle folder
+
+    @field_validator("image_shape")
+    @classmethod
+    def _gray_or_colour(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        if shape[0] not in (1, 3) or min(shape) < 1:
+            raise ValueError(f"{list(shape)}: images must have 1 (gray) or 3 (colour) channels and a size")
+        return shape
 
 
 @dataclass

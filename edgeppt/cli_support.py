@@ -36,7 +36,11 @@ def merged(model, config: Optional[Path], overrides: dict[str, Any], sets: list[
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise EdgepptError(f"--set {key}: {p} is {node[p]!r}, not a group of fields")
+            node = node[p]
         try:
             node[leaf] = json.loads(value)
         except json.JSONDecodeError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,7 +23,8 @@ COSINE_HEAD = 10.0
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # (no NaN or infinity: `--set lr=Infinity` parses as a number and would pass a bound like gt=0)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SourceTrainConfig(Strict):
@@ -369,8 +370,11 @@ def explain(e: ValidationError, model: type[BaseModel]) -> str:
         if err["type"] == "extra_forbidden":
             sub = model
             for p in err["loc"][:-1]:
+                if isinstance(p, int):  # an item of a list: its type was found at the list's name
+                    continue
                 ann = sub.model_fields[str(p)].annotation if str(p) in sub.model_fields else None
-                sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else sub
+                args = get_args(ann) or (ann,)  # list[StageSpace], StageSpace | None, StageSpace
+                sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), sub)
             lines.append(f"unknown field {loc!r}; allowed: {sorted(sub.model_fields)}")
         else:
             lines.append(f"{loc}: {err['msg']}" if loc else err["msg"])  # a model-wide check has no field

@@ -176,7 +176,11 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     root = Path(root)
     if not root.is_dir():
         raise EdgepptError(f"{root}: not a folder of class folders (nor a .npz file)")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    dangling = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
+    if dangling:  # a class would vanish without a word
+        raise EdgepptError(f"{root}: {', '.join(dangling)} link(s) to nothing; fix or remove the link")
+    class_dirs = sorted(p for p in entries if p.is_dir())
     if not class_dirs:
         raise EdgepptError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>.png)")
     images: list[np.ndarray] = []
@@ -184,7 +188,9 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     skipped: list[str] = []
     sizes: dict[tuple[int, ...], Path] = {}  # image (H, W) -> the first file of that size
     for ci, d in enumerate(class_dirs):
-        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        found = [p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped += [f"{p}: a link to nothing" for p in sorted(found) if p.is_symlink() and not p.exists()]
+        files = sorted(p for p in found if p.is_file())
         if not files:
             raise EdgepptError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for p in files:
@@ -259,11 +265,15 @@ def load_npz(path: str | Path) -> ImageSet:
             raise EdgepptError(f"{path}: a .npz dataset needs arrays 'x' (images) and 'y' (labels), found "
                                f"{sorted(z.files)}")
         x, y = _array(z, kx, path), _array(z, ky, path)
-        classes = [str(c) for c in _array(z, "classes", path)] if "classes" in z else None
+        classes = [str(c) for c in np.atleast_1d(_array(z, "classes", path))] if "classes" in z else None
+    if x.ndim == 0 or y.ndim == 0:
+        raise EdgepptError(f"{path}: '{kx}' and '{ky}' must be arrays with one entry per image, not single values")
     if len(x) != len(y):
         raise EdgepptError(f"{path}: '{kx}' has {len(x)} images but '{ky}' has {len(y)} labels")
     xt = load_npz_arrays(x, Path(path))
     y = np.asarray(y).ravel() if np.ndim(y) == 2 and np.shape(y)[1] == 1 else np.asarray(y)
+    if y.ndim != 1:
+        raise EdgepptError(f"{path}: '{ky}' has shape {y.shape}; labels are one number (or name) per image")
     if y.dtype.kind in "US":  # class names: classes in sorted order, as class folders are
         names, y = np.unique(y.astype(str), return_inverse=True)
         if classes is not None:
@@ -271,8 +281,6 @@ def load_npz(path: str | Path) -> ImageSet:
         classes = [str(n) for n in names]
     elif y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
         raise EdgepptError(f"{path}: '{ky}' holds {y.dtype} values; labels are integers or class names")
-    elif y.ndim != 1:
-        raise EdgepptError(f"{path}: '{ky}' has shape {y.shape}; labels are one number (or name) per image")
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
         raise EdgepptError(f"{path}: '{ky}' holds negative labels ({int(y.min())})")
@@ -478,6 +486,8 @@ def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) ->
             if kx is None:
                 raise EdgepptError(f"{p}: an unlabelled .npz needs an array 'x' (images), found {sorted(z.files)}")
             x = _array(z, kx, p)
+        if x.ndim == 0:
+            raise EdgepptError(f"{p}: '{kx}' is a single value, not an array of images")
         total = len(x)
         keep = subsample(total, limit)
         x = x if keep is None else x[keep.numpy()]
@@ -498,7 +508,9 @@ def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] not in (1, 3) or not np.issubdtype(x.dtype, np.number):
         raise EdgepptError(f"{where}: x has shape {x.shape} ({x.dtype}); expected numbers of shape (N,H,W), "
                            "(N,C,H,W) or (N,H,W,C) with C in 1 or 3")
-    xt = torch.from_numpy(np.ascontiguousarray(x)).float()
+    if x.dtype.kind not in "biuf" or x.dtype.itemsize > 8:  # (complex, long double: no torch counterpart)
+        raise EdgepptError(f"{where}: x holds {x.dtype} values; expected 8 or 16 bit integers or floats")
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # any byte order or width numpy has
     if not torch.isfinite(xt).all():
         raise EdgepptError(f"{where}: images contain NaN or infinite values")
     if xt.min() < 0:

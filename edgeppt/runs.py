@@ -66,9 +66,13 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
         raise EdgepptError(f"cannot write {out}: {e.strerror or e}") from None
     try:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        if out.exists():  # set aside, not deleted, until the new folder is in place: a crash loses neither
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -168,6 +172,22 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def read_run_json(path: str | Path) -> Any:
+    """A JSON file a run wrote (its config, to resume from): damaged or not JSON is a one-line error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise EdgepptError(f"{path}: cannot read it to resume ({' '.join(str(e).split())})") from None
+
+
+def _parsed(line: str) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:  # a line cut short by a kill
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 class MetricsLog:
     """Append-only JSONL; each line is flushed so a killed run keeps every logged step."""
 
@@ -177,7 +197,7 @@ class MetricsLog:
         if truncate_after_step is not None and self.path.exists():
             # On resume, drop lines logged after the checkpoint we resume from.
             keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("global_step", -1) <= truncate_after_step]
+                    if (rec := _parsed(ln)) is not None and rec.get("global_step", -1) <= truncate_after_step]
             atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, record: dict) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -93,7 +93,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     path = _key_path(path, ".key")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise EdgepptError(f"{path}: not a readable unencrypted PEM private key ({e})") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise EdgepptError(f"{path}: not an Ed25519 private key")
@@ -104,7 +104,7 @@ def load_public_key(path: str | Path) -> TrustedKey:
     path = _key_path(path, ".pub")
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, UnsupportedAlgorithm) as e:
         raise EdgepptError(f"{path}: not a readable PEM public key ({e})") from e
     if not isinstance(key, Ed25519PublicKey):
         raise EdgepptError(f"{path}: not an Ed25519 public key")

@@ -11,7 +11,6 @@ candidates are answered from it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -24,7 +23,7 @@ import torch
 from edgeppt.config import SearchConfig, validate
 from edgeppt.devices import Budgets, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import added_settings, added_settings_warning, atomic_write_json, resume_conflicts
+from edgeppt.runs import added_settings, added_settings_warning, atomic_write_json, read_run_json, resume_conflicts
 
 from . import reference, report
 from .costmodel import CostModel
@@ -160,7 +159,7 @@ def load_run_config(out: str | Path) -> SearchConfig:
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
         raise EdgepptError(f"{out}: nothing to resume (no {CONFIG_FILE}); start the search without --resume")
-    return validate(SearchConfig, json.loads(path.read_text()), str(path))
+    return validate(SearchConfig, read_run_json(path), str(path))
 
 
 def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool | None = None) -> SearchContext:
@@ -287,7 +286,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
     out = Path(out)
     if resume:
         load_run_config(out)  # a damaged file is a one-line error
-        saved, now = json.loads((out / CONFIG_FILE).read_text()), cfg.model_dump(mode="json")
+        saved, now = read_run_json(out / CONFIG_FILE), cfg.model_dump(mode="json")
         diff = resume_conflicts(saved, now, SearchConfig.RESUME_FREE)
         if diff:
             raise EdgepptError(f"{out} was started with other settings ({', '.join(diff)} differ); resume with the "

@@ -225,13 +225,20 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
         part = OnnxPart(tmp / GENERATOR_FILE, torch.device("cpu"))
         z = SourceBundle(tmp, probe, part, part).sample_latents(2, torch.Generator().manual_seed(0))
         label = torch.tensor([0, 1 % k]) if gspec.label == "index" else torch.eye(k)[:2]
-        image = part({gspec.z_input: z, gspec.label_input: label}, torch.device("cpu"))[gspec.output]
+        try:
+            image = part({gspec.z_input: z, gspec.label_input: label}, torch.device("cpu"))[gspec.output]
+        except Exception as e:  # onnxruntime raises assorted types on an input mismatch
+            raise EdgepptError(f"the generator does not take z ({latent} values) and a {gspec.label} label "
+                               f"({k} classes): {' '.join(str(e).split())[:300]}") from None
         last = cfg.layout == "nhwc" if cfg.layout != "auto" else bool(_channels_last(image.shape))
         if last and image.dim() == 4:
             gspec.channels_last, image = True, image.permute(0, 3, 1, 2)
         if image.dim() != 4 or image.shape[2] != image.shape[3]:
             raise EdgepptError(f"the generator returned shape {tuple(image.shape)}: expected square images "
                                "(N, C, H, W), or (N, H, W, C) with --layout nhwc")
+        if image.shape[1] not in (1, 3):
+            raise EdgepptError(f"the generator returned {image.shape[1]}-channel images: a source bundle's images "
+                               "have 1 (gray) or 3 (colour) channels")
         cspec = _classifier_spec(cfg, c, tmp, image, gspec.channels_last)
         if len(cspec.mean) not in (1, image.shape[1]):
             raise EdgepptError(f"--mean has {len(cspec.mean)} values for {image.shape[1]}-channel images")
@@ -240,7 +247,11 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
             size=latent, distribution=cfg.latent, truncation=cfg.truncation), generator=gspec, classifier=cspec,
             info=info)
         b = SourceBundle(tmp, m, part, cpart)
-        scores, feats = b.classify(b.sample_classes(torch.arange(4 * k) % k, torch.Generator().manual_seed(0)))
+        try:
+            scores, feats = b.classify(b.sample_classes(torch.arange(4 * k) % k, torch.Generator().manual_seed(0)))
+        except Exception as e:  # as above
+            raise EdgepptError(f"the classifier does not accept the generator's {tuple(image.shape[1:])} images: "
+                               f"{' '.join(str(e).split())[:300]}") from None
         m.classifier.num_features = feats.shape[1]
         m.classifier.softmax_output = cfg.classifier_output == "probabilities" or (
             cfg.classifier_output == "auto" and bool((scores >= 0).all())

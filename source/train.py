@@ -8,7 +8,6 @@ once the bundle is written.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from edgeppt.runs import (
     added_settings_warning,
     atomic_write_text,
     load_checkpoint,
+    read_run_json,
     resume_conflicts,
 )
 from edgeppt.train.evaluate import evaluate, predict
@@ -75,7 +75,9 @@ def check_resumable(cfg: SourceTrainConfig, work: Path) -> None:
     if not path.is_file():
         atomic_write_text(path, cfg.model_dump_json())
         return
-    saved, now = json.loads(path.read_text()), cfg.model_dump(mode="json")
+    saved, now = read_run_json(path), cfg.model_dump(mode="json")
+    if not isinstance(saved, dict):
+        raise EdgepptError(f"{path}: not a run's settings (delete {work} to start over)")
     changed = resume_conflicts(saved, now, SourceTrainConfig.RESUME_FREE)
     if changed:
         diffs = ", ".join(f"{f}: {old!r} -> {new!r}" for f, (old, new) in changed.items())

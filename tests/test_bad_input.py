@@ -119,6 +119,16 @@ def two_labels_per_class_folder(w: World) -> None:
             gray_png(w.tmp / "target" / c / f"{i}.png", 100 * (c == "dog") + i)
 
 
+def damaged_run_config(w: World) -> None:
+    (w.tmp / "r").mkdir()
+    (w.tmp / "r" / "config.json").write_text("{oops")
+
+
+def dangling_class_link(w: World) -> None:
+    two_labels_per_class_folder(w)
+    (w.tmp / "target" / "zebra").symlink_to(w.tmp / "nowhere")
+
+
 def corrupt_class_folder(w: World) -> None:
     for i in range(4):
         gray_png(w.tmp / "target" / "good" / f"{i}.png", i)
@@ -216,6 +226,24 @@ CASES = [
     Case("transfer-unlabeled-npz-of-no-images", lambda w: transfer(w, "--unlabeled", str(w.tmp / "u.npz")),
          r"--unlabeled: .*u\.npz: x holds no images \(shape \(0, 28, 28\)\)",
          lambda w: np.savez(w.tmp / "u.npz", x=np.zeros((0, 28, 28)))),
+    Case("transfer-class-folder-links-to-nothing", lambda w: transfer(w, target=str(w.tmp / "target")),
+         r"target: zebra link\(s\) to nothing; fix or remove the link", dangling_class_link),
+    Case("transfer-npz-single-values", lambda w: transfer(w, target=str(w.tmp / "t.npz")),
+         r"t\.npz: 'x' and 'y' must be arrays with one entry per image",
+         lambda w: np.savez(w.tmp / "t.npz", x=np.float32(1), y=np.int64(0))),
+    Case("transfer-npz-names-of-two-columns", lambda w: transfer(w, target=str(w.tmp / "t.npz")),
+         r"t\.npz: 'y' has shape \(8, 2\); labels are one number \(or name\) per image",
+         lambda w: np.savez(w.tmp / "t.npz", x=np.zeros((8, 8, 8)), y=np.array([["a", "b"]] * 8))),
+    Case("transfer-set-into-a-value", lambda w: transfer(w, "--set", "augment=1", "--set", "augment.hflip=false"),
+         r"--set augment\.hflip: augment is 1, not a group of fields"),
+    Case("transfer-set-infinite", lambda w: transfer(w, "--set", "lr=Infinity"),
+         r"lr: Input should be a finite number"),
+    Case("transfer-arch-config-not-a-mapping",
+         lambda w: transfer(w, "--set", 'arch={"family": "resnet", "config": 5}'),
+         r"architecture resnet: config is 5, not a mapping of settings"),
+    Case("transfer-resume-damaged-config", lambda w: ["transfer", "--resume", str(w.tmp / "r")],
+         r"r/config\.json: cannot read it to resume",
+         lambda w: damaged_run_config(w)),
     Case("transfer-only-the-test-share-takes-the-labels", lambda w: transfer(w, target=str(w.tmp / "target")),
          r"class 'cat' has 2 images, and the 20% held out for testing leaves fewer than labels-per-class=2: give "
          r"test images with --test", two_labels_per_class_folder),
@@ -286,6 +314,10 @@ CASES = [
     Case("search-validation-split-too-large",
          lambda w: search(w, "--labels-per-class", "100", "--val-per-class", "100"),
          r"validation split: class '0' has \d+ training images, fewer than labels-per-class=100"),
+    Case("search-unknown-field-in-a-list-item",
+         lambda w: search(w, "--set", 'space.stages=[{"widths": [8], "wdiths": [8]}]'),
+         r"unknown field 'space\.stages\.0\.wdiths'; allowed: \['depths', 'expands', 'kernels', 'se', 'stride', "
+         r"'widths'\]"),
     Case("search-resume-nothing", lambda w: ["search", "--resume", str(w.tmp / "none")], r"none: nothing to resume"),
     Case("calibrate-nothing-listens",
          lambda w: ["devices", "calibrate", "x86-cpu", "--host", "nobody@127.0.0.1", "--port", str(w.closed_port),

@@ -113,6 +113,15 @@ def test_corrupt_image_is_skipped_and_reported(tmp_path):
     assert len(ds) == 4 and len(ds.skipped) == 1 and str(bad) in ds.skipped[0]
 
 
+def test_an_image_that_links_to_nothing_is_skipped_and_reported(tmp_path):
+    for c in ("a", "b"):
+        for i in range(2):
+            _write(tmp_path / c / f"{i}.png")
+    (tmp_path / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    ds = load_folder(tmp_path)
+    assert len(ds) == 4 and ds.skipped == [f"{tmp_path / 'b' / 'gone.png'}: a link to nothing"]
+
+
 def test_empty_class_folder_is_refused(tmp_path):
     _write(tmp_path / "a" / "0.png")
     (tmp_path / "b").mkdir()
@@ -199,6 +208,10 @@ def test_npz_layouts_and_errors(tmp_path):
         np.savez(tmp_path / "odd.npz", x=x, y=y)
         with pytest.raises(EdgepptError, match=why):
             load_npz(tmp_path / "odd.npz")
+    for kind in (">u2", ">f4"):  # another byte order reads as the same pixels
+        wide = x.astype(np.uint16) * 257 if kind == ">u2" else x.astype(np.float32) / 255
+        np.savez(tmp_path / "order.npz", x=wide.astype(kind), y=np.arange(6) % 2)
+        assert torch.allclose(load_npz(tmp_path / "order.npz").x, load_npz(tmp_path / "d.npz").x, atol=1e-6)
     np.savez(tmp_path / "few.npz", x=x, y=np.arange(6) % 3, classes=np.array(["a", "b"]))
     with pytest.raises(EdgepptError, match=r"label 2 in 'y' but only 2 names in 'classes'"):
         load_npz(tmp_path / "few.npz")

@@ -39,6 +39,7 @@ from edgeppt.runs import (
     load_checkpoint,
     peak_rss_mib,
     read_cache,
+    read_run_json,
     resume_conflicts,
 )
 from edgeppt.train import augment_rules
@@ -66,13 +67,13 @@ def load_run_config(out: Path) -> TransferConfig:
     path = Path(out) / CONFIG_FILE
     if not path.is_file():
         raise EdgepptError(f"{out}: nothing to resume (no {CONFIG_FILE}); start the run without --resume")
-    return validate(TransferConfig, json.loads(path.read_text()), str(path))
+    return validate(TransferConfig, read_run_json(path), str(path))
 
 
 def _check_resume(cfg: TransferConfig, out: Path) -> dict[str, Any]:
     """A conflict with the settings the run was started with is an error; returns the settings it did not have."""
     load_run_config(out)  # a damaged file is a one-line error
-    saved, now = json.loads((out / CONFIG_FILE).read_text()), cfg.model_dump(mode="json")
+    saved, now = read_run_json(out / CONFIG_FILE), cfg.model_dump(mode="json")
     diff = resume_conflicts(saved, now, TransferConfig.RESUME_FREE)
     if diff:
         listed = "; ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in diff.items())

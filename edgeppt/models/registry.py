@@ -57,7 +57,10 @@ def arch_spec(arch: str | dict[str, Any]) -> dict[str, Any]:
                            "or a frozen-architecture .json")
     if spec.get("family") not in _FAMILIES:
         raise EdgepptError(f"unknown architecture family {spec.get('family')!r}; known: {list_families()}")
-    return {"family": spec["family"], "config": dict(spec.get("config", {}))}
+    config = spec.get("config", {})
+    if not isinstance(config, dict):
+        raise EdgepptError(f"architecture {spec['family']}: config is {config!r}, not a mapping of settings")
+    return {"family": spec["family"], "config": dict(config)}
 
 
 def create_model(arch: str | dict[str, Any], num_classes: int, in_chans: int = 1) -> ClassifierNet:
