@@ -13,6 +13,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -42,6 +43,8 @@ def _check_member(info: zipfile.ZipInfo, allowed: set[str], what: str) -> None:
         raise UploadError(f"refused: {name!r} is not a plain file")
     if not info.is_dir() and p.suffix.lower() not in allowed:
         raise UploadError(f"refused: {name!r} is not {what} (allowed: {', '.join(sorted(allowed))})")
+    if info.flag_bits & 0x1:
+        raise UploadError(f"refused: {name!r} is encrypted; upload an archive without a password")
 
 
 def safe_extract(data: bytes, dest: str | Path, allowed: set[str], what: str,
@@ -84,12 +87,20 @@ def safe_extract(data: bytes, dest: str | Path, allowed: set[str], what: str,
                                               f"{max_content / 2**20:.0f} MiB")
                         out.write(chunk)
         inner = check(tmp).relative_to(tmp) if check else Path()
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        if dest.exists():  # set aside, not deleted, until the new folder is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+            dest.rename(old / dest.name)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
         return dest / inner
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise UploadError(f"refused: corrupt zip archive ({e})") from None
+    except NotImplementedError as e:  # a compression method Python's zipfile lacks (e.g. Deflate64)
+        raise UploadError(f"refused: {e}; re-create the archive with plain deflate") from None
+    except (OSError, RuntimeError) as e:  # members that clash (a file and a folder of one name), names too long
+        raise UploadError(f"refused: the archive cannot be unpacked here ({e})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -384,7 +384,10 @@ def _panel(run: Path, show, was_live: bool) -> None:
     if was_live and not status["running"]:
         st.rerun(scope="app")
     job_box(run, status)
-    show(run, status)
+    try:
+        show(run, status)
+    except EdgepptError as e:  # a stage's file that cannot be shown (damaged, or from another version)
+        st.error(str(e))
 
 
 def job_box(run: Path, status: dict[str, Any]) -> None:

@@ -6,7 +6,16 @@ from pathlib import Path
 from typing import ClassVar, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import EdgepptError
 
@@ -384,18 +393,18 @@ def explain(e: ValidationError, model: type[BaseModel]) -> str:
 class StageSpace(Strict):
     """The choices of one stage of the searched MobileNetV2/V3-like network; its first block strides."""
     stride: Literal[1, 2] = 1
-    widths: list[int] = Field(min_length=1)
-    depths: list[int] = Field([1, 2], min_length=1)
+    widths: list[PositiveInt] = Field(min_length=1)
+    depths: list[PositiveInt] = Field([1, 2], min_length=1)
     kernels: list[Literal[3, 5, 7]] = [3, 5, 7]
-    expands: list[float] = Field([3, 6], min_length=1)
+    expands: list[PositiveFloat] = Field([3, 6], min_length=1)
     se: list[bool] = [False, True]
 
 
 class SpaceConfig(Strict):
     """The search space (defaults suit 28x28 inputs: two downsamplings)."""
-    stems: list[int] = Field([8, 16, 24], min_length=1)
+    stems: list[PositiveInt] = Field([8, 16, 24], min_length=1)
     acts: list[Literal["relu", "relu6", "hswish", "silu"]] = ["relu", "hswish"]
-    head_widths: list[int] = Field([0, 128], min_length=1, description="1x1 conv before pooling (0: none)")
+    head_widths: list[NonNegativeInt] = Field([0, 128], min_length=1, description="1x1 conv before pooling (0: none)")
     stages: list[StageSpace] = Field(default_factory=lambda: [
         StageSpace(stride=1, widths=[8, 16, 24], depths=[1], expands=[1, 3]),
         StageSpace(stride=2, widths=[16, 24, 32], depths=[1, 2, 3]),

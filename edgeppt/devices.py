@@ -49,8 +49,9 @@ class DeviceProfile(Strict):
     latency: Literal["measured", "predicted"] = Field("measured", description="measured live on this host, or "
                                                       "predicted from a model fitted by `edgeppt devices calibrate`")
     predictor: str | None = Field(None, description="latency-predictor file, relative to the profile's folder")
-    threads: int = Field(0, ge=0, description="inference threads on the device (0: one per core)")
-    input_size: int | None = Field(None, ge=8, description="image side the model receives (None: the dataset's)")
+    threads: int = Field(0, ge=0, le=1024, description="inference threads on the device (0: one per core)")
+    input_size: int | None = Field(None, ge=8, le=512, description="image side the model receives (None: the "
+                                   "dataset's)")
     input_channels: int | None = Field(None, ge=1)
     budgets: Budgets = Budgets()
     export: ExportSettings = ExportSettings()
@@ -70,11 +71,18 @@ def list_profiles() -> list[DeviceProfile]:
     return list(seen.values())
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name the file system refuses (too long): no such profile
+        return False
+
+
 def load_profile(device: str | Path) -> DeviceProfile:
     """A built-in or user profile by name, or a YAML file by path. A typo names the field and the allowed ones."""
     path = Path(device)
-    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        found = [d / f"{device}.yaml" for d in _search_dirs() if (d / f"{device}.yaml").is_file()]
+    if not (path.suffix in (".yaml", ".yml") and _is_file(path)):
+        found = [d / f"{device}.yaml" for d in _search_dirs() if _is_file(d / f"{device}.yaml")]
         if not found:
             names = sorted({f.stem for d in _search_dirs() if d.is_dir() for f in d.glob("*.yaml")})
             raise EdgepptError(f"unknown device {str(device)!r}; choose one of {names} or give a profile .yaml")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,15 @@ class LatencyCache:
     def get(self, key: dict[str, Any]) -> dict[str, float] | None:
         try:
             data = json.loads(self._path(key).read_text())
-            return {str(k): float(v) for k, v in data["latency_by_format"].items()}
+            got = {str(k): float(v) for k, v in data["latency_by_format"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+        # a damaged entry (none, NaN, zero) is measured again: a NaN latency would pass every budget
+        return got if got and all(math.isfinite(v) and v > 0 for v in got.values()) else None
 
     def put(self, key: dict[str, Any], by_format: dict[str, float]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self._path(key), {"key": key, "host": self.host, "latency_by_format": by_format})
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self._path(key), {"key": key, "host": self.host, "latency_by_format": by_format})
+        except OSError as e:  # a cache that cannot be written only costs the next search a measurement
+            print(f"warning: latency cache {self.folder} not written ({e.strerror or e})", file=sys.stderr)

@@ -16,20 +16,30 @@ from edgeppt.runs import atomic_write_text
 FILE = "trials.jsonl"
 
 
+def _record(line: str) -> dict | None:
+    """A ledger line's record: a JSON object with a string key (else None: cut short or damaged)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("key"), str) else None
+
+
 def _parse(path: Path) -> tuple[dict[str, dict], bool]:
-    """One merged record per candidate, and whether the last line was cut short (then it is left out)."""
+    """One merged record per candidate, and whether any line was cut short or damaged (then it is left out, and
+    its candidate is done again). A trial process killed mid-write leaves a cut line, which other processes' lines
+    may follow, and another process may be writing the last line as this one reads."""
     records: dict[str, dict] = {}
-    lines = path.read_text().splitlines() if path.exists() else []
-    for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # a line cut short by a kill, or one being written as another process reads
-                return records, True
-            raise
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    cut = False
+    for line in lines:
+        rec = _record(line)
+        if rec is None:
+            cut = cut or bool(line.strip())
+            continue
         # A later line for the same candidate (costs first, then the trained result) supersedes the earlier.
         records[rec["key"]] = {**records.get(rec["key"], {}), **rec}
-    return records, False
+    return records, cut
 
 
 def read_trials(run_dir: str | Path) -> list[dict]:
@@ -39,16 +49,19 @@ def read_trials(run_dir: str | Path) -> list[dict]:
 
 
 class Ledger:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, repair: bool = False):
+        """`repair`: the search's own process, before any trial process starts, rewrites the file without its cut
+        or damaged lines. Trial processes only skip them: rewriting a file that others append to would lose
+        their lines."""
         self.path = Path(run_dir) / FILE
         self.records: dict[str, dict] = {}
         self.reload()
+        if repair and _parse(self.path)[1]:
+            good = [ln for ln in self.path.read_text(errors="replace").splitlines() if _record(ln) is not None]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in good))
 
     def reload(self) -> None:
-        self.records, cut = _parse(self.path)
-        if cut:  # drop the cut line from the file: that candidate is redone
-            lines = self.path.read_text().splitlines()
-            atomic_write_text(self.path, "".join(ln + "\n" for ln in lines[:-1]))
+        self.records, _ = _parse(self.path)
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
@@ -57,8 +70,14 @@ class Ledger:
         merged = {**self.records.get(rec["key"], {}), **rec}
         self.records[rec["key"]] = merged
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        with open(self.path, "ab+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():  # after a line a killed process cut short, start a new one
+                f.seek(-1, os.SEEK_END)
+                ended = f.read(1) == b"\n"
+                if not ended:
+                    f.write(b"\n")
+            f.write((json.dumps(rec) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
         return merged

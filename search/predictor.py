@@ -13,6 +13,7 @@ Activation elements (every layer's output) stand for memory traffic, the layer c
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,11 @@ class LatencyPredictor:
         try:
             raw = json.loads(Path(path).read_text())
             pred = cls(**raw)
-        except (OSError, json.JSONDecodeError, TypeError) as e:
+        except (OSError, ValueError, TypeError) as e:  # ValueError: not JSON, or not UTF-8
             raise EdgepptError(f"cannot read latency predictor {path}: {e}") from e
+        numbers = [pred.intercept_ms, *pred.coef_ms.values()] if isinstance(pred.coef_ms, dict) else None
+        if numbers is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+            raise EdgepptError(f"{path}: intercept_ms and the values of coef_ms must be finite numbers")
         unknown = set(pred.coef_ms) - set(FEATURES)
         if unknown:
             raise EdgepptError(f"{path}: unknown predictor features {sorted(unknown)}; known: {list(FEATURES)}")

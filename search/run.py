@@ -165,6 +165,7 @@ def load_run_config(out: str | Path) -> SearchConfig:
 def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool | None = None) -> SearchContext:
     key = str(Path(out).resolve())
     if key not in _CONTEXTS:
+        main = cfg is not None  # the search's own process (a trial process reads the settings from the run)
         cfg = cfg or load_run_config(out)
         profile = load_profile(cfg.device)
         if cfg.image_size is None and profile.input_size:
@@ -176,7 +177,7 @@ def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool | N
         cost = CostModel(profile, budgets_of(cfg, profile), data.in_shape, data.num_classes,
                          cfg.latency_warmup, cfg.latency_repeats, cfg.latency_band,
                          LatencyCache() if cfg.latency_cache else None)
-        _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, Ledger(out))
+        _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, Ledger(out, repair=main))
     if progress is not None:
         _CONTEXTS[key].progress = progress
     return _CONTEXTS[key]

@@ -67,12 +67,31 @@ def test_a_zip_of_class_folders_unpacks_and_loads(tmp_path):
     ({"cat/0.png": png_bytes(), "dog/0.png": b"not really a png"}, None, "not a readable image"),
     ({"cat/0.png": png_bytes()}, None, "at least 2"),
     ({"cat/0.png": png_bytes(), "loose.png": png_bytes()}, None, "outside a class folder"),
+    ({"cat/0.png": png_bytes(), "cat/0.png/1.png": png_bytes()}, None, "cannot be unpacked here"),  # a file, a folder
+    ({"cat/0.png": png_bytes(), f"dog/{'d' * 300}.png": png_bytes()}, None, "cannot be unpacked here"),  # too long
 ])
 def test_bad_archives_are_refused_with_a_clear_message(tmp_path, members, symlinks, message):
     with pytest.raises(UploadError, match=message):
         extract_image_folders(make_zip(members, symlinks), tmp_path / "target")
     assert not (tmp_path / "target").exists()  # nothing half-unpacked is left behind
     assert not (tmp_path / "evil").exists() and not list(tmp_path.glob(".target.*"))
+
+
+def test_encrypted_and_corrupt_members_are_refused_with_a_clear_message(tmp_path):
+    data = bytearray(make_zip({"cat/0.png": png_bytes(), "dog/0.png": png_bytes()}))
+    flagged = bytearray(data)
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # the encrypted bit in every local and central header
+        at = 0
+        while (at := flagged.find(sig, at)) >= 0:
+            flagged[at + (6 if sig == b"PK\x03\x04" else 8)] |= 1
+            at += 4
+    with pytest.raises(UploadError, match="is encrypted; upload an archive without a password"):
+        extract_image_folders(bytes(flagged), tmp_path / "target")
+    body = data.find(b"PK\x03\x04") + 30 + len("cat/0.png")  # the first member's compressed bytes
+    data[body:body + 8] = b"\xff" * 8
+    with pytest.raises(UploadError, match="corrupt zip archive"):
+        extract_image_folders(bytes(data), tmp_path / "target")
+    assert not (tmp_path / "target").exists()
 
 
 def test_oversized_archives_and_zip_bombs_are_refused(tmp_path):

@@ -241,6 +241,10 @@ CASES = [
     Case("transfer-arch-config-not-a-mapping",
          lambda w: transfer(w, "--set", 'arch={"family": "resnet", "config": 5}'),
          r"architecture resnet: config is 5, not a mapping of settings"),
+    Case("transfer-arch-even-kernel",
+         lambda w: transfer(w, "--set", 'arch={"family": "mobilenet", "config": {"stages": [{"width": 8, '
+                                        '"kernel": 2}]}}'),
+         r"bad mobilenet architecture config .*kernel odd"),
     Case("transfer-resume-damaged-config", lambda w: ["transfer", "--resume", str(w.tmp / "r")],
          r"r/config\.json: cannot read it to resume",
          lambda w: damaged_run_config(w)),
@@ -318,6 +322,9 @@ CASES = [
          lambda w: search(w, "--set", 'space.stages=[{"widths": [8], "wdiths": [8]}]'),
          r"unknown field 'space\.stages\.0\.wdiths'; allowed: \['depths', 'expands', 'kernels', 'se', 'stride', "
          r"'widths'\]"),
+    Case("search-negative-space-width", lambda w: search(w, "--set", "space.stems=[-8, 8]"),
+         r"space\.stems\.0: Input should be greater than 0"),
+    Case("search-device-name-too-long", lambda w: search(w, "--device", "d" * 300), r"unknown device 'd{300}'"),
     Case("search-resume-nothing", lambda w: ["search", "--resume", str(w.tmp / "none")], r"none: nothing to resume"),
     Case("calibrate-nothing-listens",
          lambda w: ["devices", "calibrate", "x86-cpu", "--host", "nobody@127.0.0.1", "--port", str(w.closed_port),

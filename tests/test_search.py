@@ -127,6 +127,34 @@ def test_near_the_budget_a_candidate_is_measured_three_times_and_judged_on_the_m
     assert far["latency_ms"] == 0.50 and far["latency_kind"] == "measured, onnx"
 
 
+def test_a_predictor_file_of_other_numbers_is_a_one_line_error(tmp_path):
+    good = LatencyPredictor(0.01, {"layers": 0.002}, "test")
+    for bad, why in (({"coef_ms": 5}, "must be finite numbers"), ({"intercept_ms": float("nan")}, "finite numbers"),
+                     ({"coef_ms": {"layers": "fast"}}, "finite numbers")):
+        raw = {**good.__dict__, **bad}
+        (tmp_path / "p.json").write_text(json.dumps(raw))
+        with pytest.raises(EdgepptError, match=why):
+            LatencyPredictor.load(tmp_path / "p.json")
+    (tmp_path / "p.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(EdgepptError, match="cannot read latency predictor"):
+        LatencyPredictor.load(tmp_path / "p.json")
+
+
+def test_a_damaged_latency_cache_entry_is_measured_again_and_an_unwritable_cache_only_warns(tmp_path, capsys):
+    from edgeppt.search.latency_cache import LatencyCache
+
+    cache = LatencyCache(tmp_path / "cache")
+    key = {"arch": "tiny"}
+    cache.put(key, {"onnx": 0.2})
+    assert cache.get(key) == {"onnx": 0.2}
+    for bad in ({}, {"onnx": float("nan")}, {"onnx": 0.0}):  # a NaN latency would pass every budget
+        cache.put(key, bad)
+        assert cache.get(key) is None
+    (tmp_path / "file").write_text("")
+    LatencyCache(tmp_path / "file" / "cache").put(key, {"onnx": 0.2})  # its folder cannot be made
+    assert "latency cache" in capsys.readouterr().err
+
+
 def test_the_same_search_twice_on_one_machine_gives_the_same_answer(tmp_path):
     """Measured latencies (not a predictor) decide the filter; the machine's latency cache makes the second run
     see exactly the costs of the first, so with the same seed it takes the same path to the same network."""
@@ -171,6 +199,24 @@ def test_filter_never_admits_an_over_budget_candidate(tmp_path):
     for r in rows:
         if r["status"] == "rejected":
             assert r["accuracy"] is None and r["violations"]
+
+
+def test_the_ledger_skips_cut_and_damaged_lines_and_only_the_search_itself_rewrites_it(tmp_path):
+    """Trial processes share trials.jsonl: one killed mid-write leaves a cut line that others' lines follow. A
+    trial process skips it and never rewrites the file (others append to it); the search's own process drops it
+    when it starts; a line appended after a cut one starts on a line of its own."""
+    path = tmp_path / "trials.jsonl"
+    good = [json.dumps({"key": k, "status": "trained", "accuracy": a}) for k, a in (("a", 0.5), ("b", 0.6))]
+    path.write_text(good[0] + "\n" + '{"key": "c", "sta' + "\n" + "[1]\n" + '{"no": "key"}\n' + good[1] + "\n")
+    before = path.read_text()
+    trial = Ledger(tmp_path)
+    assert sorted(trial.records) == ["a", "b"] and path.read_text() == before
+    path.write_text(before + '{"key": "d", "status": "trai')  # being written (or cut) as the last line
+    trial.add({"key": "e", "status": "admitted"})
+    assert path.read_text().endswith('"trai\n' + json.dumps({"key": "e", "status": "admitted"}) + "\n")
+    main = Ledger(tmp_path, repair=True)
+    assert sorted(main.records) == ["a", "b", "e"]
+    assert path.read_text().splitlines() == [good[0], good[1], json.dumps({"key": "e", "status": "admitted"})]
 
 
 def test_interrupted_search_resumes_without_repeating_trials(tmp_path):

@@ -48,6 +48,16 @@ class MobileNet(ClassifierNet):
                  head_width: int = 0, act: str = "relu", dropout: float = 0.0):
         super().__init__()
         stages = stages or [dict(width=16, depth=1, kernel=3, expand=1, se=False, stride=1)]
+        if stem < 1 or head_width < 0:
+            raise ValueError("stem must be positive and head_width at least 0")
+        for s in stages:
+            if not isinstance(s, dict) or "width" not in s:
+                raise ValueError(f"a stage is a mapping with at least a width, not {s!r}")
+            kernel = int(s.get("kernel", 3))
+            if int(s["width"]) < 1 or int(s.get("depth", 1)) < 1 or int(s.get("stride", 1)) not in (1, 2) \
+                    or kernel < 1 or kernel % 2 == 0 or float(s.get("expand", 4)) <= 0:
+                raise ValueError(f"stage {s}: width and depth must be positive, stride 1 or 2, kernel odd, "
+                                 "expand positive")
         self.stem = conv_bn(in_chans, stem, 3, act=act)
         blocks, cin = [], stem
         for s in stages:

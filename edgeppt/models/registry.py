@@ -68,5 +68,5 @@ def create_model(arch: str | dict[str, Any], num_classes: int, in_chans: int = 1
     spec = arch_spec(arch)
     try:
         return _FAMILIES[spec["family"]](num_classes=num_classes, in_chans=in_chans, **spec["config"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:  # (torch's own checks raise RuntimeError)
         raise EdgepptError(f"bad {spec['family']} architecture config {spec['config']}: {e}") from e

@@ -29,6 +29,8 @@ class ResNet(ClassifierNet):
         super().__init__()
         if len(widths) != len(depths) or not widths:
             raise ValueError("widths and depths need the same, non-zero length")
+        if min(widths) < 1 or min(depths) < 1:
+            raise ValueError("widths and depths must be positive")
         self.stem = conv_bn(in_chans, widths[0], 3, act=act)
         blocks, cin = [], widths[0]
         for i, (w, d) in enumerate(zip(widths, depths)):
