@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import math
 import random
 import shlex
 import subprocess
@@ -93,7 +94,7 @@ def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], thre
         raise EdgepptError(f"timing over ssh failed (exit {res.returncode}){hint}: {last}")
     try:
         return json.loads(res.stdout.decode().strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError) as e:
+    except (ValueError, IndexError) as e:  # (ValueError: not JSON, or not UTF-8)
         raise EdgepptError(f"the device answered something other than timings: {res.stdout[:200]!r}") from e
 
 
@@ -118,7 +119,12 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
     onnx_models = [to_onnx(m, in_shape) for m in models]
     answer = time_remote([*ssh_command(host, port, identity, ssh_options), f"{python} -"], onnx_models,
                          list(in_shape), profile.threads, profile.runtime, warmup, repeats)
-    lat = answer["latency_ms"]
+    lat = answer.get("latency_ms") if isinstance(answer, dict) else None
+    if not (isinstance(lat, list) and len(lat) == len(archs)
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in lat)):
+        raise EdgepptError(f"{host} answered with no usable timings ({len(archs)} positive milliseconds expected): "
+                           f"{str(answer)[:200]}")
+    providers = answer.get("providers") or ["?"]
     order = list(range(len(archs)))
     random.Random(seed).shuffle(order)
     n_test = max(2, int(round(len(order) * holdout)))
@@ -126,7 +132,7 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
     trial = fit([feats[i] for i in train], [lat[i] for i in train])
     held = errors(trial, [feats[i] for i in test], [lat[i] for i in test])
     origin = (f"calibrated on {host} ({answer.get('machine')}, onnxruntime {answer.get('onnxruntime')}, "
-              f"{answer.get('providers', ['?'])[0]}) with {len(archs)} probes")
+              f"{providers[0]}) with {len(archs)} probes")
     final = fit(feats, lat, origin)
     final.heldout = held
     out = Path(out)

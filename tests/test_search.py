@@ -127,6 +127,15 @@ def test_near_the_budget_a_candidate_is_measured_three_times_and_judged_on_the_m
     assert far["latency_ms"] == 0.50 and far["latency_kind"] == "measured, onnx"
 
 
+def test_a_device_answer_without_usable_timings_is_a_one_line_error(monkeypatch, tmp_path):
+    from edgeppt.search import calibrate as cal
+
+    for answer in ({"latency_ms": [0.0] * 6}, {"latency_ms": [1.0]}, {"latency_ms": [1.0] * 6 + [1.0]}, [1.0], {}):
+        monkeypatch.setattr(cal, "time_remote", lambda *a, answer=answer: answer)
+        with pytest.raises(EdgepptError, match=r"board answered with no usable timings \(6 positive milliseconds"):
+            cal.calibrate("x86-cpu", "board", tmp_path / "b", probes=6, progress=False)
+
+
 def test_a_predictor_file_of_other_numbers_is_a_one_line_error(tmp_path):
     good = LatencyPredictor(0.01, {"layers": 0.002}, "test")
     for bad, why in (({"coef_ms": 5}, "must be finite numbers"), ({"intercept_ms": float("nan")}, "finite numbers"),
