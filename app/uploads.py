@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from edgeppt.data import IMAGE_SUFFIXES
 from edgeppt.errors import EdgepptError
+from edgeppt.runs import replace_folder
 
 MAX_ARCHIVE_BYTES = 100 * 2**20       # the upload itself
 MAX_CONTENT_BYTES = 400 * 2**20       # everything unpacked
@@ -87,13 +88,7 @@ def safe_extract(data: bytes, dest: str | Path, allowed: set[str], what: str,
                                               f"{max_content / 2**20:.0f} MiB")
                         out.write(chunk)
         inner = check(tmp).relative_to(tmp) if check else Path()
-        if dest.exists():  # set aside, not deleted, until the new folder is in place
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-            dest.rename(old / dest.name)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
+        replace_folder(tmp, dest)
         return dest / inner
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise UploadError(f"refused: corrupt zip archive ({e})") from None

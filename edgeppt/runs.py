@@ -54,6 +54,18 @@ def check_writable(out: str | Path) -> None:
         raise EdgepptError(f"cannot write {out}: {e.strerror or e}") from None
 
 
+def replace_folder(new: Path, dest: Path) -> None:
+    """Move the folder `new` into `dest`'s place. An existing `dest` is set aside, not deleted, until `new` is in
+    place, so a crash between the two steps loses neither."""
+    if not dest.exists():
+        new.rename(dest)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+    dest.rename(old / dest.name)
+    new.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def staged_folder(out: str | Path) -> Iterator[Path]:
     """A temporary folder beside `out` that replaces `out` whole when the block finishes without an error, so a
@@ -66,13 +78,7 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
         raise EdgepptError(f"cannot write {out}: {e.strerror or e}") from None
     try:
         yield tmp
-        if out.exists():  # set aside, not deleted, until the new folder is in place: a crash loses neither
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
