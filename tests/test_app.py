@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -23,7 +24,7 @@ from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folde
 
 ROOT = Path(__file__).resolve().parents[1]
 WIZARD = str(ROOT / "app" / "wizard.py")
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # ---------------------------------------------------------------- uploads
@@ -316,9 +317,10 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed at /usr/bin/chromium")
 def test_wizard_end_to_end_in_headless_chromium(tmp_path):
     """Built-in example, tiny budget: every step in a real browser, then a reload shows the same finished job."""
+    if CHROMIUM is None:  # the one real-browser test fails rather than vanish as a skip, as the SSH tests do
+        pytest.fail("Chromium not installed: run scripts/install (or apt-get install -y chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     port = free_port()

@@ -2,8 +2,8 @@
 that names what is wrong, never a traceback, and an earlier good output the command runs over is left byte for byte.
 
 The good outputs (a transfer run, its export bundle, a pipeline run, a sample grid) are made once for the module;
-each case writes its bad input under its own tmp_path. Cases that need the test sshd are skipped (and counted) where
-OpenSSH is not installed.
+each case writes its bad input under its own tmp_path. Cases that need the test sshd fail where OpenSSH is not
+installed, as every test on that server does.
 """
 
 from __future__ import annotations

@@ -19,10 +19,16 @@ def test_transfer_through_the_cli_then_resume_is_a_no_op(tiny_bundle, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["labels_per_class"] == 3 and report["settings"]["method"] == "pp"
     assert "test accuracy" in res.output
-    # --resume alone reuses the saved settings.
+    # --resume alone reuses the saved settings, and a finished run trains nothing again.
+    before = {f: (out / f).read_bytes() for f in ("model.pt", "metrics.jsonl", "report.json")}
     res = runner.invoke(app, ["transfer", "--resume", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert json.loads((out / "report.json").read_text())["test_accuracy"] == report["test_accuracy"]
+    after = {f: (out / f).read_bytes() for f in before}
+    assert after["model.pt"] == before["model.pt"] and after["metrics.jsonl"] == before["metrics.jsonl"]
+    a, b = (json.loads(r["report.json"]) for r in (after, before))
+    for r in (a, b):  # what the resume itself took: its own time and memory
+        del r["peak_rss_mib"], r["timings_s"]["total"]
+    assert a == b
 
 
 def test_resume_of_a_run_an_earlier_version_started_names_the_settings_it_lacked(tiny_bundle, tmp_path):

@@ -42,7 +42,10 @@ def test_folder_rgb_gray_and_resize(tmp_path):
         for i in range(3):
             _write(tmp_path / c / f"{i}.png", mode="RGB" if i else "L")
     ds = load_folder(tmp_path, image_size=8)
-    assert ds.classes == ["cat", "dog"] and len(ds) == 6 and ds.shape[1:] == (8, 8)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6 and ds.shape == (1, 8, 8)  # mostly colour, but gray
+    gray = round(0.299 * 128) / 255  # (128, 0, 0) as a gray level, by ITU-R 601-2 luma as PIL converts
+    expected = torch.tensor([128 / 255, gray, gray] * 2)
+    assert torch.allclose(ds.x.flatten(1).mean(1), expected, atol=1 / 255) and ds.x.flatten(1).std(1).max() == 0
 
 
 def _gradient(bits: int) -> np.ndarray:

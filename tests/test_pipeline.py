@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -162,7 +163,11 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_bundle, tmp_path,
 
     fresh = run_pipeline(cfg, tmp_path / "fresh", progress=False, log=quiet)
     accuracy = [s["stages"]["transfer"]["summary"]["test_accuracy"] for s in (fresh, state)]
-    assert accuracy[0] == accuracy[1]  # resumed = uninterrupted
+    assert accuracy[0] == accuracy[1]  # resumed = uninterrupted, to the weights
+    weights = [torch.load(r / "transfer" / "model.pt", weights_only=True)["state_dict"]
+               for r in (tmp_path / "fresh", run)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def wait(predicate, timeout: float, what: str) -> None:

@@ -55,7 +55,7 @@ def test_rgb_source_train_transfer_and_export(tmp_path: Path, side: int):
     report = run_transfer(cfg, tmp_path / "run", progress=False)
     after = peak_rss_mib()
     assert report["model"]["in_chans"] == 3 and report["model"]["image_size"] == side
-    assert before - 0.1 <= report["peak_rss_mib"] <= after + 0.1  # this process's peak as the run ended
+    assert before <= after and report["peak_rss_mib"] == pytest.approx(after, abs=1.0)  # the peak as the run ended
     assert report["source"]["runtime"] == "onnx"
     manifest = export_run(tmp_path / "run", tmp_path / "dist", formats=["onnx"], bench_runs=0, log=lambda s: None)
     s = ort.InferenceSession(str(tmp_path / "dist" / manifest["artifacts"]["onnx"]["file"]))
@@ -96,7 +96,7 @@ def test_a_colour_target_stays_in_colour_with_a_grayscale_bundle(tmp_path: Path,
     for method in ("auto", "kd", "pp+pssl"):
         report = run_transfer(cfg.model_copy(update={"method": method}), tmp_path / method, progress=False)
         assert report["model"]["in_chans"] == 3, method
-    assert report["test_accuracy"] > 0.8, report["per_class_accuracy"]  # chance is 1/3, gray is blind to them
+        assert report["test_accuracy"] > 0.8, (method, report["per_class_accuracy"])  # chance 1/3, gray is blind
     manifest = export_run(tmp_path / "auto", tmp_path / "dist", formats=["onnx", "int8"], source=tiny_bundle,
                           bench_runs=0, log=lambda s: None)
     s = ort.InferenceSession(str(tmp_path / "dist" / manifest["artifacts"]["int8"]["file"]))
