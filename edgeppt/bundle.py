@@ -28,6 +28,7 @@ from .bundle_runtime import OnnxPart, Part, TorchPart, load_program
 from .config import SourceTrust
 from .data import reshape_images
 from .errors import EdgepptError
+from .onnxspec import external_files
 from .runs import sha256_file
 
 FORMAT = "edgeppt-source-bundle"
@@ -263,6 +264,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", trusted_ke
     parts: list[Part] = []
     for spec in (m.generator, m.classifier):
         f = path / spec.file
+        for data in external_files(f, path) if m.runtime == "onnx" else []:  # weights kept beside the graph
+            if data.relative_to(path.resolve()).as_posix() not in m.files:
+                raise EdgepptError(f"{path}: {spec.file} keeps its weights in {data.name}, which the manifest "
+                                   "does not list")
         try:
             parts.append(OnnxPart(f, device) if m.runtime == "onnx" else TorchPart(load_program(f), device))
         except EdgepptError:

@@ -213,10 +213,11 @@ class MetricsLog:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL log; a line cut short (a killed run, or one being written as it is read) is left out."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    return [rec for ln in p.read_text().splitlines() if ln.strip() and (rec := _parsed(ln)) is not None]
 
 
 R = TypeVar("R", bound=BaseModel)

@@ -68,7 +68,9 @@ def training_curves(run: str | Path):
     for i, phase in enumerate(dict.fromkeys(r["phase"] for r in records)):
         rs = [r for r in records if r["phase"] == phase]
         steps = [offset + r["step"] for r in rs]
-        ax_loss.plot(steps, _smooth([r["loss"] for r in rs]), label=phase, color=f"C{i}")
+        trained = [(offset + r["step"], r["loss"]) for r in rs if "loss" in r]  # a phase loaded from the cache
+        if trained:  # logs its end only, with no loss
+            ax_loss.plot([s for s, _ in trained], _smooth([v for _, v in trained]), label=phase, color=f"C{i}")
         acc = [(offset + r["step"], r["test_accuracy"]) for r in rs if "test_accuracy" in r]
         if acc:
             ax_acc.plot(*zip(*acc), marker="o", label=phase, color=f"C{i}")  # the same colour as its loss

@@ -95,6 +95,7 @@ def _search_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
     from edgeppt.train import augment_rules
 
     return {"search": cfg.search.model_dump(mode="json"), "device": _device_inputs(cfg), **_data_inputs(cfg),
+            "source": bundle_fingerprint(cfg.source),  # the proxy pre-trains on its samples
             "augment_rules": search_config(cfg, run / "search").auto.model_dump(
                 mode="json", include=set(augment_rules.RULE_FIELDS))}
 
@@ -145,6 +146,7 @@ def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, 
 # ---------------------------------------------------------------- export
 def _export_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
     return {"export": cfg.export.model_dump(mode="json"), "device": _device_inputs(cfg),
+            "source": bundle_fingerprint(cfg.source),  # its pseudo samples calibrate and check INT8
             "model": file_hash(run / "transfer" / "model.pt"), "report": file_hash(run / "transfer" / "report.json")}
 
 

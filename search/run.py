@@ -139,8 +139,16 @@ class SearchContext:
         trained = self.ledger.trained()
         top = sorted(trained, key=lambda r: (-r["accuracy"], r["order"]))[:cfg.finalists]
         top += [r for r in trained if r.get("reference") and r not in top]  # the bar every search must clear
+        keys = {r["key"] for r in top}
+        for rec in trained:  # finalists of a resumed search that asked for more: no longer finalists
+            if rec["key"] not in keys and rec.get("final_accuracy") is not None:
+                self.ledger.add({"key": rec["key"], "finalist": None, "final_accuracy": None})
         for rank, rec in enumerate(top, 1):
             accs = list(rec.get("seed_accuracies") or [rec["accuracy"]])
+            if len(accs) > 1 + cfg.final_seeds:  # a resumed search that asks for fewer seeds: the first ones
+                accs = accs[:1 + cfg.final_seeds]
+                rec = self.ledger.add({"key": rec["key"], "seed_accuracies": accs, "finalist": rank,
+                                       "final_accuracy": sum(accs) / len(accs)})
             for s in range(len(accs), 1 + cfg.final_seeds):
                 res = evaluate_arch(rec["arch"], self.data, cfg.proxy, seed=cfg.seed + s)
                 accs.append(res["accuracy"])

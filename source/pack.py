@@ -35,6 +35,7 @@ from edgeppt.bundle import (
 from edgeppt.bundle_runtime import load_program
 from edgeppt.bundle_write import export_onnx, write_bundle
 from edgeppt.errors import EdgepptError
+from edgeppt.onnxspec import external_files
 from edgeppt.runs import atomic_write_text
 from edgeppt.signing import verify_folder
 
@@ -126,6 +127,23 @@ def _io(path: Path) -> tuple[list[Any], list[str]]:
     return list(s.get_inputs()), [o.name for o in s.get_outputs()]
 
 
+def copy_graph(src: Path, dest: Path) -> None:
+    """Copy an owner's ONNX graph into the bundle. Weights saved beside it (ONNX external data, which
+    `torch.onnx.export` writes for large models) are folded into the one file, or, past protobuf's 2 GB limit,
+    written to one file next to it that the manifest then lists."""
+    import onnx
+
+    if not external_files(src, src.parent):
+        shutil.copyfile(src, dest)
+        return
+    model = onnx.load(str(src))  # with its external data, from the folder checked above
+    if model.ByteSize() < 2**31 - 2**26:
+        onnx.save(model, str(dest))
+    else:
+        onnx.save(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=dest.name + ".data")
+
+
 def _width(shape: list[Any]) -> Any:
     """Values per image of an input (N, width) or (N, width, 1, 1), as DCGAN-style generators take z; else None."""
     return shape[1] if len(shape) >= 2 and all(d == 1 for d in shape[2:]) else None
@@ -160,7 +178,7 @@ def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> 
         _check_width(g, z_name, by_name[z_name].shape, latent, "--latent-dim")
         if label == "probabilities":
             _check_width(g, label_name, by_name[label_name].shape, k, "--classes")
-        shutil.copyfile(g, tmp / GENERATOR_FILE)
+        copy_graph(g, tmp / GENERATOR_FILE)
         return GeneratorSpec(file=GENERATOR_FILE, z_input=z_name, label_input=label_name, label=label,
                              output=outputs[0], output_range=cfg.output_range), latent
     if cfg.latent_dim is None:
@@ -199,7 +217,7 @@ def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: tor
         if feats is not None and feats not in outputs:
             raise EdgepptError(f"{c}: no output named {feats!r} (outputs: {outputs})")
         last = cfg.layout == "nhwc" if cfg.layout != "auto" else _channels_last(inputs[0].shape)
-        shutil.copyfile(c, tmp / CLASSIFIER_FILE)
+        copy_graph(c, tmp / CLASSIFIER_FILE)
         return ClassifierSpec(file=CLASSIFIER_FILE, input=inputs[0].name, logits=outputs[0], features=feats,
                               num_features=1, channels_last=g_channels_last if last is None else last,
                               **norm)  # num_features is read off a real run below

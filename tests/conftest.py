@@ -166,8 +166,8 @@ def ctrl_c_after_checkpoint(monkeypatch, when) -> list:
 
     original, fired = loop.Trainer._save, list[tuple[str, int]]()
 
-    def save_then_ctrl_c(self, phase, step, opt, ema):
-        original(self, phase, step, opt, ema)
+    def save_then_ctrl_c(self, phase, step, opt, ema, raw=None):
+        original(self, phase, step, opt, ema, raw)
         if not fired and when(self.phases[phase].name, step):
             fired.append((self.phases[phase].name, step))
             os.kill(os.getpid(), signal.SIGINT)

@@ -127,6 +127,7 @@ def test_auto_resumes_to_the_uninterrupted_result(tiny_bundle, tmp_path, monkeyp
         run_transfer(c, tmp_path / "cut", progress=False)
     monkeypatch.undo()
     assert (tmp_path / "cut" / "auto.json").is_file() and fired
+    (tmp_path / "cut" / "auto.json").write_text('{"method": "pp", "reason"')  # damaged: measured again, the same
     resumed = run_transfer(c, tmp_path / "cut", resume=True, progress=False)
     assert resumed["method"] == whole["method"] and resumed["test_accuracy"] == whole["test_accuracy"]
     a = load_checkpoint(tmp_path / "whole" / "model.pt")["state_dict"]

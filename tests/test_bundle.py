@@ -17,6 +17,7 @@ from torch import nn
 from edgeppt.bundle import load_bundle, read_manifest
 from edgeppt.bundle_write import export_onnx
 from edgeppt.errors import EdgepptError
+from edgeppt.onnxspec import external_files
 from edgeppt.runs import sha256_file
 from edgeppt.signing import keygen
 from edgeppt.source.pack import PackConfig, from_bundle, pack
@@ -468,3 +469,48 @@ def test_a_classifier_that_ends_in_a_softmax_gives_log_probabilities_as_logits(t
     forced = PackConfig(generator=g, classifier=str(tmp_path / "Csoft.onnx"), classes=["a", "b", "c"],
                         out=tmp_path / "forced", output_range=(-1, 1), classifier_output="logits")
     assert not load_bundle(pack(forced)[0]).manifest.classifier.softmax_output  # the owner's word stands
+
+
+def _external(path: Path, location: str) -> None:
+    """Keep the graph's weights in `location` (ONNX external data, written where it points)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+              size_threshold=256)
+    assert external_files(path, path.parents[1])  # the weights moved out
+
+
+def test_a_graph_with_its_weights_beside_it_packs_into_one_file(tmp_path: Path):
+    """torch.onnx.export keeps a large model's weights in a file beside the graph: pack folds them in, and the
+    bundle draws what the graph in one file does."""
+    g, c = onnx_pair(tmp_path)
+    b_one = load_bundle(pack(cfg(tmp_path / "one", g, c, output_range=(-1, 1)))[0])
+    _external(Path(g), "G.onnx.data")
+    out, _ = pack(cfg(tmp_path, g, c, output_range=(-1, 1)))
+    assert set(read_manifest(out).files) == {"generator.onnx", "classifier.onnx", "samples.png", "README.md"}
+    p, z = torch.softmax(torch.randn(4, K), 1), torch.randn(4, LATENT)
+    assert torch.equal(load_bundle(out).generate(p, z), b_one.generate(p, z))
+
+
+def test_a_graph_whose_weights_lie_outside_the_bundle_is_refused_before_it_runs(tmp_path: Path):
+    """An ONNX tensor may name any file for its data: one outside the bundle folder (another bundle's, a system
+    file) is refused with one line, even where the manifest's hashes are all correct."""
+    g, c = onnx_pair(tmp_path)
+    out, _ = pack(cfg(tmp_path, g, c, output_range=(-1, 1)))
+    import onnx
+
+    _external(out / "classifier.onnx", "weights.data")
+    (out / "weights.data").rename(tmp_path / "outside.data")
+    model = onnx.load(str(out / "classifier.onnx"), load_external_data=False)
+    for t in model.graph.initializer:  # onnx itself writes no such location: edited in, as an attacker would
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../outside.data"
+    (out / "classifier.onnx").write_bytes(model.SerializeToString())
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["classifier.onnx"] = sha256_file(out / "classifier.onnx")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgepptError, match=r"classifier.onnx: tensor .* keeps its data at '../outside.data', "
+                                           r"outside"):
+        load_bundle(out)

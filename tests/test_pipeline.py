@@ -358,3 +358,39 @@ def test_a_hand_edited_state_file_reads_as_a_fresh_one(tmp_path):
         assert read_state(tmp_path) == {"stages": {}}
     (tmp_path / STATE_FILE).write_text('{"stages": {"search": {"status": "done"}}, "pid": 1}')
     assert read_state(tmp_path)["stages"] == {"search": {"status": "done"}}
+
+
+def test_every_stage_that_reads_the_source_bundle_reruns_when_it_changes(tiny_bundle, tmp_path):
+    """The search's proxy pre-trains on the bundle's samples and the export calibrates INT8 on them: another
+    bundle (or one replaced under the same path) is a changed input of search, transfer and export alike."""
+    import shutil
+
+    from edgeppt.pipeline.stages import STAGES
+
+    other = Path(shutil.copytree(tiny_bundle, tmp_path / "other"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"] = {name: "0" * 64 for name in manifest["files"]}  # as if its graphs were others
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    run = tmp_path / "run"
+    cfgs = [parse_config(raw_config(b, search={"enabled": True})) for b in (tiny_bundle, other)]
+    for stage in STAGES:
+        assert stage.inputs(cfgs[0], run) != stage.inputs(cfgs[1], run), stage.name
+
+
+def test_the_curves_take_a_phase_loaded_from_the_cache_and_a_line_cut_short(tmp_path):
+    """A phase reused from the cache logs its end with no loss; a live log may end in half a line. The report's
+    curves (and the wizard's progress, which reads the same log) take both."""
+    from edgeppt.pipeline.report import training_curves
+    from edgeppt.runs import read_jsonl
+
+    log = tmp_path / "transfer" / "metrics.jsonl"
+    log.parent.mkdir()
+    lines = [{"phase": "pp", "step": 40, "global_step": 40, "reused": "cache/pp.pt", "test_accuracy": 0.5}]
+    lines += [{"phase": "ssl", "step": s, "global_step": 40 + s, "loss": 1.0 / s} for s in range(1, 30)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"phase": "ssl", "st')
+    assert read_jsonl(log) == lines
+    fig = training_curves(tmp_path)
+    ax_loss, ax_acc = fig.axes
+    assert [line.get_label() for line in ax_loss.get_lines()] == ["ssl"]  # the reused phase has no loss to draw
+    assert list(ax_loss.get_lines()[0].get_xdata()) == list(range(41, 70))  # after the reused phase's 40 steps
+    assert [line.get_label() for line in ax_acc.get_lines()] == ["pp"]

@@ -280,6 +280,13 @@ def test_finalists_are_retrained_with_more_seeds_and_the_best_mean_wins(tmp_path
     calls.clear()
     run_search(cfg.model_copy(update={"finalists": 3}), out, resume=True, progress=False)
     assert sorted(calls) == [1, 2]
+    # Resuming with fewer finalists and seeds trains nothing: the best one alone, on its first two seeds, decides.
+    calls.clear()
+    s = run_search(cfg.model_copy(update={"finalists": 1, "final_seeds": 1}), out, resume=True, progress=False)
+    recs = search_run.Ledger(out).records
+    finals = [r for r in recs.values() if r.get("final_accuracy") is not None]
+    assert calls == [] and len(finals) == 1 and finals[0]["finalist"] == 1 and len(finals[0]["seed_accuracies"]) == 2
+    assert s["best"]["proxy_accuracy"] == pytest.approx(np.mean(finals[0]["seed_accuracies"]))
 
 
 def test_training_service_engine_runs_trials_in_nni_trial_processes(tmp_path):

@@ -161,3 +161,35 @@ def test_a_checkpoint_that_is_not_this_runs_is_one_line_and_kept(tmp_path):
     with pytest.raises(EdgepptError, match="not a complete checkpoint of this run") as e:
         trainer(10).run(resume=True)
     assert "\n" not in str(e.value)
+
+
+def test_an_averaged_phase_made_shorter_or_longer_on_resume_ends_as_one_run_of_that_length(tmp_path, monkeypatch):
+    """A phase with an EMA hands on its average. Resumed at fewer steps than its checkpoint holds, it hands on the
+    average too (not the raw weights); a finished phase made longer goes on from the weights it trained (not from
+    their average), so it ends where one run of that length does (a constant rate: the schedule is the same)."""
+    from tests.conftest import ctrl_c_after_checkpoint
+
+    def train(out, steps: int, resume: bool = False) -> dict:
+        torch.manual_seed(0)
+        model = create_model("resnet_xs", 2, 1)
+        phase = Phase("fit", steps, Supervised(_blobs(), 8), lr=0.05, evaluate=False, ema=0.8, warmup=0, floor=1.0)
+        Trainer(model, [phase], out, seed=0, progress=False, checkpoint_every=2).run(resume=resume)
+        return model.state_dict()
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: step == 4)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "short", 8)
+    monkeypatch.undo()
+    ck = torch.load(tmp_path / "short" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 4 and ck["raw"] is None
+    shorter = train(tmp_path / "short", 4, resume=True)
+    assert same(shorter, {k.removeprefix("module."): v for k, v in ck["ema"].items() if k.startswith("module.")})
+    assert not same(shorter, ck["model"])  # the average, not the weights trained
+    assert same(shorter, train(tmp_path / "four", 4))
+
+    train(tmp_path / "long", 4)
+    assert torch.load(tmp_path / "long" / "checkpoint.pt", weights_only=True)["raw"] is not None
+    assert same(train(tmp_path / "long", 8, resume=True), train(tmp_path / "eight", 8))

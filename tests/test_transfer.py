@@ -160,6 +160,24 @@ def test_resume_with_other_settings_or_into_a_used_dir_is_refused(tiny_bundle, t
         run_transfer(c, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_a_new_run_where_an_unfinished_one_stopped_draws_its_own_pseudo_samples(tiny_bundle, tmp_path):
+    """A run stopped after drawing its pool but before its first checkpoint leaves only the pool; a new run in that
+    folder with other settings (not a resume) draws its own, as it would in an empty folder."""
+    import shutil
+
+    first = cfg(tiny_bundle, method="pp+pssl", seed=1, finetune_steps=5)
+    run_transfer(first, tmp_path / "stopped", progress=False)
+    for f in (tmp_path / "stopped").iterdir():  # all but the pool, as if it had stopped right after drawing it
+        if f.name != "pseudo_pool.pt":
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    other = first.model_copy(update={"seed": 0})
+    a = run_transfer(other, tmp_path / "stopped", progress=False)
+    b = run_transfer(other, tmp_path / "empty", progress=False)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert torch.equal(torch.load(tmp_path / "stopped" / "pseudo_pool.pt", weights_only=True)["x"],
+                       torch.load(tmp_path / "empty" / "pseudo_pool.pt", weights_only=True)["x"])
+
+
 def test_the_resume_rule_compares_nested_settings_and_tells_added_ones_apart():
     """One rule for every stage: a nested setting that differs is a conflict by its dotted name, a free one (and all
     under it) is not, a setting the saved run lacks is added, not a conflict, and a section that was empty when

@@ -60,6 +60,7 @@ from .supermask import Supermasked, attach, finish, update_size
 CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
 WARM_FILE = "warm_start.pt"  # the SSL methods' labels-only warm start, kept for auto's reverse check
 ADDED_FILE = "added_on_resume.json"  # settings an earlier edgeppt's run lacked, kept across resumes for the report
+POOL_FILE = "pseudo_pool.pt"  # the pseudo samples drawn for this run, kept for its resume
 PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
 
 
@@ -218,7 +219,7 @@ def _pool_key(cfg: TransferConfig, bundle: SourceBundle, x_t: torch.Tensor) -> s
 def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet, out: Path, dist: Dist,
                    cache_dir: Path | None = None) -> tuple[PseudoPool, bool]:
     """Draw the pool once (rank 0), keep it in the run directory (and the cache), share it with every worker."""
-    path, from_cache = out / "pseudo_pool.pt", False
+    path, from_cache = out / POOL_FILE, False
     if dist.main and not path.exists():
         x_t = reshape_images(labelled.x, bundle.image_shape[1], bundle.image_shape[0])
         cached = cache_dir / f"pool-{_pool_key(cfg, bundle, x_t)}.pt" if cache_dir else None
@@ -261,7 +262,10 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
     The choice is kept in the run directory, so a resumed run goes on with the same one."""
     path = out / CHOICE_FILE
     if resume and path.is_file():
-        return coverage.Choice.model_validate_json(path.read_text())
+        try:
+            return coverage.Choice.model_validate_json(path.read_bytes())
+        except ValueError:  # damaged, or an earlier edgeppt's: measured again below, from the same seeds
+            pass
     init_feats = coverage.features(model, labelled.x)  # before PP: what scratch starts from
     fold = crossval.folds(labelled.y, cfg.auto.cv_folds, cfg.seed) if bundle is not None else None
     untrained = copy.deepcopy(model) if fold is not None else None
@@ -507,12 +511,13 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             added = {**json.loads((out / ADDED_FILE).read_text()), **added}
         except (OSError, ValueError, TypeError):  # damaged: only the report's record of them is lost
             pass
-    if added and dist.main:
-        atomic_write_json(out / ADDED_FILE, added)
-    elif not resume and dist.main:
-        (out / ADDED_FILE).unlink(missing_ok=True)  # a new run in a folder an unfinished one left: not its record
     if not resume and ((out / REPORT_FILE).exists() or (out / CHECKPOINT_FILE).exists()):
         raise EdgepptError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
+    if added and dist.main:
+        atomic_write_json(out / ADDED_FILE, added)
+    elif not resume and dist.main:  # a new run in a folder an unfinished one left: neither its record nor its pool
+        for left in (ADDED_FILE, POOL_FILE):  # (drawn for that run's source, labels and settings) is this one's
+            (out / left).unlink(missing_ok=True)
     if cfg.needs_source() and cfg.source is None:
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
     if cfg.method in ("ssl", "pp+ssl") and cfg.unlabeled is None:

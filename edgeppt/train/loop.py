@@ -152,10 +152,12 @@ class Trainer:
     def _global_step(self, phase: int, step: int) -> int:
         return sum(p.steps for p in self.phases[:phase]) + step
 
-    def _save(self, phase: int, step: int, opt: torch.optim.Optimizer, ema: AveragedModel | None) -> None:
+    def _save(self, phase: int, step: int, opt: torch.optim.Optimizer, ema: AveragedModel | None,
+              raw: dict[str, torch.Tensor] | None = None) -> None:
+        """`raw`: at an averaged phase's end, the weights it trained (`model` then holds the average)."""
         if self.dist.main:
             atomic_torch_save(self.ckpt_path, {
-                "phase": phase, "step": step, "model": self.model.state_dict(),
+                "phase": phase, "step": step, "model": self.model.state_dict(), "raw": raw,
                 "objective": self.phases[phase].objective.state_dict(), "optimizer": opt.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
                 "timings": self.timings, "images_seen": self.images_seen,
@@ -231,10 +233,14 @@ class Trainer:
             torch.optim.SGD(params, lr=ph.lr, momentum=0.9, nesterov=True, weight_decay=ph.weight_decay)
         if state is not None:
             self._load(ph, state, [(self.model, "model"), (ph.objective, "objective"), (opt, "optimizer")])
+        if state is not None and state.get("raw") is not None and start < ph.steps:
+            self.model.load_state_dict(state["raw"])  # a finished phase made longer goes on from its own weights
         ema = ema_model(self.model, ph.ema) if ph.ema > 0 else None  # from the resumed weights
         if ema is not None and state is not None and state.get("ema") is not None:
             self._load(ph, state, [(ema, "ema")])
         if start >= ph.steps:
+            if ema is not None:  # a phase made shorter on resume hands on its average too, as its end does
+                self.model.load_state_dict(ema.module.state_dict())
             return
         if state is None and ph.skip is not None and self.dist.world == 1 and ph.skip(ph.objective):
             self.skipped.append(ph.name)
@@ -267,7 +273,9 @@ class Trainer:
                 seen = int(stats.pop("images", 0)) * self.dist.world
                 self.images_seen[ph.name] = self.images_seen.get(ph.name, 0) + seen
                 done = step + 1
-                if ema is not None and done == ph.steps:  # the phase hands on its average
+                raw = None
+                if ema is not None and done == ph.steps:  # the phase hands on its average (its own weights kept
+                    raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # in the checkpoint)
                     self.model.load_state_dict(ema.module.state_dict())
                 self.timings[ph.name] = time.perf_counter() - t_phase
                 if ph.on_end is not None and done == ph.steps and self.dist.main:
@@ -292,7 +300,7 @@ class Trainer:
                     if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()
                                if t.is_floating_point()):
                         self._diverged(ph.name, done, "weights became NaN/inf", last_good)
-                    self._save(pi, done, opt, ema)
+                    self._save(pi, done, opt, ema, raw)
                     last_good = done
                 if stop["flag"]:
                     raise _Interrupted
