@@ -276,7 +276,7 @@ class TransferConfig(SourceTrust):
                                   ".npz, built-in) or 'rest' (the target pool's images that are not labelled)")
     max_unlabeled: int = Field(10_000, ge=0, description="use at most this many unlabelled images, a fixed random "
                                "subset (0 = all): label propagation's graph grows with the square of the count, "
-                               "and the SSL phase sees about 32,000 images in all")
+                               "and the SSL phase sees about 64,000 images in all")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     labels_per_class: int = Field(4, ge=1)
     arch: str | dict = "resnet_xs"

@@ -394,3 +394,10 @@ def test_the_curves_take_a_phase_loaded_from_the_cache_and_a_line_cut_short(tmp_
     assert [line.get_label() for line in ax_loss.get_lines()] == ["ssl"]  # the reused phase has no loss to draw
     assert list(ax_loss.get_lines()[0].get_xdata()) == list(range(41, 70))  # after the reused phase's 40 steps
     assert [line.get_label() for line in ax_acc.get_lines()] == ["pp"]
+
+
+def test_the_documented_pipeline_yaml_is_a_valid_config():
+    """docs/pipeline.md's example is what `edgeppt run` accepts, field for field."""
+    text = (ROOT / "docs" / "pipeline.md").read_text().split("## `pipeline.yaml`")[1]
+    cfg = parse_config(yaml.safe_load(text.split("```yaml")[1].split("```")[0]))
+    assert cfg.search.trials == 4 and cfg.transfer.pssl.steps == 100 and cfg.export.formats == ["onnx", "int8"]
