@@ -31,9 +31,9 @@ from edgeppt.pipeline.example import BUDGETS, budget_help, example_bundle
 from edgeppt.pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
 from edgeppt.pipeline.state import CONFIG_FILE
 from edgeppt.runs import atomic_write_json, read_jsonl
+from edgeppt.search.record import CONFIG_FILE as SEARCH_CONFIG_FILE
 from edgeppt.search.record import read_best
-from edgeppt.transfer.record import copies_note, read_report
-from edgeppt.transfer.run import PLAN_FILE
+from edgeppt.transfer.record import PLAN_FILE, copies_note, read_report
 
 STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
 EXAMPLE_TARGET_LABEL = "Built-in example: animals (elephant, giraffe, horse, sheep, zebra)"
@@ -418,7 +418,7 @@ def search_trials(folder: Path) -> list[dict[str, Any]]:
 def show_search(run: Path, status: dict[str, Any]) -> None:
     folder = run / "search"
     rows = search_trials(folder)
-    cfg = read_json(folder / "search_config.json") or {}
+    cfg = read_json(folder / SEARCH_CONFIG_FILE) or {}
     trained = [r for r in rows if r.get("status") == "trained"]
     if cfg:
         done = sum(not r.get("reference") for r in trained)  # the hand-designed reference is not one of the trials

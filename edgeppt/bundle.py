@@ -162,6 +162,11 @@ class SourceBundle:
         return self.generate(F.one_hot(labels.cpu(), self.num_classes).float(), generator=generator)
 
     @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """softmax(C(x) / T): which source classes images in [0, 1] resemble (P-SSL's condition, kd's teacher)."""
+        with torch.no_grad():
+            return F.softmax(self.classify(x)[0] / temperature, dim=1)
+
     def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) of images in [0, 1], on the bundle's device."""
         spec = self.manifest.classifier

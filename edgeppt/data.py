@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +31,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 MAX_IMAGE_PIXELS = 64_000_000
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 BUILTIN = {"animals": ANIMAL_CLASSES, "digits": [str(i) for i in range(10)]}
-EXAMPLE_SOURCE = "animals:bear,bird,cat,cow,dog"
 EXAMPLE_TARGET = "animals:elephant,giraffe,horse,sheep,zebra"
 
 
@@ -434,6 +434,28 @@ def without_test_images(target: ImageSet, test: ImageSet, spec: str) -> ImageSet
         raise EdgepptError(f"--test {spec}: every target image is also a test image; give test images apart from "
                            "the target's, or leave --test out to hold out a share of the target")
     return target if len(keep) == len(target) else target.subset(keep)
+
+
+class TargetSplit(NamedTuple):
+    labelled: ImageSet  # the k labels a class
+    test: ImageSet  # reports only
+    rest: ImageSet  # the training pool less the labels (what `--unlabeled rest` and the search's validation use)
+    train: ImageSet  # the training pool: labelled + rest
+
+
+def split_target(target: ImageSet, test_spec: str | None, test_fraction: float, labels_per_class: int,
+                 seed: int) -> TargetSplit:
+    """The one split every stage makes of the target: the separate test set (its classes the target's; the pool
+    less its copies) or a fixed held-out share, then k labels a class drawn by the run's seed."""
+    if test_spec:
+        test = load_dataset(test_spec, target.shape[1], target.shape[0])
+        if test.classes != target.classes:
+            raise EdgepptError(f"test classes {test.classes} differ from target classes {target.classes}")
+        train = without_test_images(target, test, test_spec)
+    else:
+        train, test = held_out_split(target, test_fraction, labels_per_class)
+    labelled, rest = few_shot(train, labels_per_class, seed)
+    return TargetSplit(labelled, test, rest, train)
 
 
 def few_shot(ds: ImageSet, labels_per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:

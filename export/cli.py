@@ -57,8 +57,8 @@ def export_cmd(
     device: str = typer.Option(DEFAULT_DEVICE, help="Device profile: a built-in name (x86-cpu, arm-cpu, jetson) or a "
                                "profile .yaml; its export section picks default formats, int8 activations "
                                "and threads."),
-    formats: Optional[str] = typer.Option(None, help=f"Comma-separated: {','.join(FORMATS)} "
-                                          "(default: the device's)."),
+    formats: Optional[str] = typer.Option(None, help="Comma-separated (default: the device's): " + "; ".join(
+        f"{f.name}: {f.description} ({f.runs_on})" for f in FORMATS.values()) + "."),
     int8_calibration: str = _option("int8_calibration"),
     source: Optional[Path] = typer.Option(None, help="Source bundle for --int8-calibration pseudo "
                                           "(default: the run's)."),

@@ -21,7 +21,7 @@ from edgeppt.models import create_model
 from edgeppt.models.base import ClassifierNet
 from edgeppt.onnxspec import OPSET
 from edgeppt.runs import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
-from edgeppt.transfer.record import read_report
+from edgeppt.transfer.record import MODEL_FILE, read_report
 
 from . import runner
 
@@ -54,7 +54,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise EdgepptError(f"{run_dir}: no such run directory")
-    ckpt_path = run_dir / "model.pt"
+    ckpt_path = run_dir / MODEL_FILE
     if not ckpt_path.is_file():
         hint = (" (the run has a checkpoint but has not finished: resume it first)"
                 if (run_dir / CHECKPOINT_FILE).exists() else "")

@@ -66,7 +66,7 @@ def pseudo_calibration(bundle: SourceBundle, anchors: torch.Tensor | None, n: in
     ps = []
     if anchors is not None and n_anchor:
         src = reshape_images(anchors, bundle.image_shape[1], bundle.image_shape[0])
-        p = torch.softmax(bundle.classify(src)[0] / PSEUDO_TEMPERATURE, 1)
+        p = bundle.probabilities(src, PSEUDO_TEMPERATURE)
         ps.append(p[torch.arange(n_anchor) % len(p)])
     if n - n_anchor:
         alpha = torch.full((bundle.num_classes,), 0.5)
@@ -90,9 +90,6 @@ def sensitive_nodes(model_path: str | Path) -> tuple[str, ...]:
     the layers kept in float when full INT8 loses too much accuracy."""
     nodes = [n for n in onnx.load(str(model_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     return tuple(dict.fromkeys(n.name for n in (nodes[:1] + nodes[-1:])))
-
-
-EVALUATORS = ("host", "reference")
 
 
 def accuracy(model_path: str | Path, x: np.ndarray, y: np.ndarray, evaluator: str = "host", threads: int = 1) -> float:

@@ -18,6 +18,8 @@ from edgeppt.config import SearchConfig, TransferConfig, validate
 from edgeppt.data import BUILTIN
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import atomic_write_bytes, sha256_file
+from edgeppt.search.record import BEST_FILE
+from edgeppt.transfer.record import MODEL_FILE, REPORT_FILE
 
 from .config import PipelineConfig
 
@@ -114,7 +116,7 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
 
     settings = cfg.transfer.model_dump()
     if cfg.search.enabled:
-        settings["arch"] = str(run / "search" / "best.json")
+        settings["arch"] = str(run / "search" / BEST_FILE)
     if settings["image_size"] is None:  # the side the search costed the network at, and the device receives
         settings["image_size"] = (cfg.search.image_size if cfg.search.enabled else None) or \
             load_profile(cfg.device).input_size
@@ -125,7 +127,7 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
 
 
 def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
-    arch = file_hash(run / "search" / "best.json") if cfg.search.enabled else cfg.transfer.arch
+    arch = file_hash(run / "search" / BEST_FILE) if cfg.search.enabled else cfg.transfer.arch
     return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size"}), "arch": arch,
             "image_size": transfer_config(cfg, run).image_size,
             "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg)}
@@ -147,7 +149,7 @@ def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, 
 def _export_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
     return {"export": cfg.export.model_dump(mode="json"), "device": _device_inputs(cfg),
             "source": bundle_fingerprint(cfg.source),  # its pseudo samples calibrate and check INT8
-            "model": file_hash(run / "transfer" / "model.pt"), "report": file_hash(run / "transfer" / "report.json")}
+            "model": file_hash(run / "transfer" / MODEL_FILE), "report": file_hash(run / "transfer" / REPORT_FILE)}
 
 
 def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
@@ -169,8 +171,8 @@ def zip_bundle(folder: Path, dest: Path) -> Path:
 
 
 STAGES: list[Stage] = [
-    Stage("search", _search_inputs, _search_run, "best.json", SearchConfig.RESUME_FREE),
-    Stage("transfer", _transfer_inputs, _transfer_run, "report.json", TransferConfig.RESUME_FREE),
+    Stage("search", _search_inputs, _search_run, BEST_FILE, SearchConfig.RESUME_FREE),
+    Stage("transfer", _transfer_inputs, _transfer_run, REPORT_FILE, TransferConfig.RESUME_FREE),
     Stage("export", _export_inputs, _export_run, "bundle.zip"),
 ]
 STAGE_BY_NAME = {s.name: s for s in STAGES}

@@ -23,11 +23,9 @@ from edgeppt.config import AugmentConfig, ProxyConfig, SearchConfig
 from edgeppt.data import (
     ImageSet,
     few_shot,
-    held_out_split,
-    load_dataset,
     load_target,
     reshape_images,
-    without_test_images,
+    split_target,
 )
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
@@ -59,11 +57,7 @@ def prepare(cfg: SearchConfig) -> ProxyData:
     bundle: SourceBundle | None = open_source(cfg.source, cfg) if cfg.source else None
     # the target's own channels and side, by the rule transfer loads it with
     target = load_target(cfg.target, cfg.image_size, None, bundle.image_shape[1] if bundle else None)
-    if cfg.test:  # the target less any image the test set holds too, as transfer has it
-        train = without_test_images(target, load_dataset(cfg.test, target.shape[1], target.shape[0]), cfg.test)
-    else:
-        train, _test = held_out_split(target, cfg.test_fraction, cfg.labels_per_class)
-    labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
+    labelled, _test, rest, _train = split_target(target, cfg.test, cfg.test_fraction, cfg.labels_per_class, cfg.seed)
     if cfg.val_per_class:
         try:
             val, _ = few_shot(rest, cfg.val_per_class, cfg.seed + 1)

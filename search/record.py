@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from edgeppt.runs import read_record
 
 BEST_FILE = "best.json"
+CONFIG_FILE = "search_config.json"  # the settings the search ran with (a resume and the wizard read them)
 
 
 class Costs(BaseModel):

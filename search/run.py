@@ -30,10 +30,9 @@ from .costmodel import CostModel
 from .latency_cache import LatencyCache
 from .ledger import Ledger
 from .proxy import ProxyData, evaluate_arch, prepare
+from .record import CONFIG_FILE
 from .space import extreme_sample, sample_key, to_arch
 from .workers import check_workers, manager_ip, remote_service
-
-CONFIG_FILE = "search_config.json"
 
 
 def budgets_of(cfg: SearchConfig, profile: DeviceProfile) -> Budgets:

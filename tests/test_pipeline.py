@@ -144,8 +144,8 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_bundle, tmp_path,
     cfg = parse_config(raw_config(tiny_bundle))
     save = Trainer._save
 
-    def save_then_interrupt(self, phase, step, opt, ema):  # Ctrl-C right after the target phase's step-6 checkpoint
-        save(self, phase, step, opt, ema)
+    def save_then_interrupt(self, phase, step, opt, ema, raw=None):  # Ctrl-C after the target phase's step 6
+        save(self, phase, step, opt, ema, raw)
         if self.phases[phase].name != "pretrain" and step == 6:
             raise KeyboardInterrupt
 

@@ -47,8 +47,7 @@ class Distill(Supervised):
         x, y = sample_batch(self.data, self.batch_size, g)
         x = augment.weak(x, g, self.aug)
         x, y = shard(x, dist), shard(y, dist)
-        with torch.no_grad():
-            teacher = F.softmax(self.bundle.classify(x)[0] / self.t, 1)
+        teacher = self.bundle.probabilities(x, self.t)
         dev = next(net.parameters()).device
         logits, aux = net(x.to(dev))
         y = y.to(dev)
@@ -153,8 +152,7 @@ class PseudoPretrain(Objective):
             loss = loss + self.contrastive * con
             stats["contrastive"] = con.item()
         if self.teacher:
-            with torch.no_grad():
-                soft = F.softmax(self.bundle.classify(x)[0] / self.t, 1).to(dev)
+            soft = self.bundle.probabilities(x, self.t).to(dev)
             kd = F.kl_div(F.log_softmax(logits / self.t, 1), soft, reduction="batchmean") * self.t**2
             loss = loss + self.teacher * kd
             stats["kd"] = kd.item()

@@ -34,8 +34,7 @@ class PseudoPool:
 
 
 def condition_probs(bundle: SourceBundle, x_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    with torch.no_grad():
-        return F.softmax(bundle.classify(x_t)[0] / temperature, dim=1).cpu()
+    return bundle.probabilities(x_t, temperature).cpu()
 
 
 def _features(bundle: SourceBundle, x: torch.Tensor) -> torch.Tensor:

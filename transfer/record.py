@@ -14,6 +14,8 @@ from edgeppt.runs import read_record
 from .coverage import Choice
 
 REPORT_FILE = "report.json"
+MODEL_FILE = "model.pt"  # the trained weights and the architecture they fit (export reads it)
+PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
 
 
 class PhaseRecord(BaseModel):

@@ -19,14 +19,12 @@ from edgeppt.data import (
     DataRecord,
     ImageSet,
     exact_copies,
-    few_shot,
-    held_out_split,
     load_dataset,
     load_target,
     load_unlabeled,
     reshape_images,
+    split_target,
     subsample,
-    without_test_images,
 )
 from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, arch_spec, create_model
@@ -51,17 +49,16 @@ from . import coverage, crossval
 from .methods import METHODS, pp_augment, supervised, supervised_settings
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import POOL_FIELDS, PseudoPool, make_pool
-from .record import REPORT_FILE, TransferReport, copies_note
+from .record import MODEL_FILE, PLAN_FILE, REPORT_FILE, TransferReport, copies_note
 from .reverse import reverse_accuracy
 from .source_ft import source_model
 from .ssl import LabelProp, commonest_over_others, uneven_shares_warning
 from .supermask import Supermasked, attach, finish, update_size
 
-CONFIG_FILE, MODEL_FILE, CHOICE_FILE = "config.json", "model.pt", "auto.json"
+CONFIG_FILE, CHOICE_FILE = "config.json", "auto.json"
 WARM_FILE = "warm_start.pt"  # the SSL methods' labels-only warm start, kept for auto's reverse check
 ADDED_FILE = "added_on_resume.json"  # settings an earlier edgeppt's run lacked, kept across resumes for the report
 POOL_FILE = "pseudo_pool.pt"  # the pseudo samples drawn for this run, kept for its resume
-PLAN_FILE = "plan.json"  # the method being trained and its phases, written before training (progress bars read it)
 
 
 def load_run_config(out: Path) -> TransferConfig:
@@ -105,15 +102,9 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
         source_side = bundle.image_shape[1] if bundle else read_manifest(cfg.source).image_shape[1] if cfg.source \
             else None
         target = load_target(cfg.target, cfg.image_size, None, source_side)
-    if cfg.test:
-        test = load_dataset(cfg.test, target.shape[1], target.shape[0])
-        if test.classes != target.classes:
-            raise EdgepptError(f"test classes {test.classes} differ from target classes {target.classes}")
-        train = without_test_images(target, test, cfg.test)
-    else:
-        train, test = held_out_split(target, cfg.test_fraction, cfg.labels_per_class)
-    labelled, rest = few_shot(train, cfg.labels_per_class, cfg.seed)
-    return labelled, test, rest, DataRecord.of(cfg.target, cfg.test, target, test, labelled, train)
+    split = split_target(target, cfg.test, cfg.test_fraction, cfg.labels_per_class, cfg.seed)
+    return split.labelled, split.test, split.rest, DataRecord.of(cfg.target, cfg.test, target, split.test,
+                                                                 split.labelled, split.train)
 
 
 class Unlabelled(NamedTuple):
