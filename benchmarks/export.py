@@ -96,7 +96,8 @@ def bench_run(run_dir: str, source: str | None, threads: int, runs: int, calib_n
         variants.append(("ONNX Runtime int8, target calibration (TensorRT recipe: symmetric s8)", "target", True))
         for label, mode, symmetric in variants:
             if mode == "target":  # as the export does: calibration and guard images, both outside the test split
-                pool = Q.check_calibration(Q.subsample(target_images(run, None), calib_n + GUARD_IMAGES, 0), shape)
+                pool = Q.check_calibration(Q.subsample(target_images(run, None, x)[0], calib_n + GUARD_IMAGES, 0),
+                                           shape)
             else:
                 from edgeppt.bundle import load_bundle
                 assert source is not None  # the pseudo-sample variant is listed only with a source

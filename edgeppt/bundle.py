@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import signing
 from .bundle_runtime import OnnxPart, Part, TorchPart, load_program
-from .config import SourceTrust
+from .config import SourceTrust, Strict
 from .data import reshape_images
 from .errors import EdgepptError
 from .onnxspec import external_files
@@ -38,8 +38,8 @@ GENERATOR_FILE, CLASSIFIER_FILE = "generator.onnx", "classifier.onnx"
 BUILTIN_KEYS = Path(__file__).parent / "keys"  # public keys of the bundles shipped with edgeppt
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(Strict):
+    """A manifest's sections: unknown fields, NaN and infinity refused (JSON readers accept NaN and Infinity)."""
 
 
 class Latent(_Strict):
@@ -73,6 +73,13 @@ class ClassifierSpec(_Strict):
     softmax_output: bool = Field(False, description="the logits output holds probabilities (the graph ends in a "
                                                    "softmax): their logarithms serve as logits")
 
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float]) -> list[float]:
+        if not std or min(std) <= 0:
+            raise ValueError(f"{std}: C's input std must be positive (one value, or one per channel)")
+        return std
+
 
 class Manifest(_Strict):
     format: Literal["edgeppt-source-bundle"] = "edgeppt-source-bundle"
@@ -92,6 +99,17 @@ class Manifest(_Strict):
         if shape[0] not in (1, 3) or min(shape) < 1:
             raise ValueError(f"{list(shape)}: images must have 1 (gray) or 3 (colour) channels and a size")
         return shape
+
+    @model_validator(mode="after")
+    def _fits(self) -> Manifest:
+        lo, hi = self.generator.output_range
+        if not lo < hi:
+            raise ValueError(f"generator.output_range {[lo, hi]}: the low end must be below the high end")
+        c = self.classifier
+        if {len(c.mean), len(c.std)} - {1, self.image_shape[0]}:
+            raise ValueError(f"classifier.mean {c.mean} and std {c.std}: one value, or one per channel "
+                             f"({self.image_shape[0]})")
+        return self
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar, get_args
+from typing import Annotated, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -24,6 +24,13 @@ METHODS = ("auto", "scratch", "kd", "pp", "pp+kd", "pssl", "pp+pssl", "ssl", "pp
 # The SSL algorithms of the P-SSL phase (transfer/ssl.py registers one class per name).
 SSL_ALGORITHMS = ("anchor", "fixmatch", "uda", "pseudolabel", "meanteacher", "labelprop")
 
+
+# How every stage splits the target and the side images may be given at: search, transfer and the pipeline alike.
+TestFraction = Annotated[float, Field(gt=0, lt=1, description="share of the target held out as the test split "
+                                      "(the same fixed split in every stage; it reports, never chooses)")]
+LabelsPerClass = Annotated[int, Field(ge=1, description="labelled target images per class")]
+ImageSide = Annotated[int, Field(ge=8, le=512)]
+TEST_FRACTION, LABELS_PER_CLASS = 0.2, 4
 
 # The labels-only target phase's recipe, shared by transfer and the search's proxy (which mirrors it in short).
 TARGET_BATCH = 32
@@ -46,7 +53,7 @@ class SourceTrainConfig(Strict):
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"gan_steps", "checkpoint_every", "out", "sign"})
     data: str = Field(description="dataset spec: built-in name[:classes], class-folder path or .npz")
     out: Path
-    image_size: int | None = Field(None, ge=8, le=512)
+    image_size: ImageSide | None = None
     seed: int = 0
     latent_dim: int = Field(64, ge=2)
     gen_channels: int = Field(32, ge=8)
@@ -277,12 +284,12 @@ class TransferConfig(SourceTrust):
     max_unlabeled: int = Field(10_000, ge=0, description="use at most this many unlabelled images, a fixed random "
                                "subset (0 = all): label propagation's graph grows with the square of the count, "
                                "and the SSL phase sees about 64,000 images in all")
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    labels_per_class: int = Field(4, ge=1)
+    test_fraction: TestFraction = TEST_FRACTION
+    labels_per_class: LabelsPerClass = LABELS_PER_CLASS
     arch: str | dict = "resnet_xs"
     method: Literal[METHODS] = "auto"  # type: ignore[valid-type]
     seed: int = 0
-    image_size: int | None = Field(None, ge=8, le=512)
+    image_size: ImageSide | None = None
     batch_size: int = Field(TARGET_BATCH, ge=1, description="labelled batch size")
     lr: float = Field(0.05, gt=0, description="learning rate of the target phases (SGD, cosine decay)")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay of the target phases")
@@ -451,8 +458,8 @@ class SearchConfig(SourceTrust):
     source: Path | None = Field(None, description="source bundle for the proxy's pseudo pre-training (None: none)")
     target: str
     test: str | None = None
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="held out exactly as transfer does; search never sees it")
-    labels_per_class: int = Field(4, ge=1)
+    test_fraction: TestFraction = TEST_FRACTION
+    labels_per_class: LabelsPerClass = LABELS_PER_CLASS
     # 20 by default: cross-validation over the k labels alone (0) ranked 12 sampled architectures backwards
     # (Kendall tau -0.65 against transfer's accuracy on a separate labelled split; benchmarks/ranking.py).
     val_per_class: int = Field(20, ge=0, description="extra labelled images per class that rank candidates, disjoint "
@@ -466,7 +473,7 @@ class SearchConfig(SourceTrust):
                              "settings, and turns the rules off where transfer's method is not auto)")
     folds: int = Field(2, ge=2, description="cross-validation folds over the training labels when val_per_class "
                                             "is 0 (each fold fine-tunes on the others' labels, scores on its own)")
-    image_size: int | None = Field(None, ge=8, le=512)
+    image_size: ImageSide | None = None
     device: str = Field(DEFAULT_DEVICE, description="device profile name or .yaml")
     latency_ms: float | None = Field(None, gt=0, description="override the profile's latency budget")
     params: int | None = Field(None, gt=0)

@@ -98,6 +98,11 @@ def _fp16(ctx: Context) -> dict[str, Any]:
     path = convert_fp16(_file(ctx, "onnx"), _file(ctx, "fp16"))
     out: dict[str, Any] = {"file": path.name, "precision": FORMATS["fp16"].precision}
     try:  # onnxruntime's CPU provider lacks float16 kernels for some ops; then only the GPU can check it
+        # Whether FP16 may be the default is judged on images outside the test split; the test split reports.
+        guard_x = Q.subsample(target_images(ctx.run, None, ctx.test_x)[0], GUARD_IMAGES, seed=1).numpy()
+        out["guard_parity"] = {**parity(torch_logits(ctx.run.model, torch.from_numpy(guard_x)), path, guard_x),
+                               "images": len(guard_x), "judged_on": "images outside the test split, by top-1 "
+                               "agreement with PyTorch (no labels)"}
         out["parity"] = parity(ctx.reference, path, ctx.test_x)
         out["accuracy"] = Q.accuracy(path, ctx.test_x, ctx.test_y)
     except Exception as e:
@@ -168,12 +173,14 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
     mode, n, shape = ctx.options["int8_calibration"], ctx.options["calibration_size"], ctx.run.input_shape
     given = ctx.options.get("calibration_images")
     if given is not None:
-        pool, info = Q.check_calibration(given, shape), {"mode": "given"}
+        x, dropped = without_test(torch.from_numpy(Q.check_calibration(given, shape)), ctx.test_x, "the images given")
+        pool, info = x.numpy(), {"mode": "given", "test_copies_left_out": dropped}
     elif mode == "target":
         spec = ctx.options.get("calibration_data")
-        x = Q.subsample(target_images(ctx.run, spec), n + GUARD_IMAGES, seed=0)
-        pool = Q.check_calibration(x, shape)
-        info = {"mode": "target", "from": spec or "the run's target images outside the test split"}
+        x, dropped = target_images(ctx.run, spec, ctx.test_x)
+        pool = Q.check_calibration(Q.subsample(x, n + GUARD_IMAGES, seed=0), shape)
+        info = {"mode": "target", "from": spec or "the run's target images outside the test split",
+                "test_copies_left_out": dropped}
     elif mode == "pseudo":
         from edgeppt.bundle import load_bundle
 
@@ -189,12 +196,27 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
     return calib, guard, {**info, "images": len(calib), "guard_images": len(guard), "guard_disjoint": disjoint}
 
 
-def target_images(run: LoadedRun, spec: str | None) -> torch.Tensor:
-    """Unlabelled target images for calibration: a given dataset, or the run's target set minus its test split."""
+def target_images(run: LoadedRun, spec: str | None, test_x: np.ndarray) -> tuple[torch.Tensor, int]:
+    """Unlabelled target images for calibration and the guards, and how many test images were left out of them: a
+    given dataset less its copies of the run's test images (a target folder holds them), or the run's target set
+    less its test split."""
     from edgeppt.data import load_dataset, reshape_images
 
-    ds = load_dataset(spec) if spec else run_record(run).pool()
-    return reshape_images(ds.x, run.image_size, run.in_chans)
+    if not spec:
+        return reshape_images(run_record(run).pool().x, run.image_size, run.in_chans), 0
+    x = reshape_images(load_dataset(spec, run.image_size, run.in_chans).x, run.image_size, run.in_chans)
+    return without_test(x, test_x, spec)
+
+
+def without_test(x: torch.Tensor, test_x: np.ndarray, what: str) -> tuple[torch.Tensor, int]:
+    """x less its exact copies of the test images: the test split reports, it never calibrates or judges."""
+    from edgeppt.data import exact_copies
+
+    copies = exact_copies(x, torch.from_numpy(test_x))
+    if copies.all():
+        raise EdgepptError(f"{what}: every image is one of the run's test images, which never calibrate or judge "
+                           "INT8; give other images, or leave --calibration-data out (the run's own pool)")
+    return x[~copies], int(copies.sum())
 
 
 def parse_formats(formats: str | list[str] | tuple[str, ...] | None, device: DeviceProfile) -> list[str]:

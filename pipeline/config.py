@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, create_model, field_validator
 
-from edgeppt.config import AugmentConfig, SearchConfig, SourceTrust, Strict, TransferConfig, load_yaml, validate
+from edgeppt.config import (
+    LABELS_PER_CLASS,
+    TEST_FRACTION,
+    AugmentConfig,
+    LabelsPerClass,
+    SearchConfig,
+    SourceTrust,
+    Strict,
+    TestFraction,
+    TransferConfig,
+    load_yaml,
+    validate,
+)
 from edgeppt.devices import DEFAULT_DEVICE, load_profile
 from edgeppt.errors import EdgepptError
 from edgeppt.export.formats import ExportOptions
@@ -55,8 +67,8 @@ class PipelineConfig(SourceTrust):
     source: Path = Field(description="source bundle directory (generator + classifier)")
     target: str = Field(description="labelled target images: built-in name[:classes], class-folder path or .npz")
     test: str | None = Field(None, description="test images (default: a fixed split of target)")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of target held out as the test split")
-    labels_per_class: int = Field(4, ge=1)
+    test_fraction: TestFraction = TEST_FRACTION
+    labels_per_class: LabelsPerClass = LABELS_PER_CLASS
     device: str = Field(DEFAULT_DEVICE, description="device profile name or .yaml")
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="CPU threads for training (default: torch's)")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import onnxruntime as ort
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from edgeppt.bundle import (
@@ -34,6 +34,7 @@ from edgeppt.bundle import (
 )
 from edgeppt.bundle_runtime import load_program
 from edgeppt.bundle_write import export_onnx, write_bundle
+from edgeppt.config import Strict
 from edgeppt.errors import EdgepptError
 from edgeppt.onnxspec import external_files
 from edgeppt.runs import atomic_write_text
@@ -42,9 +43,8 @@ from edgeppt.signing import verify_folder
 from .inspect import render_grid
 
 
-class PackConfig(BaseModel):
+class PackConfig(Strict):
     """What the owner declares about G and C (the CLI's flags)."""
-    model_config = ConfigDict(extra="forbid")
     generator: str = Field(description="G.onnx, G.pt2, or package.module:function returning a torch module")
     classifier: str = Field(description="C.onnx, C.pt2, or package.module:function returning a torch module")
     classes: list[str] = Field(min_length=2)

@@ -514,3 +514,22 @@ def test_a_graph_whose_weights_lie_outside_the_bundle_is_refused_before_it_runs(
     with pytest.raises(EdgepptError, match=r"classifier.onnx: tensor .* keeps its data at '../outside.data', "
                                            r"outside"):
         load_bundle(out)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m["classifier"].update(std=[0.0]), "std must be positive"),
+    (lambda m: m["classifier"].update(mean=[0.5, 0.5]), "one value, or one per channel"),
+    (lambda m: m["generator"].update(output_range=[1.0, 1.0]), "low end must be below the high end"),
+    (lambda m: m["latent"].update(truncation=float("nan")), "truncation"),
+])
+def test_a_manifest_with_numbers_that_cannot_work_is_one_line(tmp_path: Path, edit, problem):
+    """A std of 0 (every image infinite), NaN (JSON readers take it), a range that does not rise, or one mean per
+    channel of another image: refused when the manifest is read, naming the field, before any graph runs."""
+    g, c = onnx_pair(tmp_path)
+    out, _ = pack(cfg(tmp_path, g, c, output_range=(-1, 1)))
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))  # json writes NaN as the bare token NaN
+    with pytest.raises(EdgepptError, match=problem) as e:
+        load_bundle(out)
+    assert "\n" not in str(e.value)

@@ -102,6 +102,8 @@ def test_fp16_model_is_float16_and_close(bundle, trained_run, test_split):
     ref = torch_logits(load_run(trained_run).model, torch.from_numpy(test_split[0]))
     got = runner.predict_logits(runner.make_session(path / "model.fp16.onnx", 1, "cpu"), test_split[0])
     assert (got.argmax(1) == ref.argmax(1)).mean() > 0.98 and np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    guard = art["guard_parity"]  # what judges it as a default: images outside the test split
+    assert guard["images"] > 0 and guard["top1_agreement"] > 0.98 and "outside the test split" in guard["judged_on"]
     par = art["parity"]  # and the manifest reports what this run measured
     assert par["top1_agreement"] == pytest.approx(float((got.argmax(1) == ref.argmax(1)).mean()))
 
@@ -250,6 +252,18 @@ def test_manifest_hashes_every_file_and_a_tampered_file_is_refused(bundle, tmp_p
     (bad / "labels.txt").unlink()
     with pytest.raises(EdgepptError, match="labels.txt: missing"):
         verify_bundle(bad)
+
+
+def test_what_ships_to_the_device_runs_on_python_3_8(bundle):
+    """The bundle's Python files run on the device's own Python, not edgeppt's: JetPack 5 ships 3.8. vermin reads
+    each for the newest language feature or library call it uses."""
+    path, _ = bundle
+    shipped = sorted(str(f) for f in path.glob("*.py"))
+    assert {Path(f).name for f in shipped} >= {"runner.py", "build_engine.py"}, shipped
+    vermin = "from vermin.main import main; raise SystemExit(main())"  # it has no __main__ module
+    res = subprocess.run([sys.executable, "-c", vermin, "-t=3.8-", "--violations", "--no-tips", *shipped],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_runner_classifies_image_files(bundle, tmp_path):
@@ -532,9 +546,12 @@ def test_the_default_artifact_is_the_fastest_faithful_one_and_never_slower_than_
     unmet = {"onnx": {}, "int8": {"accuracy_guard": {"met": False}}}
     fmt, why = choose_default(unmet, rows(0.30, 0.12), x86)
     assert fmt == "onnx" and "int8 left out: outside the accuracy budget" in why
-    gpu = {"onnx": {}, "fp16": {"parity": {"top1_agreement": 1.0}}}
+    gpu = {"onnx": {}, "fp16": {"guard_parity": {"top1_agreement": 1.0}}}
     fmt, why = choose_default(gpu, rows(0.13, 0.31), jetson)
     assert fmt == "fp16" and "predicted" in why  # this host's timings do not decide for a Jetson
+    # FP16 is judged outside the test split: its agreement on the test split alone decides nothing
+    test_only = {"onnx": {}, "fp16": {"parity": {"top1_agreement": 1.0}, "guard_parity": {"top1_agreement": 0.9}}}
+    assert choose_default(test_only, rows(0.13, 0.31), jetson)[0] == "onnx"
     # Where int8 was timed and lost, the reason names what the CPU lacks or has.
     _, why = choose_default(arts, rows(0.13, 0.31), x86, cpu_int8=[])
     assert "no 8-bit dot-product instructions" in why
@@ -603,6 +620,24 @@ def test_device_profile_drives_the_export(bundle, trained_run, tmp_path):
                                  "--out", str(tmp_path / "o2")])
     assert r.exit_code == 2 and "formts" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_calibration_images_given_by_the_user_leave_the_test_images_out(trained_run, test_split, tmp_path):
+    """The whole target as --calibration-data (the natural thing to give) holds the test split: those images
+    neither calibrate INT8 nor judge it. Given test images alone are refused in one line."""
+    from edgeppt.data import exact_copies, load_dataset
+    from edgeppt.export.exporter import target_images, without_test
+
+    run = load_run(trained_run)
+    x, dropped = target_images(run, "digits:0,1,2,3,4", test_split[0])
+    # every test image, and any training image with the same pixels as one (the 8x8 digits repeat a few)
+    assert dropped >= len(test_split[0]) and len(x) + dropped == len(load_dataset("digits:0,1,2,3,4"))
+    assert not exact_copies(x, torch.from_numpy(test_split[0])).any()
+    with pytest.raises(EdgepptError, match="every image is one of the run's test images"):
+        without_test(torch.from_numpy(test_split[0]), test_split[0], "the images given")
+    m = export_run(trained_run, tmp_path / "b", formats="onnx,int8", calibration_data="digits:0,1,2,3,4",
+                   calibration_size=32, bench_runs=0, log=lambda s: None)
+    assert m["artifacts"]["int8"]["calibration"]["test_copies_left_out"] == dropped
 
 
 def test_calibration_set_of_the_wrong_shape(trained_run, tmp_path):
