@@ -12,6 +12,7 @@ from edgeppt.runs import read_record
 
 BEST_FILE = "best.json"
 CONFIG_FILE = "search_config.json"  # the settings the search ran with (a resume and the wizard read them)
+PROFILE_FILE = "device_profile.json"  # the device profile as the search judged candidates by (a resume checks it)
 
 
 class Costs(BaseModel):

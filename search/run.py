@@ -30,7 +30,7 @@ from .costmodel import CostModel
 from .latency_cache import LatencyCache
 from .ledger import Ledger
 from .proxy import ProxyData, evaluate_arch, prepare
-from .record import CONFIG_FILE
+from .record import CONFIG_FILE, PROFILE_FILE
 from .space import extreme_sample, sample_key, to_arch
 from .workers import check_workers, manager_ip, remote_service
 
@@ -310,9 +310,17 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
     _CONTEXTS.pop(key, None)  # this run's settings, never a context cached by an earlier call
     try:
         ctx = context(out, cfg, progress)
+        profile = ctx.profile.model_dump(mode="json")
+        if resume and (out / PROFILE_FILE).is_file():  # a profile edited in place: its name is the same
+            changed = resume_conflicts(read_run_json(out / PROFILE_FILE), profile)
+            if changed:
+                raise EdgepptError(f"{out}: device profile {cfg.device} changed since this search started "
+                                   f"({', '.join(changed)}); its candidates were judged by the profile as it was. "
+                                   "Restore it, or start a new search with another --out")
         smallest = check_feasible(ctx)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
+        atomic_write_json(out / PROFILE_FILE, profile)
         done = len(ctx.ledger.trials())
         if progress:
             report.console.print(f"search on {ctx.profile.name} ({ctx.profile.latency} latency), budgets "

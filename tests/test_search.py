@@ -649,3 +649,19 @@ def test_predictor_fit_predicts_held_out_probes_of_a_per_layer_device():
     assert held["within_10pct"] >= 0.9 and held["mape_pct"] < 6
     exact = [true.predict(f) for f in feats]
     assert errors(fit(feats, exact), feats, exact)["max_ape_pct"] < 1  # without noise the fit is exact
+
+
+def test_a_device_profile_edited_in_place_is_named_on_resume(tmp_path):
+    """Candidates were admitted or rejected by the profile's budgets: a resume after the profile file changed
+    (same name, other budgets) is refused in one line naming what changed; restored, it resumes."""
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    cfg = SearchConfig(device=str(prof), strategy="random", trials=1, finalists=0, reference=False, **FAST)
+    run_search(cfg, tmp_path / "run", progress=False)
+    original = prof.read_text()
+    prof.write_text(original.replace("latency_ms: 1.0", "latency_ms: 0.5"))
+    with pytest.raises(EdgepptError, match=r"device profile .* changed since this search started "
+                                           r"\(budgets.latency_ms\)"):
+        run_search(cfg.model_copy(update={"trials": 2}), tmp_path / "run", resume=True, progress=False)
+    prof.write_text(original)
+    assert run_search(cfg.model_copy(update={"trials": 2}), tmp_path / "run", resume=True,
+                      progress=False)["trained"] == 2
