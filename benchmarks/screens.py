@@ -59,7 +59,7 @@ from sklearn.mixture import GaussianMixture
 
 from edgeppt.bundle import open_source
 from edgeppt.config import PSSLConfig
-from edgeppt.data import load_dataset, reshape_images
+from edgeppt.data import load_dataset, reshape_images, stratified_folds
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.train import augment, probe
 from edgeppt.train.loop import Dist, Phase, Trainer
@@ -316,7 +316,7 @@ def cv(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path)
     assert cfg.source is not None
     bundle = open_source(cfg.source, cfg)
     labelled = prepare_splits(cfg, bundle)[0]
-    fold = crossval.folds(labelled.y, FOLDS, seed)
+    fold = stratified_folds(labelled.y, FOLDS, seed)
     assert fold is not None
     for row in ("scratch", "pp"):
         torch.manual_seed(cfg.seed)

@@ -458,6 +458,21 @@ def split_target(target: ImageSet, test_spec: str | None, test_fraction: float, 
     return TargetSplit(labelled, test, rest, train)
 
 
+def stratified_folds(y: torch.Tensor, n: int, seed: int | None = None) -> torch.Tensor | None:
+    """Each labelled image's fold (0..n-1), each class's images dealt round the folds (in a seeded order, or as
+    they come), so every fold holds about as many of each class; None where a class has fewer than n images (a
+    fold would train without it)."""
+    counts = torch.bincount(y)
+    if n < 2 or (counts < n).any():
+        return None
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    fold = torch.empty(len(y), dtype=torch.long)
+    for c in range(len(counts)):
+        idx = (y == c).nonzero().ravel()
+        fold[idx if g is None else idx[torch.randperm(len(idx), generator=g)]] = torch.arange(len(idx)) % n
+    return fold
+
+
 def few_shot(ds: ImageSet, labels_per_class: int, seed: int) -> tuple[ImageSet, ImageSet]:
     """k labelled images per class (seeded); the rest is returned as the unlabelled remainder."""
     g = torch.Generator().manual_seed(10_000 + seed)

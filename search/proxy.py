@@ -26,6 +26,7 @@ from edgeppt.data import (
     load_target,
     reshape_images,
     split_target,
+    stratified_folds,
 )
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
@@ -95,13 +96,10 @@ def _generate(bundle: SourceBundle, n: int, g: torch.Generator, shape: torch.Siz
 
 def label_folds(labelled: ImageSet, k: int) -> list[tuple[ImageSet, ImageSet]]:
     """k cross-validation folds over the labels, stratified: each class's images are dealt round the folds."""
-    per_class = [(labelled.y == c).nonzero().flatten() for c in range(len(labelled.classes))]
-    if min(len(i) for i in per_class) < k:
+    fold_of = stratified_folds(labelled.y, k)
+    if fold_of is None:
         raise EdgepptError(f"ranking by {k}-fold cross-validation needs at least {k} labels per class; give more "
                            "labels per class, fewer folds, or extra validation labels (val_per_class)")
-    fold_of = torch.empty(len(labelled), dtype=torch.long)
-    for idx in per_class:
-        fold_of[idx] = torch.arange(len(idx)) % k
     return [(labelled.subset((fold_of != f).nonzero().flatten()), labelled.subset((fold_of == f).nonzero().flatten()))
             for f in range(k)]
 

@@ -1058,7 +1058,7 @@ def test_uneven_shares_mean_the_same_at_every_number_of_classes():
 
 
 def test_cross_validation_folds_deal_each_class_out_evenly_and_need_enough_labels():
-    from edgeppt.transfer.crossval import folds
+    from edgeppt.data import stratified_folds as folds
 
     y = torch.arange(20) % 5  # 4 labels per class
     f = folds(y, 2, seed=3)

@@ -17,20 +17,6 @@ from edgeppt.train.loop import Dist, Phase, Trainer
 from .methods import supervised
 
 
-def folds(y: torch.Tensor, n: int, seed: int) -> torch.Tensor | None:
-    """Each labelled image's fold (0..n-1), dealt out per class in a seeded order so every fold holds about as many
-    images of each class; None where a class has fewer than n images (a fold would train without it)."""
-    counts = torch.bincount(y)
-    if n < 2 or (counts < n).any():
-        return None
-    g = torch.Generator().manual_seed(seed)
-    fold = torch.empty(len(y), dtype=torch.long)
-    for c in range(len(counts)):
-        idx = (y == c).nonzero().ravel()
-        fold[idx[torch.randperm(len(idx), generator=g)]] = torch.arange(len(idx)) % n
-    return fold
-
-
 def score(cfg: TransferConfig, start: ClassifierNet, name: str, labelled: ImageSet, fold: torch.Tensor,
           device: torch.device | None = None) -> dict:
     """Fine-tune a copy of `start` per fold on the other folds' labels (the method's own phase `name`: its steps,

@@ -24,6 +24,7 @@ from edgeppt.data import (
     load_unlabeled,
     reshape_images,
     split_target,
+    stratified_folds,
     subsample,
 )
 from edgeppt.errors import EdgepptError
@@ -258,7 +259,7 @@ def choose_method(cfg: TransferConfig, model, bundle: SourceBundle | None, label
         except ValueError:  # damaged, or an earlier edgeppt's: measured again below, from the same seeds
             pass
     init_feats = coverage.features(model, labelled.x)  # before PP: what scratch starts from
-    fold = crossval.folds(labelled.y, cfg.auto.cv_folds, cfg.seed) if bundle is not None else None
+    fold = stratified_folds(labelled.y, cfg.auto.cv_folds, cfg.seed) if bundle is not None else None
     untrained = copy.deepcopy(model) if fold is not None else None
     pp_model = pool = x_src = None
     if bundle is not None:
