@@ -1,13 +1,34 @@
-"""The one way edgeppt times an onnxruntime session, wherever it runs: the search's latency probes, device
-calibration (sent to the device as source), the export's results table, the floor's microbenchmarks, and the
-device runner (copied into every bundle as `ort_timing.py`). Standard library and numpy only, for that reason.
+"""The one way edgeppt opens and times an onnxruntime session, wherever it runs: the search's latency probes, device
+calibration (sent to the device as source), the export's results table and checks, the floor's microbenchmarks,
+and the device runner (copied into every bundle as `ort_timing.py`). Standard library and numpy only (onnxruntime
+imported where a session is opened), for that reason.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def open_session(model: str | Path | bytes, threads: int = 0, providers: list[Any] | None = None,
+                 optimize: bool = True) -> Any:
+    """An onnxruntime session as every timing and check here runs one: `threads` intra-op threads (0: one per
+    physical core), one inter-op thread (a batch-1 graph has no parallel branches worth a second pool), every graph
+    optimisation (`optimize` False: none, onnxruntime's reference kernels as written), the CPU provider unless
+    others are given."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=providers or ["CPUExecutionProvider"])
 
 
 def time_session(session, shape: list[int] | tuple[int, ...], batch: int = 1, runs: int = 50, warmup: int = 5,

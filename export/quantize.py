@@ -23,6 +23,7 @@ from edgeppt.bundle import SourceBundle
 from edgeppt.data import reshape_images
 from edgeppt.errors import EdgepptError
 from edgeppt.int8 import QuantConfig, preprocess, quantize_int8
+from edgeppt.ort_timing import open_session
 from edgeppt.runs import atomic_write_bytes
 
 from . import runner
@@ -100,14 +101,7 @@ def accuracy(model_path: str | Path, x: np.ndarray, y: np.ndarray, evaluator: st
 
 
 def _session(model_path: str | Path, evaluator: str, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    if evaluator == "reference":
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    return open_session(model_path, threads, optimize=evaluator != "reference")
 
 
 @dataclass

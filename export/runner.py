@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-try:  # the one timing helper: edgeppt's own where it is installed, else the copy shipped beside this file
-    from edgeppt.ort_timing import time_session
+try:  # the one session and timing helper: edgeppt's own where it is installed, else the copy shipped beside this file
+    from edgeppt.ort_timing import open_session, time_session
 except ImportError:  # on the device
-    from ort_timing import time_session  # type: ignore[no-redef]
+    from ort_timing import open_session, time_session  # type: ignore[no-redef]
 try:  # likewise the CPU's 8-bit dot-product instructions, which decide whether int8 can pay on this device
     from edgeppt.cpu_int8 import int8_instructions
 except ImportError:
@@ -164,14 +164,7 @@ def providers(kind: str = "auto") -> list:
 
 
 def make_session(model: str | Path, threads: int = 0, provider: str = "auto"):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)  # 0: onnxruntime's default (one per physical core)
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(model), so, providers=providers(provider))
+    return open_session(model, threads, providers(provider))
 
 
 def input_info(session) -> tuple[str, list, type[np.floating]]:

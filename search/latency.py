@@ -20,6 +20,7 @@ from torch import nn
 
 from edgeppt.int8 import QuantConfig, preprocess, quantize_int8
 from edgeppt.onnxspec import OPSET
+from edgeppt.ort_timing import open_session
 from edgeppt.ort_timing import time_session as time_batch
 
 
@@ -39,16 +40,6 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def ort_session(onnx_bytes: bytes, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-
-
 def time_session(session, in_shape: tuple[int, int, int], warmup: int = 10, repeats: int = 50) -> float:
     """Median wall time of one batch-1 inference, in milliseconds (the core's one timing helper)."""
     return time_batch(session, in_shape, 1, repeats, warmup, max_seconds=float("inf"))["median_ms"]
@@ -57,7 +48,7 @@ def time_session(session, in_shape: tuple[int, int, int], warmup: int = 10, repe
 def measure_latency(model: nn.Module, in_shape: tuple[int, int, int], threads: int = 0, warmup: int = 10,
                     repeats: int = 50) -> float:
     """Batch-1 latency of `model` under ONNX Runtime's CPU provider on this host, in milliseconds."""
-    return time_session(ort_session(to_onnx(model, in_shape), threads), in_shape, warmup, repeats)
+    return time_session(open_session(to_onnx(model, in_shape), threads), in_shape, warmup, repeats)
 
 
 CALIBRATION_IMAGES = 16  # the int8 graph's speed does not depend on its scales, so random images suffice here
@@ -77,9 +68,9 @@ def deployed_latency(model: nn.Module, in_shape: tuple[int, int, int], threads: 
     """(latency of what will ship, {format: ms}). The formats are timed in interleaved rounds so that a burst of
     load on a shared machine hits each alike; the export ships the faster of fp32 and int8 (export/default.py)."""
     fp32 = to_onnx(model, in_shape)
-    sessions = {"onnx": ort_session(fp32, threads)}
+    sessions = {"onnx": open_session(fp32, threads)}
     if int8 is not None:
-        sessions["int8"] = ort_session(int8_bytes(fp32, in_shape, int8), threads)
+        sessions["int8"] = open_session(int8_bytes(fp32, in_shape, int8), threads)
     times: dict[str, list[float]] = {f: [] for f in sessions}
     for _ in range(rounds):
         for fmt, s in sessions.items():
