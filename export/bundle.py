@@ -77,7 +77,11 @@ def write_build_shell(root: Path, commands: list[str]) -> None:
     body = ("#!/usr/bin/env sh\n"
             "# Build TensorRT engines on the device (engines are tied to its GPU and TensorRT version).\n"
             "# Either the trtexec commands below, or: python3 build_engine.py <model.onnx> <model.engine>\n"
-            "set -e\ncd \"$(dirname \"$0\")\"\n" + "".join(c + "\n" for c in commands))
+            "set -e\ncd \"$(dirname \"$0\")\"\n"
+            "# TensorRT 10+ takes the precision from the graph; 8.x (JetPack 5, 6.0) from flags\n"
+            "if trtexec --help 2>&1 | grep -q -- --stronglyTyped; then PRECISION=--stronglyTyped; "
+            "else PRECISION='--int8 --fp16'; fi\n"
+            + "".join(c.replace("--stronglyTyped", "$PRECISION") + "\n" for c in commands))
     path = atomic_write_text(root / BUILD_SHELL, body)
     path.chmod(0o755)
 

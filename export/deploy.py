@@ -42,25 +42,31 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
     path = Path(path)
     keys = [Path(k) for k in trusted_keys or []]
     manifest = verify_bundle(path, keys)  # never ship a bundle that is already wrong
-    remote_dir = remote_dir or f"edgeppt-bundles/{path.resolve().name}"  # relative: under the login's home
+    remote_dir = (remote_dir or f"edgeppt-bundles/{path.resolve().name}").rstrip("/")  # relative: the login's home
+    if remote_dir in ("", "~"):
+        raise EdgepptError(f"--remote-dir {remote_dir or '/'!r}: give a folder for the bundle, not the home or root")
     base = ssh_command(host, port, identity, ssh_options)
-    d = shlex.quote(remote_dir)
-    # Replace the remote folder wholesale so no stale file of an earlier bundle survives.
-    r = _remote(base, f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf -", stdin=_tar(path))
+    d, new, old = (_word(remote_dir + suffix) for suffix in ("", ".new", ".old"))
+    # Unpacked and verified beside the bundle the device runs now, then swapped in: a copy cut short or a bundle
+    # that fails verification there leaves the running one as it was, and no stale file of it survives the swap.
+    r = _remote(base, f"rm -rf {new} && mkdir -p {new} && tar -C {new} -xf -", stdin=_tar(path))
     if r.returncode != 0:
         raise EdgepptError(f"copying to {host}:{remote_dir} failed (exit {r.returncode}): {_err(r)}")
     py = shlex.quote(python)
     key_args = ""
     for i, key in enumerate(keys):  # the keys travel beside the bundle, not in it: the bundle cannot vouch for itself
-        remote_key = shlex.quote(f"{remote_dir}.trusted-keys/{i}.pub")
-        r = _remote(base, f"mkdir -p {shlex.quote(remote_dir + '.trusted-keys')} && cat > {remote_key}",
-                    stdin=key.read_bytes())
+        keydir = _word(remote_dir + ".trusted-keys")
+        r = _remote(base, f"mkdir -p {keydir} && cat > {keydir}/{i}.pub", stdin=key.read_bytes())
         if r.returncode != 0:
             raise EdgepptError(f"copying the trusted key {key} to {host} failed: {_err(r)}")
         key_args += f" --trusted-key {shlex.quote('../' + Path(remote_dir).name + f'.trusted-keys/{i}.pub')}"
-    r = _remote(base, f"cd {d} && {py} {RUNNER_FILE} verify{key_args}")
+    r = _remote(base, f"cd {new} && {py} {RUNNER_FILE} verify{key_args}")
     if r.returncode != 0:
-        raise EdgepptError(f"verification on {host} failed: {_err(r)}")
+        _remote(base, f"rm -rf {new}")
+        raise EdgepptError(f"verification on {host} failed (the bundle there is unchanged): {_err(r)}")
+    r = _remote(base, f"rm -rf {old} && {{ [ ! -e {d} ] || mv {d} {old}; }} && mv {new} {d} && rm -rf {old}")
+    if r.returncode != 0:
+        raise EdgepptError(f"moving the new bundle into {host}:{remote_dir} failed: {_err(r)}")
     bench = f"cd {d} && {py} {RUNNER_FILE} bench --json --runs {int(runs)} --max-seconds {float(max_seconds)}"
     if threads is not None:
         bench += f" --threads {int(threads)}"
@@ -74,6 +80,13 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
     report.update(remote=f"{host}:{remote_dir}", verified_files=len(manifest["files"]),
                   on_device=on_device(manifest, report))
     return report
+
+
+def _word(remote_path: str) -> str:
+    """A remote path as one shell word; a leading ~/ is the login's home (quoting alone would keep the ~)."""
+    if remote_path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(remote_path[2:])
+    return shlex.quote(remote_path)
 
 
 def _err(r: subprocess.CompletedProcess) -> str:

@@ -110,6 +110,9 @@ def _fp16(ctx: Context) -> dict[str, Any]:
     return out
 
 
+HOST_TIMING_CACHE = "timing.host.cache"
+
+
 def _tensorrt(ctx: Context) -> dict[str, Any]:
     """Always: the trtexec command and build script for the device. Where TensorRT and a GPU are here: the engine."""
     dynamic = ctx.options["dynamic_batch"]
@@ -136,11 +139,13 @@ def _tensorrt(ctx: Context) -> dict[str, Any]:
             engine, cache = tensorrt.build_engine(ctx.root / onnx_file, cache)
         except RuntimeError as e:
             raise EdgepptError(f"tensorrt: {e}") from e
-        engines[fmt] = onnx_file.replace(".onnx", ".engine")
+        # named apart from what build_engine.sh writes on the device: a rebuild there must not overwrite a file
+        # the manifest lists (the runner would then refuse the bundle)
+        engines[fmt] = onnx_file.replace(".onnx", ".host.engine")
         atomic_write_bytes(ctx.root / engines[fmt], engine)
-    atomic_write_bytes(ctx.root / "timing.cache", cache)
-    out.update(built=True, engines=engines, timing_cache="timing.cache", tensorrt_version=why,
-               note="these engines run only on the GPU model and TensorRT version that built them")
+    atomic_write_bytes(ctx.root / HOST_TIMING_CACHE, cache)
+    out.update(built=True, engines=engines, timing_cache=HOST_TIMING_CACHE, tensorrt_version=why,
+               note="these engines run only on the GPU model and TensorRT version that built them (this host's)")
     return out
 
 

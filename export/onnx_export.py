@@ -19,7 +19,7 @@ from edgeppt.data import DataRecord, ImageSet, reshape_images
 from edgeppt.errors import EdgepptError
 from edgeppt.models import create_model
 from edgeppt.models.base import ClassifierNet
-from edgeppt.onnxspec import OPSET
+from edgeppt.onnxspec import IR_VERSION, OPSET
 from edgeppt.runs import CHECKPOINT_FILE, atomic_write_bytes, load_checkpoint
 from edgeppt.transfer.record import MODEL_FILE, read_report
 
@@ -130,6 +130,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
     assert program is not None  # dynamo=True always returns the ONNXProgram
     proto = program.model_proto
     proto.producer_name = "edgeppt"
+    # torch stamps its exporter's newest IR (10), which onnxruntime before 1.18 refuses (JetPack 5 and 6.0 wheels:
+    # "Unsupported model IR version"); the graph uses nothing past IR_VERSION, the oldest that declares OPSET
+    proto.ir_version = min(proto.ir_version, IR_VERSION)
     path = atomic_write_bytes(path, proto.SerializeToString())
     check_onnx(path)
     return path

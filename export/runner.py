@@ -22,25 +22,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # on a device without it, before main can say so
+    sys.exit("runner.py needs numpy and onnxruntime, and pillow for image files: python3 -m pip install numpy "
+             "onnxruntime pillow")
 
-try:  # the one session and timing helper: edgeppt's own where it is installed, else the copy shipped beside this file
-    from edgeppt.ort_timing import open_session, time_session
-except ImportError:  # on the device
-    from ort_timing import open_session, time_session  # type: ignore[no-redef]
-try:  # likewise the CPU's 8-bit dot-product instructions, which decide whether int8 can pay on this device
+# The one session and timing helper, the CPU's 8-bit dot-product instructions (which decide whether int8 can pay
+# on this device), and (in preprocess) the one way an image file is read into pixels as training read it: run as a
+# script on the device, the hash-checked copies shipped beside this file, even where some edgeppt is installed too.
+if __package__:  # imported as edgeppt.export.runner
     from edgeppt.cpu_int8 import int8_instructions
-except ImportError:
+    from edgeppt.ort_timing import open_session, time_session
+else:
+    from ort_timing import open_session, time_session  # type: ignore[no-redef]
     try:
         from cpu_int8 import int8_instructions  # type: ignore[no-redef]
     except ImportError:  # a bundle written before the file was shipped
         def int8_instructions(cpuinfo: str | None = None) -> list[str] | None:
             return None
-
-try:  # and the one way an image file is read into pixels, as training read it
-    from edgeppt.image_io import to_8bit
-except ImportError:
-    from image_io import to_8bit  # type: ignore[no-redef]  # on the device: the copy shipped beside this file
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
@@ -130,13 +130,17 @@ def verify_signature(root: Path, required: list[Path], known: list[Path] = []) -
 
 def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
     """An image file -> float32 (C, H, W) exactly as training saw it: gray/RGB, bilinear resize, scale to [0, 1]."""
-    from PIL import Image
+    from PIL import Image  # only here: verify and bench run without Pillow
 
+    if __package__:
+        from edgeppt.image_io import to_8bit
+    else:
+        from image_io import to_8bit  # type: ignore[no-redef]
     size, channels = int(spec["image_size"]), int(spec["channels"])
     with Image.open(path) as im:
         im = to_8bit(im).convert("L" if channels == 1 else "RGB")
         if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BILINEAR)
+            im = im.resize((size, size), getattr(Image, "Resampling", Image).BILINEAR)  # Pillow < 9.1: Image's
         a = np.asarray(im, dtype=np.float32)
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     mean = np.asarray(spec.get("mean", [0.0] * channels), np.float32).reshape(-1, 1, 1)
@@ -230,6 +234,8 @@ def cmd_classify(args, manifest: dict[str, Any]) -> int:
     for path in args.images:
         try:
             x = preprocess(path, spec)[None]
+        except ImportError:  # no Pillow on this device: no image can be read, said once (main)
+            raise
         except Exception as e:  # unreadable image: report it and go on with the others
             print(json.dumps({"file": str(path), "error": str(e)}))
             bad += 1
@@ -383,4 +389,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ImportError as e:  # a device without what the runner runs on: one line saying what to install
+        sys.exit(f"runner.py needs numpy and onnxruntime, and pillow for image files ({e}): "
+                 "python3 -m pip install numpy onnxruntime pillow (on a Jetson, NVIDIA's onnxruntime-gpu wheel)")

@@ -8,6 +8,8 @@ It needs the standard library and TensorRT's Python package, nothing from edgepp
 Precision comes from the graph, not from builder flags: the INT8 model carries Q/DQ nodes (explicit
 quantization) and the FP16 model float16 weights, so the network is created STRONGLY_TYPED. TensorRT 10 needs
 that flag for this; TensorRT 11 removed the INT8/FP16 builder flags, always builds strongly typed and ignores it.
+TensorRT 8.x (JetPack 5 and 6.0) has no strongly typed networks: there the network has an explicit batch and the
+FP16 flag (INT8 too where the graph has Q/DQ nodes), and trtexec takes `--int8 --fp16` for `--stronglyTyped`.
 
     python3 build_engine.py model.int8.onnx model.int8.engine --timing-cache timing.cache
 """
@@ -63,16 +65,23 @@ def build_engine(onnx_path: str | Path, timing_cache: bytes = b"", max_batch: in
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")  # TensorRT 10 and 11
+    if strongly_typed:
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    else:  # TensorRT 8.x: ONNX needs an explicit batch (by name: TensorRT 11 removed the flag)
+        network = builder.create_network(1 << int(getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")))  # noqa: B009
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if not strongly_typed:  # TensorRT 8.x (JetPack 5, 6.0) takes precision from builder flags: FP16 for the
+        # float16 graph and any layer Q/DQ leaves in float, INT8 where the graph carries Q/DQ nodes (explicit
+        # quantization: no calibrator). Looked up by name: TensorRT 11 removed both flags.
+        flags = ["FP16"] + (["INT8"] if "QuantizeLinear" in _op_types(onnx_path) else [])
+        for name in flags:
+            config.set_flag(getattr(trt.BuilderFlag, name))
     # A timing cache from an earlier build of the same GPU/TensorRT skips re-timing kernels (much faster builds).
     cache = config.create_timing_cache(timing_cache)
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -86,6 +95,17 @@ def build_engine(onnx_path: str | Path, timing_cache: bytes = b"", max_batch: in
     if engine is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     return bytes(engine), bytes(config.get_timing_cache().serialize())
+
+
+def _op_types(onnx_path: str | Path) -> set[str]:
+    """The graph's operator types, read with the onnx package where the device has it, else from the raw bytes
+    (each node's op_type is stored as a plain string)."""
+    try:
+        import onnx
+    except ImportError:
+        raw = Path(onnx_path).read_bytes()
+        return {op for op in ("QuantizeLinear", "DequantizeLinear") if op.encode() in raw}
+    return {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

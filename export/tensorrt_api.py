@@ -27,7 +27,7 @@ OBJECTS = {"logger": "Logger", "builder": "Builder", "network": "INetworkDefinit
            "config": "IBuilderConfig", "cache": "ITimingCache", "inp": "ITensor", "profile": "IOptimizationProfile",
            "engine": "IHostMemory"}
 RETURNS = {("IBuilderConfig", "get_timing_cache"): "ITimingCache"}
-PLAIN = {"flags", "errors", "dims"}  # locals built from TensorRT values that are plain Python (ints, str, lists)
+PLAIN = {"flags", "errors", "dims", "strongly_typed"}  # locals built from TensorRT values: plain Python
 
 
 class Use(NamedTuple):

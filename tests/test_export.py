@@ -256,14 +256,31 @@ def test_manifest_hashes_every_file_and_a_tampered_file_is_refused(bundle, tmp_p
 
 def test_what_ships_to_the_device_runs_on_python_3_8(bundle):
     """The bundle's Python files run on the device's own Python, not edgeppt's: JetPack 5 ships 3.8. vermin reads
-    each for the newest language feature or library call it uses."""
+    each for the newest language feature or library call it uses. Its graphs declare IR version 9 at most."""
     path, _ = bundle
     shipped = sorted(str(f) for f in path.glob("*.py"))
     assert {Path(f).name for f in shipped} >= {"runner.py", "build_engine.py"}, shipped
+    for f in path.glob("*.onnx"):  # and its graphs load in onnxruntime before 1.18 (JetPack 5 and 6.0 wheels)
+        assert onnx.load(str(f), load_external_data=False).ir_version <= 9, f.name
     vermin = "from vermin.main import main; raise SystemExit(main())"  # it has no __main__ module
     res = subprocess.run([sys.executable, "-c", vermin, "-t=3.8-", "--violations", "--no-tips", *shipped],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_runner_verifies_and_benches_without_pillow_and_says_what_classify_needs(bundle, tmp_path):
+    """A device without Pillow: verify and bench run (they read no image file); classify says in one line what to
+    install, instead of a traceback or one error per image."""
+    path, _ = bundle
+    (tmp_path / "PIL").mkdir()
+    (tmp_path / "PIL" / "__init__.py").write_text("raise ImportError('No module named PIL')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    ok = subprocess.run([sys.executable, "runner.py", "verify"], cwd=path, capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stderr
+    r = subprocess.run([sys.executable, "runner.py", "classify", *map(str, sorted(path.glob("samples/*/*.png")))],
+                       cwd=path, capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "pip install numpy onnxruntime pillow" in r.stderr
 
 
 def test_runner_classifies_image_files(bundle, tmp_path):
@@ -349,9 +366,23 @@ def test_tensorrt_build_files_are_written(bundle, tmp_path):
     path, manifest = bundle
     trt = manifest["artifacts"]["tensorrt"]
     sh = (path / "build_engine.sh").read_text()
-    assert "trtexec --onnx=model.int8.onnx --saveEngine=model.int8.engine --stronglyTyped" in sh
+    assert "trtexec --onnx=model.int8.onnx --saveEngine=model.int8.engine $PRECISION" in sh
     assert "--timingCacheFile=timing.cache" in sh and os.access(path / "build_engine.sh", os.X_OK)
-    assert trt["trtexec"][0] in sh
+    assert trt["trtexec"][0].replace("--stronglyTyped", "$PRECISION") in sh
+    # the flag the device's trtexec takes: TensorRT 10+ --stronglyTyped, 8.x --int8 --fp16 (a trtexec stand-in)
+    for help_text, expected in (("  --stronglyTyped  Create a strongly typed network", "--stronglyTyped"),
+                                ("  --int8  Enable int8 precision", "--int8 --fp16")):
+        fake = tmp_path / help_text.split()[0].strip("-")
+        fake.mkdir()
+        (fake / "trtexec").write_text(f"#!/bin/sh\n[ \"$1\" = --help ] && echo '{help_text}' && exit 0\n"
+                                      "echo \"$@\" >> calls.txt\n")
+        (fake / "trtexec").chmod(0o755)
+        shutil.copytree(path, fake / "b")
+        r = subprocess.run(["sh", "build_engine.sh"], cwd=fake / "b", capture_output=True, text=True,
+                           env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+        assert r.returncode == 0, r.stderr
+        calls = (fake / "b" / "calls.txt").read_text().splitlines()
+        assert len(calls) == len(trt["trtexec"]) and all(expected in c for c in calls), calls
     dyn = tensorrt.trtexec_command("m.onnx", "m.engine", "input", [1, 1, 8, 8], dynamic=True)
     assert "--minShapes=input:1x1x8x8" in dyn and "--maxShapes=input:32x1x8x8" in dyn
     # The build script is standalone: it runs with the standard library alone (-I: no edgeppt on the path).
@@ -446,6 +477,21 @@ def test_deploy_over_ssh(bundle, sshd, tmp_path):
     assert not runner.verify(remote)
     assert report["int8_instructions"] == int8_instructions()  # the device's own flags (here: this host)
     assert report["on_device"]["fastest"] in rows and report["on_device"]["default"] == manifest["default_format"]
+    # A bundle that fails on the device (here: a python that cannot run the runner) leaves the one it runs as it was.
+    (remote / "marker").write_text("the running bundle")  # (not a bundle file: the swap would remove it)
+    with pytest.raises(EdgepptError, match="the bundle there is unchanged"):
+        deploy_bundle(path, sshd.host, remote_dir=f"{remote}/", port=sshd.port, identity=sshd.identity,
+                      ssh_options=sshd.ssh_options, python="/bin/false")
+    assert (remote / "marker").is_file() and not Path(f"{remote}.new").exists()
+    # ~/ is the login's home on the device (a quoted ~ would be a folder named ~)
+    home = Path(subprocess.run(sshd.command("echo", "$HOME"), capture_output=True, text=True).stdout.strip())
+    name = f".edgeppt-deploy-test-{os.getpid()}"
+    try:
+        deploy_bundle(path, sshd.host, remote_dir=f"~/{name}", port=sshd.port, identity=sshd.identity,
+                      ssh_options=sshd.ssh_options, python=sys.executable, runs=1, max_seconds=1)
+        assert not runner.verify(home / name)
+    finally:
+        shutil.rmtree(home / name, ignore_errors=True)
     opts = [a for o in sshd.ssh_options for a in ("-o", o)]
     r = CliRunner().invoke(app, ["deploy", str(path), "--host", sshd.host, "--port", str(sshd.port), "--identity",
                                  str(sshd.identity), *opts, "--remote-dir", str(tmp_path / "cli"), "--python",
