@@ -189,9 +189,9 @@ class SourceBundle:
         """(logits, features) of images in [0, 1], on the bundle's device."""
         spec = self.manifest.classifier
         x = x.to(self.device, torch.float32)
-        x = reshape_images(x, None, self.image_shape[0])  # a colour target for a grayscale bundle, or the reverse
-        if spec.input_size is not None and x.shape[-1] != spec.input_size:
-            x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear", align_corners=False)
+        # C sees its own channels and side, whatever the images': a colour target for a grayscale bundle (or the
+        # reverse), target images at their own side (kd's), G's images at the side C was trained at (input_size)
+        x = reshape_images(x, spec.input_size or self.image_shape[1], self.image_shape[0])
         mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
         std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
         x = (x - mean) / std

@@ -29,6 +29,7 @@ from .bundle import (
     load_bundle,
 )
 from .errors import EdgepptError
+from .ort_timing import open_session
 from .runs import atomic_write_json, sha256_file, staged_folder
 
 
@@ -55,7 +56,24 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: 
         raise EdgepptError(f"torch.onnx.export produced no program for {out.name}")
     program.save(str(out), external_data=False)
     onnx.checker.check_model(str(out))
+    _check_parity(module, args, input_names, out)
     return out
+
+
+def _check_parity(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str], path: Path,
+                  tolerance: float = 1e-4) -> None:
+    """The graph computes what the module does on the export's own inputs (relative to the outputs' scale): an
+    exporter fault is refused here, not shipped under a README that describes the torch module."""
+    with torch.no_grad():
+        want = module(*args)
+    want = [want] if isinstance(want, torch.Tensor) else list(want)
+    got = open_session(path).run(None, {n: a.numpy() for n, a in zip(input_names, args)})
+    for w, o in zip(want, got):
+        w = w.detach().float().numpy()
+        if o.shape != w.shape or float(abs(o - w).max()) > tolerance * max(1.0, float(abs(w).max())):
+            raise EdgepptError(f"{path.name}: the ONNX graph does not compute what the torch module does "
+                               f"(shape {o.shape} vs {w.shape}, max difference "
+                               f"{float(abs(o - w).max()) if o.shape == w.shape else float('nan'):.3g})")
 
 
 def write_bundle(out: str | Path, stage: Callable[[Path], Manifest],

@@ -60,7 +60,9 @@ class Generator(nn.Module):
             raise ValueError(f"images must be square, got {h}x{w}")
         self.latent_dim, self.num_classes, self.image_shape = latent_dim, num_classes, tuple(image_shape)
         self.s0, n_up = _layout(h)
-        widths = [max(16, (2 * channels) >> i) for i in range(n_up + 1)]  # 2ch at s0, halving per stage
+        # halving per stage down to `channels` // 2 at the image (16 at least): 2ch at s0 for 28-32 px images, and
+        # wider first stages for larger ones, rather than stages of 16 channels at their largest sides
+        widths = [max(16, (channels << (n_up - 1)) >> i) for i in range(n_up + 1)]
         cond = latent_dim + embed_dim
         self.embed = nn.Linear(num_classes, embed_dim, bias=False)  # linear in p: soft labels mix classes
         self.fc = nn.Linear(cond, widths[0] * self.s0 * self.s0)

@@ -107,6 +107,12 @@ class Adversarial(Objective):
     def __init__(self, data: ImageSet, cfg: SourceTrainConfig):
         super().__init__()
         self.data, self.cfg, self.k = data, cfg, len(data.classes)
+        # Fake labels are drawn uniformly over the classes; where the real images' classes are uneven, the real
+        # batches are drawn class-balanced too, or D could tell fake from real by the label alone (a rare class
+        # mostly fake) and G's rare classes would chase that instead of their look. Even classes: as drawn.
+        counts = torch.bincount(data.y, minlength=self.k)
+        self._order = torch.argsort(data.y, stable=True) if counts.min() != counts.max() else None
+        self._counts, self._starts = counts, torch.cumsum(counts, 0) - counts
         self.d = Discriminator(self.k, cfg.disc_channels, data.shape)
         self.d_opt = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=ADAM_BETAS)
 
@@ -121,10 +127,18 @@ class Adversarial(Objective):
         p = F.one_hot(torch.randint(self.k, (n,), generator=g), self.k).float()  # classes drawn uniformly
         return g_net(torch.randn(n, self.cfg.latent_dim, generator=g), p), p
 
+    def _real(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._order is None:
+            return sample_batch(self.data, self.cfg.batch_size, g)
+        y = torch.randint(self.k, (self.cfg.batch_size,), generator=g)  # a class, then one of its images
+        pick = (torch.rand(len(y), generator=g) * self._counts[y]).long()
+        idx = self._order[self._starts[y] + pick]
+        return self.data.x[idx], self.data.y[idx]
+
     def update(self, net, opt, g, step, total, dist):
         d_loss = torch.zeros(())
         for _ in range(self.cfg.d_steps):
-            x, y = sample_batch(self.data, self.cfg.batch_size, g)
+            x, y = self._real(g)
             if self.cfg.hflip:
                 x = torch.where((torch.rand(len(x), generator=g) < 0.5)[:, None, None, None], x.flip(-1), x)
             with torch.no_grad():

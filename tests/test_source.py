@@ -201,3 +201,28 @@ def test_manifest_image_shape_mismatch_refused(tmp_path: Path):
     with pytest.raises(EdgepptError,
                        match=r"generator returned shape \(3, 1, 8, 8\), expected \(N, 3, 16, 16\)"):
         load_bundle(path)
+
+
+def test_uneven_classes_give_the_discriminator_class_balanced_real_batches():
+    """Fake labels are uniform over the classes; with 10 images of one class to 100 of another, the real batches
+    are drawn class-balanced too (each a class, then one of its images), so a label alone does not say fake."""
+    from edgeppt.data import ImageSet
+
+    y = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(10, dtype=torch.long)])
+    x = y.float()[:, None, None, None].expand(-1, 1, 8, 8).clone()  # each image shows its class
+    adv = st.Adversarial(ImageSet(x, y, ["common", "rare"]), tiny_cfg(Path("unused"), batch_size=200))
+    xs, ys = adv._real(torch.Generator().manual_seed(0))
+    assert 0.4 < ys.float().mean() < 0.6 and torch.equal(xs[:, 0, 0, 0], ys.float())  # images stay with labels
+    even = ImageSet(x[:20], torch.arange(20) % 2, ["a", "b"])
+    assert st.Adversarial(even, tiny_cfg(Path("unused")))._order is None  # even classes: drawn as they come
+
+
+def test_the_generator_widens_its_first_stages_for_larger_images():
+    """Each upsampling halves the width down to channels // 2 at the image: the same network at 28 and 32 px,
+    no stages of 16 channels at 64 px and more."""
+    def widths(side: int) -> list[int]:
+        g = Generator(8, 3, 32, (1, side, side))
+        return [conv.out_channels for conv in g.convs]
+
+    assert widths(28) == widths(32) == [32, 16]
+    assert widths(64) == [64, 32, 16] and widths(96) == [128, 64, 32, 16]

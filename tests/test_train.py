@@ -137,6 +137,60 @@ def test_the_cosine_head_is_imprinted_trains_as_cosines_and_ships_as_a_plain_lin
     assert not model.head.bias.any() and model.head.bias.requires_grad
 
 
+def _baked(model, data, cosine: float = 10.0) -> bool:
+    """Every head row the same length: cosine over the mean feature norm of the final weights."""
+    from edgeppt.train.objective import features
+
+    norm = features(model, data.x, normalize=False).norm(dim=1).mean()
+    return torch.allclose(model.head.weight.norm(dim=1), (cosine / norm).expand(model.head.weight.shape[0]),
+                          rtol=1e-4)
+
+
+@pytest.mark.parametrize("wrap", ["ema", "supermask"])
+def test_the_cosine_head_is_baked_on_the_weights_the_phase_hands_on(wrap):
+    """With an EMA of the weights, the head is baked after the average is loaded (baking first would blend the
+    baked rows with the unit-length ones of every earlier step); under a supermask, the head is imprinted and baked
+    as without one (the wrapper runs the inner objective's own step)."""
+    from edgeppt.config import SupermaskConfig
+    from edgeppt.transfer.supermask import Supermasked, attach
+
+    data = _blobs()
+    torch.manual_seed(0)
+    model = create_model("resnet_xs", 2, 1)
+    objective = Supervised(data, 16, new_head=True, cosine=10.0)
+    if wrap == "supermask":
+        attach(model, SupermaskConfig(enabled=True), seed=0, seeded=True)
+        objective = Supermasked(objective, SupermaskConfig(enabled=True), seed=0)
+    phase = Phase("fit", 20, objective, lr=0.05, evaluate=False, warmup=0, ema=0.8 if wrap == "ema" else 0.0)
+    imprinted = []
+    real = Supervised._imprint_head
+    Supervised._imprint_head = lambda self, m: imprinted.append(1) or real(self, m)
+    try:
+        Trainer(model, [phase], None, seed=0, progress=False).run()
+    finally:
+        Supervised._imprint_head = real
+    assert imprinted == [1] and _baked(model, data)
+
+
+def test_a_teacher_that_starts_trained_averages_at_its_decay_from_the_first_step():
+    from edgeppt.train.loop import ema_model
+
+    student = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(student.weight)
+    teacher = ema_model(student, 0.9, warmup=False)
+    teacher.update_parameters(student)  # the first update copies: the teacher starts as the student
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+    teacher.update_parameters(student)
+    assert teacher.module.weight.item() == pytest.approx(0.1)  # not 0.82 (the warm-up's decay 2/11 at t=1)
+    zero = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(zero.weight)
+    warm = ema_model(zero, 0.9)  # the warm-up, for an average that starts from untrained weights
+    warm.update_parameters(zero)
+    warm.update_parameters(student)
+    assert warm.module.weight.item() == pytest.approx(1 - 2 / 11)
+
+
 def test_a_checkpoint_that_is_not_this_runs_is_one_line_and_kept(tmp_path):
     data = _blobs()
 

@@ -195,7 +195,7 @@ class MeanTeacher(SSL):
 
     def setup(self, model):
         super().setup(model)
-        self.teacher = ema_model(model, self.cfg.ema)
+        self.teacher = ema_model(model, self.cfg.ema, warmup=False)
         self.teacher.update_parameters(model)  # the teacher starts as the warm-started model
         self.teacher.requires_grad_(False)
 
@@ -371,8 +371,8 @@ class LabelProp(FixMatch):
         model.eval()
         dev = next(model.parameters()).device
         xl, yl = self.data.x, self.data.y
-        if self.cfg.lp_label_views:  # weak views of each labelled image join it as labelled nodes (seeded by step)
-            g = torch.Generator().manual_seed(step)
+        if self.cfg.lp_label_views:  # weak views of each labelled image join it as labelled nodes, drawn from the
+            g = torch.Generator().manual_seed(torch.initial_seed())  # step's seed (the trainer's: run, phase, step)
             xl = torch.cat([xl] + [augment.weak(self.data.x, g, self.aug) for _ in range(self.cfg.lp_label_views)])
             yl = yl.repeat(1 + self.cfg.lp_label_views)
         x = torch.cat([xl, self.real])

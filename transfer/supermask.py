@@ -131,6 +131,13 @@ class Supermasked(Objective):
         self._step = step
         return self.inner.loss(net, g, step, total, dist)
 
+    def update(self, net, opt, g, step, total, dist):  # the inner objective's own step (the cosine head's, SAM)
+        self._step = step
+        return self.inner.update(net, opt, g, step, total, dist)
+
+    def finish(self, model):
+        self.inner.finish(model)
+
     def after_step(self, model):
         self.inner.after_step(model)
         done = self._step + 1

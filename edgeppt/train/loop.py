@@ -58,9 +58,12 @@ def ema_update(decay: float):
     return update
 
 
-def ema_model(module: nn.Module, decay: float) -> AveragedModel:
-    """The one EMA of every stage: parameters and buffers, torch's AveragedModel; the first update copies."""
-    return AveragedModel(module, multi_avg_fn=ema_update(decay), use_buffers=True)
+def ema_model(module: nn.Module, decay: float, warmup: bool = True) -> AveragedModel:
+    """The one EMA of every stage: parameters and buffers, torch's AveragedModel; the first update copies. Without
+    `warmup` the decay holds from the first update: for an average that starts from trained weights (a teacher
+    that starts as the warm-started model), where the warm-up would let it follow the student step for step."""
+    avg = ema_update(decay) if warmup else get_ema_multi_avg_fn(decay)
+    return AveragedModel(module, multi_avg_fn=avg, use_buffers=True)
 
 
 def ema_decay(share: float, steps: int) -> float:
@@ -154,10 +157,11 @@ class Trainer:
 
     def _save(self, phase: int, step: int, opt: torch.optim.Optimizer, ema: AveragedModel | None,
               raw: dict[str, torch.Tensor] | None = None) -> None:
-        """`raw`: at an averaged phase's end, the weights it trained (`model` then holds the average)."""
+        """`raw`: at a phase's end, the weights it trained (`model` then holds what the phase hands on: an EMA's
+        average, a baked head)."""
         if self.dist.main:
             atomic_torch_save(self.ckpt_path, {
-                "phase": phase, "step": step, "model": self.model.state_dict(), "raw": raw,
+                "phase": phase, "step": step, "model": self.model.state_dict(), "raw": raw, "finished": raw is not None,
                 "objective": self.phases[phase].objective.state_dict(), "optimizer": opt.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
                 "timings": self.timings, "images_seen": self.images_seen,
@@ -239,8 +243,10 @@ class Trainer:
         if ema is not None and state is not None and state.get("ema") is not None:
             self._load(ph, state, [(ema, "ema")])
         if start >= ph.steps:
-            if ema is not None:  # a phase made shorter on resume hands on its average too, as its end does
-                self.model.load_state_dict(ema.module.state_dict())
+            if state is not None and not state.get("finished", True):  # a phase made shorter on resume ends as
+                if ema is not None:  # its last step would have: its average, then the objective's finish
+                    self.model.load_state_dict(ema.module.state_dict())
+                ph.objective.finish(self.model)
             return
         if state is None and ph.skip is not None and self.dist.world == 1 and ph.skip(ph.objective):
             self.skipped.append(ph.name)
@@ -274,9 +280,11 @@ class Trainer:
                 self.images_seen[ph.name] = self.images_seen.get(ph.name, 0) + seen
                 done = step + 1
                 raw = None
-                if ema is not None and done == ph.steps:  # the phase hands on its average (its own weights kept
-                    raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # in the checkpoint)
-                    self.model.load_state_dict(ema.module.state_dict())
+                if done == ph.steps:
+                    raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}  # kept in the
+                    if ema is not None:  # checkpoint: the phase hands on its average, then the objective's finish
+                        self.model.load_state_dict(ema.module.state_dict())
+                    ph.objective.finish(self.model)
                 self.timings[ph.name] = time.perf_counter() - t_phase
                 if ph.on_end is not None and done == ph.steps and self.dist.main:
                     ph.on_end(self.model)

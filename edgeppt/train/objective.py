@@ -55,6 +55,9 @@ class Objective(nn.Module):
     def after_step(self, model: Any) -> None:
         """Hook after each optimizer step (e.g. an EMA teacher)."""
 
+    def finish(self, model: Any) -> None:
+        """Hook once the phase's last step is taken and its weights are final (an EMA's average loaded)."""
+
 
 class _Cosine(nn.Module):
     """The model with its head read as a cosine classifier: `scale` times the cosine between features and class
@@ -117,14 +120,19 @@ class Supervised(Objective):
             self._imprint_head(self._head_of[0])
         loss, stats = self._step(net, opt, g, step, total, dist)
         if self.cosine:
-            head = self._head_of[0].head
             with torch.no_grad():
+                head = self._head_of[0].head
                 head.weight.copy_(F.normalize(head.weight, dim=1))
-                if step == total - 1:  # bake: plain logits ~ the cosine ones for a typical feature norm
-                    norm = features(self._head_of[0], self.data.x, normalize=False).norm(dim=1).mean().clamp_min(1e-6)
-                    head.weight.mul_(self.cosine / norm)
-                    head.bias.requires_grad_(True)
         return loss, stats
+
+    @torch.no_grad()
+    def finish(self, model: ClassifierNet) -> None:
+        """Bake the cosine head: plain logits ~ the cosine ones for a typical feature norm of the final weights
+        (after an EMA's average is loaded, which would otherwise blend the baked rows back toward unit length)."""
+        if self.cosine:
+            norm = features(model, self.data.x, normalize=False).norm(dim=1).mean().clamp_min(1e-6)
+            model.head.weight.copy_(F.normalize(model.head.weight, dim=1) * (self.cosine / norm))
+            model.head.bias.requires_grad_(True)
 
     def _step(self, net, opt, g, step, total, dist):
         """With `sam` > 0, sharpness-aware minimisation (Foret et al., 2021): the step takes the gradient at the
