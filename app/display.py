@@ -5,6 +5,9 @@ Streamlit draws a missing number as "None" and a float with every digit, so valu
 
 from __future__ import annotations
 
+import io
+import zipfile
+from pathlib import Path
 from typing import Any
 
 from edgeppt.devices import DeviceProfile
@@ -114,3 +117,12 @@ def default_artifact_note(manifest: dict[str, Any]) -> str:
     if others:
         note += f" Another one runs with `--model`, e.g. `python runner.py classify IMAGE --model {others[0]}`."
     return note
+
+
+def zip_folder(folder: Path) -> bytes:
+    """A folder's files as one zip, paths relative to it (a report page and the pictures it links)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            z.write(f, f.relative_to(folder).as_posix())
+    return buf.getvalue()

@@ -85,6 +85,13 @@ def save_draft(run: Path, draft: dict[str, Any]) -> None:
     atomic_write_json(run / WIZARD_DIR / DRAFT_FILE, draft)
 
 
+def _is_example(source: Path) -> bool:
+    try:
+        return source.resolve() == example_bundle().resolve()
+    except EdgepptError:  # no example bundle in this install: a run's bundle is its own
+        return False
+
+
 def build_config(draft: dict[str, Any]) -> PipelineConfig:
     """Budget preset, then the wizard's choices on top; validated like a pipeline.yaml."""
     raw: dict[str, Any] = copy.deepcopy(BUDGETS[draft["budget"]])
@@ -140,8 +147,15 @@ def bound(widget, label: str, run: Path, draft: dict[str, Any], name: str, curre
 
 
 # ---------------------------------------------------------------- cached pictures
+def stamp(spec: str) -> int:
+    """When a folder or file was last replaced (an upload unpacks a new folder at the same path): the previews'
+    cache key beside the path, so a second upload is not shown as the first."""
+    path = Path(spec.partition(":")[0])
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
 @st.cache_data(show_spinner="Loading the target images…", max_entries=8)
-def target_preview(spec: str, out_png: str) -> dict[str, Any]:
+def target_preview(spec: str, out_png: str, stamp: int = 0) -> dict[str, Any]:
     from edgeppt.data import load_dataset
 
     ds = load_dataset(spec)
@@ -150,7 +164,7 @@ def target_preview(spec: str, out_png: str) -> dict[str, Any]:
 
 
 @st.cache_data(show_spinner="Verifying the bundle and drawing samples…", max_entries=8)
-def bundle_preview(path: str, out_png: str) -> dict[str, Any]:
+def bundle_preview(path: str, out_png: str, stamp: int = 0) -> dict[str, Any]:
     from edgeppt.bundle import load_bundle
     from edgeppt.source.inspect import render_grid
 
@@ -175,11 +189,13 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
         draft["target"] = draft["config_target"]
     else:
         up = st.file_uploader("Zip of class folders", type=["zip"], key="target_zip")
-        if up is not None and st.session_state.get("target_zip_done") != (up.name, up.size):
+        if up is None:  # emptied: the same zip uploaded again is unpacked again
+            st.session_state.pop("target_zip_done", None)
+        if up is not None and st.session_state.get("target_zip_done") != (run.name, up.name, up.size):
             try:
                 root = extract_image_folders(up.getvalue(), run / "data" / "target")
                 draft["target"] = str(root)
-                st.session_state["target_zip_done"] = (up.name, up.size)
+                st.session_state["target_zip_done"] = (run.name, up.name, up.size)
                 st.success(f"unpacked {up.name}")
             except UploadError as e:
                 st.error(str(e))
@@ -193,7 +209,7 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
     save_draft(run, draft)
     if draft.get("target"):
         try:
-            info = target_preview(draft["target"], str(run / WIZARD_DIR / "target_preview.png"))
+            info = target_preview(draft["target"], str(run / WIZARD_DIR / "target_preview.png"), stamp(draft["target"]))
         except EdgepptError as e:
             st.error(str(e))
             return
@@ -221,10 +237,12 @@ def unlabeled_choice(run: Path, draft: dict[str, Any]) -> None:
         transfer["unlabeled"] = "rest"
     elif kind == "upload":
         up = st.file_uploader("Zip of unlabelled images", type=["zip"], key="unlabeled_zip")
-        if up is not None and st.session_state.get("unlabeled_zip_done") != (up.name, up.size):
+        if up is None:  # emptied: the same zip uploaded again is unpacked again
+            st.session_state.pop("unlabeled_zip_done", None)
+        if up is not None and st.session_state.get("unlabeled_zip_done") != (run.name, up.name, up.size):
             try:
                 transfer["unlabeled"] = str(extract_images(up.getvalue(), run / "data" / "unlabeled"))
-                st.session_state["unlabeled_zip_done"] = (up.name, up.size)
+                st.session_state["unlabeled_zip_done"] = (run.name, up.name, up.size)
                 st.success(f"unpacked {up.name}")
             except UploadError as e:
                 st.error(str(e))
@@ -244,10 +262,12 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
         draft["source"] = None
     else:
         up = st.file_uploader("Zip of the bundle folder", type=["zip"], key="source_zip")
-        if up is not None and st.session_state.get("source_zip_done") != (up.name, up.size):
+        if up is None:  # emptied: the same zip uploaded again is unpacked again
+            st.session_state.pop("source_zip_done", None)
+        if up is not None and st.session_state.get("source_zip_done") != (run.name, up.name, up.size):
             try:
                 draft["source"] = str(extract_bundle(up.getvalue(), run / "data" / "source"))
-                st.session_state["source_zip_done"] = (up.name, up.size)
+                st.session_state["source_zip_done"] = (run.name, up.name, up.size)
             except UploadError as e:
                 st.error(str(e))
                 draft["source"] = None
@@ -256,11 +276,15 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
                     "signature.json if signed). A .pt2 bundle is accepted only when signed by a trusted key: "
                     "its loading can run code.")
     save_draft(run, draft)
-    path = draft["source"] or str(example_bundle())
     if draft["source_kind"] == "upload" and not draft["source"]:
         return
     try:
-        info = bundle_preview(path, str(run / WIZARD_DIR / "source_samples.png"))
+        path = draft["source"] or str(example_bundle())
+    except EdgepptError as e:  # an install without the example bundle: the way to get it
+        st.error(str(e))
+        return
+    try:
+        info = bundle_preview(path, str(run / WIZARD_DIR / "source_samples.png"), stamp(path))
     except EdgepptError as e:
         st.error(f"bundle refused: {e}")
         draft["source"] = None
@@ -343,6 +367,9 @@ def config_or_error(draft: dict[str, Any]) -> PipelineConfig | None:
     if not draft.get("target"):
         st.warning("Choose the target images first (step 1).")
         return None
+    if draft.get("source_kind") == "upload" and not draft.get("source"):  # never the example bundle in its place
+        st.warning("Upload the source bundle first (step 2), or choose the built-in example there.")
+        return None
     try:
         return build_config(draft)
     except EdgepptError as e:
@@ -374,6 +401,9 @@ def stage_step(run: Path, draft: dict[str, Any], stage: str) -> None:
         after = f" (after {', '.join(before)}, cached when done)" if before else ""
         start_button(run, cfg, stage, f"Start {stage}{after}")
     live = jobs.is_running(run)
+    if not live and (run / CONFIG_FILE).is_file() and (run / CONFIG_FILE).read_text() != dump_yaml(cfg):
+        st.warning("The results below are from earlier settings (steps 1-3 changed since); start the stage again "
+                   "to bring them up to date (unchanged stages are reused).")
     show = {"search": show_search, "transfer": show_transfer, "export": show_export}[stage]
     # While a job runs the panel refreshes itself; when it ends, the whole page is redrawn once.
     st.fragment(run_every=REFRESH_S if live else None)(_panel)(run, show, live)
@@ -466,7 +496,10 @@ def show_transfer(run: Path, status: dict[str, Any]) -> None:
     folder = run / "transfer"
     plan = read_json(folder / PLAN_FILE)  # what transfer is training: its method and phases
     if plan:
-        done = len(read_jsonl(folder / "pretrain" / "metrics.jsonl")) + len(read_jsonl(folder / "metrics.jsonl"))
+        last: dict[str, int] = {}  # each phase's furthest step (a phase loaded from the cache logs only its end)
+        for r in read_jsonl(folder / "pretrain" / "metrics.jsonl") + read_jsonl(folder / "metrics.jsonl"):
+            last[r.get("phase", "")] = max(last.get(r.get("phase", ""), 0), int(r.get("step", 0)))
+        done = sum(min(last.get(ph["name"], 0), ph["steps"]) for ph in plan["phases"])
         total = sum(ph["steps"] for ph in plan["phases"])
         st.progress(min(done / max(total, 1), 1.0), text=f"{plan['method']}: training step {done} / {total}")
         if plan.get("auto"):
@@ -504,9 +537,10 @@ def show_export(run: Path, status: dict[str, Any]) -> None:
     if zip_path.exists():
         st.download_button("Download the bundle (zip)", zip_path.read_bytes(), file_name=f"{run.name}-bundle.zip",
                            mime="application/zip", type="primary")
-    report = run / "report" / "index.md"
-    if report.exists():
-        st.download_button("Download the report (Markdown)", report.read_bytes(), file_name=f"{run.name}-report.md")
+    report = run / "report"
+    if (report / "index.md").exists():  # the page with its pictures, which it links by relative name
+        st.download_button("Download the report (zip: Markdown and pictures)", display.zip_folder(report),
+                           file_name=f"{run.name}-report.zip", mime="application/zip")
 
 
 # ---------------------------------------------------------------- sidebar: runs
@@ -565,7 +599,7 @@ def draft_from_config(run: Path) -> dict[str, Any]:
     return {"target_kind": "example" if cfg.target == default_draft()["target"] else "config", "target": cfg.target,
             "config_target": cfg.target,
             "labels_per_class": cfg.labels_per_class,
-            "source_kind": "example" if Path(cfg.source).resolve() == example_bundle().resolve() else "upload",
+            "source_kind": "example" if _is_example(Path(cfg.source)) else "upload",
             "source": str(cfg.source),
             "device": cfg.device, "budget": "demo", "search": raw.get("search", {}),
             "transfer": raw.get("transfer", {}), "export": raw.get("export", {})}

@@ -46,9 +46,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(getattr(e, 'format_message', e.__str__)())}", soft_wrap=True,
                       highlight=False)
         sys.exit(getattr(e, "exit_code", 1))
-    except typer.Abort:
-        sys.exit(1)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C outside a stage (e.g. `edgeppt app`) into Abort
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except Exception as e:  # anything a stage did not turn into an EdgepptError: one line, the traceback in a file

@@ -13,6 +13,7 @@ from rich.table import Table
 from edgeppt.cli_support import console, guarded
 
 from .example import budget_help
+from .state import CONFIG_FILE, STATE_FILE
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -34,6 +35,10 @@ def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) ->
                                 "(finished stages are skipped)")
     Console().print(run_table(state, f"run {out}"))
     console.print(f"report: {out / 'report' / 'index.md'}")
+    bundle = out / "export" / "bundle"
+    if state["stages"].get("export", {}).get("status") == "done":  # what to do with it next
+        console.print(f"bundle: {bundle} (edgeppt bench {bundle}; edgeppt deploy {bundle} --host user@device)",
+                      soft_wrap=True)
 
 
 def run_table(state: dict, title: str) -> Table:
@@ -52,7 +57,8 @@ def run_table(state: dict, title: str) -> Table:
 @app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="pipeline.yaml: source, target, device and each stage's budget."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<config name>)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: the config's own folder when it is a "
+                                       "run's pipeline.yaml, else runs/<config name>)."),
     until: Optional[str] = typer.Option(None, help="Stop after this stage: search, transfer or export."),
     force: list[str] = typer.Option([], help="Re-run this stage even if its inputs did not change (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -61,7 +67,14 @@ def run_cmd(
     from edgeppt.pipeline.config import load_config
 
     cfg = guarded(load_config, config)
-    _run(cfg, out or Path("runs") / config.stem, until, force, quiet)
+    _run(cfg, out or default_run_dir(config), until, force, quiet)
+
+
+def default_run_dir(config: Path) -> Path:
+    """A run's own pipeline.yaml (what demo, the wizard and every run write) runs in its folder again; another
+    config in runs/<its name>."""
+    return config.parent if config.name == CONFIG_FILE and (config.parent / STATE_FILE).is_file() \
+        else Path("runs") / config.stem
 
 
 @app.command("demo")

@@ -17,7 +17,7 @@ from .config import PipelineConfig, parse_config
 # The CLI's --budget help and the wizard's budget choice read these lines.
 BUDGET_HELP: dict[str, str] = {
     "tiny": "every stage in about a minute, search off (a smoke test)",
-    "demo": "the whole pipeline in about 2 minutes (what `edgeppt demo` runs)",
+    "demo": "the whole pipeline in about 3 minutes (what `edgeppt demo` runs)",
     "standard": "twice the search trials with the full proxy, longer training: about 22 minutes",
 }
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -52,9 +52,10 @@ def budget_help() -> str:
 
 
 def example_bundle() -> Path:
-    """bundles/animals-src of the source tree, or $EDGEPPT_EXAMPLE_BUNDLE (an installed image sets it)."""
+    """$EDGEPPT_EXAMPLE_BUNDLE (an installed image sets it), bundles/animals-src of the source tree, or of the
+    current folder (where the hint below builds it)."""
     candidates = [os.environ.get("EDGEPPT_EXAMPLE_BUNDLE"),
-                  Path(__file__).resolve().parents[1] / "bundles" / "animals-src"]
+                  Path(__file__).resolve().parents[1] / "bundles" / "animals-src", Path("bundles") / "animals-src"]
     for c in candidates:
         if c and (Path(c) / "manifest.json").is_file():
             return Path(c)

@@ -38,6 +38,20 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _started(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat's 22nd field): a pid the system handed
+    to another process since has another start."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _job_alive(job: dict[str, Any]) -> bool:
+    """The job's own process still runs (not a later process that was given its pid)."""
+    return _alive(job["pid"]) and job.get("start") in (None, _started(job["pid"]))
+
+
 def job_info(run: str | Path) -> dict[str, Any] | None:
     p = Path(run) / JOB_FILE
     try:
@@ -49,7 +63,7 @@ def job_info(run: str | Path) -> dict[str, Any] | None:
 def is_running(run: str | Path) -> bool:
     run = Path(run)
     job = job_info(run)
-    return is_locked(run) or bool(job and _alive(job["pid"]))
+    return is_locked(run) or bool(job and _job_alive(job))
 
 
 def write_config(run: str | Path, cfg: PipelineConfig) -> Path:
@@ -78,7 +92,8 @@ def start_job(run: str | Path, cfg: PipelineConfig | None = None, until: str | N
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    job = {"pid": proc.pid, "cmd": cmd, "until": until, "started": time.time(), "status": "running"}
+    job = {"pid": proc.pid, "start": _started(proc.pid), "cmd": cmd, "until": until, "started": time.time(),
+           "status": "running"}
     atomic_write_json(run / JOB_FILE, job)
     return job
 
@@ -87,15 +102,23 @@ def cancel_job(run: str | Path, grace_s: float = 20.0) -> bool:
     """SIGTERM the job's process group (training checkpoints and stops), SIGKILL after `grace_s`."""
     run = Path(run)
     job = job_info(run)
-    if not job or not _alive(job["pid"]):
-        return False
-    os.killpg(job["pid"], signal.SIGTERM)
-    deadline = time.time() + grace_s
-    while time.time() < deadline and _alive(job["pid"]):
-        time.sleep(0.2)
-    if _alive(job["pid"]):
-        os.killpg(job["pid"], signal.SIGKILL)
-        wait_gone(job["pid"])
+    if not job or not _job_alive(job):
+        pid = read_state(run).get("pid")  # a run started from a terminal (`edgeppt run`): its own process only,
+        if not (isinstance(pid, int) and is_locked(run) and _alive(pid)):  # not the terminal's process group
+            return False
+        os.kill(pid, signal.SIGTERM)  # the CLI stops as on Ctrl-C: the stage checkpoints, the state says so
+        wait_gone(pid, grace_s)
+        return not _alive(pid)
+    try:
+        os.killpg(job["pid"], signal.SIGTERM)
+        deadline = time.time() + grace_s
+        while time.time() < deadline and _alive(job["pid"]):
+            time.sleep(0.2)
+        if _alive(job["pid"]):
+            os.killpg(job["pid"], signal.SIGKILL)
+            wait_gone(job["pid"])
+    except ProcessLookupError:  # it ended on its own meanwhile
+        pass
     state = read_state(run)
     if state.get("status") == "running":  # it died before it could record the stop (SIGKILL, or during start-up)
         state["status"] = "cancelled"
@@ -119,15 +142,27 @@ def job_status(run: str | Path) -> dict[str, Any]:
     run = Path(run)
     state = read_state(run)
     running = is_running(run)
-    status = state.get("status", "new")
+    status, error = state.get("status", "new"), state.get("error")
+    tail = _log_tail(run / LOG_FILE)
+    job = job_info(run)
     if status == "running" and not running:
         status = "interrupted"  # the process died without recording why (killed, machine restarted)
     elif running:
         status = "running"
-    log = run / LOG_FILE
-    tail = log.read_text(errors="replace").splitlines()[-30:] if log.is_file() else []
-    return {"status": status, "running": running, "stages": state.get("stages", {}), "error": state.get("error"),
-            "log": tail}
+    elif job and job.get("started", 0) > state.get("started", 0):  # it ended before the pipeline recorded a
+        status = "failed"  # start (a config or input refused in preflight, the run locked): the log says why
+        error = next((line.split("error:", 1)[1].strip() for line in reversed(tail) if "error:" in line),
+                     "it stopped before its first stage; see the job log")
+    return {"status": status, "running": running, "stages": state.get("stages", {}), "error": error, "log": tail}
+
+
+def _log_tail(path: Path, lines: int = 30, window: int = 1 << 16) -> list[str]:
+    """The log's last lines, read from its end (a log grows with every job the run has had)."""
+    if not path.is_file():
+        return []
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - window))
+        return f.read().decode(errors="replace").splitlines()[-lines:]
 
 
 def list_runs(root: str | Path) -> list[dict[str, Any]]:

@@ -13,12 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from edgeppt.runs import atomic_write_text, read_jsonl
+from edgeppt.runs import atomic_write_json, atomic_write_text, read_jsonl
 from edgeppt.search.record import read_best
 from edgeppt.transfer.record import copies_note, read_report
 
 from .config import PipelineConfig, dump_yaml
+from .stages import bundle_fingerprint, data_fingerprint, input_key
 from .state import read_state
+
+SAMPLES_KEYS = "samples.json"  # what report/'s sample pictures were drawn from
 
 REPORT_DIR = "report"
 
@@ -186,13 +189,17 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
           "## Config\n", "```yaml\n" + dump_yaml(cfg) + "```\n"]
 
     md.append("## Data\n")
-    if not (rep / "source_samples.png").exists():
+    # drawn again when the bundle or the images they show change (a key per picture, kept beside them)
+    drawn, now = read_json(rep / SAMPLES_KEYS) or {}, {"source": input_key(bundle_fingerprint(cfg.source)),
+                                                      "target": input_key(data_fingerprint(cfg.target))}
+    if drawn.get("source") != now["source"] or not (rep / "source_samples.png").exists():
         sample_grid(cfg.source, rep / "source_samples.png", per_class=8)
     md.append("Source generator samples (one row per source class, last row an interpolation):\n\n"
               "![source samples](source_samples.png)\n")
-    if not (rep / "target_samples.png").exists():
+    if drawn.get("target") != now["target"] or not (rep / "target_samples.png").exists():
         ds = load_dataset(cfg.target)
         class_grid(ds.x.numpy(), ds.y.numpy(), ds.classes, rep / "target_samples.png")
+    atomic_write_json(rep / SAMPLES_KEYS, now)
     md.append("Target images:\n\n![target samples](target_samples.png)\n")
 
     search = run / "search"
@@ -206,9 +213,13 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
             md.append("Chosen architecture (`search/best.json`):\n\n```json\n"
                       + json.dumps(best.model_dump(mode="json"), indent=2) + "\n```\n")
 
-    record = read_report(run / "transfer")
+    outdated = [n for n, s in state.get("stages", {}).items() if s.get("status") == "outdated"]
+    if outdated:  # after --until: their files are of earlier inputs, not shown as this run's
+        md.append(f"*Not shown: {', '.join(outdated)}, whose results are of earlier settings (run again without "
+                  "--until to bring them up to date).*\n")
+    record = read_report(run / "transfer") if "transfer" not in outdated else None
     report = record.model_dump(mode="json") if record else None
-    fig = training_curves(run)
+    fig = training_curves(run) if "transfer" not in outdated else None
     if fig is not None or report:
         md.append("## Transfer\n")
     if fig is not None:
@@ -226,7 +237,7 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
                                   for c, a in report["per_class_accuracy"].items()]))
         md.append("\n![confusion matrix](confusion.png)\n")
 
-    manifest = read_json(run / "export" / "bundle" / "manifest.json")
+    manifest = read_json(run / "export" / "bundle" / "manifest.json") if "export" not in outdated else None
     if manifest:
         md.append("## Export\n")
         md.append(f"Bundle `export/bundle` (download: `export/bundle.zip`), device `{manifest.get('device')}`, "

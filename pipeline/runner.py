@@ -38,11 +38,15 @@ def run_lock(run: Path) -> Iterator[None]:
     """One process per run directory: a second `edgeppt run` on it (a second browser tab) is refused."""
     run.mkdir(parents=True, exist_ok=True)
     f = open(run / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise EdgepptError(f"{run} is being run by another process; wait for it or cancel it") from None
+    for attempt in range(10):  # a second: is_locked takes the lock for an instant to test it
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 9:
+                f.close()
+                raise EdgepptError(f"{run} is being run by another process; wait for it or cancel it") from None
+            time.sleep(0.1)
     try:
         yield
     finally:
@@ -69,6 +73,8 @@ def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None,
     for name in (*force, *([until] if until else [])):
         if name not in STAGE_NAMES:
             raise EdgepptError(f"unknown stage {name!r}; choose one of {list(STAGE_NAMES)}")
+        if name not in cfg.stages():  # (search, with search.enabled false): it would be passed over in silence
+            raise EdgepptError(f"stage {name!r} is not in this run (its stages: {', '.join(cfg.stages())})")
     preflight(cfg)
     with run_lock(run):
         atomic_write_text(run / CONFIG_FILE, dump_yaml(cfg))
@@ -81,6 +87,7 @@ def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None,
                 for name in cfg.stages():
                     _run_stage(cfg, run, name, state, name in force, progress, log)
                     if name == until:
+                        _mark_outdated(cfg, run, state, cfg.stages()[cfg.stages().index(name) + 1:])
                         break
         finally:
             _write_report(cfg, run, log)
@@ -115,16 +122,38 @@ def preflight(cfg: PipelineConfig) -> None:
     data_fingerprint(cfg.test)
     if cfg.search.enabled:
         search_config(cfg, Path("search"))
-    transfer_config(cfg, Path("."))
+    transfer = transfer_config(cfg, Path("."))
+    from edgeppt.transfer.methods import METHODS
+
+    method = METHODS.get(transfer.method)  # (auto is not one: it chooses among them)
+    if method is not None and method.needs_unlabeled and transfer.unlabeled is None:  # not after the search's minutes
+        raise EdgepptError(f"transfer.method {transfer.method} trains on unlabelled target images: set "
+                           "transfer.unlabeled (a folder, an .npz, or rest: the target's images that are not labelled)")
+
+
+def _keys(cfg: PipelineConfig, run: Path, name: str) -> tuple[str, str, dict[str, Any]]:
+    """(key, others, settings) of a stage's inputs now: its own section's settings, and the rest (data, device,
+    earlier stages' outputs)."""
+    inputs = STAGE_BY_NAME[name].inputs(cfg, run)
+    settings = inputs.pop(name, {})
+    return input_key({**inputs, name: settings}), input_key(inputs), settings
+
+
+def _mark_outdated(cfg: PipelineConfig, run: Path, state: dict, later: list[str]) -> None:
+    """After --until: a later stage whose recorded result is of other inputs is `outdated`, so the report and the
+    wizard do not show an earlier model's numbers as this run's (the next run without --until runs it)."""
+    for name in later:
+        entry = state["stages"].get(name)
+        if entry and entry.get("status") == "done" and entry.get("key") != _keys(cfg, run, name)[0]:
+            entry["status"] = "outdated"
+    atomic_write_json(run / STATE_FILE, state)
 
 
 def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bool, progress: bool,
                log: Callable[[str], None]) -> None:
     stage = STAGE_BY_NAME[name]
     folder = run / name
-    inputs = stage.inputs(cfg, run)
-    settings = inputs.pop(name, {})  # the stage's own section; the rest: data, device, earlier stages' outputs
-    key, others = input_key({**inputs, name: settings}), input_key(inputs)
+    key, others, settings = _keys(cfg, run, name)
     prev = state["stages"].get(name, {})
     same = prev.get("key") == key and not force
     if same and prev.get("status") == "done" and (folder / stage.output).exists():

@@ -17,6 +17,7 @@ from typing import Any
 from edgeppt.config import SearchConfig, TransferConfig, validate
 from edgeppt.data import BUILTIN
 from edgeppt.errors import EdgepptError
+from edgeppt.models import arch_spec
 from edgeppt.runs import atomic_write_bytes, sha256_file
 from edgeppt.search.record import BEST_FILE
 from edgeppt.transfer.record import MODEL_FILE, REPORT_FILE
@@ -73,8 +74,12 @@ def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
 
 def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
     from edgeppt.devices import load_profile
+    from edgeppt.search.costmodel import predictor_path
 
-    return load_profile(cfg.device).model_dump(mode="json")
+    profile = load_profile(cfg.device)
+    # a predictor re-calibrated in place (`devices calibrate` writes the same file) predicts other latencies
+    predictor = file_hash(predictor_path(profile)) if profile.predictor else None
+    return {**profile.model_dump(mode="json"), "predictor_file": predictor}
 
 
 # ---------------------------------------------------------------- search
@@ -115,8 +120,9 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
     from edgeppt.devices import load_profile
 
     settings = cfg.transfer.model_dump()
-    if cfg.search.enabled:
-        settings["arch"] = str(run / "search" / BEST_FILE)
+    if cfg.search.enabled:  # the searched architecture itself, not a path that depends on how the run was named
+        best = run / "search" / BEST_FILE
+        settings["arch"] = arch_spec(str(best)) if best.is_file() else str(best)
     if settings["image_size"] is None:  # the side the search costed the network at, and the device receives
         settings["image_size"] = (cfg.search.image_size if cfg.search.enabled else None) or \
             load_profile(cfg.device).input_size
@@ -127,7 +133,9 @@ def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
 
 
 def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
-    arch = file_hash(run / "search" / BEST_FILE) if cfg.search.enabled else cfg.transfer.arch
+    arch = transfer_config(cfg, run).arch  # the architecture's own fields (not best.json's search record, nor the
+    if isinstance(arch, str) and arch.endswith(".json") and Path(arch).is_file():  # path of an architecture file:
+        arch = arch_spec(arch)  # its contents)
     return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size"}), "arch": arch,
             "image_size": transfer_config(cfg, run).image_size,
             "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg)}

@@ -193,6 +193,14 @@ def test_step3_builds_a_valid_config_and_explains_a_bad_one(wizard):
     assert any("transfer.method" in e.value for e in at.error), [e.value for e in at.error]
 
 
+def test_an_upload_chosen_but_missing_never_runs_the_example_bundle_in_its_place(wizard):
+    at = goto(wizard.run(), 1)
+    next(r for r in at.radio if r.label == "Source bundle").set_value("upload").run()
+    at = goto(at, 2)
+    assert any("Upload the source bundle first" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not any(b.label == "Run all stages" for b in at.button)
+
+
 def test_unlabelled_images_and_the_ssl_algorithm_reach_the_config(wizard):
     import yaml
 

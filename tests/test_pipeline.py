@@ -134,6 +134,48 @@ def test_until_stops_after_a_stage_and_a_later_run_continues(tiny_bundle, tmp_pa
     assert calls == {"transfer": 1, "export": 1}
     with pytest.raises(EdgepptError, match="unknown stage 'trasnfer'"):
         run_pipeline(cfg, run, until="trasnfer", log=quiet)
+    with pytest.raises(EdgepptError, match="stage 'search' is not in this run"):  # search is off here
+        run_pipeline(cfg, run, until="search", log=quiet)
+    # Other transfer settings, --until transfer: the export of the earlier model is outdated, not this run's
+    changed = parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 9}))
+    state = run_pipeline(changed, run, until="transfer", progress=False, log=quiet)
+    assert calls == {"transfer": 2, "export": 1} and state["stages"]["export"]["status"] == "outdated"
+    md = (run / "report" / "index.md").read_text()
+    assert "Not shown: export" in md and "## Export" not in md and "## Transfer" in md
+    run_pipeline(changed, run, progress=False, log=quiet)  # and the next whole run brings it up to date
+    assert calls == {"transfer": 2, "export": 2} and read_state(run)["stages"]["export"]["status"] == "done"
+
+
+def test_an_architecture_file_is_keyed_by_its_contents_and_a_methods_unlabelled_images_are_checked_first(
+        tiny_bundle, tmp_path, calls):
+    from edgeppt.models import arch_spec
+
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(arch_spec("resnet_xs")))
+    cfg = parse_config(raw_config(tiny_bundle, transfer={"arch": str(arch)}, export={"formats": ["onnx"]}))
+    run_pipeline(cfg, tmp_path / "run", progress=False, log=quiet)
+    run_pipeline(cfg, tmp_path / "run", progress=False, log=quiet)
+    assert calls == {"transfer": 1, "export": 1}
+    spec = arch_spec("resnet_xs")
+    spec["config"]["widths"] = [8, 16, 32]
+    arch.write_text(json.dumps(spec))  # the same path, another network
+    run_pipeline(cfg, tmp_path / "run", progress=False, log=quiet)
+    assert calls == {"transfer": 2, "export": 2}
+    ssl = parse_config(raw_config(tiny_bundle, transfer={"method": "pp+ssl"}))
+    with pytest.raises(EdgepptError, match="transfer.method pp\\+ssl trains on unlabelled target images"):
+        run_pipeline(ssl, tmp_path / "ssl", log=quiet)
+    assert not (tmp_path / "ssl").exists()  # refused before a run directory is made
+
+
+def test_a_runs_own_pipeline_yaml_runs_in_its_folder_again(tmp_path):
+    from edgeppt.pipeline.cli import default_run_dir
+
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "pipeline.yaml").write_text("")
+    assert default_run_dir(tmp_path / "demo" / "pipeline.yaml") == Path("runs") / "pipeline"  # not a run yet
+    (tmp_path / "demo" / "state.json").write_text("{}")
+    assert default_run_dir(tmp_path / "demo" / "pipeline.yaml") == tmp_path / "demo"
+    assert default_run_dir(tmp_path / "mine.yaml") == Path("runs") / "mine"
 
 
 # ---------------------------------------------------------------- resume
@@ -200,6 +242,29 @@ def test_background_job_killed_mid_stage_resumes_and_can_be_cancelled(tiny_bundl
     assert status["stages"]["transfer"]["status"] == "cancelled"
     assert any("checkpoint" in line for line in status["log"])  # the CLI said how to continue
     assert [r["name"] for r in jobs.list_runs(tmp_path)] == ["run"]
+
+
+def test_a_job_that_stops_before_its_first_stage_is_failed_with_the_reason(tiny_bundle, tmp_path):
+    """A config the pipeline refuses in its first second (here: target images that are gone) leaves no state
+    behind: the job is shown failed, with the error line its log holds, not as new or running."""
+    run = tmp_path / "run"
+    images = tmp_path / "gone"
+    images.mkdir()
+    cfg = parse_config(raw_config(tiny_bundle))
+    jobs.write_config(run, cfg)
+    text = (run / "pipeline.yaml").read_text().replace(TARGET, str(images / "nothing-here"))
+    (run / "pipeline.yaml").write_text(text)
+    jobs.start_job(run)
+    wait(lambda: not jobs.is_running(run), 60, "the job to stop")
+    status = jobs.job_status(run)
+    assert status["status"] == "failed" and "not found" in status["error"], status
+
+
+def test_a_jobs_pid_given_to_another_process_is_not_that_job(tmp_path):
+    from edgeppt.pipeline.jobs import _job_alive, _started
+
+    me = {"pid": os.getpid(), "start": _started(os.getpid())}
+    assert _job_alive(me) and not _job_alive({**me, "start": "1"})  # the same pid, started at another time
 
 
 def test_demo_writes_the_example_config(tmp_path, monkeypatch):

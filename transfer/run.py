@@ -512,7 +512,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
             (out / left).unlink(missing_ok=True)
     if cfg.needs_source() and cfg.source is None:
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
-    if cfg.method in ("ssl", "pp+ssl") and cfg.unlabeled is None:
+    if cfg.method in METHODS and METHODS[cfg.method].needs_unlabeled and cfg.unlabeled is None:
         raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
     bundle = open_source(cfg.source, cfg, dist.device) \
         if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
