@@ -119,6 +119,20 @@ def test_auto_uses_pp_with_the_example_bundle(tmp_path):
     assert report["auto"]["pseudo_samples"] == (report["method"] == "pp+pssl")
 
 
+def test_the_plan_is_there_while_pp_trains_and_complete_after(tiny_bundle, tmp_path, monkeypatch):
+    """The wizard's progress bar reads plan.json: written (PP alone) before PP's first step, whatever auto then
+    chooses, and replaced by the whole plan once it has."""
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "pretrain" and step == 10)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(small(tiny_bundle), tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["preliminary"] and plan["method"] == "auto" and plan["phases"] == [{"name": "pretrain", "steps": 30}]
+    report = run_transfer(small(tiny_bundle), tmp_path / "run", resume=True, progress=False)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert "preliminary" not in plan and plan["method"] == report["method"] and plan["phases"]
+
+
 def test_auto_resumes_to_the_uninterrupted_result(tiny_bundle, tmp_path, monkeypatch):
     c = small(tiny_bundle)
     whole = run_transfer(c, tmp_path / "whole", progress=False)

@@ -167,6 +167,10 @@ def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path,
         return {"cached": str(cached), "seconds": 0.0}
     if cfg.pretrain_steps == 0:
         return {"skipped": True}
+    # A plan for progress bars while PP trains; the phases after it are planned once PP (and auto) are done.
+    if dist.main and not (out / PLAN_FILE).exists():
+        atomic_write_json(out / PLAN_FILE, {"method": cfg.method, "auto": None, "notes": [], "preliminary": True,
+                                            "phases": [{"name": "pretrain", "steps": cfg.pretrain_steps}]})
     trainer = Trainer(model, [Phase("pretrain", cfg.pretrain_steps, PseudoPretrain(
         bundle, cfg.pretrain_batch, cfg.pretrain_pool, cfg.seed, aug=pp_augment(cfg, bundle), mix=cfg.pretrain_mix,
         teacher=cfg.pretrain_teacher, temperature=cfg.kd_temperature, image_size=size, channels=channels,
@@ -508,7 +512,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     if added and dist.main:
         atomic_write_json(out / ADDED_FILE, added)
     elif not resume and dist.main:  # a new run in a folder an unfinished one left: neither its record nor its pool
-        for left in (ADDED_FILE, POOL_FILE):  # (drawn for that run's source, labels and settings) is this one's
+        for left in (ADDED_FILE, POOL_FILE, PLAN_FILE):  # (drawn for that run's source and labels) is this one's
             (out / left).unlink(missing_ok=True)
     if cfg.needs_source() and cfg.source is None:
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
