@@ -191,7 +191,10 @@ class SourceBundle:
         x = x.to(self.device, torch.float32)
         # C sees its own channels and side, whatever the images': a colour target for a grayscale bundle (or the
         # reverse), target images at their own side (kd's), G's images at the side C was trained at (input_size)
-        x = reshape_images(x, spec.input_size or self.image_shape[1], self.image_shape[0])
+        x = reshape_images(x, None, self.image_shape[0])
+        side = spec.input_size or self.image_shape[1]
+        if x.shape[-1] != side:  # plain bilinear, as C has always been fed (the caches of its outputs stay valid)
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
         mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
         std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
         x = (x - mean) / std

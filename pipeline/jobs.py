@@ -149,8 +149,9 @@ def job_status(run: str | Path) -> dict[str, Any]:
         status = "interrupted"  # the process died without recording why (killed, machine restarted)
     elif running:
         status = "running"
-    elif job and job.get("started", 0) > state.get("started", 0):  # it ended before the pipeline recorded a
-        status = "failed"  # start (a config or input refused in preflight, the run locked): the log says why
+    elif job and job.get("status") != "cancelled" and job.get("started", 0) > state.get("started", 0):
+        # it ended before the pipeline recorded a start (a config or input refused in preflight, the run locked)
+        status = "failed"  # and the log says why
         error = next((line.split("error:", 1)[1].strip() for line in reversed(tail) if "error:" in line),
                      "it stopped before its first stage; see the job log")
     return {"status": status, "running": running, "stages": state.get("stages", {}), "error": error, "log": tail}

@@ -142,10 +142,12 @@ def _keys(cfg: PipelineConfig, run: Path, name: str) -> tuple[str, str, dict[str
 def _mark_outdated(cfg: PipelineConfig, run: Path, state: dict, later: list[str]) -> None:
     """After --until: a later stage whose recorded result is of other inputs is `outdated`, so the report and the
     wizard do not show an earlier model's numbers as this run's (the next run without --until runs it)."""
+    behind = False  # a stage after an outdated one is outdated too: its inputs are that stage's old outputs
     for name in later:
         entry = state["stages"].get(name)
-        if entry and entry.get("status") == "done" and entry.get("key") != _keys(cfg, run, name)[0]:
+        if entry and entry.get("status") == "done" and (behind or entry.get("key") != _keys(cfg, run, name)[0]):
             entry["status"] = "outdated"
+        behind = behind or bool(entry and entry.get("status") == "outdated")
     atomic_write_json(run / STATE_FILE, state)
 
 
@@ -156,15 +158,15 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
     key, others, settings = _keys(cfg, run, name)
     prev = state["stages"].get(name, {})
     same = prev.get("key") == key and not force
-    if same and prev.get("status") == "done" and (folder / stage.output).exists():
+    finished = prev.get("status") in ("done", "outdated")  # outdated: finished, for inputs it may have again
+    if same and finished and (folder / stage.output).exists():
         log(f"{name}: unchanged inputs, skipped (cached result from {time.ctime(prev.get('finished', 0))})")
         return
     # Changed only in settings the stage allows to change on resume (the same rule the stage applies itself)
     free_change = (not force and "settings" in prev and prev.get("others") == others
                    and not resume_conflicts(prev["settings"], settings, stage.resume_free))
     interrupted = prev.get("status") in INTERRUPTED
-    resume = folder.exists() and ((interrupted and (same or free_change))
-                                  or (free_change and not same and prev.get("status") == "done"))
+    resume = folder.exists() and ((interrupted and (same or free_change)) or (free_change and not same and finished))
     replaced = run / f".{name}.replaced"  # outputs of other inputs, kept until this run of the stage succeeds
     set_aside = not resume and folder.exists()
     if set_aside:

@@ -79,7 +79,7 @@ def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:
     profile = load_profile(cfg.device)
     # a predictor re-calibrated in place (`devices calibrate` writes the same file) predicts other latencies
     predictor = file_hash(predictor_path(profile)) if profile.predictor else None
-    return {**profile.model_dump(mode="json"), "predictor_file": predictor}
+    return {**profile.model_dump(mode="json"), **({"predictor_file": predictor} if predictor else {})}
 
 
 # ---------------------------------------------------------------- search

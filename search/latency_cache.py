@@ -56,9 +56,17 @@ class LatencyCache:
         # a damaged entry (none, NaN, zero) is measured again: a NaN latency would pass every budget
         return got if got and all(math.isfinite(v) and v > 0 for v in got.values()) else None
 
-    def put(self, key: dict[str, Any], by_format: dict[str, float]) -> None:
+    def runs(self, key: dict[str, Any]) -> int:
+        """How many measurements the entry is the median of (1 for entries written before this was kept)."""
+        try:
+            return int(json.loads(self._path(key).read_text()).get("runs", 1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 1
+
+    def put(self, key: dict[str, Any], by_format: dict[str, float], runs: int = 1) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self._path(key), {"key": key, "host": self.host, "latency_by_format": by_format})
+            atomic_write_json(self._path(key), {"key": key, "host": self.host, "latency_by_format": by_format,
+                                                "runs": runs})
         except OSError as e:  # a cache that cannot be written only costs the next search a measurement
             print(f"warning: latency cache {self.folder} not written ({e.strerror or e})", file=sys.stderr)

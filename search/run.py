@@ -23,11 +23,18 @@ import torch
 from edgeppt.config import SearchConfig, validate
 from edgeppt.devices import Budgets, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
-from edgeppt.runs import added_settings, added_settings_warning, atomic_write_json, read_run_json, resume_conflicts
+from edgeppt.runs import (
+    added_settings,
+    added_settings_warning,
+    atomic_write_json,
+    read_run_json,
+    resume_conflicts,
+    sha256_file,
+)
 
 from . import reference, report
-from .costmodel import CostModel
-from .latency_cache import LatencyCache
+from .costmodel import CostModel, predictor_path
+from .latency_cache import LatencyCache, machine
 from .ledger import Ledger
 from .proxy import ProxyData, evaluate_arch, prepare
 from .record import CONFIG_FILE, PROFILE_FILE
@@ -85,6 +92,8 @@ class SearchContext:
             self.check(sample)
             rec = self.ledger.get(key)
             assert rec is not None  # check() records every sample it sees
+        if rec.get("status") == "rejected":  # over a budget: never trained, never a result
+            return 0.0
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         # Marked before training: a record left "training" is a trial that died (run_search retries it).
@@ -136,8 +145,9 @@ class SearchContext:
         if cfg.finalists == 0:
             return
         trained = self.ledger.trained()
-        top = sorted(trained, key=lambda r: (-r["accuracy"], r["order"]))[:cfg.finalists]
-        top += [r for r in trained if r.get("reference") and r not in top]  # the bar every search must clear
+        # the searched candidates' best, then the reference: it never takes a searched network's finalist place
+        top = sorted((r for r in trained if not r.get("reference")), key=lambda r: (-r["accuracy"], r["order"]))
+        top = top[:cfg.finalists] + [r for r in trained if r.get("reference")]  # the bar every search must clear
         keys = {r["key"] for r in top}
         for rec in trained:  # finalists of a resumed search that asked for more: no longer finalists
             if rec["key"] not in keys and rec.get("final_accuracy") is not None:
@@ -181,9 +191,12 @@ def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool | N
         if profile.input_channels and profile.input_channels != data.in_shape[0]:
             raise EdgepptError(f"device {profile.name!r} takes {profile.input_channels}-channel input, but the "
                                f"images have {data.in_shape[0]} channels")
+        # Local trials train on the cores the filter times candidates on: their latencies are this search's only,
+        # never kept for later searches
+        loaded = cfg.engine == "local" and cfg.concurrency > 1
         cost = CostModel(profile, budgets_of(cfg, profile), data.in_shape, data.num_classes,
                          cfg.latency_warmup, cfg.latency_repeats, cfg.latency_band,
-                         LatencyCache() if cfg.latency_cache else None)
+                         LatencyCache() if cfg.latency_cache and not loaded else None)
         _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, Ledger(out, repair=main))
     if progress is not None:
         _CONTEXTS[key].progress = progress
@@ -310,7 +323,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
     _CONTEXTS.pop(key, None)  # this run's settings, never a context cached by an earlier call
     try:
         ctx = context(out, cfg, progress)
-        profile = ctx.profile.model_dump(mode="json")
+        profile = profile_record(ctx.profile)
         if resume and (out / PROFILE_FILE).is_file():  # a profile edited in place: its name is the same
             changed = resume_conflicts(read_run_json(out / PROFILE_FILE), profile)
             if changed:
@@ -363,6 +376,15 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         return report.write_outputs(ctx, out, smallest, time.perf_counter() - t0, source_candidate(ctx))
     finally:
         _CONTEXTS.pop(key, None)
+
+
+def profile_record(profile: DeviceProfile) -> dict:
+    """What the search judged candidates by: the profile, its predictor file's contents, and for a measured profile
+    the host that measured (a resume on another machine, or after a re-calibration, would mix latencies)."""
+    predictor = sha256_file(predictor_path(profile)) if profile.predictor and predictor_path(profile).is_file() \
+        else None
+    return {**profile.model_dump(mode="json"), "predictor_file": predictor,
+            "measured_on": machine() if profile.latency == "measured" else None}
 
 
 def source_candidate(ctx: SearchContext) -> dict | None:

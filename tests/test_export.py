@@ -366,12 +366,14 @@ def test_tensorrt_build_files_are_written(bundle, tmp_path):
     path, manifest = bundle
     trt = manifest["artifacts"]["tensorrt"]
     sh = (path / "build_engine.sh").read_text()
-    assert "trtexec --onnx=model.int8.onnx --saveEngine=model.int8.engine $PRECISION" in sh
+    assert "trtexec --onnx=model.int8.onnx --saveEngine=model.int8.engine $INT8" in sh
+    assert "trtexec --onnx=model.fp16.onnx --saveEngine=model.fp16.engine $FP16" in sh
     assert "--timingCacheFile=timing.cache" in sh and os.access(path / "build_engine.sh", os.X_OK)
-    assert trt["trtexec"][0].replace("--stronglyTyped", "$PRECISION") in sh
-    # the flag the device's trtexec takes: TensorRT 10+ --stronglyTyped, 8.x --int8 --fp16 (a trtexec stand-in)
-    for help_text, expected in (("  --stronglyTyped  Create a strongly typed network", "--stronglyTyped"),
-                                ("  --int8  Enable int8 precision", "--int8 --fp16")):
+    assert trt["trtexec"][0].replace("--stronglyTyped", "$INT8") in sh
+    # the flags the device's trtexec takes: TensorRT 10+ --stronglyTyped; 8.x --int8 --fp16 for the Q/DQ graph
+    # and --fp16 alone for the float16 one (a trtexec stand-in)
+    for help_text, expected in (("  --stronglyTyped  Create a strongly typed network", ("--stronglyTyped",) * 2),
+                                ("  --int8  Enable int8 precision", ("--int8 --fp16", "--fp16"))):
         fake = tmp_path / help_text.split()[0].strip("-")
         fake.mkdir()
         (fake / "trtexec").write_text(f"#!/bin/sh\n[ \"$1\" = --help ] && echo '{help_text}' && exit 0\n"
@@ -382,7 +384,9 @@ def test_tensorrt_build_files_are_written(bundle, tmp_path):
                            env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
         assert r.returncode == 0, r.stderr
         calls = (fake / "b" / "calls.txt").read_text().splitlines()
-        assert len(calls) == len(trt["trtexec"]) and all(expected in c for c in calls), calls
+        assert len(calls) == len(trt["trtexec"]) == 2, calls
+        int8, fp16 = (next(c for c in calls if f"model.{f}.onnx" in c) for f in ("int8", "fp16"))
+        assert expected[0] in int8 and expected[1] in fp16 and (expected[1] == expected[0] or "--int8" not in fp16)
     dyn = tensorrt.trtexec_command("m.onnx", "m.engine", "input", [1, 1, 8, 8], dynamic=True)
     assert "--minShapes=input:1x1x8x8" in dyn and "--maxShapes=input:32x1x8x8" in dyn
     # The build script is standalone: it runs with the standard library alone (-I: no edgeppt on the path).

@@ -125,6 +125,14 @@ def test_near_the_budget_a_candidate_is_measured_three_times_and_judged_on_the_m
     assert again["latency_ms"] == 0.98 and again["latency_kind"].endswith("(cached)")  # no fourth measurement
     far = CostModel(x86, budgets, (1, 28, 28), 5, band=0.1).costs(TINY)  # 0.50 ms: far from it, measured once
     assert far["latency_ms"] == 0.50 and far["latency_kind"] == "measured, onnx"
+    # A cached single measurement that a later search's budget sits next to is measured again, three times.
+    once = LatencyCache(tmp_path / "once")
+    draws = iter([0.50, 0.52, 0.47, 0.55])
+    CostModel(x86, x86.budgets.model_copy(update={"latency_ms": 5.0}), (1, 28, 28), 5, band=0.1,
+              cache=once).costs(TINY)  # 0.50 ms, far from 5 ms: once
+    near = CostModel(x86, x86.budgets.model_copy(update={"latency_ms": 0.5}), (1, 28, 28), 5, band=0.1,
+                     cache=once).costs(TINY)
+    assert near["latency_ms"] == 0.52 and "median of 3" in near["latency_kind"]  # median(0.52, 0.47, 0.55)
 
 
 def test_a_device_answer_without_usable_timings_is_a_one_line_error(monkeypatch, tmp_path):
@@ -665,3 +673,29 @@ def test_a_device_profile_edited_in_place_is_named_on_resume(tmp_path):
     prof.write_text(original)
     assert run_search(cfg.model_copy(update={"trials": 2}), tmp_path / "run", resume=True,
                       progress=False)["trained"] == 2
+
+
+def test_the_reference_never_takes_a_searched_networks_finalist_place(tmp_path, monkeypatch):
+    """finalists=1 re-ranks the best searched network, and the hand-designed reference beside it, even where the
+    reference's first proxy score is the best of all."""
+    import edgeppt.search.run as run_mod
+    from edgeppt.search import reference
+
+    real_fit, real_eval, ref_arch = reference.widest_fitting, run_mod.evaluate_arch, []
+
+    def fit(cost):
+        found = real_fit(cost)
+        ref_arch.append(found[1])
+        return found
+
+    def evaluate(arch, data, cfg, seed=0):
+        res = real_eval(arch, data, cfg, seed=seed)
+        return {**res, "accuracy": 0.99 if ref_arch and arch == ref_arch[0] else res["accuracy"] * 0.5}
+
+    monkeypatch.setattr(reference, "widest_fitting", fit)
+    monkeypatch.setattr(run_mod, "evaluate_arch", evaluate)
+    prof = predicted_profile(tmp_path, latency_ms=1.0)
+    cfg = SearchConfig(device=str(prof), strategy="random", trials=3, finalists=1, final_seeds=1, **FAST)
+    run_search(cfg, tmp_path / "run", progress=False)
+    finals = [r for r in run_mod.Ledger(tmp_path / "run").records.values() if r.get("final_accuracy") is not None]
+    assert sorted(bool(r.get("reference")) for r in finals) == [False, True]

@@ -247,6 +247,8 @@ def _phase_key(cfg: TransferConfig, model: torch.nn.Module, labelled: ImageSet, 
     spec = {"phase": [ph.name, ph.steps, ph.lr, ph.weight_decay, ph.ema, ph.warmup, ph.floor], "seed": cfg.seed,
             "arch": arch_spec(cfg.arch), "classes": labelled.classes, "objective": supervised_settings(cfg),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device)}
+    if ph.ema:  # (only then: earlier caches keep their keys) the head is baked after the average since this version
+        spec["bake"] = "after the average"
     h.update(json.dumps(spec, sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -156,12 +156,13 @@ class Trainer:
         return sum(p.steps for p in self.phases[:phase]) + step
 
     def _save(self, phase: int, step: int, opt: torch.optim.Optimizer, ema: AveragedModel | None,
-              raw: dict[str, torch.Tensor] | None = None) -> None:
+              raw: dict[str, torch.Tensor] | None = None, finished: bool | None = None) -> None:
         """`raw`: at a phase's end, the weights it trained (`model` then holds what the phase hands on: an EMA's
         average, a baked head)."""
         if self.dist.main:
             atomic_torch_save(self.ckpt_path, {
-                "phase": phase, "step": step, "model": self.model.state_dict(), "raw": raw, "finished": raw is not None,
+                "phase": phase, "step": step, "model": self.model.state_dict(), "raw": raw,
+                "finished": raw is not None if finished is None else finished,
                 "objective": self.phases[phase].objective.state_dict(), "optimizer": opt.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None,
                 "timings": self.timings, "images_seen": self.images_seen,
@@ -333,4 +334,4 @@ class Trainer:
         if log:
             log.write(record)
         if self.out is not None:
-            self._save(pi, ph.steps, opt, None)
+            self._save(pi, ph.steps, opt, None, finished=True)  # the cache holds the phase's end
