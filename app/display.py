@@ -113,6 +113,10 @@ def default_artifact_note(manifest: dict[str, Any]) -> str:
     guard = art.get("accuracy_guard")
     if guard and not guard.get("met"):
         note += f" Its accuracy guard was not met: {guard.get('note')}."
+    budget = manifest.get("latency_budget")
+    if budget and not budget.get("within"):
+        note += (f" It takes {budget['default_ms']:.3f} ms at batch 1 here, over the device's latency budget of "
+                 f"{budget['budget_ms']:g} ms.")
     others = [a["file"] for f, a in manifest.get("artifacts", {}).items() if f != fmt and "file" in a]
     if others:
         note += f" Another one runs with `--model`, e.g. `python runner.py classify IMAGE --model {others[0]}`."

@@ -57,6 +57,17 @@ def choose_default(artifacts: dict[str, dict[str, Any]], results: list[dict[str,
     return "onnx", f"{default}, {device.name}'s profile default, was not exported or is outside the accuracy budget"
 
 
+def budget_check(default: str, results: list[dict[str, Any]], artifacts: dict[str, dict[str, Any]],
+                 device: DeviceProfile) -> dict[str, Any] | None:
+    """The default artifact's batch-1 latency here against the profile's latency budget, where this host is the
+    device (a measured profile): the search admitted the network on the faster of its formats, and the one that
+    ships can be another (INT8 outside its accuracy budget, or kept partly in float). None where it cannot say."""
+    budget, timed = device.budgets.latency_ms, batch1_ms(results, artifacts)
+    if device.latency != "measured" or budget is None or default not in timed:
+        return None
+    return {"budget_ms": budget, "default_ms": round(timed[default], 4), "within": timed[default] <= budget}
+
+
 def on_device(manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """The bundle's default against what the device's own benchmark (runner.py bench, over SSH) measured: the
     fastest artifact there within the accuracy budget, and the device's int8 instructions, as one sentence."""

@@ -28,7 +28,7 @@ from edgeppt.signing import public_key_beside, sign_folder
 from . import bundle as B
 from . import quantize as Q
 from . import runner, tensorrt
-from .default import choose_default
+from .default import budget_check, choose_default
 from .floor import floor_columns, host_peak
 from .formats import CALIBRATIONS, FORMATS, ExportOptions
 from .onnx_export import (
@@ -286,10 +286,15 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
         cpu_int8 = int8_instructions()
         default, default_reason = choose_default(ctx.artifacts, table, dev, cpu_int8)
         log(f"default artifact: {default}: {default_reason}")
+        budget = budget_check(default, table, ctx.artifacts, dev)
+        if budget and not budget["within"]:
+            log(f"warning: the default artifact takes {budget['default_ms']:.3f} ms at batch 1 here, over "
+                f"{dev.name}'s latency budget of {budget['budget_ms']:g} ms")
         manifest = B.write_manifest(root, {
             "created_by": "edgeppt export", "run": str(run.path), "device": dev.name,
             "device_profile": dev.model_dump(mode="json"), "threads": threads,
-            "default_format": default, "default_reason": default_reason, "classes": run.classes, "preprocess": spec,
+            "default_format": default, "default_reason": default_reason, "latency_budget": budget,
+            "classes": run.classes, "preprocess": spec,
             "input": {"name": INPUT_NAME, "shape": [1 if not dynamic_batch else "batch", *run.input_shape],
                       "dynamic_batch": dynamic_batch},
             "model": {"arch": run.checkpoint["arch"], "params": run.checkpoint.get("params")},

@@ -489,4 +489,7 @@ def test_display_says_which_artifact_the_bundle_runs_and_why():
     manifest["default_reason"] = "the fastest at batch 1 on this host (int8 0.1 ms, onnx 0.2 ms)"
     assert display.default_artifact_note(manifest).startswith(
         "The bundle runs **int8** (`model.int8.onnx`) by default: the fastest at batch 1 on this host (int8 0.1 ms")
+    manifest["latency_budget"] = {"budget_ms": 0.08, "default_ms": 0.1, "within": False}
+    assert display.default_artifact_note(manifest).endswith(
+        "It takes 0.100 ms at batch 1 here, over the device's latency budget of 0.08 ms.")
     assert display.per_class_rows({"per_class_accuracy": {"cat": 0.83333}}) == [{"class": "cat", "accuracy": "83.3%"}]

@@ -608,6 +608,14 @@ def test_the_default_artifact_is_the_fastest_faithful_one_and_never_slower_than_
     _, why = choose_default(arts, rows(0.13, 0.31), x86, cpu_int8=["AVX512-VNNI"])
     assert why.endswith("this CPU has AVX512-VNNI")
     assert "dot-product" not in choose_default(arts, rows(0.30, 0.12), x86, cpu_int8=[])[1]  # int8 won: no excuse
+    # The default's latency here against the profile's budget, where this host is the device
+    from edgeppt.export.default import budget_check
+
+    tight = x86.model_copy(update={"budgets": x86.budgets.model_copy(update={"latency_ms": 0.2})})
+    assert budget_check("onnx", rows(0.30, 0.12), arts, tight) == {"budget_ms": 0.2, "default_ms": 0.3,
+                                                                    "within": False}
+    assert budget_check("int8", rows(0.30, 0.12), arts, tight)["within"] is True
+    assert budget_check("fp16", rows(0.30, 0.12), {"onnx": {}, "fp16": {}}, jetson) is None  # predicted: no say
 
 
 def test_the_device_benchmark_is_held_against_the_bundle_default():
