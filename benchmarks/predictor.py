@@ -24,7 +24,7 @@ from edgeppt.config import SpaceConfig
 from edgeppt.devices import load_profile
 from edgeppt.models import create_model
 from edgeppt.runs import atomic_write_json
-from edgeppt.search.calibrate import probe_archs, time_remote
+from edgeppt.search.calibrate import PROVIDERS, probe_archs, time_remote
 from edgeppt.search.latency import to_onnx
 from edgeppt.search.predictor import errors, fit, layer_features
 
@@ -46,8 +46,9 @@ def main() -> None:
     models = [create_model(a, 10, in_shape[0]) for a in archs]
     feats = [layer_features(m, in_shape) for m in models]
     onnx_models = [to_onnx(m, in_shape) for m in models]
-    passes = [time_remote([sys.executable, "-"], onnx_models, list(in_shape), profile.threads, profile.runtime,
-                          10, args.repeats)["latency_ms"] for _ in range(2)]
+    # fp32 probes, as the table in docs/search.md was measured (calibrate times the format a device ships)
+    passes = [time_remote([sys.executable, "-"], onnx_models, list(in_shape), profile.threads,
+                          PROVIDERS[profile.runtime], 10, args.repeats)["latency_ms"] for _ in range(2)]
     a, b = np.array(passes[0]), np.array(passes[1])
     lat = list((a + b) / 2)
     noise = np.abs(b - a) / a

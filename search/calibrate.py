@@ -18,18 +18,21 @@ import random
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import onnx
 import yaml
 
 from edgeppt import ort_timing
 from edgeppt.config import SpaceConfig
 from edgeppt.devices import DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
+from edgeppt.int8 import QuantConfig
 from edgeppt.models import arch_spec, create_model, list_models
 from edgeppt.remote import ssh_command
 from edgeppt.runs import atomic_write_text
 
-from .latency import to_onnx
+from .latency import int8_bytes, to_onnx
 from .predictor import errors, fit, layer_features
 from .space import extreme_sample, random_sample, to_arch
 
@@ -41,11 +44,10 @@ REMOTE = r'''
 import base64, json, platform, sys
 import onnxruntime as ort
 cfg = json.loads(base64.b64decode(CFG))
-so = ort.SessionOptions(); so.intra_op_num_threads = cfg["threads"]; so.inter_op_num_threads = 1
-so.log_severity_level = 3
-want = cfg["providers"]; have = ort.get_available_providers()
-providers = [p for p in want if p in have] or ["CPUExecutionProvider"]
-sessions = [ort.InferenceSession(base64.b64decode(m), so, providers=providers) for m in cfg["models"]]
+have = ort.get_available_providers()
+providers = [p if isinstance(p, str) else tuple(p) for p in cfg["providers"]
+             if (p if isinstance(p, str) else p[0]) in have] or ["CPUExecutionProvider"]
+sessions = [open_session(base64.b64decode(m), cfg["threads"], providers) for m in cfg["models"]]
 rounds = max(1, cfg["rounds"]); runs = max(3, cfg["repeats"] // rounds)
 times = [[] for _ in sessions]
 for r in range(rounds):
@@ -59,6 +61,26 @@ print(json.dumps({"latency_ms": [min(t) for t in times], "rounds_ms": times, "on
 
 PROVIDERS = {"onnxruntime-cpu": ["CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def shipped_format(models: list[bytes], in_shape: tuple[int, int, int], profile: DeviceProfile
+                   ) -> tuple[list[bytes], list]:
+    """The probes as the export ships them by default for this device (a predicted profile's `default_format`),
+    with the providers that run that format: a predictor fitted on fp32 timings would predict fp32 latencies for
+    an int8 or fp16 artifact. Returns (models, providers)."""
+    fmt, providers = profile.export.default_format, list[Any](PROVIDERS[profile.runtime])
+    if fmt == "int8":  # the export's recipe for this device (edgeppt.int8), scales from random images: timing only
+        cfg = QuantConfig(symmetric_activations=profile.export.symmetric_activations)
+        return [int8_bytes(m, in_shape, cfg) for m in models], providers
+    if fmt in ("fp16", "tensorrt"):
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        half = [convert_float_to_float16(onnx.load_from_string(m), keep_io_types=True).SerializeToString()
+                for m in models]
+        if profile.runtime == "tensorrt":  # TensorRT's provider builds float32 engines unless told otherwise
+            providers[0] = [providers[0], {"trt_fp16_enable": True}]
+        return half, providers
+    return models, providers
 
 
 def probe_archs(space: SpaceConfig, n: int, seed: int = 0) -> list[dict]:
@@ -75,10 +97,10 @@ def probe_archs(space: SpaceConfig, n: int, seed: int = 0) -> list[dict]:
     return archs[:n]
 
 
-def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], threads: int, runtime: str,
+def time_remote(ssh: list[str], onnx_models: list[bytes], shape: list[int], threads: int, providers: list,
                 warmup: int, repeats: int, timeout: float = 1800, rounds: int = 5) -> dict:
     cfg = {"models": [base64.b64encode(m).decode() for m in onnx_models], "shape": shape, "threads": threads,
-           "providers": PROVIDERS[runtime], "warmup": warmup, "repeats": repeats, "rounds": rounds}
+           "providers": providers, "warmup": warmup, "repeats": repeats, "rounds": rounds}
     encoded = base64.b64encode(json.dumps(cfg).encode()).decode()
     program = f"{inspect.getsource(ort_timing)}\nCFG = {encoded!r}\n{REMOTE}"
     try:
@@ -116,15 +138,15 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
         from .report import console
         console.print(f"timing {len(models)} probe models on {host} "
                       f"({profile.runtime}, {profile.threads or 'all'} threads)")
-    onnx_models = [to_onnx(m, in_shape) for m in models]
+    onnx_models, providers = shipped_format([to_onnx(m, in_shape) for m in models], in_shape, profile)
     answer = time_remote([*ssh_command(host, port, identity, ssh_options), f"{python} -"], onnx_models,
-                         list(in_shape), profile.threads, profile.runtime, warmup, repeats)
+                         list(in_shape), profile.threads, providers, warmup, repeats)
     lat = answer.get("latency_ms") if isinstance(answer, dict) else None
     if not (isinstance(lat, list) and len(lat) == len(archs)
             and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in lat)):
         raise EdgepptError(f"{host} answered with no usable timings ({len(archs)} positive milliseconds expected): "
                            f"{str(answer)[:200]}")
-    providers = answer.get("providers") or ["?"]
+    ran_on = answer.get("providers") or ["?"]
     order = list(range(len(archs)))
     random.Random(seed).shuffle(order)
     n_test = max(2, int(round(len(order) * holdout)))
@@ -132,7 +154,7 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
     trial = fit([feats[i] for i in train], [lat[i] for i in train])
     held = errors(trial, [feats[i] for i in test], [lat[i] for i in test])
     origin = (f"calibrated on {host} ({answer.get('machine')}, onnxruntime {answer.get('onnxruntime')}, "
-              f"{providers[0]}) with {len(archs)} probes")
+              f"{ran_on[0]}) with {len(archs)} probes in {profile.export.default_format}")
     final = fit(feats, lat, origin)
     final.heldout = held
     out = Path(out)

@@ -520,6 +520,7 @@ def test_calibrate_over_ssh_fits_a_predictor_with_held_out_error(sshd, tmp_path)
                                                   [lat[i] for i in order[:2]]))  # not the fit on all 8
     prof = load_profile(tmp_path / "myhost.yaml")
     assert prof.latency == "predicted" and prof.threads == load_profile("x86-cpu").threads
+    assert prof.export.default_format == "int8" and "probes in int8" in prof.description  # timed as it ships
     pred = LatencyPredictor.load(tmp_path / prof.predictor)
     assert set(pred.coef_ms) == set(FEATURES) and pred.heldout == rep["heldout"]
     assert pred.predict_model(create_model("mobilenet_s", 10, 1), (1, 28, 28)) > 0
@@ -699,3 +700,24 @@ def test_the_reference_never_takes_a_searched_networks_finalist_place(tmp_path, 
     run_search(cfg, tmp_path / "run", progress=False)
     finals = [r for r in run_mod.Ledger(tmp_path / "run").records.values() if r.get("final_accuracy") is not None]
     assert sorted(bool(r.get("reference")) for r in finals) == [False, True]
+
+
+def test_calibration_times_the_probes_in_the_format_the_device_ships():
+    """A predicted profile's export ships its default format: int8 probes (the device's recipe) for an int8 device,
+    float16 ones for a float16 one, and TensorRT's provider told to build float16 engines."""
+    import onnx
+
+    from edgeppt.search.calibrate import shipped_format
+    from edgeppt.search.latency import to_onnx
+
+    fp32 = [to_onnx(create_model("mobilenet_s", 10, 1), (1, 28, 28))]
+    ops = lambda m: {n.op_type for n in onnx.load_from_string(m).graph.node}  # noqa: E731
+    arm, jetson, x86 = (load_profile(n) for n in ("arm-cpu", "jetson", "x86-cpu"))
+    int8, providers = shipped_format(fp32, (1, 28, 28), arm)
+    assert "QuantizeLinear" in ops(int8[0]) and providers == ["CPUExecutionProvider"]
+    half, providers = shipped_format(fp32, (1, 28, 28), jetson)
+    inits = onnx.load_from_string(half[0]).graph.initializer
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in inits)
+    assert providers[0] == ["TensorrtExecutionProvider", {"trt_fp16_enable": True}]
+    plain = x86.model_copy(update={"export": x86.export.model_copy(update={"default_format": "onnx"})})
+    assert shipped_format(fp32, (1, 28, 28), plain)[0] == fp32
