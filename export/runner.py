@@ -14,6 +14,7 @@ CUDA execution provider (onnxruntime-gpu on a Jetson), `--provider auto` uses it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -168,7 +169,10 @@ def providers(kind: str = "auto") -> list:
 
 
 def make_session(model: str | Path, threads: int = 0, provider: str = "auto"):
-    return open_session(model, threads, providers(provider))
+    # onnxruntime prints a provider that fails to start ("EP Error ... Falling back") on stdout, where classify's
+    # one JSON line per image goes: to stderr with it
+    with contextlib.redirect_stdout(sys.stderr):
+        return open_session(model, threads, providers(provider))
 
 
 def input_info(session) -> tuple[str, list, type[np.floating]]:

@@ -6,6 +6,7 @@ metrics), so a reload or a second browser tab sees the same progress, and a job 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from .config import PipelineConfig, dump_yaml
 from .runner import is_locked
 from .state import CONFIG_FILE, STATE_FILE, read_state
 
-JOB_FILE, LOG_FILE = "job.json", "job.log"
+JOB_FILE, LOG_FILE, START_LOCK = "job.json", "job.log", ".job.lock"
 
 
 def _alive(pid: int) -> bool:
@@ -76,6 +77,13 @@ def start_job(run: str | Path, cfg: PipelineConfig | None = None, until: str | N
               force: tuple[str, ...] = ()) -> dict[str, Any]:
     """Start `edgeppt run <run>/pipeline.yaml --out <run>` in its own process group; returns job.json."""
     run = Path(run).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / START_LOCK, "a+") as lock:  # two tabs' clicks: one checks, writes and spawns at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _start(run, cfg, until, force)
+
+
+def _start(run: Path, cfg: PipelineConfig | None, until: str | None, force: tuple[str, ...]) -> dict[str, Any]:
     if is_running(run):
         raise EdgepptError(f"a job is already running in {run}")
     if cfg is not None:

@@ -147,6 +147,9 @@ def calibrate(device: str | Path, host: str, out: str | Path, port: int | None =
         raise EdgepptError(f"{host} answered with no usable timings ({len(archs)} positive milliseconds expected): "
                            f"{str(answer)[:200]}")
     ran_on = answer.get("providers") or ["?"]
+    if profile.runtime == "tensorrt" and ran_on[0] != "TensorrtExecutionProvider":  # a predictor of the wrong chip
+        raise EdgepptError(f"{host} ran the probes on {ran_on[0]}, not TensorRT: install onnxruntime-gpu with the "
+                           "TensorRT execution provider there (the profile's runtime is tensorrt)")
     order = list(range(len(archs)))
     random.Random(seed).shuffle(order)
     n_test = max(2, int(round(len(order) * holdout)))
