@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from .errors import EdgepptError
-from .image_io import full_scale, read_pixels
+from .image_io import GRAY_MODES, full_scale, read_pixels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
 # The largest image read, in pixels (checked from the file header, before decoding): 64 MP is an 8000x8000 photo,
@@ -171,6 +171,27 @@ class NeedsImageSize(EdgepptError):
     """A folder whose images have no one square size: a side must be given to resize them to."""
 
 
+def _headers(root: Path, files: list[Path], channels: int | None, image_size: int | None) -> int:
+    """What the images' headers say before any is decoded: colour where any image is (one gray picture among
+    colour ones must not make the set gray), and, with no side given, a refusal as soon as the sizes differ or are
+    not square (rather than after decoding every photo of a folder at full size)."""
+    colour, sizes = False, set()
+    for p in files:
+        try:
+            with open_image(p) as im:
+                colour = colour or not (im.mode in GRAY_MODES or (im.mode == "P" and
+                                                                   getattr(im.palette, "mode", "") == "L"))
+                sizes.add(im.size)
+        except READ_ERRORS:  # listed as skipped when it is read
+            continue
+        if image_size is None and (len(sizes) > 1 or im.size[0] != im.size[1]):
+            w, h = im.size
+            what = f"mixed sizes (e.g. {h}x{w}: {p})" if len(sizes) > 1 else f"{h}x{w}, not square ({p})"
+            raise NeedsImageSize(f"{root}: images have {what}. Pass an image size to resize them all "
+                                 "(--set image_size=N)")
+    return channels if channels is not None else 3 if colour else 1
+
+
 def load_folder(root: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:
     """A folder of class sub-folders. Unreadable files are skipped and listed in `skipped`."""
     root = Path(root)
@@ -187,19 +208,23 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     labels: list[int] = []
     skipped: list[str] = []
     sizes: dict[tuple[int, ...], Path] = {}  # image (H, W) -> the first file of that size
-    for ci, d in enumerate(class_dirs):
+    per_class = []
+    for d in class_dirs:
         found = [p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
         skipped += [f"{p}: a link to nothing" for p in sorted(found) if p.is_symlink() and not p.exists()]
         files = sorted(p for p in found if p.is_file())
         if not files:
             raise EdgepptError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        per_class.append(files)
+    if channels is None or image_size is None:  # from the headers alone, before any image is decoded
+        channels = _headers(root, [p for files in per_class for p in files], channels, image_size)
+    for ci, files in enumerate(per_class):
         for p in files:
             try:
                 a = _read_image(p, channels)
             except READ_ERRORS as e:
                 skipped.append(_skip_entry(p, e))
                 continue
-            channels = a.shape[0]  # the first readable image fixes the channel count
             sizes.setdefault(a.shape[1:], p)
             # Resized at once when the size is known, so memory holds one full-size image at a time.
             images.append(a if image_size is None else _resize(a, image_size))
@@ -336,6 +361,9 @@ def detail_lost(x: torch.Tensor, side: int, max_images: int = 500) -> float:
     return ((x - back).pow(2).flatten(1).sum(1) / energy).mean().item()
 
 
+AUTO_SIDE_MAX, AUTO_SIDE_TIMES = 512, 4
+
+
 def load_target(spec: str, image_size: int | None, channels: int | None, source_side: int | None) -> ImageSet:
     """The target set at the side every stage trains and exports at: `image_size` where given; otherwise the
     images' own side, raised to the source bundle's where they are smaller (PP learns its features at G's scale,
@@ -353,14 +381,22 @@ def load_target(spec: str, image_size: int | None, channels: int | None, source_
     side = max(h, w)
     if side < source_side or (side > source_side and h == w and detail_lost(ds.x, source_side) <= DETAIL_LOST_MAX):
         side = source_side
+    # Photos hold detail at any side (sensor noise counts): their own 1000 or 4000 px would train for days on a
+    # CPU. At most four times the bundle's side (and 512) unless image_size asks for more.
+    side = min(side, max(source_side, min(AUTO_SIDE_MAX, AUTO_SIDE_TIMES * source_side)))
     # resized by loading again at that side: the path a later stage rebuilds the set through (same fingerprint)
     return ds if (h, w) == (side, side) else load_dataset(spec, side, channels)
 
 
 def conform(ds: ImageSet, image_size: int | None, channels: int | None, what: str = "dataset") -> ImageSet:
-    """Resize/convert channels so a set matches the shape a model or bundle expects."""
+    """Resize/convert channels so a set matches the shape a model or bundle expects. Colour to gray by ITU-R 601
+    luma, as Pillow converts an image file (and so the device runner, which reads files): an .npz target of colour
+    images then trains on the gray levels the device will see."""
     validate(ds, what)
-    return ImageSet(reshape_images(ds.x, image_size, channels), ds.y, ds.classes, ds.skipped)
+    x = ds.x
+    if channels == 1 and x.shape[1] == 3:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return ImageSet(reshape_images(x, image_size, channels), ds.y, ds.classes, ds.skipped)
 
 
 def reshape_images(x: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
@@ -550,6 +586,8 @@ def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # any byte order or width numpy has
     if not torch.isfinite(xt).all():
         raise EdgepptError(f"{where}: images contain NaN or infinite values")
+    if x.dtype.kind == "f" and xt.min() >= -0.01 and xt.max() <= 1.01:  # [0, 1] floats off by resampling's
+        return xt.clamp(0, 1)  # overshoot: still [0, 1], not 0-255 values to divide by 255
     if xt.min() < 0:
         raise EdgepptError(f"{where}: x holds negative values (down to {xt.min().item():.3g}); expected pixel values: "
                            "8 or 16 bits, or floats in [0, 1]")

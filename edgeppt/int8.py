@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -17,6 +18,9 @@ from onnx import helper, numpy_helper
 
 from .errors import EdgepptError
 from .runs import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .devices import DeviceProfile
 
 PERCENTILE = 99.999
 # onnxruntime's fast int8 convolution (MLAS's "ConvSym" kernels, u8 activations x s8 weights) takes only input
@@ -50,6 +54,19 @@ class QuantConfig:
         if self.float_nodes:
             parts.append(f"float: {', '.join(self.float_nodes)}")
         return ", ".join(parts)
+
+
+def tensorrt(profile: DeviceProfile) -> bool:
+    """Whether TensorRT builds the device's engines (its runtime, or a tensorrt artifact among its formats)."""
+    return profile.runtime == "tensorrt" or "tensorrt" in profile.export.formats
+
+
+def device_recipe(symmetric_activations: bool, tensorrt: bool) -> QuantConfig:
+    """The base recipe a device's export ships (and its search times): symmetric activations where the profile
+    says so or TensorRT builds the engine; int32 biases except for TensorRT, whose DequantizeLinear takes none.
+    onnxruntime runs a convolution in its int8 kernel only where every input, the bias too, is dequantized: float
+    biases on a CPU (arm-cpu's symmetric recipe) would leave every convolution in float between Q/DQ pairs."""
+    return QuantConfig(symmetric_activations=symmetric_activations or tensorrt, quantize_bias=not tensorrt)
 
 
 class _Reader:

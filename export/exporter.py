@@ -21,6 +21,8 @@ from edgeppt.config import validate
 from edgeppt.cpu_int8 import int8_instructions
 from edgeppt.devices import DEFAULT_DEVICE, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
+from edgeppt.int8 import device_recipe
+from edgeppt.int8 import tensorrt as uses_tensorrt
 from edgeppt.macs import onnx_macs
 from edgeppt.runs import atomic_write_bytes, check_writable
 from edgeppt.signing import public_key_beside, sign_folder
@@ -72,11 +74,15 @@ def _onnx(ctx: Context) -> dict[str, Any]:
 
 def _int8(ctx: Context) -> dict[str, Any]:
     calib, guard_x, calib_info = calibration_set(ctx)
-    symmetric = ctx.device.export.symmetric_activations or "tensorrt" in ctx.options["formats"]
+    tensorrt = uses_tensorrt(ctx.device) or "tensorrt" in ctx.options["formats"]
     path = _file(ctx, "int8")
+    evaluator = ctx.device.export.evaluator
     guard = Q.quantize_guarded(_file(ctx, "onnx"), path, calib, guard_x,
-                               Q.QuantConfig(symmetric_activations=symmetric), ctx.options["max_int8_drop"],
-                               ctx.device.export.evaluator)
+                               device_recipe(ctx.device.export.symmetric_activations, tensorrt),
+                               ctx.options["max_int8_drop"], evaluator,
+                               # 7-bit weights only mend this host's x86 saturation: never for what TensorRT builds,
+                               # nor where the evaluator already runs without it
+                               saturation_remedy=evaluator == "host" and not tensorrt)
     par = parity(ctx.reference, path, ctx.test_x)
     # The test split reports only: the recipe was chosen on the guard images above.
     acc = Q.accuracy(path, ctx.test_x, ctx.test_y, guard.evaluator)
@@ -193,8 +199,13 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         if not src:
             raise EdgepptError("--int8-calibration pseudo draws calibration images from the source bundle: "
                                "pass --source (the run has none)")
-        pool, pinfo = Q.pseudo_calibration(load_bundle(src), ctx.labelled_x, n + GUARD_IMAGES, shape)
-        info = {"mode": "pseudo", "source": str(src), **pinfo}
+        calib, pinfo = Q.pseudo_calibration(load_bundle(src), ctx.labelled_x, n, shape)
+        # calibration stays data-free; INT8 is judged where it will run: on target images outside the test split
+        guard = Q.check_calibration(Q.subsample(target_images(ctx.run, None, ctx.test_x)[0], GUARD_IMAGES, seed=1),
+                                    shape)
+        return calib, guard, {"mode": "pseudo", "source": str(src), **pinfo, "images": len(calib),
+                              "guard_images": len(guard), "guard_disjoint": True,
+                              "guard_from": "the run's target images outside the test split"}
     else:
         raise EdgepptError(f"unknown --int8-calibration {mode!r}; choose one of {list(CALIBRATIONS)}")
     calib, guard, disjoint = split_guard(pool, n)
@@ -318,7 +329,7 @@ def results_table(ctx: Context, torch_acc: float, threads: int, runs: int) -> li
     shape = list(ctx.run.input_shape)
     # The floor: the model's MACs at this host's measured float32 peak (export/floor.py).
     macs = onnx_macs(ctx.root / ctx.artifacts["onnx"]["file"])
-    peak = host_peak(max(threads, 1)) if runs > 0 else None
+    peak = host_peak(threads) if runs > 0 else None  # (0: one thread per core, as the artifacts were timed)
     ctx.floor = {"macs": macs, **(peak or {})}
     for fmt, art in ctx.artifacts.items():
         if not str(art.get("file", "")).endswith(".onnx"):

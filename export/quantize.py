@@ -118,9 +118,9 @@ class GuardResult:
     note: str = ""
 
 
-def _remedies(pre: Path) -> list[tuple[str, Callable[[QuantConfig], QuantConfig]]]:
+def _remedies(pre: Path, saturation: bool = True) -> list[tuple[str, Callable[[QuantConfig], QuantConfig]]]:
     """The documented remedies, in order, each applied to the best recipe so far."""
-    return [("7-bit weights (x86 int8 kernel saturation)", lambda c: replace(c, reduce_range=True)),
+    return [("7-bit weights (x86 int8 kernel saturation)", lambda c: replace(c, reduce_range=True))] * saturation + [
             ("percentile calibration (clips outlier activations)", lambda c: replace(c, method="percentile")),
             ("entropy calibration (KL-optimal ranges)", lambda c: replace(c, method="entropy")),
             ("sensitive layers kept in float", lambda c: replace(c, float_nodes=sensitive_nodes(pre)))]
@@ -139,7 +139,7 @@ def agreement(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[float, float]
 
 def quantize_guarded(fp32: str | Path, out: str | Path, calib: np.ndarray, guard_x: np.ndarray,
                      base: QuantConfig = QuantConfig(), max_drop_points: float = 1.0, evaluator: str = "host",
-                     threads: int = 1) -> GuardResult:
+                     threads: int = 1, saturation_remedy: bool = True) -> GuardResult:
     """Quantize with `base`; while INT8's top-1 disagrees with FP32's on more than max_drop_points percent of the
     guard images, apply the remedies in order. The first recipe within the threshold wins; when none is, the
     most faithful is kept and the result says so. Every attempt is recorded. The guard needs no labels, so it
@@ -148,7 +148,7 @@ def quantize_guarded(fp32: str | Path, out: str | Path, calib: np.ndarray, guard
     attempts: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix=".edgeppt-int8-") as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
-        steps = [("base recipe", lambda c: c)] + _remedies(pre)
+        steps = [("base recipe", lambda c: c)] + _remedies(pre, saturation_remedy)
         best: dict[str, Any] | None = None
         tried: set[QuantConfig] = set()
         for why, step in steps:

@@ -27,7 +27,7 @@ from edgeppt import ort_timing
 from edgeppt.config import SpaceConfig
 from edgeppt.devices import DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
-from edgeppt.int8 import QuantConfig
+from edgeppt.int8 import device_recipe, tensorrt
 from edgeppt.models import arch_spec, create_model, list_models
 from edgeppt.remote import ssh_command
 from edgeppt.runs import atomic_write_text
@@ -70,7 +70,7 @@ def shipped_format(models: list[bytes], in_shape: tuple[int, int, int], profile:
     an int8 or fp16 artifact. Returns (models, providers)."""
     fmt, providers = profile.export.default_format, list[Any](PROVIDERS[profile.runtime])
     if fmt == "int8":  # the export's recipe for this device (edgeppt.int8), scales from random images: timing only
-        cfg = QuantConfig(symmetric_activations=profile.export.symmetric_activations)
+        cfg = device_recipe(profile.export.symmetric_activations, tensorrt(profile))
         return [int8_bytes(m, in_shape, cfg) for m in models], providers
     if fmt in ("fp16", "tensorrt"):
         from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgeppt.devices import Budgets, DeviceProfile
 from edgeppt.errors import EdgepptError
-from edgeppt.int8 import QuantConfig
+from edgeppt.int8 import device_recipe, tensorrt
 from edgeppt.models import create_model
 
 from .costs import count_costs
@@ -38,8 +38,8 @@ class CostModel:
         self.warmup, self.repeats, self.band, self.cache = warmup, repeats, band, cache
         self.predictor = LatencyPredictor.load(predictor_path(profile)) if profile.latency == "predicted" else None
         # Time candidates as the export will ship them: int8 too where the device's export writes it.
-        self.int8 = QuantConfig(symmetric_activations=profile.export.symmetric_activations) \
-            if "int8" in profile.export.formats else None
+        self.int8 = device_recipe(profile.export.symmetric_activations, tensorrt(profile)) \
+            if "int8" in profile.export.formats else None  # the export's own recipe for this device
         self._seen: list[tuple[dict, float]] = []  # (layer features, measured ms) of this search's candidates
 
     def model(self, arch: dict):

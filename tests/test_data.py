@@ -7,6 +7,7 @@ from edgeppt.data import (
     ANIMAL_CLASSES,
     DETAIL_LOST_MAX,
     DataRecord,
+    NeedsImageSize,
     detail_lost,
     few_shot,
     fingerprint,
@@ -42,10 +43,16 @@ def test_folder_rgb_gray_and_resize(tmp_path):
         for i in range(3):
             _write(tmp_path / c / f"{i}.png", mode="RGB" if i else "L")
     ds = load_folder(tmp_path, image_size=8)
-    assert ds.classes == ["cat", "dog"] and len(ds) == 6 and ds.shape == (1, 8, 8)  # mostly colour, but gray
-    gray = round(0.299 * 128) / 255  # (128, 0, 0) as a gray level, by ITU-R 601-2 luma as PIL converts
-    expected = torch.tensor([128 / 255, gray, gray] * 2)
-    assert torch.allclose(ds.x.flatten(1).mean(1), expected, atol=1 / 255) and ds.x.flatten(1).std(1).max() == 0
+    # one gray picture among colour ones (sorted first here) does not make the set gray: colour where any image is
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6 and ds.shape == (3, 8, 8)
+    per_channel = ds.x.mean((2, 3))
+    gray, red = torch.tensor([128 / 255] * 3), torch.tensor([128 / 255, 0, 0])
+    assert all(torch.allclose(c, e, atol=1 / 255) for c, e in zip(per_channel, [gray, red, red] * 2))
+    assert load_folder(tmp_path, image_size=8, channels=1).shape == (1, 8, 8)  # asked for gray: gray
+    (tmp_path / "cat" / "9.png").unlink(missing_ok=True)
+    Image.new("RGB", (10, 12)).save(tmp_path / "cat" / "9.png")  # one image not square: refused from its header
+    with pytest.raises(NeedsImageSize, match="not square|mixed sizes"):
+        load_folder(tmp_path)
 
 
 def _gradient(bits: int) -> np.ndarray:
@@ -331,3 +338,32 @@ def test_unlabelled_images_over_the_limit_are_a_fixed_subset_chosen_before_readi
     x, _, offered = load_unlabeled(str(tmp_path / "u.npz"), 10, 1, limit=3)
     assert x.shape == (3, 1, 10, 10) and offered == 7
     assert len(load_unlabeled(str(tmp_path / "u.npz"), 10, 1, limit=0)[0]) == 7  # 0 keeps all
+
+
+def test_float_images_a_hair_outside_0_1_stay_0_1_and_photos_get_a_side_a_cpu_can_train(tmp_path):
+    """[0, 1] floats that resampling pushed to 1.0001 (or -1e-7) are [0, 1] images, not 0-255 values; a target of
+    large photos keeps at most four times the bundle's side (and 512) unless image_size asks for more; an .npz of
+    colour images made gray is gray as Pillow (and the device) makes it."""
+    import numpy as np
+
+    from edgeppt.data import conform
+
+    x = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
+    x[0, 0, 0], x[1, 0, 0] = 1.0001, -1e-7
+    np.savez(tmp_path / "f.npz", x=x, y=np.array([0, 1] * 3))
+    ds = load_npz(tmp_path / "f.npz")
+    assert ds.x.max() == 1.0 and ds.x.min() == 0.0 and ds.x.mean() > 0.3
+    noisy = np.random.default_rng(1).integers(0, 256, (8, 200, 200), dtype=np.uint8)  # detail at every side
+    np.savez(tmp_path / "photos.npz", x=noisy, y=np.array([0, 1] * 4))
+    assert load_target(str(tmp_path / "photos.npz"), None, None, 28).shape[1:] == (112, 112)
+    assert load_target(str(tmp_path / "photos.npz"), 160, None, 28).shape[1:] == (160, 160)
+    blue = torch.zeros(2, 3, 4, 4)
+    blue[:, 2] = 1.0
+    gray = conform(load_npz_like(blue), None, 1).x
+    assert torch.allclose(gray, torch.full_like(gray, 0.114))  # Pillow's L of pure blue: 29 / 255
+
+
+def load_npz_like(x: torch.Tensor):
+    from edgeppt.data import ImageSet
+
+    return ImageSet(x, torch.tensor([0, 1]), ["a", "b"])

@@ -205,9 +205,14 @@ def test_accuracy_guard_tries_every_remedy_and_keeps_the_best(bundle, test_split
     assert Q.agreement(ref, Q._logits(out, guard_x, "host", 1))[0] == pytest.approx(g.agreement)  # the kept file
     kept_float = g.attempts[-1]["config"]["float_nodes"]
     assert kept_float and len(kept_float) == 2
+    assert steps[1].startswith("7-bit weights")
     # A lenient threshold: the first recipe is kept.
     g = Q.quantize_guarded(path / "model.onnx", out, calib, guard_x, Q.QuantConfig(), max_drop_points=100)
     assert len(g.attempts) == 1 and g.met
+    # For TensorRT, or a guard without this host's kernels, the x86 saturation remedy is never tried
+    g = Q.quantize_guarded(path / "model.onnx", out, calib, guard_x, Q.QuantConfig(), max_drop_points=-100,
+                           saturation_remedy=False)
+    assert len(g.attempts) == 4 and not any(a["step"].startswith("7-bit") for a in g.attempts)
 
 
 def test_pseudo_sample_calibration(bundle, trained_run, tiny_bundle, test_split, tmp_path):
@@ -225,6 +230,12 @@ def test_pseudo_sample_calibration(bundle, trained_run, tiny_bundle, test_split,
     np.testing.assert_array_equal(calib, again)  # reproducible
     data_free, info = Q.pseudo_calibration(src, None, 16, (1, 8, 8))
     assert info["anchored_samples"] == 0 and data_free.shape == (16, 1, 8, 8)
+    # Exported so: calibrated on generated images alone, judged on the run's own target images outside the test split
+    m = export_run(trained_run, tmp_path / "pseudo", formats="onnx,int8", int8_calibration="pseudo",
+                   source=tiny_bundle, calibration_size=32, bench_runs=0, log=lambda s: None)
+    info = m["artifacts"]["int8"]["calibration"]
+    assert info["mode"] == "pseudo" and info["images"] == 32 and info["guard_images"] > 0
+    assert info["guard_from"] == "the run's target images outside the test split"
     Q.quantize_guarded(path / "model.onnx", tmp_path / "p.onnx", calib, calib, Q.QuantConfig(), max_drop_points=5)
     assert Q.qdq_properties(tmp_path / "p.onnx")["max_abs_zero_point"] == 0
     assert Q.accuracy(tmp_path / "p.onnx", x, y) > 0.5
@@ -672,7 +683,9 @@ def test_device_profile_drives_the_export(bundle, trained_run, tmp_path):
     assert "not timed here" in m["default_reason"]  # bench_runs 0: the profile decides, and says so
     assert set(m["artifacts"]) == {"onnx", "int8"}  # the profile's formats when --formats is not given
     int8 = m["artifacts"]["int8"]
-    assert int8["evaluator"] == "reference" and int8["qdq"]["tensorrt_ready"]  # symmetric: from the profile
+    assert int8["evaluator"] == "reference" and int8["qdq"]["max_abs_zero_point"] == 0  # symmetric: the profile's
+    # a CPU board's onnxruntime fuses a convolution into its int8 kernel only with an int32 bias: not TensorRT's graph
+    assert int8["recipe"]["quantize_bias"] is True and not int8["qdq"]["tensorrt_ready"]
     (tmp_path / "typo.yaml").write_text("name: typo\nexport:\n  formts: [onnx]\n")
     r = CliRunner().invoke(app, ["export", str(trained_run), "--device", str(tmp_path / "typo.yaml"),
                                  "--out", str(tmp_path / "o2")])
