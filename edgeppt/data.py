@@ -309,8 +309,9 @@ def load_npz(path: str | Path) -> ImageSet:
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
         raise EdgepptError(f"{path}: '{ky}' holds negative labels ({int(y.min())})")
-    if classes is None:
-        classes = [str(c) for c in range(int(y.max()) + 1)] if len(y) else []
+    if classes is None:  # the label values that occur, in order, are the classes: 3, 7 and 9 are three classes
+        values, y = np.unique(y, return_inverse=True)
+        classes = [str(int(v)) for v in values]
     elif len(y) and y.max() >= len(classes):
         raise EdgepptError(f"{path}: label {int(y.max())} in '{ky}' but only {len(classes)} names in 'classes'")
     return ImageSet(xt, torch.from_numpy(y), classes)

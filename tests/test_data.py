@@ -367,3 +367,16 @@ def load_npz_like(x: torch.Tensor):
     from edgeppt.data import ImageSet
 
     return ImageSet(x, torch.tensor([0, 1]), ["a", "b"])
+
+
+def test_npz_labels_that_skip_numbers_are_the_classes_that_occur(tmp_path):
+    """Integer labels 3, 7 and 9 (no names given) are three classes named by their values, not ten with seven
+    empty; labels 0..k-1 read as before."""
+    import numpy as np
+
+    x = np.zeros((6, 8, 8), np.uint8)
+    np.savez(tmp_path / "gaps.npz", x=x, y=np.array([9, 3, 7, 3, 9, 7]))
+    ds = load_npz(tmp_path / "gaps.npz")
+    assert ds.classes == ["3", "7", "9"] and ds.y.tolist() == [2, 0, 1, 0, 2, 1]
+    np.savez(tmp_path / "plain.npz", x=x, y=np.array([0, 1, 2, 0, 1, 2]))
+    assert load_npz(tmp_path / "plain.npz").classes == ["0", "1", "2"]
