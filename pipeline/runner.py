@@ -7,7 +7,8 @@ The run directory:
 A stage whose key and status are unchanged is skipped; one interrupted with the same key resumes, and so does one
 whose settings changed only where its config allows on resume (its RESUME_FREE, e.g. more search trials); one whose
 inputs changed otherwise starts afresh: its old folder is set aside, removed when the new run succeeds and put
-back when it fails, so a re-run with a bad input loses nothing.
+back when it fails, so a re-run with a bad input loses nothing; a re-run that was cancelled keeps it aside, and it is
+put back when a later run asks for its inputs again (the settings changed and then changed back).
 """
 
 from __future__ import annotations
@@ -168,10 +169,25 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
     interrupted = prev.get("status") in INTERRUPTED
     resume = folder.exists() and ((interrupted and (same or free_change)) or (free_change and not same and finished))
     replaced = run / f".{name}.replaced"  # outputs of other inputs, kept until this run of the stage succeeds
+    aside = state.setdefault("replaced", {})  # the state entry of what lies in each .NAME.replaced
+    back = aside.get(name) or {}
+    if (not force and not resume and back.get("key") == key and back.get("status") in ("done", "outdated")
+            and (replaced / stage.output).exists()):
+        # a re-run with other inputs was cancelled or failed mid-way; these inputs are the set-aside outputs' own
+        shutil.rmtree(folder, ignore_errors=True)
+        replaced.rename(folder)
+        state["stages"][name] = aside.pop(name)
+        atomic_write_json(run / STATE_FILE, state)
+        log(f"{name}: the earlier outputs of these inputs were put back (a later run of other inputs had stopped)")
+        return
     set_aside = not resume and folder.exists()
-    if set_aside:
+    if set_aside and prev.get("status") not in ("done", "outdated") and (replaced / stage.output).exists():
+        shutil.rmtree(folder)  # unfinished work of other inputs: the finished outputs set aside before it stay
+        set_aside = False
+    elif set_aside:
         shutil.rmtree(replaced, ignore_errors=True)
         folder.rename(replaced)
+        aside[name] = prev
     log(f"{name}: {'resuming' if resume else 'running'}")
     entry = {"key": key, "others": others, "settings": settings, "status": "running", "started": time.time(),
              "resumed": resume, "seconds_before": prev.get("seconds", 0.0) if resume else 0.0}
@@ -184,10 +200,12 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
         if set_aside:
             shutil.rmtree(folder, ignore_errors=True)
             replaced.rename(folder)
-            state["stages"][name] = prev
+            state["stages"][name] = aside.pop(name, prev)
             atomic_write_json(run / STATE_FILE, state)
         raise
     shutil.rmtree(replaced, ignore_errors=True)
+    aside.pop(name, None)
+    atomic_write_json(run / STATE_FILE, state)
     log(f"{name}: done in {entry['seconds']:.1f}s")
 
 

@@ -125,6 +125,46 @@ def test_rerun_skips_unchanged_stages_and_reruns_what_changed(tiny_bundle, tmp_p
     assert (run / "export" / "bundle.zip").stat().st_size > 1000
 
 
+def test_a_cancelled_rerun_keeps_the_earlier_outputs_and_changing_back_puts_them_back(tiny_bundle, tmp_path, calls,
+                                                                                      monkeypatch):
+    """Settings changed, the re-run cancelled mid-stage, the settings changed back: the first run's outputs return
+    without training again (they were set aside, not lost), and the export of them stays valid."""
+    from edgeppt.pipeline import stages
+
+    run = tmp_path / "run"
+    cfg = parse_config(raw_config(tiny_bundle))
+    run_pipeline(cfg, run, progress=False, log=quiet)
+    model = (run / "transfer" / "model.pt").read_bytes()
+    counted = stages.STAGE_BY_NAME["transfer"]
+
+    def cancelled(cfg, run, resume, progress, log):
+        (run / "transfer").mkdir(parents=True, exist_ok=True)
+        (run / "transfer" / "partial").write_text("work of other inputs")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stages.STAGE_BY_NAME, "transfer", stages.Stage("transfer", counted.inputs, cancelled,
+                                                                       counted.output))
+    other = parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 9}))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(other, run, progress=False, log=quiet)
+    assert read_state(run)["stages"]["transfer"]["status"] == "cancelled"
+    assert (run / ".transfer.replaced" / "model.pt").read_bytes() == model
+    with pytest.raises(KeyboardInterrupt):  # cancelled twice: the finished outputs stay aside, the partial goes
+        run_pipeline(parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 7})), run, progress=False,
+                     log=quiet)
+    assert (run / ".transfer.replaced" / "model.pt").read_bytes() == model
+
+    monkeypatch.setitem(stages.STAGE_BY_NAME, "transfer", counted)
+    lines: list[str] = []
+    state = run_pipeline(cfg, run, progress=False, log=lines.append)
+    assert calls == {"transfer": 1, "export": 1}  # neither trained nor exported again
+    assert (run / "transfer" / "model.pt").read_bytes() == model and not (run / "transfer" / "partial").exists()
+    assert not (run / ".transfer.replaced").exists() and state["stages"]["transfer"]["status"] == "done"
+    assert any("put back" in line for line in lines) and "transfer" not in read_state(run)["replaced"]
+    run_pipeline(other, run, progress=False, log=quiet)  # and the other settings still run as any change does
+    assert calls == {"transfer": 2, "export": 2} and not (run / ".transfer.replaced").exists()
+
+
 def test_until_stops_after_a_stage_and_a_later_run_continues(tiny_bundle, tmp_path, calls):
     run = tmp_path / "run"
     cfg = parse_config(raw_config(tiny_bundle))
