@@ -165,7 +165,7 @@ def main() -> None:
         for per_channel in (True, False):
             name = f"int8 {fmt_name}, {'per-channel' if per_channel else 'per-tensor'} weights, onnxruntime defaults"
             paths[name] = tmp / f"{len(paths)}.onnx"
-            quantize_static(str(pre), str(paths[name]), _Reader(graph.input[0].name, calib, 1), quant_format=fmt,
+            quantize_static(str(pre), str(paths[name]), _Reader(graph.input[0].name, calib, 1, True), quant_format=fmt,
                             per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
     so = ort.SessionOptions()

@@ -72,9 +72,10 @@ def device_recipe(symmetric_activations: bool, tensorrt: bool) -> QuantConfig:
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol: dicts of input arrays, then None."""
 
-    def __init__(self, name: str, x: np.ndarray, batch: int):
+    def __init__(self, name: str, x: np.ndarray, batch: int, static: bool):
         self.name = name
-        self.batches = iter([x[i:i + batch] for i in range(0, len(x) - batch + 1, batch)] or [x[:batch]])
+        stop = len(x) - batch + 1 if static else len(x)  # a dynamic batch takes the last, shorter one too
+        self.batches = iter([x[i:i + batch] for i in range(0, stop, batch)] or [x[:batch]])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         b = next(self.batches, None)
@@ -131,7 +132,8 @@ def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: Quan
         raise EdgepptError(f"unknown calibration method {cfg.method!r}; choose one of {list(methods)}")
     graph_input = onnx.load(str(pre), load_external_data=False).graph.input[0]
     dim0 = graph_input.type.tensor_type.shape.dim[0]
-    batch = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else 16  # a static batch stays
+    static = dim0.HasField("dim_value") and dim0.dim_value > 0
+    batch = dim0.dim_value if static else 16  # a static batch stays
     with tempfile.TemporaryDirectory(prefix=".edgeppt-quant-") as tmp:
         q = Path(tmp) / "q.onnx"
         if cfg.pad_channels and not cfg.symmetric_activations:  # TensorRT pads channels itself
@@ -139,7 +141,7 @@ def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: Quan
             if pad_input_channels(model):
                 pre = Path(tmp) / "padded.onnx"
                 onnx.save(model, str(pre))
-        quantize_static(str(pre), str(q), _Reader(graph_input.name, calib, batch), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(q), _Reader(graph_input.name, calib, batch, static), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=cfg.reduce_range,
                         activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[cfg.method],

@@ -709,6 +709,22 @@ def test_calibration_images_given_by_the_user_leave_the_test_images_out(trained_
     assert m["artifacts"]["int8"]["calibration"]["test_copies_left_out"] == dropped
 
 
+def test_calibration_reads_every_image_where_the_batch_is_dynamic():
+    """A graph of dynamic batch takes the last, shorter batch too; a static batch can only take whole ones."""
+    from edgeppt.int8 import _Reader
+
+    def sizes(reader) -> list[int]:
+        out = []
+        while (b := reader.get_next()) is not None:
+            out.append(len(b["x"]))
+        return out
+
+    x = np.zeros((35, 1, 4, 4), np.float32)
+    assert sizes(_Reader("x", x, 16, static=False)) == [16, 16, 3]
+    assert sizes(_Reader("x", x, 16, static=True)) == [16, 16]
+    assert sizes(_Reader("x", x[:5], 16, static=True)) == [5]  # fewer than a batch: what there is
+
+
 def test_calibration_set_of_the_wrong_shape(trained_run, tmp_path):
     with pytest.raises(EdgepptError, match=r"shape \(4, 3, 8, 8\).*\(N, 1, 8, 8\)"):
         export_run(trained_run, tmp_path / "o", formats="onnx,int8",
