@@ -7,6 +7,8 @@
     python benchmarks/screens.py --cache DIR soup         # the four tuned pairings, seeds 0-2, ~25 minutes
     python benchmarks/screens.py --cache DIR cv           # six pairings, seeds 0-2, ~4 minutes each with PP cached
     python benchmarks/screens.py --cache DIR reach        # six pairings, seeds 0-2, ~6 minutes (PP partly cached)
+    python benchmarks/screens.py --cache DIR views        # six pairings, seeds 0-2, ~8 minutes (PP partly cached)
+    python benchmarks/screens.py --cache DIR realsource   # example and other classes, seeds 0-2, ~8 minutes
 
 - `graph`: label propagation's first labels (the warm start's features, as the SSL phase starts from them) scored
   against the unlabelled pool's true labels, with the warm start's batch-norm statistics (what the default uses) and
@@ -23,6 +25,10 @@
   images): what share of each a limit leaves out (`pssl.lp_reach`), and AUROCs beside certainty's; and an adaptive
   cut, screened and not built: below the widest gap in each label's log reach, where the gap is wide against the
   spread above it.
+- `views`: the first propagation's labels scored as in `graph`, over each image's features as they are and averaged
+  over 4 or 8 weak views of it (the views the warm start was trained invariant to).
+- `realsource`: pp with PP on G's samples against PP on the real images G was trained on (the bundle's classes from
+  animal-mnist; no user has them), and scratch: how much a better generator could lift PP at most.
 - `ensemble`: scratch, pp, and the average of their softmax outputs (what a distilled ensemble could at best reach),
   validation and test accuracy: a hedge between the two choices auto makes from the labels alone.
 - `distill`: one network distilled from that ensemble, as a device could run it: starting from pp's (or scratch's)
@@ -113,6 +119,66 @@ def graph(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Pa
         label = propagate(f, labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha).label
         out[f"{name}_propagated"] = (label[len(labelled):] == rest.y).float().mean().item()
         out[f"{name}_head"] = (m.head(f[len(labelled):]).argmax(1) == rest.y).float().mean().item()
+    return out
+
+
+def real_source(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    """pp with PP on G's samples (the method), on the real images G was trained on (what no user has: the bundle's
+    classes from animal-mnist, drawn at random in place of G's samples), and scratch, each then fine-tuned as pp's
+    labels-only phase is: whether a better generator could lift PP, measured by the best one there is."""
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    assert cfg.source is not None
+    val = load_dataset(str(files["val"]))
+    out: dict = {"pairing": pairing, "seed": seed}
+    for kind in ("generated", "real", "scratch"):
+        bundle = open_source(cfg.source, cfg)
+        if kind == "real":
+            src = load_dataset("animals:" + ",".join(bundle.classes), bundle.image_shape[1], bundle.image_shape[0])
+            g = torch.Generator().manual_seed(seed + 99)
+
+            def draw(p: torch.Tensor, z=None, generator=None, src=src, g=g) -> torch.Tensor:
+                y, x = p.argmax(1), torch.empty(len(p), *src.x.shape[1:])
+                for c in y.unique():
+                    pool = (src.y == c).nonzero().squeeze(1)
+                    x[y == c] = src.x[pool[torch.randint(0, len(pool), (int((y == c).sum()),), generator=g)]]
+                return x
+
+            bundle.generate = draw  # type: ignore[method-assign]
+        labelled = prepare_splits(cfg, bundle)[0]
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
+        if kind != "scratch":  # real images' PP weights are not cached: their key would be G's
+            pseudo_pretrain(cfg, model, bundle, work / f"pp-{kind}-{pairing}-{seed}", Dist(), False,
+                            cache if kind == "generated" else None, False, *labelled.shape[:2])
+        Trainer(model, [Phase("pp", cfg.finetune_steps, supervised(cfg, labelled), cfg.lr, cfg.weight_decay)], None,
+                cfg.seed, progress=False, channels_last=True).run()
+        with torch.no_grad():
+            out[kind] = 100 * (model.eval()(val.x).argmax(1) == val.y).float().mean().item()
+    return out
+
+
+VIEWS = (4, 8)  # feature averages over the image and this many weak views less one
+
+
+def view_features(model: ClassifierNet, x: torch.Tensor, views: int, cfg, seed: int) -> torch.Tensor:
+    """The mean of the features of `x` and of views - 1 weak views of it (flips where the run allows them)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([features(model, x)] + [features(model, augment.weak(x, g, cfg.augment))
+                                               for _ in range(views - 1)]).mean(0)
+
+
+def views(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path) -> dict:
+    """Label propagation's first labels (the warm start's features) scored against the pool's true labels, with
+    each image's features as they are and averaged over weak views of it (the views the warm start was trained
+    invariant to): a graph less moved by what the views change, such as noise and small shifts."""
+    cfg = config(pairing, "pp", seed, {}, files, 4)
+    model = trained(pairing, "pp", seed, files, cache, work)
+    labelled, _, rest, _ = prepare_splits(cfg, None)
+    x, k, out = torch.cat([labelled.x, rest.x]), len(labelled.classes), {"pairing": pairing, "seed": seed}
+    for name, f in [("plain", features(model, x))] + [(f"views_{v}", view_features(model, x, v, cfg, seed))
+                                                       for v in VIEWS]:
+        label = propagate(f, labelled.y, k, cfg.pssl.lp_neighbours, cfg.pssl.lp_alpha).label
+        out[name] = (label[len(labelled):] == rest.y).float().mean().item()
     return out
 
 
@@ -330,7 +396,8 @@ def cv(pairing: str, seed: int, files: dict[str, Path], cache: Path, work: Path)
 
 SCREENS = {"graph": (graph, SIX), "outsiders": (outsider_scores, ["example", "other classes"]),
            "ensemble": (ensemble, SIX), "distill": (distill, SIX[:4]), "soup": (soup, SIX[:4]), "cv": (cv, SIX),
-           "reach": (reach, SIX)}
+           "reach": (reach, SIX), "views": (views, SIX),
+           "realsource": (real_source, SIX[:2])}
 
 
 def _cv_pick(r: dict, margin: float = 0.0) -> str:
@@ -384,6 +451,12 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
                   f"{a['nearest_label_cosine']:.2f} softmax {a['max_softmax']:.2f} | two modes, clean pool: BIC gain "
                   f"{c['bic_gain_per_image']:.2f} D {c['ashman_d']:.2f}; with outsiders: "
                   f"{m['bic_gain_per_image']:.2f} D {m['ashman_d']:.2f}")
+        elif screen == "realsource":
+            print(f"{r['pairing']:14s} {r['seed']}  validation: PP on G's samples {r['generated']:.1f}, on the real "
+                  f"source images {r['real']:.1f}, scratch {r['scratch']:.1f}")
+        elif screen == "views":
+            print(f"{r['pairing']:14s} {r['seed']}  propagated labels right: plain {r['plain']:.3f} "
+                  + " ".join(f"{v} views {r[f'views_{v}']:.3f}" for v in VIEWS))
         elif screen == "soup":
             print(f"{r['pairing']:14s} {r['seed']}  validation members {' '.join(f'{a:.1f}' for a in r['val_members'])}"
                   f"  soup {r['val_soup']:.1f}  ensemble {r['val_ensemble']:.1f}")
@@ -415,6 +488,18 @@ def report(screen: str, rows: list[dict], summary: bool = True) -> None:
         d = [r["adabn_propagated"] - r["warm_start_propagated"] for r in rows]
         print(f"AdaBN - warm start: {100 * np.mean(d):+.2f} ± {100 * np.std(d):.2f} points "
               f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
+    elif summary and screen == "realsource":
+        for a, b in (("real", "generated"), ("generated", "scratch"), ("real", "scratch")):
+            d = [r[a] - r[b] for r in rows]
+            print(f"{a} - {b}, validation: {np.mean(d):+.2f} ± {np.std(d):.2f} "
+                  f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
+    elif summary and screen == "views":
+        for v in VIEWS:
+            for part, names in (("tuned", SIX[:4]), ("held out", SIX[4:])):
+                d = [r[f"views_{v}"] - r["plain"] for r in rows if r["pairing"] in names]
+                if d:
+                    print(f"{v} views - plain, {part}: {100 * np.mean(d):+.2f} ± {100 * np.std(d):.2f} points "
+                          f"({sum(x > 0 for x in d)} up, {sum(x < 0 for x in d)} down)")
     elif summary and screen == "distill":
         for init in ("pp", "scratch"):
             for base in (init, "ensemble"):
