@@ -104,3 +104,10 @@ def test_a_colour_target_stays_in_colour_with_a_grayscale_bundle(tmp_path: Path,
     proxy = prepare(SearchConfig(target=str(target), source=tiny_bundle, labels_per_class=4, val_per_class=0,
                                  folds=2))  # the search ranks on the same colour images, PP on widened samples
     assert proxy.in_shape == (3, 8, 8) and proxy.pool is not None and proxy.pool[0].shape[1] == 3
+    from edgeppt.search import run_search  # and the search, whose C is costed at its own (gray) input
+
+    s = run_search(SearchConfig(target=str(target), source=tiny_bundle, labels_per_class=4, val_per_class=0,
+                                folds=2, strategy="random", trials=1, latency_warmup=1, latency_repeats=3,
+                                proxy={"pretrain_steps": 0, "finetune_steps": 4, "batch_size": 8}),
+                   tmp_path / "search", progress=False)
+    assert s["source_classifier"]["macs"] > 0 and s["source_classifier"]["latency_ms"] > 0
