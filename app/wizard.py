@@ -44,6 +44,7 @@ UNLABELED_LABELS = {"none": "None", "rest": "The target images left unlabelled (
                     "upload": "Upload a zip of unlabelled images (any folder layout)"}
 DRAFT_FILE, WIZARD_DIR = "draft.json", "wizard"
 REFRESH_S = 2.0
+PREVIEW_SIDE = 64  # the side a preview shows photos of mixed sizes at
 
 
 # ---------------------------------------------------------------- run directory and draft
@@ -156,11 +157,15 @@ def stamp(spec: str) -> int:
 
 @st.cache_data(show_spinner="Loading the target images…", max_entries=8)
 def target_preview(spec: str, out_png: str, stamp: int = 0) -> dict[str, Any]:
-    from edgeppt.data import load_dataset
+    from edgeppt.data import NeedsImageSize, load_dataset
 
-    ds = load_dataset(spec)
+    try:
+        ds, mixed = load_dataset(spec), False
+    except NeedsImageSize:  # photos of mixed or non-square sizes: training resizes them (to the bundle's side)
+        ds, mixed = load_dataset(spec, PREVIEW_SIDE), True
     class_grid(ds.x.numpy(), ds.y.numpy(), ds.classes, out_png)
-    return {"classes": ds.classes, "counts": ds.counts(), "shape": list(ds.shape), "skipped": ds.skipped[:10]}
+    return {"classes": ds.classes, "counts": ds.counts(), "shape": list(ds.shape), "skipped": ds.skipped[:10],
+            "mixed_sizes": mixed}
 
 
 @st.cache_data(show_spinner="Verifying the bundle and drawing samples…", max_entries=8)
@@ -218,6 +223,9 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
         st.table([{"class": c, "images": n} for c, n in zip(info["classes"], info["counts"])])
         if info["skipped"]:
             st.warning("Unreadable files skipped: " + "; ".join(info["skipped"]))
+        if info.get("mixed_sizes"):
+            st.info(f"The images have mixed or non-square sizes: shown here at {PREVIEW_SIDE} px. Training resizes "
+                    "them all to the source bundle's side (or to transfer.image_size where one is set).")
 
 
 def unlabeled_choice(run: Path, draft: dict[str, Any]) -> None:

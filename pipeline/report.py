@@ -175,7 +175,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- the report
 def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
     """Write report/index.md from whatever the stages have produced so far."""
-    from edgeppt.data import load_dataset
+    from edgeppt.bundle import read_manifest
+    from edgeppt.data import load_target
     from edgeppt.source.inspect import sample_grid
 
     run = Path(run)
@@ -197,7 +198,7 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
     md.append("Source generator samples (one row per source class, last row an interpolation):\n\n"
               "![source samples](source_samples.png)\n")
     if drawn.get("target") != now["target"] or not (rep / "target_samples.png").exists():
-        ds = load_dataset(cfg.target)
+        ds = load_target(cfg.target, cfg.transfer.image_size, None, read_manifest(cfg.source).image_shape[1])
         class_grid(ds.x.numpy(), ds.y.numpy(), ds.classes, rep / "target_samples.png")
     atomic_write_json(rep / SAMPLES_KEYS, now)
     md.append("Target images:\n\n![target samples](target_samples.png)\n")

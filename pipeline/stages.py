@@ -95,16 +95,19 @@ def search_config(cfg: PipelineConfig, out: Path) -> SearchConfig:
               "auto": cfg.transfer.auto if cfg.transfer.method == "auto" else
               cfg.transfer.auto.model_copy(update=augment_rules.OFF)}
     settings.update({k: v for k, v in shared.items() if k in SearchConfig.model_fields})
+    if settings["image_size"] is None:  # the side transfer will train at, where only transfer names one
+        settings["image_size"] = cfg.transfer.image_size
     return validate(SearchConfig, settings, "pipeline.yaml search")
 
 
 def _search_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
     from edgeppt.train import augment_rules
 
+    sc = search_config(cfg, run / "search")
+    side = {"image_size": sc.image_size} if sc.image_size != cfg.search.image_size else {}  # transfer's
     return {"search": cfg.search.model_dump(mode="json"), "device": _device_inputs(cfg), **_data_inputs(cfg),
             "source": bundle_fingerprint(cfg.source),  # the proxy pre-trains on its samples
-            "augment_rules": search_config(cfg, run / "search").auto.model_dump(
-                mode="json", include=set(augment_rules.RULE_FIELDS))}
+            "augment_rules": sc.auto.model_dump(mode="json", include=set(augment_rules.RULE_FIELDS)), **side}
 
 
 def _search_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:

@@ -155,6 +155,7 @@ def write_outputs(ctx, out: Path, smallest: dict, wall_s: float, source_classifi
     if ctx.progress and source_classifier and "latency_ms" in source_classifier:
         sc = source_classifier
         verdict = f"fits the budgets; {sc['how']}" if sc["fits"] else f"over budget ({', '.join(sc['violations'])})"
-        console.print(f"source classifier C: {sc['latency_ms']:.3f} ms ({sc['latency_kind']}), "
+        latency = f"{sc['latency_ms']:.3f} ms" if sc["latency_ms"] is not None else "latency"
+        console.print(f"source classifier C: {latency} ({sc['latency_kind']}), "
                       f"{sc['macs'] / 1e6:.2f} M MACs, {sc['params']:,} params: {verdict}")
     return summary

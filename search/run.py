@@ -412,6 +412,9 @@ def source_candidate(ctx: SearchContext) -> dict | None:
     # C runs as functional torch ops, which the module-hook counters do not see: count its graph instead, and say
     # that its peak activation memory is not counted.
     costs.update(macs=onnx_macs(bundle.path / bundle.manifest.classifier.file), peak_activation_kib=None)
+    if costs["latency_kind"] == "predicted":  # the predictor reads module layers; C's are functional ops
+        costs.update(latency_ms=None, latency_kind="not predicted: C's layers are not the search space's; "
+                     "measure it on the device (edgeppt deploy, or devices calibrate)")
     bad = ctx.cost.violations(costs)
     return {**{k: costs[k] for k in ("latency_ms", "latency_kind", "macs", "params", "peak_activation_kib")},
             "fits": not bad, "violations": bad,

@@ -166,6 +166,20 @@ def test_step1_previews_the_example_classes(wizard):
     assert (Path(os.environ["EDGEPPT_RUNS"]) / "apptest" / "wizard" / "target_preview.png").stat().st_size > 1000
 
 
+def test_the_preview_shows_photos_of_mixed_sizes(tmp_path):
+    """A folder of photos of mixed sizes trains (at the bundle's side); its preview is drawn at a fixed side, with a
+    note, instead of an error that asks for a setting the wizard does not have."""
+    from edgeppt.app.wizard import PREVIEW_SIDE, target_preview
+
+    for c in ("a", "b"):
+        (tmp_path / "t" / c).mkdir(parents=True)
+        for i, size in enumerate((20, 24, 30)):
+            Image.new("RGB", (size, size + i), (40 * i, 0, 0)).save(tmp_path / "t" / c / f"{i}.png")
+    info = target_preview(str(tmp_path / "t"), str(tmp_path / "p.png"), 0)
+    assert info["mixed_sizes"] and info["shape"] == [3, PREVIEW_SIDE, PREVIEW_SIDE] and info["counts"] == [3, 3]
+    assert (tmp_path / "p.png").stat().st_size > 100
+
+
 def test_step2_verifies_the_bundle_and_draws_its_samples(wizard):
     at = goto(wizard.run(), 1)
     assert any("verified" in s.value for s in at.success)

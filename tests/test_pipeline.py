@@ -165,6 +165,36 @@ def test_a_cancelled_rerun_keeps_the_earlier_outputs_and_changing_back_puts_them
     assert calls == {"transfer": 2, "export": 2} and not (run / ".transfer.replaced").exists()
 
 
+def test_the_search_costs_at_the_side_transfer_names(tiny_bundle, tmp_path):
+    """transfer.image_size alone: the search ranks and costs candidates at that side too, and a change of it re-runs
+    the search; a side the search names itself stays its own."""
+    from edgeppt.pipeline.stages import _search_inputs, search_config
+
+    cfg = parse_config(raw_config(tiny_bundle, search={"enabled": True}, transfer={"image_size": 16}))
+    assert search_config(cfg, tmp_path).image_size == 16
+    other = parse_config(raw_config(tiny_bundle, search={"enabled": True}, transfer={"image_size": 24}))
+    assert _search_inputs(cfg, tmp_path) != _search_inputs(other, tmp_path)
+    own = parse_config(raw_config(tiny_bundle, search={"enabled": True, "image_size": 12}, transfer={"image_size": 16}))
+    assert search_config(own, tmp_path).image_size == 12
+
+
+def test_the_report_previews_a_folder_of_mixed_sizes(tiny_bundle, tmp_path):
+    """Photos of mixed sizes train at the bundle's side; the report's preview of them is drawn the same way (it
+    was not written at all)."""
+    from PIL import Image
+
+    from edgeppt.pipeline.report import write_report
+
+    for c in ("a", "b"):
+        (tmp_path / "t" / c).mkdir(parents=True)
+        for i, size in enumerate((20, 24, 30)):
+            Image.new("L", (size, size), 40 * i).save(tmp_path / "t" / c / f"{i}.png")
+    cfg = parse_config({**raw_config(tiny_bundle), "target": str(tmp_path / "t")})
+    (tmp_path / "run").mkdir()
+    write_report(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "report" / "target_samples.png").stat().st_size > 100
+
+
 def test_until_stops_after_a_stage_and_a_later_run_continues(tiny_bundle, tmp_path, calls):
     run = tmp_path / "run"
     cfg = parse_config(raw_config(tiny_bundle))

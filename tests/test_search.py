@@ -620,6 +620,8 @@ def test_the_source_classifier_is_offered_when_it_fits(tmp_path, tiny_bundle):
         c = create_model(load_bundle_arch(tiny_bundle), 5, 1)
         assert sc["params"] == sum(p.numel() for p in c.parameters()) and sc["fits"] is fits and sc["macs"] > 0
         assert bool(sc["violations"]) is not fits and (sc["how"] is not None) is fits
+        # a predictor reads the search space's layers: C's latency is left to a measurement, not made up
+        assert sc["latency_ms"] is None and sc["latency_kind"].startswith("not predicted")
 
 
 def load_bundle_arch(path):

@@ -131,6 +131,20 @@ def test_c_starts_from_the_bundles_weights(tiny_bundle):
     assert arch["family"] == "onnx_graph" and model.head.out_features == 3
 
 
+def test_c_fine_tuned_at_another_side_sees_its_own(tiny_bundle, tmp_path):
+    """ft at twice the bundle's side: the trainable C resizes to its own side inside, as the bundle's C is fed, so its
+    features at the start are the bundle's, and the model trains and exports at the side asked for."""
+    bundle = load_bundle(tiny_bundle)
+    model, _ = source_model(bundle, 3)
+    x = torch.rand(6, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(x), bundle.classify(x)[1], atol=1e-5)
+    report = run_transfer(cfg(tiny_bundle, method="ft", finetune_steps=4, image_size=16), tmp_path / "ft",
+                          progress=False)
+    assert report["model"]["image_size"] == 16
+    export_run(tmp_path / "ft", tmp_path / "dist", formats="onnx", bench_runs=0, log=lambda s: None)
+
+
 def test_l2sp_is_zero_at_c_and_grows_away_from_it(tiny_bundle):
     from edgeppt.data import few_shot, load_dataset
 

@@ -310,8 +310,9 @@ def from_bundle(bundle: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if spec.channels_last:
         raise EdgepptError(f"{bundle.path}: C takes (N, H, W, C) images; ft, l2sp and tred train (N, C, H, W) "
                            "networks only (the other methods use this bundle as it is)")
-    return from_onnx(bundle.path / spec.file, spec.features, spec.logits, spec.mean, spec.std, spec.input_size,
-                     spec.input)
+    # C's own side always (as SourceBundle.classify feeds it): ft at another image_size resizes to it inside
+    return from_onnx(bundle.path / spec.file, spec.features, spec.logits, spec.mean, spec.std,
+                     spec.input_size or bundle.image_shape[1], spec.input)
 
 
 def _attrs(node) -> dict[str, Any]:
