@@ -394,16 +394,20 @@ def conform(ds: ImageSet, image_size: int | None, channels: int | None, what: st
     luma, as Pillow converts an image file (and so the device runner, which reads files): an .npz target of colour
     images then trains on the gray levels the device will see."""
     validate(ds, what)
-    x = ds.x
-    if channels == 1 and x.shape[1] == 3:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return ImageSet(reshape_images(x, image_size, channels), ds.y, ds.classes, ds.skipped)
+    return ImageSet(reshape_images(ds.x, image_size, channels), ds.y, ds.classes, ds.skipped)
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) colour -> (N, 1, H, W) gray by ITU-R 601 luma, Pillow's "L" conversion."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(1, keepdim=True)
 
 
 def reshape_images(x: torch.Tensor, image_size: int | None, channels: int | None) -> torch.Tensor:
-    """Convert a (N, C, H, W) batch to the given channel count (gray <-> RGB) and square size."""
+    """Convert a (N, C, H, W) batch to the given channel count (gray <-> RGB; colour to gray by ITU-R 601 luma, as
+    Pillow converts the target's files and the device's) and square size (antialiased where it shrinks)."""
     if channels is not None and x.shape[1] != channels:
-        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
+        x = luma(x) if channels == 1 else x.expand(-1, 3, -1, -1).contiguous()
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                             align_corners=False, antialias=True).clamp(0, 1)

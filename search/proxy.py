@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from edgeppt.bundle import SourceBundle, open_source
 from edgeppt.config import AugmentConfig, ProxyConfig, SearchConfig
@@ -88,9 +87,7 @@ def _generate(bundle: SourceBundle, n: int, g: torch.Generator, shape: torch.Siz
     y = torch.arange(n) % bundle.num_classes
     with torch.no_grad():
         x = torch.cat([bundle.sample_classes(y[i:i + 512], g) for i in range(0, len(y), 512)])
-    x = reshape_images(x, None, shape[0])  # e.g. a grayscale G for a colour target
-    if x.shape[2:] != shape[1:]:
-        x = F.interpolate(x, size=shape[1:], mode="bilinear", align_corners=False)
+    x = reshape_images(x, shape[1], shape[0])  # e.g. a grayscale G for a colour target; as transfer's PP does
     return x.clamp(0, 1), y
 
 

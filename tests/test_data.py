@@ -380,3 +380,17 @@ def test_npz_labels_that_skip_numbers_are_the_classes_that_occur(tmp_path):
     assert ds.classes == ["3", "7", "9"] and ds.y.tolist() == [2, 0, 1, 0, 2, 1]
     np.savez(tmp_path / "plain.npz", x=x, y=np.array([0, 1, 2, 0, 1, 2]))
     assert load_npz(tmp_path / "plain.npz").classes == ["0", "1", "2"]
+
+
+def test_colour_turns_gray_as_pillow_turns_a_file_gray():
+    """G's colour samples for a gray target (and colour images for a gray C) take the gray levels the target's files
+    and the device's runner get from Pillow (ITU-R 601 luma), not the channels' plain mean."""
+    from PIL import Image
+
+    from edgeppt.data import reshape_images
+
+    a = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    a[0, 0] = (255, 0, 0)  # pure red: luma 76, mean 85
+    pil = np.asarray(Image.fromarray(a, "RGB").convert("L"), dtype=np.float32)
+    ours = reshape_images(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, None, 1)[0, 0] * 255
+    assert np.abs(ours.numpy() - pil).max() <= 1.0 and abs(float(ours[0, 0]) - 76) < 1
