@@ -21,7 +21,7 @@ import streamlit as st
 
 from edgeppt.app import display
 from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders, extract_images
-from edgeppt.data import EXAMPLE_TARGET
+from edgeppt.data import EXAMPLE_TARGET, split_spec
 from edgeppt.devices import DEFAULT_DEVICE
 from edgeppt.errors import EdgepptError
 from edgeppt.export.formats import FORMATS
@@ -151,7 +151,7 @@ def bound(widget, label: str, run: Path, draft: dict[str, Any], name: str, curre
 def stamp(spec: str) -> int:
     """When a folder or file was last replaced (an upload unpacks a new folder at the same path): the previews'
     cache key beside the path, so a second upload is not shown as the first."""
-    path = Path(spec.partition(":")[0])
+    path = Path(split_spec(spec)[0])
     return path.stat().st_mtime_ns if path.exists() else 0
 
 

@@ -192,6 +192,23 @@ def _headers(root: Path, files: list[Path], channels: int | None, image_size: in
     return channels if channels is not None else 3 if colour else 1
 
 
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "eval", "dev"})
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """Class names become file names and lines in the export bundle (samples/<class>/, labels.txt): refuse the
+    ones that cannot be (a path, an empty name, a line break, bytes that are not UTF-8)."""
+    for n in names:
+        try:
+            n.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EdgepptError(f"{where}: class {n.encode('utf-8', 'surrogateescape')!r} is not a UTF-8 name; "
+                               "rename it") from None
+        if not n.strip() or n in (".", "..") or any(c in n for c in "/\\\n\r\0"):
+            raise EdgepptError(f"{where}: class name {n!r} cannot name a file (a path, an empty name or a line "
+                               "break); rename it")
+
+
 def load_folder(root: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:
     """A folder of class sub-folders. Unreadable files are skipped and listed in `skipped`."""
     root = Path(root)
@@ -204,6 +221,12 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     class_dirs = sorted(p for p in entries if p.is_dir())
     if not class_dirs:
         raise EdgepptError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>.png)")
+    check_class_names([p.name for p in class_dirs], str(root))
+    splits = [p.name for p in class_dirs if p.name.lower() in SPLIT_NAMES and any(q.is_dir() for q in p.iterdir())]
+    if len(splits) == len(class_dirs):  # train/ and test/ each holding class folders: not two classes
+        raise EdgepptError(f"{root}: {', '.join(splits)} look like a split of the data, each holding class folders; "
+                           f"give the training images' folder ({root / splits[0]}) as the target (and another as "
+                           "the test set, if you have one)")
     images: list[np.ndarray] = []
     labels: list[int] = []
     skipped: list[str] = []
@@ -314,6 +337,7 @@ def load_npz(path: str | Path) -> ImageSet:
         classes = [str(int(v)) for v in values]
     elif len(y) and y.max() >= len(classes):
         raise EdgepptError(f"{path}: label {int(y.max())} in '{ky}' but only {len(classes)} names in 'classes'")
+    check_class_names(classes, str(path))
     return ImageSet(xt, torch.from_numpy(y), classes)
 
 
@@ -330,9 +354,21 @@ def select_classes(ds: ImageSet, names: list[str]) -> ImageSet:
     return ImageSet(ds.x[keep], remap[ds.y[keep]], list(names), list(ds.skipped))
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """(dataset, class selection) of `name[:classes]`; a path that exists as given is all dataset (a folder may have
+    a colon in its name)."""
+    if Path(spec).exists():
+        return spec, ""
+    head, _, tail = spec.rpartition(":")
+    if head and Path(head).exists():
+        return head, tail
+    name, _, cls = spec.partition(":")
+    return name, cls
+
+
 def load_dataset(spec: str, image_size: int | None = None, channels: int | None = None) -> ImageSet:
     """`animals`, `animals:cat,dog`, `digits`, a folder of class folders, or a .npz file."""
-    name, _, cls = spec.partition(":")
+    name, cls = split_spec(spec)
     if name in BUILTIN and not Path(spec).exists():
         ds = load_builtin(name)
     else:

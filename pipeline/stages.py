@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeppt.config import SearchConfig, TransferConfig, validate
-from edgeppt.data import BUILTIN
+from edgeppt.data import BUILTIN, split_spec
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec
 from edgeppt.runs import atomic_write_bytes, sha256_file
@@ -42,7 +43,7 @@ def data_fingerprint(spec: str | None) -> Any:
     """A built-in spec stands for itself; a folder or file is hashed, so editing the images re-runs the stages."""
     if spec is None:
         return None
-    name = spec.partition(":")[0]
+    name = split_spec(spec)[0]
     path = Path(name)
     if name in BUILTIN and not path.exists():
         return spec
@@ -51,7 +52,7 @@ def data_fingerprint(spec: str | None) -> Any:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        h.update(os.fsencode(f.relative_to(path) if f != path else f.name))  # any bytes a name holds
         h.update(sha256_file(f).encode())
     return {"spec": spec, "sha256": h.hexdigest()}
 

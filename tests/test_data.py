@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -394,3 +396,47 @@ def test_colour_turns_gray_as_pillow_turns_a_file_gray():
     pil = np.asarray(Image.fromarray(a, "RGB").convert("L"), dtype=np.float32)
     ours = reshape_images(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, None, 1)[0, 0] * 255
     assert np.abs(ours.numpy() - pil).max() <= 1.0 and abs(float(ours[0, 0]) - 76) < 1
+
+
+def _images(folder, n: int = 3, side: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("L", (side, side), 30 * i).save(folder / f"{i}.png")
+
+
+def test_class_sets_a_run_cannot_use_are_refused_in_one_line(tmp_path):
+    """train/ and test/ folders each holding the classes are a split, not two classes; a class folder whose name
+    is not UTF-8 (a zip from another system) or an .npz class that names a path cannot become the bundle's
+    samples/<class>/ and labels.txt lines."""
+    import os
+
+    from edgeppt.errors import EdgepptError
+    from edgeppt.pipeline.stages import data_fingerprint
+
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            _images(tmp_path / "split" / split / c)
+    with pytest.raises(EdgepptError, match=r"test, train look like a split.*split/test"):
+        load_dataset(str(tmp_path / "split"))
+    assert load_dataset(str(tmp_path / "split" / "train")).classes == ["cat", "dog"]
+
+    latin = tmp_path / "latin"
+    _images(latin / "dog")
+    os.mkdir(os.fsencode(latin) + b"/caf\xe9")
+    _images(Path(os.fsdecode(os.fsencode(latin) + b"/caf\xe9")))
+    with pytest.raises(EdgepptError, match="not a UTF-8 name") as e:
+        load_dataset(str(latin))
+    assert "\n" not in str(e.value)
+    assert data_fingerprint(str(latin))["sha256"]  # the pipeline's check of its inputs reads any name
+
+    np.savez(tmp_path / "ids.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.array(["/m/0dzct", "/m/0dzct", "b", "b"]))
+    with pytest.raises(EdgepptError, match="cannot name a file"):
+        load_dataset(str(tmp_path / "ids.npz"))
+
+
+def test_a_folder_with_a_colon_in_its_name_is_a_folder(tmp_path):
+    """name:classes selects classes, unless the whole spec is a path that exists."""
+    for c in ("a", "b", "c"):
+        _images(tmp_path / "cam:1" / c)
+    assert load_dataset(str(tmp_path / "cam:1")).classes == ["a", "b", "c"]
+    assert load_dataset(str(tmp_path / "cam:1") + ":c,b").classes == ["c", "b"]
