@@ -21,6 +21,9 @@ def bench_bundle(path: str | Path, threads: int | None = None, runs: int = 50, b
     report = runner.run_bench(path, manifest, None, threads, provider, batch, runs)
     exported = {r["format"]: r for r in manifest.get("results", [])}
     test = _test_split(manifest) if test_accuracy else None
+    if test_accuracy and test is None:
+        report["accuracy_note"] = ("the run's test split could not be rebuilt here (its images are not on this "
+                                   "machine, or changed since the export): accuracy is on the bundle's sample images")
     for row in report["results"]:
         row["export_accuracy"] = exported.get(row["format"], {}).get("accuracy")
         if test is not None and "error" not in row:

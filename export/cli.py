@@ -21,8 +21,9 @@ app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
     table = Table(title=title)
     floor = any("batch1_floor_pct" in r for r in rows)
-    cols = ("format", "provider", "batch-1 median ms", "batch-1 p90 ms", "img/s (largest batch)", "accuracy") + \
-        (("floor % (b1 / largest)",) if floor else ())
+    on_test = any(accuracy_key in r for r in rows)  # else the shipped samples': say which
+    cols = ("format", "provider", "batch-1 median ms", "batch-1 p90 ms", "img/s (largest batch)",
+            "test accuracy" if on_test else "sample accuracy") + (("floor % (b1 / largest)",) if floor else ())
     for col in cols:
         table.add_column(col, justify="left" if col in ("format", "provider") else "right")
     for r in rows:
@@ -109,6 +110,8 @@ def bench_cmd(
         return
     Console().print(_bench_table(f"{bundle} on {report['host']} ({report['threads'] or 'default'} threads)",
                                  report["results"], "test_accuracy"))
+    if report.get("accuracy_note"):
+        console.print(f"note: {report['accuracy_note']}", soft_wrap=True, highlight=False)
     if report.get("sizes"):  # the bundle's models, and a supermask's over-the-air update beside them
         console.print("size: " + ", ".join(f"{k} {v:,} bytes" for k, v in report["sizes"].items()), highlight=False)
     if report.get("default_format"):

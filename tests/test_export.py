@@ -370,6 +370,19 @@ def test_runner_and_bench_measure_every_onnx_model(bundle, tmp_path):
     r = CliRunner().invoke(app, ["bench", str(path), "--runs", "2", "--json"])
     assert r.exit_code == 0, r.output
     assert {row["format"] for row in json.loads(r.stdout)["results"]} == {"onnx", "int8", "fp16"}
+    r = CliRunner().invoke(app, ["bench", str(path), "--runs", "2"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "test accuracy" in r.output and "note:" not in r.output, r.output
+
+
+def test_bench_says_when_its_accuracy_is_the_samples(bundle, monkeypatch):
+    """Where the run's test split cannot be rebuilt (its images moved, say), the accuracy shown is the shipped
+    samples': the table and a note say so instead of showing it as the accuracy."""
+    from edgeppt.export import bench
+
+    monkeypatch.setattr(bench, "_test_split", lambda manifest: None)
+    r = CliRunner().invoke(app, ["bench", str(bundle[0]), "--runs", "2"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "sample accuracy" in r.output and "test split could not be rebuilt" in r.output
 
 
 # ---------------------------------------------------------------- TensorRT
