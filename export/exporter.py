@@ -216,12 +216,12 @@ def target_images(run: LoadedRun, spec: str | None, test_x: np.ndarray) -> tuple
     """Unlabelled target images for calibration and the guards, and how many test images were left out of them: a
     given dataset less its copies of the run's test images (a target folder holds them), or the run's target set
     less its test split."""
-    from edgeppt.data import load_dataset, reshape_images
+    from edgeppt.data import load_unlabeled, reshape_images
 
     if not spec:
         return reshape_images(run_record(run).pool().x, run.image_size, run.in_chans), 0
-    x = reshape_images(load_dataset(spec, run.image_size, run.in_chans).x, run.image_size, run.in_chans)
-    return without_test(x, test_x, spec)
+    # images only: a flat folder, class folders of any classes, an .npz of x alone, a built-in spec
+    return without_test(load_unlabeled(spec, run.image_size, run.in_chans)[0], test_x, spec)
 
 
 def without_test(x: torch.Tensor, test_x: np.ndarray, what: str) -> tuple[torch.Tensor, int]:

@@ -720,6 +720,15 @@ def test_calibration_images_given_by_the_user_leave_the_test_images_out(trained_
     m = export_run(trained_run, tmp_path / "b", formats="onnx,int8", calibration_data="digits:0,1,2,3,4",
                    calibration_size=32, bench_runs=0, log=lambda s: None)
     assert m["artifacts"]["int8"]["calibration"]["test_copies_left_out"] == dropped
+    # images only: a flat folder of the device's photos calibrates as well (no classes needed)
+    from PIL import Image
+
+    flat = tmp_path / "device-photos"
+    flat.mkdir()
+    for i, a in enumerate(load_dataset("digits:5,6,7").x[:40]):
+        Image.fromarray((a[0].numpy() * 255).astype(np.uint8)).save(flat / f"{i}.png")
+    x, dropped = target_images(run, str(flat), test_split[0])
+    assert len(x) == 40 and dropped == 0
 
 
 def test_calibration_reads_every_image_where_the_batch_is_dynamic():
