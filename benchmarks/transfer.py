@@ -506,6 +506,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 seed and a smaller budget: a smoke run")
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5; 1 with --quick)")
     ap.add_argument("--labels", type=int, default=4, help="labelled images per class")
+    ap.add_argument("--arch", default=None, help="the target network (default: the budget's, TransferConfig's)")
     ap.add_argument("--pairings", nargs="+", default=TUNED, choices=list(PAIRINGS),
                     help=f"default: the four the defaults were chosen on; also held out: "
                          f"{', '.join(p for p in PAIRINGS if p not in TUNED)}")
@@ -525,7 +526,7 @@ def main() -> None:
     args = ap.parse_args()
     mode = "quick" if args.quick else "default"
     seeds = list(range(args.seeds or (1 if args.quick else 5)))
-    budget = BUDGETS[mode]
+    budget = BUDGETS[mode] | ({"arch": args.arch} if args.arch else {})
     rows = list(ROWS) + ([] if args.no_unlabeled else list(UNLABELED_ROWS)) + (list(EXTRA_ROWS) if args.extra else [])
     wanted = set(args.rows or rows)
     unknown = wanted - set(ROWS | UNLABELED_ROWS | EXTRA_ROWS | SELECTION_ROWS)
