@@ -606,6 +606,14 @@ def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) ->
         keep = subsample(total, limit)
         x = x if keep is None else x[keep.numpy()]
         return reshape_images(load_npz_arrays(x, p), image_size, channels), [], total
+    name, cls = split_spec(spec)
+    if name in BUILTIN and not p.exists():  # images only: one class of a built-in set is as good as several
+        ds = load_builtin(name)
+        if cls:
+            ds = select_classes(ds, [c.strip() for c in cls.split(",") if c.strip()])
+        pool = reshape_images(ds.x, image_size, channels)
+        keep = subsample(len(pool), limit)
+        return (pool if keep is None else pool[keep]), [], len(pool)
     ds = load_dataset(spec, image_size, channels)
     keep = subsample(len(ds.x), limit)
     return (ds.x if keep is None else ds.x[keep]), ds.skipped, len(ds.x)

@@ -319,7 +319,7 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         raise EdgepptError(f"{out} already holds a search; pass --resume {out} to continue it, or choose another --out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (_earlier_wall(out) if resume else 0.0)  # wall_s: every invocation's time
     key = str(out.resolve())
     _CONTEXTS.pop(key, None)  # this run's settings, never a context cached by an earlier call
     try:
@@ -377,6 +377,15 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         return report.write_outputs(ctx, out, smallest, time.perf_counter() - t0, source_candidate(ctx))
     finally:
         _CONTEXTS.pop(key, None)
+
+
+def _earlier_wall(out: Path) -> float:
+    """The wall time an interrupted invocation recorded (summary.json is written when one stops with results)."""
+    try:
+        wall = read_run_json(out / "summary.json").get("wall_s", 0.0)
+    except (EdgepptError, OSError, AttributeError):
+        return 0.0
+    return float(wall) if isinstance(wall, (int, float)) else 0.0
 
 
 def profile_record(profile: DeviceProfile) -> dict:

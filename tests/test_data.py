@@ -440,3 +440,12 @@ def test_a_folder_with_a_colon_in_its_name_is_a_folder(tmp_path):
         _images(tmp_path / "cam:1" / c)
     assert load_dataset(str(tmp_path / "cam:1")).classes == ["a", "b", "c"]
     assert load_dataset(str(tmp_path / "cam:1") + ":c,b").classes == ["c", "b"]
+
+
+def test_unlabelled_images_of_one_built_in_class():
+    """Unlabelled images are images only: one class of a built-in set is a valid pool (it asked for two classes)."""
+    from edgeppt.data import load_unlabeled
+
+    x, skipped, total = load_unlabeled("digits:3", 28, 3, limit=50)
+    assert x.shape == (50, 3, 28, 28) and total == len(load_dataset("digits:3,4").x[load_dataset("digits:3,4").y == 0])
+    assert skipped == [] and 0 <= float(x.min()) and float(x.max()) <= 1

@@ -249,7 +249,11 @@ def test_interrupted_search_resumes_without_repeating_trials(tmp_path):
     (out / "trials.jsonl").write_text("\n".join(lines[:cut]) + "\n" + lines[cut][:25])
     with pytest.raises(EdgepptError, match="already holds a search"):
         run_search(cfg, out, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["wall_s"] = 1000.0  # as an invocation that ran for 1000 s and stopped with results would have left it
+    (out / "summary.json").write_text(json.dumps(summary))
     s = run_search(cfg.model_copy(update={"trials": 4}), out, resume=True, progress=False)
+    assert 1000.0 < s["wall_s"] < 1000.0 + 600  # the wall time of every invocation, not the resumed one's alone
     recs = [json.loads(ln) for ln in (out / "trials.jsonl").read_text().splitlines()]
     trained = [r for r in recs if r.get("status") == "trained" and not r.get("reference")]
     assert [r["trial"] for r in trained] == [1, 2, 3, 4]  # 1 and 2 kept (not re-run), 3 redone, 4 new
