@@ -42,6 +42,11 @@ class CostModel:
             if "int8" in profile.export.formats else None  # the export's own recipe for this device
         self._seen: list[tuple[dict, float]] = []  # (layer features, measured ms) of this search's candidates
 
+    def at(self, in_shape: tuple[int, int, int]) -> CostModel:
+        """The same device, budgets and latency cache for networks of another input (the source classifier's)."""
+        return CostModel(self.profile, self.budgets, in_shape, self.num_classes, self.warmup, self.repeats, self.band,
+                         self.cache)
+
     def model(self, arch: dict):
         return create_model(arch, self.num_classes, self.in_shape[0])
 

@@ -11,7 +11,6 @@ candidates are answered from it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import sys
@@ -413,9 +412,7 @@ def source_candidate(ctx: SearchContext) -> dict | None:
         # C trains on the target in its own channels, at the bundle's side unless one is set (transfer's ft): its
         # costs are at that shape, not at the target's (a colour target for a grayscale C, say)
         side = ctx.cfg.image_size or bundle.image_shape[1]
-        cost = copy.copy(ctx.cost)
-        cost.in_shape, cost._seen = (bundle.image_shape[0], side, side), []  # C's timing is no screening probe
-        costs = cost.costs(arch)
+        costs = ctx.cost.at((bundle.image_shape[0], side, side)).costs(arch)
     except EdgepptError as e:
         return {"fits": False, "why": str(e)}
     # C runs as functional torch ops, which the module-hook counters do not see: count its graph instead, and say
