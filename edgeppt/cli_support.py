@@ -67,9 +67,10 @@ def trust_overrides(trusted_key: list[Path], trust_code: bool) -> dict[str, Any]
 
 
 RESUME_HINT = "the last checkpoint is saved; run the same command with --resume to continue"
+NO_WORK_HINT = "nothing was left half-written; run the same command again"
 
 
-def guarded(fn, *args, interrupted: str = RESUME_HINT, **kwargs):
+def guarded(fn, *args, interrupted: str = NO_WORK_HINT, **kwargs):
     """Run a stage: its EdgepptError becomes one line (exit 2), Ctrl-C a hint how to go on (exit 130)."""
     try:
         return fn(*args, **kwargs)

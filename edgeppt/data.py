@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import pickle
 import warnings
 import zipfile
@@ -152,9 +153,10 @@ def _skip_entry(path: Path, e: Exception) -> str:
 
 
 def skipped_summary(skipped: list[str], shown: int = 3) -> str:
-    """One line for the user: how many image files were skipped and the first few, each with its reason."""
+    """One line for the user: how many image files were skipped (unreadable, or in a format not read) and the first
+    few, each with its reason."""
     more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    return f"skipped {len(skipped)} image file(s) that could not be read: " + "; ".join(skipped[:shown]) + more
+    return f"skipped {len(skipped)} image file(s): " + "; ".join(skipped[:shown]) + more
 
 
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
@@ -168,28 +170,76 @@ def _resize(a: np.ndarray, size: int) -> np.ndarray:
 
 
 class NeedsImageSize(EdgepptError):
-    """A folder whose images have no one square size: a side must be given to resize them to."""
+    """A folder whose images have no one square size: a side must be given to resize them to. `side` is the median
+    of their longer sides (0 where unknown), what a side chosen for them starts from."""
+
+    def __init__(self, message: str, side: int = 0) -> None:
+        super().__init__(message)
+        self.side = side
 
 
-def _headers(root: Path, files: list[Path], channels: int | None, image_size: int | None) -> int:
+# What file managers and archivers leave among images: never images of the set (macOS's ._name files are hidden
+# entries too).
+IGNORED_ENTRIES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})
+# Image files Pillow cannot read here: listed as skipped, so that a folder of them is not silently smaller.
+UNREAD_SUFFIXES = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".nef", ".arw"}
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_ENTRIES
+
+
+def image_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The image files under `folder` at any depth, sorted, and the skipped entries among them (links to nothing,
+    formats that are not read). Links to folders are followed, each real folder once (a link loop ends); hidden
+    entries and what file managers add are passed over."""
+    files: list[Path] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _ignored(d))
+        for n in names:
+            suffix = Path(n).suffix.lower()
+            if _ignored(n) or suffix not in IMAGE_SUFFIXES | UNREAD_SUFFIXES:
+                continue
+            p = Path(top, n)
+            if suffix in UNREAD_SUFFIXES:
+                skipped.append(f"{p}: {suffix} images are not read; convert them to PNG or JPEG")
+            elif not p.exists():
+                skipped.append(f"{p}: a link to nothing")
+            else:
+                files.append(p)
+    return sorted(files), sorted(skipped)
+
+
+def _headers(root: Path, files: list[Path], channels: int | None, image_size: int | None) -> tuple[int, int | None]:
     """What the images' headers say before any is decoded: colour where any image is (one gray picture among
-    colour ones must not make the set gray), and, with no side given, a refusal as soon as the sizes differ or are
-    not square (rather than after decoding every photo of a folder at full size)."""
-    colour, sizes = False, set()
+    colour ones must not make the set gray), and, with no side given, their one square side, or a refusal where
+    the sizes differ or are not square (rather than after decoding every photo of a folder at full size)."""
+    colour, sizes = False, []
     for p in files:
         try:
             with open_image(p) as im:
                 colour = colour or not (im.mode in GRAY_MODES or (im.mode == "P" and
                                                                    getattr(im.palette, "mode", "") == "L"))
-                sizes.add(im.size)
+                sizes.append((im.size, p))
         except READ_ERRORS:  # listed as skipped when it is read
             continue
-        if image_size is None and (len(sizes) > 1 or im.size[0] != im.size[1]):
-            w, h = im.size
-            what = f"mixed sizes (e.g. {h}x{w}: {p})" if len(sizes) > 1 else f"{h}x{w}, not square ({p})"
-            raise NeedsImageSize(f"{root}: images have {what}. Pass an image size to resize them all "
-                                 "(--set image_size=N)")
-    return channels if channels is not None else 3 if colour else 1
+    channels = channels if channels is not None else 3 if colour else 1
+    shapes = {size for size, _ in sizes}
+    if image_size is not None or not shapes:
+        return channels, None
+    if len(shapes) > 1 or any(w != h for w, h in shapes):
+        (w, h), p = next(((s, p) for s, p in sizes if s != sizes[0][0] or s[0] != s[1]), sizes[0])
+        what = f"mixed sizes (e.g. {h}x{w}: {p})" if len(shapes) > 1 else f"{h}x{w}, not square ({p})"
+        raise NeedsImageSize(f"{root}: images have {what}. Pass an image size to resize them all "
+                             "(--set image_size=N)", int(np.median([max(s) for s, _ in sizes])))
+    return channels, next(iter(shapes))[0]
 
 
 SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "eval", "dev"})
@@ -209,12 +259,32 @@ def check_class_names(names: list[str], where: str) -> None:
                                "break); rename it")
 
 
-def load_folder(root: str | Path, image_size: int | None = None, channels: int | None = None) -> ImageSet:
-    """A folder of class sub-folders. Unreadable files are skipped and listed in `skipped`."""
+def _check_splits(root: Path, class_dirs: list[Path]) -> None:
+    """train/ or test/ holding class folders is a split of the data, not a class (its images would be learnt as
+    one class of mixed pictures): refused, whether it stands alone or beside the class folders."""
+    names = {p.name for p in class_dirs}
+    splits = [p for p in class_dirs if p.name.lower() in SPLIT_NAMES]
+    nested = {p.name: sorted(q.name for q in p.iterdir() if q.is_dir() and not _ignored(q.name)) for p in splits}
+    if splits and len(splits) == len(class_dirs) and any(nested.values()):
+        raise EdgepptError(f"{root}: {', '.join(p.name for p in splits)} look like a split of the data, each "
+                           f"holding class folders; give the training images' folder ({splits[0]}) as the target "
+                           "(and another as the test set, if you have one)")
+    for p in splits:
+        shared = [n for n in nested[p.name] if n in names]
+        if shared:
+            raise EdgepptError(f"{root}: {p.name}/ holds class folders ({', '.join(shared[:3])}) beside the class "
+                               f"folders themselves; move {p} out of {root} (and give it as --test, if it is a "
+                               "test set)")
+
+
+def load_folder(root: str | Path, image_size: int | None = None, channels: int | None = None,
+                max_side: int | None = None) -> ImageSet:
+    """A folder of class sub-folders. Unreadable files are skipped and listed in `skipped`. With no `image_size`,
+    images of one square side above `max_side` are read at `max_side`."""
     root = Path(root)
     if not root.is_dir():
         raise EdgepptError(f"{root}: not a folder of class folders (nor a .npz file)")
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    entries = [p for p in root.iterdir() if not _ignored(p.name)]
     dangling = sorted(p.name for p in entries if p.is_symlink() and not p.exists())
     if dangling:  # a class would vanish without a word
         raise EdgepptError(f"{root}: {', '.join(dangling)} link(s) to nothing; fix or remove the link")
@@ -222,25 +292,22 @@ def load_folder(root: str | Path, image_size: int | None = None, channels: int |
     if not class_dirs:
         raise EdgepptError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>.png)")
     check_class_names([p.name for p in class_dirs], str(root))
-    splits = [p.name for p in class_dirs if p.name.lower() in SPLIT_NAMES and any(q.is_dir() for q in p.iterdir())]
-    if len(splits) == len(class_dirs):  # train/ and test/ each holding class folders: not two classes
-        raise EdgepptError(f"{root}: {', '.join(splits)} look like a split of the data, each holding class folders; "
-                           f"give the training images' folder ({root / splits[0]}) as the target (and another as "
-                           "the test set, if you have one)")
+    _check_splits(root, class_dirs)
     images: list[np.ndarray] = []
     labels: list[int] = []
     skipped: list[str] = []
     sizes: dict[tuple[int, ...], Path] = {}  # image (H, W) -> the first file of that size
     per_class = []
     for d in class_dirs:
-        found = [p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-        skipped += [f"{p}: a link to nothing" for p in sorted(found) if p.is_symlink() and not p.exists()]
-        files = sorted(p for p in found if p.is_file())
+        files, passed = image_files(d)
+        skipped += passed
         if not files:
             raise EdgepptError(f"class folder {d} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         per_class.append(files)
     if channels is None or image_size is None:  # from the headers alone, before any image is decoded
-        channels = _headers(root, [p for files in per_class for p in files], channels, image_size)
+        channels, side = _headers(root, [p for files in per_class for p in files], channels, image_size)
+        if image_size is None and side and max_side and side > max_side:
+            image_size = max_side  # large photos: never all in memory at full size
     for ci, files in enumerate(per_class):
         for p in files:
             try:
@@ -341,6 +408,7 @@ def load_npz(path: str | Path) -> ImageSet:
     return ImageSet(xt, torch.from_numpy(y), classes)
 
 
+
 # ---------------------------------------------------------------- specs and splits
 def select_classes(ds: ImageSet, names: list[str]) -> ImageSet:
     """Keep the named classes, relabelled 0..k-1 in the order given."""
@@ -366,8 +434,10 @@ def split_spec(spec: str) -> tuple[str, str]:
     return name, cls
 
 
-def load_dataset(spec: str, image_size: int | None = None, channels: int | None = None) -> ImageSet:
-    """`animals`, `animals:cat,dog`, `digits`, a folder of class folders, or a .npz file."""
+def load_dataset(spec: str, image_size: int | None = None, channels: int | None = None,
+                 max_side: int | None = None) -> ImageSet:
+    """`animals`, `animals:cat,dog`, `digits`, a folder of class folders, or a .npz file (`max_side`: see
+    `load_folder`)."""
     name, cls = split_spec(spec)
     if name in BUILTIN and not Path(spec).exists():
         ds = load_builtin(name)
@@ -376,7 +446,7 @@ def load_dataset(spec: str, image_size: int | None = None, channels: int | None 
         if not p.exists():
             raise EdgepptError(f"dataset {spec!r} not found: give a built-in name {sorted(BUILTIN)}, "
                                "a folder of class folders or a .npz file")
-        ds = load_npz(p) if p.suffix == ".npz" else load_folder(p, image_size, channels)
+        ds = load_npz(p) if p.suffix == ".npz" else load_folder(p, image_size, channels, max_side)
     if cls:
         ds = select_classes(ds, [c.strip() for c in cls.split(",") if c.strip()])
     return conform(ds, image_size, channels, spec)
@@ -407,20 +477,21 @@ def load_target(spec: str, image_size: int | None, channels: int | None, source_
     so small images are upscaled to it), and lowered to it only where that loses no detail the images hold
     (`detail_lost` at most DETAIL_LOST_MAX): a bundle drawn at 8x8 must not shrink 28x28 targets, and 56 px images
     with no finer detail than 28 px train better, and four times faster, at 28. Images of mixed or non-square
-    sizes go to the bundle's side."""
+    sizes are taken at the median of their longer sides, by the same rule."""
     if image_size is not None or source_side is None:
         return load_dataset(spec, image_size, channels)
+    # Photos hold detail at any side (sensor noise counts): their own 1000 or 4000 px would train for days on a
+    # CPU. At most four times the bundle's side (and 512) unless image_size asks for more; larger images are read
+    # at that side straight away, so a folder of photos is never held at full size.
+    cap = max(source_side, min(AUTO_SIDE_MAX, AUTO_SIDE_TIMES * source_side))
     try:
-        ds = load_dataset(spec, None, channels)
-    except NeedsImageSize:
-        return load_dataset(spec, source_side, channels)
+        ds = load_dataset(spec, None, channels, max_side=cap)
+    except NeedsImageSize as e:  # one odd picture must not send the whole set to the bundle's side
+        ds = load_dataset(spec, min(max(e.side, source_side), cap), channels)
     h, w = ds.shape[1:]
-    side = max(h, w)
+    side = min(max(h, w), cap)
     if side < source_side or (side > source_side and h == w and detail_lost(ds.x, source_side) <= DETAIL_LOST_MAX):
         side = source_side
-    # Photos hold detail at any side (sensor noise counts): their own 1000 or 4000 px would train for days on a
-    # CPU. At most four times the bundle's side (and 512) unless image_size asks for more.
-    side = min(side, max(source_side, min(AUTO_SIDE_MAX, AUTO_SIDE_TIMES * source_side)))
     # resized by loading again at that side: the path a later stage rebuilds the set through (same fingerprint)
     return ds if (h, w) == (side, side) else load_dataset(spec, side, channels)
 
@@ -579,12 +650,12 @@ def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) ->
     fixed random subset; 0 = all), the skipped files and how many images the spec holds."""
     p = Path(spec)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files, skipped = image_files(p)
         total = len(files)
         keep = subsample(total, limit)
         if keep is not None:  # choose before reading: a folder of 100,000 images is not read in full
             files = [files[i] for i in keep.tolist()]
-        images, skipped = [], []
+        images = []
         for f in files:
             try:
                 images.append(_resize(_read_image(f, channels), image_size))

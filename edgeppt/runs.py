@@ -62,7 +62,12 @@ def replace_folder(new: Path, dest: Path) -> None:
         return
     old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
     dest.rename(old / dest.name)
-    new.rename(dest)
+    try:
+        new.rename(dest)
+    except BaseException:  # (Ctrl-C between the two renames included) the earlier folder goes back
+        (old / dest.name).rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

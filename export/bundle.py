@@ -37,6 +37,19 @@ def check_replaceable(path: Path) -> None:
         raise EdgepptError(f"{path} exists and is not an export bundle; refusing to replace it (choose another --out)")
 
 
+def check_same_run(path: Path, run: Path) -> None:
+    """The default folder (dist/<run name>) is shared by runs of one name in different places: an earlier export
+    of another run there is never replaced without an --out that names it."""
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    earlier = m.get("run") if isinstance(m, dict) else None
+    if isinstance(earlier, str) and Path(earlier).resolve() != run.resolve():
+        raise EdgepptError(f"{path} holds the export of another run ({earlier}); give --out {path} to replace it, "
+                           "or another --out")
+
+
 def _is_bundle(path: Path) -> bool:
     try:
         m = json.loads((path / MANIFEST).read_text())

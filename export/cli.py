@@ -139,7 +139,9 @@ def deploy_cmd(
     from edgeppt.export import deploy_bundle
 
     report = guarded(deploy_bundle, bundle, host, remote_dir=remote_dir, port=port, identity=identity,
-                  ssh_options=ssh_option, python=python, threads=threads, runs=runs, trusted_keys=trusted_key)
+                     ssh_options=ssh_option, python=python, threads=threads, runs=runs, trusted_keys=trusted_key,
+                     interrupted="the device runs its earlier bundle or the whole new one, never a mix; run the "
+                                 "same command again")
     console.print(f"[green]deployed:[/] {report['remote']} ({report['verified_files']} files verified on the device)")
     Console().print(_bench_table(f"on {report['host']} ({report['machine']}, onnxruntime {report['onnxruntime']})",
                                  report["results"], "test_accuracy"))

@@ -3,14 +3,17 @@ and bring the numbers back. Plain OpenSSH (ssh + tar), so the device needs nothi
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
 from edgeppt.errors import EdgepptError
 from edgeppt.remote import ssh_command
+from edgeppt.signing import MANIFEST_FILE, SIGNATURE_FILE
 
 from .bundle import RUNNER_FILE, verify_bundle
 from .default import on_device
@@ -26,11 +29,18 @@ def _remote(base: list[str], script: str, stdin: bytes | None = None,
         raise EdgepptError(f"the device did not answer within {timeout:.0f}s") from e
 
 
-def _tar(path: Path) -> bytes:
+def _tar(path: Path, manifest: dict[str, Any]) -> bytes:
+    """The bundle's own files: those its manifest lists, the manifest and its signature. Anything else in the
+    folder (a file put there after the export) stays here: the device runs only what was verified."""
+    names = [MANIFEST_FILE] + [SIGNATURE_FILE] * (path / SIGNATURE_FILE).is_file() + sorted(manifest["files"])
+    buf = io.BytesIO()
     try:
-        return subprocess.run(["tar", "-C", str(path), "-cf", "-", "."], capture_output=True, check=True).stdout
-    except subprocess.CalledProcessError as e:
-        raise EdgepptError(f"cannot pack {path}: {_one_line(e.stderr)}") from e
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in names:
+                tar.add(path / name, arcname=name, recursive=False)
+    except OSError as e:
+        raise EdgepptError(f"cannot pack {path}: {e}") from e
+    return buf.getvalue()
 
 
 def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, port: int | None = None,
@@ -49,7 +59,7 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
     d, new, old = (_word(remote_dir + suffix) for suffix in ("", ".new", ".old"))
     # Unpacked and verified beside the bundle the device runs now, then swapped in: a copy cut short or a bundle
     # that fails verification there leaves the running one as it was, and no stale file of it survives the swap.
-    r = _remote(base, f"rm -rf {new} && mkdir -p {new} && tar -C {new} -xf -", stdin=_tar(path))
+    r = _remote(base, f"rm -rf {new} && mkdir -p {new} && tar -C {new} -xf -", stdin=_tar(path, manifest))
     if r.returncode != 0:
         raise EdgepptError(f"copying to {host}:{remote_dir} failed (exit {r.returncode}): {_err(r)}")
     py = shlex.quote(python)
@@ -64,7 +74,11 @@ def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, po
     if r.returncode != 0:
         _remote(base, f"rm -rf {new}")
         raise EdgepptError(f"verification on {host} failed (the bundle there is unchanged): {_err(r)}")
-    r = _remote(base, f"rm -rf {old} && {{ [ ! -e {d} ] || mv {d} {old}; }} && mv {new} {d} && rm -rf {old}")
+    # TensorRT engines the device built for the running bundle move across: ONNX Runtime names them by the model's
+    # hash, so a changed model builds anew and an unchanged one skips minutes of building.
+    r = _remote(base, f"rm -rf {old} && {{ [ ! -d {d}/trt_cache ] || [ -e {new}/trt_cache ] || "
+                      f"mv {d}/trt_cache {new}/trt_cache; }} && {{ [ ! -e {d} ] || mv {d} {old}; }} && "
+                      f"mv {new} {d} && rm -rf {old}")
     if r.returncode != 0:
         raise EdgepptError(f"moving the new bundle into {host}:{remote_dir} failed: {_err(r)}")
     bench = f"cd {d} && {py} {RUNNER_FILE} bench --json --runs {int(runs)} --max-seconds {float(max_seconds)}"

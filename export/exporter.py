@@ -25,7 +25,7 @@ from edgeppt.int8 import device_recipe
 from edgeppt.int8 import tensorrt as uses_tensorrt
 from edgeppt.macs import onnx_macs
 from edgeppt.runs import atomic_write_bytes, check_writable
-from edgeppt.signing import public_key_beside, sign_folder
+from edgeppt.signing import load_private_key, public_key_beside, sign_folder
 
 from . import bundle as B
 from . import quantize as Q
@@ -193,13 +193,18 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         info = {"mode": "target", "from": spec or "the run's target images outside the test split",
                 "test_copies_left_out": dropped}
     elif mode == "pseudo":
-        from edgeppt.bundle import load_bundle
+        from edgeppt.bundle import open_source
+        from edgeppt.config import SourceTrust
 
         src = ctx.options.get("source") or ctx.run.settings.get("source")
         if not src:
             raise EdgepptError("--int8-calibration pseudo draws calibration images from the source bundle: "
                                "pass --source (the run has none)")
-        calib, pinfo = Q.pseudo_calibration(load_bundle(src), ctx.labelled_x, n, shape)
+        # the run's own trust settings: keys it required still are; its --trust-code covers its own source only
+        trust = {k: ctx.run.settings[k] for k in SourceTrust.TRUST_FIELDS if k in ctx.run.settings}
+        if str(src) != str(ctx.run.settings.get("source")):
+            trust.pop("trust_code", None)
+        calib, pinfo = Q.pseudo_calibration(open_source(src, SourceTrust(**trust)), ctx.labelled_x, n, shape)
         # calibration stays data-free; INT8 is judged where it will run: on target images outside the test split
         guard = Q.check_calibration(Q.subsample(target_images(ctx.run, None, ctx.test_x)[0], GUARD_IMAGES, seed=1),
                                     shape)
@@ -266,9 +271,21 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
         raise EdgepptError(f"unknown --int8-calibration {mode!r}; choose one of {list(CALIBRATIONS)}")
     opts = validate(ExportOptions, settings, "export settings")
     run = load_run(run_dir)
-    out = Path(out) if out else Path("dist") / run.path.resolve().name
+    if out is None:
+        out = Path("dist") / run.path.resolve().name
+        B.check_same_run(out, run.path)  # runs/a/transfer and runs/b/transfer: one default folder, two runs
+    out = Path(out)
     B.check_replaceable(out)  # before minutes of work, as the staging below will
     check_writable(out)
+    if opts.sign is not None:  # a mistyped key fails now, not after the export
+        load_private_key(opts.sign)
+        public_key_beside(opts.sign)
+    if calibration_data and ("int8" not in fmts or mode == "pseudo"):  # said, not silently ignored
+        log("warning: --calibration-data is not used: " + ("no int8 model is exported" if "int8" not in fmts else
+                                                              "--int8-calibration pseudo calibrates on the source "
+                                                              "bundle's samples"))
+    if source and ("int8" not in fmts or mode != "pseudo"):
+        log("warning: --source is not used: only --int8-calibration pseudo draws from the source bundle")
     if calibration_images is not None:
         Q.check_calibration(calibration_images, run.input_shape)  # fail before minutes of work
     labelled, test = run_data(run)

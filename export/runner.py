@@ -11,40 +11,75 @@ CUDA execution provider (onnxruntime-gpu on a Jetson), `--provider auto` uses it
     python3 runner.py materialize                 # a supermask bundle: rebuild the weights from the update
 """
 
-from __future__ import annotations
-
-import argparse
-import contextlib
-import hashlib
-import json
-import os
-import platform
 import sys
-from pathlib import Path
-from typing import Any
+
+# Run as a script, the bundle's folder is data, never a place to import from: a file put beside this one (json.py,
+# numpy.py, __future__.py) would otherwise run before `verify` could refuse it. (So no `from __future__` here, and
+# the annotations that Python 3.8 cannot evaluate are strings.) The helpers shipped beside it are read by path,
+# each checked against the manifest's sha256 first: `_sibling`.
+if __name__ == "__main__" and not __package__ and sys.path:
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import types  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 try:
-    import numpy as np
+    import numpy as np  # noqa: E402
 except ImportError:  # on a device without it, before main can say so
     sys.exit("runner.py needs numpy and onnxruntime, and pillow for image files: python3 -m pip install numpy "
              "onnxruntime pillow")
 
-# The one session and timing helper, the CPU's 8-bit dot-product instructions (which decide whether int8 can pay
-# on this device), and (in preprocess) the one way an image file is read into pixels as training read it: run as a
-# script on the device, the hash-checked copies shipped beside this file, even where some edgeppt is installed too.
+HERE = Path(__file__).resolve().parent
+MANIFEST = "manifest.json"
+
+
+def _sibling(name: str) -> types.ModuleType:
+    """A helper shipped beside this file (ort_timing.py, cpu_int8.py, image_io.py: the hash-checked copies of
+    edgeppt's own, used even where some edgeppt is installed too), read by path and refused where its sha256
+    differs from the manifest's; loaded on first use, so `verify` runs none of the bundle's code."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = HERE / f"{name}.py"
+    source = path.read_bytes()
+    try:
+        listed = json.loads((HERE / MANIFEST).read_text()).get("files", {}).get(path.name)
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if hashlib.sha256(source).hexdigest() != listed:
+        sys.exit(f"{path.name}: not the file {MANIFEST} lists (modified, corrupt or added); run: python3 runner.py "
+                 "verify")
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module
+    exec(compile(source, str(path), "exec"), module.__dict__)
+    return module
+
+
+# The one session and timing helper and the CPU's 8-bit dot-product instructions (which decide whether int8 can
+# pay on this device).
 if __package__:  # imported as edgeppt.export.runner
     from edgeppt.cpu_int8 import int8_instructions
     from edgeppt.ort_timing import open_session, time_session
 else:
-    from ort_timing import open_session, time_session  # type: ignore[no-redef]
-    try:
-        from cpu_int8 import int8_instructions  # type: ignore[no-redef]
-    except ImportError:  # a bundle written before the file was shipped
-        def int8_instructions(cpuinfo: str | None = None) -> list[str] | None:
-            return None
+    def open_session(*args, **kwargs):  # type: ignore[misc]
+        return _sibling("ort_timing").open_session(*args, **kwargs)
 
-HERE = Path(__file__).resolve().parent
-MANIFEST = "manifest.json"
+    def time_session(*args, **kwargs):  # type: ignore[misc]
+        return _sibling("ort_timing").time_session(*args, **kwargs)
+
+    def int8_instructions(cpuinfo: "str | None" = None) -> "list[str] | None":
+        if not (HERE / "cpu_int8.py").is_file():  # a bundle written before the file was shipped
+            return None
+        return _sibling("cpu_int8").int8_instructions(cpuinfo)
+
+
 SIGNATURE = "signature.json"
 _CONFIG = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
 KEYRING = Path(os.environ.get("EDGEPPT_CONFIG_DIR") or Path(_CONFIG) / "edgeppt") / "trusted-keys"
@@ -62,11 +97,11 @@ def sha256_file(path: Path) -> str:
 MANIFEST_KEYS = ("files", "artifacts", "classes", "preprocess")  # what verify requires: classify and bench read them
 
 
-def load_manifest(root: Path = HERE) -> dict[str, Any]:
+def load_manifest(root: Path = HERE) -> "dict[str, Any]":
     return json.loads((Path(root) / MANIFEST).read_text())
 
 
-def verify(root: Path = HERE, trusted_keys: list[Path] | None = None) -> list[str]:
+def verify(root: Path = HERE, trusted_keys: "list[Path] | None" = None) -> "list[str]":
     """Problems found (empty when every listed file is present with its recorded sha256 and the signature, if
     any, is valid). When trusted keys are given, a signature by one of them is required; keys in the keyring
     check a signature that names them."""
@@ -91,7 +126,7 @@ def verify(root: Path = HERE, trusted_keys: list[Path] | None = None) -> list[st
 
 
 # ---------------------------------------------------------------- preprocessing
-def verify_signature(root: Path, required: list[Path], known: list[Path] = []) -> list[str]:  # noqa: B006
+def verify_signature(root: Path, required: "list[Path]", known: "list[Path]" = []) -> "list[str]":  # noqa: B006
     """The Ed25519 signature over manifest.json (edgeppt export --sign): it must be valid for the key it names
     when that key is known, and by one of the `required` keys when any are given."""
     sig_path, key_files = root / SIGNATURE, required + known
@@ -129,14 +164,14 @@ def verify_signature(root: Path, required: list[Path], known: list[Path] = []) -
     return [f"signed by key {claimed}, which is not among the trusted keys"] if required else []
 
 
-def preprocess(path: str | Path, spec: dict[str, Any]) -> np.ndarray:
+def preprocess(path: "str | Path", spec: "dict[str, Any]") -> np.ndarray:
     """An image file -> float32 (C, H, W) exactly as training saw it: gray/RGB, bilinear resize, scale to [0, 1]."""
     from PIL import Image  # only here: verify and bench run without Pillow
 
     if __package__:
         from edgeppt.image_io import to_8bit
     else:
-        from image_io import to_8bit  # type: ignore[no-redef]
+        to_8bit = _sibling("image_io").to_8bit
     size, channels = int(spec["image_size"]), int(spec["channels"])
     with Image.open(path) as im:
         im = to_8bit(im).convert("L" if channels == 1 else "RGB")
@@ -168,20 +203,20 @@ def providers(kind: str = "auto") -> list:
     return chosen + ["CPUExecutionProvider"]
 
 
-def make_session(model: str | Path, threads: int = 0, provider: str = "auto"):
+def make_session(model: "str | Path", threads: int = 0, provider: str = "auto"):
     # onnxruntime prints a provider that fails to start ("EP Error ... Falling back") on stdout, where classify's
     # one JSON line per image goes: to stderr with it
     with contextlib.redirect_stdout(sys.stderr):
         return open_session(model, threads, providers(provider))
 
 
-def input_info(session) -> tuple[str, list, type[np.floating]]:
+def input_info(session) -> "tuple[str, list, type[np.floating]]":
     i = session.get_inputs()[0]
     dtype = np.float16 if i.type == "tensor(float16)" else np.float32
     return i.name, list(i.shape), dtype
 
 
-def static_batch(session) -> int | None:
+def static_batch(session) -> "int | None":
     """The fixed batch size of the model's input, or None when the batch dimension is dynamic."""
     b = input_info(session)[1][0]
     return b if isinstance(b, int) and b > 0 else None
@@ -200,8 +235,8 @@ def predict_logits(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out)
 
 
-def benchmark(session, shape: list[int], batch: int, runs: int = 50, warmup: int = 5,
-              max_seconds: float = 10.0, seed: int = 0) -> dict[str, float]:
+def benchmark(session, shape: "list[int]", batch: int, runs: int = 50, warmup: int = 5,
+              max_seconds: float = 10.0, seed: int = 0) -> "dict[str, float]":
     """Median and p90 latency of one call at `batch`, and images/s; stops early after max_seconds."""
     return time_session(session, shape, batch, runs, warmup, max_seconds, seed)
 
@@ -212,16 +247,16 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- commands
-def default_model(manifest: dict[str, Any]) -> str:
+def default_model(manifest: "dict[str, Any]") -> str:
     arts = manifest["artifacts"]
     return arts.get(manifest.get("default_format", "onnx"), arts["onnx"])["file"]
 
 
-def onnx_models(manifest: dict[str, Any]) -> dict[str, str]:
+def onnx_models(manifest: "dict[str, Any]") -> "dict[str, str]":
     return {fmt: a["file"] for fmt, a in manifest["artifacts"].items() if str(a.get("file", "")).endswith(".onnx")}
 
 
-def sample_images(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+def sample_images(root: Path, classes: "list[str]") -> "tuple[list[Path], list[int]]":
     """samples/<class>/<file>: a few labelled test images shipped for a smoke check of accuracy on the device."""
     files, labels = [], []
     for k, c in enumerate(classes):
@@ -231,7 +266,7 @@ def sample_images(root: Path, classes: list[str]) -> tuple[list[Path], list[int]
     return files, labels
 
 
-def cmd_classify(args, manifest: dict[str, Any]) -> int:
+def cmd_classify(args, manifest: "dict[str, Any]") -> int:
     session = make_session(HERE / (args.model or default_model(manifest)), args.threads, args.provider)
     classes, spec = manifest["classes"], manifest["preprocess"]
     bad = 0
@@ -251,8 +286,8 @@ def cmd_classify(args, manifest: dict[str, Any]) -> int:
     return 1 if bad else 0
 
 
-def run_bench(root: Path, manifest: dict[str, Any], formats: list[str] | None = None, threads: int = 0,
-              provider: str = "auto", batch: int = 32, runs: int = 50, max_seconds: float = 10.0) -> dict[str, Any]:
+def run_bench(root: Path, manifest: "dict[str, Any]", formats: "list[str] | None" = None, threads: int = 0,
+              provider: str = "auto", batch: int = 32, runs: int = 50, max_seconds: float = 10.0) -> "dict[str, Any]":
     """Benchmark every ONNX model of the bundle on this machine; accuracy on samples/ where shipped."""
     import onnxruntime as ort
 
@@ -284,7 +319,7 @@ def run_bench(root: Path, manifest: dict[str, Any], formats: list[str] | None = 
 
 
 # ---------------------------------------------------------------- supermask update
-def materialize(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def materialize(root: Path, manifest: "dict[str, Any]") -> "dict[str, Any]":
     """Rebuild a supermask bundle's weights from its update (seed, mask bits, generations; and the base weights
     when it has one) with the bundle's own supermask_format.py, write them beside the graph, and check them:
     their sha256 against the manifest's, and the materialised graph's outputs against the default model's on the
@@ -320,7 +355,7 @@ def materialize(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_sizes(root: Path, manifest: dict[str, Any]) -> dict[str, int]:
+def model_sizes(root: Path, manifest: "dict[str, Any]") -> "dict[str, int]":
     """Bytes of each ONNX model, and of the supermask update (update + graph) where the bundle has one."""
     sizes = {fmt: (root / f).stat().st_size for fmt, f in onnx_models(manifest).items() if (root / f).is_file()}
     if manifest.get("supermask"):
@@ -328,7 +363,7 @@ def model_sizes(root: Path, manifest: dict[str, Any]) -> dict[str, int]:
     return sizes
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: "dict[str, Any]") -> str:
     lines = [f"{'format':8} {'provider':26} {'b1 median ms':>12} {'b1 p90 ms':>10} {'img/s':>10} {'samples acc':>11}"]
     for r in report["results"]:
         if "error" in r:
@@ -344,7 +379,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description="edgeppt bundle runner")
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("verify", help="check every file against the manifest's sha256, and the signature")

@@ -14,18 +14,22 @@ FP16 flag (INT8 too where the graph has Q/DQ nodes), and trtexec takes `--int8 -
     python3 build_engine.py model.int8.onnx model.int8.engine --timing-cache timing.cache
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
-import tempfile
-from pathlib import Path
+
+# Run as a script, the bundle's folder is data, never a place to import from (runner.py says why): no
+# `from __future__`, and annotations Python 3.8 cannot evaluate are strings.
+if __name__ == "__main__" and not __package__ and sys.path:
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 WORKSPACE_BYTES = 1 << 30
 
 
-def trt_available() -> tuple[bool, str]:
+def trt_available() -> "tuple[bool, str]":
     """(True, version) when TensorRT imports and a builder can start on a CUDA GPU; else (False, why not)."""
     try:
         import tensorrt as trt
@@ -40,14 +44,14 @@ def trt_available() -> tuple[bool, str]:
     return True, trt.__version__
 
 
-def shapes(input_name: str, shape: list[int], max_batch: int) -> dict[str, str]:
+def shapes(input_name: str, shape: "list[int]", max_batch: int) -> "dict[str, str]":
     """min/opt/max shapes for a dynamic batch: opt at batch 1, the edge use; max for throughput."""
     dims = lambda b: "x".join(str(d) for d in [b, *shape[1:]])  # noqa: E731
     return {"min": f"{input_name}:{dims(1)}", "opt": f"{input_name}:{dims(1)}",
             "max": f"{input_name}:{dims(max_batch)}"}
 
 
-def trtexec_command(onnx: str, engine: str, input_name: str, shape: list[int], dynamic: bool,
+def trtexec_command(onnx: str, engine: str, input_name: str, shape: "list[int]", dynamic: bool,
                     timing_cache: str = "timing.cache", max_batch: int = 32) -> str:
     """The equivalent trtexec command (TensorRT 10 and 11; --stronglyTyped is a no-op on 11)."""
     cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}", "--stronglyTyped",
@@ -58,8 +62,8 @@ def trtexec_command(onnx: str, engine: str, input_name: str, shape: list[int], d
     return " ".join(cmd)
 
 
-def build_engine(onnx_path: str | Path, timing_cache: bytes = b"", max_batch: int = 32,
-                 workspace: int = WORKSPACE_BYTES) -> tuple[bytes, bytes]:
+def build_engine(onnx_path: "str | Path", timing_cache: bytes = b"", max_batch: int = 32,
+                 workspace: int = WORKSPACE_BYTES) -> "tuple[bytes, bytes]":
     """Parse the ONNX file and build a serialized engine; returns (engine, updated timing cache)."""
     import tensorrt as trt
 
@@ -97,7 +101,7 @@ def build_engine(onnx_path: str | Path, timing_cache: bytes = b"", max_batch: in
     return bytes(engine), bytes(config.get_timing_cache().serialize())
 
 
-def _op_types(onnx_path: str | Path) -> set[str]:
+def _op_types(onnx_path: "str | Path") -> "set[str]":
     """The graph's operator types, read with the onnx package where the device has it, else from the raw bytes
     (each node's op_type is stored as a plain string)."""
     try:
@@ -122,7 +126,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description="Build a TensorRT engine from an edgeppt bundle's ONNX model")
     ap.add_argument("onnx")
     ap.add_argument("engine")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeppt.config import SearchConfig, TransferConfig, validate
-from edgeppt.data import BUILTIN, split_spec
+from edgeppt.data import BUILTIN, image_files, split_spec
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec
 from edgeppt.runs import atomic_write_bytes, sha256_file
@@ -49,7 +49,7 @@ def data_fingerprint(spec: str | None) -> Any:
         return spec
     if not path.exists():
         raise EdgepptError(f"dataset {spec!r} not found")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else image_files(path)[0]  # what the loaders read: not .DS_Store
     h = hashlib.sha256()
     for f in files:
         h.update(os.fsencode(f.relative_to(path) if f != path else f.name))  # any bytes a name holds

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeppt.cli_support import (
+    RESUME_HINT,
     TRUST_CODE_HELP,
     TRUSTED_KEY_HELP,
     config_option,
@@ -108,7 +109,7 @@ def search(
                  "strategy": strategy, "engine": engine, "seed": seed, **trust_overrides(trusted_key, trust_code)}
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, SearchConfig, config, overrides, set_)
-    s = guarded(run_search, cfg, out, resume=resume is not None, progress=not quiet)
+    s = guarded(run_search, cfg, out, interrupted=RESUME_HINT, resume=resume is not None, progress=not quiet)
     b = s["best"]
     table = Table(title=f"best of {s['trained']} candidates on {s['device']} ({s['rejected']} rejected over budget)")
     for col in ("proxy accuracy", "latency ms", "MACs", "params", "peak activation KiB"):

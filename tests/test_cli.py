@@ -110,7 +110,7 @@ def test_unreadable_and_too_large_target_images_are_counted_and_named(tmp_path, 
                               "--set", "finetune_steps=5"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # unwrapped, whatever the terminal width
-    assert "skipped 2 image file(s) that could not be read" in text
+    assert "skipped 2 image file(s): " in text
     assert "broken.png" in text and "big.png: image too large" in text
     skipped = json.loads((out / "report.json").read_text())["data"]["skipped_files"]
     assert len(skipped) == 2 and skipped[0].startswith(str(bad)) and skipped[1].startswith(f"{big}: image too large")
@@ -153,7 +153,7 @@ def test_source_train_names_skipped_images_and_its_reproduce_line_runs(tmp_path,
                               *TINY_SOURCE])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # unwrapped, whatever the terminal width
-    assert "skipped 2 image file(s) that could not be read" in text
+    assert "skipped 2 image file(s): " in text
     assert "broken.png" in text and "big.png: image too large" in text
     info = json.loads((tmp_path / "b" / "manifest.json").read_text())["info"]
     assert info["skipped"]["count"] == 2 and info["skipped"]["files"][0].startswith(str(bad))

@@ -182,7 +182,8 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
              classes=big.classes)
     assert detail_lost(big.x, 12) <= DETAIL_LOST_MAX
     assert load_target(str(tmp_path / "up.npz"), None, None, 12).shape == (1, 12, 12)
-    # mixed sizes and non-square images have no side of their own: the bundle's
+    # mixed sizes and non-square images take the median of their longer sides by the same rule: these hold no
+    # detail (one gray level), so the bundle's side
     _write(tmp_path / "mixed" / "a" / "0.png", size=(10, 10))
     _write(tmp_path / "mixed" / "b" / "0.png", size=(12, 12))
     _write(tmp_path / "wide" / "a" / "0.png", size=(16, 10))
@@ -317,7 +318,7 @@ def test_the_pixel_limit_applies_to_labelled_and_unlabelled_folders(tmp_path, mo
                                            "(edgeppt.data.MAX_IMAGE_PIXELS)"]
     x, skipped, _ = load_unlabeled(str(tmp_path), 10, 1)
     assert len(x) == 4 and len(skipped) == 1 and "big.png: image too large" in skipped[0]
-    assert data.skipped_summary(ds.skipped).startswith("skipped 1 image file(s) that could not be read: ")
+    assert data.skipped_summary(ds.skipped).startswith("skipped 1 image file(s): ")
 
 
 def test_unlabelled_images_over_the_limit_are_a_fixed_subset_chosen_before_reading(tmp_path, monkeypatch):
@@ -449,3 +450,64 @@ def test_unlabelled_images_of_one_built_in_class():
     x, skipped, total = load_unlabeled("digits:3", 28, 3, limit=50)
     assert x.shape == (50, 3, 28, 28) and total == len(load_dataset("digits:3,4").x[load_dataset("digits:3,4").y == 0])
     assert skipped == [] and 0 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_folders_as_real_users_keep_them(tmp_path):
+    """What file managers, cameras and habits leave in a target folder: a test/ folder of class folders beside the
+    classes is refused (it would be learnt as a class), linked sub-folders are read (each real folder once), hidden
+    files, macOS's ._ files and __MACOSX are passed over, and formats Pillow cannot read are listed as skipped."""
+    import os
+
+    root = tmp_path / "t"
+    rng = np.random.default_rng(0)
+
+    def pic(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(path)
+
+    for c in ("cat", "dog"):
+        for i in range(3):
+            pic(root / c / f"{i}.png")
+    pic(root / "test" / "cat" / "9.png")
+    with pytest.raises(EdgepptError, match=r"test/ holds class folders \(cat\) beside the class folders"):
+        load_dataset(str(root))
+    (root / "test" / "cat" / "9.png").rename(root / "test" / "9.png")
+    (root / "test" / "cat").rmdir()
+    assert load_dataset(str(root)).classes == ["cat", "dog", "test"]  # a class named test, holding its images
+    for i in range(2):
+        pic(tmp_path / "elsewhere" / f"{i}.png")
+    os.symlink(tmp_path / "elsewhere", root / "cat" / "linked")
+    os.symlink(root / "cat", root / "cat" / "loop")  # a link back up ends, it does not recurse
+    (root / "cat" / ".thumbs").mkdir()
+    pic(root / "cat" / ".thumbs" / "t.png")
+    (root / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    pic(root / "__MACOSX" / "cat" / "x.png")
+    (root / "dog" / "phone.heic").write_bytes(b"not read")
+    ds = load_dataset(str(root))
+    assert ds.classes == ["cat", "dog", "test"] and ds.counts() == [3 + 2, 3, 1]
+    assert [s.split("/")[-1] for s in ds.skipped] == ["phone.heic: .heic images are not read; convert them to PNG or "
+                                                      "JPEG"]
+
+
+def test_large_photos_are_never_held_at_full_size_and_mixed_sizes_keep_their_detail(tmp_path, monkeypatch):
+    """A folder of one large square size is read at the side training will use (at most four times the bundle's),
+    not decoded whole first; photos of mixed sizes that hold detail keep the median of their sides (capped),
+    rather than all dropping to the bundle's side for one odd picture."""
+    import edgeppt.data as D
+
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        for i in range(2):
+            (tmp_path / "big" / c).mkdir(parents=True, exist_ok=True)
+            noise = rng.integers(0, 256, (300, 300), dtype=np.uint8)
+            Image.fromarray(noise, "L").save(tmp_path / "big" / c / f"{i}.png")
+    seen = []
+    real = D.detail_lost
+    monkeypatch.setattr(D, "detail_lost", lambda x, side, **k: seen.append(tuple(x.shape[-2:])) or real(x, side, **k))
+    assert load_target(str(tmp_path / "big"), None, None, 16).shape == (1, 64, 64)
+    assert seen == [(64, 64)]  # the decision was made on images read at 64, never on 300 px ones
+    for c, sides in (("a", (40, 40)), ("b", (40, 44))):
+        for i, s in enumerate(sides):
+            (tmp_path / "mixed" / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (s, s), dtype=np.uint8), "L").save(tmp_path / "mixed" / c / f"{i}.png")
+    assert load_target(str(tmp_path / "mixed"), None, None, 16).shape == (1, 40, 40)

@@ -294,6 +294,27 @@ def test_the_runner_verifies_and_benches_without_pillow_and_says_what_classify_n
     assert "pip install numpy onnxruntime pillow" in r.stderr
 
 
+def test_files_put_beside_the_runner_never_run(bundle, tmp_path):
+    """The bundle's folder is data: modules put beside runner.py and build_engine.py (json.py, numpy.py, ...) run
+    in none of their commands, and a shipped helper that differs from the manifest is refused."""
+    path, _ = bundle
+    planted, ran = tmp_path / "planted", tmp_path / "ran"
+    shutil.copytree(path, planted)
+    for name in ("json", "numpy", "hashlib", "argparse", "types", "tensorrt", "onnxruntime", "tempfile"):
+        (planted / f"{name}.py").write_text(f"open({str(ran)!r}, 'a').write('{name} ')\n")
+    for cmd in (["runner.py", "verify"], ["runner.py", "bench", "--runs", "2", "--max-seconds", "1"],
+                ["runner.py", "classify", str(next(planted.glob("samples/*/*.png")))], ["build_engine.py", "--help"]):
+        r = subprocess.run([sys.executable, *cmd], cwd=planted, capture_output=True, text=True)
+        assert r.returncode == 0, (cmd, r.stderr)
+    assert not ran.exists(), ran.read_text()
+    with open(planted / "ort_timing.py", "a") as f:
+        f.write(f"open({str(ran)!r}, 'a').write('ort_timing')\n")
+    load = f"import runpy; runpy.run_path({str(planted / 'runner.py')!r})['_sibling']('ort_timing')"
+    runner_module = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, capture_output=True, text=True)
+    assert runner_module.returncode != 0 and "ort_timing.py: not the file manifest.json lists" in runner_module.stderr
+    assert not ran.exists()
+
+
 def test_runner_classifies_image_files(bundle, tmp_path):
     path, manifest = bundle
     images = sorted(path.glob("samples/*/*.png"))
@@ -505,6 +526,16 @@ def test_deploy_over_ssh(bundle, sshd, tmp_path):
     assert not runner.verify(remote)
     assert report["int8_instructions"] == int8_instructions()  # the device's own flags (here: this host)
     assert report["on_device"]["fastest"] in rows and report["on_device"]["default"] == manifest["default_format"]
+    # Only the files the manifest lists travel (a file put in the folder after the export stays here), and the
+    # TensorRT engines the device built survive a redeploy.
+    extra = tmp_path / "with-extra"
+    shutil.copytree(path, extra)
+    (extra / "json.py").write_text("raise SystemExit('a file the manifest does not list ran')\n")
+    (remote / "trt_cache").mkdir()
+    (remote / "trt_cache" / "a.engine").write_bytes(b"engine")
+    deploy_bundle(extra, sshd.host, remote_dir=str(remote), port=sshd.port, identity=sshd.identity,
+                  ssh_options=sshd.ssh_options, python=sys.executable, runs=1, max_seconds=1)
+    assert not (remote / "json.py").exists() and (remote / "trt_cache" / "a.engine").read_bytes() == b"engine"
     # A bundle that fails on the device (here: a python that cannot run the runner) leaves the one it runs as it was.
     (remote / "marker").write_text("the running bundle")  # (not a bundle file: the swap would remove it)
     with pytest.raises(EdgepptError, match="the bundle there is unchanged"):
@@ -803,3 +834,51 @@ def test_graphs_built_here_declare_the_oldest_ir_of_the_opset():
     m = _graph(helper.make_node("MatMul", ["x", "w"], ["y"]), [2, 2], [2, 2], np.eye(2, dtype=np.float32))
     assert m.ir_version == IR_VERSION < onnx.IR_VERSION
     onnx.checker.check_model(m)
+
+
+def test_export_settings_that_would_fail_late_or_do_nothing_are_said_at_once(trained_run, bundle, tmp_path,
+                                                                             monkeypatch):
+    """A signing key that cannot be read fails before any work; the default folder (dist/<run name>) holding
+    another run's export is not replaced; options this export does not use are said, not silently dropped."""
+    import json as json_module
+
+    import edgeppt.export.exporter as exporter
+
+    with monkeypatch.context() as m, pytest.raises(EdgepptError, match="missing.key: no such key file"):
+        m.setattr(exporter, "torch_logits", lambda *a: pytest.fail("the export began before the key was read"))
+        export_run(trained_run, tmp_path / "o", sign=tmp_path / "missing.key", log=lambda s: None)
+    assert not (tmp_path / "o").exists()
+    path, _ = bundle
+    monkeypatch.chdir(tmp_path)
+    dist = tmp_path / "dist" / Path(trained_run).name
+    shutil.copytree(path, dist)
+    manifest = json_module.loads((dist / "manifest.json").read_text())
+    (dist / "manifest.json").write_text(json_module.dumps({**manifest, "run": str(tmp_path / "other" / "r")}))
+    with pytest.raises(EdgepptError, match="holds the export of another run"):
+        export_run(trained_run, formats="onnx", bench_runs=0, log=lambda s: None)
+    said: list[str] = []
+    export_run(trained_run, tmp_path / "o", formats="onnx", bench_runs=0, calibration_data="digits:0,1",
+               source="bundles/animals-src", log=said.append)
+    warned = [s for s in said if s.startswith("warning:")]
+    assert warned == ["warning: --calibration-data is not used: no int8 model is exported",
+                      "warning: --source is not used: only --int8-calibration pseudo draws from the source bundle"]
+
+
+def test_an_interrupt_as_a_folder_is_swapped_keeps_the_earlier_one(tmp_path, monkeypatch):
+    """Ctrl-C between setting the earlier folder aside and moving the new one in: the earlier one goes back."""
+    from edgeppt.runs import staged_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_text("earlier")
+    real = Path.rename
+
+    def rename(self, target):
+        if Path(target) == out and self.name != "out":  # the new folder's move into place
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt), staged_folder(out) as tmp:
+        (tmp / "model.onnx").write_text("new")
+    assert (out / "model.onnx").read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["out"]

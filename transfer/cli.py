@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeppt.cli_support import (
+    RESUME_HINT,
     TRUST_CODE_HELP,
     TRUSTED_KEY_HELP,
     config_option,
@@ -62,7 +63,8 @@ def transfer(
         set_ = [f"pssl.algorithm={ssl}", *set_]
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, TransferConfig, config, overrides, set_)
-    report = guarded(run_transfer, cfg, out, resume=resume is not None, progress=not quiet, pp_cache=pp_cache,
+    report = guarded(run_transfer, cfg, out, interrupted=RESUME_HINT, resume=resume is not None,
+                     progress=not quiet, pp_cache=pp_cache,
                      log=lambda line: console.print(f"[cyan]{line}[/]", soft_wrap=True))
     if report:
         _print_report(report, out)

@@ -151,6 +151,8 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
                    temperature=cfg.kd_temperature if cfg.pretrain_teacher else None)
     if cfg.pretrain_contrastive:
         key.update(contrastive=cfg.pretrain_contrastive, contrastive_t=cfg.pretrain_contrastive_temperature)
+    if bundle.image_shape[0] > in_chans:  # colour samples to gray: luma since this version (a plain mean before)
+        key.update(to_gray="luma-601")
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
