@@ -42,7 +42,7 @@ def _test_split(manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | Non
 
     try:
         _, test = DataRecord.model_validate(manifest["data_record"]).splits()
-    except (EdgepptError, KeyError, TypeError, ValueError):
+    except (EdgepptError, KeyError, TypeError, ValueError, OSError):  # OSError: its folder unreadable here
         return None
     spec = manifest["preprocess"]
     x = reshape_images(test.x, int(spec["image_size"]), int(spec["channels"]))

@@ -85,8 +85,7 @@ def demo_cmd(
 ) -> None:
     """The built-in example end to end: animals bundle -> elephant, giraffe, horse, sheep, zebra on an x86 CPU."""
     from edgeppt.pipeline.example import example_config
-    from edgeppt.pipeline.jobs import write_config
 
     cfg = guarded(example_config, budget)
-    console.print(f"config: {write_config(out, cfg)}")
+    console.print(f"config: {out / CONFIG_FILE}")  # written by the run, under its lock: never a running run's
     _run(cfg, out, None, [], quiet)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from edgeppt.config import (
     LABELS_PER_CLASS,
@@ -86,6 +86,16 @@ class PipelineConfig(SourceTrust):
         except EdgepptError as e:
             raise ValueError(str(e)) from None
         return v
+
+    @model_validator(mode="after")
+    def _one_side(self) -> PipelineConfig:
+        """The searched network's budgets hold at the side it was costed at: transfer must train (and export ship)
+        that side, not another."""
+        a, b = self.search.image_size, self.transfer.image_size
+        if self.search.enabled and a is not None and b is not None and a != b:
+            raise ValueError(f"search.image_size {a} and transfer.image_size {b} differ: the search costs the network "
+                             "at its side and the device receives transfer's; set one of them (both take it)")
+        return self
 
     def stages(self) -> list[str]:
         return [s for s in STAGE_NAMES if s != "search" or self.search.enabled]

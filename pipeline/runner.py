@@ -193,11 +193,13 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
              "resumed": resume, "seconds_before": prev.get("seconds", 0.0) if resume else 0.0}
     state["stages"][name] = entry
     atomic_write_json(run / STATE_FILE, state)
+    ran = False
     try:
         with _recorded(entry, state, run):
             entry["summary"] = stage.run(cfg, run, resume, progress, log)
-    except Exception:  # a failed re-run puts the earlier outputs back (an interrupted one stays, to resume)
-        if set_aside:
+            ran = True
+    except Exception:  # a failed re-run puts the earlier outputs back (an interrupted one stays, to resume); a
+        if set_aside and not ran:  # finished one whose state could not be written (a full disk) keeps its outputs
             shutil.rmtree(folder, ignore_errors=True)
             replaced.rename(folder)
             state["stages"][name] = aside.pop(name, prev)

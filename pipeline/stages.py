@@ -140,9 +140,11 @@ def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
     arch = transfer_config(cfg, run).arch  # the architecture's own fields (not best.json's search record, nor the
     if isinstance(arch, str) and arch.endswith(".json") and Path(arch).is_file():  # path of an architecture file:
         arch = arch_spec(arch)  # its contents)
+    unlabeled = cfg.transfer.unlabeled  # (only when a dataset: earlier runs keep their keys) its images, not its path
+    images = {"unlabeled_data": data_fingerprint(unlabeled)} if unlabeled and unlabeled != "rest" else {}
     return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size"}), "arch": arch,
             "image_size": transfer_config(cfg, run).image_size,
-            "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg)}
+            "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg), **images}
 
 
 def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, log: Log) -> dict[str, Any]:
@@ -159,7 +161,11 @@ def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, 
 
 # ---------------------------------------------------------------- export
 def _export_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
-    return {"export": cfg.export.model_dump(mode="json"), "device": _device_inputs(cfg),
+    from edgeppt.signing import public_key_beside
+
+    sign = cfg.export.sign  # (only when signing: earlier runs keep their keys) another key in the same file re-signs
+    key = {"signer": file_hash(public_key_beside(sign))} if sign else {}
+    return {"export": cfg.export.model_dump(mode="json"), "device": _device_inputs(cfg), **key,
             "source": bundle_fingerprint(cfg.source),  # its pseudo samples calibrate and check INT8
             "model": file_hash(run / "transfer" / MODEL_FILE), "report": file_hash(run / "transfer" / REPORT_FILE)}
 

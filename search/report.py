@@ -154,7 +154,9 @@ def write_outputs(ctx, out: Path, smallest: dict, wall_s: float, source_classifi
     atomic_write_json(out / "summary.json", summary)
     if ctx.progress and source_classifier and "latency_ms" in source_classifier:
         sc = source_classifier
-        verdict = f"fits the budgets; {sc['how']}" if sc["fits"] else f"over budget ({', '.join(sc['violations'])})"
+        verdict = f"fits the budgets; {sc['how']}" if sc["fits"] else \
+            f"over budget ({', '.join(sc['violations'])})" if sc["fits"] is False else \
+            f"within the budgets counted, {', '.join(sc.get('unknown', []))} not known for it; {sc['how']}"
         latency = f"{sc['latency_ms']:.3f} ms" if sc["latency_ms"] is not None else "latency"
         console.print(f"source classifier C: {latency} ({sc['latency_kind']}), "
                       f"{sc['macs'] / 1e6:.2f} M MACs, {sc['params']:,} params: {verdict}")

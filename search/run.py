@@ -31,9 +31,10 @@ from edgeppt.runs import (
     resume_conflicts,
     sha256_file,
 )
+from edgeppt.train.augment_rules import RULE_FIELDS
 
 from . import reference, report
-from .costmodel import CostModel, predictor_path
+from .costmodel import LIMITS, CostModel, predictor_path
 from .latency_cache import LatencyCache, machine
 from .ledger import Ledger
 from .proxy import ProxyData, evaluate_arch, prepare
@@ -309,6 +310,8 @@ def run_search(cfg: SearchConfig, out: str | Path, resume: bool = False, progres
         load_run_config(out)  # a damaged file is a one-line error
         saved, now = read_run_json(out / CONFIG_FILE), cfg.model_dump(mode="json")
         diff = resume_conflicts(saved, now, SearchConfig.RESUME_FREE)
+        # of auto's settings the search reads only its augmentation rules: the others (transfer's) may change
+        diff = {k: v for k, v in diff.items() if not (k.startswith("auto.") and k.split(".")[1] not in RULE_FIELDS)}
         if diff:
             raise EdgepptError(f"{out} was started with other settings ({', '.join(diff)} differ); resume with the "
                                "same settings or use a new --out")
@@ -422,9 +425,12 @@ def source_candidate(ctx: SearchContext) -> dict | None:
         costs.update(latency_ms=None, latency_kind="not predicted: C's layers are not the search space's; "
                      "measure it on the device (edgeppt deploy, or devices calibrate)")
     bad = ctx.cost.violations(costs)
+    # a budget set for a cost not known here is not a budget met: unknown (None), unless another is broken
+    unknown = [f for f, (cost, _) in LIMITS.items() if getattr(ctx.cost.budgets, f) is not None and costs[cost] is None]
+    fits = False if bad else None if unknown else True
     return {**{k: costs[k] for k in ("latency_ms", "latency_kind", "macs", "params", "peak_activation_kib")},
-            "fits": not bad, "violations": bad,
-            "how": "edgeppt transfer --method tred (or ft, l2sp) fine-tunes C itself" if not bad else None}
+            "fits": fits, "violations": bad, "unknown": unknown,
+            "how": "edgeppt transfer --method tred (or ft, l2sp) fine-tunes C itself" if fits is not False else None}
 
 
 def _free_port() -> int:

@@ -536,3 +536,51 @@ def test_the_documented_pipeline_yaml_is_a_valid_config():
     text = (ROOT / "docs" / "pipeline.md").read_text().split("## `pipeline.yaml`")[1]
     cfg = parse_config(yaml.safe_load(text.split("```yaml")[1].split("```")[0]))
     assert cfg.search.trials == 4 and cfg.transfer.pssl.steps == 100 and cfg.export.formats == ["onnx", "int8"]
+
+
+def test_stage_keys_follow_unlabelled_images_and_the_signing_key_not_their_paths(tiny_bundle, tmp_path):
+    """Images added to the unlabelled folder re-run transfer; another key in the same signing-key file re-runs
+    export; the paths alone, unchanged, said neither."""
+    from PIL import Image
+
+    from edgeppt.pipeline.stages import _export_inputs, _transfer_inputs, input_key
+    from edgeppt.signing import keygen
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    Image.new("L", (8, 8), 10).save(pool / "a.png")
+    keygen(tmp_path / "keys" / "owner")
+    cfg = parse_config(raw_config(tiny_bundle, transfer={"unlabeled": str(pool)},
+                                  export={"sign": str(tmp_path / "keys" / "owner.key")}))
+    before = input_key(_transfer_inputs(cfg, tmp_path / "run")), input_key(_export_inputs(cfg, tmp_path / "run"))
+    Image.new("L", (8, 8), 200).save(pool / "b.png")
+    for f in (tmp_path / "keys").iterdir():
+        f.unlink()
+    keygen(tmp_path / "keys" / "owner")
+    after = input_key(_transfer_inputs(cfg, tmp_path / "run")), input_key(_export_inputs(cfg, tmp_path / "run"))
+    assert before[0] != after[0] and before[1] != after[1]
+    with pytest.raises(EdgepptError, match="search.image_size 32 and transfer.image_size 64 differ"):
+        parse_config(raw_config(tiny_bundle, search={"enabled": True, "image_size": 32}, transfer={"image_size": 64}))
+
+
+def test_a_finished_rerun_whose_state_cannot_be_written_keeps_its_outputs(tiny_bundle, tmp_path, monkeypatch):
+    """A re-run with other inputs that finished, then found the disk full when it recorded so, keeps what it made:
+    only a stage that failed puts the earlier outputs back."""
+    from edgeppt.pipeline import runner
+
+    run = tmp_path / "run"
+    run_pipeline(parse_config(raw_config(tiny_bundle)), run, until="transfer", progress=False, log=quiet)
+    before = (run / "transfer" / "model.pt").read_bytes()
+    real = runner.atomic_write_json
+
+    def full_disk(path, obj):
+        entry = obj.get("stages", {}).get("transfer", {})
+        if entry.get("status") == "done" and entry.get("settings", {}).get("finetune_steps") == 9:
+            raise OSError(28, "No space left on device")
+        return real(path, obj)
+
+    monkeypatch.setattr(runner, "atomic_write_json", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_pipeline(parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 9})), run, until="transfer",
+                     progress=False, log=quiet)
+    assert (run / "transfer" / "model.pt").read_bytes() != before
