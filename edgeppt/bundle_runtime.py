@@ -74,7 +74,7 @@ class OnnxPart:
             return self._run_bound({n: t.to(device, self.inputs[n]).contiguous() for n, t in inputs.items()}, device)
         feed = {n: t.to("cpu", self.inputs[n]).contiguous().numpy() for n, t in inputs.items()}
         outs = self.session.run(self.outputs, feed)
-        return {n: torch.from_numpy(np.ascontiguousarray(o)).to(device) for n, o in zip(self.outputs, outs)}
+        return {n: _float32(torch.from_numpy(np.ascontiguousarray(o)).to(device)) for n, o in zip(self.outputs, outs)}
 
     def _run_bound(self, feed: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         """GPU to GPU: bind torch's buffers as inputs; outputs stay in onnxruntime's CUDA memory and are
@@ -87,7 +87,12 @@ class OnnxPart:
             binding.bind_output(name, "cuda", index)
         torch.cuda.current_stream(device).synchronize()  # the inputs were written on torch's stream
         self.session.run_with_iobinding(binding)
-        return {n: torch.from_dlpack(v) for n, v in zip(self.outputs, binding.get_outputs())}
+        return {n: _float32(torch.from_dlpack(v)) for n, v in zip(self.outputs, binding.get_outputs())}
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """A graph exported in float16 (or float64) gives images and logits in float32, as every stage computes."""
+    return t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
 
 
 def _numpy_dtype(dtype: torch.dtype) -> type:

@@ -160,11 +160,27 @@ def _transfer_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, 
 
 
 # ---------------------------------------------------------------- export
+def export_device(cfg: PipelineConfig, run: Path) -> Any:
+    """The device profile the export checks its default against: with the budgets the search held the network to
+    (search.latency_ms and the rest override the profile's), not the profile's own."""
+    from edgeppt.devices import load_profile
+    from edgeppt.search.run import budgets_of
+
+    profile = load_profile(cfg.device)
+    if not cfg.search.enabled:
+        return profile
+    return profile.model_copy(update={"budgets": budgets_of(search_config(cfg, run / "search"), profile)})
+
+
 def _export_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
+    from edgeppt.devices import load_profile
     from edgeppt.signing import public_key_beside
 
     sign = cfg.export.sign  # (only when signing: earlier runs keep their keys) another key in the same file re-signs
     key = {"signer": file_hash(public_key_beside(sign))} if sign else {}
+    budgets = export_device(cfg, run).budgets.model_dump(mode="json")  # (only when the search overrides the
+    if budgets != load_profile(cfg.device).budgets.model_dump(mode="json"):  # profile's: earlier runs keep their keys)
+        key["budgets"] = budgets
     return {"export": cfg.export.model_dump(mode="json"), "device": _device_inputs(cfg), **key,
             "source": bundle_fingerprint(cfg.source),  # its pseudo samples calibrate and check INT8
             "model": file_hash(run / "transfer" / MODEL_FILE), "report": file_hash(run / "transfer" / REPORT_FILE)}
@@ -174,7 +190,7 @@ def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
     from edgeppt.export import export_run
 
     out = run / "export"
-    manifest = export_run(run / "transfer", out / "bundle", device=cfg.device, source=cfg.source,
+    manifest = export_run(run / "transfer", out / "bundle", device=export_device(cfg, run), source=cfg.source,
                           log=lambda s: log(f"export: {s}"), **cfg.export.model_dump())
     zip_bundle(out / "bundle", out / "bundle.zip")
     return {"formats": list(manifest["artifacts"]), "default_format": manifest.get("default_format")}

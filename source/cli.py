@@ -134,8 +134,10 @@ def source_pack(
     input_size: Optional[int] = typer.Option(None, min=1, help="Side C expects, if G's images must be resized."),
     z_input: Optional[str] = typer.Option(None, help="Name of G's z input (ONNX); default its first input."),
     label_input: Optional[str] = typer.Option(None, help="Name of G's label input (ONNX); default the other."),
+    logits_output: Optional[str] = typer.Option(None, help="C's logits output (ONNX); default the output with one "
+                                                "value per class that recognises G's samples best."),
     features_output: Optional[str] = typer.Option(None, help="C's output used as features (ONNX); default its "
-                                                  "second output, or the logits."),
+                                                  "other output, or the logits."),
     classifier_output: str = typer.Option("auto", help="What C's logits output holds: logits, probabilities (a "
                                           "graph that ends in a softmax), or auto (probabilities if its rows on "
                                           "G's images are non-negative and sum to 1)."),
@@ -152,7 +154,8 @@ def source_pack(
               "output_range": guarded(_range, input_range), "mean": guarded(_floats, "--mean", mean),
               "std": guarded(_floats, "--std", std),
               "input_size": input_size, "z_input": z_input, "label_input": label_input,
-              "features_output": features_output, "layout": layout, "classifier_output": classifier_output,
+              "logits_output": logits_output, "features_output": features_output, "layout": layout,
+              "classifier_output": classifier_output,
               "sign": sign, "trust_code": trust_code}
     if from_bundle is not None:
         cfg = guarded(validate, PackConfig, {**fields, "generator": str(from_bundle), "classifier":
@@ -173,6 +176,11 @@ def source_pack(
     table.add_row("G's raw output span", f"{summary['output_span'][0]:g} .. {summary['output_span'][1]:g}")
     table.add_row("features", str(summary["num_features"]))
     Console().print(table)
+    k = len(cfg.classes)
+    if k > 1 and summary["generated_accuracy"] < 1.5 / k:  # written, but likely wired wrong: say where to look
+        console.print(f"[yellow]warning:[/] C recognises G's one-hot samples about as often as chance ({1 / k:.0%}): "
+                      "check which input of G is the label (--z-input, --label-input), which output of C holds "
+                      "the logits (--logits-output), and G's --input-range", soft_wrap=True)
     console.print(f"[green]bundle written:[/] {escape(str(path))}  (samples.png, README.md"
                   f"{', signature.json' if sign else ''})", soft_wrap=True)
 

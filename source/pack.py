@@ -10,6 +10,7 @@ checked on a dummy batch; the owner gets samples.png, a README and a summary.
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -57,9 +58,10 @@ class PackConfig(Strict):
     mean: list[float] = [0.0]
     std: list[float] = [1.0]
     input_size: int | None = Field(None, gt=0)
-    z_input: str | None = None  # ONNX input names; default: G's first and second inputs
-    label_input: str | None = None
-    features_output: str | None = None  # default: C's second output, or the logits when it has one
+    z_input: str | None = None  # ONNX input names; default: the label is an int64 input, or one named as a label
+    label_input: str | None = None  # (label, y, class, cond, ...), or the one K wide; z is the other
+    logits_output: str | None = None  # default: C's output K wide that recognises G's one-hot samples best
+    features_output: str | None = None  # default: C's other output, or the logits when it has one
     layout: Literal["auto", "nchw", "nhwc"] = "auto"  # auto: read off G's output and C's declared input shapes
     classifier_output: Literal["auto", "logits", "probabilities"] = "auto"  # auto: probabilities if every output
     # row on G's images is non-negative and sums to 1 (a graph that ends in a softmax)
@@ -153,7 +155,22 @@ def _check_width(g: Path, name: str, shape: list[Any], want: int, option: str) -
     """An input whose width is fixed in the graph must match what the owner declared."""
     width = _width(shape)
     if isinstance(width, int) and width != want:
-        raise EdgepptError(f"{g}: input {name!r} takes {width} values per image, but {option} gives {want}")
+        raise EdgepptError(f"{g}: input {name!r} takes {width} values per image, but {option} gives {want} (if "
+                           f"{name!r} is not the input {option} is about, name G's inputs: --z-input, --label-input)")
+
+
+LABEL_NAMES = re.compile(r"label|class|cond|onehot|one_hot|^y$|^c$|^cls", re.IGNORECASE)
+
+
+def _z_of(inputs: list[Any], k: int) -> str:
+    """Which of G's two inputs is z: owners order them either way. The label is the int64 input, else the one named
+    as a label, else the one K wide where z is not; failing all three, z comes first."""
+    a, b = inputs
+    for is_label in (lambda i: i.type == "tensor(int64)", lambda i: bool(LABEL_NAMES.search(i.name)),
+                     lambda i: _width(i.shape) == k):
+        if is_label(a) != is_label(b):
+            return b.name if is_label(a) else a.name
+    return a.name
 
 
 def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> tuple[GeneratorSpec, int]:
@@ -164,7 +181,8 @@ def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> 
             raise EdgepptError(f"{g}: the generator must take two inputs (z and a class label), it takes "
                                f"{[i.name for i in inputs]}")
         by_name = {i.name: i for i in inputs}
-        z_name = cfg.z_input or inputs[0].name
+        z_name = cfg.z_input or (next(i.name for i in inputs if i.name != cfg.label_input) if cfg.label_input
+                                 else _z_of(inputs, k))
         label_name = cfg.label_input or next(i.name for i in inputs if i.name != z_name)
         for n in (z_name, label_name):
             if n not in by_name:
@@ -213,14 +231,22 @@ def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: tor
     norm = {"mean": cfg.mean, "std": cfg.std, "input_size": cfg.input_size}
     if isinstance(c, Path):
         inputs, outputs = _io(c)
-        feats = cfg.features_output or (outputs[1] if len(outputs) > 1 else None)
-        if feats is not None and feats not in outputs:
-            raise EdgepptError(f"{c}: no output named {feats!r} (outputs: {outputs})")
+        for name in (cfg.logits_output, cfg.features_output):
+            if name is not None and name not in outputs:
+                raise EdgepptError(f"{c}: no output named {name!r} (outputs: {outputs})")
+        logits = cfg.logits_output or outputs[0]  # (when not given, _pick_logits chooses below)
+        feats = cfg.features_output or next((o for o in outputs if o != logits), None)
         last = cfg.layout == "nhwc" if cfg.layout != "auto" else _channels_last(inputs[0].shape)
+        last = g_channels_last if last is None else last
+        if norm["input_size"] is None:  # a side fixed in C's graph (224, say) is the side G's images go to
+            shape = inputs[0].shape
+            side = shape[1:3] if last else shape[2:4]
+            if len(shape) == 4 and all(isinstance(d, int) for d in side) and side[0] == side[1] \
+                    and side[0] != image.shape[-1]:
+                norm["input_size"] = side[0]
         copy_graph(c, tmp / CLASSIFIER_FILE)
-        return ClassifierSpec(file=CLASSIFIER_FILE, input=inputs[0].name, logits=outputs[0], features=feats,
-                              num_features=1, channels_last=g_channels_last if last is None else last,
-                              **norm)  # num_features is read off a real run below
+        return ClassifierSpec(file=CLASSIFIER_FILE, input=inputs[0].name, logits=logits, features=feats,
+                              num_features=1, channels_last=last, **norm)  # num_features is read off a real run
     if cfg.layout == "nhwc":
         raise EdgepptError("--layout nhwc is for ONNX graphs; a torch module's C takes (N, C, H, W) images")
     side = cfg.input_size or image.shape[-1]
@@ -265,8 +291,10 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
             size=latent, distribution=cfg.latent, truncation=cfg.truncation), generator=gspec, classifier=cspec,
             info=info)
         b = SourceBundle(tmp, m, part, cpart)
+        if cfg.logits_output is None and len(cpart.outputs) > 1:
+            _pick_logits(b, k, cpart.outputs, keep_features=cfg.features_output is not None)
         try:
-            scores, feats = b.classify(b.sample_classes(torch.arange(4 * k) % k, torch.Generator().manual_seed(0)))
+            scores, feats = _classify(b, torch.arange(min(4 * k, 1024)) % k, torch.Generator().manual_seed(0))
         except Exception as e:  # as above
             raise EdgepptError(f"the classifier does not accept the generator's {tuple(image.shape[1:])} images: "
                                f"{' '.join(str(e).split())[:300]}") from None
@@ -276,6 +304,35 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
             and bool(torch.allclose(scores.sum(1), torch.ones(len(scores)), atol=1e-3)))
         return m
     return stage
+
+
+def _classify(b: SourceBundle, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """C on G's samples of the classes y, 256 at a time: a 1000-class bundle's checks never hold all at once."""
+    parts = [b.classify(b.sample_classes(y[i:i + 256], g)) for i in range(0, len(y), 256)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _pick_logits(b: SourceBundle, k: int, outputs: list[str], keep_features: bool) -> None:
+    """C's logits: of its outputs K wide, the one whose argmax names the class G was asked for most often. Owners'
+    graphs return (logits, features) or (features, logits), and features can be K wide too; the first output wins
+    a tie."""
+    spec = b.manifest.classifier
+    y = torch.arange(max(2 * k, min(8 * k, 1024))) % k
+    score: dict[str, float] = {}
+    for name in outputs:
+        spec.logits = name
+        try:
+            logits, _ = _classify(b, y, torch.Generator().manual_seed(0))
+        except Exception:  # (an output of another shape) not the logits
+            continue
+        if logits.dim() == 2 and logits.shape[1] == k:
+            score[name] = (logits.argmax(1) == y).float().mean().item()
+    if not score:
+        raise EdgepptError(f"none of the classifier's outputs {outputs} has one value per class "
+                           f"({k}): name its logits with --logits-output")
+    spec.logits = max(score, key=lambda n: score[n])
+    if not keep_features:
+        spec.features = next((n for n in outputs if n != spec.logits), None)
 
 
 def check_soft_labels(bundle: SourceBundle) -> dict[str, Any]:
@@ -301,8 +358,11 @@ def check_soft_labels(bundle: SourceBundle) -> dict[str, Any]:
     if raw.min().item() < lo - 0.05 * span or raw.max().item() > hi + 0.05 * span:
         raise EdgepptError(f"the generator's outputs span [{raw.min().item():.2f}, {raw.max().item():.2f}], "
                            f"outside the declared --output-range {lo},{hi}")
-    y = torch.arange(k).repeat_interleave(16)
-    logits, feats = bundle.classify(bundle.sample_classes(y, g))
+    if (lo, hi) == (-1.0, 1.0) and raw.min().item() >= -0.05:  # a sigmoid's [0, 1] read as tanh's: washed out
+        raise EdgepptError(f"the generator's outputs span [{raw.min().item():.2f}, {raw.max().item():.2f}]: they "
+                           "look like [0, 1] images (a sigmoid), not the declared -1,1; pass --input-range 0,1")
+    y = torch.arange(k).repeat_interleave(16 if k <= 64 else 2)  # 1000 classes: 2,000 images, not 16,000
+    logits, feats = _classify(bundle, y, g)
     if not torch.isfinite(logits).all():
         raise EdgepptError("the classifier returned non-finite logits on the generator's images")
     return {"generated_accuracy": round((logits.argmax(1) == y).float().mean().item(), 4),

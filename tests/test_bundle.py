@@ -556,3 +556,62 @@ def test_a_graph_that_does_not_compute_what_its_module_does_is_refused(tmp_path:
     path = export_onnx(c, x, ["x"], ["scores"], tmp_path / "C.onnx")  # checked against c itself: passes
     with pytest.raises(EdgepptError, match="C.onnx: the ONNX graph does not compute what the torch module does"):
         _check_parity(other, x, ["x"], path)
+
+
+class TemplateG(nn.Module):
+    """A G whose classes C can tell apart (each class a template), with its label input first, as some owners have
+    it, and z as wide as the label (so the inputs' widths cannot tell them apart)."""
+
+    def __init__(self, side: int = 8):
+        super().__init__()
+        torch.manual_seed(1)
+        self.templates = nn.Parameter(0.2 + 0.6 * torch.rand(K, side * side), requires_grad=False)
+        self.noise = nn.Linear(K, side * side, bias=False)
+        self.side = side
+
+    def forward(self, y, z):
+        return (y @ self.templates + 0.02 * self.noise(z)).clamp(0, 1).view(-1, 1, self.side, self.side)
+
+
+class FeaturesFirst(nn.Module):
+    """A C that returns (features, logits), its features K wide too, and takes a side of its own (fixed)."""
+
+    def __init__(self, g: TemplateG, side: int):
+        super().__init__()
+        self.g, self.side = g, side
+        self.project = nn.Linear(side * side, K)
+
+    def forward(self, x):
+        small = nn.functional.avg_pool2d(x, self.side // self.g.side)
+        logits = small.flatten(1) @ (self.g.templates - self.g.templates.mean(0)).T
+        return self.project(x.flatten(1)), logits
+
+
+def test_owner_graphs_in_other_orders_and_types_pack_as_they_mean(tmp_path: Path):
+    """Owners' conventions that shapes alone do not tell: G's label input first and as wide as z (found by its name,
+    or its type), C returning (features, logits) with features K wide (its logits are the output that names G's
+    classes), C's own fixed side (read off its graph), float16 graphs (float32 out), and [0, 1] images declared as
+    -1,1 (refused: they would be washed out)."""
+    g = TemplateG()
+    c = FeaturesFirst(g, 16)
+    p = torch.softmax(torch.randn(2, K), 1)
+    export_onnx(g, (p, torch.randn(2, K)), ["y", "z"], ["image"], tmp_path / "G.onnx")
+    export_onnx(c, (torch.rand(2, 1, 16, 16),), ["x"], ["features", "logits"], tmp_path / "C.onnx")
+    out, summary = pack(cfg(tmp_path, str(tmp_path / "G.onnx"), str(tmp_path / "C.onnx")))
+    m = load_bundle(out).manifest
+    assert (m.generator.label_input, m.generator.z_input) == ("y", "z")
+    assert (m.classifier.logits, m.classifier.features, m.classifier.input_size) == ("logits", "features", 16)
+    assert summary["generated_accuracy"] > 0.9
+    with pytest.raises(EdgepptError, match="look like \\[0, 1\\] images .* pass --input-range 0,1"):
+        pack(cfg(tmp_path / "washed", str(tmp_path / "G.onnx"), str(tmp_path / "C.onnx"), output_range=(-1, 1)))
+    half = tmp_path / "half"
+    half.mkdir()
+    export_onnx(TemplateG().half(), (p.half(), torch.randn(2, K).half()), ["label", "noise"], ["image"],
+                half / "G.onnx")
+    export_onnx(FeaturesFirst(TemplateG(), 16).half(), (torch.rand(2, 1, 16, 16).half(),), ["x"],
+                ["features", "logits"], half / "C.onnx")
+    out, summary = pack(cfg(half, str(half / "G.onnx"), str(half / "C.onnx")))
+    b = load_bundle(out)
+    assert b.manifest.generator.label_input == "label" and summary["generated_accuracy"] > 0.9
+    x = b.generate(torch.eye(K)[[0, 1]])
+    assert x.dtype == torch.float32 and b.classify(x)[0].dtype == torch.float32

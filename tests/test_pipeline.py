@@ -167,19 +167,22 @@ def test_a_cancelled_rerun_keeps_the_earlier_outputs_and_changing_back_puts_them
 
 def test_the_search_costs_at_the_side_transfer_names(tiny_bundle, tmp_path):
     """transfer.image_size alone: the search ranks and costs candidates at that side too, and a change of it re-runs
-    the search; a side the search names itself stays its own."""
+    the search; a side of the search's own that differs from transfer's is refused (the budgets would not hold for
+    what ships)."""
     from edgeppt.pipeline.stages import _search_inputs, search_config
 
     cfg = parse_config(raw_config(tiny_bundle, search={"enabled": True}, transfer={"image_size": 16}))
     assert search_config(cfg, tmp_path).image_size == 16
     other = parse_config(raw_config(tiny_bundle, search={"enabled": True}, transfer={"image_size": 24}))
     assert _search_inputs(cfg, tmp_path) != _search_inputs(other, tmp_path)
-    own = parse_config(raw_config(tiny_bundle, search={"enabled": True, "image_size": 12}, transfer={"image_size": 16}))
+    own = parse_config(raw_config(tiny_bundle, search={"enabled": True, "image_size": 12}))
     assert search_config(own, tmp_path).image_size == 12
+    with pytest.raises(EdgepptError, match="search.image_size 12 and transfer.image_size 16 differ"):
+        parse_config(raw_config(tiny_bundle, search={"enabled": True, "image_size": 12}, transfer={"image_size": 16}))
 
 
 def test_the_report_previews_a_folder_of_mixed_sizes(tiny_bundle, tmp_path):
-    """Photos of mixed sizes train at the bundle's side; the report's preview of them is drawn the same way (it
+    """Photos of mixed sizes train at one side; the report's preview of them is drawn the same way (it
     was not written at all)."""
     from PIL import Image
 
@@ -559,8 +562,6 @@ def test_stage_keys_follow_unlabelled_images_and_the_signing_key_not_their_paths
     keygen(tmp_path / "keys" / "owner")
     after = input_key(_transfer_inputs(cfg, tmp_path / "run")), input_key(_export_inputs(cfg, tmp_path / "run"))
     assert before[0] != after[0] and before[1] != after[1]
-    with pytest.raises(EdgepptError, match="search.image_size 32 and transfer.image_size 64 differ"):
-        parse_config(raw_config(tiny_bundle, search={"enabled": True, "image_size": 32}, transfer={"image_size": 64}))
 
 
 def test_a_finished_rerun_whose_state_cannot_be_written_keeps_its_outputs(tiny_bundle, tmp_path, monkeypatch):
