@@ -585,3 +585,17 @@ def test_a_finished_rerun_whose_state_cannot_be_written_keeps_its_outputs(tiny_b
         run_pipeline(parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 9})), run, until="transfer",
                      progress=False, log=quiet)
     assert (run / "transfer" / "model.pt").read_bytes() != before
+
+
+def test_export_holds_the_default_to_the_budgets_the_search_held_the_network_to(tiny_bundle, tmp_path):
+    """search.latency_ms overrides the profile's budget for the search: the export's check of its default artifact
+    uses the same budget, and a change of it re-keys the export."""
+    from edgeppt.devices import load_profile
+    from edgeppt.pipeline.stages import _export_inputs, export_device
+
+    plain = parse_config(raw_config(tiny_bundle))
+    tight = parse_config(raw_config(tiny_bundle, search={"enabled": True, "latency_ms": 0.5}))
+    assert export_device(plain, tmp_path).budgets == load_profile("x86-cpu").budgets
+    assert export_device(tight, tmp_path).budgets.latency_ms == 0.5
+    assert _export_inputs(tight, tmp_path)["budgets"]["latency_ms"] == 0.5 and "budgets" not in \
+        _export_inputs(plain, tmp_path)
