@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeppt.cli_support import console, guarded
+from edgeppt.errors import EdgepptError
 
 from .example import budget_help
 from .state import CONFIG_FILE, STATE_FILE
@@ -25,11 +27,11 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool) -> None:
+def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool, origin: Optional[Path] = None) -> None:
     from edgeppt.pipeline.runner import run_pipeline
 
     _sigterm_as_interrupt()
-    state = guarded(run_pipeline, cfg, out, until=until, force=tuple(force), progress=not quiet,
+    state = guarded(run_pipeline, cfg, out, until=until, force=tuple(force), progress=not quiet, origin=origin,
                     log=lambda s: console.print(f"[cyan]pipeline[/] {s}", soft_wrap=True),
                     interrupted="the stage's last checkpoint is saved; run the same command again to resume "
                                 "(finished stages are skipped)")
@@ -67,14 +69,24 @@ def run_cmd(
     from edgeppt.pipeline.config import load_config
 
     cfg = guarded(load_config, config)
-    _run(cfg, out or default_run_dir(config), until, force, quiet)
+    _run(cfg, out or guarded(default_run_dir, config), until, force, quiet, origin=config)
 
 
 def default_run_dir(config: Path) -> Path:
     """A run's own pipeline.yaml (what demo, the wizard and every run write) runs in its folder again; another
-    config in runs/<its name>."""
-    return config.parent if config.name == CONFIG_FILE and (config.parent / STATE_FILE).is_file() \
-        else Path("runs") / config.stem
+    config in runs/<its name>, unless that run was started from another file of the same name (projA/p.yaml and
+    projB/p.yaml): its outputs are never replaced without an --out that names the folder."""
+    if config.name == CONFIG_FILE and (config.parent / STATE_FILE).is_file():
+        return config.parent
+    run = Path("runs") / config.stem
+    try:
+        origin = json.loads((run / STATE_FILE).read_text()).get("origin")
+    except (OSError, ValueError, AttributeError):
+        origin = None
+    if isinstance(origin, str) and Path(origin) != config.resolve():
+        raise EdgepptError(f"{run} holds the run of {origin}; give --out {run} to run {config} there (its stages "
+                           "would replace that run's outputs), or another --out")
+    return run
 
 
 @app.command("demo")

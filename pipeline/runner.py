@@ -68,8 +68,10 @@ def is_locked(run: Path) -> bool:
 
 
 def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None, force: tuple[str, ...] = (),
-                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or skip, or resume) each stage up to `until`; returns the state. `force` re-runs the named stages."""
+                 progress: bool = True, log: Callable[[str], None] = print, origin: Path | None = None
+                 ) -> dict[str, Any]:
+    """Run (or skip, or resume) each stage up to `until`; returns the state. `force` re-runs the named stages;
+    `origin`, the config file the run was started from, is recorded (`edgeppt run` checks it: default_run_dir)."""
     run = Path(run)
     for name in (*force, *([until] if until else [])):
         if name not in STAGE_NAMES:
@@ -81,6 +83,8 @@ def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None,
         atomic_write_text(run / CONFIG_FILE, dump_yaml(cfg))
         state = read_state(run)
         state.update(pid=os.getpid(), status="running", started=time.time(), stage_order=cfg.stages())
+        if origin is not None:
+            state["origin"] = str(origin.resolve())
         state.pop("error", None)
         atomic_write_json(run / STATE_FILE, state)
         try:

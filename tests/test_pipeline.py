@@ -599,3 +599,19 @@ def test_export_holds_the_default_to_the_budgets_the_search_held_the_network_to(
     assert export_device(tight, tmp_path).budgets.latency_ms == 0.5
     assert _export_inputs(tight, tmp_path)["budgets"]["latency_ms"] == 0.5 and "budgets" not in \
         _export_inputs(plain, tmp_path)
+
+
+def test_two_configs_of_one_name_never_share_a_run_by_default(tmp_path, monkeypatch):
+    """projA/p.yaml and projB/p.yaml both default to runs/p: the second is refused until --out names the folder,
+    so its stages never replace the first run's outputs."""
+    from edgeppt.pipeline.cli import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    for p in ("a", "b"):
+        (tmp_path / p).mkdir()
+        (tmp_path / p / "p.yaml").write_text("")
+    (tmp_path / "runs" / "p").mkdir(parents=True)
+    (tmp_path / "runs" / "p" / "state.json").write_text(json.dumps({"origin": str(tmp_path / "a" / "p.yaml")}))
+    assert default_run_dir(Path("a/p.yaml")) == Path("runs/p")
+    with pytest.raises(EdgepptError, match=r"runs/p holds the run of .*/a/p.yaml; give --out runs/p"):
+        default_run_dir(Path("b/p.yaml"))
