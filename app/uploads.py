@@ -25,7 +25,7 @@ MAX_ARCHIVE_BYTES = 100 * 2**20       # the upload itself
 MAX_CONTENT_BYTES = 400 * 2**20       # everything unpacked
 MAX_MEMBERS = 50_000
 BUNDLE_SUFFIXES = {".onnx", ".pt2", ".json", ".md", ".png", ".txt"}
-IGNORED = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # what archivers add by themselves
+IGNORED = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")  # what archivers and file managers add
 
 
 class UploadError(EdgepptError):
@@ -66,7 +66,10 @@ def safe_extract(data: bytes, dest: str | Path, allowed: set[str], what: str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         with zf:
-            members = [i for i in zf.infolist() if not any(s in i.filename for s in IGNORED)]
+            for info in zf.infolist():  # PowerShell 5's Compress-Archive writes cats\1.png: a folder, not a name
+                info.filename = info.filename.replace("\\", "/")
+            members = [i for i in zf.infolist() if not any(s in i.filename for s in IGNORED)
+                       and not PurePosixPath(i.filename).name.startswith("._")]  # macOS's resource forks
             if len(members) > MAX_MEMBERS:
                 raise UploadError(f"refused: {len(members)} members; the limit is {MAX_MEMBERS}")
             for info in members:

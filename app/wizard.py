@@ -159,9 +159,9 @@ def stamp(spec: str) -> int:
 def target_preview(spec: str, out_png: str, stamp: int = 0) -> dict[str, Any]:
     from edgeppt.data import NeedsImageSize, load_dataset
 
-    try:
-        ds, mixed = load_dataset(spec), False
-    except NeedsImageSize:  # photos of mixed or non-square sizes: training resizes them (to the bundle's side)
+    try:  # large square photos read at the preview's side, never whole into the server's memory
+        ds, mixed = load_dataset(spec, max_side=PREVIEW_SIDE), False
+    except NeedsImageSize:  # photos of mixed or non-square sizes: training resizes them (to one side)
         ds, mixed = load_dataset(spec, PREVIEW_SIDE), True
     class_grid(ds.x.numpy(), ds.y.numpy(), ds.classes, out_png)
     return {"classes": ds.classes, "counts": ds.counts(), "shape": list(ds.shape), "skipped": ds.skipped[:10],
@@ -209,7 +209,7 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
             draft["target"] = None
             st.info("Upload a zip whose top level holds one folder per class.")
     bound(st.number_input, "Labelled images per class used for training", run, draft, "labels_per_class",
-          int(draft["labels_per_class"]), 1, 1000)
+          int(draft["labels_per_class"]), 1, max(1000, int(draft["labels_per_class"])))
     unlabeled_choice(run, draft)
     save_draft(run, draft)
     if draft.get("target"):
@@ -332,8 +332,8 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
         bound(st.checkbox, "Search an architecture for the device", run, draft, "enabled", sv["enabled"],
               section="search", preset=base.search.enabled, tag=tag)
         if sv["enabled"] and "trials" in sv:
-            bound(st.number_input, "Search trials", run, draft, "trials", int(sv["trials"]), 1, 500,
-                  section="search", preset=base.search.trials, tag=tag)
+            bound(st.number_input, "Search trials", run, draft, "trials", int(sv["trials"]), 1,
+                  max(500, int(sv["trials"])), section="search", preset=base.search.trials, tag=tag)
         from edgeppt.config import METHODS
         tv = {**base.transfer.model_dump(), **draft["transfer"]}
         bound(st.selectbox, "Transfer method", run, draft, "method", tv["method"], list(METHODS),
@@ -347,7 +347,8 @@ def step_budget(run: Path, draft: dict[str, Any]) -> None:
               help="What pseudo samples and unlabelled images are trained toward (methods with ssl or pssl).")
         for key, label in (("pretrain_steps", "Pseudo pre-training steps"),
                            ("finetune_steps", "Target training steps")):
-            bound(st.number_input, label, run, draft, key, int(tv[key]), 0 if key == "pretrain_steps" else 1, 100_000,
+            bound(st.number_input, label, run, draft, key, int(tv[key]), 0 if key == "pretrain_steps" else 1,
+                  max(100_000, int(tv[key])),
                   section="transfer", preset=getattr(base.transfer, key), tag=tag)
         device_formats = list(profiles[draft["device"]].export.formats)
         preset_formats = base.export.formats or device_formats
@@ -501,6 +502,10 @@ def pareto_plot(rows: list[dict[str, Any]], budget_ms: float | None = None) -> N
 
 
 def show_transfer(run: Path, status: dict[str, Any]) -> None:
+    if status["stages"].get("transfer", {}).get("status") == "outdated":  # an earlier model's, as the report has it
+        st.info("The trained model is of earlier settings: the next run without a stop after the search trains "
+                "these settings' model.")
+        return
     folder = run / "transfer"
     plan = read_json(folder / PLAN_FILE)  # what transfer is training: its method and phases
     if plan:

@@ -58,6 +58,11 @@ def test_a_zip_of_class_folders_unpacks_and_loads(tmp_path):
     assert root == tmp_path / "target" / "mydata"  # the wrapping folder is descended through
     ds = load_dataset(str(root))
     assert ds.classes == ["cat", "dog"] and ds.counts() == [3, 3]
+    # PowerShell 5's zips name cats\1.png; macOS's leave ._1.png resource forks and Windows desktop.ini beside
+    windows = make_zip({**{f"{c}\\{i}.png": png_bytes(40 * k + i) for k, c in enumerate(["cat", "dog"])
+                           for i in range(2)}, "cat\\._0.png": b"\x00\x05\x16\x07", "dog\\desktop.ini": b"[x]"})
+    ds = load_dataset(str(extract_image_folders(windows, tmp_path / "windows")))
+    assert ds.classes == ["cat", "dog"] and ds.counts() == [2, 2]
 
 
 @pytest.mark.parametrize("members, symlinks, message", [

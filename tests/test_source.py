@@ -226,3 +226,14 @@ def test_the_generator_widens_its_first_stages_for_larger_images():
 
     assert widths(28) == widths(32) == [32, 16]
     assert widths(64) == [64, 32, 16] and widths(96) == [128, 64, 32, 16]
+
+
+def test_fewer_gan_steps_than_trained_are_refused_on_resume(tmp_path: Path, monkeypatch):
+    """The EMA of 4 steps cannot be shipped as a 2-step GAN: the bundle's record would contradict its weights."""
+    out = tmp_path / "b"
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "gan" and step == 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_source(tiny_cfg(out), progress=False)
+    monkeypatch.undo()
+    with pytest.raises(EdgepptError, match="trained the GAN for 4 steps, more than gan_steps=2"):
+        train_source(tiny_cfg(out, gan_steps=2), progress=False)
