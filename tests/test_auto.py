@@ -283,6 +283,10 @@ def test_propagated_labels_are_balanced_toward_the_shares_given():
     assert balanced[0] < certainty[0] and balanced[-1] > certainty[-1]
     shares = torch.tensor([0.6, 0.2, 0.2])  # the labels' own shares: no rebalancing
     assert torch.allclose(label_weights(label, certainty, 3, shares), certainty)
+    # a class the pool hardly holds (1 of 10,000) weighs at most 10 times its fair share, not 3,333 times
+    rare = torch.zeros(10_000, dtype=torch.long)
+    rare[:5000], rare[-1] = 1, 2
+    assert label_weights(rare, torch.ones(10_000), 3).max() == 10.0
 
 
 def _cut_at_ssl_step_10_resumes_to(c: TransferConfig, whole: dict, tmp_path: Path, monkeypatch) -> None:

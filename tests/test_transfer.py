@@ -411,3 +411,18 @@ def load_bundle_classifier_weights(path):
     from edgeppt.models.onnx_graph import from_bundle
 
     return from_bundle(load_bundle(path))[1]
+
+
+def test_a_resume_refuses_images_other_than_those_the_run_started_with(tmp_path):
+    """A file added to the unlabelled folder redraws its subset: the saved propagated labels would teach other
+    images. The resume says which images changed; the same images resume."""
+    from edgeppt.data import load_dataset
+    from edgeppt.train.loop import Dist
+    from edgeppt.transfer.run import check_same_images
+
+    ds = load_dataset("digits:0,1", 8)
+    labelled, test, real = ds.subset(range(0, 10)), ds.subset(range(10, 20)), ds.x[20:60]
+    check_same_images(tmp_path, False, Dist(), labelled, test, real)
+    check_same_images(tmp_path, True, Dist(), labelled, test, real)
+    with pytest.raises(EdgepptError, match="the unlabelled images differ from those the run started with"):
+        check_same_images(tmp_path, True, Dist(), labelled, test, ds.x[21:61])

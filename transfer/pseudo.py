@@ -62,8 +62,9 @@ def make_pool(bundle: SourceBundle, x_t: torch.Tensor, cfg: PSSLConfig, seed: in
         anchor_feats = _features(bundle, x_t)
     xs, rel = [], []
     z_all = bundle.sample_latents(n, g)
-    for i in range(0, n, chunk):
-        a, z = anchor[i:i + chunk], z_all[i:i + chunk]
+    step = max(1, chunk // cfg.z_candidates)  # G and C see about `chunk` images a call, whatever the candidates
+    for i in range(0, n, step):
+        a, z = anchor[i:i + step], z_all[i:i + step]
         p = probs[a]
         if cfg.z_candidates > 1:
             z = best_latents(bundle, p, anchor_feats[a], cfg.z_candidates, g)

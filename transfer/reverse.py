@@ -13,7 +13,7 @@ from edgeppt.config import TransferConfig
 from edgeppt.data import ImageSet
 from edgeppt.models import create_model
 from edgeppt.train.evaluate import evaluate, predict
-from edgeppt.train.loop import Phase, Trainer
+from edgeppt.train.loop import Dist, Phase, Trainer
 
 from .methods import supervised
 
@@ -25,6 +25,7 @@ def reverse_accuracy(model: torch.nn.Module, real: torch.Tensor, labelled: Image
     taught = ImageSet(real, predict(model, real), labelled.classes)
     torch.manual_seed(cfg.seed)  # every candidate's fresh network starts from the same weights
     fresh = create_model(cfg.arch, len(labelled.classes), labelled.shape[0])
+    device = next(model.parameters()).device  # on the GPU the run trains on, not the CPU
     Trainer(fresh, [Phase("reverse", steps, supervised(cfg, taught), cfg.lr, cfg.weight_decay, evaluate=False)],
-            None, cfg.seed, progress=False, channels_last=True).run()
+            None, cfg.seed, progress=False, channels_last=True, dist=Dist(0, 1, device)).run()
     return evaluate(fresh, labelled)["accuracy"]

@@ -19,6 +19,7 @@ from edgeppt.data import (
     DataRecord,
     ImageSet,
     exact_copies,
+    fingerprint,
     load_dataset,
     load_target,
     load_unlabeled,
@@ -60,6 +61,32 @@ CONFIG_FILE, CHOICE_FILE = "config.json", "auto.json"
 WARM_FILE = "warm_start.pt"  # the SSL methods' labels-only warm start, kept for auto's reverse check
 ADDED_FILE = "added_on_resume.json"  # settings an earlier edgeppt's run lacked, kept across resumes for the report
 POOL_FILE = "pseudo_pool.pt"  # the pseudo samples drawn for this run, kept for its resume
+
+
+INPUTS_FILE = "inputs.json"  # sha256 of the images the run trains on, which its resume must train on too
+
+
+def check_same_images(out: Path, resume: bool, dist: Dist, labelled: ImageSet, test: ImageSet,
+                      real: torch.Tensor | None) -> None:
+    """The same settings can name other images on resume (a file added to the folder: the unlabelled subset is
+    drawn anew, and the saved propagated labels would teach other images). Refused, naming which changed."""
+    now = {"labelled": fingerprint(labelled), "test": fingerprint(test),
+           "unlabeled": None if real is None else hashlib.sha256((real * 255).round().to(torch.uint8).numpy()
+                                                                 .tobytes()).hexdigest()}
+    path = out / INPUTS_FILE
+    if resume and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        changed = [k for k, v in now.items() if isinstance(saved, dict) and k in saved and saved[k] != v]
+        if changed:
+            named = ", ".join("unlabelled" if k == "unlabeled" else k for k in changed)
+            raise EdgepptError(f"{out}: the {named} images differ from those the run started with (the "
+                               "data changed since); resume with the same images, or start a new --out")
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, now)
 
 
 def load_run_config(out: Path) -> TransferConfig:
@@ -515,8 +542,9 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         raise EdgepptError(f"{out} already holds a run; pass --resume {out} to continue it, or choose another --out")
     if added and dist.main:
         atomic_write_json(out / ADDED_FILE, added)
-    elif not resume and dist.main:  # a new run in a folder an unfinished one left: neither its record nor its pool
-        for left in (ADDED_FILE, POOL_FILE, PLAN_FILE):  # (drawn for that run's source and labels) is this one's
+    elif not resume and dist.main:  # a new run in a folder an unfinished one left: neither its record, its pool
+        for left in (ADDED_FILE, POOL_FILE, PLAN_FILE, CHOICE_FILE, WARM_FILE):  # (drawn for that run's source and
+            # labels), auto's choice nor its warm start is this one's
             (out / left).unlink(missing_ok=True)
     if cfg.needs_source() and cfg.source is None:
         raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
@@ -528,6 +556,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     real, skipped_unlabeled, offered, dropped = unlabeled_images(cfg, labelled, test, rest)
     if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
         log(f"source {bundle.path}: {bundle.provenance}")
+    check_same_images(out, resume, dist, labelled, test, real)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))

@@ -300,6 +300,9 @@ def within_reach(label: torch.Tensor, reach: torch.Tensor, limit: float, gap: fl
     return keep
 
 
+BALANCE_MAX = 10.0
+
+
 def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int,
                   shares: torch.Tensor | None = None) -> torch.Tensor:
     """Each propagated label's weight: its certainty times its class's balance, so that each class's labels weigh
@@ -307,7 +310,9 @@ def label_weights(label: torch.Tensor, certainty: torch.Tensor, k: int,
     unlabelled images hold every class equally)."""
     counts = torch.bincount(label, minlength=k).clamp_min(1).float()
     shares = torch.full((k,), 1.0 / k) if shares is None else shares / shares.sum()
-    return certainty * (len(label) * shares / counts)[label]
+    # A class the pool hardly holds (one image of 10,000 labelled with it) would weigh thousands of times a
+    # typical label, and its every draw jolt the batch loss: at most BALANCE_MAX times its class's fair share.
+    return certainty * (len(label) * shares / counts).clamp(max=BALANCE_MAX)[label]
 
 
 def commonest_over_others(shares: torch.Tensor) -> float:

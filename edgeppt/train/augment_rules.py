@@ -55,7 +55,9 @@ def pose_score(bundle: SourceBundle, x_t: torch.Tensor, aug: AugmentConfig, seed
     g = torch.Generator().manual_seed(seed)
     keep = subsample(len(x_t), max_targets)
     x_t = reshape_images(x_t if keep is None else x_t[keep], bundle.image_shape[1], bundle.image_shape[0])
-    x_s = bundle.sample_classes(torch.arange(samples) % bundle.num_classes, generator=g).cpu()
+    n_cls = bundle.num_classes  # every class once per round; more classes than samples: a seeded draw of them
+    classes = torch.arange(samples) % n_cls if n_cls <= samples else torch.randperm(n_cls, generator=g)[:samples]
+    x_s = bundle.sample_classes(classes, generator=g).cpu()
     views = [weak(x_s, g, aug.model_copy(update={"max_rotation": r, "jitter": 0.0})) for r in (0.0, 180.0)]
     f_t, f_u, f_r = (F.normalize(bundle.classify(stretched(x))[1].flatten(1).float().cpu(), dim=1)
                      for x in (x_t, *views))
