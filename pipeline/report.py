@@ -157,7 +157,8 @@ def summary_items(summary: dict[str, Any] | None) -> list[str]:
         return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
     return [f"{k}={text(v)}" for k, v in (summary or {}).items()
-            if not isinstance(v, dict) and not (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v))]
+            if not isinstance(v, dict) and v != []  # (an empty list says nothing: augment_notes where none fired)
+            and not (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v))]
 
 
 def stage_rows(state: dict[str, Any]) -> list[dict[str, Any]]:

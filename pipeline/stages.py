@@ -190,7 +190,9 @@ def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
     from edgeppt.export import export_run
 
     out = run / "export"
-    manifest = export_run(run / "transfer", out / "bundle", device=export_device(cfg, run), source=cfg.source,
+    pseudo = cfg.export.int8_calibration == "pseudo"  # the only calibration that draws from the source bundle
+    manifest = export_run(run / "transfer", out / "bundle", device=export_device(cfg, run),
+                          source=cfg.source if pseudo else None,
                           log=lambda s: log(f"export: {s}"), **cfg.export.model_dump())
     zip_bundle(out / "bundle", out / "bundle.zip")
     return {"formats": list(manifest["artifacts"]), "default_format": manifest.get("default_format")}

@@ -96,9 +96,11 @@ def calls(monkeypatch):
 def test_rerun_skips_unchanged_stages_and_reruns_what_changed(tiny_bundle, tmp_path, calls):
     run = tmp_path / "run"
     cfg = parse_config(raw_config(tiny_bundle))
-    state = run_pipeline(cfg, run, progress=False, log=quiet)
+    lines: list[str] = []
+    state = run_pipeline(cfg, run, progress=False, log=lines.append)
     assert calls == {"transfer": 1, "export": 1}
     assert [state["stages"][s]["status"] for s in ("transfer", "export")] == ["done", "done"]
+    assert not [line for line in lines if "warning" in line], lines  # (the export was told of an unused --source)
     model_mtime = (run / "transfer" / "model.pt").stat().st_mtime_ns
 
     run_pipeline(cfg, run, progress=False, log=quiet)  # nothing changed: nothing runs
