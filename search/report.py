@@ -49,7 +49,8 @@ def choose_best(trained: list[dict]) -> tuple[dict, str]:
     near = [r for r in finals if score(r) >= top - margin - 1e-9]
     best = max(near, key=lambda r: (r["macs"], score(r), -r["latency_ms"]))
     if len(near) == 1:
-        return best, f"the best proxy mean of {len(finals)} finalists"
+        ref = " (the hand-designed reference among them)" if any(r.get("reference") for r in finals) else ""
+        return best, f"the best proxy mean of {len(finals)} finalists{ref}"
     return best, (f"the most MACs of the {len(near)} finalists within one standard error ({margin:.3f}) of the best "
                   f"proxy mean ({top:.3f}); the proxy cannot tell them apart and under-rates larger networks")
 
