@@ -25,7 +25,7 @@ def _bench_table(title: str, rows: list[dict], accuracy_key: str) -> Table:
     cols = ("format", "provider", "batch-1 median ms", "batch-1 p90 ms", "img/s (largest batch)",
             "test accuracy" if on_test else "sample accuracy") + (("floor % (b1 / largest)",) if floor else ())
     for col in cols:
-        table.add_column(col, justify="left" if col in ("format", "provider") else "right")
+        table.add_column(col, justify="left" if col in ("format", "provider") else "right", overflow="fold")
     for r in rows:
         if "error" in r:
             table.add_row(r["format"], "-", "-", "-", "-", f"[yellow]{r['error'][:60]}[/]")

@@ -50,7 +50,7 @@ def run_table(state: dict, title: str) -> Table:
 
     table = Table(title=title)
     for col in ("stage", "status", "seconds", "result"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name, s in state["stages"].items():
         table.add_row(name, s["status"], f"{s.get('seconds', 0):.1f}", "\n".join(summary_items(s.get("summary"))))
     return table

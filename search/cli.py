@@ -36,7 +36,7 @@ def devices_list() -> None:
     table = Table(title="device profiles (--device NAME, or a profile .yaml)",
                   caption="predicted: from a predictor file; `edgeppt devices calibrate` fits one")
     for col in ("name", "runtime", "latency", "threads", "budgets"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for p in guarded(list_profiles):
         b = p.budgets
         # Short numbers (2M params, not 2,000,000) so the table fits an 80-column terminal.
@@ -113,7 +113,7 @@ def search(
     b = s["best"]
     table = Table(title=f"best of {s['trained']} candidates on {s['device']} ({s['rejected']} rejected over budget)")
     for col in ("proxy accuracy", "latency ms", "MACs", "params", "peak activation KiB"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")
     seeds = len(b.get("proxy_seed_accuracies") or [0])
     table.add_row(f"{100 * b['proxy_accuracy']:.1f}%" + (f" ({seeds} seeds)" if seeds > 1 else ""),
                   f"{b['latency_ms']:.3f} ({b['latency_kind']})", f"{b['macs']:,}",

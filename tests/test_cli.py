@@ -76,7 +76,7 @@ def test_yaml_config_with_a_typo_names_the_field(tmp_path):
 
 
 def test_models_lists_the_registry():
-    res = runner.invoke(app, ["models"])
+    res = runner.invoke(app, ["models"], env={"COLUMNS": "200"})  # a name folded at 30 columns is not a name
     assert res.exit_code == 0 and "resnet_s" in res.output and "mobilenet_s" in res.output
 
 

@@ -76,8 +76,8 @@ def _print_report(report: dict, out: Path) -> None:
     Console().print(f"[bold]{report['method']}[/] on {report['settings']['target']} "
                     f"({k} label{'' if k == 1 else 's'} per class)", soft_wrap=True, highlight=False)
     table = Table()
-    table.add_column("class")
-    table.add_column("test accuracy", justify="right")
+    table.add_column("class", overflow="fold")
+    table.add_column("test accuracy", justify="right", overflow="fold")
     for name, acc in report["per_class_accuracy"].items():
         table.add_row(name, f"{100 * acc:.1f}%")
     table.add_row("[bold]all[/]", f"[bold]{100 * report['test_accuracy']:.2f}%[/]")
@@ -100,7 +100,7 @@ def models() -> None:
 
     table = Table(title="architectures (--arch NAME, or a frozen-architecture JSON)")
     for col in ("name", "family", "parameters (10 classes, 1 channel)"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name in list_models():
         m = create_model(name, 10, 1)
         table.add_row(name, arch_spec(name)["family"], f"{sum(p.numel() for p in m.parameters()):,}")
