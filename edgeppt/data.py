@@ -410,6 +410,12 @@ def load_npz(path: str | Path) -> ImageSet:
 
 
 # ---------------------------------------------------------------- specs and splits
+def named_classes(ds: ImageSet, cls: str) -> ImageSet:
+    """The classes a spec's `:a,b` names (all where it names none)."""
+    names = [c.strip() for c in cls.split(",") if c.strip()]
+    return select_classes(ds, names) if names else ds
+
+
 def select_classes(ds: ImageSet, names: list[str]) -> ImageSet:
     """Keep the named classes, relabelled 0..k-1 in the order given."""
     unknown = [n for n in names if n not in ds.classes]
@@ -447,9 +453,7 @@ def load_dataset(spec: str, image_size: int | None = None, channels: int | None 
             raise EdgepptError(f"dataset {spec!r} not found: give a built-in name {sorted(BUILTIN)}, "
                                "a folder of class folders or a .npz file")
         ds = load_npz(p) if p.suffix == ".npz" else load_folder(p, image_size, channels, max_side)
-    if cls:
-        ds = select_classes(ds, [c.strip() for c in cls.split(",") if c.strip()])
-    return conform(ds, image_size, channels, spec)
+    return conform(named_classes(ds, cls), image_size, channels, spec)
 
 
 # How much of the images' contrast energy shrinking them to the bundle's side may lose before they keep their own
@@ -679,10 +683,7 @@ def load_unlabeled(spec: str, image_size: int, channels: int, limit: int = 0) ->
         return reshape_images(load_npz_arrays(x, p), image_size, channels), [], total
     name, cls = split_spec(spec)
     if name in BUILTIN and not p.exists():  # images only: one class of a built-in set is as good as several
-        ds = load_builtin(name)
-        if cls:
-            ds = select_classes(ds, [c.strip() for c in cls.split(",") if c.strip()])
-        pool = reshape_images(ds.x, image_size, channels)
+        pool = reshape_images(named_classes(load_builtin(name), cls).x, image_size, channels)
         keep = subsample(len(pool), limit)
         return (pool if keep is None else pool[keep]), [], len(pool)
     ds = load_dataset(spec, image_size, channels)
