@@ -7,6 +7,8 @@ for what is deployed).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +143,14 @@ def quantize_int8(pre: str | Path, out: str | Path, calib: np.ndarray, cfg: Quan
             if pad_input_channels(model):
                 pre = Path(tmp) / "padded.onnx"
                 onnx.save(model, str(pre))
-        quantize_static(str(pre), str(q), _Reader(graph_input.name, calib, batch, static), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=cfg.reduce_range,
-                        activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[cfg.method],
-                        nodes_to_exclude=list(cfg.float_nodes),
-                        extra_options={"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": True,
-                                       "QuantizeBias": cfg.bias_quantized, "CalibPercentile": PERCENTILE})
+        # onnxruntime's histogram calibrators print their progress ("Collecting tensor data ..."): not the
+        # export's output, whose lines say what was chosen
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(pre), str(q), _Reader(graph_input.name, calib, batch, static),
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=cfg.reduce_range,
+                            activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=methods[cfg.method],
+                            nodes_to_exclude=list(cfg.float_nodes),
+                            extra_options={"ActivationSymmetric": cfg.symmetric_activations, "WeightSymmetric": True,
+                                           "QuantizeBias": cfg.bias_quantized, "CalibPercentile": PERCENTILE})
         return atomic_write_bytes(out, q.read_bytes())

@@ -139,13 +139,17 @@ def test_qdq_graph_is_tensorrt_ready(bundle):
     assert manifest["artifacts"]["int8"]["tensorrt_ready"]
 
 
-def test_x86_recipe_uses_uint8_activations_and_is_not_tensorrt_ready(bundle, test_split, tmp_path):
-    """The onnxruntime-x86 recipe (asymmetric uint8 activations, int32 biases) must not be handed to TensorRT."""
+def test_x86_recipe_uses_uint8_activations_and_is_not_tensorrt_ready(bundle, test_split, tmp_path, capfd):
+    """The onnxruntime-x86 recipe (asymmetric uint8 activations, int32 biases) must not be handed to TensorRT; a
+    histogram calibration prints nothing of onnxruntime's own progress into the export's output."""
     path, _ = bundle
     x, _ = test_split
     with tempfile.TemporaryDirectory() as tmp:
         pre = Q.preprocess(path / "model.onnx", Path(tmp) / "pre.onnx")
         Q.quantize_int8(pre, tmp_path / "u8.onnx", x[:32], Q.QuantConfig(symmetric_activations=False))
+        capfd.readouterr()
+        Q.quantize_int8(pre, tmp_path / "p.onnx", x[:32], Q.QuantConfig(method="percentile"))
+        assert capfd.readouterr().out == ""
     props = Q.qdq_properties(tmp_path / "u8.onnx")
     assert {"uint8", "int8", "int32"} <= set(props["quantized_types"]) and not props["tensorrt_ready"]
     # the 1-channel stem reads 4 channels (onnxruntime's fast u8s8 convolution kernel needs multiples of 4)
