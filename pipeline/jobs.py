@@ -99,7 +99,8 @@ def _start(run: Path, cfg: PipelineConfig | None, until: str | None, force: tupl
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                start_new_session=True,  # its log is read in a browser, not the launching terminal:
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"})  # its width, not theirs
     job = {"pid": proc.pid, "start": _started(proc.pid), "cmd": cmd, "until": until, "started": time.time(),
            "status": "running"}
     atomic_write_json(run / JOB_FILE, job)
