@@ -470,7 +470,7 @@ def test_the_hand_designed_reference_is_trained_and_always_re_ranked(tmp_path):
 
 def test_cli_devices_search_and_resume(tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["devices", "list"])
+    r = runner.invoke(app, ["devices", "list"], env={"COLUMNS": "200"})  # a name folded at 30 columns is not one
     assert r.exit_code == 0 and "x86-cpu" in r.output and "jetson" in r.output and "arm-cpu" in r.output
     out = tmp_path / "s1"
     sets = ["--set", "test_fraction=0.3", "--set", "val_per_class=5", "--set", "latency_repeats=5",
