@@ -21,7 +21,7 @@ from torch import nn
 from edgeppt.bundle import SourceBundle
 from edgeppt.bundle_write import check_replaceable, save_bundle
 from edgeppt.config import AugmentConfig, SourceTrainConfig
-from edgeppt.data import ImageSet, load_dataset, skipped_summary, train_test_split
+from edgeppt.data import ImageSet, NeedsImageSize, conform, load_dataset, skipped_summary, train_test_split
 from edgeppt.errors import EdgepptError
 from edgeppt.models import ClassifierNet, create_model
 from edgeppt.runs import (
@@ -176,6 +176,27 @@ def _checkpoint_step(folder: Path) -> int | None:
 
 
 # ---------------------------------------------------------------- entry point
+# The largest side a GAN is trained at unless `image_size` asks for more: photos of 1000 px would otherwise train
+# one at 1000 px, for days on a CPU.
+SOURCE_SIDE_MAX = 64
+
+
+def source_data(cfg: SourceTrainConfig) -> ImageSet:
+    """The owner's images at the side the GAN trains at: `image_size`; else their own side, at most SOURCE_SIDE_MAX
+    (larger photos are read at it, never whole); photos of mixed sizes at the median of their sides (so capped),
+    a multiple of 4."""
+    if cfg.image_size is not None:
+        return load_dataset(cfg.data, cfg.image_size)
+    try:
+        data = load_dataset(cfg.data, None, max_side=SOURCE_SIDE_MAX)
+    except NeedsImageSize as e:
+        return load_dataset(cfg.data, max(8, min(e.side, SOURCE_SIDE_MAX) // 4 * 4))
+    if data.shape[1] == data.shape[2] and data.shape[1] > SOURCE_SIDE_MAX:  # an .npz of large images
+        return conform(data, SOURCE_SIDE_MAX, None, cfg.data)
+    return data
+
+
+
 SKIPPED_LISTED = 20  # skipped files named in the manifest; the count is always complete
 
 
@@ -184,7 +205,7 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
     """Train C and the GAN (resuming from the work dir if it holds a checkpoint) and write the bundle to cfg.out.
     `log` gets the lines a person should see before training starts (skipped image files)."""
     check_replaceable(cfg.out)  # fail now, not after training, if out is a folder we must not replace
-    data = load_dataset(cfg.data, cfg.image_size)
+    data = source_data(cfg)
     if data.skipped and log:
         log(skipped_summary(data.skipped) + " (listed in the bundle's manifest.json)")
     shape, k, classes = data.shape, len(data.classes), list(data.classes)

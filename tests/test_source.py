@@ -237,3 +237,24 @@ def test_fewer_gan_steps_than_trained_are_refused_on_resume(tmp_path: Path, monk
     monkeypatch.undo()
     with pytest.raises(EdgepptError, match="trained the GAN for 4 steps, more than gan_steps=2"):
         train_source(tiny_cfg(out, gan_steps=2), progress=False)
+
+
+def test_the_owners_photos_train_at_a_side_a_cpu_can_train(tmp_path: Path):
+    """Large photos are read at 64 px (not trained at their own 300), photos of mixed sizes at the median side (a
+    multiple of 4), and image_size decides over both."""
+    import numpy as np
+    from PIL import Image
+
+    from edgeppt.config import SourceTrainConfig
+    from edgeppt.source.train import source_data
+
+    rng = np.random.default_rng(0)
+    for name, sides in (("big", (300, 300)), ("mixed", (40, 45, 50))):
+        for c in ("a", "b"):
+            (tmp_path / name / c).mkdir(parents=True)
+            for i, s in enumerate(sides):
+                Image.fromarray(rng.integers(0, 256, (s, s), dtype=np.uint8)).save(tmp_path / name / c / f"{i}.png")
+    cfg = SourceTrainConfig(data=str(tmp_path / "big"), out=tmp_path / "out")
+    assert source_data(cfg).shape == (1, 64, 64)
+    assert source_data(cfg.model_copy(update={"data": str(tmp_path / "mixed")})).shape == (1, 44, 44)
+    assert source_data(cfg.model_copy(update={"image_size": 32})).shape == (1, 32, 32)
