@@ -70,6 +70,8 @@ class ClassifierSpec(_Strict):
     std: list[float] = [1.0]
     input_size: int | None = Field(None, gt=0, description="side C expects, when G's images must be resized")
     channels_last: bool = Field(False, description="C takes (N, H, W, C) images")
+    channels: int | None = Field(None, description="C's own channel count where it is not G's (a colour C behind a "
+                                                   "gray G: its images are made colour for it); None: G's")
     softmax_output: bool = Field(False, description="the logits output holds probabilities (the graph ends in a "
                                                    "softmax): their logarithms serve as logits")
 
@@ -106,9 +108,11 @@ class Manifest(_Strict):
         if not lo < hi:
             raise ValueError(f"generator.output_range {[lo, hi]}: the low end must be below the high end")
         c = self.classifier
-        if {len(c.mean), len(c.std)} - {1, self.image_shape[0]}:
+        if c.channels not in (None, 1, 3):
+            raise ValueError(f"classifier.channels {c.channels}: C takes 1 (gray) or 3 (colour) channels")
+        if {len(c.mean), len(c.std)} - {1, c.channels or self.image_shape[0]}:
             raise ValueError(f"classifier.mean {c.mean} and std {c.std}: one value, or one per channel "
-                             f"({self.image_shape[0]})")
+                             f"({c.channels or self.image_shape[0]})")
         return self
 
 
@@ -136,6 +140,11 @@ class SourceBundle:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.manifest.image_shape
+
+    @property
+    def classifier_channels(self) -> int:
+        """The channels C takes: G's, unless the manifest names C's own."""
+        return self.manifest.classifier.channels or self.image_shape[0]
 
     @property
     def provenance(self) -> str:
@@ -191,7 +200,7 @@ class SourceBundle:
         x = x.to(self.device, torch.float32)
         # C sees its own channels and side, whatever the images': a colour target for a grayscale bundle (or the
         # reverse), target images at their own side (kd's), G's images at the side C was trained at (input_size)
-        x = reshape_images(x, None, self.image_shape[0])
+        x = reshape_images(x, None, self.classifier_channels)
         side = spec.input_size or self.image_shape[1]
         if x.shape[-1] != side:  # plain bilinear, as C has always been fed (the caches of its outputs stay valid)
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)

@@ -415,7 +415,7 @@ def source_candidate(ctx: SearchContext) -> dict | None:
         # C trains on the target in its own channels, at the bundle's side unless one is set (transfer's ft): its
         # costs are at that shape, not at the target's (a colour target for a grayscale C, say)
         side = ctx.cfg.image_size or bundle.image_shape[1]
-        costs = ctx.cost.at((bundle.image_shape[0], side, side)).costs(arch)
+        costs = ctx.cost.at((bundle.classifier_channels, side, side)).costs(arch)
     except EdgepptError as e:
         return {"fits": False, "why": str(e)}
     # C runs as functional torch ops, which the module-hook counters do not see: count its graph instead, and say

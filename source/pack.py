@@ -228,7 +228,7 @@ def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: tor
                      g_channels_last: bool) -> ClassifierSpec:
     """Copy or convert C to tmp/classifier.onnx; its features are the named output, or the logits. `image` is
     one of G's, (N, C, H, W). C's layout: declared, else read off its input's shape, else G's."""
-    norm = {"mean": cfg.mean, "std": cfg.std, "input_size": cfg.input_size}
+    norm: dict[str, Any] = {"mean": cfg.mean, "std": cfg.std, "input_size": cfg.input_size}
     if isinstance(c, Path):
         inputs, outputs = _io(c)
         for name in (cfg.logits_output, cfg.features_output):
@@ -238,8 +238,11 @@ def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: tor
         feats = cfg.features_output or next((o for o in outputs if o != logits), None)
         last = cfg.layout == "nhwc" if cfg.layout != "auto" else _channels_last(inputs[0].shape)
         last = g_channels_last if last is None else last
+        shape = inputs[0].shape
+        chans = (shape[3] if last else shape[1]) if len(shape) == 4 else None
+        if isinstance(chans, int) and chans in (1, 3) and chans != image.shape[1]:  # a colour C behind a gray G
+            norm["channels"] = chans
         if norm["input_size"] is None:  # a side fixed in C's graph (224, say) is the side G's images go to
-            shape = inputs[0].shape
             side = shape[1:3] if last else shape[2:4]
             if len(shape) == 4 and all(isinstance(d, int) for d in side) and side[0] == side[1] \
                     and side[0] != image.shape[-1]:
@@ -284,8 +287,9 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
             raise EdgepptError(f"the generator returned {image.shape[1]}-channel images: a source bundle's images "
                                "have 1 (gray) or 3 (colour) channels")
         cspec = _classifier_spec(cfg, c, tmp, image, gspec.channels_last)
-        if len(cspec.mean) not in (1, image.shape[1]):
-            raise EdgepptError(f"--mean has {len(cspec.mean)} values for {image.shape[1]}-channel images")
+        c_chans = cspec.channels or image.shape[1]
+        if len(cspec.mean) not in (1, c_chans):
+            raise EdgepptError(f"--mean has {len(cspec.mean)} values for C's {c_chans}-channel input")
         cpart = OnnxPart(tmp / CLASSIFIER_FILE, torch.device("cpu"))
         m = Manifest(classes=cfg.classes, image_shape=tuple(image.shape[1:]), latent=Latent(
             size=latent, distribution=cfg.latent, truncation=cfg.truncation), generator=gspec, classifier=cspec,

@@ -615,3 +615,34 @@ def test_owner_graphs_in_other_orders_and_types_pack_as_they_mean(tmp_path: Path
     assert b.manifest.generator.label_input == "label" and summary["generated_accuracy"] > 0.9
     x = b.generate(torch.eye(K)[[0, 1]])
     assert x.dtype == torch.float32 and b.classify(x)[0].dtype == torch.float32
+
+
+class ColourC(nn.Module):
+    """An owner's C fine-tuned from a colour network on gray data: it takes 3 channels, G draws 1."""
+
+    def __init__(self, g: TemplateG):
+        super().__init__()
+        self.g = g
+        self.mix = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.mix.weight, 1 / 3)
+
+    def forward(self, x):
+        return self.mix(x).flatten(1) @ (self.g.templates - self.g.templates.mean(0)).T
+
+
+def test_a_colour_classifier_behind_a_gray_generator(tmp_path: Path):
+    """C's channels are read off its graph and kept in the manifest: G's gray images are made colour for it, in
+    the checks, in classify and for the methods that train C itself."""
+    from edgeppt.transfer.source_ft import source_model
+
+    g = TemplateG()
+    export_onnx(g, (torch.softmax(torch.randn(2, K), 1), torch.randn(2, K)), ["y", "z"], ["image"],
+                tmp_path / "G.onnx")
+    export_onnx(ColourC(g), (torch.rand(2, 3, 8, 8),), ["x"], ["logits"], tmp_path / "C.onnx")
+    out, summary = pack(cfg(tmp_path, str(tmp_path / "G.onnx"), str(tmp_path / "C.onnx"), mean=[0.5] * 3,
+                            std=[0.5] * 3))
+    b = load_bundle(out)
+    assert b.manifest.classifier.channels == 3 and b.classifier_channels == 3 and b.image_shape[0] == 1
+    assert summary["generated_accuracy"] > 0.9 and b.classify(b.generate(torch.eye(K)))[0].shape == (K, K)
+    model, _ = source_model(b, 2)
+    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 2)

@@ -125,7 +125,7 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
     # The target keeps its own channels (a colour target stays in colour whatever the bundle's) and side (raised to
     # the bundle's where smaller); only a method that trains C itself needs C's channels and side.
     if bundle and cfg.method in SOURCE_NET:
-        target = load_dataset(cfg.target, cfg.image_size or bundle.image_shape[1], bundle.image_shape[0])
+        target = load_dataset(cfg.target, cfg.image_size or bundle.image_shape[1], bundle.classifier_channels)
     else:
         source_side = bundle.image_shape[1] if bundle else read_manifest(cfg.source).image_shape[1] if cfg.source \
             else None

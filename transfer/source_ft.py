@@ -33,7 +33,7 @@ def source_model(bundle: SourceBundle, num_classes: int) -> tuple[ClassifierNet,
     """C's feature extractor as a trainable network with a new `num_classes` head, and its frozen architecture
     (what model.pt records, so export rebuilds it like any other)."""
     arch, weights = from_bundle(bundle)
-    model = create_model(arch, num_classes, bundle.image_shape[0])
+    model = create_model(arch, num_classes, bundle.classifier_channels)
     model.load_state_dict(weights, strict=False)  # the head (and the constant buffers) are the model's own
     return model, arch
 
