@@ -106,7 +106,9 @@ def _seal(folder: Path, manifest: Manifest) -> None:
     files = sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")
                    and f.name not in (MANIFEST_FILE, signing.SIGNATURE_FILE))
     manifest.files = {f.relative_to(folder).as_posix(): sha256_file(f) for f in files}
-    atomic_write_json(folder / MANIFEST_FILE, manifest.model_dump(mode="json"))
+    # classifier.channels only where set: a bundle that needs no new field stays readable by an earlier edgeppt
+    unset = {"classifier": {"channels"}} if manifest.classifier.channels is None else None
+    atomic_write_json(folder / MANIFEST_FILE, manifest.model_dump(mode="json", exclude=unset))
 
 
 def save_bundle(path: str | Path, generator: nn.Module, classifier: nn.Module, classes: list[str],

@@ -70,6 +70,7 @@ def test_pack_from_onnx_applies_the_declared_conventions(tmp_path: Path):
     assert (m.generator.z_input, m.generator.label_input, m.generator.output) == ("noise", "label", "img")
     assert m.latent.size == LATENT and m.classifier.features is None and m.classifier.num_features == K
     assert set(m.files) == {"generator.onnx", "classifier.onnx", "samples.png", "README.md"}
+    assert "channels" not in json.loads((out / "manifest.json").read_text())["classifier"]  # earlier edgeppt reads it
     torch.manual_seed(0)
     owner_g, owner_c = OwnerGenerator(), LogitsOnly()
     z, p = torch.randn(4, LATENT), torch.softmax(torch.randn(4, K), 1)
