@@ -79,9 +79,11 @@ class PackConfig(Strict):
 
 
 def parse_classes(spec: str) -> list[str]:
-    """A text file with one class per line, or a comma-separated list."""
+    """A text file with one class per line (or one comma-separated line), or a comma-separated list."""
     path = Path(spec)
     names = path.read_text().splitlines() if path.is_file() else spec.split(",")
+    if path.is_file() and len(names) == 1:  # a file holding the list as written on the command line
+        names = names[0].split(",")
     names = [n.strip() for n in names if n.strip()]
     if len(set(names)) != len(names):
         raise EdgepptError(f"--classes {spec}: duplicate class names")

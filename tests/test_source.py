@@ -258,3 +258,17 @@ def test_the_owners_photos_train_at_a_side_a_cpu_can_train(tmp_path: Path):
     assert source_data(cfg).shape == (1, 64, 64)
     assert source_data(cfg.model_copy(update={"data": str(tmp_path / "mixed")})).shape == (1, 44, 44)
     assert source_data(cfg.model_copy(update={"image_size": 32})).shape == (1, 32, 32)
+
+
+def test_a_bundle_of_many_classes_previews_a_spread_of_them_and_a_class_file_may_be_one_line(tmp_path: Path):
+    """The preview shows at most GRID_CLASSES_MAX classes, spread over the list (a 1,000-class bundle's was 66,000
+    px tall); a --classes file may hold the comma-separated list as the command line does."""
+    from edgeppt.bundle import load_bundle
+    from edgeppt.source import inspect
+    from edgeppt.source.pack import parse_classes
+
+    b = load_bundle(tiny_bundle(tmp_path / "b", k=40))
+    rows = inspect.grid_rows(b, per_class=2)
+    assert len(rows) == inspect.GRID_CLASSES_MAX + 1 and rows[0][0] == b.classes[0] and rows[-2][0] == b.classes[-1]
+    (tmp_path / "classes.txt").write_text("cat, dog,bird\n")
+    assert parse_classes(str(tmp_path / "classes.txt")) == ["cat", "dog", "bird"]
