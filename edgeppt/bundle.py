@@ -92,6 +92,8 @@ class Manifest(_Strict):
     latent: Latent
     generator: GeneratorSpec
     classifier: ClassifierSpec
+    channel_order: Literal["rgb", "bgr"] = Field("rgb", description="the colour order of G's images and C's input: "
+                                                 "bgr for an owner's OpenCV (cv2.imread) pipeline; edgeppt's is rgb")
     info: dict[str, Any] = {}
     files: dict[str, str] = {}  # sha256 of every other file in the bundle folder
 
@@ -108,6 +110,8 @@ class Manifest(_Strict):
         if not lo < hi:
             raise ValueError(f"generator.output_range {[lo, hi]}: the low end must be below the high end")
         c = self.classifier
+        if self.channel_order == "bgr" and 3 not in (self.image_shape[0], c.channels):
+            raise ValueError("channel_order bgr: neither G's images nor C's input have colour channels")
         if c.channels not in (None, 1, 3):
             raise ValueError(f"classifier.channels {c.channels}: C takes 1 (gray) or 3 (colour) channels")
         if {len(c.mean), len(c.std)} - {1, c.channels or self.image_shape[0]}:
@@ -182,7 +186,8 @@ class SourceBundle:
         if spec.channels_last:
             out = out.permute(0, 3, 1, 2)
         lo, hi = spec.output_range
-        return ((out - lo) / (hi - lo)).clamp(0, 1)
+        out = ((out - lo) / (hi - lo)).clamp(0, 1)
+        return out.flip(1) if self.manifest.channel_order == "bgr" and out.shape[1] == 3 else out  # to RGB
 
     def sample_classes(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images of the given source classes (one-hot conditioning)."""
@@ -201,6 +206,8 @@ class SourceBundle:
         # C sees its own channels and side, whatever the images': a colour target for a grayscale bundle (or the
         # reverse), target images at their own side (kd's), G's images at the side C was trained at (input_size)
         x = reshape_images(x, None, self.classifier_channels)
+        if self.manifest.channel_order == "bgr" and x.shape[1] == 3:  # RGB images, in the owner's order
+            x = x.flip(1)
         side = spec.input_size or self.image_shape[1]
         if x.shape[-1] != side:  # plain bilinear, as C has always been fed (the caches of its outputs stay valid)
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)

@@ -107,8 +107,12 @@ def _seal(folder: Path, manifest: Manifest) -> None:
                    and f.name not in (MANIFEST_FILE, signing.SIGNATURE_FILE))
     manifest.files = {f.relative_to(folder).as_posix(): sha256_file(f) for f in files}
     # classifier.channels only where set: a bundle that needs no new field stays readable by an earlier edgeppt
-    unset = {"classifier": {"channels"}} if manifest.classifier.channels is None else None
-    atomic_write_json(folder / MANIFEST_FILE, manifest.model_dump(mode="json", exclude=unset))
+    unset: dict[str, Any] = {}
+    if manifest.classifier.channels is None:
+        unset["classifier"] = {"channels"}
+    if manifest.channel_order == "rgb":
+        unset["channel_order"] = True
+    atomic_write_json(folder / MANIFEST_FILE, manifest.model_dump(mode="json", exclude=unset or None))
 
 
 def save_bundle(path: str | Path, generator: nn.Module, classifier: nn.Module, classes: list[str],

@@ -143,6 +143,8 @@ def source_pack(
                                           "G's images are non-negative and sum to 1)."),
     layout: str = typer.Option("auto", help="Image layout of G's output and C's input: nchw, nhwc (Keras, "
                                "TensorFlow), or auto (read off the graphs' shapes)."),
+    channel_order: str = typer.Option("rgb", help="Colour order of G's images and C's input: rgb, or bgr for a "
+                                      "pipeline that read images with OpenCV (cv2.imread)."),
     sign: Optional[Path] = typer.Option(None, help="Private key (from source keygen) to sign the bundle with."),
     trust_code: bool = typer.Option(False, help="Allow loading .pt2 files (their loading can run code)."),
 ) -> None:
@@ -155,7 +157,7 @@ def source_pack(
               "std": guarded(_floats, "--std", std),
               "input_size": input_size, "z_input": z_input, "label_input": label_input,
               "logits_output": logits_output, "features_output": features_output, "layout": layout,
-              "classifier_output": classifier_output,
+              "classifier_output": classifier_output, "channel_order": channel_order,
               "sign": sign, "trust_code": trust_code}
     if from_bundle is not None:
         cfg = guarded(validate, PackConfig, {**fields, "generator": str(from_bundle), "classifier":

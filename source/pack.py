@@ -63,6 +63,7 @@ class PackConfig(Strict):
     logits_output: str | None = None  # default: C's output K wide that recognises G's one-hot samples best
     features_output: str | None = None  # default: C's other output, or the logits when it has one
     layout: Literal["auto", "nchw", "nhwc"] = "auto"  # auto: read off G's output and C's declared input shapes
+    channel_order: Literal["rgb", "bgr"] = "rgb"  # bgr: G draws and C reads OpenCV's order
     classifier_output: Literal["auto", "logits", "probabilities"] = "auto"  # auto: probabilities if every output
     # row on G's images is non-negative and sums to 1 (a graph that ends in a softmax)
     trust_code: bool = False
@@ -295,7 +296,7 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
         cpart = OnnxPart(tmp / CLASSIFIER_FILE, torch.device("cpu"))
         m = Manifest(classes=cfg.classes, image_shape=tuple(image.shape[1:]), latent=Latent(
             size=latent, distribution=cfg.latent, truncation=cfg.truncation), generator=gspec, classifier=cspec,
-            info=info)
+            channel_order=cfg.channel_order, info=info)
         b = SourceBundle(tmp, m, part, cpart)
         if cfg.logits_output is None and len(cpart.outputs) > 1:
             _pick_logits(b, k, cpart.outputs, keep_features=cfg.features_output is not None)

@@ -647,3 +647,41 @@ def test_a_colour_classifier_behind_a_gray_generator(tmp_path: Path):
     assert summary["generated_accuracy"] > 0.9 and b.classify(b.generate(torch.eye(K)))[0].shape == (K, K)
     model, _ = source_model(b, 2)
     assert model(torch.rand(2, 3, 8, 8)).shape == (2, 2)
+
+
+class OpenCvG(nn.Module):
+    """An owner's G trained on cv2.imread images: its colour channels come out blue, green, red."""
+
+    def __init__(self):
+        super().__init__()
+        self.bgr = nn.Parameter(torch.eye(3).flip(1), requires_grad=False)  # class c's colour, in BGR: red, green, blue
+        self.noise = nn.Linear(K, 3, bias=False)
+
+    def forward(self, y, z):
+        return (y @ self.bgr + 0.01 * self.noise(z)).clamp(0, 1)[:, :, None, None].expand(-1, 3, 8, 8)
+
+
+class OpenCvC(nn.Module):
+    def __init__(self, g: OpenCvG):
+        super().__init__()
+        self.g = g
+
+    def forward(self, x):
+        return x.mean((2, 3)) @ self.g.bgr.T
+
+
+def test_an_opencv_bundle_in_bgr_gives_and_reads_rgb(tmp_path: Path):
+    """--channel-order bgr: G's images come out RGB (class 0, red, is red) and C reads RGB images (a red image is
+    class 0); without it the same graphs draw class 0 blue."""
+    g = OpenCvG()
+    export_onnx(g, (torch.eye(K)[:2], torch.randn(2, K)), ["y", "z"], ["image"], tmp_path / "G.onnx")
+    export_onnx(OpenCvC(g), (torch.rand(2, 3, 8, 8),), ["x"], ["logits"], tmp_path / "C.onnx")
+    red = torch.zeros(1, 3, 8, 8)
+    red[:, 0] = 1.0
+    for order, first in (("bgr", 0), ("rgb", 2)):
+        out, summary = pack(cfg(tmp_path / order, str(tmp_path / "G.onnx"), str(tmp_path / "C.onnx"),
+                                channel_order=order))
+        b = load_bundle(out)
+        assert summary["generated_accuracy"] == 1.0  # (G and C agree with each other either way)
+        assert b.generate(torch.eye(K)[:1]).mean((2, 3))[0].argmax().item() == first
+        assert b.classify(red)[0].argmax().item() == first

@@ -307,6 +307,9 @@ def from_bundle(bundle: Any) -> tuple[dict[str, Any], dict[str, Tensor]]:
         raise EdgepptError(f"{bundle.path}: training C needs an ONNX source bundle (format 2); convert this one "
                            "with `edgeppt source pack --from-bundle`")
     spec = bundle.manifest.classifier
+    if bundle.manifest.channel_order == "bgr":
+        raise EdgepptError(f"{bundle.path}: C takes BGR images; ft, l2sp and tred train it on RGB ones (the other "
+                           "methods use this bundle as it is)")
     if spec.channels_last:
         raise EdgepptError(f"{bundle.path}: C takes (N, H, W, C) images; ft, l2sp and tred train (N, C, H, W) "
                            "networks only (the other methods use this bundle as it is)")
