@@ -570,6 +570,18 @@ def pixel_keys(x: torch.Tensor) -> list[bytes]:
     return [hashlib.blake2b((t * 255).round().to(torch.uint8).numpy().tobytes(), digest_size=16).digest() for t in x]
 
 
+def labelled_twice(sets: list[ImageSet]) -> list[str]:
+    """The pictures these sets (one target's splits) hold under two classes or more, each named by its classes
+    ("'cat' and 'dog'"): a copy can be drawn as a label of one class and tested as the other, which no model gets
+    right. Said, not dropped: which label is right is the user's to say."""
+    groups: dict[bytes, set[int]] = {}
+    for ds in sets:
+        for key, y in zip(pixel_keys(ds.x), ds.y.tolist()):
+            groups.setdefault(key, set()).add(y)
+    classes = sets[0].classes
+    return [" and ".join(repr(classes[c]) for c in sorted(ys)) for ys in groups.values() if len(ys) > 1]
+
+
 def exact_copies(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Which of the images `x` have the same 8-bit pixels as one of `ref`: the same picture, whatever file held it
     (PNG, BMP, lossless WebP, ...). Only exact copies count. A re-encoded copy (JPEG) differs from its picture by as

@@ -426,3 +426,20 @@ def test_a_resume_refuses_images_other_than_those_the_run_started_with(tmp_path)
     check_same_images(tmp_path, True, Dist(), labelled, test, real)
     with pytest.raises(EdgepptError, match="the unlabelled images differ from those the run started with"):
         check_same_images(tmp_path, True, Dist(), labelled, test, ds.x[21:61])
+
+
+def test_a_picture_filed_under_two_classes_is_said_and_recorded(tiny_bundle, tmp_path):
+    """The same picture in two class folders: the run says so in a warning and report.json counts it (a copy can be
+    a label of one class and a test image of the other); which label is right is the user's to say."""
+    from edgeppt.data import load_dataset
+
+    ds = load_dataset("digits:0,1", 8)
+    x = (ds.x.numpy()[:, 0] * 255).round().astype("uint8")
+    y = ds.y.numpy().copy()
+    x[1], y[1] = x[0], 1 - y[0]  # picture 0 again, under the other class
+    np.savez(tmp_path / "t.npz", x=x, y=y)
+    said: list[str] = []
+    report = run_transfer(cfg(tiny_bundle, method="scratch", target=str(tmp_path / "t.npz"), finetune_steps=2),
+                          tmp_path / "run", progress=False, log=said.append)
+    assert report["data"]["labelled_twice"] == 1 and report["data"]["labelled_twice_classes"] == ["'0' and '1'"]
+    assert any(line.startswith("warning: 1 picture(s) of the target are filed under two classes") for line in said)

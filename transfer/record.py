@@ -31,6 +31,9 @@ class DataSummary(BaseModel):
     # the test accuracy without them
     test_copies_of_training: int = 0
     test_accuracy_without_copies: float | None = None
+    # pictures the target holds under two classes or more, and the classes of the first few
+    labelled_twice: int = 0
+    labelled_twice_classes: list[str] = []
 
 
 class ModelInfo(BaseModel):

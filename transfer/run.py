@@ -20,6 +20,7 @@ from edgeppt.data import (
     ImageSet,
     exact_copies,
     fingerprint,
+    labelled_twice,
     load_dataset,
     load_target,
     load_unlabeled,
@@ -553,6 +554,10 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     bundle = open_source(cfg.source, cfg, dist.device) \
         if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
     labelled, test, rest, record = prepare_splits(cfg, bundle)
+    twice = labelled_twice([labelled, rest, test])
+    if twice and log and dist.main:
+        log(f"warning: {len(twice)} picture(s) of the target are filed under two classes or more (e.g. "
+            f"{'; '.join(twice[:3])}): a copy may be a label of one class and a test image of the other")
     real, skipped_unlabeled, offered, dropped = unlabeled_images(cfg, labelled, test, rest)
     if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
         log(f"source {bundle.path}: {bundle.provenance}")
@@ -677,7 +682,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         confusion_matrix=result["confusion_matrix"], classes=labelled.classes, method=name,
         phases=[{"name": ph.name, "steps": ph.steps} for ph in phases],
         data={"labelled": len(labelled), "test": len(test),
-              "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped)), **twins},
+              "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped)), **twins,
+              **({"labelled_twice": len(twice), "labelled_twice_classes": twice[:10]} if twice else {})},
         data_record=record, model=model_info, settings=cfg.model_dump(mode="json"), timings_s=timings,
         images_per_s=rates, world_size=dist.world, restarts=restarts, added_on_resume=added or None,
         device=str(dist.device),
