@@ -33,7 +33,7 @@ from edgeppt.pipeline.state import CONFIG_FILE
 from edgeppt.runs import atomic_write_json, read_jsonl
 from edgeppt.search.record import CONFIG_FILE as SEARCH_CONFIG_FILE
 from edgeppt.search.record import read_best
-from edgeppt.transfer.record import PLAN_FILE, copies_note, read_report
+from edgeppt.transfer.record import PLAN_FILE, copies_note, read_report, twice_note
 
 STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
 EXAMPLE_TARGET_LABEL = "Built-in example: animals (elephant, giraffe, horse, sheep, zebra)"
@@ -526,8 +526,9 @@ def show_transfer(run: Path, status: dict[str, Any]) -> None:
     report = record.model_dump(mode="json") if record else None
     if report:
         st.metric("Test accuracy", f"{100 * report['test_accuracy']:.2f}%")
-        if note := copies_note(report):
-            st.caption(note)
+        for note in (copies_note(report), twice_note(report)):
+            if note:
+                st.caption(note)
         cols = st.columns(2)
         cols[0].table(display.per_class_rows(report))
         cols[1].pyplot(confusion_figure(report))

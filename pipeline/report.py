@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeppt.runs import atomic_write_json, atomic_write_text, read_jsonl
 from edgeppt.search.record import read_best
-from edgeppt.transfer.record import copies_note, read_report
+from edgeppt.transfer.record import copies_note, read_report, twice_note
 
 from .config import PipelineConfig, dump_yaml
 from .stages import bundle_fingerprint, data_fingerprint, input_key
@@ -233,8 +233,9 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
                   f"images, {report['data']['test']} test images), method **{report['method']}**.\n")
         if report.get("auto"):
             md.append(f"`--method auto` chose it: {report['auto']['reason']}.\n")
-        if note := copies_note(report):
-            md.append(f"{note[0].upper()}{note[1:]}.\n")
+        for note in (copies_note(report), twice_note(report)):
+            if note:
+                md.append(f"{note[0].upper()}{note[1:]}.\n")
         md.append(markdown_table([{"class": c, "accuracy %": round(100 * a, 1)}
                                   for c, a in report["per_class_accuracy"].items()]))
         md.append("\n![confusion matrix](confusion.png)\n")

@@ -85,6 +85,17 @@ def read_report(run_dir: str | Path) -> TransferReport | None:
     return read_record(Path(run_dir) / REPORT_FILE, TransferReport, "a transfer report", "re-run transfer")
 
 
+def twice_note(report: dict[str, Any]) -> str | None:
+    """The line that says how many pictures the target files under two classes, where any are."""
+    data = report.get("data", {})
+    n = data.get("labelled_twice", 0)
+    if not n:
+        return None
+    return (f"{n} picture(s) of the target are filed under two classes or more (e.g. "
+            f"{'; '.join(data.get('labelled_twice_classes', [])[:3])}): a copy may be a label of one class and a "
+            "test image of the other")
+
+
 def copies_note(report: dict[str, Any]) -> str | None:
     """The line that says how many test images copy an image the model trained on, where any do."""
     data = report.get("data", {})

@@ -52,7 +52,7 @@ from . import coverage, crossval
 from .methods import METHODS, pp_augment, supervised, supervised_settings
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import POOL_FIELDS, PseudoPool, make_pool
-from .record import MODEL_FILE, PLAN_FILE, REPORT_FILE, TransferReport, copies_note
+from .record import MODEL_FILE, PLAN_FILE, REPORT_FILE, TransferReport, copies_note, twice_note
 from .reverse import reverse_accuracy
 from .source_ft import source_model
 from .ssl import LabelProp, commonest_over_others, uneven_shares_warning
@@ -555,9 +555,9 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
     labelled, test, rest, record = prepare_splits(cfg, bundle)
     twice = labelled_twice([labelled, rest, test])
-    if twice and log and dist.main:
-        log(f"warning: {len(twice)} picture(s) of the target are filed under two classes or more (e.g. "
-            f"{'; '.join(twice[:3])}): a copy may be a label of one class and a test image of the other")
+    if log and dist.main and (note := twice_note({"data": {"labelled_twice": len(twice),
+                                                           "labelled_twice_classes": twice}})):
+        log(f"warning: {note}")
     real, skipped_unlabeled, offered, dropped = unlabeled_images(cfg, labelled, test, rest)
     if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
         log(f"source {bundle.path}: {bundle.provenance}")
