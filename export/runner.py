@@ -40,16 +40,18 @@ HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 
 
-def _sibling(name: str) -> types.ModuleType:
+def _sibling(name: str, root: Path = HERE) -> types.ModuleType:
     """A helper shipped beside this file (ort_timing.py, cpu_int8.py, image_io.py: the hash-checked copies of
-    edgeppt's own, used even where some edgeppt is installed too), read by path and refused where its sha256
-    differs from the manifest's; loaded on first use, so `verify` runs none of the bundle's code."""
-    if name in sys.modules:
-        return sys.modules[name]
-    path = HERE / f"{name}.py"
+    edgeppt's own, used even where some edgeppt is installed too; a supermask bundle's supermask_format.py), read by
+    path (never a cached .pyc) and refused where its sha256 differs from the manifest's; loaded on first use, so
+    `verify` runs none of the bundle's code."""
+    path = root / f"{name}.py"
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
     source = path.read_bytes()
     try:
-        listed = json.loads((HERE / MANIFEST).read_text()).get("files", {}).get(path.name)
+        listed = json.loads((root / MANIFEST).read_text()).get("files", {}).get(path.name)
     except (OSError, ValueError, AttributeError):
         listed = None
     if hashlib.sha256(source).hexdigest() != listed:
@@ -324,15 +326,10 @@ def materialize(root: Path, manifest: "dict[str, Any]") -> "dict[str, Any]":
     when it has one) with the bundle's own supermask_format.py, write them beside the graph, and check them:
     their sha256 against the manifest's, and the materialised graph's outputs against the default model's on the
     shipped samples (the float32 model.onnx, of which it is the same network)."""
-    import importlib.util
-
     info = manifest.get("supermask")
     if not info:
         raise SystemExit("this bundle's model is not a supermask: nothing to materialise")
-    spec = importlib.util.spec_from_file_location("supermask_format", root / info["format_module"])
-    assert spec and spec.loader
-    fmt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fmt)  # verified above: its sha256 is the manifest's
+    fmt = _sibling(Path(info["format_module"]).stem, Path(root))
     arrays = dict(np.load(root / info["update"], allow_pickle=False))
     base = dict(np.load(root / info["base"], allow_pickle=False)) if info.get("base") else None
     weights = fmt.unpack(arrays, base)
