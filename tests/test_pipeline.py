@@ -617,3 +617,20 @@ def test_two_configs_of_one_name_never_share_a_run_by_default(tmp_path, monkeypa
     assert default_run_dir(Path("a/p.yaml")) == Path("runs/p")
     with pytest.raises(EdgepptError, match=r"runs/p holds the run of .*/a/p.yaml; give --out runs/p"):
         default_run_dir(Path("b/p.yaml"))
+
+
+def test_demo_never_rewrites_the_config_of_a_run_in_progress(tmp_path):
+    """`edgeppt demo --out DIR` while another process runs DIR: refused by the run's lock before its pipeline.yaml
+    is touched (the config used to be written first, so the running run's results sat under another config)."""
+    import fcntl
+
+    from edgeppt.pipeline.state import LOCK_FILE
+
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "pipeline.yaml").write_text("the running run's\n")
+    with open(run / LOCK_FILE, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = CliRunner().invoke(app, ["demo", "--out", str(run), "--budget", "tiny", "--quiet"])
+    assert r.exit_code == 2 and "being run by another process" in " ".join(r.output.split())
+    assert (run / "pipeline.yaml").read_text() == "the running run's\n"

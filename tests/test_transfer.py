@@ -161,8 +161,9 @@ def test_resume_with_other_settings_or_into_a_used_dir_is_refused(tiny_bundle, t
 
 
 def test_a_new_run_where_an_unfinished_one_stopped_draws_its_own_pseudo_samples(tiny_bundle, tmp_path):
-    """A run stopped after drawing its pool but before its first checkpoint leaves only the pool; a new run in that
-    folder with other settings (not a resume) draws its own, as it would in an empty folder."""
+    """A run stopped after drawing its pool but before its first checkpoint leaves only the pool (and an auto run's
+    choice and warm start); a new run in that folder with other settings (not a resume) draws its own, as it would
+    in an empty folder, and takes neither that choice nor that warm start."""
     import shutil
 
     first = cfg(tiny_bundle, method="pp+pssl", seed=1, finetune_steps=5)
@@ -170,10 +171,13 @@ def test_a_new_run_where_an_unfinished_one_stopped_draws_its_own_pseudo_samples(
     for f in (tmp_path / "stopped").iterdir():  # all but the pool, as if it had stopped right after drawing it
         if f.name != "pseudo_pool.pt":
             shutil.rmtree(f) if f.is_dir() else f.unlink()
+    (tmp_path / "stopped" / "auto.json").write_text('{"method": "scratch"}')  # another run's, left behind
+    (tmp_path / "stopped" / "warm_start.pt").write_bytes(b"another run's")
     other = first.model_copy(update={"seed": 0})
     a = run_transfer(other, tmp_path / "stopped", progress=False)
     b = run_transfer(other, tmp_path / "empty", progress=False)
     assert a["test_accuracy"] == b["test_accuracy"]
+    assert not (tmp_path / "stopped" / "auto.json").exists() and not (tmp_path / "stopped" / "warm_start.pt").exists()
     assert torch.equal(torch.load(tmp_path / "stopped" / "pseudo_pool.pt", weights_only=True)["x"],
                        torch.load(tmp_path / "empty" / "pseudo_pool.pt", weights_only=True)["x"])
 
