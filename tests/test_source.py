@@ -169,14 +169,18 @@ def test_resume_after_interruption(tmp_path: Path, monkeypatch):
         assert all(torch.equal(torch.as_tensor(a[i][k]), torch.as_tensor(b[i][k])) for i in a for k in a[i])
 
 
-def test_more_gan_steps_continue(tmp_path: Path, monkeypatch):
+def test_more_gan_steps_continue_and_fewer_than_trained_are_refused(tmp_path: Path, monkeypatch):
+    """Resumed with more GAN steps, the GAN trains on; with fewer than it has trained, it is refused (G's average over
+    4 steps cannot be shipped as a 2-step GAN: the bundle's record would contradict its weights)."""
     out = tmp_path / "b"
-    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "gan" and step == 2)
+    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "gan" and step == 4)
     with pytest.raises(KeyboardInterrupt):
         train_source(tiny_cfg(out), progress=False)
     monkeypatch.undo()
+    with pytest.raises(EdgepptError, match="trained the GAN for 4 steps, more than gan_steps=2"):
+        train_source(tiny_cfg(out, gan_steps=2), progress=False)
     b = load_bundle(train_source(tiny_cfg(out, gan_steps=10), progress=False))  # asking for more steps resumes too
-    assert b.manifest.info["resumed_from_step"] == 6 and b.manifest.info["config"]["gan_steps"] == 10
+    assert b.manifest.info["resumed_from_step"] == 8 and b.manifest.info["config"]["gan_steps"] == 10
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path, monkeypatch):
@@ -226,17 +230,6 @@ def test_the_generator_widens_its_first_stages_for_larger_images():
 
     assert widths(28) == widths(32) == [32, 16]
     assert widths(64) == [64, 32, 16] and widths(96) == [128, 64, 32, 16]
-
-
-def test_fewer_gan_steps_than_trained_are_refused_on_resume(tmp_path: Path, monkeypatch):
-    """The EMA of 4 steps cannot be shipped as a 2-step GAN: the bundle's record would contradict its weights."""
-    out = tmp_path / "b"
-    ctrl_c_after_checkpoint(monkeypatch, lambda phase, step: phase == "gan" and step == 4)
-    with pytest.raises(KeyboardInterrupt):
-        train_source(tiny_cfg(out), progress=False)
-    monkeypatch.undo()
-    with pytest.raises(EdgepptError, match="trained the GAN for 4 steps, more than gan_steps=2"):
-        train_source(tiny_cfg(out, gan_steps=2), progress=False)
 
 
 def test_the_owners_photos_train_at_a_side_a_cpu_can_train(tmp_path: Path):
