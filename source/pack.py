@@ -256,12 +256,27 @@ def _classifier_spec(cfg: PackConfig, c: Path | nn.Module, tmp: Path, image: tor
     if cfg.layout == "nhwc":
         raise EdgepptError("--layout nhwc is for ONNX graphs; a torch module's C takes (N, C, H, W) images")
     side = cfg.input_size or image.shape[-1]
-    x = torch.rand(2, image.shape[1], side, side)
-    with torch.no_grad():
-        out = c(x)
+    x, out = _probe_module(c, image.shape[1], side)
+    if x.shape[1] != image.shape[1]:
+        norm["channels"] = x.shape[1]
     two = isinstance(out, (tuple, list)) and len(out) == 2
     export_onnx(c, (x,), ["image"], ["logits", "features"] if two else ["logits"], tmp / CLASSIFIER_FILE)
     return ClassifierSpec(file=CLASSIFIER_FILE, features="features" if two else None, num_features=1, **norm)
+
+
+def _probe_module(c: nn.Module, channels: int, side: int) -> tuple[torch.Tensor, Any]:
+    """C's output on two random images of G's channels; behind a gray G, of 3 channels where C takes only those
+    (a C fine-tuned from a colour network on gray data, as an ONNX C's graph would say)."""
+    errors: list[Exception] = []
+    for chans in (channels, 3) if channels == 1 else (channels,):
+        x = torch.rand(2, chans, side, side)
+        try:
+            with torch.no_grad():
+                return x, c(x)
+        except Exception as e:  # the owner's module raises what it raises on a wrong input
+            errors.append(e)
+    raise EdgepptError(f"the classifier does not accept the generator's {channels}-channel {side}x{side} images: "
+                       f"{' '.join(str(errors[0]).split())[:300]}") from None
 
 
 def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict[str, Any]

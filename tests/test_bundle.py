@@ -649,6 +649,40 @@ def test_a_colour_classifier_behind_a_gray_generator(tmp_path: Path):
     assert model(torch.rand(2, 3, 8, 8)).shape == (2, 2)
 
 
+def test_a_colour_factory_classifier_behind_a_gray_generator(tmp_path: Path, monkeypatch):
+    """A torch factory's C has no graph to read its channels off: it is probed with G's 1 channel, then with 3."""
+    g = TemplateG()
+    export_onnx(g, (torch.softmax(torch.randn(2, K), 1), torch.randn(2, K)), ["y", "z"], ["image"],
+                tmp_path / "G.onnx")
+    (tmp_path / "colourc.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class C(nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(1)
+                t = 0.2 + 0.6 * torch.rand(3, 64)
+                self.register_buffer("t", t - t.mean(0))
+                self.mix = nn.Conv2d(3, 1, 1, bias=False)
+                nn.init.constant_(self.mix.weight, 1 / 3)
+            def forward(self, x):
+                return self.mix(x).flatten(1) @ self.t.T
+
+        def make():
+            return C()
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out, summary = pack(cfg(tmp_path, str(tmp_path / "G.onnx"), "colourc:make"))
+    b = load_bundle(out)
+    assert b.manifest.classifier.channels == 3 and b.image_shape[0] == 1
+    assert summary["generated_accuracy"] > 0.9
+    (tmp_path / "badc.py").write_text("import torch\ndef make():\n    return torch.nn.Conv2d(5, 2, 1)\n")
+    with pytest.raises(EdgepptError, match="does not accept the generator's 1-channel 8x8 images"):
+        pack(cfg(tmp_path, str(tmp_path / "G.onnx"), "badc:make"))
+
+
 class OpenCvG(nn.Module):
     """An owner's G trained on cv2.imread images: its colour channels come out blue, green, red."""
 
