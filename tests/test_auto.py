@@ -1302,6 +1302,9 @@ def test_test_images_that_copy_a_trained_image_are_counted_and_reported_apart(tm
     n = int(twin.sum())
     said = f"note: {n} of the {len(test)} test images {'copies' if n == 1 else 'copy'} an image the model trained on"
     assert any(line.startswith(said) for line in lines)
+    unused = [line for line in lines if "not used" in line]  # the pool's images beyond the labels are named
+    assert data["unused"] == 90 - len(test) - len(labelled) > 0  # (3 classes of 15 images and their 15 twins)
+    assert len(unused) == 1 and f"other {data['unused']:,} training images" in unused[0], lines
     _digit_folders(tmp_path / "plain", 15)
     data = run_transfer(cfg.model_copy(update={"target": str(tmp_path / "plain")}), tmp_path / "run2",
                         progress=False)["data"]

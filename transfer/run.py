@@ -521,6 +521,14 @@ def review_unlabelled(cfg: TransferConfig, phases: list[Phase], skipped: Collect
     return went_back
 
 
+def unused_images_note(unused: int, k: int) -> str:
+    """Said where the target's training pool holds more images than the labels drawn from it: a user who gave
+    every picture a label may not know the rest sits idle."""
+    return (f"note: the target's other {unused:,} training images are not used ({k} a class are drawn as labels: "
+            "--labels-per-class); --unlabeled rest trains on them without their labels, a larger "
+            "--labels-per-class with them")
+
+
 def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
                  pp_cache: str | Path | None = None, log=None) -> dict:
     """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
@@ -559,6 +567,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
                                                            "labelled_twice_classes": twice}})):
         log(f"warning: {note}")
     real, skipped_unlabeled, offered, dropped = unlabeled_images(cfg, labelled, test, rest)
+    if real is None and len(rest) and log and dist.main:
+        log(unused_images_note(len(rest), cfg.labels_per_class))
     if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
         log(f"source {bundle.path}: {bundle.provenance}")
     check_same_images(out, resume, dist, labelled, test, real)
@@ -681,7 +691,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         test_accuracy=result["accuracy"], per_class_accuracy=result["per_class_accuracy"],
         confusion_matrix=result["confusion_matrix"], classes=labelled.classes, method=name,
         phases=[{"name": ph.name, "steps": ph.steps} for ph in phases],
-        data={"labelled": len(labelled), "test": len(test),
+        data={"labelled": len(labelled), "test": len(test), "unused": 0 if real is not None else len(rest),
               "skipped_files": list(dict.fromkeys(labelled.skipped + test.skipped)), **twins,
               **({"labelled_twice": len(twice), "labelled_twice_classes": twice[:10]} if twice else {})},
         data_record=record, model=model_info, settings=cfg.model_dump(mode="json"), timings_s=timings,
