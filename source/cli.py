@@ -41,6 +41,7 @@ def source_train(
     overrides = {"data": data, "out": out, "gan_steps": gan_steps, "seed": seed}
     cfg = guarded(merged, SourceTrainConfig, config, overrides, set_)
     path = guarded(train_source, cfg, interrupted="its checkpoints are kept; run the same command again to continue",
+                   command=command_line(cfg),
                    log=lambda line: console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True,
                                                                       highlight=False))
     console.print(f"[green]bundle written:[/] {path}")

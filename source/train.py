@@ -231,12 +231,10 @@ def train_source(cfg: SourceTrainConfig, progress: bool = True, command: str | N
         trainer.run(resume=True)
     c = SourceClassifier(net).eval()
     c_acc = evaluate(net, test)["accuracy"]
-    from .cli import command_line  # the command's own options spell the line, so it always runs
-
     g.eval()  # its EMA weights, which the GAN phase ends on
     gen_acc = generated_accuracy(g, net, k, cfg.latent_dim, seed=cfg.seed)
     info = {
-        "command": command or command_line(cfg),
+        "command": command,  # the `edgeppt source train` line (None: made through the Python API)
         "config": cfg.model_dump(mode="json"),
         "classifier_arch": cfg.classifier_arch,
         "classifier_test_accuracy": round(c_acc, 4),
@@ -265,17 +263,14 @@ def write_readme(out: Path, info: dict[str, Any], classes: list[str]) -> None:
     cfg = info["config"]
     n = info["skipped"]["count"]
     skipped = f"; {n} unreadable or too-large image file(s) skipped, listed in `manifest.json`" if n else ""
+    reproduce = f"Reproduce with:\n\n```\n{info['command']}\n```\n" if info["command"] else \
+        "Made through the Python API (`train_source`): its settings are `info.config` in `manifest.json`.\n"
     text = f"""# Source bundle: {', '.join(classes)}
 
 A class-conditional generator G(z, p) and a source classifier C(x) as ONNX graphs (see `manifest.json`:
 every file's sha256, checked on load; `signature.json`, when present, signs the manifest).
 
-Reproduce with:
-
-```
-{info['command']}
-```
-
+{reproduce}
 - data: `{cfg['data']}` ({info['train_images']} images of shape {info['image_shape']}{skipped})
 - classifier `{info['classifier_arch']}`: held-out accuracy **{info['classifier_test_accuracy']:.1%}** \
 on {info['classifier_test_size']} images
