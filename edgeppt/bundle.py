@@ -37,6 +37,8 @@ MANIFEST_FILE = signing.MANIFEST_FILE
 GENERATOR_FILE, CLASSIFIER_FILE = "generator.onnx", "classifier.onnx"
 BUILTIN_KEYS = Path(__file__).parent / "keys"  # public keys of the bundles shipped with edgeppt
 
+CLASSIFY_CHUNK = 512  # images a call to C
+
 
 class _Strict(Strict):
     """A manifest's sections: unknown fields, NaN and infinity refused (JSON readers accept NaN and Infinity)."""
@@ -200,7 +202,11 @@ class SourceBundle:
             return F.softmax(self.classify(x)[0] / temperature, dim=1)
 
     def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, features) of images in [0, 1], on the bundle's device."""
+        """(logits, features) of images in [0, 1], on the bundle's device; CLASSIFY_CHUNK images a call to C, so
+        a target of many labels never holds C's activations for all of them at once."""
+        if len(x) > CLASSIFY_CHUNK:
+            parts = [self.classify(x[i:i + CLASSIFY_CHUNK]) for i in range(0, len(x), CLASSIFY_CHUNK)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         spec = self.manifest.classifier
         x = x.to(self.device, torch.float32)
         # C sees its own channels and side, whatever the images': a colour target for a grayscale bundle (or the

@@ -68,7 +68,9 @@ def pseudo_calibration(bundle: SourceBundle, anchors: torch.Tensor | None, n: in
     if anchors is not None and n_anchor:
         src = reshape_images(anchors, bundle.image_shape[1], bundle.image_shape[0])
         p = bundle.probabilities(src, PSEUDO_TEMPERATURE)
-        ps.append(p[torch.arange(n_anchor) % len(p)])
+        pick = torch.arange(n_anchor) % len(p) if n_anchor >= len(p) else \
+            torch.randperm(len(p), generator=g)[:n_anchor]  # a spread over the labels (class-ordered), not the first
+        ps.append(p[pick])
     if n - n_anchor:
         alpha = torch.full((bundle.num_classes,), 0.5)
         ps.append(_dirichlet(alpha, n - n_anchor, g))

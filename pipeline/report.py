@@ -95,6 +95,9 @@ def _smooth(v: list[float], k: int = 10) -> np.ndarray:
     return np.convolve(np.pad(a, (k - 1, 0), mode="edge"), np.ones(k) / k, mode="valid")
 
 
+CONFUSION_LABELLED = 30  # classes up to which the confusion figure names each class and counts each cell
+
+
 def confusion_figure(report: dict[str, Any]):
     import matplotlib
     matplotlib.use("Agg")
@@ -102,14 +105,16 @@ def confusion_figure(report: dict[str, Any]):
 
     cm = np.asarray(report["confusion_matrix"])
     classes = report["classes"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.55 * len(classes)))
-    ax.imshow(cm, cmap="Blues")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    n = min(len(classes), CONFUSION_LABELLED)  # past it the figure stays this size: cells, not numbers or names
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1 + 0.55 * n))
+    ax.imshow(cm, cmap="Blues", interpolation="nearest")
+    if len(classes) <= CONFUSION_LABELLED:
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title=f"test accuracy {100 * report['test_accuracy']:.1f}%")
     fig.tight_layout()
     return fig

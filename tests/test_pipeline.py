@@ -634,3 +634,19 @@ def test_demo_never_rewrites_the_config_of_a_run_in_progress(tmp_path):
         r = CliRunner().invoke(app, ["demo", "--out", str(run), "--budget", "tiny", "--quiet"])
     assert r.exit_code == 2 and "being run by another process" in " ".join(r.output.split())
     assert (run / "pipeline.yaml").read_text() == "the running run's\n"
+
+
+def test_the_confusion_figure_of_a_thousand_classes_stays_drawable(tmp_path):
+    """Past 30 classes the figure keeps its size and drops the per-cell counts: at 1,000 it would otherwise be wider
+    than matplotlib can draw (and hold a million text labels)."""
+    import numpy as np
+
+    from edgeppt.pipeline.report import CONFUSION_LABELLED, confusion_figure
+
+    for k in (5, 1000):
+        fig = confusion_figure({"confusion_matrix": np.eye(k, dtype=int).tolist(), "test_accuracy": 1.0,
+                                "classes": [f"c{i}" for i in range(k)]})
+        fig.savefig(tmp_path / f"{k}.png")
+        width = fig.get_size_inches()[0]
+        assert width == 1.2 + 0.6 * min(k, CONFUSION_LABELLED)
+        assert (len(fig.axes[0].texts) == k * k) if k <= CONFUSION_LABELLED else not fig.axes[0].texts

@@ -81,6 +81,26 @@ def test_pseudo_conditional_sampling(tiny_bundle):
     assert len(kept) == 24 and kept.relevance.min() >= rand.relevance.median() - 1e-6
     w = make_pool(b, x_t, base.model_copy(update={"pool_size": 48, "relevance": "weight"}), seed=0).weight
     assert w.min() == 0 and w.max() == 1
+    # Fewer samples than target images (a target of many classes): anchors spread over them, not the first ones
+    # (the labels come class by class, so the first would be the first classes only).
+    few = make_pool(b, torch.rand(40, *b.image_shape), base.model_copy(update={"pool_size": 16}), seed=0)
+    assert len(few.anchor.unique()) == 16 and few.anchor.max() >= 20
+
+
+def test_the_source_classifier_sees_at_most_a_chunk_of_images_a_call(tiny_bundle, monkeypatch):
+    from edgeppt import bundle as bundle_module
+
+    b = load_bundle(tiny_bundle)
+    x = torch.rand(70, *b.image_shape)
+    whole = b.classify(x)
+    monkeypatch.setattr(bundle_module, "CLASSIFY_CHUNK", 32)
+    sizes: list[int] = []
+    call = b.classifier.__call__
+    monkeypatch.setattr(b, "classifier", lambda feed, dev: sizes.append(len(next(iter(feed.values())))) or
+                        call(feed, dev))
+    chunked = b.classify(x)
+    assert sizes == [32, 32, 6]
+    assert all(torch.allclose(a, c, atol=1e-5) for a, c in zip(whole, chunked))
 
 
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch):

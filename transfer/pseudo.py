@@ -57,6 +57,8 @@ def make_pool(bundle: SourceBundle, x_t: torch.Tensor, cfg: PSSLConfig, seed: in
     g = torch.Generator().manual_seed(seed)
     n = cfg.pool_size
     anchor = torch.arange(n) % len(x_t)
+    if n < len(x_t):  # fewer samples than targets: a seeded spread over them, not the first (class-ordered) ones
+        anchor = torch.randperm(len(x_t), generator=torch.Generator().manual_seed(seed))[:n]
     probs = condition_probs(bundle, x_t, cfg.temperature)
     with torch.no_grad():
         anchor_feats = _features(bundle, x_t)
