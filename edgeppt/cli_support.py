@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.markup import escape
 
-from edgeppt.config import load_yaml, validate
+from edgeppt.config import load_yaml, validate, without_trust
 from edgeppt.errors import EdgepptError
 
 console = Console(stderr=True)
@@ -85,7 +85,7 @@ def run_dir_and_settings(load_run_config: Callable[[Path], Any], out: Optional[P
                          overrides: dict[str, Any], needs_target: bool) -> tuple[Path, dict[str, Any]]:
     """--out starts a run; --resume continues one with its saved settings, updated by the options given now."""
     if resume:
-        base = guarded(load_run_config, resume).model_dump(mode="json", exclude_unset=True)
+        base = without_trust(guarded(load_run_config, resume).model_dump(mode="json", exclude_unset=True))
         return resume, {**base, **{k: v for k, v in overrides.items() if v is not None}}
     if out is None:
         fail("give --out (a new run directory) or --resume (an existing one)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -368,7 +368,18 @@ def load_yaml(path: str | Path, model: type[M]) -> M:
     raw = read_yaml(path, "config")
     if not isinstance(raw, dict):
         raise EdgepptError(f"{path}: a config is a mapping of fields, not a {type(raw).__name__}")
+    granted = sorted(k for k in SourceTrust.TRUST_FIELDS if raw.get(k))
+    if granted:  # a config can come with a bundle, from its sender: it never lets code load
+        raise EdgepptError(f"{path}: {' and '.join(granted)} are not read from a config file (a file that comes "
+                           "with a bundle could let its code run): give --trust-code or --trusted-key on the "
+                           "command line")
     return validate(model, raw, str(path))
+
+
+def without_trust(settings: dict[str, Any]) -> dict[str, Any]:
+    """Saved settings less what lets code load: a run folder can come from anyone, so trust is given again on
+    each command line."""
+    return {k: v for k, v in settings.items() if k not in SourceTrust.TRUST_FIELDS}
 
 
 def validate(model: type[M], raw: dict, where: str = "config") -> M:

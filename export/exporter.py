@@ -200,11 +200,8 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         if not src:
             raise EdgepptError("--int8-calibration pseudo draws calibration images from the source bundle: "
                                "pass --source (the run has none)")
-        # the run's own trust settings: keys it required still are; its --trust-code covers its own source only
-        trust = {k: ctx.run.settings[k] for k in SourceTrust.TRUST_FIELDS if k in ctx.run.settings}
-        if str(src) != str(ctx.run.settings.get("source")):
-            trust.pop("trust_code", None)
-        calib, pinfo = Q.pseudo_calibration(open_source(src, SourceTrust(**trust)), ctx.labelled_x, n, shape)
+        # no trust from the run's saved settings (a run folder can come from anyone): an ONNX bundle, as ever
+        calib, pinfo = Q.pseudo_calibration(open_source(src, SourceTrust()), ctx.labelled_x, n, shape)
         # calibration stays data-free; INT8 is judged where it will run: on target images outside the test split
         guard = Q.check_calibration(Q.subsample(target_images(ctx.run, None, ctx.test_x)[0], GUARD_IMAGES, seed=1),
                                     shape)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.cli_support import console, guarded
+from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, console, guarded
 from edgeppt.errors import EdgepptError
 
 from .example import budget_help
@@ -64,11 +64,14 @@ def run_cmd(
     until: Optional[str] = typer.Option(None, help="Stop after this stage: search, transfer or export."),
     force: list[str] = typer.Option([], help="Re-run this stage even if its inputs did not change (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    trusted_key: list[Path] = typer.Option([], help=TRUSTED_KEY_HELP),
+    trust_code: bool = typer.Option(False, help=TRUST_CODE_HELP),
 ) -> None:
     """Run search -> transfer -> export into one directory; unchanged stages are skipped, interrupted ones resume."""
     from edgeppt.pipeline.config import load_config
 
-    cfg = guarded(load_config, config)
+    cfg = guarded(load_config, config)  # trust comes from these options only, never from the file
+    cfg = cfg.model_copy(update={"trusted_keys": trusted_key, "trust_code": trust_code})
     _run(cfg, out or guarded(default_run_dir, config), until, force, quiet, origin=config)
 
 

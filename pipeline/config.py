@@ -24,6 +24,7 @@ from edgeppt.config import (
     TransferConfig,
     load_yaml,
     validate,
+    without_trust,
 )
 from edgeppt.devices import DEFAULT_DEVICE, load_profile
 from edgeppt.errors import EdgepptError
@@ -111,4 +112,4 @@ def parse_config(raw: dict, where: str = "pipeline config") -> PipelineConfig:
 
 def dump_yaml(cfg: PipelineConfig) -> str:
     """The config as YAML with only what differs from the defaults (short, and readable in a report)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    return yaml.safe_dump(without_trust(cfg.model_dump(mode="json", exclude_defaults=True)), sort_keys=False)

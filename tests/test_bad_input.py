@@ -375,6 +375,12 @@ CASES = [
     Case("run-not-a-mapping", lambda w: ["run", str(w.tmp / "p.yaml"), "--out", str(w.pipeline)],
          r"p\.yaml: a config is a mapping of fields, not a list", lambda w: (w.tmp / "p.yaml").write_text("- a\n"),
          keep=pipeline_outputs),
+    Case("run-yaml-grants-trust", lambda w: ["run", str(w.pipeline_config(trust_code=True)), "--out", str(w.pipeline)],
+         r"trust_code are not read from a config file .*--trust-code", keep=lambda w: [w.pipeline]),
+    Case("transfer-yaml-grants-trust", lambda w: ["transfer", "--config", str(w.tmp / "t.yaml"), "--out",
+                                                  str(w.tmp / "t")],
+         r"t\.yaml: trusted_keys are not read from a config file", setup=lambda w: (w.tmp / "t.yaml").write_text(
+             f"target: {DIGITS}\ntrusted_keys: [{w.tmp / 'theirs.pub'}]\n")),
     Case("run-unknown-device", lambda w: ["run", str(w.pipeline_config(device="tpu9")), "--out", str(w.pipeline)],
          r"device: .*unknown device 'tpu9'", keep=pipeline_outputs),
     Case("run-profile-bad-field",

@@ -260,3 +260,19 @@ def test_unexpected_errors_are_one_line_with_the_traceback_in_a_file(monkeypatch
     monkeypatch.setenv("EDGEPPT_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         cli.main()
+
+
+def test_trust_comes_from_the_command_line_only(tmp_path):
+    """A run folder or a config can come with a bundle, from its sender: neither lets a .pt2 bundle's code load."""
+    from edgeppt.cli_support import run_dir_and_settings
+    from edgeppt.config import TransferConfig
+    from edgeppt.pipeline.config import dump_yaml, parse_config
+
+    saved = TransferConfig(target="digits", trust_code=True, trusted_keys=[tmp_path / "theirs.pub"])
+    _, settings = run_dir_and_settings(lambda _: saved, None, tmp_path, {"trust_code": None, "trusted_keys": None},
+                                       needs_target=True)
+    assert settings["target"] == "digits" and "trust_code" not in settings and "trusted_keys" not in settings
+    _, settings = run_dir_and_settings(lambda _: saved, None, tmp_path, {"trust_code": True}, needs_target=True)
+    assert settings["trust_code"] is True
+    cfg = parse_config({"source": "b", "target": "digits", "trust_code": True, "trusted_keys": ["k.pub"]})
+    assert "trust" not in dump_yaml(cfg)  # the run's own pipeline.yaml: re-read without being refused
