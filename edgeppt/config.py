@@ -14,6 +14,8 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -457,6 +459,16 @@ class RemoteWorker(Strict):
     user: str
     ssh_key_file: Path = Field(Path("~/.ssh/id_ed25519"), description="private key for the login")
     python_path: str | None = Field(None, description="folder holding the worker's python (default: its PATH's)")
+
+    @field_validator("host", "user")
+    @classmethod
+    def _a_name(cls, v: str, info: ValidationInfo) -> str:
+        # ssh would read "-oProxyCommand=..." as an option and run it, and "a@b" as another login
+        if not v or v.startswith("-") or any(c.isspace() or c in "@" for c in v) or (info.field_name == "user"
+                                                                                     and ":" in v):
+            raise ValueError(f"{v!r} is not a {info.field_name} name (it may not start with '-' nor hold spaces "
+                             "or '@')")
+        return v
 
 
 class SearchConfig(SourceTrust):

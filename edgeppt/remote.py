@@ -16,4 +16,4 @@ def ssh_command(host: str, port: int | None = None, identity: str | Path | None 
         cmd += ["-i", str(identity)]
     for o in options or []:
         cmd += ["-o", o]
-    return [*cmd, host]
+    return [*cmd, "--", host]  # a host (or user) that starts with "-" is a name, never an option
