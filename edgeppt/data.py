@@ -13,6 +13,7 @@ import os
 import pickle
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -354,10 +355,12 @@ def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
 def _array(z: np.lib.npyio.NpzFile, key: str, path: str | Path) -> np.ndarray:
     try:
         return z[key]
-    except ValueError as e:  # object arrays: reading them would unpickle
-        raise EdgepptError(f"{path}: array '{key}' holds Python objects, which are never unpickled; save numbers "
-                           "(or strings) only") from e
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # object arrays: reading them would unpickle
+            raise EdgepptError(f"{path}: array '{key}' holds Python objects, which are never unpickled; save "
+                               "numbers (or strings) only") from e
+        raise EdgepptError(f"{path}: array '{key}' cannot be read ({e})") from e  # a damaged header
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:  # zlib's: a damaged compressed member
         raise EdgepptError(f"{path}: array '{key}' cannot be read ({e})") from e
 
 

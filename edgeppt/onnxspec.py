@@ -28,7 +28,8 @@ def external_files(path: Path, root: Path) -> list[Path]:
         raise EdgepptError(f"{path}: not an ONNX graph ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
                            ) from None
     found: dict[Path, None] = {}
-    for t in _tensors(model.graph):
+    graphs = [model.graph, *(_FunctionBody(f) for f in model.functions)]
+    for t in (t for g in graphs for t in _tensors(g)):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         where = {e.key: e.value for e in t.external_data}.get("location", "")
@@ -39,13 +40,29 @@ def external_files(path: Path, root: Path) -> list[Path]:
     return list(found)
 
 
+class _FunctionBody:
+    """A model-local function's nodes, walked as a graph without initializers of its own."""
+
+    def __init__(self, function: Any) -> None:
+        self.node = function.node
+        self.initializer: list[Any] = []
+        self.sparse_initializer: list[Any] = []
+
+
 def _tensors(graph: Any) -> Iterator[Any]:
-    """Every tensor a graph holds: initializers, constants in node attributes, and those of subgraphs."""
+    """Every tensor a graph holds: initializers (dense, and the values and indices of sparse ones), constants in
+    node attributes, and those of subgraphs."""
     yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+            for sparse in attr.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 yield from _tensors(sub)

@@ -117,8 +117,10 @@ def verify(root: Path = HERE, trusted_keys: "list[Path] | None" = None) -> "list
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         return [f"{MANIFEST} lacks {', '.join(missing)}"]
+    if not isinstance(manifest["files"], dict):
+        return [f"{MANIFEST}'s files is not a mapping of file names to sha256"]
     problems = verify_signature(root, list(trusted_keys or []), sorted(KEYRING.glob("*.pub")))
-    for name, digest in manifest.get("files", {}).items():
+    for name, digest in manifest["files"].items():
         f = root / name
         if not f.is_file():
             problems.append(f"{name}: missing")
@@ -269,7 +271,12 @@ def sample_images(root: Path, classes: "list[str]") -> "tuple[list[Path], list[i
 
 
 def cmd_classify(args, manifest: "dict[str, Any]") -> int:
-    session = make_session(HERE / (args.model or default_model(manifest)), args.threads, args.provider)
+    model = args.model or default_model(manifest)
+    if model not in manifest["files"]:  # only what verify has just checked runs
+        print(f"error: --model {model}: not a file of this bundle's manifest (its models: "
+              f"{', '.join(sorted(onnx_models(manifest).values()))})", file=sys.stderr)
+        return 2
+    session = make_session(HERE / model, args.threads, args.provider)
     classes, spec = manifest["classes"], manifest["preprocess"]
     bad = 0
     for path in args.images:
@@ -382,7 +389,7 @@ def main(argv: "list[str] | None" = None) -> int:
     v = sub.add_parser("verify", help="check every file against the manifest's sha256, and the signature")
     c = sub.add_parser("classify", help="classify image files")
     c.add_argument("images", nargs="+")
-    c.add_argument("--top", type=int, default=3)
+    c.add_argument("--top", type=_positive, default=3)
     b = sub.add_parser("bench", help="benchmark the bundle's models on this machine")
     b.add_argument("--formats", default="", help="comma-separated subset, e.g. onnx,int8")
     b.add_argument("--batch", type=int, default=32, help="throughput batch (dynamic-batch models only)")
@@ -424,9 +431,20 @@ def main(argv: "list[str] | None" = None) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give 1 or more")
+    return n
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
     except ImportError as e:  # a device without what the runner runs on: one line saying what to install
         sys.exit(f"runner.py needs numpy and onnxruntime, and pillow for image files ({e}): "
                  "python3 -m pip install numpy onnxruntime pillow (on a Jetson, NVIDIA's onnxruntime-gpu wheel)")
+    except Exception as e:  # one line on the device too, never a traceback
+        sys.exit(f"error: {type(e).__name__}: {' '.join(str(e).split())[:400]}")

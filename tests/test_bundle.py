@@ -17,7 +17,7 @@ from torch import nn
 from edgeppt.bundle import load_bundle, read_manifest
 from edgeppt.bundle_write import export_onnx
 from edgeppt.errors import EdgepptError
-from edgeppt.onnxspec import external_files
+from edgeppt.onnxspec import OPSET, external_files
 from edgeppt.runs import sha256_file
 from edgeppt.signing import keygen
 from edgeppt.source.pack import PackConfig, from_bundle, pack
@@ -515,6 +515,41 @@ def test_a_graph_whose_weights_lie_outside_the_bundle_is_refused_before_it_runs(
     with pytest.raises(EdgepptError, match=r"classifier.onnx: tensor .* keeps its data at '../outside.data', "
                                            r"outside"):
         load_bundle(out)
+
+
+def test_external_data_is_checked_in_sparse_tensors_and_functions_too(tmp_path: Path):
+    """Sparse initializers, sparse attribute constants and model-local functions can name a data file as well."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def outside(name: str) -> onnx.TensorProto:
+        t = helper.make_tensor(name, TensorProto.FLOAT, [1], [0.0])
+        t.ClearField("float_data")
+        t.data_location = TensorProto.EXTERNAL
+        t.external_data.add(key="location", value="/etc/passwd")
+        return t
+
+    def sparse(name: str) -> onnx.SparseTensorProto:
+        return helper.make_sparse_tensor(outside(name), helper.make_tensor(name + "_i", TensorProto.INT64, [1], [0]),
+                                         [4])
+
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graphs = {
+        "sparse initializer": helper.make_graph([helper.make_node("Identity", ["s"], ["y"])], "g", [], [y],
+                                                sparse_initializer=[sparse("s")]),
+        "sparse constant": helper.make_graph([helper.make_node("Constant", [], ["y"], sparse_value=sparse("c"))],
+                                             "g", [], [y]),
+    }
+    fn = helper.make_function("local", "f", [], ["y"], [helper.make_node("Constant", [], ["y"], value=outside("k"))],
+                              [helper.make_opsetid("", OPSET)])
+    graphs["function"] = helper.make_graph([helper.make_node("f", [], ["y"], domain="local")], "g", [], [y])
+    for what, graph in graphs.items():
+        model = helper.make_model(graph, functions=[fn] if what == "function" else [],
+                                  opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("local", 1)])
+        path = tmp_path / f"{what}.onnx"
+        path.write_bytes(model.SerializeToString())
+        with pytest.raises(EdgepptError, match="keeps its data at '/etc/passwd', outside"):
+            external_files(path, tmp_path)
 
 
 @pytest.mark.parametrize("edit, problem", [

@@ -235,6 +235,14 @@ def test_npz_layouts_and_errors(tmp_path):
     np.savez(tmp_path / "objects.npz", x=np.array([object()] * 6, dtype=object), y=np.arange(6) % 2)
     with pytest.raises(EdgepptError, match="array 'x' holds Python objects, which are never unpickled"):
         load_npz(tmp_path / "objects.npz")
+    # damaged in transfer: a compressed member (zlib's own error type) or a member's header, each named as damage
+    np.savez_compressed(tmp_path / "c.npz", x=np.random.default_rng(0).random((500, 1, 8, 8), np.float32),
+                        y=np.arange(500) % 2)
+    whole = (tmp_path / "c.npz").read_bytes()
+    for pos in (100, 60):
+        (tmp_path / "damaged.npz").write_bytes(whole[:pos] + bytes([whole[pos] ^ 0xFF]) + whole[pos + 1:])
+        with pytest.raises(EdgepptError, match=r"damaged\.npz: array 'x' cannot be read \("):
+            load_npz(tmp_path / "damaged.npz")
 
 
 def test_unknown_dataset_and_class():

@@ -372,6 +372,15 @@ def test_runner_classifies_image_files(bundle, tmp_path):
     assert r.returncode == 0, r.stderr
     same, deep_line = (json.loads(ln) for ln in r.stdout.splitlines())
     assert deep_line["top"] == same["top"]
+    # Mistakes on the device are one line each, never a traceback; a model the manifest does not list never runs.
+    (path / "extra.onnx").write_bytes((path / "model.onnx").read_bytes())
+    for args, said in ((["--model", "typo.onnx"], "--model typo.onnx: not a file of this bundle's manifest"),
+                       (["--model", "extra.onnx"], "--model extra.onnx: not a file of this bundle's manifest"),
+                       (["--top", "0"], "argument --top: 0: give 1 or more")):
+        r = subprocess.run([sys.executable, "runner.py", "classify", str(images[0]), *args], cwd=path,
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (path / "extra.onnx").unlink()
 
 
 def test_runner_and_bench_measure_every_onnx_model(bundle, tmp_path):
