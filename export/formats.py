@@ -16,7 +16,6 @@ from edgeppt.config import Strict
 from edgeppt.devices import ExportFormat
 
 Calibration = Literal["target", "pseudo"]  # where INT8 calibration images come from
-CALIBRATIONS: tuple[str, ...] = get_args(Calibration)
 
 
 class Format(NamedTuple):

@@ -640,7 +640,7 @@ def test_unknown_format_and_device(trained_run, tmp_path):
         export_run(trained_run, tmp_path / "o", formats="onnx,tflite", log=lambda s: None)
     with pytest.raises(EdgepptError, match="unknown device"):
         export_run(trained_run, tmp_path / "o", device="tpu", log=lambda s: None)
-    with pytest.raises(EdgepptError, match="int8-calibration"):
+    with pytest.raises(EdgepptError, match="int8_calibration: Input should be .target. or .pseudo."):
         export_run(trained_run, tmp_path / "o", int8_calibration="magic", log=lambda s: None)
     r = CliRunner().invoke(app, ["export", str(trained_run), "--formats", "onnx,tflite", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "tflite" in r.output and "Traceback" not in r.output
