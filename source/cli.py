@@ -14,7 +14,7 @@ from rich.table import Table
 from typer.core import TyperOption
 
 from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, config_option, console, fail, guarded, merged
-from edgeppt.config import SourceTrainConfig, validate
+from edgeppt.config import PackConfig, SourceTrainConfig, validate
 from edgeppt.errors import EdgepptError
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
@@ -123,15 +123,16 @@ def source_pack(
     from_bundle: Optional[Path] = typer.Option(None, help="Convert a version-1 (.pt2) bundle instead "
                                                "(needs --trust-code or a trusted signature)."),
     latent_dim: Optional[int] = typer.Option(None, min=1, help="Size of z (read from an ONNX graph when fixed)."),
-    latent: str = typer.Option("normal", help="z's distribution: normal or uniform (on -1..1)."),
+    latent: Optional[str] = config_option(PackConfig, "latent", help="z's distribution: normal or uniform (on "
+                                          "-1..1)."),
     truncation: Optional[float] = typer.Option(None, help="Redraw |z| above this (BigGAN's truncation trick)."),
-    label: str = typer.Option("auto", help="G's label input: probabilities (N, K), index (N,), or auto (an int64 "
-                              "input means index)."),
-    input_range: str = typer.Option("0,1", "--input-range", "--output-range",
-                                    help="The range of G's output pixels, e.g. -1,1."),
-    mean: str = typer.Option("0", help="C's input normalisation mean per channel on 0..1 images, e.g. "
-                             "0.485,0.456,0.406."),
-    std: str = typer.Option("1", help="C's input normalisation std per channel."),
+    label: Optional[str] = config_option(PackConfig, "label", help="G's label input: probabilities (N, K), index "
+                                         "(N,), or auto (an int64 input means index)."),
+    input_range: Optional[str] = typer.Option(None, "--input-range", "--output-range", show_default="0,1",
+                                              help="The range of G's output pixels, e.g. -1,1."),
+    mean: Optional[str] = typer.Option(None, show_default="0", help="C's input normalisation mean per channel on "
+                                       "0..1 images, e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, show_default="1", help="C's input normalisation std per channel."),
     input_size: Optional[int] = typer.Option(None, min=1, help="Side C expects, if G's images must be resized."),
     z_input: Optional[str] = typer.Option(None, help="Name of G's z input (ONNX); default its first input."),
     label_input: Optional[str] = typer.Option(None, help="Name of G's label input (ONNX); default the other."),
@@ -139,27 +140,29 @@ def source_pack(
                                                 "value per class that recognises G's samples best."),
     features_output: Optional[str] = typer.Option(None, help="C's output used as features (ONNX); default its "
                                                   "other output, or the logits."),
-    classifier_output: str = typer.Option("auto", help="What C's logits output holds: logits, probabilities (a "
-                                          "graph that ends in a softmax), or auto (probabilities if its rows on "
-                                          "G's images are non-negative and sum to 1)."),
-    layout: str = typer.Option("auto", help="Image layout of G's output and C's input: nchw, nhwc (Keras, "
-                               "TensorFlow), or auto (read off the graphs' shapes)."),
-    channel_order: str = typer.Option("rgb", help="Colour order of G's images and C's input: rgb, or bgr for a "
-                                      "pipeline that read images with OpenCV (cv2.imread)."),
+    classifier_output: Optional[str] = config_option(
+        PackConfig, "classifier_output", help="What C's logits output holds: logits, probabilities (a graph that "
+        "ends in a softmax), or auto (probabilities if its rows on G's images are non-negative and sum to 1)."),
+    layout: Optional[str] = config_option(PackConfig, "layout", help="Image layout of G's output and C's input: "
+                                          "nchw, nhwc (Keras, TensorFlow), or auto (read off the graphs' shapes)."),
+    channel_order: Optional[str] = config_option(PackConfig, "channel_order", help="Colour order of G's images and "
+                                                 "C's input: rgb, or bgr for a pipeline that read images with "
+                                                 "OpenCV (cv2.imread)."),
     sign: Optional[Path] = typer.Option(None, help="Private key (from source keygen) to sign the bundle with."),
     trust_code: bool = typer.Option(False, help="Allow loading .pt2 files (their loading can run code)."),
 ) -> None:
     """Make a bundle from your own generator and classifier: converted to ONNX, checked, previewed, signed."""
-    from edgeppt.source.pack import PackConfig, pack, parse_classes
     from edgeppt.source.pack import from_bundle as convert
+    from edgeppt.source.pack import pack, parse_classes
 
-    fields = {"out": out, "latent_dim": latent_dim, "latent": latent, "truncation": truncation, "label": label,
-              "output_range": guarded(_range, input_range), "mean": guarded(_floats, "--mean", mean),
-              "std": guarded(_floats, "--std", std),
-              "input_size": input_size, "z_input": z_input, "label_input": label_input,
-              "logits_output": logits_output, "features_output": features_output, "layout": layout,
-              "classifier_output": classifier_output, "channel_order": channel_order,
-              "sign": sign, "trust_code": trust_code}
+    given = {"out": out, "latent_dim": latent_dim, "latent": latent, "truncation": truncation, "label": label,
+             "output_range": input_range and guarded(_range, input_range),
+             "mean": mean and guarded(_floats, "--mean", mean), "std": std and guarded(_floats, "--std", std),
+             "input_size": input_size, "z_input": z_input, "label_input": label_input,
+             "logits_output": logits_output, "features_output": features_output, "layout": layout,
+             "classifier_output": classifier_output, "channel_order": channel_order,
+             "sign": sign, "trust_code": trust_code}
+    fields = {k: v for k, v in given.items() if v is not None}  # PackConfig's own defaults for the rest
     if from_bundle is not None:
         cfg = guarded(validate, PackConfig, {**fields, "generator": str(from_bundle), "classifier":
                                              str(from_bundle), "classes": ["-", "--"]}, "source pack")

@@ -15,11 +15,10 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import onnxruntime as ort
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from edgeppt.bundle import (
@@ -35,48 +34,13 @@ from edgeppt.bundle import (
 )
 from edgeppt.bundle_runtime import load_program
 from edgeppt.bundle_write import export_onnx, write_bundle
-from edgeppt.config import Strict
+from edgeppt.config import PackConfig
 from edgeppt.errors import EdgepptError
 from edgeppt.onnxspec import external_files
 from edgeppt.runs import atomic_write_text
 from edgeppt.signing import verify_folder
 
 from .inspect import render_grid
-
-
-class PackConfig(Strict):
-    """What the owner declares about G and C (the CLI's flags)."""
-    generator: str = Field(description="G.onnx, G.pt2, or package.module:function returning a torch module")
-    classifier: str = Field(description="C.onnx, C.pt2, or package.module:function returning a torch module")
-    classes: list[str] = Field(min_length=2)
-    out: Path
-    latent_dim: int | None = Field(None, gt=0, description="size of z; read from the ONNX input when static")
-    latent: Literal["normal", "uniform"] = "normal"
-    truncation: float | None = Field(None, gt=0)
-    label: Literal["probabilities", "index", "auto"] = "auto"  # auto: an int64 label input means index
-    output_range: tuple[float, float] = (0.0, 1.0)
-    mean: list[float] = [0.0]
-    std: list[float] = [1.0]
-    input_size: int | None = Field(None, gt=0)
-    z_input: str | None = None  # ONNX input names; default: the label is an int64 input, or one named as a label
-    label_input: str | None = None  # (label, y, class, cond, ...), or the one K wide; z is the other
-    logits_output: str | None = None  # default: C's output K wide that recognises G's one-hot samples best
-    features_output: str | None = None  # default: C's other output, or the logits when it has one
-    layout: Literal["auto", "nchw", "nhwc"] = "auto"  # auto: read off G's output and C's declared input shapes
-    channel_order: Literal["rgb", "bgr"] = "rgb"  # bgr: G draws and C reads OpenCV's order
-    classifier_output: Literal["auto", "logits", "probabilities"] = "auto"  # auto: probabilities if every output
-    # row on G's images is non-negative and sums to 1 (a graph that ends in a softmax)
-    trust_code: bool = False
-    sign: Path | None = None
-
-    @model_validator(mode="after")
-    def _ranges(self) -> PackConfig:
-        lo, hi = self.output_range
-        if not hi > lo:
-            raise ValueError(f"output range {lo},{hi} must rise")
-        if len(self.std) != len(self.mean) or any(s <= 0 for s in self.std):
-            raise ValueError("--mean and --std need the same number of values, and std > 0")
-        return self
 
 
 def parse_classes(spec: str) -> list[str]:
