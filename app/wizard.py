@@ -21,6 +21,7 @@ import streamlit as st
 
 from edgeppt.app import display
 from edgeppt.app.uploads import UploadError, extract_bundle, extract_image_folders, extract_images
+from edgeppt.config import LABELS_PER_CLASS
 from edgeppt.data import EXAMPLE_TARGET, split_spec
 from edgeppt.devices import DEFAULT_DEVICE
 from edgeppt.errors import EdgepptError
@@ -69,7 +70,7 @@ def current_run() -> Path:
 
 
 def default_draft() -> dict[str, Any]:
-    return {"target_kind": "example", "target": EXAMPLE_TARGET, "labels_per_class": 4,
+    return {"target_kind": "example", "target": EXAMPLE_TARGET, "labels_per_class": LABELS_PER_CLASS,
             "source_kind": "example", "source": None, "device": DEFAULT_DEVICE, "budget": "demo",
             "search": {}, "transfer": {}, "export": {}}
 
@@ -96,7 +97,7 @@ def _is_example(source: Path) -> bool:
 def build_config(draft: dict[str, Any]) -> PipelineConfig:
     """Budget preset, then the wizard's choices on top; validated like a pipeline.yaml."""
     raw: dict[str, Any] = copy.deepcopy(BUDGETS[draft["budget"]])
-    for section in ("search", "transfer", "export"):
+    for section in STAGE_NAMES:
         _merge(raw.setdefault(section, {}), draft.get(section) or {})
     raw.update(source=draft["source"] or str(example_bundle()), target=draft["target"],
                labels_per_class=draft["labels_per_class"], device=draft["device"])

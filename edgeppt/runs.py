@@ -175,6 +175,12 @@ def added_settings_warning(out: Path | str, added: Mapping[str, Any]) -> str:
             "these values (give them with --set to choose others)")
 
 
+def json_digest(obj: Any, length: int = 16) -> str:
+    """A short, stable key for a JSON-able record (a cache entry's or a stage's inputs): the sha256 of its sorted
+    JSON, anything JSON cannot hold (a Path) as its str."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -14,6 +14,7 @@ from rich.table import Table
 from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, console, guarded
 from edgeppt.errors import EdgepptError
 
+from .config import STAGE_NAMES
 from .example import budget_help
 from .state import CONFIG_FILE, STATE_FILE
 
@@ -61,7 +62,7 @@ def run_cmd(
     config: Path = typer.Argument(..., help="pipeline.yaml: source, target, device and each stage's budget."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: the config's own folder when it is a "
                                        "run's pipeline.yaml, else runs/<config name>)."),
-    until: Optional[str] = typer.Option(None, help="Stop after this stage: search, transfer or export."),
+    until: Optional[str] = typer.Option(None, help=f"Stop after this stage: {', '.join(STAGE_NAMES)}."),
     force: list[str] = typer.Option([], help="Re-run this stage even if its inputs did not change (repeatable)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     trusted_key: list[Path] = typer.Option([], help=TRUSTED_KEY_HELP),

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgeppt.config import LABELS_PER_CLASS
 from edgeppt.data import EXAMPLE_TARGET
-from edgeppt.devices import DEFAULT_DEVICE
 from edgeppt.errors import EdgepptError
 
 from .config import PipelineConfig, parse_config
@@ -66,7 +66,7 @@ def example_bundle() -> Path:
 def example_config(budget: str = "demo", **overrides: Any) -> PipelineConfig:
     if budget not in BUDGETS:
         raise EdgepptError(f"unknown budget {budget!r}; choose one of {list(BUDGETS)}")
-    raw = {"source": str(example_bundle()), "target": EXAMPLE_TARGET, "labels_per_class": 4, "device": DEFAULT_DEVICE,
+    raw = {"source": str(example_bundle()), "target": EXAMPLE_TARGET, "labels_per_class": LABELS_PER_CLASS,
            **{k: dict(v) for k, v in BUDGETS[budget].items()}}
     raw.update(overrides)
     return parse_config(raw, f"example ({budget})")

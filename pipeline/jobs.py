@@ -73,17 +73,16 @@ def write_config(run: str | Path, cfg: PipelineConfig) -> Path:
     return atomic_write_text(run / CONFIG_FILE, dump_yaml(cfg))
 
 
-def start_job(run: str | Path, cfg: PipelineConfig | None = None, until: str | None = None,
-              force: tuple[str, ...] = ()) -> dict[str, Any]:
+def start_job(run: str | Path, cfg: PipelineConfig | None = None, until: str | None = None) -> dict[str, Any]:
     """Start `edgeppt run <run>/pipeline.yaml --out <run>` in its own process group; returns job.json."""
     run = Path(run).resolve()
     run.mkdir(parents=True, exist_ok=True)
     with open(run / START_LOCK, "a+") as lock:  # two tabs' clicks: one checks, writes and spawns at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _start(run, cfg, until, force)
+        return _start(run, cfg, until)
 
 
-def _start(run: Path, cfg: PipelineConfig | None, until: str | None, force: tuple[str, ...]) -> dict[str, Any]:
+def _start(run: Path, cfg: PipelineConfig | None, until: str | None) -> dict[str, Any]:
     if is_running(run):
         raise EdgepptError(f"a job is already running in {run}")
     if cfg is not None:
@@ -93,8 +92,6 @@ def _start(run: Path, cfg: PipelineConfig | None, until: str | None, force: tupl
     cmd = [sys.executable, "-m", "edgeppt.cli", "run", str(run / CONFIG_FILE), "--out", str(run), "--quiet"]
     if until:
         cmd += ["--until", until]
-    for name in force:
-        cmd += ["--force", name]
     with open(run / LOG_FILE, "ab") as log:
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()

@@ -7,7 +7,6 @@ stages' folders, and receives `resume=True` when it was interrupted with the sam
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -19,11 +18,11 @@ from edgeppt.config import SearchConfig, TransferConfig, validate
 from edgeppt.data import BUILTIN, image_files, split_spec
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec
-from edgeppt.runs import atomic_write_bytes, sha256_file
+from edgeppt.runs import atomic_write_bytes, json_digest, sha256_file
 from edgeppt.search.record import BEST_FILE
 from edgeppt.transfer.record import MODEL_FILE, REPORT_FILE
 
-from .config import PipelineConfig
+from .config import STAGE_NAMES, PipelineConfig
 
 Log = Callable[[str], None]
 
@@ -212,7 +211,8 @@ STAGES: list[Stage] = [
     Stage("export", _export_inputs, _export_run, "bundle.zip"),
 ]
 STAGE_BY_NAME = {s.name: s for s in STAGES}
+assert tuple(STAGE_BY_NAME) == STAGE_NAMES, "one Stage per name, in the pipeline's order"
 
 
 def input_key(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(inputs)

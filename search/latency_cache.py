@@ -7,7 +7,6 @@ core count). One small JSON file per key, written atomically; files that do not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeppt.onnxspec import OPSET
-from edgeppt.runs import atomic_write_json
+from edgeppt.runs import atomic_write_json, json_digest
 
 
 def cache_dir() -> Path:
@@ -44,8 +43,7 @@ class LatencyCache:
         self.folder, self.host = folder or cache_dir(), machine()
 
     def _path(self, key: dict[str, Any]) -> Path:
-        blob = json.dumps({**key, "host": self.host}, sort_keys=True)
-        return self.folder / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+        return self.folder / f"{json_digest({**key, 'host': self.host}, 24)}.json"
 
     def get(self, key: dict[str, Any]) -> dict[str, float] | None:
         try:

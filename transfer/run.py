@@ -37,6 +37,7 @@ from edgeppt.runs import (
     added_settings_warning,
     atomic_torch_save,
     atomic_write_json,
+    json_digest,
     load_checkpoint,
     peak_rss_mib,
     read_cache,
@@ -181,7 +182,7 @@ def _pp_key(cfg: TransferConfig, bundle: SourceBundle, in_chans: int, size: int)
         key.update(contrastive=cfg.pretrain_contrastive, contrastive_t=cfg.pretrain_contrastive_temperature)
     if bundle.image_shape[0] > in_chans:  # colour samples to gray: luma since this version (a plain mean before)
         key.update(to_gray="luma-601")
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(key)
 
 
 def pseudo_pretrain(cfg: TransferConfig, model, bundle: SourceBundle, out: Path, dist: Dist, resume: bool,
@@ -239,7 +240,7 @@ def _pool_key(cfg: TransferConfig, bundle: SourceBundle, x_t: torch.Tensor) -> s
     key = {"bundle": bundle.manifest.files, "x": hashlib.sha256(x_t.numpy().tobytes()).hexdigest(),
            "seed": cfg.seed, "sampling": [p.temperature, p.z_candidates, p.relevance,
                                           p.relevance_keep, p.pool_size]}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(key)
 
 
 def pseudo_samples(cfg: TransferConfig, bundle: SourceBundle, labelled: ImageSet, out: Path, dist: Dist,
