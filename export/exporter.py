@@ -188,7 +188,8 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
         pool, info = x.numpy(), {"mode": "given", "test_copies_left_out": dropped}
     elif mode == "target":
         spec = ctx.options.get("calibration_data")
-        x, dropped = target_images(ctx.run, spec, ctx.test_x)
+        # a folder of 100,000 device images is not read in full for a few hundred (twice: room for test copies)
+        x, dropped = target_images(ctx.run, spec, ctx.test_x, limit=2 * (n + GUARD_IMAGES))
         pool = Q.check_calibration(Q.subsample(x, n + GUARD_IMAGES, seed=0), shape)
         info = {"mode": "target", "from": spec or "the run's target images outside the test split",
                 "test_copies_left_out": dropped}
@@ -212,16 +213,16 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
     return calib, guard, {**info, "images": len(calib), "guard_images": len(guard), "guard_disjoint": disjoint}
 
 
-def target_images(run: LoadedRun, spec: str | None, test_x: np.ndarray) -> tuple[torch.Tensor, int]:
+def target_images(run: LoadedRun, spec: str | None, test_x: np.ndarray, limit: int = 0) -> tuple[torch.Tensor, int]:
     """Unlabelled target images for calibration and the guards, and how many test images were left out of them: a
-    given dataset less its copies of the run's test images (a target folder holds them), or the run's target set
-    less its test split."""
+    given dataset less its copies of the run's test images (a target folder holds them; at most `limit` of its
+    images are read, a fixed random subset: 0 = all), or the run's target set less its test split."""
     from edgeppt.data import load_unlabeled, reshape_images
 
     if not spec:
         return reshape_images(run_record(run).pool().x, run.image_size, run.in_chans), 0
     # images only: a flat folder, class folders of any classes, an .npz of x alone, a built-in spec
-    return without_test(load_unlabeled(spec, run.image_size, run.in_chans)[0], test_x, spec)
+    return without_test(load_unlabeled(spec, run.image_size, run.in_chans, limit)[0], test_x, spec)
 
 
 def without_test(x: torch.Tensor, test_x: np.ndarray, what: str) -> tuple[torch.Tensor, int]:
