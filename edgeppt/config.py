@@ -382,8 +382,6 @@ class TransferConfig(SourceTrust):
     # What may change when a run is resumed (edgeppt.runs.resume_conflicts): how it runs, not what it computes.
     RESUME_FREE: ClassVar[frozenset[str]] = frozenset({"threads", "device"}) | SourceTrust.TRUST_FIELDS
 
-    def needs_source(self) -> bool:
-        return self.method not in ("auto", "scratch", "ssl")
 
 
 M = TypeVar("M", bound=Strict)

@@ -128,12 +128,9 @@ def preflight(cfg: PipelineConfig) -> None:
     if cfg.search.enabled:
         search_config(cfg, Path("search"))
     transfer = transfer_config(cfg, Path("."))
-    from edgeppt.transfer.methods import METHODS
+    from edgeppt.transfer.methods import check_inputs
 
-    method = METHODS.get(transfer.method)  # (auto is not one: it chooses among them)
-    if method is not None and method.needs_unlabeled and transfer.unlabeled is None:  # not after the search's minutes
-        raise EdgepptError(f"transfer.method {transfer.method} trains on unlabelled target images: set "
-                           "transfer.unlabeled (a folder, an .npz, or rest: the target's images that are not labelled)")
+    check_inputs(transfer, source="source", unlabeled="transfer.unlabeled")  # not after the search's minutes
 
 
 def _keys(cfg: PipelineConfig, run: Path, name: str) -> tuple[str, str, dict[str, Any]]:

@@ -237,7 +237,8 @@ def test_an_architecture_file_is_keyed_by_its_contents_and_a_methods_unlabelled_
     run_pipeline(cfg, tmp_path / "run", progress=False, log=quiet)
     assert calls == {"transfer": 2, "export": 2}
     ssl = parse_config(raw_config(tiny_bundle, transfer={"method": "pp+ssl"}))
-    with pytest.raises(EdgepptError, match="transfer.method pp\\+ssl trains on unlabelled target images"):
+    with pytest.raises(EdgepptError, match="method 'pp\\+ssl' trains on unlabelled target images: give "
+                                           "transfer.unlabeled"):
         run_pipeline(ssl, tmp_path / "ssl", log=quiet)
     assert not (tmp_path / "ssl").exists()  # refused before a run directory is made
 

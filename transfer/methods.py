@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from edgeppt.bundle import SourceBundle
+from edgeppt.config import METHODS as METHOD_NAMES
 from edgeppt.config import AugmentConfig, TransferConfig
 from edgeppt.data import ImageSet
+from edgeppt.errors import EdgepptError
 from edgeppt.train import augment_rules
 
 from .objectives import Distill, Objective, Supervised
@@ -31,6 +33,7 @@ class Method:
     ssl: bool = False              # the target objective is an SSL phase (after a warm start)
     source_net: bool = False       # trains C itself (its ONNX graph made trainable), not --arch
     weight_decay: bool = True      # plain weight decay in the target phase (L2-SP replaces it with its own)
+    uses_source: bool = True       # reads the source bundle (G, C or both)
     # A phase before the target one that trains only the objective's own parts: (steps, objective).
     first_step: Callable[[TransferConfig, Objective], tuple[int, Objective]] | None = None
 
@@ -88,15 +91,29 @@ def _tred_first(cfg: TransferConfig, objective: Objective) -> tuple[int, Objecti
 
 
 METHODS: dict[str, Method] = {
-    "scratch": Method(pretrain=False, target=_supervised),
+    "scratch": Method(pretrain=False, target=_supervised, uses_source=False),
     "kd": Method(pretrain=False, target=_distill),
     "pp": Method(pretrain=True, target=_supervised),
     "pp+kd": Method(pretrain=True, target=_distill),  # PP, then kd's target phase (C's soft outputs as well)
     "pssl": Method(pretrain=False, target=_ssl, needs_pool=True, ssl=True),
     "pp+pssl": Method(pretrain=True, target=_ssl, needs_pool=True, ssl=True),
-    "ssl": Method(pretrain=False, target=_ssl, needs_unlabeled=True, ssl=True),
+    "ssl": Method(pretrain=False, target=_ssl, needs_unlabeled=True, ssl=True, uses_source=False),
     "pp+ssl": Method(pretrain=True, target=_ssl, needs_unlabeled=True, ssl=True),
     "ft": Method(pretrain=False, target=_source_supervised, source_net=True),
     "l2sp": Method(pretrain=False, target=_l2sp, source_net=True, weight_decay=False),
     "tred": Method(pretrain=False, target=_tred, source_net=True, first_step=_tred_first),
 }
+assert set(METHODS) | {"auto"} == set(METHOD_NAMES), "one Method per name the config accepts (auto chooses among them)"
+
+
+def check_inputs(cfg: TransferConfig, source: str = "--source", unlabeled: str = "--unlabeled") -> None:
+    """What the asked method reads is given (a source bundle, unlabelled images): said before any work starts.
+    `source`, `unlabeled`: how the caller's user names those settings."""
+    method = METHODS.get(cfg.method)  # (auto is not one: it chooses among those its inputs allow)
+    if method is None:
+        return
+    if method.uses_source and cfg.source is None:
+        raise EdgepptError(f"method {cfg.method!r} needs a source bundle ({source})")
+    if method.needs_unlabeled and cfg.unlabeled is None:
+        raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give {unlabeled} (a folder, "
+                           "an .npz, or rest: the target's images that are not labelled)")

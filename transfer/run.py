@@ -50,7 +50,7 @@ from edgeppt.train.loop import Dist, Phase, Trainer, elastic_restarts, ema_decay
 from edgeppt.train.objective import Probe
 
 from . import coverage, crossval
-from .methods import METHODS, pp_augment, supervised, supervised_settings
+from .methods import METHODS, check_inputs, pp_augment, supervised, supervised_settings
 from .objectives import PseudoPretrain, Supervised
 from .pseudo import POOL_FIELDS, PseudoPool, make_pool
 from .record import MODEL_FILE, PLAN_FILE, REPORT_FILE, TransferReport, copies_note, twice_note
@@ -530,16 +530,9 @@ def unused_images_note(unused: int, k: int) -> str:
             "--labels-per-class with them")
 
 
-def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
-                 pp_cache: str | Path | None = None, log=None) -> dict:
-    """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
-    out = Path(out)
-    t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dist = setup_distributed(cfg.device)
-    restarts = elastic_restarts()
-    resume = resume or (restarts > 0 and (out / CONFIG_FILE).is_file())  # torchrun restarted us: go on
+def _open_run_dir(cfg: TransferConfig, out: Path, resume: bool, dist: Dist, log) -> dict[str, Any]:
+    """Check `out` for a new run or a resumed one, and return the settings a resumed run took at today's values
+    because the edgeppt that started it lacked them (said in a warning, kept in added_on_resume.json)."""
     added = _check_resume(cfg, out) if resume else {}
     if added and log and dist.main:
         log(added_settings_warning(out, added))
@@ -556,12 +549,23 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         for left in (ADDED_FILE, POOL_FILE, PLAN_FILE, CHOICE_FILE, WARM_FILE):  # (drawn for that run's source and
             # labels), auto's choice nor its warm start is this one's
             (out / left).unlink(missing_ok=True)
-    if cfg.needs_source() and cfg.source is None:
-        raise EdgepptError(f"method {cfg.method!r} needs a source bundle (--source)")
-    if cfg.method in METHODS and METHODS[cfg.method].needs_unlabeled and cfg.unlabeled is None:
-        raise EdgepptError(f"method {cfg.method!r} trains on unlabelled target images: give --unlabeled")
-    bundle = open_source(cfg.source, cfg, dist.device) \
-        if cfg.source is not None and cfg.method not in ("scratch", "ssl") else None
+    return added
+
+
+def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, progress: bool = True,
+                 pp_cache: str | Path | None = None, log=None) -> dict:
+    """Train as cfg says into `out`; `log` (a callable taking a line) hears what auto chose and why."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist = setup_distributed(cfg.device)
+    restarts = elastic_restarts()
+    resume = resume or (restarts > 0 and (out / CONFIG_FILE).is_file())  # torchrun restarted us: go on
+    added = _open_run_dir(cfg, out, resume, dist, log)
+    check_inputs(cfg)
+    uses_source = cfg.method == "auto" or METHODS[cfg.method].uses_source
+    bundle = open_source(cfg.source, cfg, dist.device) if cfg.source is not None and uses_source else None
     labelled, test, rest, record = prepare_splits(cfg, bundle)
     twice = labelled_twice([labelled, rest, test])
     if log and dist.main and (note := twice_note({"data": {"labelled_twice": len(twice),
