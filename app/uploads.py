@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from edgeppt.data import IMAGE_SUFFIXES
 from edgeppt.errors import EdgepptError
 from edgeppt.runs import replace_folder
+from edgeppt.signing import MANIFEST_FILE
 
 MAX_ARCHIVE_BYTES = 100 * 2**20       # the upload itself
 MAX_CONTENT_BYTES = 400 * 2**20       # everything unpacked
@@ -167,7 +168,7 @@ def extract_bundle(data: bytes, dest: str | Path, **limits) -> Path:
 
 
 def _find_manifest(dest: Path) -> Path:
-    found = sorted(dest.rglob("manifest.json"), key=lambda p: len(p.parts))
+    found = sorted(dest.rglob(MANIFEST_FILE), key=lambda p: len(p.parts))
     if not found:
         raise UploadError("refused: no manifest.json in the archive; zip the bundle folder written by "
                           "`edgeppt source train`")

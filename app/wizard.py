@@ -30,10 +30,11 @@ from edgeppt.pipeline import jobs
 from edgeppt.pipeline.config import STAGE_NAMES, PipelineConfig, dump_yaml, parse_config
 from edgeppt.pipeline.example import BUDGETS, budget_help, example_bundle
 from edgeppt.pipeline.report import class_grid, confusion_figure, export_rows, read_json, training_curves
-from edgeppt.pipeline.state import CONFIG_FILE
+from edgeppt.pipeline.state import BUNDLE_ZIP, CONFIG_FILE, export_bundle
 from edgeppt.runs import atomic_write_json, read_jsonl
 from edgeppt.search.record import CONFIG_FILE as SEARCH_CONFIG_FILE
 from edgeppt.search.record import read_best
+from edgeppt.signing import MANIFEST_FILE
 from edgeppt.transfer.record import PLAN_FILE, copies_note, read_report, twice_note
 
 STEPS = ["1 · Target data", "2 · Source bundle", "3 · Device & budget", "4 · Search", "5 · Transfer", "6 · Export"]
@@ -536,7 +537,7 @@ def show_transfer(run: Path, status: dict[str, Any]) -> None:
 
 
 def show_export(run: Path, status: dict[str, Any]) -> None:
-    manifest = read_json(run / "export" / "bundle" / "manifest.json")
+    manifest = read_json(export_bundle(run) / MANIFEST_FILE)
     if not manifest or status["stages"].get("export", {}).get("status") != "done":
         return
     st.subheader("Latency and accuracy")
@@ -548,7 +549,7 @@ def show_export(run: Path, status: dict[str, Any]) -> None:
             for r in export_rows(manifest)]
     st.dataframe(rows, width="stretch", hide_index=True)
     st.markdown(display.default_artifact_note(manifest))
-    zip_path = run / "export" / "bundle.zip"
+    zip_path = export_bundle(run).parent / BUNDLE_ZIP
     if zip_path.exists():
         st.download_button("Download the bundle (zip)", zip_path.read_bytes(), file_name=f"{run.name}-bundle.zip",
                            mime="application/zip", type="primary")

@@ -16,7 +16,7 @@ from edgeppt.errors import EdgepptError
 
 from .config import STAGE_NAMES
 from .example import budget_help
-from .state import CONFIG_FILE, STATE_FILE
+from .state import CONFIG_FILE, STATE_FILE, export_bundle
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -38,7 +38,7 @@ def _run(cfg, out: Path, until: Optional[str], force: list[str], quiet: bool, or
                                 "(finished stages are skipped)")
     Console().print(run_table(state, f"run {out}"))
     console.print(f"report: {out / 'report' / 'index.md'}")
-    bundle = out / "export" / "bundle"
+    bundle = export_bundle(out)
     if state["stages"].get("export", {}).get("status") == "done":  # what to do with it next
         console.print(f"bundle: {bundle} (edgeppt bench {bundle}; edgeppt deploy {bundle} --host user@device)",
                       soft_wrap=True)

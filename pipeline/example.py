@@ -10,6 +10,7 @@ from typing import Any
 from edgeppt.config import LABELS_PER_CLASS
 from edgeppt.data import EXAMPLE_TARGET
 from edgeppt.errors import EdgepptError
+from edgeppt.signing import MANIFEST_FILE
 
 from .config import PipelineConfig, parse_config
 
@@ -57,7 +58,7 @@ def example_bundle() -> Path:
     candidates = [os.environ.get("EDGEPPT_EXAMPLE_BUNDLE"),
                   Path(__file__).resolve().parents[1] / "bundles" / "animals-src", Path("bundles") / "animals-src"]
     for c in candidates:
-        if c and (Path(c) / "manifest.json").is_file():
+        if c and (Path(c) / MANIFEST_FILE).is_file():
             return Path(c)
     raise EdgepptError("the example source bundle is missing (bundles/animals-src); set EDGEPPT_EXAMPLE_BUNDLE or "
                        "build it: edgeppt source train --data animals:bear,bird,cat,cow,dog --out bundles/animals-src")

@@ -15,11 +15,12 @@ import numpy as np
 
 from edgeppt.runs import atomic_write_json, atomic_write_text, read_jsonl
 from edgeppt.search.record import read_best
+from edgeppt.signing import MANIFEST_FILE
 from edgeppt.transfer.record import copies_note, read_report, twice_note
 
 from .config import PipelineConfig, dump_yaml
 from .stages import bundle_fingerprint, data_fingerprint, input_key
-from .state import read_state
+from .state import export_bundle, read_state
 
 SAMPLES_KEYS = "samples.json"  # what report/'s sample pictures were drawn from
 
@@ -245,7 +246,7 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
                                   for c, a in report["per_class_accuracy"].items()]))
         md.append("\n![confusion matrix](confusion.png)\n")
 
-    manifest = read_json(run / "export" / "bundle" / "manifest.json") if "export" not in outdated else None
+    manifest = read_json(export_bundle(run) / MANIFEST_FILE) if "export" not in outdated else None
     if manifest:
         md.append("## Export\n")
         md.append(f"Bundle `export/bundle` (download: `export/bundle.zip`), device `{manifest.get('device')}`, "

@@ -23,6 +23,7 @@ from edgeppt.search.record import BEST_FILE
 from edgeppt.transfer.record import MODEL_FILE, REPORT_FILE
 
 from .config import STAGE_NAMES, PipelineConfig
+from .state import BUNDLE_DIR, BUNDLE_ZIP
 
 Log = Callable[[str], None]
 
@@ -190,10 +191,10 @@ def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
 
     out = run / "export"
     pseudo = cfg.export.int8_calibration == "pseudo"  # the only calibration that draws from the source bundle
-    manifest = export_run(run / "transfer", out / "bundle", device=export_device(cfg, run),
+    manifest = export_run(run / "transfer", out / BUNDLE_DIR, device=export_device(cfg, run),
                           source=cfg.source if pseudo else None,
                           log=lambda s: log(f"export: {s}"), **cfg.export.model_dump())
-    zip_bundle(out / "bundle", out / "bundle.zip")
+    zip_bundle(out / BUNDLE_DIR, out / BUNDLE_ZIP)
     return {"formats": list(manifest["artifacts"]), "default_format": manifest.get("default_format")}
 
 
@@ -208,7 +209,7 @@ def zip_bundle(folder: Path, dest: Path) -> Path:
 STAGES: list[Stage] = [
     Stage("search", _search_inputs, _search_run, BEST_FILE, SearchConfig.RESUME_FREE),
     Stage("transfer", _transfer_inputs, _transfer_run, REPORT_FILE, TransferConfig.RESUME_FREE),
-    Stage("export", _export_inputs, _export_run, "bundle.zip"),
+    Stage("export", _export_inputs, _export_run, BUNDLE_ZIP),
 ]
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 assert tuple(STAGE_BY_NAME) == STAGE_NAMES, "one Stage per name, in the pipeline's order"

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 STATE_FILE, CONFIG_FILE, LOCK_FILE = "state.json", "pipeline.yaml", ".lock"
+BUNDLE_DIR, BUNDLE_ZIP = "bundle", "bundle.zip"  # under the run's export/: the export bundle, and it zipped
+
+
+def export_bundle(run: str | Path) -> Path:
+    """The export bundle of a pipeline run."""
+    return Path(run) / "export" / BUNDLE_DIR
 
 
 def read_state(run: str | Path) -> dict[str, Any]:
