@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -730,11 +730,19 @@ def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
     return xt / full_scale(x.dtype, xt.max().item())
 
 
+def hash_pixels(h: Any, x: torch.Tensor, chunk: int = 1024) -> Any:
+    """`h` updated with images in [0, 1] as 8-bit values, `chunk` images at a time: a large set is never copied
+    whole (the digest is the same as of the whole at once)."""
+    for i in range(0, len(x), chunk):
+        h.update((x[i:i + chunk] * 255).round().to(torch.uint8).numpy().tobytes())
+    return h
+
+
 def fingerprint(ds: ImageSet) -> str:
     """sha256 of the images (as 8-bit values), labels and class names: the same data gives the same print."""
     h = hashlib.sha256()
     h.update(json.dumps(ds.classes).encode())
-    h.update((ds.x * 255).round().to(torch.uint8).numpy().tobytes())
+    hash_pixels(h, ds.x)
     h.update(ds.y.numpy().astype(np.int64).tobytes())
     return h.hexdigest()
 

@@ -20,6 +20,7 @@ from edgeppt.data import (
     ImageSet,
     exact_copies,
     fingerprint,
+    hash_pixels,
     labelled_twice,
     load_dataset,
     load_target,
@@ -73,8 +74,7 @@ def check_same_images(out: Path, resume: bool, dist: Dist, labelled: ImageSet, t
     """The same settings can name other images on resume (a file added to the folder: the unlabelled subset is
     drawn anew, and the saved propagated labels would teach other images). Refused, naming which changed."""
     now = {"labelled": fingerprint(labelled), "test": fingerprint(test),
-           "unlabeled": None if real is None else hashlib.sha256((real * 255).round().to(torch.uint8).numpy()
-                                                                 .tobytes()).hexdigest()}
+           "unlabeled": None if real is None else hash_pixels(hashlib.sha256(), real).hexdigest()}
     path = out / INPUTS_FILE
     if resume and path.is_file():
         try:
