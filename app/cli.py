@@ -16,7 +16,7 @@ app = typer.Typer()
 
 @app.command("app")
 def app_cmd(
-    port: int = typer.Option(8501, help="Port on localhost."),
+    port: int = typer.Option(8501, help="Port to listen on."),
     runs: Path = typer.Option(Path("runs"), help="Folder of run directories the wizard lists and writes."),
     address: str = typer.Option("127.0.0.1", help="Address to bind (localhost by default; 0.0.0.0 in a container)."),
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -62,11 +63,13 @@ TRUST_CODE_HELP = "Load a .pt2 source bundle without a trusted signature (its lo
 
 
 def trust_overrides(trusted_key: list[Path], trust_code: bool) -> dict[str, Any]:
-    """Config fields for the --trusted-key / --trust-code options (unset ones leave the config's own)."""
+    """Config fields for the --trusted-key / --trust-code options (a config file never sets them)."""
     return {"trusted_keys": trusted_key or None, "trust_code": trust_code or None}
 
 
-RESUME_HINT = "the last checkpoint is saved; run the same command with --resume to continue"
+def resume_hint(command: str, out: Path) -> str:
+    """What Ctrl-C prints for a stage that checkpoints: the exact line that goes on."""
+    return f"the last checkpoint is saved; continue with: edgeppt {command} --resume {shlex.quote(str(out))}"
 NO_WORK_HINT = "nothing was left half-written; run the same command again"
 
 

@@ -97,7 +97,7 @@ def export_cmd(
 def bench_cmd(
     bundle: Path = typer.Argument(..., help="Bundle directory written by edgeppt export."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the bundle's device setting)."),
-    runs: int = typer.Option(50, min=1),
+    runs: int = typer.Option(50, min=1, help="Timed runs per model (the median counts)."),
     batch: int = typer.Option(32, min=1, help="Throughput batch (dynamic-batch models only)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -130,8 +130,9 @@ def deploy_cmd(
     remote_dir: Optional[str] = typer.Option(None, help="Folder on the device "
                                              "(default ~/edgeppt-bundles/<bundle name>)."),
     python: str = typer.Option("python3", help="Python on the device (needs numpy, onnxruntime, pillow)."),
-    threads: Optional[int] = typer.Option(None),
-    runs: int = typer.Option(30, min=1),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime threads on the device (default: the bundle's "
+                                          "device setting)."),
+    runs: int = typer.Option(30, min=1, help="Timed runs per model on the device (the median counts)."),
     trusted_key: list[Path] = typer.Option([], help="Public key that must have signed the bundle (edgeppt export "
                                            "--sign); checked here and on the device before any model loads."),
 ) -> None:

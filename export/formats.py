@@ -43,8 +43,8 @@ assert set(FORMATS) == set(get_args(ExportFormat)), "the table must have one row
 class ExportOptions(Strict):
     """What an export writes and measures: `edgeppt export`'s options and pipeline.yaml's `export:` section."""
     formats: list[ExportFormat] | None = Field(None, description="artifacts to write (default: the device's)")
-    int8_calibration: Calibration = Field("target", description="target: target images; pseudo: source-generator "
-                                          "samples")
+    int8_calibration: Calibration = Field("target", description="where calibration images come from: target "
+                                          "(target images) or pseudo (source-generator samples)")
     calibration_size: int = Field(256, ge=1, description="calibration images")
     max_int8_drop: float = Field(1.0, ge=0, description="percent of guard images (outside the test split) on which "
                                  "INT8's top-1 class may differ from FP32's before remedies are tried")

@@ -10,13 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeppt.cli_support import (
-    RESUME_HINT,
     TRUST_CODE_HELP,
     TRUSTED_KEY_HELP,
     config_option,
     console,
     guarded,
     merged,
+    resume_hint,
     run_dir_and_settings,
     trust_overrides,
 )
@@ -54,7 +54,8 @@ def devices_calibrate(
     out: Path = typer.Option(..., help="Writes OUT.yaml (a profile that predicts latency) and OUT.predictor.json."),
     port: Optional[int] = typer.Option(None, help="SSH port."),
     identity: Optional[Path] = typer.Option(None, help="SSH private key."),
-    ssh_option: list[str] = typer.Option([], help="Extra `ssh -o` options, e.g. StrictHostKeyChecking=accept-new."),
+    ssh_option: list[str] = typer.Option([], "--ssh-option", "-o",
+                                         help="Extra `ssh -o` options, e.g. StrictHostKeyChecking=accept-new."),
     python: str = typer.Option("python3", help="Python on the device (with numpy and onnxruntime)."),
     probes: int = typer.Option(24, help="Probe models to time (a quarter is held out to report the error)."),
     repeats: int = typer.Option(30, help="Timed runs per probe (the median counts)."),
@@ -79,6 +80,8 @@ def search(
     peak_kib: Optional[float] = typer.Option(None, help="Peak activation memory budget (KiB)."),
     source: Optional[Path] = typer.Option(None, help="Source bundle (its samples pre-train each candidate briefly)."),
     target: Optional[str] = typer.Option(None, help="Target images: built-in name[:classes], class folders or .npz."),
+    test: Optional[str] = typer.Option(None, help="Test images (default: a fixed 20% split of --target), as "
+                                       "transfer takes them: never used to rank, only kept out of what does."),
     labels_per_class: Optional[int] = config_option(SearchConfig, "labels_per_class",
                                                     help="Labelled target images per class for training."),
     val_per_class: Optional[int] = config_option(SearchConfig, "val_per_class",
@@ -88,8 +91,9 @@ def search(
     trials: Optional[int] = config_option(SearchConfig, "trials",
                                           help="Candidates to train (over-budget ones are rejected first)."),
     strategy: Optional[str] = config_option(SearchConfig, "strategy", help="evolution, random or tpe."),
-    engine: Optional[str] = config_option(SearchConfig, "engine", help="sequential (in this process) or local "
-                                          "(NNI's training service: trial processes, --set concurrency=N)."),
+    engine: Optional[str] = config_option(SearchConfig, "engine", help="sequential (in this process), local "
+                                          "(NNI's training service: trial processes, --set concurrency=N) or "
+                                          "remote (SSH workers: --set workers=..., docs/search.md)."),
     seed: Optional[int] = config_option(SearchConfig, "seed", help="Seed of the strategy, splits and training."),
     out: Optional[Path] = typer.Option(None, help="Run directory."),
     resume: Optional[Path] = typer.Option(None, help="Continue the search in this directory "
@@ -104,12 +108,13 @@ def search(
     from edgeppt.search.run import load_run_config, run_search
 
     overrides = {"device": device, "latency_ms": latency_ms, "params": params, "macs": macs,
-                 "peak_activation_kib": peak_kib, "source": source, "target": target,
+                 "peak_activation_kib": peak_kib, "source": source, "target": target, "test": test,
                  "labels_per_class": labels_per_class, "val_per_class": val_per_class, "trials": trials,
                  "strategy": strategy, "engine": engine, "seed": seed, **trust_overrides(trusted_key, trust_code)}
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, SearchConfig, config, overrides, set_)
-    s = guarded(run_search, cfg, out, interrupted=RESUME_HINT, resume=resume is not None, progress=not quiet)
+    s = guarded(run_search, cfg, out, interrupted=resume_hint("search", out), resume=resume is not None,
+                progress=not quiet)
     b = s["best"]
     table = Table(title=f"best of {s['trained']} candidates on {s['device']} ({s['rejected']} rejected over budget)")
     for col in ("proxy accuracy", "latency ms", "MACs", "params", "peak activation KiB"):

@@ -100,7 +100,7 @@ def _range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise EdgepptError(f"--input-range {text!r}: expected two numbers such as 0,1 or -1,1") from None
+        raise EdgepptError(f"--output-range {text!r}: expected two numbers such as 0,1 or -1,1") from None
     return lo, hi
 
 
@@ -128,8 +128,9 @@ def source_pack(
     truncation: Optional[float] = typer.Option(None, help="Redraw |z| above this (BigGAN's truncation trick)."),
     label: Optional[str] = config_option(PackConfig, "label", help="G's label input: probabilities (N, K), index "
                                          "(N,), or auto (an int64 input means index)."),
-    input_range: Optional[str] = typer.Option(None, "--input-range", "--output-range", show_default="0,1",
-                                              help="The range of G's output pixels, e.g. -1,1."),
+    output_range: Optional[str] = typer.Option(None, "--output-range", "--input-range", show_default="0,1",
+                                               help="The range of G's output pixels, e.g. -1,1 (--input-range: "
+                                               "an older name)."),
     mean: Optional[str] = typer.Option(None, show_default="0", help="C's input normalisation mean per channel on "
                                        "0..1 images, e.g. 0.485,0.456,0.406."),
     std: Optional[str] = typer.Option(None, show_default="1", help="C's input normalisation std per channel."),
@@ -156,7 +157,7 @@ def source_pack(
     from edgeppt.source.pack import pack, parse_classes
 
     given = {"out": out, "latent_dim": latent_dim, "latent": latent, "truncation": truncation, "label": label,
-             "output_range": input_range and guarded(_range, input_range),
+             "output_range": output_range and guarded(_range, output_range),
              "mean": mean and guarded(_floats, "--mean", mean), "std": std and guarded(_floats, "--std", std),
              "input_size": input_size, "z_input": z_input, "label_input": label_input,
              "logits_output": logits_output, "features_output": features_output, "layout": layout,
@@ -186,7 +187,7 @@ def source_pack(
     if k > 1 and summary["generated_accuracy"] < 1.5 / k:  # written, but likely wired wrong: say where to look
         console.print(f"[yellow]warning:[/] C recognises G's one-hot samples about as often as chance ({1 / k:.0%}): "
                       "check which input of G is the label (--z-input, --label-input), which output of C holds "
-                      "the logits (--logits-output), and G's --input-range", soft_wrap=True)
+                      "the logits (--logits-output), and G's --output-range", soft_wrap=True)
     console.print(f"[green]bundle written:[/] {escape(str(path))}  (samples.png, README.md"
                   f"{', signature.json' if sign else ''})", soft_wrap=True)
 

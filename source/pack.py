@@ -346,7 +346,7 @@ def check_soft_labels(bundle: SourceBundle) -> dict[str, Any]:
                            f"outside the declared --output-range {lo},{hi}")
     if (lo, hi) == (-1.0, 1.0) and raw.min().item() >= -0.05:  # a sigmoid's [0, 1] read as tanh's: washed out
         raise EdgepptError(f"the generator's outputs span [{raw.min().item():.2f}, {raw.max().item():.2f}]: they "
-                           "look like [0, 1] images (a sigmoid), not the declared -1,1; pass --input-range 0,1")
+                           "look like [0, 1] images (a sigmoid), not the declared -1,1; pass --output-range 0,1")
     y = torch.arange(k).repeat_interleave(16 if k <= 64 else 2)  # 1000 classes: 2,000 images, not 16,000
     logits, feats = _classify(bundle, y, g)
     if not torch.isfinite(logits).all():

@@ -638,7 +638,7 @@ def test_owner_graphs_in_other_orders_and_types_pack_as_they_mean(tmp_path: Path
     assert (m.generator.label_input, m.generator.z_input) == ("y", "z")
     assert (m.classifier.logits, m.classifier.features, m.classifier.input_size) == ("logits", "features", 16)
     assert summary["generated_accuracy"] > 0.9
-    with pytest.raises(EdgepptError, match="look like \\[0, 1\\] images .* pass --input-range 0,1"):
+    with pytest.raises(EdgepptError, match="look like \\[0, 1\\] images .* pass --output-range 0,1"):
         pack(cfg(tmp_path / "washed", str(tmp_path / "G.onnx"), str(tmp_path / "C.onnx"), output_range=(-1, 1)))
     half = tmp_path / "half"
     half.mkdir()

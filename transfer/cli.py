@@ -11,13 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeppt.cli_support import (
-    RESUME_HINT,
     TRUST_CODE_HELP,
     TRUSTED_KEY_HELP,
     config_option,
     console,
     guarded,
     merged,
+    resume_hint,
     run_dir_and_settings,
     trust_overrides,
 )
@@ -63,7 +63,7 @@ def transfer(
         set_ = [f"pssl.algorithm={ssl}", *set_]
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, TransferConfig, config, overrides, set_)
-    report = guarded(run_transfer, cfg, out, interrupted=RESUME_HINT, resume=resume is not None,
+    report = guarded(run_transfer, cfg, out, interrupted=resume_hint("transfer", out), resume=resume is not None,
                      progress=not quiet, pp_cache=pp_cache,
                      log=lambda line: console.print(f"[cyan]{line}[/]", soft_wrap=True))
     if report:

@@ -6,7 +6,7 @@
 
 Pack them with
     edgeppt source pack --generator owner_models:make_generator --classifier owner_models:make_classifier \
-        --classes a,b,c --latent-dim 32 --truncation 2.0 --input-range -1,1 \
+        --classes a,b,c --latent-dim 32 --truncation 2.0 --output-range -1,1 \
         --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --out bundles/owner-src
 run from the folder that holds this file (the factory is imported as a Python module).
 """
