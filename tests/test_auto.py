@@ -93,7 +93,8 @@ def test_auto_picks_scratch_where_the_generator_is_noise(tmp_path):
     lines: list[str] = []
     report = run_transfer(small(noise), tmp_path / "auto", progress=False, log=lines.append)
     assert report["method"] == "scratch" and report["auto"]["method"] == "scratch"
-    assert "covers the target poorly" in report["auto"]["reason"] and lines and "scratch" in lines[0]
+    said = [line for line in lines if line.startswith("auto: ")]
+    assert "covers the target poorly" in report["auto"]["reason"] and said and "scratch" in said[-1]
     cov = report["auto"]["coverage"]
     assert cov["pp_probe"] <= cov["init_probe"]
     # What auto trains is exactly the method it chose: the same weights as an explicit scratch run with the
