@@ -25,12 +25,14 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write via a temporary file in the same folder and rename, so a crash never leaves half a file."""
+def atomic_write_bytes(path: str | Path, data: bytes, private: bool = False) -> Path:
+    """Write via a temporary file in the same folder and rename, so a crash never leaves half a file. `private`:
+    readable by the owner alone (0600) from the first byte, as a private key must be."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the permissions a plain open() would
+    if not private:  # mkstemp makes owner-only files; give the permissions a plain open() would
+        os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -82,10 +82,11 @@ def keygen(out: str | Path) -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    atomic_write_bytes(priv_path, pem)
-    priv_path.chmod(0o600)
+    # the public half first: a crash between the two leaves a .pub alone (harmless, and named on the next try),
+    # never a private key without its public half; the private key is owner-only from its first byte
     atomic_write_bytes(pub_path, key.public_key().public_bytes(serialization.Encoding.PEM,
                                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    atomic_write_bytes(priv_path, pem, private=True)
     return priv_path, pub_path
 
 

@@ -6,14 +6,13 @@ The figure functions are shared with the wizard, so the browser and the report s
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeppt.runs import atomic_write_json, atomic_write_text, read_jsonl
+from edgeppt.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from edgeppt.search.record import read_best
 from edgeppt.signing import MANIFEST_FILE
 from edgeppt.transfer.record import copies_note, read_report, twice_note
@@ -214,7 +213,7 @@ def write_report(cfg: PipelineConfig, run: str | Path) -> Path:
     if cfg.search.enabled:
         md.append("## Search\n")
         if (search / "pareto.png").exists():
-            shutil.copyfile(search / "pareto.png", rep / "pareto.png")
+            atomic_write_bytes(rep / "pareto.png", (search / "pareto.png").read_bytes())
             md.append("![Pareto front](pareto.png)\n")
         best = read_best(search)
         if best:

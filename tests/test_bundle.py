@@ -213,6 +213,22 @@ def test_forged_manifest_with_recomputed_hashes_is_refused(tmp_path: Path, keys)
         load_bundle(out, trusted_keys=[keys["owner"].with_suffix(".pub")], require_signature=True)
 
 
+def test_a_private_key_is_owner_only_before_it_has_its_name(tmp_path: Path, monkeypatch):
+    """The key's bytes are never readable by others, not even in the temporary file renamed into place."""
+    import os
+
+    modes: dict[str, int] = {}
+    replace = os.replace
+
+    def spy(src, dst):
+        modes[Path(dst).suffix] = os.stat(src).st_mode & 0o777
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    keygen(tmp_path / "k")
+    assert modes[".key"] == 0o600 and modes[".pub"] != 0o600 and list(modes) == [".pub", ".key"]
+
+
 def test_wrong_unknown_and_bad_keys(tmp_path: Path, keys):
     out = signed_bundle(tmp_path, keys)
     with pytest.raises(EdgepptError, match="which is not trusted"):
