@@ -163,8 +163,21 @@ def _check_class_folders(dest: Path) -> Path:
 
 
 def extract_bundle(data: bytes, dest: str | Path, **limits) -> Path:
-    """A zip of a source bundle folder -> the folder holding manifest.json (verified by the caller's load_bundle)."""
-    return safe_extract(data, dest, BUNDLE_SUFFIXES, "a bundle file", _find_manifest, **limits)
+    """A zip of a source bundle folder -> the folder holding manifest.json, verified (every file's sha256, the
+    signature, a .pt2 bundle's trust, G's and C's contract) before it replaces the bundle uploaded earlier: a bad
+    upload is refused and the good one stays."""
+    return safe_extract(data, dest, BUNDLE_SUFFIXES, "a bundle file", _verified_bundle, **limits)
+
+
+def _verified_bundle(dest: Path) -> Path:
+    from edgeppt.bundle import load_bundle
+
+    folder = _find_manifest(dest)
+    try:
+        load_bundle(folder)
+    except EdgepptError as e:
+        raise UploadError(f"refused: {e}") from None
+    return folder
 
 
 def _find_manifest(dest: Path) -> Path:

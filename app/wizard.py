@@ -195,7 +195,7 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
     elif draft["target_kind"] == "config":
         draft["target"] = draft["config_target"]
     else:
-        up = st.file_uploader("Zip of class folders", type=["zip"], key="target_zip")
+        up = _uploader(run, "Zip of class folders", "target_zip")
         if up is None:  # emptied: the same zip uploaded again is unpacked again
             st.session_state.pop("target_zip_done", None)
         if up is not None and st.session_state.get("target_zip_done") != (run.name, up.name, up.size):
@@ -230,6 +230,13 @@ def step_target(run: Path, draft: dict[str, Any]) -> None:
                     "them all to the source bundle's side (or to transfer.image_size where one is set).")
 
 
+def _uploader(run: Path, label: str, key: str):
+    """A zip uploader, off while a job of this run is running: its upload would replace the files the job reads."""
+    running = jobs.is_running(run)
+    return st.file_uploader(label, type=["zip"], key=key, disabled=running,
+                            help="A job of this run is running; upload when it has finished." if running else None)
+
+
 def unlabeled_choice(run: Path, draft: dict[str, Any]) -> None:
     """Unlabelled images from the device: auto then adds semi-supervised training over them (transfer.unlabeled)."""
     transfer = draft.setdefault("transfer", {})
@@ -246,7 +253,7 @@ def unlabeled_choice(run: Path, draft: dict[str, Any]) -> None:
     elif kind == "rest":
         transfer["unlabeled"] = "rest"
     elif kind == "upload":
-        up = st.file_uploader("Zip of unlabelled images", type=["zip"], key="unlabeled_zip")
+        up = _uploader(run, "Zip of unlabelled images", "unlabeled_zip")
         if up is None:  # emptied: the same zip uploaded again is unpacked again
             st.session_state.pop("unlabeled_zip_done", None)
         if up is not None and st.session_state.get("unlabeled_zip_done") != (run.name, up.name, up.size):
@@ -271,7 +278,7 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
     if draft["source_kind"] == "example":
         draft["source"] = None
     else:
-        up = st.file_uploader("Zip of the bundle folder", type=["zip"], key="source_zip")
+        up = _uploader(run, "Zip of the bundle folder", "source_zip")
         if up is None:  # emptied: the same zip uploaded again is unpacked again
             st.session_state.pop("source_zip_done", None)
         if up is not None and st.session_state.get("source_zip_done") != (run.name, up.name, up.size):

@@ -425,6 +425,11 @@ CASES = [
     Case("upload-one-class-folder", None, r"refused: found 1 class folder\(s\)", good_upload,
          keep=lambda w: [w.tmp / "upload"],
          call=lambda w: extract_image_folders(make_zip({"cat/0.png": png_bytes()}), w.tmp / "upload")),
+    Case("upload-tampered-bundle-over-a-good-one", None, r"refused: .*generator\.onnx does not match its sha256",
+         good_bundle_upload, keep=lambda w: [w.tmp / "upload"],
+         call=lambda w: extract_bundle(make_zip({f"tiny/{p.name}": p.read_bytes() + (b"x" if p.name == "generator.onnx"
+                                                                                     else b"")
+                                                 for p in w.bundle.iterdir() if p.is_file()}), w.tmp / "upload")),
     Case("upload-script-in-a-bundle", None, r"refused: 'tiny/hook\.py' is not a bundle file", good_bundle_upload,
          keep=lambda w: [w.tmp / "upload"],
          call=lambda w: extract_bundle(make_zip({"tiny/manifest.json": b"{}", "tiny/hook.py": b"import os"}),
