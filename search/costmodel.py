@@ -50,6 +50,15 @@ class CostModel:
     def model(self, arch: dict):
         return create_model(arch, self.num_classes, self.in_shape[0])
 
+    def remember(self, records: list[dict]) -> None:
+        """Take back the measurements a resumed search made before (ledger records, in their order): screening
+        then guesses from the same points as an uninterrupted search would."""
+        if self.budgets.latency_ms is None or self.predictor is not None:
+            return
+        for rec in records:
+            if rec.get("sample") is not None and str(rec.get("latency_kind", "")).startswith("measured"):
+                self._seen.append((layer_features(self.model(rec["arch"]), self.in_shape), rec["latency_ms"]))
+
     def costs(self, arch: dict, screen: bool = False) -> dict:
         """MACs, params, peak activation and latency (`latency_kind` says how it was obtained).
 

@@ -198,7 +198,9 @@ def context(out: str | Path, cfg: SearchConfig | None = None, progress: bool | N
         cost = CostModel(profile, budgets_of(cfg, profile), data.in_shape, data.num_classes,
                          cfg.latency_warmup, cfg.latency_repeats, cfg.latency_band,
                          LatencyCache() if cfg.latency_cache and not loaded else None)
-        _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, Ledger(out, repair=main))
+        ledger = Ledger(out, repair=main)
+        cost.remember(sorted((r for r in ledger.records.values() if "order" in r), key=lambda r: r["order"]))
+        _CONTEXTS[key] = SearchContext(cfg, Path(out), profile, data, cost, ledger)
     if progress is not None:
         _CONTEXTS[key].progress = progress
     return _CONTEXTS[key]

@@ -135,6 +135,29 @@ def test_near_the_budget_a_candidate_is_measured_three_times_and_judged_on_the_m
     assert near["latency_ms"] == 0.52 and "median of 3" in near["latency_kind"]  # median(0.52, 0.47, 0.55)
 
 
+def test_a_resumed_search_screens_from_the_measurements_made_before_it(monkeypatch):
+    """Screening guesses from this search's measured candidates; a resume takes them back from the ledger, so its
+    verdicts are an uninterrupted search's."""
+    from edgeppt.search import costmodel
+    from edgeppt.search.space import random_sample, to_arch
+
+    x86 = load_profile("x86-cpu")
+    budgets = x86.budgets.model_copy(update={"latency_ms": 1.0})
+    monkeypatch.setattr(costmodel, "deployed_latency",
+                        lambda model, *a: (None, {"onnx": sum(p.numel() for p in model.parameters()) / 4e4}))
+    archs = [to_arch(random_sample(SpaceConfig(), random.Random(i)), SpaceConfig())
+             for i in range(costmodel.SCREEN_AFTER + 6)]
+    whole = CostModel(x86, budgets, (1, 28, 28), 5)
+    said = [whole.costs(a, screen=True) for a in archs]
+    cut = costmodel.SCREEN_AFTER
+    records = [{"sample": {}, "arch": a, **c} for a, c in zip(archs[:cut], said[:cut])]
+    resumed = CostModel(x86, budgets, (1, 28, 28), 5)
+    resumed.remember(records)
+    assert len(resumed._seen) == len(whole._seen[:cut]) == cut
+    assert [resumed.costs(a, screen=True) for a in archs[cut:]] == said[cut:]
+    assert any(c["latency_kind"] == "screened" for c in said[cut:])  # (without them these would be measured)
+
+
 def test_a_device_answer_without_usable_timings_is_a_one_line_error(monkeypatch, tmp_path):
     from edgeppt.search import calibrate as cal
 

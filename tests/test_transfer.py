@@ -437,9 +437,10 @@ def load_bundle_classifier_weights(path):
     return from_bundle(load_bundle(path))[1]
 
 
-def test_a_resume_refuses_images_other_than_those_the_run_started_with(tmp_path):
+def test_a_resume_refuses_images_other_than_those_the_run_started_with(tmp_path, tiny_bundle):
     """A file added to the unlabelled folder redraws its subset: the saved propagated labels would teach other
-    images. The resume says which images changed; the same images resume."""
+    images; another bundle written at the same path would mix its G with the saved pool. The resume says which
+    input changed; the same inputs resume."""
     from edgeppt.data import load_dataset
     from edgeppt.train.loop import Dist
     from edgeppt.transfer.run import check_same_images
@@ -448,8 +449,14 @@ def test_a_resume_refuses_images_other_than_those_the_run_started_with(tmp_path)
     labelled, test, real = ds.subset(range(0, 10)), ds.subset(range(10, 20)), ds.x[20:60]
     check_same_images(tmp_path, False, Dist(), labelled, test, real)
     check_same_images(tmp_path, True, Dist(), labelled, test, real)
-    with pytest.raises(EdgepptError, match="the unlabelled images differ from those the run started with"):
+    with pytest.raises(EdgepptError, match="the unlabelled images changed since the run started"):
         check_same_images(tmp_path, True, Dist(), labelled, test, ds.x[21:61])
+    b = load_bundle(tiny_bundle)
+    check_same_images(tmp_path / "b", False, Dist(), labelled, test, real, b)
+    check_same_images(tmp_path / "b", True, Dist(), labelled, test, real, b)
+    b.manifest.files["generator.onnx"] = "0" * 64  # as if rewritten since
+    with pytest.raises(EdgepptError, match="the source bundle changed since the run started"):
+        check_same_images(tmp_path / "b", True, Dist(), labelled, test, real, b)
 
 
 def test_a_picture_filed_under_two_classes_is_said_and_recorded(tiny_bundle, tmp_path):

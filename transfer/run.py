@@ -70,11 +70,13 @@ INPUTS_FILE = "inputs.json"  # sha256 of the images the run trains on, which its
 
 
 def check_same_images(out: Path, resume: bool, dist: Dist, labelled: ImageSet, test: ImageSet,
-                      real: torch.Tensor | None) -> None:
+                      real: torch.Tensor | None, bundle: SourceBundle | None = None) -> None:
     """The same settings can name other images on resume (a file added to the folder: the unlabelled subset is
-    drawn anew, and the saved propagated labels would teach other images). Refused, naming which changed."""
+    drawn anew, and the saved propagated labels would teach other images), or another bundle at the same path (its
+    pool and PP weights would mix with the new G's). Refused, naming which changed."""
     now = {"labelled": fingerprint(labelled), "test": fingerprint(test),
-           "unlabeled": None if real is None else hash_pixels(hashlib.sha256(), real).hexdigest()}
+           "unlabeled": None if real is None else hash_pixels(hashlib.sha256(), real).hexdigest(),
+           **({"source": json_digest(bundle.manifest.files)} if bundle is not None else {})}
     path = out / INPUTS_FILE
     if resume and path.is_file():
         try:
@@ -83,9 +85,10 @@ def check_same_images(out: Path, resume: bool, dist: Dist, labelled: ImageSet, t
             saved = {}
         changed = [k for k, v in now.items() if isinstance(saved, dict) and k in saved and saved[k] != v]
         if changed:
-            named = ", ".join("unlabelled" if k == "unlabeled" else k for k in changed)
-            raise EdgepptError(f"{out}: the {named} images differ from those the run started with (the "
-                               "data changed since); resume with the same images, or start a new --out")
+            named = ", ".join({"unlabeled": "unlabelled images", "source": "source bundle"}.get(k, f"{k} images")
+                              for k in changed)
+            raise EdgepptError(f"{out}: the {named} changed since the run started; resume with the same inputs, "
+                               "or start a new --out")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, now)
@@ -576,7 +579,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         log(unused_images_note(len(rest), cfg.labels_per_class))
     if bundle is not None and log and dist.main:  # once the inputs are known good: an error stays one line
         log(f"source {bundle.path}: {bundle.provenance}")
-    check_same_images(out, resume, dist, labelled, test, real)
+    check_same_images(out, resume, dist, labelled, test, real, bundle)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / CONFIG_FILE, cfg.model_dump(mode="json"))
