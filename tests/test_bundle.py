@@ -312,9 +312,11 @@ def test_an_unsigned_pt2_upload_is_refused_by_the_wizard(tmp_path: Path, keys):
     with zipfile.ZipFile(buf, "w") as z:
         for f in old.iterdir():
             z.write(f, f"old/{f.name}")
-    path = extract_bundle(buf.getvalue(), tmp_path / "upload")
-    with pytest.raises(EdgepptError, match="can run code"):
-        bundle_preview.__wrapped__(str(path), str(tmp_path / "grid.png"))
+    with pytest.raises(EdgepptError, match="refused: .*can run code"):  # (UploadError) before it replaces anything
+        extract_bundle(buf.getvalue(), tmp_path / "upload")
+    assert not marker.exists() and not (tmp_path / "upload").exists()
+    with pytest.raises(EdgepptError, match="can run code"):  # and the preview refuses it as ever
+        bundle_preview.__wrapped__(str(old), str(tmp_path / "grid.png"))
     assert not marker.exists()
     signed = signed_bundle(tmp_path, keys)
     info = bundle_preview.__wrapped__(str(signed), str(tmp_path / "grid.png"))

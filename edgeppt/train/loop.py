@@ -321,8 +321,8 @@ class Trainer:
                         self._diverged(ph.name, done, "weights became NaN/inf", last_good)
                     self._save(pi, done, opt, ema, raw)
                     last_good = done
-                if stopping:
-                    raise _Interrupted
+                if stopping or self.dist.any(stop["flag"]):  # (also one that came while the checkpoint was
+                    raise _Interrupted  # written: this step is saved)
 
     def _reuse(self, pi: int, cached: dict, opt: torch.optim.Optimizer, log: MetricsLog | None) -> None:
         """The phase's end, loaded from its cache: the same weights, buffers and frozen parameters that training
