@@ -53,8 +53,21 @@ def data_fingerprint(spec: str | None) -> Any:
     h = hashlib.sha256()
     for f in files:
         h.update(os.fsencode(f.relative_to(path) if f != path else f.name))  # any bytes a name holds
-        h.update(sha256_file(f).encode())
+        h.update(_file_sha256(f).encode())
     return {"spec": spec, "sha256": h.hexdigest()}
+
+
+_DIGESTS: dict[tuple, str] = {}  # one run hashes its target at each stage: each file is read once a process
+
+
+def _file_sha256(f: Path) -> str:
+    """sha256_file, remembered for this process while the file's size, change time and inode stay the same (a file
+    edited or replaced since is read again)."""
+    st = f.stat()
+    key = (str(f), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(f)
+    return _DIGESTS[key]
 
 
 def bundle_fingerprint(path: Path) -> dict[str, str]:
