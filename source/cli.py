@@ -33,12 +33,14 @@ def source_train(
     gan_steps: Optional[int] = config_option(SourceTrainConfig, "gan_steps", help="Generator updates."),
     seed: Optional[int] = config_option(SourceTrainConfig, "seed", help="Seed of the split, the networks' "
                                         "initialisation and the batches."),
+    sign: Optional[Path] = config_option(SourceTrainConfig, "sign", help="Private key (from source keygen) to sign "
+                                         "the bundle with, as source pack and export take it."),
     set_: list[str] = typer.Option([], "--set", help="Any config field, e.g. --set lr_g=1e-4."),
 ) -> None:
     """Train a class-conditional GAN and a classifier, and write them as a compiled source bundle."""
     from edgeppt.source.train import train_source
 
-    overrides = {"data": data, "out": out, "gan_steps": gan_steps, "seed": seed}
+    overrides = {"data": data, "out": out, "gan_steps": gan_steps, "seed": seed, "sign": sign}
     cfg = guarded(merged, SourceTrainConfig, config, overrides, set_)
     path = guarded(train_source, cfg, interrupted="its checkpoints are kept; run the same command again to continue",
                    command=command_line(cfg),

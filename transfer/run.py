@@ -528,9 +528,9 @@ def review_unlabelled(cfg: TransferConfig, phases: list[Phase], skipped: Collect
 def unused_images_note(unused: int, k: int) -> str:
     """Said where the target's training pool holds more images than the labels drawn from it: a user who gave
     every picture a label may not know the rest sits idle."""
-    return (f"note: the target's other {unused:,} training images are not used ({k} a class are drawn as labels: "
-            "--labels-per-class); --unlabeled rest trains on them without their labels, a larger "
-            "--labels-per-class with them")
+    return (f"note: the target's other {unused:,} training images are not used ({k} a class are drawn as labels); "
+            "unlabeled rest (transfer's --unlabeled rest, transfer.unlabeled in pipeline.yaml) trains on them without "
+            "their labels, a larger labels_per_class with them")
 
 
 def _open_run_dir(cfg: TransferConfig, out: Path, resume: bool, dist: Dist, log) -> dict[str, Any]:
