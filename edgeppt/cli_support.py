@@ -67,9 +67,13 @@ def trust_overrides(trusted_key: list[Path], trust_code: bool) -> dict[str, Any]
     return {"trusted_keys": trusted_key or None, "trust_code": trust_code or None}
 
 
-def resume_hint(command: str, out: Path) -> str:
-    """What Ctrl-C prints for a stage that checkpoints: the exact line that goes on."""
-    return f"the last checkpoint is saved; continue with: edgeppt {command} --resume {shlex.quote(str(out))}"
+def resume_hint(command: str, out: Path, trusted_key: list[Path], trust_code: bool) -> str:
+    """What Ctrl-C prints for a stage that checkpoints: the exact line that goes on (with the trust given now, which
+    a resume never takes from the run folder)."""
+    words = ["edgeppt", command, "--resume", str(out)]
+    for key in trusted_key:
+        words += ["--trusted-key", str(key)]
+    return f"the last checkpoint is saved; continue with: {shlex.join(words + ['--trust-code'] * trust_code)}"
 NO_WORK_HINT = "nothing was left half-written; run the same command again"
 
 

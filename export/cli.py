@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeppt.cli_support import console, guarded
+from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, console, guarded
 from edgeppt.devices import DEFAULT_DEVICE
 
 from .formats import FORMATS, ExportOptions
@@ -71,13 +71,17 @@ def export_cmd(
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the device's)."),
     bench_runs: int = _option("bench_runs", min=0),
     sign: Optional[Path] = _option("sign"),
+    trusted_key: list[Path] = typer.Option([], help=TRUSTED_KEY_HELP + " (--int8-calibration pseudo's source)"),
+    trust_code: bool = typer.Option(False, help=TRUST_CODE_HELP),
 ) -> None:
     """Export a trained run to ONNX / INT8 / FP16 / TensorRT and write a verified, deployable bundle."""
+    from edgeppt.config import SourceTrust
     from edgeppt.export import export_run
 
     m = guarded(export_run, run, out, device=device, formats=formats, int8_calibration=int8_calibration, source=source,
              calibration_data=calibration_data, calibration_size=calibration_size, max_int8_drop=max_int8_drop,
              dynamic_batch=dynamic_batch, threads=threads, bench_runs=bench_runs, sign=sign,
+             trust=SourceTrust(trusted_keys=trusted_key, trust_code=trust_code),
              log=lambda s: console.print(f"[cyan]export[/] {s}"))
     rows = [{**r, "provider": "CPU (export host)"} for r in m["results"] if "batch1" in r]
     name = out or "dist/" + run.resolve().name

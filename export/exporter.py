@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeppt.config import validate
+from edgeppt.config import SourceTrust, validate
 from edgeppt.cpu_int8 import int8_instructions
 from edgeppt.devices import DEFAULT_DEVICE, DeviceProfile, load_profile
 from edgeppt.errors import EdgepptError
@@ -58,6 +58,7 @@ class Context:
     labelled_x: torch.Tensor
     reference: np.ndarray            # PyTorch logits on the test split
     options: dict[str, Any]
+    trust: SourceTrust | None = None  # which source bundles pseudo calibration may load
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     log: Callable[[str], None] = print
     floor: dict[str, Any] = field(default_factory=dict)  # MACs and this host's float32 peak
@@ -195,14 +196,14 @@ def calibration_set(ctx: Context) -> tuple[np.ndarray, np.ndarray, dict[str, Any
                 "test_copies_left_out": dropped}
     else:  # pseudo (ExportOptions allows no other)
         from edgeppt.bundle import open_source
-        from edgeppt.config import SourceTrust
 
         src = ctx.options.get("source") or ctx.run.settings.get("source")
         if not src:
             raise EdgepptError("--int8-calibration pseudo draws calibration images from the source bundle: "
                                "pass --source (the run has none)")
-        # no trust from the run's saved settings (a run folder can come from anyone): an ONNX bundle, as ever
-        calib, pinfo = Q.pseudo_calibration(open_source(src, SourceTrust()), ctx.labelled_x, n, shape)
+        # trust from this command's own options, never from the run's saved settings (a run folder can come from
+        # anyone)
+        calib, pinfo = Q.pseudo_calibration(open_source(src, ctx.trust or SourceTrust()), ctx.labelled_x, n, shape)
         # calibration stays data-free; INT8 is judged where it will run: on target images outside the test split
         guard = Q.check_calibration(Q.subsample(target_images(ctx.run, None, ctx.test_x)[0], GUARD_IMAGES, seed=1),
                                     shape)
@@ -256,10 +257,11 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
                device: str | Path | DeviceProfile = DEFAULT_DEVICE, formats: str | list[str] | None = None,
                source: str | Path | None = None, calibration_data: str | None = None, calibration_images: Any = None,
                threads: int | None = None, samples_per_class: int = 4, log: Callable[[str], None] = print,
-               **settings: Any) -> dict[str, Any]:
+               trust: SourceTrust | None = None, **settings: Any) -> dict[str, Any]:
     """Export a run to `out` (default dist/<run name>) and return the bundle's manifest. `device`: a built-in
-    profile name (x86-cpu, arm-cpu, jetson), a user profile .yaml, or a loaded DeviceProfile. `settings`: the
-    fields of ExportOptions (export/formats.py), whose defaults apply to the rest."""
+    profile name (x86-cpu, arm-cpu, jetson), a user profile .yaml, or a loaded DeviceProfile. `trust`: a
+    SourceTrust for the source bundle that pseudo calibration loads (default: ONNX bundles and keyring signers
+    only). `settings`: the fields of ExportOptions (export/formats.py), whose defaults apply to the rest."""
     dev = device if isinstance(device, DeviceProfile) else load_profile(device)
     fmts = parse_formats(formats, dev)
     opts = validate(ExportOptions, settings, "export settings")  # (an unknown --int8-calibration among them)
@@ -290,7 +292,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None,
     dynamic_batch = opts.dynamic_batch
     torch_acc = float((reference.argmax(1) == test.y.numpy()).mean())
     with B.staging(out) as root:
-        ctx = Context(run, root, dev, test.x.numpy(), test.y.numpy(), labelled.x, reference, options, log=log)
+        ctx = Context(run, root, dev, test.x.numpy(), test.y.numpy(), labelled.x, reference, options, trust=trust,
+                      log=log)
         for fmt in fmts:
             ctx.artifacts[fmt] = BUILDERS[fmt](ctx)
         extra: dict[str, Any] = {}

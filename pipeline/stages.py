@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeppt.config import SearchConfig, TransferConfig, validate
+from edgeppt.config import SearchConfig, SourceTrust, TransferConfig, validate
 from edgeppt.data import BUILTIN, image_files, split_spec
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec
@@ -205,7 +205,8 @@ def _export_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
     out = run / "export"
     pseudo = cfg.export.int8_calibration == "pseudo"  # the only calibration that draws from the source bundle
     manifest = export_run(run / "transfer", out / BUNDLE_DIR, device=export_device(cfg, run),
-                          source=cfg.source if pseudo else None,
+                          source=cfg.source if pseudo else None, trust=SourceTrust(trusted_keys=cfg.trusted_keys,
+                                                                                   trust_code=cfg.trust_code),
                           log=lambda s: log(f"export: {s}"), **cfg.export.model_dump())
     zip_bundle(out / BUNDLE_DIR, out / BUNDLE_ZIP)
     return {"formats": list(manifest["artifacts"]), "default_format": manifest.get("default_format")}

@@ -113,7 +113,8 @@ def search(
                  "strategy": strategy, "engine": engine, "seed": seed, **trust_overrides(trusted_key, trust_code)}
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, SearchConfig, config, overrides, set_)
-    s = guarded(run_search, cfg, out, interrupted=resume_hint("search", out), resume=resume is not None,
+    hint = resume_hint("search", out, trusted_key, trust_code)
+    s = guarded(run_search, cfg, out, interrupted=hint, resume=resume is not None,
                 progress=not quiet)
     b = s["best"]
     table = Table(title=f"best of {s['trained']} candidates on {s['device']} ({s['rejected']} rejected over budget)")

@@ -63,7 +63,8 @@ def transfer(
         set_ = [f"pssl.algorithm={ssl}", *set_]
     out, overrides = run_dir_and_settings(load_run_config, out, resume, overrides, needs_target=config is None)
     cfg = guarded(merged, TransferConfig, config, overrides, set_)
-    report = guarded(run_transfer, cfg, out, interrupted=resume_hint("transfer", out), resume=resume is not None,
+    hint = resume_hint("transfer", out, trusted_key, trust_code)
+    report = guarded(run_transfer, cfg, out, interrupted=hint, resume=resume is not None,
                      progress=not quiet, pp_cache=pp_cache,
                      log=lambda line: console.print(f"[cyan]{line}[/]", soft_wrap=True))
     if report:
