@@ -18,8 +18,8 @@ def faithful(fmt: str, artifact: dict[str, Any]) -> bool:
         return True
     if fmt == "int8":
         return bool(artifact.get("accuracy_guard", {}).get("met"))
-    # outside the test split; a bundle exported before guard_parity was measured has its test-split parity only
-    parity = artifact.get("guard_parity") or artifact.get("parity")
+    # outside the test split (a bundle exported before guard_parity was measured is not judged on its test split)
+    parity = artifact.get("guard_parity")
     return parity is not None and parity["top1_agreement"] >= MIN_FP16_AGREEMENT and "unchecked" not in artifact
 
 

@@ -139,6 +139,12 @@ def agreement(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[float, float]
     return float((ref_logits.argmax(1) == logits.argmax(1)).mean()), kl
 
 
+def disagree_points(agreement: float, n: int) -> float:
+    """The share of n guard images on which two models disagree, in percent, from whole counts: 1 of 100 is 1.0
+    exactly (100 * (1 - 0.99) is 1.0000000000000009, which a threshold of 1.0 would refuse)."""
+    return 100 * round((1 - agreement) * n) / n
+
+
 def quantize_guarded(fp32: str | Path, out: str | Path, calib: np.ndarray, guard_x: np.ndarray,
                      base: QuantConfig = QuantConfig(), max_drop_points: float = 1.0, evaluator: str = "host",
                      threads: int = 1, saturation_remedy: bool = True) -> GuardResult:
@@ -162,7 +168,7 @@ def quantize_guarded(fp32: str | Path, out: str | Path, calib: np.ndarray, guard
             quantize_int8(pre, cand, calib, cfg)
             agree, kl = agreement(ref, _logits(cand, guard_x, evaluator, threads))
             att = {"step": why, "recipe": cfg.describe(), "config": cfg, "file": cand, "agreement": agree,
-                   "kl": kl, "disagree_points": 100 * (1 - agree)}
+                   "kl": kl, "disagree_points": disagree_points(agree, len(guard_x))}
             attempts.append(att)
             if best is None or (agree, -kl) > (best["agreement"], -best["kl"]):
                 best = att

@@ -276,7 +276,15 @@ def cmd_classify(args, manifest: "dict[str, Any]") -> int:
         print(f"error: --model {model}: not a file of this bundle's manifest (its models: "
               f"{', '.join(sorted(onnx_models(manifest).values()))})", file=sys.stderr)
         return 2
-    session = make_session(HERE / model, args.threads, args.provider)
+    try:
+        session = make_session(HERE / model, args.threads, args.provider)
+    except Exception as e:  # a default this runtime cannot run (fp16 kernels on a CPU build): the fp32 model can
+        fp32 = manifest["artifacts"]["onnx"]["file"]
+        if args.model or model == fp32:
+            raise
+        print(f"note: {model} does not load here ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+              f"classifying with {fp32}", file=sys.stderr)
+        session = make_session(HERE / fp32, args.threads, args.provider)
     classes, spec = manifest["classes"], manifest["preprocess"]
     bad = 0
     for path in args.images:
@@ -303,7 +311,10 @@ def run_bench(root: Path, manifest: "dict[str, Any]", formats: "list[str] | None
     spec = manifest["preprocess"]
     shape = [int(spec["channels"]), int(spec["image_size"]), int(spec["image_size"])]
     files, labels = sample_images(root, manifest["classes"])
-    xs = np.stack([preprocess(f, spec) for f in files]) if files else None
+    try:
+        xs = np.stack([preprocess(f, spec) for f in files]) if files else None
+    except ImportError:  # no Pillow on this device: timings need no image file, the samples' accuracy does
+        xs = None
     results = []
     for fmt, file in onnx_models(manifest).items():
         if formats and fmt not in formats:

@@ -292,6 +292,11 @@ def test_the_runner_verifies_and_benches_without_pillow_and_says_what_classify_n
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     ok = subprocess.run([sys.executable, "runner.py", "verify"], cwd=path, capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stderr
+    bench = subprocess.run([sys.executable, "runner.py", "bench", "--json", "--runs", "2"], cwd=path,
+                           capture_output=True, text=True, env=env)  # the shipped samples need Pillow; timings do not
+    assert bench.returncode == 0, bench.stderr
+    rows = json.loads(bench.stdout.strip().splitlines()[-1])["results"]
+    assert rows and all("batch1" in r and "error" not in r and "sample_accuracy" not in r for r in rows), rows
     r = subprocess.run([sys.executable, "runner.py", "classify", *map(str, sorted(path.glob("samples/*/*.png")))],
                        cwd=path, capture_output=True, text=True, env=env)
     assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -381,6 +386,20 @@ def test_runner_classifies_image_files(bundle, tmp_path):
                            capture_output=True, text=True)
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     (path / "extra.onnx").unlink()
+    # A default this runtime cannot load (as fp16 on a CPU build without its kernels): classify says so and uses
+    # the fp32 model; asked for by --model, it fails in one line
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["default_format"], m["artifacts"]["int8"]["file"] = "int8", "labels.txt"  # listed, verified, not a model
+    (copy / "manifest.json").write_text(json.dumps(m))
+    r = subprocess.run([sys.executable, "runner.py", "classify", str(images[0])], cwd=copy, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "labels.txt does not load here" in r.stderr and "classifying with model.onnx" in \
+        r.stderr and json.loads(r.stdout)["class"] == same["class"], r.stderr
+    r = subprocess.run([sys.executable, "runner.py", "classify", str(images[0]), "--model", "labels.txt"], cwd=copy,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_runner_and_bench_measure_every_onnx_model(bundle, tmp_path):
@@ -899,3 +918,11 @@ def test_an_interrupt_as_a_folder_is_swapped_keeps_the_earlier_one(tmp_path, mon
     with pytest.raises(KeyboardInterrupt), staged_folder(out) as tmp:
         (tmp / "model.onnx").write_text("new")
     assert (out / "model.onnx").read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_the_int8_guard_counts_whole_images_at_its_threshold():
+    from edgeppt.export.quantize import disagree_points
+
+    assert 100 * (1 - 0.99) > 1.0  # the float a share gives: one image in 100 would fail a 1-point threshold
+    assert disagree_points(0.99, 100) == 1.0 and disagree_points(0.99, 200) == 1.0 and disagree_points(1.0, 7) == 0
+    assert disagree_points(0.98, 50) == 2.0 and disagree_points(1 - 1 / 3, 3) == 100 / 3
