@@ -285,9 +285,8 @@ def step_source(run: Path, draft: dict[str, Any]) -> None:
             try:
                 draft["source"] = str(extract_bundle(up.getvalue(), run / "data" / "source"))
                 st.session_state["source_zip_done"] = (run.name, up.name, up.size)
-            except UploadError as e:
-                st.error(str(e))
-                draft["source"] = None
+            except UploadError as e:  # refused before it replaced anything: an earlier upload stays in use
+                st.error(str(e) + (" (the bundle uploaded before stays in use)" if draft.get("source") else ""))
         if not draft.get("source"):
             st.info("Upload the bundle folder as a zip (manifest.json, generator.onnx, classifier.onnx, and "
                     "signature.json if signed). A .pt2 bundle is accepted only when signed by a trusted key: "

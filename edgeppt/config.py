@@ -499,8 +499,8 @@ class RemoteWorker(Strict):
         # ssh would read "-oProxyCommand=..." as an option and run it, and "a@b" as another login
         if not v or v.startswith("-") or any(c.isspace() or c in "@" for c in v) or (info.field_name == "user"
                                                                                      and ":" in v):
-            raise ValueError(f"{v!r} is not a {info.field_name} name (it may not start with '-' nor hold spaces "
-                             "or '@')")
+            raise ValueError(f"{v!r} is not a {info.field_name} name (it may not start with '-' nor hold spaces, "
+                             f"'@'{' or :' if info.field_name == 'user' else ''})")
         return v
 
 

@@ -34,7 +34,7 @@ class DataSummary(BaseModel):
     # pictures the target holds under two classes or more, and the classes of the first few
     labelled_twice: int = 0
     labelled_twice_classes: list[str] = []
-    # training-pool images neither labelled nor trained on as unlabelled images (more than --labels-per-class)
+    # training-pool images beyond the labels drawn, when no unlabelled images are given (0 when they are)
     unused: int = 0
 
 
