@@ -74,7 +74,13 @@ def on_device(manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any
     artifacts, default = manifest.get("artifacts", {}), manifest.get("default_format")
     best, measured = fastest(batch1_ms(report.get("results", []), artifacts), artifacts, keep=default)
     cpu = describe(report.get("int8_instructions"))
-    if best is None:
+    failed = next((r.get("error") for r in report.get("results", []) if r.get("format") == default and r.get("error")),
+                  None)
+    if failed and best is not None:  # the default does not run on this device at all
+        note = (f"the default ({default}) does not run here ({failed[:120]}); {best} is the fastest that does "
+                f"({measured}); {cpu}; runner.py classify falls back to model.onnx, or run it with --model "
+                f"{artifacts[best].get('file', best)}")
+    elif best is None:
         note = f"no artifact within the accuracy budget ran here; {cpu}"
     elif best == default:
         note = f"the default ({default}) is the fastest here too ({measured}); {cpu}"

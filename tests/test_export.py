@@ -725,6 +725,10 @@ def test_the_device_benchmark_is_held_against_the_bundle_default():
     assert fast["fastest"] == "int8" and "fastest here too" in fast["note"] and fast["note"].endswith("(SDOT)")
     assert on_device(manifest, report(0.20, 0.20, None))["fastest"] == "int8"  # a tie keeps the default
     assert on_device(manifest, {"results": [{"format": "onnx", "error": "x"}]})["fastest"] is None
+    broken = on_device(manifest, {"int8_instructions": [], "results": [
+        {"format": "onnx", "batch1": {"median_ms": 0.2}}, {"format": "int8", "error": "NotImplemented: ConvInteger"}]})
+    assert broken["fastest"] == "onnx" and "the default (int8) does not run here (NotImplemented: ConvInteger)" in \
+        broken["note"] and "falls back to model.onnx" in broken["note"]
 
 
 def test_cpu_int8_instructions_are_read_from_cpuinfo_flags():
