@@ -85,15 +85,6 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    def any(self, flag: bool) -> bool:
-        """Whether any worker's flag is set: every worker then takes the same branch (a Ctrl-C that reaches
-        workers at different steps must not leave one in the checkpoint's barrier and another in a step)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
 
 def setup_distributed(device: str = "auto") -> Dist:
     """Plain process, or one torchrun worker: join the group and pick this worker's device."""
@@ -314,15 +305,14 @@ class Trainer:
                     log.write(record)
                 bar.update(task, completed=done, info=f"loss {loss.item():.3f}" +
                            (f" acc {record['test_accuracy']:.3f}" if "test_accuracy" in record else ""))
-                stopping = self.dist.any(stop["flag"])
-                if self.out is not None and (done % self.checkpoint_every == 0 or done == ph.steps or stopping):
+                if self.out is not None and (done % self.checkpoint_every == 0 or done == ph.steps or stop["flag"]):
                     if not all(torch.isfinite(t).all() for t in self.model.state_dict().values()
                                if t.is_floating_point()):
                         self._diverged(ph.name, done, "weights became NaN/inf", last_good)
                     self._save(pi, done, opt, ema, raw)
                     last_good = done
-                if stopping or self.dist.any(stop["flag"]):  # (also one that came while the checkpoint was
-                    raise _Interrupted  # written: this step is saved)
+                if stop["flag"]:
+                    raise _Interrupted
 
     def _reuse(self, pi: int, cached: dict, opt: torch.optim.Optimizer, log: MetricsLog | None) -> None:
         """The phase's end, loaded from its cache: the same weights, buffers and frozen parameters that training
