@@ -9,9 +9,10 @@ import numpy as np
 
 from . import runner
 from .bundle import verify_bundle
+from .formats import BENCH_RUNS, THROUGHPUT_BATCH
 
 
-def bench_bundle(path: str | Path, threads: int | None = None, runs: int = 50, batch: int = 32,
+def bench_bundle(path: str | Path, threads: int | None = None, runs: int = BENCH_RUNS, batch: int = THROUGHPUT_BATCH,
                  test_accuracy: bool = True, provider: str = "cpu") -> dict[str, Any]:
     """Verify the bundle, benchmark each ONNX model with the bundle's own runner code, and add test-split accuracy
     when the run's data can be rebuilt here (else the accuracy recorded at export and on the shipped samples)."""

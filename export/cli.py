@@ -13,7 +13,7 @@ from rich.table import Table
 from edgeppt.cli_support import TRUST_CODE_HELP, TRUSTED_KEY_HELP, console, guarded
 from edgeppt.devices import DEFAULT_DEVICE
 
-from .formats import FORMATS, ExportOptions
+from .formats import BENCH_RUNS, DEVICE_RUNS, FORMATS, THROUGHPUT_BATCH, ExportOptions
 
 app = typer.Typer()  # this stage's commands; cli/ assembles the stages
 
@@ -101,8 +101,8 @@ def export_cmd(
 def bench_cmd(
     bundle: Path = typer.Argument(..., help="Bundle directory written by edgeppt export."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads (default: the bundle's device setting)."),
-    runs: int = typer.Option(50, min=1, help="Timed runs per model (the median counts)."),
-    batch: int = typer.Option(32, min=1, help="Throughput batch (dynamic-batch models only)."),
+    runs: int = typer.Option(BENCH_RUNS, min=1, help="Timed runs per model (the median counts)."),
+    batch: int = typer.Option(THROUGHPUT_BATCH, min=1, help="Throughput batch (dynamic-batch models only)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Latency and accuracy of every artifact of a bundle on this machine."""
@@ -136,7 +136,7 @@ def deploy_cmd(
     python: str = typer.Option("python3", help="Python on the device (needs numpy, onnxruntime, pillow)."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads on the device (default: the bundle's "
                                           "device setting)."),
-    runs: int = typer.Option(30, min=1, help="Timed runs per model on the device (the median counts)."),
+    runs: int = typer.Option(DEVICE_RUNS, min=1, help="Timed runs per model on the device (the median counts)."),
     trusted_key: list[Path] = typer.Option([], help="Public key that must have signed the bundle (edgeppt export "
                                            "--sign); checked here and on the device before any model loads."),
 ) -> None:

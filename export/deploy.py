@@ -17,6 +17,7 @@ from edgeppt.signing import MANIFEST_FILE, SIGNATURE_FILE
 
 from .bundle import RUNNER_FILE, verify_bundle
 from .default import on_device
+from .formats import DEVICE_RUNS
 
 
 def _remote(base: list[str], script: str, stdin: bytes | None = None,
@@ -45,7 +46,7 @@ def _tar(path: Path, manifest: dict[str, Any]) -> bytes:
 
 def deploy_bundle(path: str | Path, host: str, remote_dir: str | None = None, port: int | None = None,
                   identity: str | Path | None = None, ssh_options: list[str] | None = None, python: str = "python3",
-                  threads: int | None = None, runs: int = 30, max_seconds: float = 10.0,
+                  threads: int | None = None, runs: int = DEVICE_RUNS, max_seconds: float = 10.0,
                   trusted_keys: list[Path] | None = None) -> dict[str, Any]:
     """Returns the benchmark report produced on the device (with the remote path and host). With trusted_keys,
     the bundle must be signed by one of them, here and on the device, before any model is loaded there."""

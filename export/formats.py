@@ -40,6 +40,12 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 assert set(FORMATS) == set(get_args(ExportFormat)), "the table must have one row per ExportFormat name"
 
 
+# How many timed runs give a latency's median: on this machine (bench, the export's table) and on a device over SSH
+# (deploy: fewer, for a device is slower). Batch of the throughput column. The device runner keeps its
+# own copies: it runs on the device without this package.
+BENCH_RUNS, DEVICE_RUNS, THROUGHPUT_BATCH = 50, 30, 32
+
+
 class ExportOptions(Strict):
     """What an export writes and measures: `edgeppt export`'s options and pipeline.yaml's `export:` section."""
     formats: list[ExportFormat] | None = Field(None, description="artifacts to write (default: the device's)")
@@ -49,6 +55,6 @@ class ExportOptions(Strict):
     max_int8_drop: float = Field(1.0, ge=0, description="percent of guard images (outside the test split) on which "
                                  "INT8's top-1 class may differ from FP32's before remedies are tried")
     dynamic_batch: bool = Field(False, description="dynamic batch dimension (default: static batch 1)")
-    bench_runs: int = Field(50, ge=0, description="timed runs per artifact for the latency table (0: none)")
+    bench_runs: int = Field(BENCH_RUNS, ge=0, description="timed runs per artifact for the latency table (0: none)")
     sign: Path | None = Field(None, description="private key (edgeppt source keygen) to sign the bundle with; the "
                                                 "runner verifies it on the device")

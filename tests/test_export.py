@@ -82,6 +82,18 @@ def test_search_probes_and_exports_declare_one_opset(trained_run, tmp_path):
     assert [o.version for o in probed.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
 
 
+def test_the_device_runner_times_as_the_package_does():
+    """The runner ships alone to the device, so it keeps its own copies of the timing defaults: they must agree."""
+    import inspect
+
+    from edgeppt.export import runner
+    from edgeppt.export.formats import BENCH_RUNS, THROUGHPUT_BATCH
+
+    bench = inspect.signature(runner.run_bench).parameters
+    assert (bench["runs"].default, bench["batch"].default) == (BENCH_RUNS, THROUGHPUT_BATCH)
+    assert inspect.signature(runner.benchmark).parameters["runs"].default == BENCH_RUNS
+
+
 def test_dynamic_batch_export(trained_run, tmp_path):
     run = load_run(trained_run)
     p = export_onnx(run.model, tmp_path / "dyn.onnx", run.input_shape, dynamic_batch=True)
