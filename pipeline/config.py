@@ -54,8 +54,12 @@ if TYPE_CHECKING:
 else:
     SearchSection = _section(SearchConfig, "SearchSection", "Architecture search budget; `enabled: false` skips search "
                              "and trains `transfer.arch`.", {"enabled": (bool, True)})
+    # the top level's `device` names the device profile, so transfer's torch device gets a name of its own
     TransferSection = _section(TransferConfig, "TransferSection", "Transfer method and budget (TransferConfig fields). "
-                               "`arch` is used only when search is off.")
+                               "`arch` is used only when search is off.",
+                               {"torch_device": (TransferConfig.model_fields["device"].annotation,
+                                                 Field("auto", description="where transfer trains: auto (CUDA when "
+                                                       "PyTorch sees a GPU), cpu or cuda"))})
 
 
 class ExportSection(ExportOptions):

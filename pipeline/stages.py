@@ -136,7 +136,8 @@ def _search_run(cfg: PipelineConfig, run: Path, resume: bool, progress: bool, lo
 def transfer_config(cfg: PipelineConfig, run: Path) -> TransferConfig:
     from edgeppt.devices import load_profile
 
-    settings = cfg.transfer.model_dump()
+    settings = cfg.transfer.model_dump(exclude={"torch_device"})
+    settings["device"] = cfg.transfer.torch_device
     if cfg.search.enabled:  # the searched architecture itself, not a path that depends on how the run was named
         best = run / "search" / BEST_FILE
         settings["arch"] = arch_spec(str(best)) if best.is_file() else str(best)
@@ -155,7 +156,8 @@ def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
         arch = arch_spec(arch)  # its contents)
     unlabeled = cfg.transfer.unlabeled  # (only when a dataset: earlier runs keep their keys) its images, not its path
     images = {"unlabeled_data": data_fingerprint(unlabeled)} if unlabeled and unlabeled != "rest" else {}
-    return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size"}), "arch": arch,
+    return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size", "torch_device"}),
+            "arch": arch,  # (the torch device, like threads, says how it runs, not what it computes)
             "image_size": transfer_config(cfg, run).image_size,
             "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg), **images}
 

@@ -388,6 +388,21 @@ def test_transfer_trains_at_the_side_the_search_costed_and_the_device_receives(t
     assert transfer_config(own, tmp_path).image_size == 10  # set for transfer itself: kept
 
 
+def test_transfer_torch_device_is_its_own_setting(tiny_bundle, tmp_path):
+    """The top level's `device` is the device profile; `transfer.torch_device` says where transfer trains, and, like
+    threads, does not make a finished transfer stale."""
+    from edgeppt.pipeline.stages import _transfer_inputs, transfer_config
+
+    plain = parse_config(raw_config(tiny_bundle))
+    on_cpu = parse_config(raw_config(tiny_bundle, transfer={"torch_device": "cpu"}))
+    assert (transfer_config(plain, tmp_path).device, transfer_config(on_cpu, tmp_path).device) == ("auto", "cpu")
+    assert _transfer_inputs(on_cpu, tmp_path) == _transfer_inputs(plain, tmp_path)
+    with pytest.raises(EdgepptError, match="device"):  # the profile's name: not settable per stage
+        parse_config(raw_config(tiny_bundle, transfer={"device": "cpu"}))
+    with pytest.raises(EdgepptError, match="torch_device"):
+        parse_config(raw_config(tiny_bundle, transfer={"torch_device": "tpu"}))
+
+
 def test_search_feeds_its_architecture_to_transfer(tiny_bundle, tmp_path, calls):
     """The search stage plugs in as one row of the table: transfer trains its best.json and is cached by its hash."""
     run = tmp_path / "run"
