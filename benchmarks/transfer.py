@@ -94,6 +94,10 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # brightness) and one aimed off centre (every shape 3 px to the left, its left edge cut)
     "dim camera": ("animals-src", EXAMPLE_TARGET, "dim", {}),
     "off centre": ("animals-src", EXAMPLE_TARGET, "left3", {}),
+    # Bundles drawn at twice the target's side (held out; "The image side"): the animals and grazers bundles with G's
+    # images upscaled to 56 px and C reading them shrunk back (`upscaled_bundle`), the targets at their own 28 px
+    "example, bundle at 56 px": ("animals-src@56", EXAMPLE_TARGET, None, {}),
+    "other classes, bundle at 56 px": ("grazers-src@56", OTHER_CLASSES, None, {}),
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 
@@ -302,8 +306,52 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
+def upscaled_bundle(name: str, work: Path) -> Path:
+    """`NAME@SIDE`: the bundle NAME with G's images upscaled (bilinear) to SIDE and C reading them shrunk back
+    (antialiased), packed by `edgeppt source pack` as an owner's ONNX files are: a bundle drawn at SIDE that holds
+    no detail beyond NAME's side."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgeppt.config import PackConfig
+    from edgeppt.source.pack import pack
+
+    base, side = name.split("@")
+    out = work / f"{base}-{side}"
+    if out.exists():
+        return out
+    src = BUNDLES / base
+    own = json.loads((src / "manifest.json").read_text())["image_shape"][-1]
+    scale = int(side) / own
+
+    def rename(graph, old: str, new: str, outputs: bool) -> None:
+        for node in graph.node:
+            names = node.output if outputs else node.input
+            for i, n in enumerate(names):
+                if n == old:
+                    names[i] = new
+
+    g = onnx.load(str(src / "generator.onnx"))
+    rename(g.graph, "image", "small", outputs=True)
+    g.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, scale, scale], np.float32), "scales"))
+    g.graph.node.append(helper.make_node("Resize", ["small", "", "scales"], ["image"], mode="linear"))
+    c = onnx.load(str(src / "classifier.onnx"))
+    rename(c.graph, "image", "small", outputs=False)
+    c.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 1 / scale, 1 / scale], np.float32), "scales"))
+    c.graph.node.insert(0, helper.make_node("Resize", ["image", "", "scales"], ["small"], mode="linear", antialias=1))
+    for dims in (g.graph.output[0].type.tensor_type.shape.dim, c.graph.input[0].type.tensor_type.shape.dim):
+        dims[2].dim_value = dims[3].dim_value = int(side)
+    work.mkdir(parents=True, exist_ok=True)
+    onnx.save(g, str(work / f"{base}-{side}-G.onnx"))
+    onnx.save(c, str(work / f"{base}-{side}-C.onnx"))
+    pack(PackConfig(generator=str(work / f"{base}-{side}-G.onnx"), classifier=str(work / f"{base}-{side}-C.onnx"),
+                     classes=json.loads((src / "manifest.json").read_text())["classes"], out=out))
+    return out
+
+
 def write_pairing(name: str, work: Path) -> dict[str, Path]:
-    """The pairing's target set as train/val/test .npz files at the bundle's image shape."""
+    """The pairing's target set as train/val/test .npz files at the bundle's image shape (and the bundle, where the
+    pairing makes its own)."""
     bundle, spec, transform, _ = PAIRINGS[name]
     ds = load_dataset(spec, 28, 1)
     if transform == "invert":
@@ -334,7 +382,7 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
         ds = ImageSet((0.25 + 0.5 * ds.x + 0.15 * torch.randn(ds.x.shape, generator=g)).clamp(0, 1), ds.y, ds.classes)
     pool, test = train_test_split(ds, 0.2, seed=0)  # what the product holds out by default
     train, val = train_test_split(pool, 0.1, seed=1)
-    paths = {}
+    paths = {"bundle": upscaled_bundle(bundle, work / "bundles")} if "@" in bundle else {}
     for part, s in (("train", train), ("val", val), ("test", test)):
         paths[part] = work / f"{name.replace(' ', '-')}-{part}.npz"
         np.savez(paths[part], x=(s.x.numpy() * 255).round().astype(np.uint8), y=s.y.numpy(), classes=s.classes)
@@ -348,8 +396,8 @@ def config(pairing: str, row: str, seed: int, budget: dict, files: dict[str, Pat
     base = TransferConfig(target="x", **budget)
     if raw.get("finetune_steps") == "+pssl":
         raw["finetune_steps"] = base.finetune_steps + base.pssl.steps
-    return TransferConfig(source=BUNDLES / bundle, target=str(files["train"]), test=str(files["test"]),
-                          labels_per_class=labels, method=method, seed=seed, eval_every=10**6,
+    return TransferConfig(source=files.get("bundle", BUNDLES / bundle), target=str(files["train"]),
+                          test=str(files["test"]), labels_per_class=labels, method=method, seed=seed, eval_every=10**6,
                           checkpoint_every=10**6, **raw)
 
 
