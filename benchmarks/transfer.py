@@ -98,6 +98,11 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # images upscaled to 56 px and C reading them shrunk back (`upscaled_bundle`), the targets at their own 28 px
     "example, bundle at 56 px": ("animals-src@56", EXAMPLE_TARGET, None, {}),
     "other classes, bundle at 56 px": ("grazers-src@56", OTHER_CLASSES, None, {}),
+    # Colour targets from the grey animals bundle (held out; "Augmentation"): each image at its own exposure, every
+    # class in a colour of its own (colour tells the classes apart), or each image with a tint of its own (a
+    # camera's white balance: colour tells nothing)
+    "class colours": ("animals-src", EXAMPLE_TARGET, "class_colours", {}),
+    "tinted": ("animals-src", EXAMPLE_TARGET, "tint", {}),
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 
@@ -139,6 +144,8 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "auto, unlabelled pool, every view turned": ("auto", {"unlabeled": "rest", "augment": {
         "max_rotation": 180.0, "strong_rotation": 180.0}}),
     "pp, gain jitter 0.5": ("pp", {"augment": {"jitter": 0.5}}),  # each channel's gain within 1 ± 0.5
+    "auto, gain rule off": ("auto", {"auto": {"gain_spread": 0}}),  # no jitter
+    "auto, colour rule off": ("auto", {"auto": {"colour_p": 0}}),  # a tint per image wherever the gain rule fires
     # at 28 px whatever the side rule picks (the digits source: the target's side; the example at 56 px: the bundle's)
     **{f"{m}, at 28 px": (m, {"image_size": 28}) for m in ("scratch", "pp", "auto")},
     # mirroring on where the pairing turns it off (the digits: a mirrored 2, 3, 7 is no digit)
@@ -377,6 +384,13 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
         ds = ImageSet(0.4 * ds.x, ds.y, ds.classes)
     elif transform == "left3":  # aimed off centre: every shape 3 px to the left, the columns it leaves black
         ds = ImageSet(torch.nn.functional.pad(ds.x[..., 3:], (0, 3)), ds.y, ds.classes)
+    elif transform == "class_colours":  # each class its own colour, each image its own exposure (50-100%)
+        colours = torch.tensor([[1, .3, .1], [.2, .8, .2], [.2, .3, 1], [1, .9, .1], [.8, .2, .9]])
+        exposure = 0.5 + 0.5 * torch.rand(len(ds.x), 1, 1, 1, generator=torch.Generator().manual_seed(0))
+        ds = ImageSet(ds.x * colours[ds.y].view(-1, 3, 1, 1) * exposure, ds.y, ds.classes)
+    elif transform == "tint":  # each channel of each image times its own gain in 25-100%, fixed per image
+        gains = 0.25 + 0.75 * torch.rand(len(ds.x), 3, 1, 1, generator=torch.Generator().manual_seed(0))
+        ds = ImageSet(ds.x * gains, ds.y, ds.classes)
     elif transform == "noise":  # low contrast and sensor noise, fixed per image
         g = torch.Generator().manual_seed(0)
         ds = ImageSet((0.25 + 0.5 * ds.x + 0.15 * torch.randn(ds.x.shape, generator=g)).clamp(0, 1), ds.y, ds.classes)

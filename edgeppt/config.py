@@ -131,10 +131,13 @@ class AugmentConfig(Strict):
     jitter: float = Field(0.0, ge=0, le=1, description="scale each channel of an image by a random gain within "
                           "1 ± this (a camera's exposure and white balance); target phases only: PP sees G's samples "
                           "as their owner trained on them")
+    jitter_tint: bool = Field(True, description="jitter each channel by its own gain (exposure and a tint); false: "
+                              "one gain for all channels (exposure only), where colour tells the classes apart")
 
     def key(self) -> dict:
-        """The settings as a cache key; jitter only where set, so that earlier keys stay valid."""
-        return self.model_dump(mode="json", exclude=set() if self.jitter else {"jitter"})
+        """The settings as a cache key; jitter and its tint only where set, so that earlier keys stay valid."""
+        return self.model_dump(mode="json", exclude=({"jitter_tint"} if self.jitter_tint else set()) |
+                               (set() if self.jitter else {"jitter"}))
 
 
 class PSSLConfig(Strict):
@@ -270,6 +273,10 @@ class AutoConfig(Strict):
                                "(coefficient of variation per channel): a camera whose exposure or colour balance "
                                "varies (docs/transfer.md; 0: never)")
     jitter_amount: float = Field(0.5, ge=0, le=1, description="the augment.jitter that gain_spread turns on")
+    colour_p: float = Field(0.01, ge=0, le=1, description="where gain_spread turns jitter on for colour images: "
+                            "one gain for all channels (augment.jitter_tint off) where the labels' classes differ in "
+                            "colour more than shuffled labels do in all but this share of draws (a permutation "
+                            "test's p; docs/transfer.md; 0: never)")
     pose_score: float = Field(1.0, ge=0, description="turn pretrain_rotation on (at rotation_amount) where the target "
                               "images sit, in C's features, nearer G's samples turned by up to 180 degrees than the "
                               "upright ones, at least this far along the line from upright (-1) to turned (+1): "

@@ -67,7 +67,8 @@ def prepare(cfg: SearchConfig) -> ProxyData:
     else:
         folds = label_folds(labelled, cfg.folds)
     pretrain = bundle is not None and cfg.proxy.pretrain_steps > 0
-    fitted = augment_rules.fit_augmentation(cfg.augment, 0.0, cfg.auto, labelled.x, bundle if pretrain else None,
+    fitted = augment_rules.fit_augmentation(cfg.augment, 0.0, cfg.auto, labelled.x, labelled.y,
+                                            bundle if pretrain else None,
                                             pretrain=pretrain, seed=cfg.seed)
     pool = source_val = None
     if bundle is not None and cfg.proxy.pretrain_steps > 0:

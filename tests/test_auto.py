@@ -826,6 +826,43 @@ def test_auto_turns_the_gain_jitter_on_where_the_images_gain_varies(tiny_bundle,
     assert run_transfer(small(tiny_bundle, auto={"gain_spread": 0}), tmp_path / "never", progress=False)["gain"] is None
 
 
+def test_the_gain_jitter_keeps_colours_that_tell_the_classes_apart():
+    """auto.colour_p: where the jitter goes on for colour images, the labels decide whether it tints. Every class
+    in a colour of its own (and each image at its own exposure): one gain for all channels, said in the note. A
+    tint of each image's own (a camera's white balance): the labels' colours differ by chance alone, and the
+    jitter tints as before."""
+    from edgeppt.config import AugmentConfig
+    from edgeppt.train.augment import _jitter, colour_cue
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(5).repeat_interleave(4)
+    shapes = (torch.rand(20, 1, 16, 16, generator=g) > 0.6).float()
+    colours = torch.tensor([[1, .3, .1], [.2, .8, .2], [.2, .3, 1], [1, .9, .1], [.8, .2, .9]])
+    exposure = torch.empty(20, 1, 1, 1).uniform_(0.4, 1.0, generator=g)
+    coloured = shapes * colours[y].view(-1, 3, 1, 1) * exposure
+    tinted = shapes * torch.empty(20, 3, 1, 1).uniform_(0.25, 1.0, generator=g)
+    assert colour_cue(coloured, y) < 0.01 < colour_cue(tinted, y)
+    rules = AutoConfig()
+    kept = augment_rules.fit_augmentation(AugmentConfig(), 0.0, rules, coloured, y, None, pretrain=False, seed=0)
+    assert kept.augment.jitter == rules.jitter_amount and not kept.augment.jitter_tint
+    assert kept.records["gain"]["tint"] is False and "no tint" in kept.notes[0]
+    tint = augment_rules.fit_augmentation(AugmentConfig(), 0.0, rules, tinted, y, None, pretrain=False, seed=0)
+    assert tint.augment.jitter == rules.jitter_amount and tint.augment.jitter_tint and "no tint" not in tint.notes[0]
+    off = augment_rules.fit_augmentation(AugmentConfig(), 0.0, rules.model_copy(update={"colour_p": 0}), coloured,
+                                         y, None, pretrain=False, seed=0)
+    assert off.augment.jitter_tint and "colour_cue_p" not in off.records["gain"]
+    grey = augment_rules.fit_augmentation(AugmentConfig(), 0.0, rules, shapes * exposure, y, None, pretrain=False,
+                                          seed=0)
+    assert grey.augment.jitter and "colour_cue_p" not in grey.records["gain"]  # one channel: nothing to tint
+    # one gain for all channels, from the same draws (the random stream goes on alike)
+    a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    same = _jitter(torch.full((4, 3, 2, 2), 0.5), a, 0.5, tint=False)
+    assert torch.allclose(same, same[:, :1].expand_as(same))
+    _jitter(torch.full((4, 3, 2, 2), 0.5), b, 0.5)
+    assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+    assert "jitter_tint" not in AugmentConfig().key() and "jitter_tint" in AugmentConfig(jitter_tint=False).key()
+
+
 def test_mirror_share_tells_digits_from_objects_that_face_either_way():
     """About half the images' nearest neighbours are unmirrored where mirroring keeps the distribution (each image
     flipped or not at random), nearly all where mirrored images look like none of them (the digits)."""

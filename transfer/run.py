@@ -361,12 +361,12 @@ def _predicted_shares(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return total / len(x)
 
 
-def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, info: dict
-                     ) -> tuple[TransferConfig, list[str]]:
+def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, labels: torch.Tensor,
+                     info: dict) -> tuple[TransferConfig, list[str]]:
     """auto's label-free augmentation rules (edgeppt/train/augment_rules.py) on the target images, labelled and
     unlabelled, before any training. Decided on the data, so a resume decides the same; config.json keeps the
     settings as given. Returns the settings to train with and a line for each rule that changed them."""
-    fitted = augment_rules.fit_augmentation(cfg.augment, cfg.pretrain_rotation, cfg.auto, x, bundle,
+    fitted = augment_rules.fit_augmentation(cfg.augment, cfg.pretrain_rotation, cfg.auto, x, labels, bundle,
                                             pretrain=bool(cfg.pretrain_steps), seed=cfg.seed)
     info.update(fitted.records)
     update = {"augment": fitted.augment, "pretrain_rotation": fitted.pretrain_rotation}
@@ -588,7 +588,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
     notes: list[str] = []  # what auto's augmentation rules changed (printed, and shown by the wizard from plan.json)
     if cfg.method == "auto":
         cfg, notes = fit_augmentation(cfg, bundle, labelled.x if real is None else torch.cat([labelled.x, real]),
-                                      info)
+                                      labelled.y, info)
 
     torch.manual_seed(cfg.seed)
     in_chans, size = labelled.shape[0], labelled.shape[1]

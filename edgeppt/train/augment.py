@@ -29,13 +29,14 @@ def _affine(x: torch.Tensor, g: torch.Generator, max_shift: float, max_rot: floa
     return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
 
 
-def _jitter(x: torch.Tensor, g: torch.Generator, amount: float) -> torch.Tensor:
+def _jitter(x: torch.Tensor, g: torch.Generator, amount: float, tint: bool = True) -> torch.Tensor:
     """Each channel of each image times a gain in [1 - amount, 1 + amount]: brightness for grey images, a tint for
-    colour ones. No draw at 0, so runs without it keep their random streams."""
+    colour ones; without `tint`, the first channel's gain for all (brightness only: the same draws either way). No
+    draw at 0, so runs without it keep their random streams."""
     if not amount:
         return x
     gain = 1 + (torch.rand(len(x), x.shape[1], 1, 1, generator=g) * 2 - 1) * amount
-    return (x * gain.to(x)).clamp(0, 1)
+    return (x * (gain if tint else gain[:, :1]).to(x)).clamp(0, 1)
 
 
 def gain_spread(x: torch.Tensor) -> float:
@@ -46,17 +47,42 @@ def gain_spread(x: torch.Tensor) -> float:
     return (peak.std(0) / peak.mean(0).clamp_min(1e-6)).mean().item() if len(x) > 1 else 0.0
 
 
+def colour_cue(x: torch.Tensor, y: torch.Tensor, draws: int = 1000, seed: int = 0) -> float:
+    """Whether colour tells the labelled images' classes apart: a permutation test's p-value for the share of the
+    variance of their colour (each image's mean per channel over its sum: a tint, not an exposure) that lies between
+    the classes' means, against the same images with their labels shuffled. Small where each class has its own
+    colour; about uniform in (0, 1] where colour varies from image to image alone (a camera's white balance)."""
+    mean = x.float().flatten(2).mean(2)  # (N, C)
+    chroma = mean / mean.sum(1, keepdim=True).clamp_min(1e-6)
+    chroma = chroma - chroma.mean(0)
+    total = chroma.pow(2).sum().clamp_min(1e-12)
+    k = int(y.max()) + 1 if len(y) else 1
+
+    def between(labels: torch.Tensor) -> torch.Tensor:  # (D, N) labels -> (D,) between-class sum of squares
+        one_hot = F.one_hot(labels, k).float()  # (D, N, K)
+        sums = one_hot.transpose(1, 2) @ chroma  # (D, K, C)
+        return (sums.pow(2).sum(2) / one_hot.sum(1).clamp_min(1)).sum(1)
+
+    seen = between(y[None])[0] / total
+    g = torch.Generator().manual_seed(seed)
+    hits = 0
+    for start in range(0, draws, 100):
+        shuffled = torch.stack([y[torch.randperm(len(y), generator=g)] for _ in range(min(100, draws - start))])
+        hits += int((between(shuffled) / total >= seen - 1e-9).sum())
+    return (1 + hits) / (1 + draws)
+
+
 def weak(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig = DEFAULT) -> torch.Tensor:
     """Flip (where allowed), shift, rotate as configured, and jitter each channel's gain where set."""
     x = _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.max_rotation, scale=(1.0, 1.0), flip=cfg.hflip)
-    return _jitter(x, g, cfg.jitter)
+    return _jitter(x, g, cfg.jitter, cfg.jitter_tint)
 
 
 def strong(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig = DEFAULT) -> torch.Tensor:
     """Weak plus rotation, scaling, contrast change and a cut-out square (RandAugment-like for silhouettes)."""
     n = len(x)
     x = _affine(x, g, max_shift=cfg.max_shift, max_rot=cfg.strong_rotation, scale=(0.8, 1.15), flip=cfg.hflip)
-    x = _jitter(x, g, cfg.jitter)
+    x = _jitter(x, g, cfg.jitter, cfg.jitter_tint)
     contrast = (0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g)).to(x)
     mean = x.mean((1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean).clamp(0, 1)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from edgeppt.bundle import SourceBundle
 from edgeppt.config import AugmentConfig, AutoConfig
 from edgeppt.data import reshape_images, subsample
-from edgeppt.train.augment import gain_spread, weak
+from edgeppt.train.augment import colour_cue, gain_spread, weak
 
 # The AutoConfig fields these rules read (what a search's result depends on) and the thresholds that turn them off.
-RULE_FIELDS = ("gain_spread", "jitter_amount", "pose_score", "rotation_amount", "mirror_share")
+RULE_FIELDS = ("gain_spread", "jitter_amount", "colour_p", "pose_score", "rotation_amount", "mirror_share")
 OFF = {"gain_spread": 0.0, "pose_score": 0.0, "mirror_share": 0.0}
 
 
@@ -154,20 +154,31 @@ PP_ROTATION_NOTE = "auto: PP rotation"  # how the pose rule's line starts (a run
 
 
 def fit_augmentation(augment: AugmentConfig, pretrain_rotation: float, rules: AutoConfig, x: torch.Tensor,
-                     bundle: SourceBundle | None, pretrain: bool, seed: int) -> Fitted:
+                     labels: torch.Tensor, bundle: SourceBundle | None, pretrain: bool, seed: int) -> Fitted:
     """Apply each rule that is on (its threshold not 0) and whose setting is still at its default, to the target
-    images `x` (labelled, and any unlabelled)."""
+    images `x` (labelled, and any unlabelled after them); `labels` are the first len(labels) images' classes, read
+    only to keep the gain jitter from tinting colours that tell the classes apart."""
     out = Fitted(augment, pretrain_rotation)
     if rules.gain_spread and not augment.jitter:
         keep = subsample(len(x), 1000)  # a fixed 1,000 of a large pool: its quantiles sort every pixel
         spread = gain_spread(x if keep is None else x[keep])
         on = spread > rules.gain_spread
         out.records["gain"] = {"spread": spread, "limit": rules.gain_spread, "jitter": rules.jitter_amount if on else 0}
+        # A tint per image would blur the colours that tell classes apart (each class its own colour): there the
+        # jitter changes exposure only. Measured on the labels, so only where jitter is on and the images in colour.
+        cue = colour_cue(x[:len(labels)], labels, seed=seed) \
+            if on and rules.colour_p and x.shape[1] > 1 and len(labels) > 1 else None
+        coloured = cue is not None and cue < rules.colour_p  # the classes have colours of their own
+        tint = augment.jitter_tint and not coloured
+        if cue is not None:
+            out.records["gain"] |= {"colour_cue_p": cue, "colour_p_limit": rules.colour_p, "tint": tint}
         if on:
-            out.augment = out.augment.model_copy(update={"jitter": rules.jitter_amount})
+            out.augment = out.augment.model_copy(update={"jitter": rules.jitter_amount, "jitter_tint": tint})
             out.notes.append(f"auto: gain jitter {rules.jitter_amount} on: the images' brightest pixels vary by "
                              f"{spread:.2f} from image to image (limit {rules.gain_spread}), as a camera's exposure or "
-                             "colour balance does (auto.gain_spread)")
+                             "colour balance does (auto.gain_spread)" + ("" if not coloured else
+                             f"; one gain for all channels, no tint: the labels' classes differ in colour (shuffled "
+                             f"labels differ as much {_share_of_draws(cue or 0)} of the time)"))
     if rules.pose_score and not pretrain_rotation and bundle is not None and pretrain:
         score = pose_score(bundle, x, pp_augment(augment, pretrain_rotation, bundle), seed)
         on = score >= rules.pose_score
