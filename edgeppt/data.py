@@ -476,17 +476,24 @@ def detail_lost(x: torch.Tensor, side: int, max_images: int = 500) -> float:
 
 
 AUTO_SIDE_MAX, AUTO_SIDE_TIMES = 512, 4
+# Targets under this side are raised toward the bundle's: the networks halve the side twice, and below 16 px their
+# last stage sees under 4x4 places (8 px digits train better at 28). At 16 px and up they keep their own side, since
+# upscaling adds no detail and spreads the objects past the receptive field (docs/transfer.md, "The image side").
+SMALL_SIDE = 16
 
 
 def load_target(spec: str, image_size: int | None, channels: int | None, source_side: int | None) -> ImageSet:
     """The target set at the side every stage trains and exports at: `image_size` where given; otherwise the
-    images' own side, raised to the source bundle's where they are smaller (PP learns its features at G's scale,
-    so small images are upscaled to it), and lowered to it only where that loses no detail the images hold
-    (`detail_lost` at most DETAIL_LOST_MAX): a bundle drawn at 8x8 must not shrink 28x28 targets, and 56 px images
-    with no finer detail than 28 px train better, and four times faster, at 28. Images of mixed or non-square
-    sizes are taken at the median of their longer sides, by the same rule."""
+    images' own side, raised toward the source bundle's only where it is under SMALL_SIDE (to at most
+    AUTO_SIDE_TIMES their own), and lowered to it only where that loses no detail the images hold (`detail_lost` at
+    most DETAIL_LOST_MAX): a bundle drawn at 8x8 must not shrink 28x28 targets, 56 px images with no finer detail
+    than 28 px train better, and four times faster, at 28, and so do 28 px images with a bundle drawn at 56 (G's
+    samples are shrunk to them for PP). Images of mixed or non-square sizes are taken at the median of their longer
+    sides, by the same rule."""
     if image_size is not None or source_side is None:
-        return load_dataset(spec, image_size, channels)
+        ds = load_dataset(spec, image_size, channels)
+        h, w = ds.shape[1:]  # every stage and the device take a square side (the run records one number)
+        return ds if h == w else load_dataset(spec, max(h, w), channels)
     # Photos hold detail at any side (sensor noise counts): their own 1000 or 4000 px would train for days on a
     # CPU. At most four times the bundle's side (and 512) unless image_size asks for more; larger images are read
     # at that side straight away, so a folder of photos is never held at full size.
@@ -497,7 +504,9 @@ def load_target(spec: str, image_size: int | None, channels: int | None, source_
         ds = load_dataset(spec, min(max(e.side, source_side), cap), channels)
     h, w = ds.shape[1:]
     side = min(max(h, w), cap)
-    if side < source_side or (side > source_side and h == w and detail_lost(ds.x, source_side) <= DETAIL_LOST_MAX):
+    if side < min(source_side, SMALL_SIDE):
+        side = min(source_side, AUTO_SIDE_TIMES * side)
+    elif side > source_side and h == w and detail_lost(ds.x, source_side) <= DETAIL_LOST_MAX:
         side = source_side
     # resized by loading again at that side: the path a later stage rebuilds the set through (same fingerprint)
     return ds if (h, w) == (side, side) else load_dataset(spec, side, channels)

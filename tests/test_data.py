@@ -8,6 +8,7 @@ from PIL import Image
 from edgeppt.data import (
     ANIMAL_CLASSES,
     DETAIL_LOST_MAX,
+    SMALL_SIDE,
     DataRecord,
     NeedsImageSize,
     detail_lost,
@@ -166,6 +167,18 @@ def test_mixed_sizes_are_refused_unless_a_size_is_given(tmp_path):
 def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_where_no_detail_is_lost(tmp_path):
     # the built-in digits are 8x8: a 28-px bundle upscales them; a 4-px one leaves them; image_size decides over both
     assert load_target("digits:0,1", None, None, 28).shape == (1, 28, 28)
+    assert load_target("digits:0,1", None, None, 256).shape == (1, 32, 32)  # raised at most four times
+    # from SMALL_SIDE up a target keeps its side beside a bundle drawn larger (G's samples are shrunk to it)
+    for side in (SMALL_SIDE, 28):
+        x = load_dataset("digits:0,1", side)
+        np.savez(tmp_path / f"d{side}.npz", x=(x.x.numpy() * 255).round().astype(np.uint8), y=x.y.numpy())
+        assert load_target(str(tmp_path / f"d{side}.npz"), None, None, 56).shape == (1, side, side)
+    # non-square images without a bundle (scratch) are squared as with one, so the run's one recorded side rebuilds
+    # the same images for export
+    np.savez(tmp_path / "wide.npz", x=np.random.default_rng(1).integers(0, 256, (4, 1, 24, 40), dtype=np.uint8),
+             y=[0, 1, 0, 1])
+    wide = load_target(str(tmp_path / "wide.npz"), None, None, None)
+    assert wide.shape == (1, 40, 40) and fingerprint(wide) == fingerprint(load_dataset(str(tmp_path / "wide.npz"), 40))
     assert load_target("digits:0,1", None, None, 4).shape == (1, 8, 8)
     assert load_target("digits:0,1", None, None, None).shape == (1, 8, 8)
     assert load_target("digits:0,1", 6, None, 28).shape == (1, 6, 6)
