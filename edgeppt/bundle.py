@@ -215,8 +215,10 @@ class SourceBundle:
         if self.manifest.channel_order == "bgr" and x.shape[1] == 3:  # RGB images, in the owner's order
             x = x.flip(1)
         side = spec.input_size or self.image_shape[1]
-        if x.shape[-1] != side:  # plain bilinear, as C has always been fed (the caches of its outputs stay valid)
-            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+        if x.shape[-1] != side:  # bilinear; antialiased where it shrinks (larger targets that keep their detail),
+            # plain where it enlarges, as C has always been fed (the caches of its outputs stay valid)
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > side)
         mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
         std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
         x = (x - mean) / std

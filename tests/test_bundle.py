@@ -772,3 +772,16 @@ def test_an_opencv_bundle_in_bgr_gives_and_reads_rgb(tmp_path: Path):
         assert summary["generated_accuracy"] == 1.0  # (G and C agree with each other either way)
         assert b.generate(torch.eye(K)[:1]).mean((2, 3))[0].argmax().item() == first
         assert b.classify(red)[0].argmax().item() == first
+
+
+def test_the_classifier_sees_larger_targets_shrunk_without_aliasing(tiny_bundle):
+    """Targets larger than the bundle that keep their detail reach C shrunk as the data loader shrinks images
+    (antialiased): plain bilinear would read one pixel in four of a fine pattern."""
+    from edgeppt.data import reshape_images
+
+    b = load_bundle(tiny_bundle)
+    stripes = torch.zeros(2, 1, 32, 32)
+    stripes[..., ::4] = 1.0  # a stripe every 4 px: plain bilinear at a quarter of the side samples between them
+    logits, _ = b.classify(stripes)
+    shrunk, _ = b.classify(reshape_images(stripes, b.image_shape[1], None))
+    assert b.image_shape[1] == 8 and torch.allclose(logits, shrunk, atol=1e-5)
