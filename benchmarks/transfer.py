@@ -103,6 +103,8 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # camera's white balance: colour tells nothing)
     "class colours": ("animals-src", EXAMPLE_TARGET, "class_colours", {}),
     "tinted": ("animals-src", EXAMPLE_TARGET, "tint", {}),
+    # ... and ten classes, each of the example's five shapes in orange and in yellow (colour tells half the class)
+    "two shades": ("animals-src", EXAMPLE_TARGET, "two_shades", {}),
 }
 TUNED = ["example", "other classes", "style shift", "other dataset"]
 
@@ -388,6 +390,12 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
         colours = torch.tensor([[1, .3, .1], [.2, .8, .2], [.2, .3, 1], [1, .9, .1], [.8, .2, .9]])
         exposure = 0.5 + 0.5 * torch.rand(len(ds.x), 1, 1, 1, generator=torch.Generator().manual_seed(0))
         ds = ImageSet(ds.x * colours[ds.y].view(-1, 3, 1, 1) * exposure, ds.y, ds.classes)
+    elif transform == "two_shades":  # every other image of a class yellow, the rest orange: ten classes
+        yellow = (torch.arange(len(ds.x)) % 2).bool()
+        colours = torch.where(yellow[:, None], torch.tensor([1.0, 0.85, 0.1]), torch.tensor([1.0, 0.55, 0.1]))
+        exposure = 0.5 + 0.5 * torch.rand(len(ds.x), 1, 1, 1, generator=torch.Generator().manual_seed(0))
+        ds = ImageSet(ds.x * colours.view(-1, 3, 1, 1) * exposure, ds.y * 2 + yellow.long(),
+                      [f"{c} {shade}" for c in ds.classes for shade in ("orange", "yellow")])
     elif transform == "tint":  # each channel of each image times its own gain in 25-100%, fixed per image
         gains = 0.25 + 0.75 * torch.rand(len(ds.x), 3, 1, 1, generator=torch.Generator().manual_seed(0))
         ds = ImageSet(ds.x * gains, ds.y, ds.classes)

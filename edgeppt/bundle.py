@@ -104,6 +104,9 @@ class Manifest(_Strict):
     def _gray_or_colour(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         if shape[0] not in (1, 3) or min(shape) < 1:
             raise ValueError(f"{list(shape)}: images must have 1 (gray) or 3 (colour) channels and a size")
+        if shape[1] != shape[2]:  # every stage resizes to one side; C would be fed squares it was not made for
+            raise ValueError(f"{list(shape)}: G draws {shape[1]}x{shape[2]} images; edgeppt needs square ones (crop "
+                             "or pad them inside the exported generator, and feed C the same)")
         return shape
 
     @model_validator(mode="after")

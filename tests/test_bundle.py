@@ -575,6 +575,7 @@ def test_external_data_is_checked_in_sparse_tensors_and_functions_too(tmp_path: 
     (lambda m: m["classifier"].update(mean=[0.5, 0.5]), "one value, or one per channel"),
     (lambda m: m["generator"].update(output_range=[1.0, 1.0]), "low end must be below the high end"),
     (lambda m: m["latent"].update(truncation=float("nan")), "truncation"),
+    (lambda m: m.update(image_shape=[1, 8, 12]), "G draws 8x12 images; edgeppt needs square ones"),
 ])
 def test_a_manifest_with_numbers_that_cannot_work_is_one_line(tmp_path: Path, edit, problem):
     """A std of 0 (every image infinite), NaN (JSON readers take it), a range that does not rise, or one mean per
@@ -595,7 +596,7 @@ def test_the_classifier_sees_its_own_side_whatever_the_images_side(tmp_path: Pat
     g, c = onnx_pair(tmp_path)
     b = load_bundle(pack(cfg(tmp_path, g, c, output_range=(-1, 1)))[0])
     x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    small = torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
+    small = torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False, antialias=True)
     assert torch.allclose(b.classify(x)[0], b.classify(small)[0], atol=1e-6)
 
 
