@@ -1,7 +1,8 @@
 """auto's label-free augmentation rules: measured on the target images before any training, so that the search's
 proxy and transfer fit the augmentation alike (the search ranks candidates as transfer will train them).
 
-- gain jitter where the images' gain varies from image to image (`AutoConfig.gain_spread`);
+- gain jitter where the images' gain varies from image to image (`AutoConfig.gain_spread`), one gain for all
+  channels where the labels' classes differ in colour (`AutoConfig.colour_p`: the one rule that reads labels);
 - PP on turned samples where the target lies nearer G's samples turned than upright, in C's features
   (`AutoConfig.pose_score`);
 - no flips where the images look unlike their mirror images (`AutoConfig.mirror_share`).
