@@ -127,8 +127,8 @@ def prepare_splits(cfg: TransferConfig, bundle: SourceBundle | None
                    ) -> tuple[ImageSet, ImageSet, ImageSet, DataRecord]:
     """prepare_data, plus the target pool's images that are not labelled (what --unlabeled rest uses) and the
     record of which images these are (later stages rebuild them from it)."""
-    # The target keeps its own channels (a colour target stays in colour whatever the bundle's) and side (raised to
-    # the bundle's where smaller); only a method that trains C itself needs C's channels and side.
+    # The target keeps its own channels (a colour target stays in colour whatever the bundle's) and side (raised toward
+    # the bundle's only under SMALL_SIDE); only a method that trains C itself needs C's channels and side.
     if bundle and cfg.method in SOURCE_NET:
         target = load_dataset(cfg.target, cfg.image_size or bundle.image_shape[1], bundle.classifier_channels)
     else:
