@@ -218,10 +218,11 @@ class SourceBundle:
         if self.manifest.channel_order == "bgr" and x.shape[1] == 3:  # RGB images, in the owner's order
             x = x.flip(1)
         side = spec.input_size or self.image_shape[1]
-        if x.shape[-1] != side:  # bilinear; antialiased where it shrinks (larger targets that keep their detail),
-            # plain where it enlarges, as C has always been fed (the caches of its outputs stay valid)
-            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > side)
+        # Plain bilinear, as C has always been fed (the caches of its outputs stay valid) and as the trainable C of
+        # ft resizes inside its exported graph (an antialiased Resize is not every runtime's). A 2x shrink averages
+        # 2x2 pixels anyway; a target kept at up to 4x the bundle's side reaches C with some aliasing.
+        if x.shape[-1] != side:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
         mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
         std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
         x = (x - mean) / std

@@ -128,7 +128,8 @@ class AugmentConfig(Strict):
     strong_rotation: float = Field(20.0, ge=0, le=180, description="rotation of the strong view (SSL)")
     labelled_view: Literal["weak", "strong"] = Field("weak", description="the view labelled images are trained "
                                                      "on in supervised phases")
-    jitter: float = Field(0.0, ge=0, le=1, description="scale each channel of an image by a random gain within "
+    jitter: float = Field(0.0, ge=0, le=1, description="scale each channel of an image (or, without jitter_tint, "
+                          "all of them alike) by a random gain within "
                           "1 ± this (a camera's exposure and white balance); target phases only: PP sees G's samples "
                           "as their owner trained on them")
     jitter_tint: bool = Field(True, description="jitter each channel by its own gain (exposure and a tint); false: "
@@ -531,7 +532,7 @@ class SearchConfig(SourceTrust):
                                                      "training labels alone")
     augment: AugmentConfig = Field(AugmentConfig(), description="the proxy's augmentation (flips off for digits, "
                                    "text); transfer's `augment` settings, shared in pipeline.yaml")
-    auto: AutoConfig = Field(AutoConfig(), description="auto's label-free augmentation rules, which fit the proxy's "
+    auto: AutoConfig = Field(AutoConfig(), description="auto's augmentation rules, which fit the proxy's "
                              "augmentation to the target as transfer's auto does (the pipeline passes transfer's "
                              "settings, and turns the rules off where transfer's method is not auto)")
     folds: int = Field(2, ge=2, description="cross-validation folds over the training labels when val_per_class "

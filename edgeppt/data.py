@@ -490,10 +490,12 @@ def load_target(spec: str, image_size: int | None, channels: int | None, source_
     than 28 px train better, and four times faster, at 28, and so do 28 px images with a bundle drawn at 56 (G's
     samples are shrunk to them for PP). Images of mixed or non-square sizes are taken at the median of their longer
     sides, by the same rule."""
-    if image_size is not None or source_side is None:
-        ds = load_dataset(spec, image_size, channels)
-        h, w = ds.shape[1:]  # every stage and the device take a square side (the run records one number)
-        return ds if h == w else load_dataset(spec, max(h, w), channels)
+    if image_size is not None:
+        return load_dataset(spec, image_size, channels)
+    if source_side is None:  # every stage and the device take a square side (the run records one number), at most
+        ds = load_dataset(spec, None, channels, max_side=AUTO_SIDE_MAX)  # AUTO_SIDE_MAX as with a bundle
+        side = min(max(ds.shape[1:]), AUTO_SIDE_MAX)
+        return ds if ds.shape[1:] == (side, side) else load_dataset(spec, side, channels)
     # Photos hold detail at any side (sensor noise counts): their own 1000 or 4000 px would train for days on a
     # CPU. At most four times the bundle's side (and 512) unless image_size asks for more; larger images are read
     # at that side straight away, so a folder of photos is never held at full size.

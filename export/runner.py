@@ -38,6 +38,7 @@ except ImportError:  # on a device without it, before main can say so
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
+RUNS, BATCH = 50, 32  # timed runs (the median counts) and the throughput batch: the package's own, copied here
 
 
 def _sibling(name: str, root: Path = HERE) -> types.ModuleType:
@@ -239,7 +240,7 @@ def predict_logits(session, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out)
 
 
-def benchmark(session, shape: "list[int]", batch: int, runs: int = 50, warmup: int = 5,
+def benchmark(session, shape: "list[int]", batch: int, runs: int = RUNS, warmup: int = 5,
               max_seconds: float = 10.0, seed: int = 0) -> "dict[str, float]":
     """Median and p90 latency of one call at `batch`, and images/s; stops early after max_seconds."""
     return time_session(session, shape, batch, runs, warmup, max_seconds, seed)
@@ -304,7 +305,8 @@ def cmd_classify(args, manifest: "dict[str, Any]") -> int:
 
 
 def run_bench(root: Path, manifest: "dict[str, Any]", formats: "list[str] | None" = None, threads: int = 0,
-              provider: str = "auto", batch: int = 32, runs: int = 50, max_seconds: float = 10.0) -> "dict[str, Any]":
+              provider: str = "auto", batch: int = BATCH, runs: int = RUNS,
+              max_seconds: float = 10.0) -> "dict[str, Any]":
     """Benchmark every ONNX model of the bundle on this machine; accuracy on samples/ where shipped."""
     import onnxruntime as ort
 
@@ -403,8 +405,8 @@ def main(argv: "list[str] | None" = None) -> int:
     c.add_argument("--top", type=_positive, default=3)
     b = sub.add_parser("bench", help="benchmark the bundle's models on this machine")
     b.add_argument("--formats", default="", help="comma-separated subset, e.g. onnx,int8")
-    b.add_argument("--batch", type=int, default=32, help="throughput batch (dynamic-batch models only)")
-    b.add_argument("--runs", type=int, default=50)
+    b.add_argument("--batch", type=int, default=BATCH, help="throughput batch (dynamic-batch models only)")
+    b.add_argument("--runs", type=int, default=RUNS)
     b.add_argument("--max-seconds", type=float, default=10.0)
     b.add_argument("--json", action="store_true")
     c.add_argument("--model", default=None, help="model file inside the bundle (default: the device's format)")

@@ -842,6 +842,9 @@ def test_the_gain_jitter_keeps_colours_that_tell_the_classes_apart():
     coloured = shapes * colours[y].view(-1, 3, 1, 1) * exposure
     tinted = shapes * torch.empty(20, 3, 1, 1).uniform_(0.25, 1.0, generator=g)
     assert colour_cue(coloured, y) < 0.01 < colour_cue(tinted, y)
+    assert colour_cue(coloured, y * 7 + 3) == colour_cue(coloured, y)  # classes numbered anyhow
+    assert colour_cue(shapes.expand(-1, 3, -1, -1), y) == 1.0  # grey in three channels: nothing to tell
+    assert colour_cue(coloured, torch.arange(20)) == 1.0  # one image a class: no spread within a class to compare
     rules = AutoConfig()
     kept = augment_rules.fit_augmentation(AugmentConfig(), 0.0, rules, coloured, y, None, pretrain=False, seed=0)
     assert kept.augment.jitter == rules.jitter_amount and not kept.augment.jitter_tint
@@ -861,6 +864,10 @@ def test_the_gain_jitter_keeps_colours_that_tell_the_classes_apart():
     _jitter(torch.full((4, 3, 2, 2), 0.5), b, 0.5)
     assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
     assert "jitter_tint" not in AugmentConfig().key() and "jitter_tint" in AugmentConfig(jitter_tint=False).key()
+    # PP never jitters, so its settings (and the cache of its weights) do not follow the tint's choice
+    bundle = type("B", (), {"manifest": type("M", (), {"info": {}})()})()
+    assert augment_rules.pp_augment(kept.augment, 0.0, bundle).key() == augment_rules.pp_augment(
+        AugmentConfig(), 0.0, bundle).key()
 
 
 def test_mirror_share_tells_digits_from_objects_that_face_either_way():

@@ -179,6 +179,8 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
              y=[0, 1, 0, 1])
     wide = load_target(str(tmp_path / "wide.npz"), None, None, None)
     assert wide.shape == (1, 40, 40) and fingerprint(wide) == fingerprint(load_dataset(str(tmp_path / "wide.npz"), 40))
+    np.savez(tmp_path / "huge.npz", x=np.zeros((2, 1, 600, 600), np.uint8), y=[0, 1])  # and at most AUTO_SIDE_MAX
+    assert load_target(str(tmp_path / "huge.npz"), None, None, None).shape == (1, 512, 512)
     assert load_target("digits:0,1", None, None, 4).shape == (1, 8, 8)
     assert load_target("digits:0,1", None, None, None).shape == (1, 8, 8)
     assert load_target("digits:0,1", 6, None, 28).shape == (1, 6, 6)

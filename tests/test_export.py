@@ -89,7 +89,8 @@ def test_the_device_runner_times_as_the_package_does():
     from edgeppt.export import runner
     from edgeppt.export.formats import BENCH_RUNS, THROUGHPUT_BATCH
 
-    bench = inspect.signature(runner.run_bench).parameters
+    assert (runner.RUNS, runner.BATCH) == (BENCH_RUNS, THROUGHPUT_BATCH)
+    bench = inspect.signature(runner.run_bench).parameters  # (its functions and its command line read them)
     assert (bench["runs"].default, bench["batch"].default) == (BENCH_RUNS, THROUGHPUT_BATCH)
     assert inspect.signature(runner.benchmark).parameters["runs"].default == BENCH_RUNS
 

@@ -363,7 +363,7 @@ def _predicted_shares(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def fit_augmentation(cfg: TransferConfig, bundle: SourceBundle | None, x: torch.Tensor, labels: torch.Tensor,
                      info: dict) -> tuple[TransferConfig, list[str]]:
-    """auto's label-free augmentation rules (edgeppt/train/augment_rules.py) on the target images, labelled and
+    """auto's augmentation rules (edgeppt/train/augment_rules.py) on the target images, labelled and
     unlabelled, before any training. Decided on the data, so a resume decides the same; config.json keeps the
     settings as given. Returns the settings to train with and a line for each rule that changed them."""
     fitted = augment_rules.fit_augmentation(cfg.augment, cfg.pretrain_rotation, cfg.auto, x, labels, bundle,

@@ -51,24 +51,24 @@ def colour_cue(x: torch.Tensor, y: torch.Tensor, draws: int = 1000, seed: int = 
     """Whether colour tells the labelled images' classes apart: a permutation test's p-value for the share of the
     variance of their colour (each image's mean per channel over its sum: a tint, not an exposure) that lies between
     the classes' means, against the same images with their labels shuffled. Small where each class has its own
-    colour; about uniform in (0, 1] where colour varies from image to image alone (a camera's white balance)."""
-    mean = x.float().flatten(2).mean(2)  # (N, C)
-    chroma = mean / mean.sum(1, keepdim=True).clamp_min(1e-6)
+    colour; about uniform in (0, 1] where colour varies from image to image alone (a camera's white balance); 1 where
+    it cannot tell (no class with two images, or one colour throughout)."""
+    mean = x.detach().double().flatten(2).mean(2).cpu()  # (N, C)
+    chroma = mean / mean.sum(1, keepdim=True).clamp_min(1e-12)
     chroma = chroma - chroma.mean(0)
-    total = chroma.pow(2).sum().clamp_min(1e-12)
-    k = int(y.max()) + 1 if len(y) else 1
+    total = chroma.pow(2).sum().item()
+    _, y = torch.unique(y.detach().cpu(), return_inverse=True)  # classes as 0..k-1, whatever their numbers
+    counts = torch.bincount(y).double()
+    if total < 1e-12 * len(y) or counts.max() < 2:
+        return 1.0
 
-    def between(labels: torch.Tensor) -> torch.Tensor:  # (D, N) labels -> (D,) between-class sum of squares
-        one_hot = F.one_hot(labels, k).float()  # (D, N, K)
-        sums = one_hot.transpose(1, 2) @ chroma  # (D, K, C)
-        return (sums.pow(2).sum(2) / one_hot.sum(1).clamp_min(1)).sum(1)
+    def between(labels: torch.Tensor) -> float:  # the classes' share of the variance of colour
+        sums = torch.zeros(len(counts), chroma.shape[1], dtype=torch.float64).index_add_(0, labels, chroma)
+        return (sums.pow(2).sum(1) / counts).sum().item() / total
 
-    seen = between(y[None])[0] / total
+    seen = between(y)
     g = torch.Generator().manual_seed(seed)
-    hits = 0
-    for start in range(0, draws, 100):
-        shuffled = torch.stack([y[torch.randperm(len(y), generator=g)] for _ in range(min(100, draws - start))])
-        hits += int((between(shuffled) / total >= seen - 1e-9).sum())
+    hits = sum(between(y[torch.randperm(len(y), generator=g)]) >= seen * (1 - 1e-9) for _ in range(draws))
     return (1 + hits) / (1 + draws)
 
 

@@ -1,4 +1,4 @@
-"""auto's label-free augmentation rules: measured on the target images before any training, so that the search's
+"""auto's augmentation rules: measured on the target images before any training, so that the search's
 proxy and transfer fit the augmentation alike (the search ranks candidates as transfer will train them).
 
 - gain jitter where the images' gain varies from image to image (`AutoConfig.gain_spread`), one gain for all
@@ -31,7 +31,7 @@ def pp_augment(augment: AugmentConfig, pretrain_rotation: float, bundle: SourceB
     follow `pretrain_rotation`, and the target's gain jitter never reaches them."""
     hflip = bundle.manifest.info.get("config", {}).get("hflip", augment.hflip)
     rotation = {"max_rotation": pretrain_rotation} if pretrain_rotation else {}
-    return augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0, **rotation})
+    return augment.model_copy(update={"hflip": bool(hflip), "jitter": 0.0, "jitter_tint": True, **rotation})
 
 
 def stretched(x: torch.Tensor, low: float = 0.01, high: float = 0.99) -> torch.Tensor:
