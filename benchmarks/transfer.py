@@ -98,6 +98,8 @@ PAIRINGS: dict[str, tuple[str, str, str | None, dict[str, Any]]] = {
     # images upscaled to 56 px and C reading them shrunk back (`upscaled_bundle`), the targets at their own 28 px
     "example, bundle at 56 px": ("animals-src@56", EXAMPLE_TARGET, None, {}),
     "other classes, bundle at 56 px": ("grazers-src@56", OTHER_CLASSES, None, {}),
+    # ... and a camera of lower resolution than the bundle: the example's target at 16 px (SMALL_SIDE: kept there)
+    "example at 16 px": ("animals-src", EXAMPLE_TARGET, "down16", {}),
     # Colour targets from the grey animals bundle (held out; "Augmentation"): each image at its own exposure, every
     # class in a colour of its own (colour tells the classes apart), or each image with a tint of its own (a
     # camera's white balance: colour tells nothing)
@@ -372,6 +374,8 @@ def write_pairing(name: str, work: Path) -> dict[str, Path]:
     elif transform == "turn":  # each image turned by its own angle in [-180, 180), fixed per image
         turn = AugmentConfig(hflip=False, max_shift=0, max_rotation=180)
         ds = ImageSet(augment.weak(ds.x, torch.Generator().manual_seed(0), turn), ds.y, ds.classes)
+    elif transform == "down16":  # a camera of lower resolution: 16 px, antialiased
+        ds = ImageSet(reshape_images(ds.x, 16, None), ds.y, ds.classes)
     elif transform == "up2":  # a camera of twice the bundle's resolution (no new detail: upscaled)
         ds = ImageSet(reshape_images(ds.x, 56, None), ds.y, ds.classes)
     elif transform == "blur":  # out of focus: a Gaussian blur of sigma 1.5 px

@@ -167,9 +167,13 @@ def test_mixed_sizes_are_refused_unless_a_size_is_given(tmp_path):
 def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_where_no_detail_is_lost(tmp_path):
     # the built-in digits are 8x8: a 28-px bundle upscales them; a 4-px one leaves them; image_size decides over both
     assert load_target("digits:0,1", None, None, 28).shape == (1, 28, 28)
-    assert load_target("digits:0,1", None, None, 256).shape == (1, 32, 32)  # raised at most four times
+    assert load_target("digits:0,1", None, None, 256).shape == (1, SMALL_SIDE, SMALL_SIDE)  # not to 256
+    assert load_target("digits:0,1", None, None, 20).shape == (1, 20, 20)  # nor past the bundle's side
+    tiny = load_dataset("digits:0,1", 6)  # nor past four times their own side
+    np.savez(tmp_path / "d6.npz", x=(tiny.x.numpy() * 255).round().astype(np.uint8), y=tiny.y.numpy())
+    assert SMALL_SIDE > 24 and load_target(str(tmp_path / "d6.npz"), None, None, 56).shape == (1, 24, 24)
     # from SMALL_SIDE up a target keeps its side beside a bundle drawn larger (G's samples are shrunk to it)
-    for side in (SMALL_SIDE, 28):
+    for side in (SMALL_SIDE, 40):
         x = load_dataset("digits:0,1", side)
         np.savez(tmp_path / f"d{side}.npz", x=(x.x.numpy() * 255).round().astype(np.uint8), y=x.y.numpy())
         assert load_target(str(tmp_path / f"d{side}.npz"), None, None, 56).shape == (1, side, side)
