@@ -305,12 +305,13 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", trusted_ke
     require_signature: refuse a bundle that is not signed by a trusted key (what `--trusted-key` asks for).
     trust_code: allow a `.pt2` bundle (its loading unpickles) without a trusted signature.
     """
-    path, device = Path(path), torch.device(device)
+    path, device, trusted_keys = Path(path), torch.device(device), list(trusted_keys)
     m = read_manifest(path)
     keys = trust_keys(trusted_keys)
     signer = signing.verify_folder(path, keys)  # an altered signed manifest fails here, before any hash is read
-    if require_signature:
-        signer = signing.require_trusted(path, keys, "a signature from a trusted key is required")
+    if require_signature:  # the signer must be one of the keys given, not any key of the keyring
+        signer = signing.require_trusted(path, [signing.load_public_key(k) for k in trusted_keys],
+                                         "a signature from one of the given keys is required")
     verify_files(path, m)
     if m.runtime == "pt2" and not trust_code and not (signer and signer.trusted):
         signing.require_trusted(path, keys, "its models are .pt2 programs whose loading can run code "

@@ -50,8 +50,8 @@ class OnnxPart:
         self.on_gpu = providers[0] == "CUDAExecutionProvider"
         # DCGAN-style inputs, z as (N, size, 1, 1): the bundle's (N, size) gets trailing ones
         self.ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
-        fixed = {i.shape[0] if i.shape and isinstance(i.shape[0], int) else None for i in self.session.get_inputs()}
-        self.batch = fixed.pop() if len(fixed) == 1 else None  # every input's first dimension the same number
+        fixed = {i.shape[0] for i in self.session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+        self.batch = fixed.pop() if len(fixed) == 1 else None  # the one number of every input whose batch is fixed
 
     def __call__(self, inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         missing = set(self.inputs) - set(inputs)

@@ -50,8 +50,13 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: 
         warnings.simplefilter("ignore")
         if not isinstance(module, torch.fx.GraphModule):  # a loaded torch.export program has no train mode
             module.eval()
-        program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=tuple({0: batch} for _ in args), dynamo=True, verbose=False)
+        try:
+            program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                        dynamic_shapes=tuple({0: batch} for _ in args), dynamo=True, verbose=False)
+        except Exception as e:  # the owner's module: a batch fixed at export (torch.export's default), an op...
+            first = " ".join(str(e).split())[:300]
+            raise EdgepptError(f"{out.stem}: cannot export the module to ONNX with a free batch dimension ({first}); "
+                               "export it with a dynamic batch (torch.export.Dim) or pack an ONNX graph") from None
     if program is None:
         raise EdgepptError(f"torch.onnx.export produced no program for {out.name}")
     program.save(str(out), external_data=False)

@@ -61,7 +61,7 @@ class TrustedKey:
 class Signer:
     """Who signed a verified folder."""
     key_id: str
-    name: str | None  # the trusted key's name; None when the signature is valid but the key is not trusted
+    name: str | None  # the trusted key's name; None when the key is unknown, so nothing could verify it
 
     @property
     def trusted(self) -> bool:
@@ -69,7 +69,7 @@ class Signer:
 
     def describe(self) -> str:
         return f"signed by {self.name} (key {self.key_id})" if self.trusted else \
-            f"signed by an untrusted key {self.key_id}"
+            f"claims an unknown key {self.key_id} (not verified)"
 
 
 def keygen(out: str | Path) -> tuple[Path, Path]:
@@ -162,8 +162,8 @@ def verify_folder(folder: str | Path, keys: list[TrustedKey]) -> Signer | None:
     """The signer of a folder, or None if it carries no signature.
 
     A signature that does not verify against the key it names is always an error (the manifest was altered).
-    A signature from a key not in `keys` is reported as untrusted (Signer.name is None): whether that is
-    acceptable is the caller's policy. Checking the files against the manifest is the caller's job too.
+    A signature from a key not in `keys` cannot be verified and is reported as such (Signer.name is None):
+    whether that is acceptable is the caller's policy. Checking the files against the manifest is the caller's job too.
     """
     folder = Path(folder)
     sig_path = folder / SIGNATURE_FILE

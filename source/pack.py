@@ -88,12 +88,17 @@ def resolve(spec: str, trust_code: bool) -> Path | nn.Module:
     raise EdgepptError(f"{spec}: expected a .onnx file, a .pt2 file or package.module:function")
 
 
-def _io(path: Path) -> tuple[list[Any], list[str]]:
+def _io(path: Path, image_first: bool = False) -> tuple[list[Any], list[str]]:
+    """A graph's inputs and output names; `image_first`: a 4-D output first (G's image, where a generator also
+    returns its latents or features)."""
     try:
         s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types on a bad file
         raise EdgepptError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from e
-    return list(s.get_inputs()), [o.name for o in s.get_outputs()]
+    outputs = s.get_outputs()
+    if image_first:
+        outputs = sorted(outputs, key=lambda o: len(o.shape or ()) != 4)  # stable: the first 4-D one leads
+    return list(s.get_inputs()), [o.name for o in outputs]
 
 
 def copy_graph(src: Path, dest: Path) -> None:
@@ -126,14 +131,15 @@ def _check_width(g: Path, name: str, shape: list[Any], want: int, option: str) -
                            f"{name!r} is not the input {option} is about, name G's inputs: --z-input, --label-input)")
 
 
+INDEX_TYPES = ("tensor(int64)", "tensor(int32)")  # class ids: PyTorch exports int64, Keras/tf2onnx int32
 LABEL_NAMES = re.compile(r"label|class|cond|onehot|one_hot|^y$|^c$|^cls", re.IGNORECASE)
 
 
 def _z_of(inputs: list[Any], k: int) -> str:
-    """Which of G's two inputs is z: owners order them either way. The label is the int64 input, else the one named
+    """Which of G's two inputs is z: owners order them either way. The label is the integer input, else the one named
     as a label, else the one K wide where z is not; failing all three, z comes first."""
     a, b = inputs
-    for is_label in (lambda i: i.type == "tensor(int64)", lambda i: bool(LABEL_NAMES.search(i.name)),
+    for is_label in (lambda i: i.type in INDEX_TYPES, lambda i: bool(LABEL_NAMES.search(i.name)),
                      lambda i: _width(i.shape) == k):
         if is_label(a) != is_label(b):
             return b.name if is_label(a) else a.name
@@ -143,7 +149,7 @@ def _z_of(inputs: list[Any], k: int) -> str:
 def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> tuple[GeneratorSpec, int]:
     """Copy or convert G to tmp/generator.onnx; return its declared spec and the latent size."""
     if isinstance(g, Path):
-        inputs, outputs = _io(g)
+        inputs, outputs = _io(g, image_first=True)
         if len(inputs) != 2:
             raise EdgepptError(f"{g}: the generator must take two inputs (z and a class label), it takes "
                                f"{[i.name for i in inputs]}")
@@ -159,7 +165,7 @@ def _generator_spec(cfg: PackConfig, g: Path | nn.Module, tmp: Path, k: int) -> 
         if latent is None:
             raise EdgepptError(f"{g}: the size of z is not fixed in the graph; give --latent-dim")
         label = cfg.label if cfg.label != "auto" else \
-            ("index" if by_name[label_name].type == "tensor(int64)" else "probabilities")
+            ("index" if by_name[label_name].type in INDEX_TYPES else "probabilities")
         _check_width(g, z_name, by_name[z_name].shape, latent, "--latent-dim")
         if label == "probabilities":
             _check_width(g, label_name, by_name[label_name].shape, k, "--classes")
@@ -272,6 +278,8 @@ def _stage(cfg: PackConfig, g: Path | nn.Module, c: Path | nn.Module, info: dict
         c_chans = cspec.channels or image.shape[1]
         if len(cspec.mean) not in (1, c_chans):
             raise EdgepptError(f"--mean has {len(cspec.mean)} values for C's {c_chans}-channel input")
+        if cfg.channel_order == "bgr" and 3 not in (image.shape[1], c_chans):
+            raise EdgepptError("--channel-order bgr: neither G's images nor C's input have colour channels")
         cpart = OnnxPart(tmp / CLASSIFIER_FILE, torch.device("cpu"))
         m = Manifest(classes=cfg.classes, image_shape=tuple(image.shape[1:]), latent=Latent(
             size=latent, distribution=cfg.latent, truncation=cfg.truncation), generator=gspec, classifier=cspec,
@@ -337,9 +345,10 @@ def check_soft_labels(bundle: SourceBundle) -> dict[str, Any]:
         raise EdgepptError("the generator ignores soft labels (a 50/50 mix of two classes draws the same images "
                            "as one class): declare --label index if it takes class indices")
     lo, hi = bundle.manifest.generator.output_range
-    raw = bundle.generator({bundle.manifest.generator.z_input: z, bundle.manifest.generator.label_input:
-                            torch.zeros(8, dtype=torch.long) if bundle.manifest.generator.label == "index"
-                            else torch.eye(k)[[0] * 8]}, bundle.device)[bundle.manifest.generator.output]
+    ids = torch.arange(max(8, min(2 * k, 64))) % k  # every class (to 32), so one bright class does not decide
+    raw = bundle.generator({bundle.manifest.generator.z_input: bundle.sample_latents(len(ids), g),
+                            bundle.manifest.generator.label_input: ids if bundle.manifest.generator.label == "index"
+                            else torch.eye(k)[ids]}, bundle.device)[bundle.manifest.generator.output]
     span = hi - lo
     if raw.min().item() < lo - 0.05 * span or raw.max().item() > hi + 0.05 * span:
         raise EdgepptError(f"the generator's outputs span [{raw.min().item():.2f}, {raw.max().item():.2f}], "

@@ -50,7 +50,7 @@ class LogitsOnly(nn.Module):
 
 
 def cfg(tmp_path: Path, g: str, c: str, **kw) -> PackConfig:
-    return PackConfig(generator=g, classifier=c, classes=["a", "b", "c"], out=tmp_path / "bundle", **kw)
+    return PackConfig(generator=g, classifier=c, classes=["a", "b", "c"], **{"out": tmp_path / "bundle", **kw})
 
 
 def onnx_pair(tmp_path: Path, index: bool = False, side: int = 8, c_side: int = 8) -> tuple[str, str]:
@@ -175,6 +175,31 @@ def test_pack_from_a_factory_and_from_pt2(tmp_path: Path, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(load_bundle(out).generate(p, z), make_generator()(z, p), atol=1e-5)
 
+    fixed = torch.export.export(make_generator().eval(), (torch.randn(1, LATENT), torch.rand(1, K)))  # batch 1
+    torch.export.save(fixed, tmp_path / "G1.pt2")
+    with pytest.raises(EdgepptError, match="generator: cannot export the module to ONNX with a free batch"):
+        pack(cfg(tmp_path, str(tmp_path / "G1.pt2"), "ownerpkg.models:make_classifier", latent_dim=LATENT,
+                 trust_code=True))
+
+
+class Int32Labels(OwnerGenerator):
+    """Keras/tf2onnx's habit: class ids as int32; and G also returns its latents, before the image."""
+
+    def forward(self, z, y):
+        return z, super().forward(z, y.long())
+
+
+def test_owner_graph_conventions_int32_ids_a_second_output_and_bgr_on_gray(tmp_path: Path):
+    g, c = onnx_pair(tmp_path)
+    export_onnx(Int32Labels(index=True), (torch.randn(2, LATENT), torch.tensor([0, 1], dtype=torch.int32)),
+                ["noise", "label"], ["latents", "img"], tmp_path / "G32.onnx")
+    out, _ = pack(cfg(tmp_path, str(tmp_path / "G32.onnx"), c, output_range=(-1, 1)))
+    b = load_bundle(out)
+    assert b.manifest.generator.label == "index" and b.manifest.generator.output == "img"
+    assert b.generate(torch.eye(K)).shape == (K, 1, 8, 8)
+    with pytest.raises(EdgepptError, match="--channel-order bgr: neither"):
+        pack(cfg(tmp_path, g, c, output_range=(-1, 1), channel_order="bgr", out=tmp_path / "bgr"))
+
 
 # ---------------------------------------------------------------- signatures
 @pytest.fixture()
@@ -194,10 +219,12 @@ def test_signed_bundle_verifies_and_names_its_signer(tmp_path: Path, keys):
     out = signed_bundle(tmp_path, keys)
     b = load_bundle(out, trusted_keys=[keys["owner"].with_suffix(".pub")], require_signature=True)
     assert b.provenance.startswith("signed by owner (key ")
-    assert load_bundle(out).provenance.startswith("signed by an untrusted key")  # no key asked for: still loads
+    assert load_bundle(out).provenance.startswith("claims an unknown key")  # no key asked for: still loads
     (tmp_path / "config" / "trusted-keys").mkdir(parents=True)
     (tmp_path / "config" / "trusted-keys" / "acme.pub").write_bytes(keys["owner"].with_suffix(".pub").read_bytes())
     assert load_bundle(out).provenance.startswith("signed by acme")  # the keyring names it
+    with pytest.raises(EdgepptError, match="not trusted"):  # --trusted-key K: K's signature, not the keyring's
+        load_bundle(out, trusted_keys=[keys["other"].with_suffix(".pub")], require_signature=True)
 
 
 def test_forged_manifest_with_recomputed_hashes_is_refused(tmp_path: Path, keys):
@@ -320,7 +347,7 @@ def test_an_unsigned_pt2_upload_is_refused_by_the_wizard(tmp_path: Path, keys):
     assert not marker.exists()
     signed = signed_bundle(tmp_path, keys)
     info = bundle_preview.__wrapped__(str(signed), str(tmp_path / "grid.png"))
-    assert info["provenance"].startswith("signed by an untrusted key") and (tmp_path / "grid.png").is_file()
+    assert info["provenance"].startswith("claims an unknown key") and (tmp_path / "grid.png").is_file()
 
 
 def test_the_documented_biggan_example_packs(tmp_path: Path, monkeypatch):
