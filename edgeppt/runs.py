@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from pydantic import BaseModel, ValidationError
 
 from .errors import EdgepptError
@@ -81,6 +80,7 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp.chmod(0o777 & ~_UMASK)  # mkdtemp's folder is owner-only; `out` gets what a plain mkdir would give
     except OSError as e:
         raise EdgepptError(f"cannot write {out}: {e.strerror or e}") from None
     try:
@@ -100,6 +100,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    import torch  # here, not at the top: the CLI reaches this module, and `edgeppt --help` must not load torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -115,6 +117,8 @@ def peak_rss_mib() -> float:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    import torch
+
     # weights_only: a checkpoint holds tensors, numbers and strings; never arbitrary objects.
     return torch.load(path, map_location="cpu", weights_only=True)
 

@@ -92,9 +92,12 @@ def write_build_shell(root: Path, commands: list[str]) -> None:
             "# Either the trtexec commands below, or: python3 build_engine.py <model.onnx> <model.engine>\n"
             "set -e\ncd \"$(dirname \"$0\")\"\n"
             "# TensorRT 10+ takes the precision from the graph; 8.x (JetPack 5, 6.0) from flags: INT8 only for the\n"
-            "# Q/DQ graph (without Q/DQ nodes or a calibrator, 8.x would quantize with made-up scales)\n"
-            "if trtexec --help 2>&1 | grep -q -- --stronglyTyped; then INT8=--stronglyTyped; FP16=--stronglyTyped; "
-            "else INT8='--int8 --fp16'; FP16=--fp16; fi\n"
+            "# Q/DQ graph (without Q/DQ nodes or a calibrator, 8.x would quantize with made-up scales); a trtexec\n"
+            "# that lists neither flag (a TensorRT past 10, where strongly typed is the only mode) gets no flag\n"
+            "HELP=$(trtexec --help 2>&1 || true)\n"
+            "if echo \"$HELP\" | grep -q -- --stronglyTyped; then INT8=--stronglyTyped; FP16=--stronglyTyped\n"
+            "elif echo \"$HELP\" | grep -q -- --int8; then INT8='--int8 --fp16'; FP16=--fp16\n"
+            "else INT8=; FP16=; fi\n"
             + "".join(c.replace("--stronglyTyped", "$INT8" if ".int8." in c else "$FP16") + "\n" for c in commands))
     path = atomic_write_text(root / BUILD_SHELL, body)
     path.chmod(0o755)

@@ -220,8 +220,9 @@ def target_images(run: LoadedRun, spec: str | None, test_x: np.ndarray, limit: i
     images are read, a fixed random subset: 0 = all), or the run's target set less its test split."""
     from edgeppt.data import load_unlabeled, reshape_images
 
-    if not spec:
-        return reshape_images(run_record(run).pool().x, run.image_size, run.in_chans), 0
+    if not spec:  # the pool leaves out the test positions, not a picture that the folder holds twice
+        return without_test(reshape_images(run_record(run).pool().x, run.image_size, run.in_chans), test_x,
+                            "the run's target pool")
     # images only: a flat folder, class folders of any classes, an .npz of x alone, a built-in spec
     return without_test(load_unlabeled(spec, run.image_size, run.in_chans, limit)[0], test_x, spec)
 

@@ -132,9 +132,10 @@ def verify(root: Path = HERE, trusted_keys: "list[Path] | None" = None) -> "list
 
 # ---------------------------------------------------------------- preprocessing
 def verify_signature(root: Path, required: "list[Path]", known: "list[Path]" = []) -> "list[str]":  # noqa: B006
-    """The Ed25519 signature over manifest.json (edgeppt export --sign): it must be valid for the key it names
-    when that key is known, and by one of the `required` keys when any are given."""
-    sig_path, key_files = root / SIGNATURE, required + known
+    """The Ed25519 signature over manifest.json (edgeppt export --sign): by one of the `required` keys when any
+    are given (a keyring key does not stand in for them); else valid for the key it names where the keyring knows
+    that key."""
+    sig_path, key_files = root / SIGNATURE, required or known  # given keys: only they may have signed
     if not sig_path.exists():
         return ["the bundle is not signed, and a trusted key was given"] if required else []
     try:

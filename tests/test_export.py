@@ -32,8 +32,8 @@ FORMATS = "onnx,int8,fp16,tensorrt"
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    cfg = TransferConfig(target="digits:0,1,2,3,4", method="scratch", arch="resnet_xs", labels_per_class=20,
-                         finetune_steps=80, eval_every=1000, checkpoint_every=1000, threads=1)
+    cfg = TransferConfig(target="digits:0,1,2,3,4", image_size=8, method="scratch", arch="resnet_xs",
+                         labels_per_class=20, finetune_steps=80, eval_every=1000, checkpoint_every=1000, threads=1)
     out = tmp_path_factory.mktemp("run") / "r"
     report = run_transfer(cfg, out, progress=False)
     assert report["test_accuracy"] > 0.6  # a model that has learned something, so accuracy drops are visible
@@ -463,7 +463,8 @@ def test_tensorrt_build_files_are_written(bundle, tmp_path):
     # the flags the device's trtexec takes: TensorRT 10+ --stronglyTyped; 8.x --int8 --fp16 for the Q/DQ graph
     # and --fp16 alone for the float16 one (a trtexec stand-in)
     for help_text, expected in (("  --stronglyTyped  Create a strongly typed network", ("--stronglyTyped",) * 2),
-                                ("  --int8  Enable int8 precision", ("--int8 --fp16", "--fp16"))):
+                                ("  --int8  Enable int8 precision", ("--int8 --fp16", "--fp16")),
+                                ("  --onnx  The ONNX model", ("model.int8.engine", "model.fp16.engine"))):
         fake = tmp_path / help_text.split()[0].strip("-")
         fake.mkdir()
         (fake / "trtexec").write_text(f"#!/bin/sh\n[ \"$1\" = --help ] && echo '{help_text}' && exit 0\n"
@@ -477,6 +478,8 @@ def test_tensorrt_build_files_are_written(bundle, tmp_path):
         assert len(calls) == len(trt["trtexec"]) == 2, calls
         int8, fp16 = (next(c for c in calls if f"model.{f}.onnx" in c) for f in ("int8", "fp16"))
         assert expected[0] in int8 and expected[1] in fp16 and (expected[1] == expected[0] or "--int8" not in fp16)
+        assert help_text.split()[0] != "--onnx" or not any("--int8" in c or "--fp16" in c or "--stronglyTyped" in c
+                                                          for c in calls)  # neither flag listed: none passed
     dyn = tensorrt.trtexec_command("m.onnx", "m.engine", "input", [1, 1, 8, 8], dynamic=True)
     assert "--minShapes=input:1x1x8x8" in dyn and "--maxShapes=input:32x1x8x8" in dyn
     # The build script is standalone: it runs with the standard library alone (-I: no edgeppt on the path).
@@ -638,6 +641,11 @@ def test_a_signed_bundle_is_verified_by_the_runner_here_and_on_the_device(traine
     r = verify(path, tmp_path / "owner.pub")
     assert r.returncode == 0 and "signature is valid" in r.stdout
     assert verify(path, tmp_path / "other.pub").returncode == 3  # signed, but not by the key the device trusts
+    (tmp_path / "config" / "trusted-keys").mkdir(parents=True)
+    shutil.copy(tmp_path / "owner.pub", tmp_path / "config" / "trusted-keys" / "owner.pub")
+    assert verify(path).returncode == 0  # the keyring names the signer
+    assert verify(path, tmp_path / "other.pub").returncode == 3  # a keyring key never stands in for the given one
+    shutil.rmtree(tmp_path / "config" / "trusted-keys")
     forged = tmp_path / "forged"
     shutil.copytree(path, forged)
     (forged / "labels.txt").write_text("a\nb\nc\nd\ne\n")
