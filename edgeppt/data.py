@@ -490,26 +490,23 @@ def load_target(spec: str, image_size: int | None, channels: int | None, source_
     most DETAIL_LOST_MAX): a bundle drawn at 8x8 must not shrink 28x28 targets, 56 px images with no finer detail
     than 28 px train better, and four times faster, at 28, and so do 28 px images with a bundle drawn at 56 (G's
     samples are shrunk to them for PP). Images of mixed or non-square sizes are taken at the median of their longer
-    sides, by the same rule."""
+    sides, by the same rule. Without a bundle (`source_side` None) the same rule with no bundle's side to respect."""
     if image_size is not None:
         return load_dataset(spec, image_size, channels)
-    if source_side is None:  # every stage and the device take a square side (the run records one number), at most
-        ds = load_dataset(spec, None, channels, max_side=AUTO_SIDE_MAX)  # AUTO_SIDE_MAX as with a bundle
-        side = min(max(ds.shape[1:]), AUTO_SIDE_MAX)
-        return ds if ds.shape[1:] == (side, side) else load_dataset(spec, side, channels)
     # Photos hold detail at any side (sensor noise counts): their own 1000 or 4000 px would train for days on a
-    # CPU. At most four times the bundle's side (and 512) unless image_size asks for more; larger images are read
-    # at that side straight away, so a folder of photos is never held at full size.
-    cap = max(source_side, min(AUTO_SIDE_MAX, AUTO_SIDE_TIMES * source_side))
+    # CPU. At most four times the bundle's side (and 512; without a bundle, 512) unless image_size asks for more;
+    # larger images are read at that side straight away, so a folder of photos is never held at full size.
+    big = source_side or AUTO_SIDE_MAX  # no bundle: no side to stay under
+    cap = max(big, min(AUTO_SIDE_MAX, AUTO_SIDE_TIMES * big))
     try:
         ds = load_dataset(spec, None, channels, max_side=cap)
     except NeedsImageSize as e:  # one odd picture must not send the whole set to the bundle's side
-        ds = load_dataset(spec, min(max(e.side, source_side), cap), channels)
+        ds = load_dataset(spec, min(max(e.side, source_side or SMALL_SIDE), cap), channels)
     h, w = ds.shape[1:]
     side = min(max(h, w), cap)
-    if side < min(source_side, SMALL_SIDE):
-        side = min(source_side, SMALL_SIDE, AUTO_SIDE_TIMES * side)
-    elif side > source_side and h == w and detail_lost(ds.x, source_side) <= DETAIL_LOST_MAX:
+    if side < min(big, SMALL_SIDE):
+        side = min(big, SMALL_SIDE, AUTO_SIDE_TIMES * side)
+    elif source_side and side > source_side and h == w and detail_lost(ds.x, source_side) <= DETAIL_LOST_MAX:
         side = source_side
     # resized by loading again at that side: the path a later stage rebuilds the set through (same fingerprint)
     return ds if (h, w) == (side, side) else load_dataset(spec, side, channels)

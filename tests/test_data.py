@@ -186,7 +186,7 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
     np.savez(tmp_path / "huge.npz", x=np.zeros((2, 1, 600, 600), np.uint8), y=[0, 1])  # and at most AUTO_SIDE_MAX
     assert load_target(str(tmp_path / "huge.npz"), None, None, None).shape == (1, 512, 512)
     assert load_target("digits:0,1", None, None, 4).shape == (1, 8, 8)
-    assert load_target("digits:0,1", None, None, None).shape == (1, 8, 8)
+    assert load_target("digits:0,1", None, None, None).shape == (1, SMALL_SIDE, SMALL_SIDE)  # no bundle: raised too
     assert load_target("digits:0,1", 6, None, 28).shape == (1, 6, 6)
     # a folder of one size whose images hold finer detail than a smaller bundle's side: their side
     rng = np.random.default_rng(0)
@@ -209,8 +209,8 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
     _write(tmp_path / "wide" / "b" / "0.png", size=(16, 10))
     assert load_target(str(tmp_path / "mixed"), None, None, 8).shape == (1, 8, 8)
     assert load_target(str(tmp_path / "wide"), None, None, 8).shape == (1, 8, 8)
-    with pytest.raises(EdgepptError, match="mixed sizes"):
-        load_target(str(tmp_path / "mixed"), None, None, None)
+    # without a bundle too (scratch): their median side, raised to SMALL_SIDE as any small target is
+    assert load_target(str(tmp_path / "mixed"), None, None, None).shape == (1, SMALL_SIDE, SMALL_SIDE)
     # a resized target is rebuilt from its record (export) with the same fingerprint
     for c in "ab":
         _write(tmp_path / "small" / c / "0.png", size=(6, 6), value=40 if c == "a" else 200)

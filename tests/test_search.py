@@ -36,7 +36,7 @@ TINY = {"family": "mobilenet", "config": {"stem": 8, "head_width": 0, "act": "re
     {"width": 8, "depth": 1, "kernel": 3, "expand": 1, "se": False, "stride": 1}]}}
 ROOT = Path(__file__).resolve().parents[1]
 # Fast settings: 8x8 digits, a few proxy steps, few latency repeats.
-FAST = dict(target="digits", test_fraction=0.3, labels_per_class=3, val_per_class=5, latency_warmup=1,
+FAST = dict(target="digits", image_size=8, test_fraction=0.3, labels_per_class=3, val_per_class=5, latency_warmup=1,
             latency_repeats=5, proxy=dict(pretrain_steps=0, finetune_steps=4, batch_size=8))
 
 
@@ -496,7 +496,7 @@ def test_cli_devices_search_and_resume(tmp_path):
     r = runner.invoke(app, ["devices", "list"], env={"COLUMNS": "200"})  # a name folded at 30 columns is not one
     assert r.exit_code == 0 and "x86-cpu" in r.output and "jetson" in r.output and "arm-cpu" in r.output
     out = tmp_path / "s1"
-    sets = ["--set", "test_fraction=0.3", "--set", "val_per_class=5", "--set", "latency_repeats=5",
+    sets = ["--set", "image_size=8", "--set", "test_fraction=0.3", "--set", "val_per_class=5", "--set", "latency_repeats=5",
             "--set", "proxy.pretrain_steps=0", "--set", "proxy.finetune_steps=4"]
     r = runner.invoke(app, ["search", "--device", "x86-cpu", "--latency-ms", "5", "--target", "digits",
                             "--labels-per-class", "3", "--trials", "2", "--strategy", "tpe", "--out", str(out),

@@ -82,7 +82,7 @@ def _l2sp(cfg, labelled, bundle, pool, real):
 
 def _tred(cfg, labelled, bundle, pool, real):
     return TRED(labelled, cfg.batch_size, bundle, cfg.source_ft.tred_weight, aug=cfg.augment,
-                label_smoothing=cfg.label_smoothing)
+                label_smoothing=cfg.label_smoothing, seed=cfg.seed)
 
 
 def _tred_first(cfg: TransferConfig, objective: Objective) -> tuple[int, Objective]:

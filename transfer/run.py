@@ -626,7 +626,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, resume: bool = False, pro
         timings["pretrain"] = info["pretrain"].get("seconds", 0.0)
         if method.ssl and real is not None and cfg.pssl.lp_graph != "model":  # before any layer restarts
             pp_weights = copy.deepcopy(model).requires_grad_(False)
-        keep = choice.pretrain_keep if choice is not None else cfg.pretrain_keep
+        # auto's keep rule where it fired, else the setting (a user's pretrain_keep holds under auto too)
+        keep = choice.pretrain_keep if choice is not None and choice.pretrain_keep < 1 else cfg.pretrain_keep
         if keep < 1 and not method.source_net:
             info["pretrain"]["restarted"] = restart_layers(model, initial, keep)
     elif "pretrain" in info:

@@ -137,10 +137,12 @@ class TRED(Supervised):
     and frozen here."""
 
     def __init__(self, labelled: ImageSet, batch_size: int, bundle: SourceBundle, weight: float,
-                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0):
+                 aug: AugmentConfig = augment.DEFAULT, label_smoothing: float = 0.0, seed: int = 0):
         super().__init__(labelled, batch_size, new_head=True, aug=aug, label_smoothing=label_smoothing)
         self.bundle, self.weight = bundle, weight
-        self.disentangle = _Disentangler(bundle.manifest.classifier.num_features, len(labelled.classes))
+        with torch.random.fork_rng(devices=[]):  # its init from the run's seed, not from what came before
+            torch.manual_seed(seed)
+            self.disentangle = _Disentangler(bundle.manifest.classifier.num_features, len(labelled.classes))
 
     def first_step(self, mmd_weight: float) -> Disentangle:
         return Disentangle(self.data, self.batch_size, self.bundle, self.disentangle, mmd_weight, self.aug)

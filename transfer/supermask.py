@@ -75,6 +75,12 @@ def attach(model: ClassifierNet, cfg: SupermaskConfig, seed: int, seeded: bool) 
     """Turn the model's layers into supermask layers: seeded (signed Kaiming constants from `seed`, scaled for
     the kept share as edge-popup does) or over its current weights as the base."""
     keep = 1.0 - cfg.sparsity
+    with torch.random.fork_rng(devices=[]):  # the scores' init from the run's seed, not from what PP or a cache left
+        torch.manual_seed(seed)
+        _attach(model, keep, seed, seeded)
+
+
+def _attach(model: ClassifierNet, keep: float, seed: int, seeded: bool) -> None:
     for j, (_, m) in enumerate(masked_layers(model)):
         w = m.weight.detach()
         if seeded:
