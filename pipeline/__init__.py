@@ -3,8 +3,22 @@
 config.py (pipeline.yaml) -> stages.py (the table of stages) -> runner.py (cache, resume) -> report.py;
 jobs.py runs the pipeline as a background process for front ends; example.py is the built-in example.
 """
+# Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
+# `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
+from importlib import import_module
+from typing import Any
 
-from .config import PipelineConfig, load_config, parse_config
-from .runner import read_state, run_pipeline
+_EXPORTS = {
+    "PipelineConfig": ".config",
+    "load_config": ".config",
+    "parse_config": ".config",
+    "read_state": ".runner",
+    "run_pipeline": ".runner",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["PipelineConfig", "load_config", "parse_config", "read_state", "run_pipeline"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

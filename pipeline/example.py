@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from edgeppt.config import LABELS_PER_CLASS
-from edgeppt.data import EXAMPLE_TARGET
 from edgeppt.errors import EdgepptError
 from edgeppt.signing import MANIFEST_FILE
 
@@ -65,6 +64,8 @@ def example_bundle() -> Path:
 
 
 def example_config(budget: str = "demo", **overrides: Any) -> PipelineConfig:
+    from edgeppt.data import EXAMPLE_TARGET  # here: the CLI imports this module, and edgeppt.data imports torch
+
     if budget not in BUDGETS:
         raise EdgepptError(f"unknown budget {budget!r}; choose one of {list(BUDGETS)}")
     raw = {"source": str(example_bundle()), "target": EXAMPLE_TARGET, "labels_per_class": LABELS_PER_CLASS,

@@ -1,7 +1,20 @@
 """The source stage: train a class-conditional GAN and a classifier on private source data, ship them as a bundle."""
+# Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
+# `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
+from importlib import import_module
+from typing import Any
 
-from .gan import Discriminator, Generator
-from .inspect import sample_grid
-from .train import SourceClassifier, train_source
+_EXPORTS = {
+    "Discriminator": ".gan",
+    "Generator": ".gan",
+    "sample_grid": ".inspect",
+    "SourceClassifier": ".train",
+    "train_source": ".train",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Discriminator", "Generator", "SourceClassifier", "sample_grid", "train_source"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

@@ -236,6 +236,22 @@ def test_usage_errors_of_the_real_command_are_one_line(argv, message):
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
+def test_the_command_line_loads_no_heavy_library_until_a_command_runs():
+    """`edgeppt --help` and usage errors answer in well under a second: assembling the commands imports neither
+    torch nor onnxruntime, onnx, NNI or Streamlit (a stage's package loads its modules on first use)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "onnxruntime", "onnx", "nni", "streamlit", "numpy")
+    code = f"import sys, edgeppt.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    import edgeppt.export as export_stage  # the names still resolve, on first use
+    assert callable(export_stage.export_run) and "export_run" in export_stage.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
+        export_stage.nosuch  # noqa: B018
+
+
 def test_unexpected_errors_are_one_line_with_the_traceback_in_a_file(monkeypatch, tmp_path, capsys):
     """What no stage turned into an EdgepptError: an OSError is its own message; anything else names the file that
     holds its traceback (and EDGEPPT_DEBUG=1 raises it)."""
