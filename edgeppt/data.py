@@ -27,7 +27,8 @@ from pydantic import BaseModel
 from .errors import EdgepptError
 from .image_io import GRAY_MODES, full_scale, read_pixels
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".gif",  # GIF: frame 1
+                  ".pbm", ".pgm", ".ppm", ".pnm", ".tga"}  # (.jfif: what browsers on Windows save photos as)
 # The largest image read, in pixels (checked from the file header, before decoding): 64 MP is an 8000x8000 photo,
 # about 200 MB decoded as RGB. Larger files are skipped and named, so a decompression bomb costs no memory.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -181,7 +182,7 @@ class NeedsImageSize(EdgepptError):
 
 # What file managers and archivers leave among images: never images of the set (macOS's ._name files are hidden
 # entries too).
-IGNORED_ENTRIES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})
+IGNORED_ENTRIES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN", "@eaDir", "#recycle"})  # (NAS)
 # Image files Pillow cannot read here: listed as skipped, so that a folder of them is not silently smaller.
 UNREAD_SUFFIXES = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".nef", ".arw"}
 
@@ -383,7 +384,8 @@ def load_npz(path: str | Path) -> ImageSet:
             raise EdgepptError(f"{path}: a .npz dataset needs arrays 'x' (images) and 'y' (labels), found "
                                f"{sorted(z.files)}")
         x, y = _array(z, kx, path), _array(z, ky, path)
-        classes = [str(c) for c in np.atleast_1d(_array(z, "classes", path))] if "classes" in z else None
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(_array(z, "classes", path))
+                   ] if "classes" in z else None  # (names saved as bytes: b'cat' is the class "cat")
     if x.ndim == 0 or y.ndim == 0:
         raise EdgepptError(f"{path}: '{kx}' and '{ky}' must be arrays with one entry per image, not single values")
     if len(x) != len(y):
@@ -731,11 +733,13 @@ def load_npz_arrays(x: np.ndarray, where: Path) -> torch.Tensor:
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # any byte order or width numpy has
     if not torch.isfinite(xt).all():
         raise EdgepptError(f"{where}: images contain NaN or infinite values")
-    if x.dtype.kind == "f" and xt.min() >= -0.01 and xt.max() <= 1.01:  # [0, 1] floats off by resampling's
-        return xt.clamp(0, 1)  # overshoot: still [0, 1], not 0-255 values to divide by 255
+    if x.dtype.kind == "f" and xt.min() >= -0.01 and xt.max() <= 1.5:  # [0, 1] floats off by resampling's or
+        return xt.clamp(0, 1)  # augmentation's overshoot: still [0, 1], not 0-255 values to divide by 255
     if xt.min() < 0:
         raise EdgepptError(f"{where}: x holds negative values (down to {xt.min().item():.3g}); expected pixel values: "
                            "8 or 16 bits, or floats in [0, 1]")
+    if x.dtype == np.uint16 and xt.max() <= 255:  # 8-bit values in a 16-bit array (a whole set under 1/256 of
+        return xt / 255.0  # white is an array widened, not a set of near-black pictures)
     return xt / full_scale(x.dtype, xt.max().item())
 
 

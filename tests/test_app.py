@@ -250,8 +250,8 @@ def test_step4_shows_a_finished_search_with_its_finalists(wizard):
     from edgeppt.search.record import read_best
 
     folder = Path(os.environ["EDGEPPT_RUNS"]) / "apptest" / "search"
-    run_search(SearchConfig(target="digits", image_size=8, test_fraction=0.3, labels_per_class=3, val_per_class=5, trials=3,
-                            strategy="random", latency_ms=50, latency_repeats=3, finalists=2, final_seeds=1,
+    run_search(SearchConfig(target="digits", image_size=8, test_fraction=0.3, labels_per_class=3, val_per_class=5,
+                            trials=3, strategy="random", latency_ms=50, latency_repeats=3, finalists=2, final_seeds=1,
                             proxy=dict(pretrain_steps=0, finetune_steps=40, batch_size=8)), folder, progress=False)
     at = goto(wizard.run(), 3)  # the fourth step
     assert at.header[0].value == "Architecture search"

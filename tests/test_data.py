@@ -244,6 +244,13 @@ def test_npz_layouts_and_errors(tmp_path):
         wide = x.astype(np.uint16) * 257 if kind == ">u2" else x.astype(np.float32) / 255
         np.savez(tmp_path / "order.npz", x=wide.astype(kind), y=np.arange(6) % 2)
         assert torch.allclose(load_npz(tmp_path / "order.npz").x, load_npz(tmp_path / "d.npz").x, atol=1e-6)
+    # 8-bit values widened to uint16, [0, 1] floats that augmentation pushed past 1, names saved as bytes
+    np.savez(tmp_path / "u16.npz", x=x.astype(np.uint16), y=np.arange(6) % 2, classes=np.array([b"cat", b"dog"]))
+    ds = load_npz(tmp_path / "u16.npz")
+    assert torch.allclose(ds.x, load_npz(tmp_path / "d.npz").x) and ds.classes == ["cat", "dog"]
+    over = x.astype(np.float32) / 255 * 1.05
+    np.savez(tmp_path / "over.npz", x=over, y=np.arange(6) % 2)
+    assert torch.allclose(load_npz(tmp_path / "over.npz").x, torch.from_numpy(over.clip(0, 1)).permute(0, 3, 1, 2))
     np.savez(tmp_path / "few.npz", x=x, y=np.arange(6) % 3, classes=np.array(["a", "b"]))
     with pytest.raises(EdgepptError, match=r"label 2 in 'y' but only 2 names in 'classes'"):
         load_npz(tmp_path / "few.npz")
@@ -510,8 +517,11 @@ def test_folders_as_real_users_keep_them(tmp_path):
     (root / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     pic(root / "__MACOSX" / "cat" / "x.png")
     (root / "dog" / "phone.heic").write_bytes(b"not read")
+    pic(root / "@eaDir" / "0.png")  # a Synology NAS's thumbnails, at the top and inside a class
+    pic(root / "dog" / "@eaDir" / "0.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / "dog" / "web.jfif", "JPEG")
     ds = load_dataset(str(root))
-    assert ds.classes == ["cat", "dog", "test"] and ds.counts() == [3 + 2, 3, 1]
+    assert ds.classes == ["cat", "dog", "test"] and ds.counts() == [3 + 2, 3 + 1, 1]  # (+ the browser's .jfif)
     assert [s.split("/")[-1] for s in ds.skipped] == ["phone.heic: .heic images are not read; convert them to PNG or "
                                                       "JPEG"]
 

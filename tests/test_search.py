@@ -496,8 +496,8 @@ def test_cli_devices_search_and_resume(tmp_path):
     r = runner.invoke(app, ["devices", "list"], env={"COLUMNS": "200"})  # a name folded at 30 columns is not one
     assert r.exit_code == 0 and "x86-cpu" in r.output and "jetson" in r.output and "arm-cpu" in r.output
     out = tmp_path / "s1"
-    sets = ["--set", "image_size=8", "--set", "test_fraction=0.3", "--set", "val_per_class=5", "--set", "latency_repeats=5",
-            "--set", "proxy.pretrain_steps=0", "--set", "proxy.finetune_steps=4"]
+    sets = ["--set", "image_size=8", "--set", "test_fraction=0.3", "--set", "val_per_class=5", "--set",
+            "latency_repeats=5", "--set", "proxy.pretrain_steps=0", "--set", "proxy.finetune_steps=4"]
     r = runner.invoke(app, ["search", "--device", "x86-cpu", "--latency-ms", "5", "--target", "digits",
                             "--labels-per-class", "3", "--trials", "2", "--strategy", "tpe", "--out", str(out),
                             "--quiet", *sets])
