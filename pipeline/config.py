@@ -36,8 +36,12 @@ _SHARED = {"source", "target", "test", "test_fraction", "labels_per_class", "see
            "augment", *SourceTrust.TRUST_FIELDS}
 
 
-def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | None = None) -> type[Strict]:
-    fields: dict[str, Any] = {k: (f.annotation, f) for k, f in model.model_fields.items() if k not in _SHARED}
+def _section(model: type[Strict], name: str, doc: str, extra: dict[str, Any] | None = None,
+             taken: frozenset[str] = frozenset()) -> type[Strict]:
+    """A stage's section of pipeline.yaml: its config's fields less those the pipeline fills in (`_SHARED`, and
+    `taken`: this stage's fields that another section sets)."""
+    fields: dict[str, Any] = {k: (f.annotation, f) for k, f in model.model_fields.items()
+                              if k not in _SHARED and k not in taken}
     fields.update(extra or {})
     return create_model(name, __base__=Strict, __doc__=doc, **fields)
 
@@ -53,7 +57,8 @@ if TYPE_CHECKING:
     class TransferSection(_Section): ...
 else:
     SearchSection = _section(SearchConfig, "SearchSection", "Architecture search budget; `enabled: false` skips search "
-                             "and trains `transfer.arch`.", {"enabled": (bool, True)})
+                             "and trains `transfer.arch`.", {"enabled": (bool, True)},
+                             taken=frozenset({"auto"}))  # the proxy follows transfer's `auto` rules
     # the top level's `device` names the device profile, so transfer's torch device gets a name of its own
     TransferSection = _section(TransferConfig, "TransferSection", "Transfer method and budget (TransferConfig fields). "
                                "`arch` is used only when search is off.",

@@ -89,8 +89,13 @@ def run_pipeline(cfg: PipelineConfig, run: str | Path, until: str | None = None,
         atomic_write_json(run / STATE_FILE, state)
         try:
             with _recorded(state, state, run):
-                for name in cfg.stages():
-                    _run_stage(cfg, run, name, state, name in force, progress, log)
+                for i, name in enumerate(cfg.stages()):
+                    try:
+                        _run_stage(cfg, run, name, state, name in force, progress, log)
+                    except BaseException:  # a stage that did not finish (and was not put back as it was): what
+                        if state["stages"].get(name, {}).get("status") != "done":  # follows is of earlier outputs
+                            _outdate(run, state, cfg.stages()[i + 1:])
+                        raise
                     if name == until:
                         _mark_outdated(cfg, run, state, cfg.stages()[cfg.stages().index(name) + 1:])
                         break
@@ -131,6 +136,13 @@ def preflight(cfg: PipelineConfig) -> None:
     from edgeppt.transfer.methods import check_inputs
 
     check_inputs(transfer, source="source", unlabeled="transfer.unlabeled")  # not after the search's minutes
+    if cfg.transfer.unlabeled and cfg.transfer.unlabeled != "rest":
+        data_fingerprint(cfg.transfer.unlabeled)
+    if cfg.export.sign is not None:  # the key, and its .pub beside it, before any stage
+        from edgeppt.signing import load_private_key, public_key_beside
+
+        load_private_key(cfg.export.sign)
+        public_key_beside(cfg.export.sign)
 
 
 def _keys(cfg: PipelineConfig, run: Path, name: str) -> tuple[str, str, dict[str, Any]]:
@@ -153,6 +165,17 @@ def _mark_outdated(cfg: PipelineConfig, run: Path, state: dict, later: list[str]
     atomic_write_json(run / STATE_FILE, state)
 
 
+def _outdate(run: Path, state: dict, later: list[str]) -> None:
+    """After a stage failed or was cancelled: the finished stages after it hold results of its earlier outputs (or
+    of none), so the report and the wizard must not show them as this run's; a later run whose inputs are theirs
+    again skips them and marks them done."""
+    for name in later:
+        entry = state["stages"].get(name)
+        if entry and entry.get("status") == "done":
+            entry["status"] = "outdated"
+    atomic_write_json(run / STATE_FILE, state)
+
+
 def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bool, progress: bool,
                log: Callable[[str], None]) -> None:
     stage = STAGE_BY_NAME[name]
@@ -162,6 +185,9 @@ def _run_stage(cfg: PipelineConfig, run: Path, name: str, state: dict, force: bo
     same = prev.get("key") == key and not force
     finished = prev.get("status") in ("done", "outdated")  # outdated: finished, for inputs it may have again
     if same and finished and (folder / stage.output).exists():
+        if prev.get("status") == "outdated":  # its inputs are back to those it was made of: current again
+            prev["status"] = "done"
+            atomic_write_json(run / STATE_FILE, state)
         log(f"{name}: unchanged inputs, skipped (cached result from {time.ctime(prev.get('finished', 0))})")
         return
     # Changed only in settings the stage allows to change on resume (the same rule the stage applies itself)

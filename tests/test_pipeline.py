@@ -150,6 +150,7 @@ def test_a_cancelled_rerun_keeps_the_earlier_outputs_and_changing_back_puts_them
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(other, run, progress=False, log=quiet)
     assert read_state(run)["stages"]["transfer"]["status"] == "cancelled"
+    assert read_state(run)["stages"]["export"]["status"] == "outdated"  # the export of the set-aside model
     assert (run / ".transfer.replaced" / "model.pt").read_bytes() == model
     with pytest.raises(KeyboardInterrupt):  # cancelled twice: the finished outputs stay aside, the partial goes
         run_pipeline(parse_config(raw_config(tiny_bundle, transfer={"finetune_steps": 7})), run, progress=False,
@@ -163,6 +164,7 @@ def test_a_cancelled_rerun_keeps_the_earlier_outputs_and_changing_back_puts_them
     assert (run / "transfer" / "model.pt").read_bytes() == model and not (run / "transfer" / "partial").exists()
     assert not (run / ".transfer.replaced").exists() and state["stages"]["transfer"]["status"] == "done"
     assert any("put back" in line for line in lines) and "transfer" not in read_state(run)["replaced"]
+    assert state["stages"]["export"]["status"] == "done"  # of the model put back: current again
     run_pipeline(other, run, progress=False, log=quiet)  # and the other settings still run as any change does
     assert calls == {"transfer": 2, "export": 2} and not (run / ".transfer.replaced").exists()
 
@@ -241,6 +243,12 @@ def test_an_architecture_file_is_keyed_by_its_contents_and_a_methods_unlabelled_
                                            "transfer.unlabeled"):
         run_pipeline(ssl, tmp_path / "ssl", log=quiet)
     assert not (tmp_path / "ssl").exists()  # refused before a run directory is made
+    for raw, why in ((raw_config(tiny_bundle, transfer={"method": "pp+ssl", "unlabeled": str(tmp_path / "nope")}),
+                      "nope"),
+                     (raw_config(tiny_bundle, export={"sign": str(tmp_path / "nokey.key")}), "nokey.key")):
+        with pytest.raises(EdgepptError, match=why):  # a typo in either: before the stages' minutes, not after
+            run_pipeline(parse_config(raw), tmp_path / "typo", log=quiet)
+        assert not (tmp_path / "typo").exists()
 
 
 def test_a_runs_own_pipeline_yaml_runs_in_its_folder_again(tmp_path):
@@ -369,6 +377,8 @@ def test_the_search_fits_its_augmentation_with_the_rules_transfer_will_use(tiny_
     margin = parse_config(raw_config(tiny_bundle, transfer={"method": "auto", "auto": {"mirror_share": 0.9,
                                                                                         "pp_margin": 0.2}}))
     assert _search_inputs(margin, tmp_path) == _search_inputs(auto, tmp_path)  # a setting the proxy does not read
+    with pytest.raises(EdgepptError, match="unknown field 'search.auto'"):  # set by transfer's, never on its own
+        parse_config(raw_config(tiny_bundle, search={"auto": {"mirror_share": 0}}))
 
 
 def test_transfer_trains_at_the_side_the_search_costed_and_the_device_receives(tiny_bundle, tmp_path):
