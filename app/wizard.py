@@ -100,9 +100,14 @@ def build_config(draft: dict[str, Any]) -> PipelineConfig:
     raw: dict[str, Any] = copy.deepcopy(BUDGETS[draft["budget"]])
     for section in STAGE_NAMES:
         _merge(raw.setdefault(section, {}), draft.get(section) or {})
+    raw.update(draft.get("kept") or {})  # a run's own top-level settings the wizard has no widget for
     raw.update(source=draft["source"] or str(example_bundle()), target=draft["target"],
                labels_per_class=draft["labels_per_class"], device=draft["device"])
     return parse_config(raw, "wizard settings")
+
+
+# pipeline.yaml's top-level settings the wizard shows no widget for: a run reopened keeps them as they are
+KEPT = ("test", "test_fraction", "seed", "threads", "augment")
 
 
 def _merge(into: dict[str, Any], over: dict[str, Any]) -> None:
@@ -624,7 +629,8 @@ def draft_from_config(run: Path) -> dict[str, Any]:
             "source_kind": "example" if _is_example(Path(cfg.source)) else "upload",
             "source": str(cfg.source),
             "device": cfg.device, "budget": "demo", "search": raw.get("search", {}),
-            "transfer": raw.get("transfer", {}), "export": raw.get("export", {})}
+            "transfer": raw.get("transfer", {}), "export": raw.get("export", {}),
+            "kept": {k: raw[k] for k in KEPT if k in cfg.model_fields_set}}
 
 
 main()

@@ -296,6 +296,7 @@ def test_a_run_from_the_command_line_opens_in_the_stage_steps(wizard, tiny_bundl
 
     run = Path(os.environ["EDGEPPT_RUNS"]) / "apptest"
     cfg = parse_config({"source": str(tiny_bundle), "target": "digits:0,1,2", "threads": 1,
+                        "seed": 3, "test_fraction": 0.3, "augment": {"hflip": False},  # no widget: kept as they are
                         "search": {"enabled": False},
                         "transfer": {"arch": "resnet_xs", "pretrain_steps": 5, "finetune_steps": 6, "eval_every": 3,
                                      "batch_size": 8, "pretrain_batch": 8, "pssl": {"pool_size": 16, "steps": 3}},
