@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeppt.config import SearchConfig, SourceTrust, TransferConfig, validate
-from edgeppt.data import BUILTIN, SMALL_SIDE, image_files, split_spec
+from edgeppt.data import BUILTIN, SIDE_RULE, image_files, split_spec
 from edgeppt.errors import EdgepptError
 from edgeppt.models import arch_spec
 from edgeppt.runs import atomic_write_bytes, json_digest, sha256_file
@@ -84,9 +84,8 @@ def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
     return {"target": data_fingerprint(cfg.target), "test": data_fingerprint(cfg.test),
             "test_fraction": cfg.test_fraction, "labels_per_class": cfg.labels_per_class, "seed": cfg.seed,
             "augment": cfg.augment.key(),
-            # the side rule of load_target (targets keep their own side from SMALL_SIDE up): runs made under the
-            # earlier rule (every target raised to the bundle's side) ran their stages at another side
-            "side_rule": SMALL_SIDE}
+            # the side rule of load_target: runs made under an earlier rule ran their stages at another side
+            "side_rule": SIDE_RULE}
 
 
 def _device_inputs(cfg: PipelineConfig) -> dict[str, Any]:

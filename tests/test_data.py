@@ -8,6 +8,7 @@ from PIL import Image
 from edgeppt.data import (
     ANIMAL_CLASSES,
     DETAIL_LOST_MAX,
+    RAISE_TIMES,
     SMALL_SIDE,
     DataRecord,
     NeedsImageSize,
@@ -165,13 +166,18 @@ def test_mixed_sizes_are_refused_unless_a_size_is_given(tmp_path):
 
 
 def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_where_no_detail_is_lost(tmp_path):
-    # the built-in digits are 8x8: a 28-px bundle upscales them; a 4-px one leaves them; image_size decides over both
-    assert load_target("digits:0,1", None, None, 28).shape == (1, 28, 28)
-    assert load_target("digits:0,1", None, None, 256).shape == (1, SMALL_SIDE, SMALL_SIDE)  # not to 256
-    assert load_target("digits:0,1", None, None, 20).shape == (1, 20, 20)  # nor past the bundle's side
+    # the built-in digits are 8x8: raised to twice their side beside a larger bundle (RAISE_TIMES), never past the
+    # bundle's side (a 12-px one) nor to it (a 256-px one); a 4-px bundle leaves them; image_size decides over all
+    assert RAISE_TIMES * 8 < SMALL_SIDE
+    assert load_target("digits:0,1", None, None, 28).shape == (1, 16, 16)
+    assert load_target("digits:0,1", None, None, 256).shape == (1, 16, 16)  # not to 256
+    assert load_target("digits:0,1", None, None, 12).shape == (1, 12, 12)  # nor past the bundle's side
+    big16 = load_dataset("digits:0,1", 16)  # 16 px targets: raised to SMALL_SIDE (under twice their side)
+    np.savez(tmp_path / "d16.npz", x=(big16.x.numpy() * 255).round().astype(np.uint8), y=big16.y.numpy())
+    assert load_target(str(tmp_path / "d16.npz"), None, None, 56).shape == (1, SMALL_SIDE, SMALL_SIDE)
     tiny = load_dataset("digits:0,1", 6)  # nor past four times their own side
     np.savez(tmp_path / "d6.npz", x=(tiny.x.numpy() * 255).round().astype(np.uint8), y=tiny.y.numpy())
-    assert SMALL_SIDE > 24 and load_target(str(tmp_path / "d6.npz"), None, None, 56).shape == (1, 24, 24)
+    assert load_target(str(tmp_path / "d6.npz"), None, None, 56).shape == (1, 12, 12)
     # from SMALL_SIDE up a target keeps its side beside a bundle drawn larger (G's samples are shrunk to it)
     for side in (SMALL_SIDE, 40):
         x = load_dataset("digits:0,1", side)
@@ -186,7 +192,7 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
     np.savez(tmp_path / "huge.npz", x=np.zeros((2, 1, 600, 600), np.uint8), y=[0, 1])  # and at most AUTO_SIDE_MAX
     assert load_target(str(tmp_path / "huge.npz"), None, None, None).shape == (1, 512, 512)
     assert load_target("digits:0,1", None, None, 4).shape == (1, 8, 8)
-    assert load_target("digits:0,1", None, None, None).shape == (1, SMALL_SIDE, SMALL_SIDE)  # no bundle: raised too
+    assert load_target("digits:0,1", None, None, None).shape == (1, 16, 16)  # no bundle: raised all the same
     assert load_target("digits:0,1", 6, None, 28).shape == (1, 6, 6)
     # a folder of one size whose images hold finer detail than a smaller bundle's side: their side
     rng = np.random.default_rng(0)
@@ -209,8 +215,8 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
     _write(tmp_path / "wide" / "b" / "0.png", size=(16, 10))
     assert load_target(str(tmp_path / "mixed"), None, None, 8).shape == (1, 8, 8)
     assert load_target(str(tmp_path / "wide"), None, None, 8).shape == (1, 8, 8)
-    # without a bundle too (scratch): their median side, raised to SMALL_SIDE as any small target is
-    assert load_target(str(tmp_path / "mixed"), None, None, None).shape == (1, SMALL_SIDE, SMALL_SIDE)
+    # without a bundle too (scratch): their median side, raised as any small target is
+    assert load_target(str(tmp_path / "mixed"), None, None, None).shape[1] in (2 * 10, 2 * 11, 2 * 12)
     # a resized target is rebuilt from its record (export) with the same fingerprint
     for c in "ab":
         _write(tmp_path / "small" / c / "0.png", size=(6, 6), value=40 if c == "a" else 200)
