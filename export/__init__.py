@@ -3,7 +3,16 @@ against the PyTorch model on the run's test split; benchmark a bundle here, or d
 # Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
 # `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see
+    from .bench import bench_bundle as bench_bundle
+    from .bundle import read_manifest as read_manifest
+    from .bundle import verify_bundle as verify_bundle
+    from .deploy import deploy_bundle as deploy_bundle
+    from .exporter import export_run as export_run
+    from .formats import FORMATS as FORMATS
+    from .formats import ExportOptions as ExportOptions
 
 _EXPORTS = {
     "bench_bundle": ".bench",

@@ -6,7 +6,14 @@ jobs.py runs the pipeline as a background process for front ends; example.py is 
 # Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
 # `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see
+    from .config import PipelineConfig as PipelineConfig
+    from .config import load_config as load_config
+    from .config import parse_config as parse_config
+    from .runner import read_state as read_state
+    from .runner import run_pipeline as run_pipeline
 
 _EXPORTS = {
     "PipelineConfig": ".config",

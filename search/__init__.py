@@ -7,7 +7,10 @@ run.py (the NNI experiment, filter, ledger), report.py (artifacts).
 # Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
 # `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see
+    from .run import run_search as run_search
 
 _EXPORTS = {
     "run_search": ".run",

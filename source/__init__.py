@@ -2,7 +2,14 @@
 # Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
 # `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see
+    from .gan import Discriminator as Discriminator
+    from .gan import Generator as Generator
+    from .inspect import sample_grid as sample_grid
+    from .train import SourceClassifier as SourceClassifier
+    from .train import train_source as train_source
 
 _EXPORTS = {
     "Discriminator": ".gan",

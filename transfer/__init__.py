@@ -6,7 +6,10 @@ and each method (methods.py) is the list of phases it runs.
 # Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
 # `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see
+    from .run import run_transfer as run_transfer
 
 _EXPORTS = {
     "run_transfer": ".run",
