@@ -158,8 +158,10 @@ def _transfer_inputs(cfg: PipelineConfig, run: Path) -> dict[str, Any]:
         arch = arch_spec(arch)  # its contents)
     unlabeled = cfg.transfer.unlabeled  # (only when a dataset: earlier runs keep their keys) its images, not its path
     images = {"unlabeled_data": data_fingerprint(unlabeled)} if unlabeled and unlabeled != "rest" else {}
-    return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size", "torch_device"}),
-            "arch": arch,  # (the torch device, like threads, says how it runs, not what it computes)
+    return {"transfer": cfg.transfer.model_dump(mode="json", exclude={"arch", "image_size", "torch_device",
+                                                                       "eval_every", "checkpoint_every"}),
+            "arch": arch,  # (the torch device, like threads and how often it logs or saves, says how it runs, not
+            # what it computes: the trainer seeds every step, and its evaluation and checkpoints change no weight)
             "image_size": transfer_config(cfg, run).image_size,
             "source": bundle_fingerprint(cfg.source), **_data_inputs(cfg), **images}
 

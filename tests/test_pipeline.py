@@ -105,6 +105,9 @@ def test_rerun_skips_unchanged_stages_and_reruns_what_changed(tiny_bundle, tmp_p
 
     run_pipeline(cfg, run, progress=False, log=quiet)  # nothing changed: nothing runs
     assert calls == {"transfer": 1, "export": 1}
+    logs = parse_config(raw_config(tiny_bundle, transfer={"eval_every": 5, "checkpoint_every": 4}))
+    run_pipeline(logs, run, progress=False, log=quiet)  # how often transfer logs and saves: the same weights
+    assert calls == {"transfer": 1, "export": 1}
     assert (run / "transfer" / "model.pt").stat().st_mtime_ns == model_mtime
 
     run_pipeline(parse_config(raw_config(tiny_bundle, export={"bench_runs": 4})), run, progress=False, log=quiet)

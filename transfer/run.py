@@ -463,8 +463,9 @@ def review_unlabelled(cfg: TransferConfig, phases: list[Phase], skipped: Collect
     propagation measured. Where auto may go back (`back`) and the warm start's predicted shares or agreement cross
     auto's limits, load the warm start back into `model` and return its phase's name."""
     went_back: str | None = None
-    shares = getattr(phases[-1].objective, "lp_shares", None)  # label propagation's estimate, when it ran
-    agree0 = getattr(phases[-1].objective, "lp_first_agree", None)
+    # label propagation's estimates, when it ran after a warm start (without one they read an untrained head)
+    shares = getattr(phases[-1].objective, "lp_shares", None) if cfg.pssl.warm_start else None
+    agree0 = getattr(phases[-1].objective, "lp_first_agree", None) if cfg.pssl.warm_start else None
     pp_agree = getattr(phases[-1].objective, "lp_pp_agree", None)
     if isinstance(pp_agree, torch.Tensor) and pp_agree.item() >= 0:
         used = bool(getattr(phases[-1].objective, "lp_pp_used", False))
