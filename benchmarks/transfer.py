@@ -153,7 +153,7 @@ SELECTION_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # at 28 px whatever the side rule picks (the digits source: the target's side; the example at 56 px: the bundle's)
     **{f"{m}, at 28 px": (m, {"image_size": 28}) for m in ("scratch", "pp", "auto")},
     # a target drawn at 8 px (the digits): its own side and twice it, against the side rule's 28
-    **{f"{m}, at {s} px": (m, {"image_size": s}) for m in ("scratch", "auto") for s in (8, 16)},
+    **{f"{m}, at {s} px": (m, {"image_size": s}) for m in ("scratch", "auto") for s in (8, 16, 20)},
     # mirroring on where the pairing turns it off (the digits: a mirrored 2, 3, 7 is no digit)
     **{f"{m}, flips on": (m, {"augment": {"hflip": True}}) for m in ("scratch", "pp")},
     "scratch, gain jitter 0.5": ("scratch", {"augment": {"jitter": 0.5}}),

@@ -13,6 +13,7 @@ from edgeppt.data import (
     DataRecord,
     NeedsImageSize,
     detail_lost,
+    detail_side,
     few_shot,
     fingerprint,
     load_dataset,
@@ -172,7 +173,7 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
     assert load_target("digits:0,1", None, None, 28).shape == (1, 16, 16)
     assert load_target("digits:0,1", None, None, 256).shape == (1, 16, 16)  # not to 256
     assert load_target("digits:0,1", None, None, 12).shape == (1, 12, 12)  # nor past the bundle's side
-    big16 = load_dataset("digits:0,1", 16)  # 16 px targets: raised to SMALL_SIDE (under twice their side)
+    big16 = load_dataset("animals:cat,dog", 16)  # 16 px targets: raised to SMALL_SIDE (under twice their side)
     np.savez(tmp_path / "d16.npz", x=(big16.x.numpy() * 255).round().astype(np.uint8), y=big16.y.numpy())
     assert load_target(str(tmp_path / "d16.npz"), None, None, 56).shape == (1, SMALL_SIDE, SMALL_SIDE)
     tiny = load_dataset("digits:0,1", 6)  # nor past four times their own side
@@ -180,7 +181,7 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
     assert load_target(str(tmp_path / "d6.npz"), None, None, 56).shape == (1, 12, 12)
     # from SMALL_SIDE up a target keeps its side beside a bundle drawn larger (G's samples are shrunk to it)
     for side in (SMALL_SIDE, 40):
-        x = load_dataset("digits:0,1", side)
+        x = load_dataset("animals:cat,dog", side)
         np.savez(tmp_path / f"d{side}.npz", x=(x.x.numpy() * 255).round().astype(np.uint8), y=x.y.numpy())
         assert load_target(str(tmp_path / f"d{side}.npz"), None, None, 56).shape == (1, side, side)
     # non-square images without a bundle (scratch) are squared as with one, so the run's one recorded side rebuilds
@@ -189,7 +190,8 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
              y=[0, 1, 0, 1])
     wide = load_target(str(tmp_path / "wide.npz"), None, None, None)
     assert wide.shape == (1, 40, 40) and fingerprint(wide) == fingerprint(load_dataset(str(tmp_path / "wide.npz"), 40))
-    np.savez(tmp_path / "huge.npz", x=np.zeros((2, 1, 600, 600), np.uint8), y=[0, 1])  # and at most AUTO_SIDE_MAX
+    np.savez(tmp_path / "huge.npz", x=np.random.default_rng(2).integers(0, 256, (2, 1, 600, 600), dtype=np.uint8),
+             y=[0, 1])  # and at most AUTO_SIDE_MAX
     assert load_target(str(tmp_path / "huge.npz"), None, None, None).shape == (1, 512, 512)
     assert load_target("digits:0,1", None, None, 4).shape == (1, 8, 8)
     assert load_target("digits:0,1", None, None, None).shape == (1, 16, 16)  # no bundle: raised all the same
@@ -207,6 +209,17 @@ def test_the_target_keeps_its_own_side_raised_to_the_bundles_and_lowered_only_wh
              classes=big.classes)
     assert detail_lost(big.x, 12) <= DETAIL_LOST_MAX
     assert load_target(str(tmp_path / "up.npz"), None, None, 12).shape == (1, 12, 12)
+    # 8 px pictures stored at SMALL_SIDE and above train at twice the side of their detail, with a bundle or without;
+    # pictures whose detail needs more than half of SMALL_SIDE keep theirs (the animals)
+    for side in (SMALL_SIDE, 40):
+        up = load_dataset("digits", side)
+        np.savez(tmp_path / f"up{side}.npz", x=(up.x.numpy() * 255).round().astype(np.uint8), y=up.y.numpy())
+        detail = detail_side(up.x, SMALL_SIDE // RAISE_TIMES)
+        assert detail is not None and 8 <= detail <= 12
+        for bundle in (28, None):
+            assert load_target(str(tmp_path / f"up{side}.npz"), None, None, bundle).shape[1] == RAISE_TIMES * detail
+    assert detail_side(load_dataset("animals:cat,dog", 28).x, SMALL_SIDE // RAISE_TIMES) is None
+    assert load_target("animals:cat,dog", None, None, 28).shape == (1, 28, 28)
     # mixed sizes and non-square images take the median of their longer sides by the same rule: these hold no
     # detail (one gray level), so the bundle's side
     _write(tmp_path / "mixed" / "a" / "0.png", size=(10, 10))
@@ -548,7 +561,7 @@ def test_large_photos_are_never_held_at_full_size_and_mixed_sizes_keep_their_det
     real = D.detail_lost
     monkeypatch.setattr(D, "detail_lost", lambda x, side, **k: seen.append(tuple(x.shape[-2:])) or real(x, side, **k))
     assert load_target(str(tmp_path / "big"), None, None, 16).shape == (1, 64, 64)
-    assert seen == [(64, 64)]  # the decision was made on images read at 64, never on 300 px ones
+    assert set(seen) == {(64, 64)}  # the decisions were made on images read at 64, never on 300 px ones
     for c, sides in (("a", (40, 40)), ("b", (40, 44))):
         for i, s in enumerate(sides):
             (tmp_path / "mixed" / c).mkdir(parents=True, exist_ok=True)
