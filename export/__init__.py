@@ -1,9 +1,8 @@
 """export/: a trained run -> ONNX, INT8 (QDQ), FP16 and TensorRT artifacts in a deployable bundle, each verified
 against the PyTorch model on the run's test split; benchmark a bundle here, or deploy it to a device over SSH."""
-# Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
-# `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgeppt.lazy import lazy_names  # names load on first use: `edgeppt --help` imports no torch
 
 if TYPE_CHECKING:  # what type checkers see
     from .bench import bench_bundle as bench_bundle
@@ -14,7 +13,7 @@ if TYPE_CHECKING:  # what type checkers see
     from .formats import FORMATS as FORMATS
     from .formats import ExportOptions as ExportOptions
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_names(__name__, {
     "bench_bundle": ".bench",
     "read_manifest": ".bundle",
     "verify_bundle": ".bundle",
@@ -22,11 +21,4 @@ _EXPORTS = {
     "export_run": ".exporter",
     "FORMATS": ".formats",
     "ExportOptions": ".formats",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name], __name__), name)
+})

@@ -3,10 +3,9 @@
 config.py (pipeline.yaml) -> stages.py (the table of stages) -> runner.py (cache, resume) -> report.py;
 jobs.py runs the pipeline as a background process for front ends; example.py is the built-in example.
 """
-# Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
-# `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgeppt.lazy import lazy_names  # names load on first use: `edgeppt --help` imports no torch
 
 if TYPE_CHECKING:  # what type checkers see
     from .config import PipelineConfig as PipelineConfig
@@ -15,17 +14,10 @@ if TYPE_CHECKING:  # what type checkers see
     from .runner import read_state as read_state
     from .runner import run_pipeline as run_pipeline
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_names(__name__, {
     "PipelineConfig": ".config",
     "load_config": ".config",
     "parse_config": ".config",
     "read_state": ".runner",
     "run_pipeline": ".runner",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name], __name__), name)
+})

@@ -3,21 +3,13 @@
 One training loop (loop.py) runs a list of phases; each phase is an objective (objectives.py, ssl.py),
 and each method (methods.py) is the list of phases it runs.
 """
-# Names load on first use (PEP 562): the CLI imports this package's `cli` module for its commands' signatures, and
-# `edgeppt --help` must not wait for torch, onnxruntime or NNI to import.
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgeppt.lazy import lazy_names  # names load on first use: `edgeppt --help` imports no torch
 
 if TYPE_CHECKING:  # what type checkers see
     from .run import run_transfer as run_transfer
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_names(__name__, {
     "run_transfer": ".run",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name], __name__), name)
+})
